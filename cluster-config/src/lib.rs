@@ -1,0 +1,1 @@
+//! Cluster topology, validation and placement (filled in by the node/Raft issue).
