@@ -256,7 +256,7 @@ impl<'a> Reader<'a> {
             field,
             tag: u64::from(code),
         })?;
-        let raw = self.take(field, alg.len())?;
+        let raw = self.take(field, alg.digest_len())?;
         Digest::from_bytes(alg, raw).ok_or(DecodeError::Truncated(field))
     }
 }

@@ -39,7 +39,7 @@ impl Algorithm {
     }
 
     /// Length of a digest in bytes.
-    pub const fn len(self) -> usize {
+    pub const fn digest_len(self) -> usize {
         match self {
             Algorithm::Sha256 => 32,
             Algorithm::Sha1 => 20,
@@ -113,7 +113,7 @@ pub struct Digest {
 impl Digest {
     /// Builds a digest from raw bytes; `None` when the length does not fit the algorithm.
     pub fn from_bytes(alg: Algorithm, raw: &[u8]) -> Option<Self> {
-        if raw.len() != alg.len() {
+        if raw.len() != alg.digest_len() {
             return None;
         }
         let mut bytes = [0u8; 32];
@@ -135,7 +135,7 @@ impl Digest {
 
     /// The hash bytes (32 for SHA-256, 20 for SHA-1).
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.alg.len()]
+        &self.bytes[..self.alg.digest_len()]
     }
 
     /// Full hex of the hash bytes, without the algorithm.
@@ -150,7 +150,7 @@ impl Digest {
 
     /// Key bytes for indexes: algorithm code then hash bytes. Sorts like the digest.
     pub fn key_bytes(&self) -> Vec<u8> {
-        let mut k = Vec::with_capacity(1 + self.alg.len());
+        let mut k = Vec::with_capacity(1 + self.alg.digest_len());
         k.push(self.alg.code());
         k.extend_from_slice(self.as_bytes());
         k
@@ -188,12 +188,12 @@ impl FromStr for Digest {
             .split_once(':')
             .ok_or_else(|| DigestError::Malformed(s.to_owned()))?;
         let alg: Algorithm = alg.parse()?;
-        if hex_part.len() != alg.len() * 2 {
+        if hex_part.len() != alg.digest_len() * 2 {
             return Err(DigestError::WrongLength {
                 text: s.to_owned(),
                 alg,
                 got: hex_part.len(),
-                want: alg.len() * 2,
+                want: alg.digest_len() * 2,
             });
         }
         let raw = hex::decode(hex_part).map_err(|_| DigestError::Malformed(s.to_owned()))?;

@@ -1,4 +1,5 @@
 //! Property, golden-vector and hostile-input tests of the item encoding.
+#![allow(clippy::unwrap_used)]
 
 use mirage_format::codec::Writer;
 use mirage_format::*;
@@ -10,7 +11,7 @@ fn arb_alg() -> impl Strategy<Value = Algorithm> {
 
 fn arb_digest() -> impl Strategy<Value = Digest> {
     (arb_alg(), any::<[u8; 32]>())
-        .prop_map(|(alg, b)| Digest::from_bytes(alg, &b[..alg.len()]).unwrap())
+        .prop_map(|(alg, b)| Digest::from_bytes(alg, &b[..alg.digest_len()]).unwrap())
 }
 
 fn arb_name() -> impl Strategy<Value = Vec<u8>> {

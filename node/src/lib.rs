@@ -1,1 +1,10 @@
-//! Storage node.
+//! Mirage storage node.
+//!
+//! Today: the storage engine ([`store::Store`]) with its index ([`index`]), usable embedded.
+//! The catalog state machine, Raft replication and the HTTP API build on it.
+
+pub mod index;
+pub mod keys;
+pub mod store;
+
+pub use store::{PutOutcome, ReadOptions, ReadStats, Stats, Store, StoreError, StoreOptions, VerifyReport};

@@ -1,0 +1,66 @@
+//! The node's item index behind a small trait, with one conformance suite that every
+//! implementation passes. The shipped implementation is [`RocksIndex`].
+
+pub mod conformance;
+mod rocks;
+
+pub use rocks::RocksIndex;
+
+use mirage_format::Digest;
+
+use crate::store::{Location, LocationTable};
+
+/// Index errors.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The engine failed.
+    #[error("index engine: {0}")]
+    Engine(String),
+    /// A stored value does not decode.
+    #[error("index value for {key} is corrupt: {why}")]
+    Corrupt {
+        /// Key, as text.
+        key: String,
+        /// Decoder message.
+        why: String,
+    },
+}
+
+/// One atomic group of index writes.
+#[derive(Debug, Default)]
+pub struct IndexBatch {
+    /// New or replaced item locations.
+    pub items: Vec<(Digest, Location)>,
+    /// Item locations to remove.
+    pub remove: Vec<Digest>,
+    /// Location tables of new items.
+    pub tables: Vec<(Digest, LocationTable)>,
+    /// Metadata key/value pairs.
+    pub meta: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl IndexBatch {
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.remove.is_empty() && self.tables.is_empty() && self.meta.is_empty()
+    }
+}
+
+/// The index a store keeps: digest → location, parent → location table, and metadata.
+pub trait Index: Send + Sync + std::fmt::Debug {
+    /// Location of one item.
+    fn get(&self, d: &Digest) -> Result<Option<Location>, IndexError>;
+    /// Locations of many items, in the same order (one round trip where the engine allows).
+    fn get_many(&self, ds: &[Digest]) -> Result<Vec<Option<Location>>, IndexError> {
+        ds.iter().map(|d| self.get(d)).collect()
+    }
+    /// The location table stored with `parent`.
+    fn table(&self, parent: &Digest) -> Result<Option<LocationTable>, IndexError>;
+    /// A metadata value.
+    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError>;
+    /// Applies a batch atomically. With `durable`, it is on stable storage when this returns
+    /// (and so is every write before it).
+    fn write(&self, batch: IndexBatch, durable: bool) -> Result<(), IndexError>;
+    /// Visits every item in digest order until `f` returns false.
+    fn scan(&self, f: &mut dyn FnMut(Digest, Location) -> bool) -> Result<(), IndexError>;
+}

@@ -1,0 +1,144 @@
+//! RocksDB implementation of [`Index`].
+
+use std::path::Path;
+
+use mirage_format::Digest;
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+use super::{Index, IndexBatch, IndexError};
+use crate::keys::{ALL_CFS, CF_ITEMS, CF_LOCTAB, CF_META};
+use crate::store::{Location, LocationTable};
+
+/// The index in a RocksDB database.
+pub struct RocksIndex {
+    db: DB,
+}
+
+impl std::fmt::Debug for RocksIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RocksIndex({})", self.db.path().display())
+    }
+}
+
+fn engine(e: rocksdb::Error) -> IndexError {
+    IndexError::Engine(e.into_string())
+}
+
+impl RocksIndex {
+    /// Opens (creating if needed) the index in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, IndexError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Zstd);
+        opts.set_max_background_jobs(2);
+        let mut items = Options::default();
+        // Point lookups by digest dominate: a bloom filter avoids most disk reads for misses.
+        let mut bbo = rocksdb::BlockBasedOptions::default();
+        bbo.set_bloom_filter(10.0, false);
+        bbo.set_cache_index_and_filter_blocks(true);
+        items.set_block_based_table_factory(&bbo);
+        items.set_compression_type(rocksdb::DBCompressionType::Zstd);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let o = if *name == CF_ITEMS { items.clone() } else { opts.clone() };
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(engine)?;
+        Ok(RocksIndex { db })
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, IndexError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| IndexError::Engine(format!("column family {name} missing")))
+    }
+}
+
+fn decode_loc(key: &[u8], v: &[u8]) -> Result<Location, IndexError> {
+    Location::decode(v).map_err(|e| IndexError::Corrupt {
+        key: Digest::from_key_bytes(key).map_or_else(|| hex_of(key), |d| d.to_text()),
+        why: e.to_string(),
+    })
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Index for RocksIndex {
+    fn get(&self, d: &Digest) -> Result<Option<Location>, IndexError> {
+        let key = d.key_bytes();
+        match self.db.get_pinned_cf(self.cf(CF_ITEMS)?, &key).map_err(engine)? {
+            Some(v) => Ok(Some(decode_loc(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_many(&self, ds: &[Digest]) -> Result<Vec<Option<Location>>, IndexError> {
+        let cf = self.cf(CF_ITEMS)?;
+        let keys: Vec<Vec<u8>> = ds.iter().map(Digest::key_bytes).collect();
+        let res = self
+            .db
+            .batched_multi_get_cf(cf, keys.iter(), false);
+        keys.iter()
+            .zip(res)
+            .map(|(k, r)| match r.map_err(engine)? {
+                Some(v) => Ok(Some(decode_loc(k, &v)?)),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    fn table(&self, parent: &Digest) -> Result<Option<LocationTable>, IndexError> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_LOCTAB)?, parent.key_bytes())
+            .map_err(engine)?
+        {
+            Some(v) => LocationTable::decode(&v).map(Some).map_err(|e| IndexError::Corrupt {
+                key: parent.to_text(),
+                why: e.to_string(),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        self.db.get_cf(self.cf(CF_META)?, key).map_err(engine)
+    }
+
+    fn write(&self, batch: IndexBatch, durable: bool) -> Result<(), IndexError> {
+        let mut wb = WriteBatch::default();
+        let (items, tables, meta) = (self.cf(CF_ITEMS)?, self.cf(CF_LOCTAB)?, self.cf(CF_META)?);
+        for (d, l) in &batch.items {
+            wb.put_cf(items, d.key_bytes(), l.encode());
+        }
+        for d in &batch.remove {
+            wb.delete_cf(items, d.key_bytes());
+        }
+        for (d, t) in &batch.tables {
+            wb.put_cf(tables, d.key_bytes(), t.encode());
+        }
+        for (k, v) in &batch.meta {
+            wb.put_cf(meta, k, v);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(durable);
+        self.db.write_opt(wb, &wo).map_err(engine)
+    }
+
+    fn scan(&self, f: &mut dyn FnMut(Digest, Location) -> bool) -> Result<(), IndexError> {
+        let it = self.db.iterator_cf(self.cf(CF_ITEMS)?, rocksdb::IteratorMode::Start);
+        for kv in it {
+            let (k, v) = kv.map_err(engine)?;
+            let d = Digest::from_key_bytes(&k).ok_or_else(|| IndexError::Corrupt {
+                key: hex_of(&k),
+                why: "not a digest key".into(),
+            })?;
+            if !f(d, decode_loc(&k, &v)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

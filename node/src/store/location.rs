@@ -1,0 +1,157 @@
+//! Where an item lives, and location tables (the structure-aware CAS).
+
+use mirage_format::codec::{DecodeError, Reader, Writer};
+use mirage_format::{Digest, ItemKind};
+
+/// Compression of a stored payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Stored as is.
+    None,
+    /// zstd frame.
+    Zstd,
+}
+
+impl Compression {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd => 1,
+        }
+    }
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Location of one record in a volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// Volume id.
+    pub volume: u32,
+    /// Offset of the record header in the volume.
+    pub offset: u64,
+    /// Payload bytes on disk (after compression).
+    pub stored_len: u32,
+    /// Encoded item length (before compression).
+    pub raw_len: u32,
+    /// Item kind.
+    pub kind: ItemKind,
+    /// Payload compression.
+    pub compression: Compression,
+}
+
+const LOCATION_VERSION: u8 = 1;
+
+impl Location {
+    /// Bytes from the record start to the end of its payload.
+    pub fn record_len(&self) -> u64 {
+        crate::store::record::HEADER_LEN as u64 + u64::from(self.stored_len)
+    }
+
+    /// End offset of the record in its volume.
+    pub fn end(&self) -> u64 {
+        self.offset + self.record_len()
+    }
+
+    pub(crate) fn write(&self, w: &mut Writer) {
+        w.uvar(u64::from(self.volume));
+        w.uvar(self.offset);
+        w.uvar(u64::from(self.stored_len));
+        w.uvar(u64::from(self.raw_len));
+        w.u8(self.kind.code());
+        w.u8(self.compression.code());
+    }
+
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let volume = r.u32var("volume")?;
+        let offset = r.uvar("offset")?;
+        let stored_len = r.u32var("stored length")?;
+        let raw_len = r.u32var("raw length")?;
+        let k = r.u8("kind")?;
+        let kind = ItemKind::from_code(k).ok_or(DecodeError::UnknownKind(k))?;
+        let c = r.u8("compression")?;
+        let compression = Compression::from_code(c).ok_or(DecodeError::UnknownTag {
+            field: "compression",
+            tag: u64::from(c),
+        })?;
+        Ok(Location {
+            volume,
+            offset,
+            stored_len,
+            raw_len,
+            kind,
+            compression,
+        })
+    }
+
+    /// Encoded index value (versioned).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(LOCATION_VERSION);
+        self.write(&mut w);
+        w.into_bytes()
+    }
+
+    /// Decodes an index value.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let v = r.u8("location version")?;
+        if v != LOCATION_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                kind: "location",
+                version: v,
+            });
+        }
+        let l = Location::read(&mut r)?;
+        r.finish()?;
+        Ok(l)
+    }
+}
+
+/// Locations of the references of one item that this node holds, in reference order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocationTable {
+    /// (reference, where it is).
+    pub entries: Vec<(Digest, Location)>,
+}
+
+const LOCTAB_VERSION: u8 = 1;
+
+impl LocationTable {
+    /// Encoded value (versioned).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(LOCTAB_VERSION);
+        w.uvar(self.entries.len() as u64);
+        for (d, l) in &self.entries {
+            w.digest(d);
+            l.write(&mut w);
+        }
+        w.into_bytes()
+    }
+
+    /// Decodes a stored table.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let v = r.u8("location table version")?;
+        if v != LOCTAB_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                kind: "location table",
+                version: v,
+            });
+        }
+        let n = r.count("location table", 27)?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let d = r.digest("location table digest")?;
+            entries.push((d, Location::read(&mut r)?));
+        }
+        r.finish()?;
+        Ok(LocationTable { entries })
+    }
+}

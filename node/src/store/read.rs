@@ -1,0 +1,187 @@
+//! The read path: single gets, and batch reads served in (volume, offset) order, located through
+//! a manifest's location table (one index read for the whole batch) or through the index.
+
+use std::collections::HashMap;
+
+use mirage_format::Digest;
+
+use super::location::{Compression, Location};
+use super::record::{check_crc, parse_header};
+use super::{Store, StoreError};
+use crate::index::Index;
+
+/// Options of a read.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadOptions {
+    /// Re-hash every item and compare with its digest (the CRC is always checked).
+    pub verify_digest: bool,
+    /// Merge reads of records closer than this many bytes into one read.
+    pub coalesce_gap: u64,
+    /// Largest merged read.
+    pub max_read: u64,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            verify_digest: true,
+            coalesce_gap: 64 << 10,
+            max_read: 8 << 20,
+        }
+    }
+}
+
+/// What a batch read did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Items handed to the callback.
+    pub served: u64,
+    /// Requested digests the store does not hold.
+    pub missing: Vec<Digest>,
+    /// Locations found in the location table.
+    pub table_hits: u64,
+    /// Locations looked up in the index.
+    pub index_lookups: u64,
+    /// Reads issued to volume files.
+    pub read_ops: u64,
+    /// Bytes read from volume files.
+    pub bytes_read: u64,
+}
+
+impl Store {
+    /// Reads one item (its encoded bytes), verified.
+    pub fn get(&self, d: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.shared().index.get(d)? {
+            None => Ok(None),
+            Some(loc) => {
+                let rec = self.shared().volumes.read_at(loc.volume, loc.offset, loc.record_len())?;
+                self.decode_record(d, &loc, &rec, true).map(Some)
+            }
+        }
+    }
+
+    /// Reads many items, in (volume, offset) order, calling `f` with each digest and its bytes
+    /// or its integrity error. With `context`, locations come from that item's location table
+    /// (the structure-aware path), falling back to the index for anything it lacks.
+    pub fn get_many(
+        &self,
+        wanted: &[Digest],
+        context: Option<&Digest>,
+        opts: ReadOptions,
+        mut f: impl FnMut(Digest, Result<Vec<u8>, StoreError>),
+    ) -> Result<ReadStats, StoreError> {
+        let sh = self.shared();
+        let mut stats = ReadStats::default();
+        let mut located: Vec<(Digest, Location)> = Vec::with_capacity(wanted.len());
+        let mut lookup: Vec<Digest> = Vec::new();
+        match context.map(|c| sh.index.table(c)).transpose()?.flatten() {
+            Some(table) => {
+                let map: HashMap<Digest, Location> = table.entries.into_iter().collect();
+                for d in wanted {
+                    match map.get(d) {
+                        Some(l) => {
+                            stats.table_hits += 1;
+                            located.push((*d, *l));
+                        }
+                        None => lookup.push(*d),
+                    }
+                }
+            }
+            None => lookup.extend_from_slice(wanted),
+        }
+        if !lookup.is_empty() {
+            stats.index_lookups += lookup.len() as u64;
+            for (d, l) in lookup.iter().zip(sh.index.get_many(&lookup)?) {
+                match l {
+                    Some(l) => located.push((*d, l)),
+                    None => stats.missing.push(*d),
+                }
+            }
+        }
+        located.sort_by_key(|(_, l)| (l.volume, l.offset));
+        located.dedup_by_key(|(d, _)| *d);
+        let mut i = 0;
+        while i < located.len() {
+            // Merge a run of nearby records in one volume into one sequential read.
+            let (vol, start) = (located[i].1.volume, located[i].1.offset);
+            let mut end = located[i].1.end();
+            let mut j = i + 1;
+            while j < located.len() {
+                let l = &located[j].1;
+                if l.volume != vol || l.offset > end + opts.coalesce_gap || l.end() - start > opts.max_read {
+                    break;
+                }
+                end = end.max(l.end());
+                j += 1;
+            }
+            stats.read_ops += 1;
+            stats.bytes_read += end - start;
+            match sh.volumes.read_at(vol, start, end - start) {
+                Ok(buf) => {
+                    for (d, l) in &located[i..j] {
+                        let from = (l.offset - start) as usize;
+                        let rec = &buf[from..from + l.record_len() as usize];
+                        stats.served += 1;
+                        f(*d, self.decode_record(d, l, rec, opts.verify_digest));
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    for (d, l) in &located[i..j] {
+                        stats.served += 1;
+                        f(*d, Err(integrity(d, l, why.clone())));
+                    }
+                }
+            }
+            i = j;
+        }
+        Ok(stats)
+    }
+
+    /// Checks a raw record and returns the encoded item it holds.
+    pub(crate) fn decode_record(
+        &self,
+        d: &Digest,
+        loc: &Location,
+        rec: &[u8],
+        verify_digest: bool,
+    ) -> Result<Vec<u8>, StoreError> {
+        let h = parse_header(rec).map_err(|f| integrity(d, loc, f.to_string()))?;
+        if h.digest != *d {
+            return Err(integrity(d, loc, format!("record holds {:#} instead", h.digest)));
+        }
+        if h.stored_len != loc.stored_len {
+            return Err(integrity(d, loc, "record length differs from the index".into()));
+        }
+        check_crc(rec).map_err(|f| integrity(d, loc, f.to_string()))?;
+        let payload = &rec[super::record::HEADER_LEN..];
+        let bytes = match h.compression {
+            Compression::None => payload.to_vec(),
+            Compression::Zstd => {
+                let out = zstd::bulk::decompress(payload, h.raw_len as usize)
+                    .map_err(|e| integrity(d, loc, format!("zstd: {e}")))?;
+                if out.len() != h.raw_len as usize {
+                    return Err(integrity(d, loc, "decompressed length differs".into()));
+                }
+                out
+            }
+        };
+        if verify_digest {
+            let got = Digest::of(d.algorithm(), &bytes)
+                .map_err(|e| integrity(d, loc, e.to_string()))?;
+            if got != *d {
+                return Err(integrity(d, loc, format!("content hashes to {got:#}")));
+            }
+        }
+        Ok(bytes)
+    }
+}
+
+fn integrity(d: &Digest, l: &Location, reason: String) -> StoreError {
+    StoreError::Integrity {
+        digest: *d,
+        volume: l.volume,
+        offset: l.offset,
+        reason,
+    }
+}

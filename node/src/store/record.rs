@@ -1,0 +1,190 @@
+//! Volume file and record layout (see `docs/FORMAT.md`, "Volumes").
+//!
+//! A volume starts with a 16-byte header (`MIRAGEVL`, layout version u32 LE, volume id u32 LE),
+//! then holds records back to back. A record is a 52-byte header and its payload:
+//!
+//! | off | len | field                                               |
+//! |-----|-----|-----------------------------------------------------|
+//! | 0   | 4   | magic `MRGR`                                        |
+//! | 4   | 1   | record version (1)                                  |
+//! | 5   | 1   | item kind code                                      |
+//! | 6   | 1   | compression (0 none, 1 zstd)                        |
+//! | 7   | 1   | digest algorithm code                               |
+//! | 8   | 32  | digest bytes, zero-padded                           |
+//! | 40  | 4   | raw length: encoded item bytes before compression   |
+//! | 44  | 4   | stored length: payload bytes that follow            |
+//! | 48  | 4   | CRC32C of bytes 0..48 and of the payload            |
+
+use mirage_format::{Algorithm, Digest, ItemKind};
+
+use crate::store::location::Compression;
+
+/// Volume file magic.
+pub const VOLUME_MAGIC: &[u8; 8] = b"MIRAGEVL";
+/// Volume layout version.
+pub const VOLUME_VERSION: u32 = 1;
+/// Volume header length.
+pub const VOLUME_HEADER_LEN: u64 = 16;
+/// Record magic.
+pub const RECORD_MAGIC: &[u8; 4] = b"MRGR";
+/// Record layout version.
+pub const RECORD_VERSION: u8 = 1;
+/// Record header length.
+pub const HEADER_LEN: usize = 52;
+/// Largest payload a record may claim (bounds reads of damaged headers).
+pub const MAX_PAYLOAD: u32 = (mirage_format::item::MAX_ITEM as u32) + 1024;
+
+/// Encodes a volume header.
+pub fn volume_header(id: u32) -> [u8; VOLUME_HEADER_LEN as usize] {
+    let mut h = [0u8; VOLUME_HEADER_LEN as usize];
+    h[..8].copy_from_slice(VOLUME_MAGIC);
+    h[8..12].copy_from_slice(&VOLUME_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&id.to_le_bytes());
+    h
+}
+
+/// Checks a volume header; returns the volume id.
+pub fn parse_volume_header(h: &[u8]) -> Option<u32> {
+    if h.len() < VOLUME_HEADER_LEN as usize || &h[..8] != VOLUME_MAGIC {
+        return None;
+    }
+    let version = u32::from_le_bytes(h[8..12].try_into().ok()?);
+    if version != VOLUME_VERSION {
+        return None;
+    }
+    Some(u32::from_le_bytes(h[12..16].try_into().ok()?))
+}
+
+/// A parsed record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Item kind.
+    pub kind: ItemKind,
+    /// Payload compression.
+    pub compression: Compression,
+    /// Item digest.
+    pub digest: Digest,
+    /// Encoded item length.
+    pub raw_len: u32,
+    /// Payload length.
+    pub stored_len: u32,
+    /// Stored CRC32C.
+    pub crc: u32,
+}
+
+/// Why a header or record is not valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordFault {
+    /// Fewer bytes than a header.
+    Short,
+    /// Magic or version wrong.
+    BadMagic,
+    /// A field holds an impossible value.
+    BadField(&'static str),
+    /// CRC mismatch.
+    Crc,
+}
+
+impl std::fmt::Display for RecordFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordFault::Short => f.write_str("short record"),
+            RecordFault::BadMagic => f.write_str("bad record magic or version"),
+            RecordFault::BadField(w) => write!(f, "impossible {w} in record header"),
+            RecordFault::Crc => f.write_str("CRC32C mismatch"),
+        }
+    }
+}
+
+/// Builds a complete record (header and payload).
+pub fn encode_record(
+    digest: &Digest,
+    kind: ItemKind,
+    compression: Compression,
+    raw_len: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(HEADER_LEN + payload.len());
+    rec.extend_from_slice(RECORD_MAGIC);
+    rec.push(RECORD_VERSION);
+    rec.push(kind.code());
+    rec.push(compression.code());
+    rec.push(digest.algorithm().code());
+    let mut d = [0u8; 32];
+    d[..digest.as_bytes().len()].copy_from_slice(digest.as_bytes());
+    rec.extend_from_slice(&d);
+    rec.extend_from_slice(&raw_len.to_le_bytes());
+    rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&rec), payload);
+    rec.extend_from_slice(&crc.to_le_bytes());
+    rec.extend_from_slice(payload);
+    rec
+}
+
+/// Parses a header (no CRC check: that needs the payload).
+pub fn parse_header(h: &[u8]) -> Result<RecordHeader, RecordFault> {
+    if h.len() < HEADER_LEN {
+        return Err(RecordFault::Short);
+    }
+    if &h[..4] != RECORD_MAGIC || h[4] != RECORD_VERSION {
+        return Err(RecordFault::BadMagic);
+    }
+    let kind = ItemKind::from_code(h[5]).ok_or(RecordFault::BadField("kind"))?;
+    let compression = Compression::from_code(h[6]).ok_or(RecordFault::BadField("compression"))?;
+    let alg = Algorithm::from_code(h[7]).ok_or(RecordFault::BadField("algorithm"))?;
+    let digest =
+        Digest::from_bytes(alg, &h[8..8 + alg.digest_len()]).ok_or(RecordFault::BadField("digest"))?;
+    let le = |r: std::ops::Range<usize>| u32::from_le_bytes([h[r.start], h[r.start + 1], h[r.start + 2], h[r.start + 3]]);
+    let raw_len = le(40..44);
+    let stored_len = le(44..48);
+    let crc = le(48..52);
+    if stored_len > MAX_PAYLOAD || raw_len > MAX_PAYLOAD {
+        return Err(RecordFault::BadField("length"));
+    }
+    if compression == Compression::None && raw_len != stored_len {
+        return Err(RecordFault::BadField("length"));
+    }
+    Ok(RecordHeader {
+        kind,
+        compression,
+        digest,
+        raw_len,
+        stored_len,
+        crc,
+    })
+}
+
+/// Checks the CRC of a whole record (`rec` = header and payload).
+pub fn check_crc(rec: &[u8]) -> Result<(), RecordFault> {
+    if rec.len() < HEADER_LEN {
+        return Err(RecordFault::Short);
+    }
+    let stored = u32::from_le_bytes([rec[48], rec[49], rec[50], rec[51]]);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&rec[..48]), &rec[HEADER_LEN..]);
+    if crc == stored {
+        Ok(())
+    } else {
+        Err(RecordFault::Crc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_roundtrip_and_crc() {
+        let d = Digest::of(Algorithm::Sha1, b"x").unwrap();
+        let rec = encode_record(&d, ItemKind::Blob, Compression::None, 3, b"abc");
+        let h = parse_header(&rec).unwrap();
+        assert_eq!(h.digest, d);
+        assert_eq!(h.stored_len, 3);
+        check_crc(&rec).unwrap();
+        for i in 0..rec.len() {
+            let mut bad = rec.clone();
+            bad[i] ^= 0x40;
+            let detected = parse_header(&bad).is_err() || check_crc(&bad).is_err();
+            assert!(detected, "flip at {i} undetected");
+        }
+    }
+}

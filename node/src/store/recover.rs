@@ -1,0 +1,295 @@
+//! Crash recovery: every volume is scanned from its last index checkpoint to its end; valid
+//! records are (re-)indexed; a torn tail — invalid bytes with no valid record after them — is
+//! cut; damage followed by valid records is skipped and reported, never cut.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+
+use mirage_format::{Digest, Item};
+
+use super::location::{Compression, Location};
+use super::record::{check_crc, parse_header, parse_volume_header, RecordFault, RecordHeader, HEADER_LEN, VOLUME_HEADER_LEN};
+use super::volume::{sync_dir, ActiveVolume};
+use super::write::build_table;
+use super::{io_err, Shared, StoreError};
+use crate::index::{Index, IndexBatch};
+use crate::keys;
+
+/// One step of a sequential volume scan.
+pub(crate) enum Scanned {
+    /// A record whose header and CRC are valid.
+    Record { offset: u64, header: RecordHeader, rec: Vec<u8> },
+    /// Invalid bytes at `offset`; scanning resumes at `resume` if a valid record follows.
+    Fault { offset: u64, fault: String, resume: Option<u64> },
+}
+
+/// Sequential reader of the records of one volume.
+pub(crate) struct Scanner {
+    file: File,
+    reader: BufReader<File>,
+    pos: u64,
+    len: u64,
+}
+
+impl Scanner {
+    pub(crate) fn open(file: File, from: u64) -> std::io::Result<Self> {
+        let len = file.metadata()?.len();
+        let mut clone = file.try_clone()?;
+        clone.seek(SeekFrom::Start(from))?;
+        Ok(Scanner { file, reader: BufReader::with_capacity(1 << 20, clone), pos: from, len })
+    }
+
+    fn seek(&mut self, to: u64) -> std::io::Result<()> {
+        self.reader.seek(SeekFrom::Start(to))?;
+        self.pos = to;
+        Ok(())
+    }
+
+    /// Validates the record at `offset` by positional reads.
+    fn valid_at(&self, offset: u64) -> bool {
+        let mut h = [0u8; HEADER_LEN];
+        if offset + HEADER_LEN as u64 > self.len || self.file.read_exact_at(&mut h, offset).is_err() {
+            return false;
+        }
+        let Ok(header) = parse_header(&h) else { return false };
+        let end = offset + HEADER_LEN as u64 + u64::from(header.stored_len);
+        if end > self.len {
+            return false;
+        }
+        let mut rec = vec![0u8; (end - offset) as usize];
+        self.file.read_exact_at(&mut rec, offset).is_ok() && check_crc(&rec).is_ok()
+    }
+
+    /// First offset after `after` where a valid record starts.
+    fn resync(&self, after: u64) -> std::io::Result<Option<u64>> {
+        let magic = super::record::RECORD_MAGIC;
+        let mut at = after + 1;
+        let window = 8u64 << 20;
+        while at + HEADER_LEN as u64 <= self.len {
+            let n = window.min(self.len - at);
+            let mut buf = vec![0u8; n as usize];
+            self.file.read_exact_at(&mut buf, at)?;
+            for i in 0..buf.len().saturating_sub(3) {
+                if &buf[i..i + 4] == magic && self.valid_at(at + i as u64) {
+                    return Ok(Some(at + i as u64));
+                }
+            }
+            at += n.saturating_sub(3).max(1);
+        }
+        Ok(None)
+    }
+
+    /// The next record or fault; `None` at the end of the volume.
+    pub(crate) fn next(&mut self) -> std::io::Result<Option<Scanned>> {
+        if self.pos >= self.len {
+            return Ok(None);
+        }
+        let offset = self.pos;
+        let fault = match self.read_record() {
+            Ok(Some((header, rec))) => {
+                self.pos += rec.len() as u64;
+                return Ok(Some(Scanned::Record { offset, header, rec }));
+            }
+            Ok(None) => "record runs past the end of the volume".to_string(),
+            Err(f) => f.to_string(),
+        };
+        let resume = self.resync(offset)?;
+        match resume {
+            Some(r) => self.seek(r)?,
+            None => self.pos = self.len,
+        }
+        Ok(Some(Scanned::Fault { offset, fault, resume }))
+    }
+
+    fn read_record(&mut self) -> Result<Option<(RecordHeader, Vec<u8>)>, RecordFault> {
+        if self.pos + HEADER_LEN as u64 > self.len {
+            return Ok(None);
+        }
+        let mut rec = vec![0u8; HEADER_LEN];
+        self.reader.read_exact(&mut rec).map_err(|_| RecordFault::Short)?;
+        let header = parse_header(&rec)?;
+        let end = self.pos + HEADER_LEN as u64 + u64::from(header.stored_len);
+        if end > self.len {
+            return Ok(None);
+        }
+        rec.resize(HEADER_LEN + header.stored_len as usize, 0);
+        self.reader.read_exact(&mut rec[HEADER_LEN..]).map_err(|_| RecordFault::Short)?;
+        check_crc(&rec)?;
+        Ok(Some((header, rec)))
+    }
+}
+
+/// Decompresses and checks a CRC-valid record: the encoded item, or why it is damaged.
+pub(crate) fn open_record(header: &RecordHeader, rec: &[u8]) -> Result<Vec<u8>, String> {
+    let payload = &rec[HEADER_LEN..];
+    let bytes = match header.compression {
+        Compression::None => payload.to_vec(),
+        Compression::Zstd => zstd::bulk::decompress(payload, header.raw_len as usize).map_err(|e| format!("zstd: {e}"))?,
+    };
+    if bytes.len() != header.raw_len as usize {
+        return Err("length differs from the header".into());
+    }
+    let got = Digest::of(header.digest.algorithm(), &bytes).map_err(|e| e.to_string())?;
+    if got != header.digest {
+        return Err(format!("content hashes to {got:#}, header says {:#}", header.digest));
+    }
+    Ok(bytes)
+}
+
+const FLUSH_EVERY: usize = 10_000;
+
+/// Recovers every volume; returns the volume to append to.
+pub(crate) fn recover(sh: &Shared) -> Result<ActiveVolume, StoreError> {
+    let ids = sh.volumes.list()?;
+    let Some(&last) = ids.last() else {
+        return ActiveVolume::create(&sh.volumes, 1);
+    };
+    let mut last_len = VOLUME_HEADER_LEN;
+    for &id in &ids {
+        last_len = recover_volume(sh, id, id == last)?;
+    }
+    ActiveVolume::open(&sh.volumes, last, last_len)
+}
+
+fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError> {
+    let path = sh.volumes.path(id);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    let len = file.metadata().map_err(io_err("stat", &path))?.len();
+    if len < VOLUME_HEADER_LEN {
+        // Torn while being created: it never held a record.
+        tracing::warn!(volume = id, "volume shorter than its header; recreating it");
+        drop(file);
+        let v = ActiveVolume::create(&sh.volumes, id)?;
+        return Ok(v.len);
+    }
+    let mut head = [0u8; VOLUME_HEADER_LEN as usize];
+    file.read_exact_at(&mut head, 0).map_err(io_err("read", &path))?;
+    if parse_volume_header(&head) != Some(id) {
+        return Err(StoreError::BadStore {
+            path: path.clone(),
+            why: "volume header is missing, damaged, or names another volume".into(),
+        });
+    }
+    let ckpt = sh
+        .index
+        .meta(&keys::checkpoint_key(id))?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(VOLUME_HEADER_LEN, u64::from_be_bytes);
+    let shrunk = ckpt > len;
+    let from = if shrunk {
+        tracing::error!(volume = id, checkpoint = ckpt, len, "volume is shorter than its checkpoint; rescanning it whole");
+        VOLUME_HEADER_LEN
+    } else {
+        ckpt
+    };
+    if from == len {
+        return Ok(len);
+    }
+    let mut scanner = Scanner::open(file.try_clone().map_err(io_err("open", &path))?, from).map_err(io_err("scan", &path))?;
+    let mut new_locs: HashMap<Digest, Location> = HashMap::new();
+    let mut with_refs: Vec<(Digest, Vec<Digest>)> = Vec::new();
+    let mut batch = IndexBatch::default();
+    let mut end = from;
+    let mut reindexed = 0u64;
+    while let Some(step) = scanner.next().map_err(io_err("scan", &path))? {
+        match step {
+            Scanned::Record { offset, header, rec } => {
+                end = offset + rec.len() as u64;
+                let bytes = match open_record(&header, &rec) {
+                    Ok(b) => b,
+                    Err(why) => {
+                        tracing::error!(volume = id, offset, digest = %header.digest, %why, "damaged record left in place");
+                        continue;
+                    }
+                };
+                if new_locs.contains_key(&header.digest) || sh.index.get(&header.digest)?.is_some() {
+                    continue;
+                }
+                let loc = Location {
+                    volume: id,
+                    offset,
+                    stored_len: header.stored_len,
+                    raw_len: header.raw_len,
+                    kind: header.kind,
+                    compression: header.compression,
+                };
+                new_locs.insert(header.digest, loc);
+                batch.items.push((header.digest, loc));
+                reindexed += 1;
+                if header.kind.has_refs() {
+                    if let Ok(item) = Item::decode(&bytes) {
+                        with_refs.push((header.digest, item.refs()));
+                    }
+                }
+                if batch.items.len() >= FLUSH_EVERY {
+                    flush(sh, &mut batch, &mut new_locs, &mut with_refs)?;
+                }
+            }
+            Scanned::Fault { offset, fault, resume: Some(r) } => {
+                tracing::error!(volume = id, offset, resume = r, %fault, "damaged bytes skipped; valid records follow");
+            }
+            Scanned::Fault { offset, fault, resume: None } => {
+                tracing::warn!(volume = id, offset, cut = len - offset, %fault, "cutting torn volume tail");
+                file.set_len(offset).map_err(io_err("truncate", &path))?;
+                file.sync_all().map_err(io_err("fsync", &path))?;
+                sync_dir(sh.volumes.dir())?;
+                sh.volumes.forget(id);
+                end = offset;
+            }
+        }
+    }
+    flush(sh, &mut batch, &mut new_locs, &mut with_refs)?;
+    if shrunk {
+        purge_beyond(sh, id, end)?;
+    }
+    if reindexed > 0 {
+        tracing::info!(volume = id, items = reindexed, "re-indexed records past the checkpoint");
+    }
+    let _ = is_last;
+    sh.index.write(
+        IndexBatch {
+            meta: vec![(keys::checkpoint_key(id), end.to_be_bytes().to_vec())],
+            ..Default::default()
+        },
+        true,
+    )?;
+    Ok(end)
+}
+
+fn flush(
+    sh: &Shared,
+    batch: &mut IndexBatch,
+    new_locs: &mut HashMap<Digest, Location>,
+    with_refs: &mut Vec<(Digest, Vec<Digest>)>,
+) -> Result<(), StoreError> {
+    let mut b = std::mem::take(batch);
+    for (parent, refs) in with_refs.drain(..) {
+        let t = build_table(sh, new_locs, &refs);
+        b.tables.push((parent, t));
+    }
+    sh.index.write(b, false)?;
+    new_locs.clear();
+    Ok(())
+}
+
+/// Removes index entries that point past the end of a volume that lost bytes.
+fn purge_beyond(sh: &Shared, id: u32, end: u64) -> Result<(), StoreError> {
+    let mut gone = Vec::new();
+    sh.index.scan(&mut |d, l| {
+        if l.volume == id && l.end() > end {
+            gone.push(d);
+        }
+        true
+    })?;
+    if !gone.is_empty() {
+        tracing::error!(volume = id, items = gone.len(), "items lost with the end of the volume were removed from the index");
+        sh.index.write(IndexBatch { remove: gone, ..Default::default() }, true)?;
+    }
+    Ok(())
+}

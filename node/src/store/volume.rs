@@ -1,0 +1,168 @@
+//! Volume files: the active one appended by the committer, all of them read positionally.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::record::{volume_header, VOLUME_HEADER_LEN};
+use super::{io_err, StoreError};
+
+/// File name of volume `id`.
+pub(crate) fn volume_name(id: u32) -> String {
+    format!("{id:08}.vol")
+}
+
+/// Volume id of a file name, if it is a volume.
+pub(crate) fn parse_volume_name(name: &str) -> Option<u32> {
+    let stem = name.strip_suffix(".vol")?;
+    if stem.len() != 8 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Read handles of every volume.
+#[derive(Debug)]
+pub(crate) struct Volumes {
+    dir: PathBuf,
+    files: RwLock<BTreeMap<u32, Arc<File>>>,
+}
+
+impl Volumes {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Volumes {
+            dir,
+            files: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn path(&self, id: u32) -> PathBuf {
+        self.dir.join(volume_name(id))
+    }
+
+    /// Ids of the volume files on disk, ascending.
+    pub(crate) fn list(&self) -> Result<Vec<u32>, StoreError> {
+        let mut ids = Vec::new();
+        for e in std::fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))? {
+            let e = e.map_err(io_err("list", &self.dir))?;
+            if let Some(id) = e.file_name().to_str().and_then(parse_volume_name) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn handle(&self, id: u32) -> Result<Arc<File>, StoreError> {
+        if let Some(f) = self.files.read().get(&id) {
+            return Ok(f.clone());
+        }
+        let path = self.path(id);
+        let f = Arc::new(File::open(&path).map_err(io_err("open", &path))?);
+        self.files.write().insert(id, f.clone());
+        Ok(f)
+    }
+
+    /// Forgets cached handles (after truncation or recreation).
+    pub(crate) fn forget(&self, id: u32) {
+        self.files.write().remove(&id);
+    }
+
+    /// Reads exactly `len` bytes at `offset` of volume `id`.
+    pub(crate) fn read_at(&self, id: u32, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let f = self.handle(id)?;
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(1 << 31)];
+        f.read_exact_at(&mut buf, offset)
+            .map_err(io_err("read", &self.path(id)))?;
+        Ok(buf)
+    }
+
+    /// Size of volume `id` on disk.
+    pub(crate) fn len(&self, id: u32) -> Result<u64, StoreError> {
+        let f = self.handle(id)?;
+        Ok(f.metadata().map_err(io_err("stat", &self.path(id)))?.len())
+    }
+}
+
+/// The volume being appended to. Owned by the committer thread.
+#[derive(Debug)]
+pub(crate) struct ActiveVolume {
+    pub(crate) id: u32,
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+    /// Bytes durably written (the next record starts here).
+    pub(crate) len: u64,
+}
+
+impl ActiveVolume {
+    /// Opens an existing volume for appending at `len`.
+    pub(crate) fn open(vols: &Volumes, id: u32, len: u64) -> Result<Self, StoreError> {
+        let path = vols.path(id);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open for append", &path))?;
+        Ok(ActiveVolume { id, file, path, len })
+    }
+
+    /// Creates volume `id` with its header, durably (file and directory entry).
+    pub(crate) fn create(vols: &Volumes, id: u32) -> Result<Self, StoreError> {
+        let path = vols.path(id);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        file.write_all(&volume_header(id))
+            .map_err(io_err("write header of", &path))?;
+        file.sync_all().map_err(io_err("fsync", &path))?;
+        sync_dir(vols.dir())?;
+        vols.forget(id);
+        Ok(ActiveVolume {
+            id,
+            file,
+            path,
+            len: VOLUME_HEADER_LEN,
+        })
+    }
+
+    /// Appends `buf` at the end and makes it durable. On failure the file is cut back to its
+    /// previous length where possible, and the error is returned.
+    pub(crate) fn append_durable(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let res = self
+            .file
+            .write_all_at(buf, self.len)
+            .map_err(io_err("append to", &self.path))
+            .and_then(|()| self.file.sync_data().map_err(io_err("fdatasync", &self.path)));
+        match res {
+            Ok(()) => {
+                self.len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.len);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// fsyncs a directory so that a created or renamed entry is durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}

@@ -1,0 +1,365 @@
+//! The write path: callers validate, hash and compress; one committer thread dedups, checks
+//! the closure invariant, appends a whole group of requests, fsyncs once, indexes, and only
+//! then acknowledges.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{mpsc, Arc};
+
+use mirage_format::item::peek;
+use mirage_format::{Digest, Item, ItemKind};
+
+use super::location::{Compression, Location, LocationTable};
+use super::record::{encode_record, HEADER_LEN, VOLUME_HEADER_LEN};
+use super::volume::ActiveVolume;
+use super::{Shared, Store, StoreError};
+use crate::index::{Index, IndexBatch};
+use crate::keys;
+
+/// Result of storing one item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The item's digest (computed by the store).
+    pub digest: Digest,
+    /// True when this call stored it; false when it was already present.
+    pub new: bool,
+}
+
+/// An item ready for the committer.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    digest: Digest,
+    kind: ItemKind,
+    refs: Vec<Digest>,
+    raw_len: u32,
+    compression: Compression,
+    payload: Vec<u8>,
+}
+
+type Reply = mpsc::SyncSender<Result<Vec<bool>, StoreError>>;
+
+/// Messages to the committer.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    Write(Vec<Prepared>, Reply),
+    Checkpoint(mpsc::SyncSender<Result<(), StoreError>>),
+    Shutdown(mpsc::SyncSender<()>),
+}
+
+impl Store {
+    /// Stores one encoded item.
+    pub fn put(&self, encoded: Vec<u8>) -> Result<PutOutcome, StoreError> {
+        let mut v = self.put_many(vec![encoded])?;
+        v.pop().ok_or(StoreError::Closed)
+    }
+
+    /// Stores a batch of encoded items, all or nothing. Each is decoded and validated, hashed by
+    /// the store (never trusting a caller's digest) and must reference only items present in
+    /// the store or in the same batch. Returns when every new item is durable.
+    pub fn put_many(&self, encoded: Vec<Vec<u8>>) -> Result<Vec<PutOutcome>, StoreError> {
+        let sh = self.shared();
+        if let Some(why) = sh.failed.lock().clone() {
+            return Err(StoreError::WritesDisabled(why));
+        }
+        let alg = sh.alg;
+        let mut digests = Vec::with_capacity(encoded.len());
+        let mut metas = Vec::with_capacity(encoded.len());
+        for (index, bytes) in encoded.iter().enumerate() {
+            let (kind, _) = peek(bytes).map_err(|source| StoreError::InvalidItem { index, source })?;
+            let refs = if kind.has_refs() {
+                let item = Item::decode(bytes).map_err(|source| StoreError::InvalidItem { index, source })?;
+                let refs = item.refs();
+                if let Some(r) = refs.iter().find(|r| r.algorithm() != alg) {
+                    return Err(StoreError::WrongAlgorithm { index, found: r.algorithm(), store: alg });
+                }
+                refs
+            } else {
+                if bytes.len() > mirage_format::item::MAX_ITEM {
+                    return Err(StoreError::InvalidItem {
+                        index,
+                        source: mirage_format::DecodeError::TooLong {
+                            field: "blob",
+                            len: bytes.len() as u64,
+                            limit: mirage_format::item::MAX_ITEM as u64,
+                        },
+                    });
+                }
+                Vec::new()
+            };
+            let d = mirage_format::Digest::of(alg, bytes)
+                .map_err(|source| StoreError::Digest { index, source })?;
+            digests.push(d);
+            metas.push((kind, refs));
+        }
+        let present = sh.index.get_many(&digests)?;
+        let mut prepared = Vec::new();
+        let mut slots = Vec::new();
+        for (i, (((bytes, d), (kind, refs)), here)) in
+            encoded.into_iter().zip(&digests).zip(metas).zip(&present).enumerate()
+        {
+            if here.is_some() {
+                continue;
+            }
+            slots.push(i);
+            let raw_len = bytes.len() as u32;
+            let (compression, payload) = compress(bytes, sh.opts.zstd_level);
+            prepared.push(Prepared { digest: *d, kind, refs, raw_len, compression, payload });
+        }
+        let mut out: Vec<PutOutcome> =
+            digests.iter().map(|d| PutOutcome { digest: *d, new: false }).collect();
+        if !prepared.is_empty() {
+            let (rtx, rrx) = mpsc::sync_channel(1);
+            self.send(Msg::Write(prepared, rtx))?;
+            // The committer answers with one flag per prepared item, in order: true where this
+            // request appended it (a concurrent writer or an earlier copy in the batch may have).
+            let flags = rrx.recv().map_err(|_| StoreError::Closed)??;
+            for (slot, new) in slots.into_iter().zip(flags) {
+                out[slot].new = new;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn compress(bytes: Vec<u8>, level: i32) -> (Compression, Vec<u8>) {
+    if level <= 0 || bytes.len() < 128 {
+        return (Compression::None, bytes);
+    }
+    match zstd::bulk::compress(&bytes, level) {
+        // Keep the compressed form only when it saves at least an eighth.
+        Ok(c) if c.len() + bytes.len() / 8 <= bytes.len() => (Compression::Zstd, c),
+        _ => (Compression::None, bytes),
+    }
+}
+
+/// The committer thread.
+pub(crate) fn committer(sh: Arc<Shared>, rx: mpsc::Receiver<Msg>, mut active: ActiveVolume) {
+    let mut since_checkpoint = 0u64;
+    let mut pending: Option<Msg> = None;
+    loop {
+        let first = match pending.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+        };
+        match first {
+            Msg::Shutdown(done) => {
+                if let Err(e) = checkpoint(&sh, &active) {
+                    tracing::error!(error = %e, "final checkpoint failed");
+                }
+                let _ = done.send(());
+                return;
+            }
+            Msg::Checkpoint(reply) => {
+                let r = checkpoint(&sh, &active);
+                if r.is_ok() {
+                    since_checkpoint = 0;
+                }
+                let _ = reply.send(r);
+            }
+            Msg::Write(items, reply) => {
+                let mut group = vec![(items, reply)];
+                let mut bytes: usize = group[0].0.iter().map(|p| p.payload.len()).sum();
+                while bytes < sh.opts.max_group_bytes {
+                    match rx.try_recv() {
+                        Ok(Msg::Write(i, r)) => {
+                            bytes += i.iter().map(|p| p.payload.len()).sum::<usize>();
+                            group.push((i, r));
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let appended = commit_group(&sh, &mut active, group);
+                since_checkpoint += appended;
+                if since_checkpoint >= sh.opts.checkpoint_bytes {
+                    match checkpoint(&sh, &active) {
+                        Ok(()) => since_checkpoint = 0,
+                        Err(e) => tracing::warn!(error = %e, "index checkpoint failed; will retry"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Records that every record before `active.len` is indexed, durably (this also syncs every
+/// earlier index write, which share the same write-ahead log).
+fn checkpoint(sh: &Shared, active: &ActiveVolume) -> Result<(), StoreError> {
+    sh.index.write(
+        IndexBatch {
+            meta: vec![(keys::checkpoint_key(active.id), active.len.to_be_bytes().to_vec())],
+            ..Default::default()
+        },
+        true,
+    )?;
+    Ok(())
+}
+
+/// Appends one group; returns bytes appended. Every request gets its answer.
+fn commit_group(
+    sh: &Shared,
+    active: &mut ActiveVolume,
+    group: Vec<(Vec<Prepared>, Reply)>,
+) -> u64 {
+    if let Some(why) = sh.failed.lock().clone() {
+        for (_, reply) in group {
+            let _ = reply.send(Err(StoreError::WritesDisabled(why.clone())));
+        }
+        return 0;
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    let mut new_locs: HashMap<Digest, Location> = HashMap::new();
+    let mut batch = IndexBatch::default();
+    let mut answers: Vec<(Reply, Result<Vec<bool>, StoreError>)> = Vec::new();
+    let mut with_refs: Vec<(Digest, Vec<Digest>)> = Vec::new();
+    let mut appended = 0u64;
+    for (items, reply) in group {
+        match admit(sh, &new_locs, &items) {
+            Ok(()) => {}
+            Err(e) => {
+                answers.push((reply, Err(e)));
+                continue;
+            }
+        }
+        let mut flags = Vec::with_capacity(items.len());
+        for p in items {
+            if new_locs.contains_key(&p.digest) || matches!(sh.index.get(&p.digest), Ok(Some(_))) {
+                flags.push(false);
+                continue;
+            }
+            let rec_len = (HEADER_LEN + p.payload.len()) as u64;
+            let used = active.len + buf.len() as u64;
+            if used > VOLUME_HEADER_LEN && used + rec_len > sh.opts.max_volume_size {
+                // Seal the current volume: write what is buffered, then start the next one.
+                // Index what the sealed volume holds before its checkpoint says it is indexed.
+                let sealed = IndexBatch { items: std::mem::take(&mut batch.items), ..Default::default() };
+                let r = flush(sh, active, &mut buf, &mut appended)
+                    .and_then(|()| sh.index.write(sealed, false).map_err(StoreError::Index))
+                    .and_then(|()| rotate(sh, active));
+                if let Err(e) = r {
+                    fail(sh, &e);
+                }
+            }
+            let loc = Location {
+                volume: active.id,
+                offset: active.len + buf.len() as u64,
+                stored_len: p.payload.len() as u32,
+                raw_len: p.raw_len,
+                kind: p.kind,
+                compression: p.compression,
+            };
+            buf.extend_from_slice(&encode_record(&p.digest, p.kind, p.compression, p.raw_len, &p.payload));
+            new_locs.insert(p.digest, loc);
+            batch.items.push((p.digest, loc));
+            if !p.refs.is_empty() {
+                with_refs.push((p.digest, p.refs));
+            }
+            flags.push(true);
+        }
+        answers.push((reply, Ok(flags)));
+    }
+    let durable = flush(sh, active, &mut buf, &mut appended);
+    if let Err(e) = &durable {
+        fail(sh, e);
+    }
+    let failed = sh.failed.lock().clone();
+    if failed.is_none() {
+        for (parent, refs) in with_refs {
+            let table = build_table(sh, &new_locs, &refs);
+            batch.tables.push((parent, table));
+        }
+        if let Err(e) = sh.index.write(batch, false) {
+            // The volume is durable; recovery would re-index it, but this process cannot serve it.
+            fail(sh, &StoreError::Index(e));
+        }
+    }
+    let failed = sh.failed.lock().clone();
+    for (reply, ans) in answers {
+        let ans = match (&failed, ans) {
+            (Some(why), Ok(_)) => Err(StoreError::WritesDisabled(why.clone())),
+            (_, a) => a,
+        };
+        let _ = reply.send(ans);
+    }
+    appended
+}
+
+/// Closure invariant: every reference of every item is in the store, earlier in this group,
+/// or in the same request.
+fn admit(sh: &Shared, new_locs: &HashMap<Digest, Location>, items: &[Prepared]) -> Result<(), StoreError> {
+    let in_req: HashSet<Digest> = items.iter().map(|p| p.digest).collect();
+    for p in items {
+        let unknown: Vec<Digest> = p
+            .refs
+            .iter()
+            .filter(|r| !in_req.contains(r) && !new_locs.contains_key(r))
+            .copied()
+            .collect();
+        if unknown.is_empty() {
+            continue;
+        }
+        let found = sh.index.get_many(&unknown)?;
+        let missing: Vec<Digest> = unknown
+            .into_iter()
+            .zip(found)
+            .filter(|(_, l)| l.is_none())
+            .map(|(d, _)| d)
+            .collect();
+        if !missing.is_empty() {
+            return Err(StoreError::MissingReferences { digest: p.digest, missing });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn build_table(sh: &Shared, new_locs: &HashMap<Digest, Location>, refs: &[Digest]) -> LocationTable {
+    let lookups: Vec<Digest> = refs.iter().filter(|r| !new_locs.contains_key(r)).copied().collect();
+    let mut found: HashMap<Digest, Location> = HashMap::new();
+    if let Ok(locs) = sh.index.get_many(&lookups) {
+        for (d, l) in lookups.into_iter().zip(locs) {
+            if let Some(l) = l {
+                found.insert(d, l);
+            }
+        }
+    }
+    LocationTable {
+        entries: refs
+            .iter()
+            .filter_map(|r| new_locs.get(r).or_else(|| found.get(r)).map(|l| (*r, *l)))
+            .collect(),
+    }
+}
+
+fn flush(sh: &Shared, active: &mut ActiveVolume, buf: &mut Vec<u8>, appended: &mut u64) -> Result<(), StoreError> {
+    if sh.failed.lock().is_some() {
+        buf.clear();
+        return Ok(());
+    }
+    let r = active.append_durable(buf);
+    if r.is_ok() {
+        *appended += buf.len() as u64;
+    }
+    buf.clear();
+    r
+}
+
+fn rotate(sh: &Shared, active: &mut ActiveVolume) -> Result<(), StoreError> {
+    checkpoint(sh, active)?;
+    let next = ActiveVolume::create(&sh.volumes, active.id + 1)?;
+    *active = next;
+    checkpoint(sh, active)
+}
+
+/// A storage failure stops all writes: the node must not acknowledge anything it may lose.
+fn fail(sh: &Shared, e: &StoreError) {
+    let mut f = sh.failed.lock();
+    if f.is_none() {
+        tracing::error!(error = %e, "storage failure: refusing all further writes");
+        *f = Some(e.to_string());
+    }
+}

@@ -1,0 +1,65 @@
+//! Helpers shared by the store tests: deterministic item sets.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use mirage_format::chunking::EncodedItem;
+use mirage_format::{Algorithm, EntryKind, Item, Tree, TreeEntry};
+use mirage_node::{Store, StoreOptions};
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Blob `i`: sizes vary from a few bytes to ~200 KiB; some compress well.
+pub fn blob(alg: Algorithm, i: u64) -> EncodedItem {
+    let len = match i % 4 {
+        0 => 17,
+        1 => 4096,
+        2 => 60_000,
+        _ => 200_000,
+    };
+    let mut data = bytes(i, len);
+    if i % 3 == 0 {
+        data.iter_mut().step_by(2).for_each(|b| *b = 0);
+    }
+    EncodedItem::blob(alg, &data).unwrap()
+}
+
+/// A tree referencing the given blobs as files.
+pub fn tree_of(alg: Algorithm, blobs: &[&EncodedItem]) -> EncodedItem {
+    let entries = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut e = TreeEntry::new(format!("file-{i:05}").into_bytes(), EntryKind::File);
+            e.mode = 0o644;
+            e.size = b.bytes.len() as u64 - 2;
+            e.content = Some(b.digest);
+            e
+        })
+        .collect();
+    EncodedItem::new(alg, &Item::Tree(Tree::new(entries).unwrap())).unwrap()
+}
+
+pub fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, StoreOptions { create: true, ..StoreOptions::default() }).unwrap()
+}
+
+pub fn open_with(dir: &std::path::Path, opts: StoreOptions) -> Store {
+    Store::open(dir, StoreOptions { create: true, ..opts }).unwrap()
+}
+
+/// Reads an item and checks it hashes to its digest.
+pub fn read_ok(store: &Store, d: &mirage_format::Digest) -> Vec<u8> {
+    let bytes = store.get(d).unwrap().unwrap_or_else(|| panic!("{d:#} missing"));
+    assert_eq!(mirage_format::Digest::of(d.algorithm(), &bytes).unwrap(), *d);
+    bytes
+}

@@ -1,0 +1,294 @@
+//! Storage engine behaviour: closure, dedup under concurrency, damage, torn tails, batch reads.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+
+use common::*;
+use mirage_format::{Algorithm, Digest};
+use mirage_node::store::record::{HEADER_LEN, VOLUME_HEADER_LEN};
+use mirage_node::{ReadOptions, StoreError, StoreOptions};
+
+fn volume_path(dir: &std::path::Path, id: u32) -> std::path::PathBuf {
+    dir.join("volumes").join(format!("{id:08}.vol"))
+}
+
+#[test]
+fn items_round_trip_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let alg = Algorithm::Sha256;
+    let blobs: Vec<_> = (0..40).map(|i| blob(alg, i)).collect();
+    let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());
+    {
+        let s = open(dir.path());
+        let mut batch: Vec<Vec<u8>> = blobs.iter().map(|b| b.bytes.clone()).collect();
+        batch.push(tree.bytes.clone());
+        let out = s.put_many(batch).unwrap();
+        assert!(out.iter().all(|o| o.new));
+        assert_eq!(out.last().unwrap().digest, tree.digest);
+        // Storing again stores nothing.
+        assert!(s.put(tree.bytes.clone()).map(|o| !o.new).unwrap());
+    }
+    let s = open(dir.path());
+    for b in &blobs {
+        assert_eq!(read_ok(&s, &b.digest), b.bytes);
+    }
+    assert_eq!(read_ok(&s, &tree.digest), tree.bytes);
+    let st = s.stats().unwrap();
+    assert_eq!(st.items, 41);
+    assert!(st.stored_bytes < st.logical_bytes, "compression never paid: {st:?}");
+    let report = s.verify(|_| {}).unwrap();
+    assert!(report.damaged.is_empty(), "{:?}", report.damaged);
+    assert_eq!(report.items_ok, 41);
+}
+
+#[test]
+fn missing_references_are_refused_and_batches_are_atomic() {
+    let dir = tempfile::tempdir().unwrap();
+    let alg = Algorithm::Sha256;
+    let s = open(dir.path());
+    let (a, b) = (blob(alg, 1), blob(alg, 2));
+    let tree = tree_of(alg, &[&a, &b]);
+    s.put(a.bytes.clone()).unwrap();
+    match s.put(tree.bytes.clone()) {
+        Err(StoreError::MissingReferences { digest, missing }) => {
+            assert_eq!(digest, tree.digest);
+            assert_eq!(missing, vec![b.digest]);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!s.has(&tree.digest).unwrap());
+    // A refused batch stores nothing, not even its valid members.
+    let c = blob(alg, 3);
+    let lonely = tree_of(alg, &[&blob(alg, 99)]);
+    assert!(s.put_many(vec![c.bytes.clone(), lonely.bytes.clone()]).is_err());
+    assert!(!s.has(&c.digest).unwrap());
+    // References arriving in the same batch satisfy the closure, in any order.
+    s.put_many(vec![tree.bytes.clone(), b.bytes.clone()]).unwrap();
+    assert!(s.has(&tree.digest).unwrap());
+    // Garbage and foreign algorithms are refused with a reason.
+    assert!(matches!(s.put(vec![3, 1, 0xff]), Err(StoreError::InvalidItem { index: 0, .. })));
+    let sha1_tree = tree_of(Algorithm::Sha1, &[&blob(Algorithm::Sha1, 5)]);
+    assert!(matches!(s.put(sha1_tree.bytes), Err(StoreError::WrongAlgorithm { .. })));
+}
+
+#[test]
+fn eight_concurrent_writers_store_each_item_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let alg = Algorithm::Sha256;
+    let s = open(dir.path());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                // Writer t stores items t*25 .. t*25+100: each item is wanted by up to 4 writers.
+                let mut new = 0;
+                for chunk in (t * 25..t * 25 + 100).collect::<Vec<_>>().chunks(7) {
+                    let batch = chunk.iter().map(|i| blob(alg, *i).bytes).collect();
+                    new += s.put_many(batch).unwrap().iter().filter(|o| o.new).count();
+                }
+                new
+            })
+        })
+        .collect();
+    let stored_new: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let unique = 7 * 25 + 100;
+    assert_eq!(stored_new, unique, "each item reported new exactly once");
+    let report = s.verify(|_| {}).unwrap();
+    assert_eq!(report.records, unique as u64, "volumes hold one record per item");
+    assert_eq!(report.items_ok, unique as u64);
+    assert!(report.damaged.is_empty());
+}
+
+#[test]
+fn a_flipped_byte_gives_an_integrity_error_naming_the_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let alg = Algorithm::Sha256;
+    let items: Vec<_> = (0..20).map(|i| blob(alg, i)).collect();
+    let victim = items[9].digest;
+    let loc;
+    {
+        let s = open(dir.path());
+        s.put_many(items.iter().map(|i| i.bytes.clone()).collect()).unwrap();
+        loc = s.location(&victim).unwrap().unwrap();
+    }
+    let f = OpenOptions::new().read(true).write(true).open(volume_path(dir.path(), loc.volume)).unwrap();
+    let at = loc.offset + HEADER_LEN as u64 + u64::from(loc.stored_len) / 2;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+    drop(f);
+    let s = open(dir.path());
+    match s.get(&victim) {
+        Err(StoreError::Integrity { digest, volume, offset, .. }) => {
+            assert_eq!((digest, volume, offset), (victim, loc.volume, loc.offset));
+            let msg = s.get(&victim).unwrap_err().to_string();
+            assert!(msg.contains(&victim.to_text()), "{msg}");
+        }
+        other => panic!("expected an integrity error, got {other:?}"),
+    }
+    for i in items.iter().filter(|i| i.digest != victim) {
+        assert_eq!(read_ok(&s, &i.digest), i.bytes);
+    }
+    // Batch reads serve the others and report the victim.
+    let wanted: Vec<Digest> = items.iter().map(|i| i.digest).collect();
+    let mut bad = Vec::new();
+    let stats = s
+        .get_many(&wanted, None, ReadOptions::default(), |d, r| {
+            if r.is_err() {
+                bad.push(d)
+            }
+        })
+        .unwrap();
+    assert_eq!((stats.served, bad), (20, vec![victim]));
+    let report = s.verify(|_| {}).unwrap();
+    assert_eq!(report.damaged.len(), 1, "{:?}", report.damaged);
+    assert_eq!(report.damaged[0].digest, Some(victim));
+    assert_eq!(report.items_ok, 19);
+    // The store stays writable, and the victim can be stored again... but not while indexed:
+    // the damaged copy is reported, not silently replaced.
+    s.put(blob(alg, 1000).bytes).unwrap();
+}
+
+#[test]
+fn a_torn_tail_is_cut_on_open_and_the_store_stays_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let alg = Algorithm::Sha256;
+    let items: Vec<_> = (0..10).map(|i| blob(alg, i)).collect();
+    let good_len;
+    {
+        let s = open(dir.path());
+        s.put_many(items.iter().map(|i| i.bytes.clone()).collect()).unwrap();
+        good_len = std::fs::metadata(volume_path(dir.path(), 1)).unwrap().len();
+    }
+    // A record torn by a crash: a valid header with half its payload.
+    let torn = blob(alg, 77);
+    let rec = mirage_node::store::record::encode_record(
+        &torn.digest,
+        mirage_format::ItemKind::Blob,
+        mirage_node::store::Compression::None,
+        torn.bytes.len() as u32,
+        &torn.bytes,
+    );
+    let f = OpenOptions::new().append(true).open(volume_path(dir.path(), 1)).unwrap();
+    std::io::Write::write_all(&mut &f, &rec[..rec.len() / 2]).unwrap();
+    drop(f);
+    let s = open(dir.path());
+    assert_eq!(std::fs::metadata(volume_path(dir.path(), 1)).unwrap().len(), good_len);
+    assert!(!s.has(&torn.digest).unwrap());
+    for i in &items {
+        read_ok(&s, &i.digest);
+    }
+    let more = blob(alg, 500);
+    assert!(s.put(more.bytes.clone()).unwrap().new);
+    drop(s);
+    let s = open(dir.path());
+    read_ok(&s, &more.digest);
+    assert!(s.verify(|_| {}).unwrap().damaged.is_empty());
+}
+
+#[test]
+fn a_volume_cut_inside_its_checkpoint_loses_only_the_cut_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let alg = Algorithm::Sha256;
+    let items: Vec<_> = (0..10).map(|i| blob(alg, i)).collect();
+    let last;
+    {
+        let s = open(dir.path());
+        s.put_many(items.iter().map(|i| i.bytes.clone()).collect()).unwrap();
+        last = items.iter().map(|i| (s.location(&i.digest).unwrap().unwrap(), i.digest)).max_by_key(|(l, _)| l.offset).unwrap();
+    }
+    let f = OpenOptions::new().write(true).open(volume_path(dir.path(), 1)).unwrap();
+    f.set_len(last.0.offset + 10).unwrap();
+    drop(f);
+    let s = open(dir.path());
+    assert_eq!(std::fs::metadata(volume_path(dir.path(), 1)).unwrap().len(), last.0.offset);
+    assert!(!s.has(&last.1).unwrap(), "an item cut off the volume is no longer indexed");
+    for i in items.iter().filter(|i| i.digest != last.1) {
+        read_ok(&s, &i.digest);
+    }
+    s.put(blob(alg, 9).bytes).unwrap();
+    assert!(s.verify(|_| {}).unwrap().damaged.is_empty());
+}
+
+#[test]
+fn unindexed_records_past_the_checkpoint_are_reindexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let alg = Algorithm::Sha256;
+    let items: Vec<_> = (0..6).map(|i| blob(alg, i)).collect();
+    let tree = tree_of(alg, &items.iter().collect::<Vec<_>>());
+    {
+        let s = open(dir.path());
+        let mut b: Vec<_> = items.iter().map(|i| i.bytes.clone()).collect();
+        b.push(tree.bytes.clone());
+        s.put_many(b).unwrap();
+    }
+    // Throw the index away entirely: the volumes alone rebuild it.
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let s = open(dir.path());
+    read_ok(&s, &tree.digest);
+    let table = s.location_table(&tree.digest).unwrap().unwrap();
+    assert_eq!(table.entries.len(), 6);
+    for i in &items {
+        read_ok(&s, &i.digest);
+    }
+}
+
+#[test]
+fn batch_reads_follow_the_location_table_in_volume_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let alg = Algorithm::Sha1;
+    let s = open_with(
+        dir.path(),
+        StoreOptions { algorithm: Some(alg), max_volume_size: 300_000, ..StoreOptions::default() },
+    );
+    assert_eq!(s.algorithm(), Algorithm::Sha1);
+    let items: Vec<_> = (0..30).map(|i| blob(alg, i)).collect();
+    for i in items.iter().rev() {
+        s.put(i.bytes.clone()).unwrap();
+    }
+    let tree = tree_of(alg, &items.iter().collect::<Vec<_>>());
+    s.put(tree.bytes.clone()).unwrap();
+    assert!(s.stats().unwrap().volumes > 3, "small volumes rotate");
+    let wanted: Vec<Digest> = items.iter().map(|i| i.digest).collect();
+    let mut order = Vec::new();
+    let stats = s
+        .get_many(&wanted, Some(&tree.digest), ReadOptions::default(), |d, r| {
+            let bytes = r.unwrap();
+            assert_eq!(Digest::of(alg, &bytes).unwrap(), d);
+            order.push(s.location(&d).unwrap().unwrap());
+        })
+        .unwrap();
+    assert_eq!(stats.served, 30);
+    assert_eq!(stats.table_hits, 30);
+    assert_eq!(stats.index_lookups, 0);
+    assert!(order.windows(2).all(|w| (w[0].volume, w[0].offset) < (w[1].volume, w[1].offset)));
+    assert!(stats.read_ops < 30, "adjacent records are read together ({} reads)", stats.read_ops);
+    // Without a context every location comes from the index.
+    let stats = s.get_many(&wanted, None, ReadOptions::default(), |_, r| assert!(r.is_ok())).unwrap();
+    assert_eq!((stats.table_hits, stats.index_lookups), (0, 30));
+    // A store refuses to be reopened with another algorithm.
+    drop(s);
+    let err = mirage_node::Store::open(
+        dir.path(),
+        StoreOptions { algorithm: Some(Algorithm::Sha256), ..StoreOptions::default() },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("sha1"), "{err}");
+}
+
+#[test]
+fn opening_a_directory_without_a_store_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = mirage_node::Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("mirage init"), "{err}");
+    // A volume whose header is garbage is refused, not overwritten.
+    drop(open(dir.path()));
+    let f = OpenOptions::new().write(true).open(volume_path(dir.path(), 1)).unwrap();
+    f.write_all_at(b"NOTAVOLUME", 0).unwrap();
+    assert!(VOLUME_HEADER_LEN > 0);
+    let err = mirage_node::Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("volume header"), "{err}");
+}
