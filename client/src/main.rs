@@ -1,1 +1,337 @@
-fn main() {}
+//! The `mirage` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use mirage_client::{bench, demo, ingest, paths, restore};
+use mirage_format::{Algorithm, Digest, Item};
+use mirage_node::{Store, StoreError, StoreOptions};
+
+/// Mirage: a file-aware library of virtual-machine disk images.
+#[derive(Parser, Debug)]
+#[command(name = "mirage", version, about, long_about = None)]
+struct Cli {
+    /// Store directory (default: $MIRAGE_STORE, else ~/.local/share/mirage).
+    #[arg(long, global = true, env = "MIRAGE_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a store.
+    Init {
+        /// Digest algorithm, fixed for the store's lifetime.
+        #[arg(long, default_value = "sha256", value_parser = ["sha256", "sha1"])]
+        digest: String,
+    },
+    /// Inspect and check the store.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
+    /// Print one item in its JSON view.
+    Item {
+        /// Digest, e.g. sha256:<hex>.
+        digest: String,
+    },
+    /// Store a directory tree; prints its root Tree digest.
+    PutTree {
+        /// Directory to store.
+        dir: PathBuf,
+        /// Worker threads.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+    },
+    /// Recreate a stored directory tree.
+    GetTree {
+        /// Root Tree digest.
+        digest: String,
+        /// Output directory (must not exist).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Generate data, store it, restore it, compare, and verify the store.
+    Demo {
+        /// Size multiplier for the generated tree.
+        #[arg(long, default_value_t = 1)]
+        scale: usize,
+        /// Keep the generated and restored trees here instead of a temporary directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// Benchmarks, each side by side with a baseline.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCmd {
+    /// Items, logical bytes, stored bytes, volumes.
+    Stats,
+    /// Re-hash every item and report damage (exit status 3 when damage is found).
+    Verify,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Storage engine: ingest vs cp -a, location tables vs index lookups, hashing vs coreutils.
+    Store {
+        /// Tree to ingest (default: the corpus base root filesystem).
+        #[arg(long)]
+        tree: Option<PathBuf>,
+        /// Scratch directory.
+        #[arg(long, default_value = "/var/tmp/mirage-bench")]
+        work: PathBuf,
+        /// MiB hashed in the hashing comparison.
+        #[arg(long, default_value_t = 1024)]
+        hash_mib: usize,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Ingest worker threads.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+    },
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MIRAGE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the error and its causes.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                msg.push_str(": ");
+                msg.push_str(&cause.to_string());
+            }
+            eprintln!("mirage: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn store_dir(cli: &Cli) -> PathBuf {
+    cli.store.clone().unwrap_or_else(paths::default_store)
+}
+
+/// Opens the store, creating a SHA-256 store when there is none (zero set-up).
+fn open_or_create(dir: &Path) -> Result<Store> {
+    Store::open(dir, StoreOptions { create: true, ..StoreOptions::default() })
+        .with_context(|| format!("opening store {}", dir.display()))
+}
+
+fn open_existing(dir: &Path) -> Result<Store> {
+    Store::open(dir, StoreOptions::default()).with_context(|| format!("opening store {}", dir.display()))
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn mb(b: u64) -> String {
+    format!("{:.1} MB", b as f64 / 1e6)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let dir = store_dir(&cli);
+    match &cli.cmd {
+        Cmd::Init { digest } => {
+            let alg: Algorithm = digest.parse()?;
+            let existed = dir.join("index").join("CURRENT").exists();
+            let store = Store::open(&dir, StoreOptions { algorithm: Some(alg), create: true, ..StoreOptions::default() })
+                .with_context(|| format!("initializing store {}", dir.display()))?;
+            if cli.json {
+                print_json(&serde_json::json!({"store": dir, "digest": store.algorithm().name(), "created": !existed}))?;
+            } else if existed {
+                println!("store {} already exists ({})", dir.display(), store.algorithm());
+            } else {
+                println!("initialized store {} ({})", dir.display(), store.algorithm());
+            }
+        }
+        Cmd::Store { cmd: StoreCmd::Stats } => {
+            let s = open_existing(&dir)?.stats()?;
+            if cli.json {
+                print_json(&s)?;
+            } else {
+                println!("store:          {}", dir.display());
+                println!("digest:         {}", s.algorithm);
+                println!("items:          {}", s.items);
+                for (k, n) in &s.by_kind {
+                    println!("  {k:<12}  {n}");
+                }
+                println!("logical bytes:  {} ({})", s.logical_bytes, mb(s.logical_bytes));
+                println!("stored bytes:   {} ({})", s.stored_bytes, mb(s.stored_bytes));
+                println!("volumes:        {} ({})", s.volumes, mb(s.volume_bytes));
+            }
+        }
+        Cmd::Store { cmd: StoreCmd::Verify } => {
+            let store = open_existing(&dir)?;
+            let r = store.verify(|_| {})?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!("records read:  {}  ({})", r.records, mb(r.bytes));
+                println!("items ok:      {}", r.items_ok);
+                println!("damaged:       {}", r.damaged.len());
+                for d in &r.damaged {
+                    let who = d.digest.map_or_else(|| "(unknown item)".to_string(), |d| d.to_text());
+                    println!("  {who} volume {} offset {}: {}", d.volume, d.offset, d.reason);
+                }
+            }
+            if !r.damaged.is_empty() {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Cmd::Item { digest } => {
+            let d: Digest = digest.parse()?;
+            let store = open_existing(&dir)?;
+            let bytes = store.get(&d)?.with_context(|| format!("{} is not in the store", d.to_text()))?;
+            let item = Item::decode(&bytes)?;
+            print_json(&item)?;
+        }
+        Cmd::PutTree { dir: src, threads } => {
+            let store = open_or_create(&dir)?;
+            let (root, stats) = ingest::ingest_dir(&store, src, *threads)?;
+            if cli.json {
+                print_json(&serde_json::json!({"root": root, "stats": stats}))?;
+            } else {
+                println!("{}", root.to_text());
+            }
+        }
+        Cmd::GetTree { digest, output } => {
+            let d: Digest = digest.parse()?;
+            let store = open_existing(&dir)?;
+            let stats = restore::restore_tree(&store, &d, output)?;
+            if cli.json {
+                print_json(&stats)?;
+            } else {
+                println!("restored {} files, {} dirs, {} symlinks ({}) into {}", stats.files, stats.dirs, stats.symlinks, mb(stats.bytes), output.display());
+                if stats.skipped_special > 0 {
+                    println!("skipped {} device nodes, fifos or sockets", stats.skipped_special);
+                }
+            }
+        }
+        Cmd::Demo { scale, keep } => return run_demo(&cli, &dir, *scale, keep.as_deref()),
+        Cmd::Bench { cmd: BenchCmd::Store { tree, work, hash_mib, runs, threads } } => {
+            let tree = tree.clone().unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+                home.join(".cache/mirage-corpus/rootfs/base")
+            });
+            let o = bench::BenchOptions { tree, work: work.clone(), hash_mib: *hash_mib, runs: (*runs).max(1), threads: *threads };
+            let json = cli.json;
+            let pairs = bench::bench_store(&o, |m| if !json { eprintln!("{m}") })?;
+            if json {
+                print_json(&pairs)?;
+            } else {
+                for p in &pairs {
+                    println!("{}", p.line());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_demo(cli: &Cli, dir: &Path, scale: usize, keep: Option<&Path>) -> Result<ExitCode> {
+    let tmp;
+    let work = match keep {
+        Some(k) => {
+            std::fs::create_dir_all(k)?;
+            k.to_path_buf()
+        }
+        None => {
+            tmp = tempdir()?;
+            tmp.0.clone()
+        }
+    };
+    let src = work.join("generated");
+    let out = work.join("restored");
+    for p in [&src, &out] {
+        if p.exists() {
+            bail!("{} already exists", p.display());
+        }
+    }
+    let gen = demo::generate(&src, 7, scale).context("generating demo data")?;
+    let store = open_or_create(dir)?;
+    let before = store.stats()?;
+    let t = std::time::Instant::now();
+    let (root, stats) = ingest::ingest_dir(&store, &src, default_threads())?;
+    let ingest_s = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let restored = restore::restore_tree(&store, &root, &out)?;
+    let restore_s = t.elapsed().as_secs_f64();
+    let diffs = demo::compare(&src, &out)?;
+    let report = store.verify(|_| {})?;
+    let after = store.stats()?;
+    let ok = diffs.is_empty() && report.damaged.is_empty();
+    if cli.json {
+        print_json(&serde_json::json!({
+            "store": dir, "root": root, "generated": gen, "ingest": stats, "ingest_seconds": ingest_s,
+            "restore": restored, "restore_seconds": restore_s, "differences": diffs,
+            "verify": report, "stats": after, "ok": ok,
+        }))?;
+    } else {
+        println!("store        {} ({})", dir.display(), store.algorithm());
+        println!("generated    {} files, {} in {}", gen.files, mb(gen.bytes), src.display());
+        println!("stored       tree {} in {ingest_s:.2} s: {} items sent, {} new ({})", root.to_text(), stats.items_sent, stats.items_new, mb(stats.new_bytes));
+        let grew = after.stored_bytes.saturating_sub(before.stored_bytes);
+        println!(
+            "store grew   by {}: dedup, holes and zstd keep {:.1}% of the file bytes (store now {} items, {})",
+            mb(grew),
+            100.0 * grew as f64 / gen.bytes.max(1) as f64,
+            after.items,
+            mb(after.stored_bytes),
+        );
+        println!("restored     {} files, {} dirs, {} symlinks in {restore_s:.2} s into {}", restored.files, restored.dirs, restored.symlinks, out.display());
+        if diffs.is_empty() {
+            println!("compared     identical: content, types, permission bits, sizes, mtimes (ns), symlink targets, hard links");
+        } else {
+            println!("compared     {} DIFFERENCES:", diffs.len());
+            for d in diffs.iter().take(20) {
+                println!("  {d}");
+            }
+        }
+        println!("verified     {} records re-hashed, {} damaged", report.records, report.damaged.len());
+    }
+    if !ok {
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Err(StoreError::Closed) = store.checkpoint() {
+        bail!("store closed unexpectedly");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> Result<TempDir> {
+    let base = std::env::temp_dir().join(format!("mirage-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&base)?;
+    Ok(TempDir(base))
+}

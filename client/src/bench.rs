@@ -1,0 +1,314 @@
+//! `mirage bench store`: the storage engine measured side by side with a baseline in the same
+//! run — ingest vs `cp -a`, location-table reads vs index lookups, hashing vs coreutils.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use mirage_format::{Algorithm, Digest, Hasher, Item};
+use mirage_node::{ReadOptions, Store, StoreOptions};
+
+use crate::ingest::ingest_dir;
+
+/// Options.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Tree to ingest (a corpus root filesystem).
+    pub tree: PathBuf,
+    /// Scratch directory (same filesystem is best: both sides write there).
+    pub work: PathBuf,
+    /// Size of the hashing input.
+    pub hash_mib: usize,
+    /// Repetitions; medians are reported.
+    pub runs: usize,
+    /// Ingest worker threads.
+    pub threads: usize,
+}
+
+/// One measured pair.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Pair {
+    /// What was measured.
+    pub what: String,
+    /// Mirage median seconds.
+    pub mirage_s: f64,
+    /// Baseline median seconds.
+    pub baseline_s: f64,
+    /// Baseline name.
+    pub baseline: String,
+    /// Bytes processed per run (for throughput).
+    pub bytes: u64,
+    /// `baseline_s / mirage_s`: above 1 means Mirage is faster.
+    pub speedup: f64,
+    /// Free-form notes (counts, sizes).
+    pub notes: String,
+}
+
+impl Pair {
+    fn new(what: &str, baseline: &str, m: &[f64], b: &[f64], bytes: u64, notes: String) -> Self {
+        let (mirage_s, baseline_s) = (median(m), median(b));
+        Pair {
+            what: what.into(),
+            mirage_s,
+            baseline_s,
+            baseline: baseline.into(),
+            bytes,
+            speedup: baseline_s / mirage_s,
+            notes,
+        }
+    }
+
+    /// One line for people.
+    pub fn line(&self) -> String {
+        let mbps = |s: f64| if self.bytes > 0 { format!(" ({:.0} MB/s)", self.bytes as f64 / s / 1e6) } else { String::new() };
+        format!(
+            "{:<38} mirage {:>8.3} s{}  |  {} {:>8.3} s{}  |  ratio baseline/mirage {:.2}  {}",
+            self.what,
+            self.mirage_s,
+            mbps(self.mirage_s),
+            self.baseline,
+            self.baseline_s,
+            mbps(self.baseline_s),
+            self.speedup,
+            self.notes
+        )
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
+    let t = Instant::now();
+    let r = f()?;
+    Ok((t.elapsed().as_secs_f64(), r))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn sync() -> Result<()> {
+    run(&mut Command::new("sync"))
+}
+
+/// Drops the page cache when allowed (root); returns whether it did.
+fn drop_caches() -> bool {
+    let _ = sync();
+    std::fs::write("/proc/sys/vm/drop_caches", b"3\n").is_ok()
+}
+
+fn warm(path: &Path) -> Result<u64> {
+    // Read everything once so both sides start from the same warm page cache.
+    let mut total = 0u64;
+    let mut stack = vec![path.to_path_buf()];
+    let mut buf = vec![0u8; 1 << 20];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p)?;
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        } else if m.is_file() {
+            if let Ok(mut f) = std::fs::File::open(&p) {
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Runs every measurement and returns the pairs.
+pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pair>> {
+    if !o.tree.is_dir() {
+        bail!(
+            "{} is not a directory: build the corpus with ../shared/corpus/make-images.sh ~/.cache/mirage-corpus or pass --tree DIR",
+            o.tree.display()
+        );
+    }
+    std::fs::create_dir_all(&o.work).with_context(|| format!("creating {}", o.work.display()))?;
+    let mut pairs = Vec::new();
+
+    say(&format!("warming the page cache with {}", o.tree.display()));
+    let bytes = warm(&o.tree)?;
+    let (mut m, mut b) = (Vec::new(), Vec::new());
+    let mut last_store = None;
+    let mut notes = String::new();
+    for r in 0..o.runs {
+        let cp_dst = o.work.join(format!("cp-{r}"));
+        let _ = std::fs::remove_dir_all(&cp_dst);
+        let (t, ()) = timed(|| {
+            run(Command::new("cp").arg("-a").arg(&o.tree).arg(&cp_dst))?;
+            sync()
+        })?;
+        b.push(t);
+        std::fs::remove_dir_all(&cp_dst)?;
+        let dir = o.work.join(format!("store-{r}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (t, (root, stats)) = timed(|| {
+            let store = Store::open(&dir, StoreOptions { create: true, ..StoreOptions::default() })?;
+            let r = ingest_dir(&store, &o.tree, o.threads)?;
+            store.checkpoint()?;
+            Ok(r)
+        })?;
+        m.push(t);
+        say(&format!("run {r}: cp -a {:.2} s, mirage ingest {t:.2} s", b[r]));
+        let store = Store::open(&dir, StoreOptions::default())?;
+        let st = store.stats()?;
+        notes = format!(
+            "{} files, {} items, logical {:.1} MB -> stored {:.1} MB",
+            stats.files,
+            st.items,
+            st.logical_bytes as f64 / 1e6,
+            st.stored_bytes as f64 / 1e6
+        );
+        drop(store);
+        if let Some((old, _)) = last_store.replace((dir, root)) {
+            let _ = std::fs::remove_dir_all(old);
+        }
+    }
+    pairs.push(Pair::new("ingest tree (fsync'd)", "cp -a + sync", &m, &b, bytes, notes));
+    let (dir, root) = last_store.context("no run")?;
+
+    // Location tables vs index lookups, on the manifest with the most references and on the
+    // whole tree (the checkout read pattern).
+    let store = Store::open(&dir, StoreOptions::default())?;
+    let (big, refs, trees) = biggest_tree(&store, &root)?;
+    drop(store);
+    let ropts = ReadOptions { verify_digest: false, ..ReadOptions::default() };
+    for cold in [true, false] {
+        let (mut m, mut b) = (Vec::new(), Vec::new());
+        let mut read_bytes = 0;
+        for _ in 0..o.runs {
+            for use_table in [true, false] {
+                if cold && !drop_caches() {
+                    say("cannot drop the page cache (not root): cold runs are skipped");
+                    break;
+                }
+                let store = Store::open(&dir, StoreOptions::default())?;
+                if !cold {
+                    store.get_many(&refs, Some(&big), ropts, |_, _| {})?;
+                }
+                let ctx = use_table.then_some(&big);
+                let (t, st) = timed(|| Ok(store.get_many(&refs, ctx, ropts, |_, r| assert!(r.is_ok()))?))?;
+                read_bytes = st.bytes_read;
+                if use_table { m.push(t) } else { b.push(t) }
+            }
+        }
+        if !m.is_empty() && !b.is_empty() {
+            let label = if cold { "cold" } else { "warm" };
+            pairs.push(Pair::new(
+                &format!("read one manifest's items ({label})"),
+                "index lookups",
+                &m,
+                &b,
+                read_bytes,
+                format!("{} items of tree {big:#}", refs.len()),
+            ));
+        }
+        let (mut m, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..o.runs {
+            for use_table in [true, false] {
+                if cold && !drop_caches() {
+                    break;
+                }
+                let store = Store::open(&dir, StoreOptions::default())?;
+                let (t, n) = timed(|| read_all(&store, &trees, use_table, ropts))?;
+                read_bytes = n;
+                if use_table { m.push(t) } else { b.push(t) }
+            }
+        }
+        if !m.is_empty() && !b.is_empty() {
+            let label = if cold { "cold" } else { "warm" };
+            pairs.push(Pair::new(
+                &format!("read every item of the tree ({label})"),
+                "index lookups",
+                &m,
+                &b,
+                read_bytes,
+                format!("{} trees", trees.len()),
+            ));
+        }
+    }
+
+    // Hashing vs coreutils on the same bytes.
+    let input = o.work.join("hash-input.bin");
+    let want = (o.hash_mib as u64) << 20;
+    if std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0) != want {
+        let mut f = std::fs::File::create(&input)?;
+        for i in 0..o.hash_mib {
+            std::io::Write::write_all(&mut f, &crate::demo::pseudo_random(i as u64, 1 << 20))?;
+        }
+    }
+    warm(&input)?;
+    for (alg, tool) in [(Algorithm::Sha256, "sha256sum"), (Algorithm::Sha1, "sha1sum")] {
+        let (mut m, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..o.runs {
+            let (t, ()) = timed(|| run(Command::new(tool).arg(&input).stdout(std::process::Stdio::null())))?;
+            b.push(t);
+            let (t, _) = timed(|| hash_file(&input, alg))?;
+            m.push(t);
+        }
+        let note = if alg == Algorithm::Sha1 { "mirage: with collision detection" } else { "" };
+        pairs.push(Pair::new(&format!("{alg} of {} MiB", o.hash_mib), tool, &m, &b, want, note.into()));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(pairs)
+}
+
+fn hash_file(path: &Path, alg: Algorithm) -> Result<Digest> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Hasher::new(alg);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize()?)
+}
+
+type TreeRefs = Vec<(Digest, Vec<Digest>)>;
+
+/// Every tree under `root` with its references, and the one with the most.
+fn biggest_tree(store: &Store, root: &Digest) -> Result<(Digest, Vec<Digest>, TreeRefs)> {
+    let mut all = Vec::new();
+    let mut stack = vec![*root];
+    while let Some(d) = stack.pop() {
+        let bytes = store.get(&d)?.with_context(|| format!("{d:#} missing"))?;
+        let Item::Tree(t) = Item::decode(&bytes)? else { bail!("{d:#} is not a tree") };
+        for e in &t.entries {
+            if e.kind == mirage_format::EntryKind::Dir {
+                stack.extend(e.content);
+            }
+        }
+        all.push((d, Item::Tree(t).refs()));
+    }
+    let (big, refs) = all.iter().max_by_key(|(_, r)| r.len()).cloned().context("no trees")?;
+    Ok((big, refs, all))
+}
+
+fn read_all(store: &Store, trees: &TreeRefs, use_table: bool, o: ReadOptions) -> Result<u64> {
+    let mut bytes = 0;
+    for (d, refs) in trees {
+        let st = store.get_many(refs, use_table.then_some(d), o, |_, r| assert!(r.is_ok()))?;
+        bytes += st.bytes_read;
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,8 @@
+//! Mirage client library: the embedded store, directory ingest and restore, the demo and the
+//! benchmarks behind the `mirage` CLI. Later: the image indexer, checkout, push/pull, mount.
+
+pub mod bench;
+pub mod demo;
+pub mod ingest;
+pub mod paths;
+pub mod restore;

@@ -1,0 +1,210 @@
+//! Recreates a stored directory tree on the local filesystem. Each directory's children are
+//! read in one batch in the context of their Tree (its location table, in volume order), each
+//! large file's chunks in the context of its ChunkList. Every item is verified by digest.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, FileTimes, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use mirage_format::{Digest, EntryKind, Item, Timestamp, Tree, TreeEntry};
+use mirage_node::{ReadOptions, Store, StoreError};
+
+/// Restore errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// Writing the output failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path concerned.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Reading the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An item is missing or not what its parent says.
+    #[error("{0}")]
+    Structure(String),
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RestoreStats {
+    /// Regular files written.
+    pub files: u64,
+    /// Directories created.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Device nodes, fifos and sockets not recreated (a directory restore does not mknod).
+    pub skipped_special: u64,
+    /// File bytes written.
+    pub bytes: u64,
+    /// Items read.
+    pub items: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Io { path: path.to_path_buf(), source }
+}
+
+fn system_time(t: Timestamp) -> SystemTime {
+    if t.secs >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + Duration::from_nanos(u64::from(t.nanos))
+    }
+}
+
+fn decode_tree(d: &Digest, bytes: &[u8]) -> Result<Tree, RestoreError> {
+    match Item::decode(bytes) {
+        Ok(Item::Tree(t)) => Ok(t),
+        Ok(other) => Err(RestoreError::Structure(format!("{d:#} is a {}, expected a tree", other.kind()))),
+        Err(e) => Err(RestoreError::Structure(format!("{d:#}: {e}"))),
+    }
+}
+
+/// Restores the tree `root` into `out`, which must not exist yet.
+pub fn restore_tree(store: &Store, root: &Digest, out: &Path) -> Result<RestoreStats, RestoreError> {
+    let mut stats = RestoreStats::default();
+    let bytes = store.get(root)?.ok_or_else(|| RestoreError::Structure(format!("{root:#} is not in the store")))?;
+    let tree = decode_tree(root, &bytes)?;
+    std::fs::create_dir(out).map_err(io(out))?;
+    let mut queue: VecDeque<(Digest, Tree, PathBuf)> = VecDeque::from([(*root, tree, out.to_path_buf())]);
+    let mut dir_meta: Vec<(PathBuf, TreeEntry)> = Vec::new();
+    let mut links: HashMap<u64, PathBuf> = HashMap::new();
+    let mut pending_links: Vec<(u64, PathBuf)> = Vec::new();
+    let opts = ReadOptions::default();
+    while let Some((digest, tree, dir)) = queue.pop_front() {
+        // Entries whose content comes from the store, by content digest.
+        let mut wanted: HashMap<Digest, Vec<usize>> = HashMap::new();
+        for (i, e) in tree.entries.iter().enumerate() {
+            let path = dir.join(std::ffi::OsStr::from_bytes(&e.name));
+            if e.kind != EntryKind::Dir {
+                if let Some(g) = e.link_group.filter(|g| links.contains_key(g)) {
+                    // The first path of the group may not exist yet: link at the end.
+                    pending_links.push((g, path));
+                    continue;
+                }
+                if let Some(g) = e.link_group {
+                    links.insert(g, path.clone());
+                }
+            }
+            match (e.kind, e.content) {
+                (EntryKind::Dir, _) | (EntryKind::File, Some(_)) => {
+                    if let Some(c) = e.content {
+                        wanted.entry(c).or_default().push(i);
+                    }
+                }
+                (EntryKind::File, None) => {
+                    let f = File::create(&path).map_err(io(&path))?;
+                    f.set_len(e.size).map_err(io(&path))?;
+                    finish_file(&f, &path, e)?;
+                    stats.files += 1;
+                }
+                (EntryKind::Symlink, _) => {
+                    let target = std::ffi::OsStr::from_bytes(e.target.as_deref().unwrap_or_default());
+                    std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
+                    stats.symlinks += 1;
+                }
+                _ => stats.skipped_special += 1,
+            }
+        }
+        let keys: Vec<Digest> = wanted.keys().copied().collect();
+        let mut failure: Option<RestoreError> = None;
+        let read = store.get_many(&keys, Some(&digest), opts, |d, r| {
+            if failure.is_some() {
+                return;
+            }
+            let res = r.map_err(RestoreError::from).and_then(|bytes| {
+                stats.items += 1;
+                for &i in &wanted[&d] {
+                    let e = &tree.entries[i];
+                    let path = dir.join(std::ffi::OsStr::from_bytes(&e.name));
+                    if e.kind == EntryKind::Dir {
+                        std::fs::create_dir(&path).map_err(io(&path))?;
+                        queue.push_back((d, decode_tree(&d, &bytes)?, path.clone()));
+                        dir_meta.push((path, e.clone()));
+                        stats.dirs += 1;
+                    } else {
+                        stats.bytes += write_file(store, &d, &bytes, &path, e, &mut stats.items)?;
+                        stats.files += 1;
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = res {
+                failure = Some(e);
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if let Some(m) = read.missing.first() {
+            return Err(RestoreError::Structure(format!("{m:#} referenced by {digest:#} is not in the store")));
+        }
+    }
+    for (g, path) in &pending_links {
+        std::fs::hard_link(&links[g], path).map_err(io(path))?;
+        stats.files += 1;
+    }
+    // Directory metadata last, deepest first, so creating children does not disturb it.
+    for (path, e) in dir_meta.iter().rev() {
+        let f = File::open(path).map_err(io(path))?;
+        finish_file(&f, path, e)?;
+    }
+    Ok(stats)
+}
+
+fn write_file(store: &Store, d: &Digest, bytes: &[u8], path: &Path, e: &TreeEntry, items: &mut u64) -> Result<u64, RestoreError> {
+    let f = OpenOptions::new().write(true).create_new(true).open(path).map_err(io(path))?;
+    match Item::decode(bytes) {
+        Ok(Item::Blob { data }) => f.write_all_at(&data, 0).map_err(io(path))?,
+        Ok(Item::ChunkList(list)) => {
+            let want: Vec<Digest> = list.chunks.iter().map(|c| c.digest).collect();
+            let mut at: HashMap<Digest, Vec<u64>> = HashMap::new();
+            for c in &list.chunks {
+                at.entry(c.digest).or_default().push(c.offset);
+            }
+            let mut err: Option<RestoreError> = None;
+            let r = store.get_many(&want, Some(d), ReadOptions::default(), |cd, r| {
+                if err.is_some() {
+                    return;
+                }
+                *items += 1;
+                let res = r.map_err(RestoreError::from).and_then(|chunk| {
+                    let data = chunk.get(2..).ok_or_else(|| RestoreError::Structure(format!("chunk {cd:#} is empty")))?;
+                    for off in &at[&cd] {
+                        f.write_all_at(data, *off).map_err(io(path))?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = res {
+                    err = Some(e);
+                }
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+            if let Some(m) = r.missing.first() {
+                return Err(RestoreError::Structure(format!("chunk {m:#} of {d:#} is not in the store")));
+            }
+        }
+        Ok(other) => return Err(RestoreError::Structure(format!("{d:#} is a {}, expected file content", other.kind()))),
+        Err(err) => return Err(RestoreError::Structure(format!("{d:#}: {err}"))),
+    }
+    f.set_len(e.size).map_err(io(path))?;
+    finish_file(&f, path, e)?;
+    Ok(e.size)
+}
+
+fn finish_file(f: &File, path: &Path, e: &TreeEntry) -> Result<(), RestoreError> {
+    f.set_permissions(std::fs::Permissions::from_mode(e.mode)).map_err(io(path))?;
+    let times = FileTimes::new().set_accessed(system_time(e.atime)).set_modified(system_time(e.mtime));
+    f.set_times(times).map_err(io(path))?;
+    Ok(())
+}
