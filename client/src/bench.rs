@@ -62,7 +62,13 @@ impl Pair {
 
     /// One line for people.
     pub fn line(&self) -> String {
-        let mbps = |s: f64| if self.bytes > 0 { format!(" ({:.0} MB/s)", self.bytes as f64 / s / 1e6) } else { String::new() };
+        let mbps = |s: f64| {
+            if self.bytes > 0 {
+                format!(" ({:.0} MB/s)", self.bytes as f64 / s / 1e6)
+            } else {
+                String::new()
+            }
+        };
         format!(
             "{:<38} mirage {:>8.3} s{}  |  {} {:>8.3} s{}  |  ratio baseline/mirage {:.2}  {}",
             self.what,
@@ -160,13 +166,22 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
         let dir = o.work.join(format!("store-{r}"));
         let _ = std::fs::remove_dir_all(&dir);
         let (t, (root, stats)) = timed(|| {
-            let store = Store::open(&dir, StoreOptions { create: true, ..StoreOptions::default() })?;
+            let store = Store::open(
+                &dir,
+                StoreOptions {
+                    create: true,
+                    ..StoreOptions::default()
+                },
+            )?;
             let r = ingest_dir(&store, &o.tree, o.threads)?;
             store.checkpoint()?;
             Ok(r)
         })?;
         m.push(t);
-        say(&format!("run {r}: cp -a {:.2} s, mirage ingest {t:.2} s", b[r]));
+        say(&format!(
+            "run {r}: cp -a {:.2} s, mirage ingest {t:.2} s",
+            b[r]
+        ));
         let store = Store::open(&dir, StoreOptions::default())?;
         let st = store.stats()?;
         notes = format!(
@@ -181,7 +196,14 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
             let _ = std::fs::remove_dir_all(old);
         }
     }
-    pairs.push(Pair::new("ingest tree (fsync'd)", "cp -a + sync", &m, &b, bytes, notes));
+    pairs.push(Pair::new(
+        "ingest tree (fsync'd)",
+        "cp -a + sync",
+        &m,
+        &b,
+        bytes,
+        notes,
+    ));
     let (dir, root) = last_store.context("no run")?;
 
     // Location tables vs index lookups, on the manifest with the most references and on the
@@ -189,7 +211,10 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
     let store = Store::open(&dir, StoreOptions::default())?;
     let (big, refs, trees) = biggest_tree(&store, &root)?;
     drop(store);
-    let ropts = ReadOptions { verify_digest: false, ..ReadOptions::default() };
+    let ropts = ReadOptions {
+        verify_digest: false,
+        ..ReadOptions::default()
+    };
     for cold in [true, false] {
         let (mut m, mut b) = (Vec::new(), Vec::new());
         let mut read_bytes = 0;
@@ -204,9 +229,14 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
                     store.get_many(&refs, Some(&big), ropts, |_, _| {})?;
                 }
                 let ctx = use_table.then_some(&big);
-                let (t, st) = timed(|| Ok(store.get_many(&refs, ctx, ropts, |_, r| assert!(r.is_ok()))?))?;
+                let (t, st) =
+                    timed(|| Ok(store.get_many(&refs, ctx, ropts, |_, r| assert!(r.is_ok()))?))?;
                 read_bytes = st.bytes_read;
-                if use_table { m.push(t) } else { b.push(t) }
+                if use_table {
+                    m.push(t)
+                } else {
+                    b.push(t)
+                }
             }
         }
         if !m.is_empty() && !b.is_empty() {
@@ -229,7 +259,11 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
                 let store = Store::open(&dir, StoreOptions::default())?;
                 let (t, n) = timed(|| read_all(&store, &trees, use_table, ropts))?;
                 read_bytes = n;
-                if use_table { m.push(t) } else { b.push(t) }
+                if use_table {
+                    m.push(t)
+                } else {
+                    b.push(t)
+                }
             }
         }
         if !m.is_empty() && !b.is_empty() {
@@ -255,16 +289,34 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
         }
     }
     warm(&input)?;
-    for (alg, tool) in [(Algorithm::Sha256, "sha256sum"), (Algorithm::Sha1, "sha1sum")] {
+    for (alg, tool) in [
+        (Algorithm::Sha256, "sha256sum"),
+        (Algorithm::Sha1, "sha1sum"),
+    ] {
         let (mut m, mut b) = (Vec::new(), Vec::new());
         for _ in 0..o.runs {
-            let (t, ()) = timed(|| run(Command::new(tool).arg(&input).stdout(std::process::Stdio::null())))?;
+            let (t, ()) = timed(|| {
+                run(Command::new(tool)
+                    .arg(&input)
+                    .stdout(std::process::Stdio::null()))
+            })?;
             b.push(t);
             let (t, _) = timed(|| hash_file(&input, alg))?;
             m.push(t);
         }
-        let note = if alg == Algorithm::Sha1 { "mirage: with collision detection" } else { "" };
-        pairs.push(Pair::new(&format!("{alg} of {} MiB", o.hash_mib), tool, &m, &b, want, note.into()));
+        let note = if alg == Algorithm::Sha1 {
+            "mirage: with collision detection"
+        } else {
+            ""
+        };
+        pairs.push(Pair::new(
+            &format!("{alg} of {} MiB", o.hash_mib),
+            tool,
+            &m,
+            &b,
+            want,
+            note.into(),
+        ));
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(pairs)
@@ -292,7 +344,9 @@ fn biggest_tree(store: &Store, root: &Digest) -> Result<(Digest, Vec<Digest>, Tr
     let mut stack = vec![*root];
     while let Some(d) = stack.pop() {
         let bytes = store.get(&d)?.with_context(|| format!("{d:#} missing"))?;
-        let Item::Tree(t) = Item::decode(&bytes)? else { bail!("{d:#} is not a tree") };
+        let Item::Tree(t) = Item::decode(&bytes)? else {
+            bail!("{d:#} is not a tree")
+        };
         for e in &t.entries {
             if e.kind == mirage_format::EntryKind::Dir {
                 stack.extend(e.content);
@@ -300,7 +354,11 @@ fn biggest_tree(store: &Store, root: &Digest) -> Result<(Digest, Vec<Digest>, Tr
         }
         all.push((d, Item::Tree(t).refs()));
     }
-    let (big, refs) = all.iter().max_by_key(|(_, r)| r.len()).cloned().context("no trees")?;
+    let (big, refs) = all
+        .iter()
+        .max_by_key(|(_, r)| r.len())
+        .cloned()
+        .context("no trees")?;
     Ok((big, refs, all))
 }
 

@@ -48,7 +48,8 @@ fn set_mtime(path: &Path, secs: i64, nanos: u32) -> std::io::Result<()> {
     let t = if secs >= 0 {
         SystemTime::UNIX_EPOCH + Duration::new(secs as u64, nanos)
     } else {
-        SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(u64::from(nanos))
+        SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            + Duration::from_nanos(u64::from(nanos))
     };
     File::options().write(true).open(path)?.set_modified(t)
 }
@@ -59,17 +60,26 @@ fn set_mtime(path: &Path, secs: i64, nanos: u32) -> std::io::Result<()> {
 pub fn generate(root: &Path, seed: u64, scale: usize) -> std::io::Result<Generated> {
     let mut g = Generated::default();
     let scale = scale.max(1);
-    let licence = b"Permission is hereby granted, free of charge, to any person obtaining a copy\n".repeat(40);
+    let licence = b"Permission is hereby granted, free of charge, to any person obtaining a copy\n"
+        .repeat(40);
     for pkg in 0..(40 * scale) {
         let doc = root.join(format!("usr/share/doc/pkg{pkg:03}"));
         write(&doc.join("copyright"), &licence, &mut g)?;
         let text = format!("package {pkg}\n").repeat(20 + pkg % 50);
         write(&doc.join("README"), text.as_bytes(), &mut g)?;
-        write(&root.join(format!("usr/lib/pkg{pkg:03}.so")), &pseudo_random(seed ^ pkg as u64, 4096 * (1 + pkg % 60)), &mut g)?;
+        write(
+            &root.join(format!("usr/lib/pkg{pkg:03}.so")),
+            &pseudo_random(seed ^ pkg as u64, 4096 * (1 + pkg % 60)),
+            &mut g,
+        )?;
     }
     for i in 0..(30 * scale) {
         let cfg = format!("# config {i}\nkey{i} = value{}\n", i * 7);
-        write(&root.join(format!("etc/app{}/conf{i}.conf", i % 5)), cfg.as_bytes(), &mut g)?;
+        write(
+            &root.join(format!("etc/app{}/conf{i}.conf", i % 5)),
+            cfg.as_bytes(),
+            &mut g,
+        )?;
     }
     // Two versions of a big file: random data, a 4 MiB zero run, a hole at the end; v2 differs
     // by 4 KiB in the middle, so it shares almost every chunk with v1.
@@ -97,7 +107,11 @@ pub fn generate(root: &Path, seed: u64, scale: usize) -> std::io::Result<Generat
     write(&root.join("etc/future"), b"from the future\n", &mut g)?;
     set_mtime(&root.join("etc/future"), 4_102_444_800 + 17, 999_999_999)?;
     std::fs::create_dir_all(root.join("var/empty-dir"))?;
-    let weird = root.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"etc/name-\xff\xfe-not-utf8"));
+    let weird = root.join(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+            b"etc/name-\xff\xfe-not-utf8",
+        ),
+    );
     write(&weird, b"bytes, not text\n", &mut g)?;
     Ok(g)
 }
@@ -143,7 +157,11 @@ fn describe(root: &Path) -> std::io::Result<BTreeMap<PathBuf, Shape>> {
                     kind,
                     mode: m.mode() & 0o7777,
                     size: if ft.is_dir() { 0 } else { m.size() },
-                    mtime: if ft.is_symlink() { (0, 0) } else { (m.mtime(), m.mtime_nsec()) },
+                    mtime: if ft.is_symlink() {
+                        (0, 0)
+                    } else {
+                        (m.mtime(), m.mtime_nsec())
+                    },
                     content,
                     target,
                     link_peers: 0,

@@ -77,7 +77,12 @@ const BATCH_ITEMS: usize = 512;
 
 impl<'a> Batcher<'a> {
     fn new(store: &'a Store) -> Self {
-        Batcher { store, items: Vec::new(), bytes: 0, stats: IngestStats::default() }
+        Batcher {
+            store,
+            items: Vec::new(),
+            bytes: 0,
+            stats: IngestStats::default(),
+        }
     }
     fn push(&mut self, item: EncodedItem) -> Result<(), StoreError> {
         self.bytes += item.bytes.len();
@@ -114,15 +119,26 @@ struct Node {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IngestError + '_ {
-    move |source| IngestError::Io { path: path.to_path_buf(), source }
+    move |source| IngestError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn walk(root: &Path) -> Result<Vec<Node>, IngestError> {
     let meta = std::fs::symlink_metadata(root).map_err(io(root))?;
     if !meta.is_dir() {
-        return Err(IngestError::Format { path: root.into(), why: "not a directory".into() });
+        return Err(IngestError::Format {
+            path: root.into(),
+            why: "not a directory".into(),
+        });
     }
-    let mut nodes = vec![Node { name: Vec::new(), path: root.into(), meta, children: Vec::new() }];
+    let mut nodes = vec![Node {
+        name: Vec::new(),
+        path: root.into(),
+        meta,
+        children: Vec::new(),
+    }];
     let mut stack = vec![0usize];
     while let Some(i) = stack.pop() {
         let path = nodes[i].path.clone();
@@ -133,7 +149,12 @@ fn walk(root: &Path) -> Result<Vec<Node>, IngestError> {
             let meta = std::fs::symlink_metadata(&p).map_err(io(&p))?;
             let name = std::os::unix::ffi::OsStrExt::as_bytes(e.file_name().as_os_str()).to_vec();
             let is_dir = meta.is_dir();
-            nodes.push(Node { name, path: p, meta, children: Vec::new() });
+            nodes.push(Node {
+                name,
+                path: p,
+                meta,
+                children: Vec::new(),
+            });
             let id = nodes.len() - 1;
             kids.push(id);
             if is_dir {
@@ -203,7 +224,11 @@ fn entry_for(node: &Node) -> Result<TreeEntry, IngestError> {
 }
 
 /// Stores the tree under `root` with `threads` workers; returns the root Tree digest.
-pub fn ingest_dir(store: &Store, root: &Path, threads: usize) -> Result<(Digest, IngestStats), IngestError> {
+pub fn ingest_dir(
+    store: &Store,
+    root: &Path,
+    threads: usize,
+) -> Result<(Digest, IngestStats), IngestError> {
     let alg = store.algorithm();
     let nodes = walk(root)?;
     // Hard links: one content per inode, one group id per multiply-linked inode.
@@ -226,7 +251,10 @@ pub fn ingest_dir(store: &Store, root: &Path, threads: usize) -> Result<(Digest,
             }
         }
     }
-    let content: Vec<parking_lot::Mutex<Option<Digest>>> = nodes.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    let content: Vec<parking_lot::Mutex<Option<Digest>>> = nodes
+        .iter()
+        .map(|_| parking_lot::Mutex::new(None))
+        .collect();
     let next = AtomicUsize::new(0);
     let results: Vec<Result<IngestStats, IngestError>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1))
@@ -238,11 +266,19 @@ pub fn ingest_dir(store: &Store, root: &Path, threads: usize) -> Result<(Digest,
                         let Some(&i) = files.get(k) else { break };
                         let n = &nodes[i];
                         let f = File::open(&n.path).map_err(io(&n.path))?;
-                        let d = store_content(std::io::BufReader::with_capacity(1 << 20, f), n.meta.size(), alg, |item| b.push(item))
-                            .map_err(|e| match e {
-                                ChunkError::Sink(se) => IngestError::Store(se),
-                                other => IngestError::Content { path: n.path.clone(), why: other.to_string() },
-                            })?;
+                        let d = store_content(
+                            std::io::BufReader::with_capacity(1 << 20, f),
+                            n.meta.size(),
+                            alg,
+                            |item| b.push(item),
+                        )
+                        .map_err(|e| match e {
+                            ChunkError::Sink(se) => IngestError::Store(se),
+                            other => IngestError::Content {
+                                path: n.path.clone(),
+                                why: other.to_string(),
+                            },
+                        })?;
                         *content[i].lock() = d;
                     }
                     b.flush()?;
@@ -250,7 +286,17 @@ pub fn ingest_dir(store: &Store, root: &Path, threads: usize) -> Result<(Digest,
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(IngestError::Content { path: root.into(), why: "worker panicked".into() }))).collect()
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(IngestError::Content {
+                        path: root.into(),
+                        why: "worker panicked".into(),
+                    })
+                })
+            })
+            .collect()
     });
     let mut stats = IngestStats::default();
     for r in results {
@@ -300,8 +346,15 @@ pub fn ingest_dir(store: &Store, root: &Path, threads: usize) -> Result<(Digest,
             }
             entries.push(e);
         }
-        let tree = Tree::new(entries).map_err(|err| IngestError::Format { path: nodes[i].path.clone(), why: err.to_string() })?;
-        let item = EncodedItem::new(alg, &Item::Tree(tree)).map_err(|err| IngestError::Content { path: nodes[i].path.clone(), why: err.to_string() })?;
+        let tree = Tree::new(entries).map_err(|err| IngestError::Format {
+            path: nodes[i].path.clone(),
+            why: err.to_string(),
+        })?;
+        let item =
+            EncodedItem::new(alg, &Item::Tree(tree)).map_err(|err| IngestError::Content {
+                path: nodes[i].path.clone(),
+                why: err.to_string(),
+            })?;
         tree_digest.insert(i, item.digest);
         b.push(item)?;
     }
@@ -309,6 +362,12 @@ pub fn ingest_dir(store: &Store, root: &Path, threads: usize) -> Result<(Digest,
     stats.items_sent += b.stats.items_sent;
     stats.items_new += b.stats.items_new;
     stats.new_bytes += b.stats.new_bytes;
-    let root_digest = tree_digest.get(&0).copied().ok_or_else(|| IngestError::Format { path: root.into(), why: "no root tree".into() })?;
+    let root_digest = tree_digest
+        .get(&0)
+        .copied()
+        .ok_or_else(|| IngestError::Format {
+            path: root.into(),
+            why: "no root tree".into(),
+        })?;
     Ok((root_digest, stats))
 }

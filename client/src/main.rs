@@ -109,7 +109,10 @@ fn default_threads() -> usize {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MIRAGE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MIRAGE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -134,12 +137,19 @@ fn store_dir(cli: &Cli) -> PathBuf {
 
 /// Opens the store, creating a SHA-256 store when there is none (zero set-up).
 fn open_or_create(dir: &Path) -> Result<Store> {
-    Store::open(dir, StoreOptions { create: true, ..StoreOptions::default() })
-        .with_context(|| format!("opening store {}", dir.display()))
+    Store::open(
+        dir,
+        StoreOptions {
+            create: true,
+            ..StoreOptions::default()
+        },
+    )
+    .with_context(|| format!("opening store {}", dir.display()))
 }
 
 fn open_existing(dir: &Path) -> Result<Store> {
-    Store::open(dir, StoreOptions::default()).with_context(|| format!("opening store {}", dir.display()))
+    Store::open(dir, StoreOptions::default())
+        .with_context(|| format!("opening store {}", dir.display()))
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
@@ -157,17 +167,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Init { digest } => {
             let alg: Algorithm = digest.parse()?;
             let existed = dir.join("index").join("CURRENT").exists();
-            let store = Store::open(&dir, StoreOptions { algorithm: Some(alg), create: true, ..StoreOptions::default() })
-                .with_context(|| format!("initializing store {}", dir.display()))?;
+            let store = Store::open(
+                &dir,
+                StoreOptions {
+                    algorithm: Some(alg),
+                    create: true,
+                    ..StoreOptions::default()
+                },
+            )
+            .with_context(|| format!("initializing store {}", dir.display()))?;
             if cli.json {
-                print_json(&serde_json::json!({"store": dir, "digest": store.algorithm().name(), "created": !existed}))?;
+                print_json(
+                    &serde_json::json!({"store": dir, "digest": store.algorithm().name(), "created": !existed}),
+                )?;
             } else if existed {
-                println!("store {} already exists ({})", dir.display(), store.algorithm());
+                println!(
+                    "store {} already exists ({})",
+                    dir.display(),
+                    store.algorithm()
+                );
             } else {
-                println!("initialized store {} ({})", dir.display(), store.algorithm());
+                println!(
+                    "initialized store {} ({})",
+                    dir.display(),
+                    store.algorithm()
+                );
             }
         }
-        Cmd::Store { cmd: StoreCmd::Stats } => {
+        Cmd::Store {
+            cmd: StoreCmd::Stats,
+        } => {
             let s = open_existing(&dir)?.stats()?;
             if cli.json {
                 print_json(&s)?;
@@ -178,12 +207,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for (k, n) in &s.by_kind {
                     println!("  {k:<12}  {n}");
                 }
-                println!("logical bytes:  {} ({})", s.logical_bytes, mb(s.logical_bytes));
-                println!("stored bytes:   {} ({})", s.stored_bytes, mb(s.stored_bytes));
+                println!(
+                    "logical bytes:  {} ({})",
+                    s.logical_bytes,
+                    mb(s.logical_bytes)
+                );
+                println!(
+                    "stored bytes:   {} ({})",
+                    s.stored_bytes,
+                    mb(s.stored_bytes)
+                );
                 println!("volumes:        {} ({})", s.volumes, mb(s.volume_bytes));
             }
         }
-        Cmd::Store { cmd: StoreCmd::Verify } => {
+        Cmd::Store {
+            cmd: StoreCmd::Verify,
+        } => {
             let store = open_existing(&dir)?;
             let r = store.verify(|_| {})?;
             if cli.json {
@@ -193,8 +232,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("items ok:      {}", r.items_ok);
                 println!("damaged:       {}", r.damaged.len());
                 for d in &r.damaged {
-                    let who = d.digest.map_or_else(|| "(unknown item)".to_string(), |d| d.to_text());
-                    println!("  {who} volume {} offset {}: {}", d.volume, d.offset, d.reason);
+                    let who = d
+                        .digest
+                        .map_or_else(|| "(unknown item)".to_string(), |d| d.to_text());
+                    println!(
+                        "  {who} volume {} offset {}: {}",
+                        d.volume, d.offset, d.reason
+                    );
                 }
             }
             if !r.damaged.is_empty() {
@@ -204,7 +248,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Item { digest } => {
             let d: Digest = digest.parse()?;
             let store = open_existing(&dir)?;
-            let bytes = store.get(&d)?.with_context(|| format!("{} is not in the store", d.to_text()))?;
+            let bytes = store
+                .get(&d)?
+                .with_context(|| format!("{} is not in the store", d.to_text()))?;
             let item = Item::decode(&bytes)?;
             print_json(&item)?;
         }
@@ -224,21 +270,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if cli.json {
                 print_json(&stats)?;
             } else {
-                println!("restored {} files, {} dirs, {} symlinks ({}) into {}", stats.files, stats.dirs, stats.symlinks, mb(stats.bytes), output.display());
+                println!(
+                    "restored {} files, {} dirs, {} symlinks ({}) into {}",
+                    stats.files,
+                    stats.dirs,
+                    stats.symlinks,
+                    mb(stats.bytes),
+                    output.display()
+                );
                 if stats.skipped_special > 0 {
-                    println!("skipped {} device nodes, fifos or sockets", stats.skipped_special);
+                    println!(
+                        "skipped {} device nodes, fifos or sockets",
+                        stats.skipped_special
+                    );
                 }
             }
         }
         Cmd::Demo { scale, keep } => return run_demo(&cli, &dir, *scale, keep.as_deref()),
-        Cmd::Bench { cmd: BenchCmd::Store { tree, work, hash_mib, runs, threads } } => {
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Store {
+                    tree,
+                    work,
+                    hash_mib,
+                    runs,
+                    threads,
+                },
+        } => {
             let tree = tree.clone().unwrap_or_else(|| {
-                let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+                let home =
+                    std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
                 home.join(".cache/mirage-corpus/rootfs/base")
             });
-            let o = bench::BenchOptions { tree, work: work.clone(), hash_mib: *hash_mib, runs: (*runs).max(1), threads: *threads };
+            let o = bench::BenchOptions {
+                tree,
+                work: work.clone(),
+                hash_mib: *hash_mib,
+                runs: (*runs).max(1),
+                threads: *threads,
+            };
             let json = cli.json;
-            let pairs = bench::bench_store(&o, |m| if !json { eprintln!("{m}") })?;
+            let pairs = bench::bench_store(&o, |m| {
+                if !json {
+                    eprintln!("{m}")
+                }
+            })?;
             if json {
                 print_json(&pairs)?;
             } else {
@@ -291,8 +367,19 @@ fn run_demo(cli: &Cli, dir: &Path, scale: usize, keep: Option<&Path>) -> Result<
         }))?;
     } else {
         println!("store        {} ({})", dir.display(), store.algorithm());
-        println!("generated    {} files, {} in {}", gen.files, mb(gen.bytes), src.display());
-        println!("stored       tree {} in {ingest_s:.2} s: {} items sent, {} new ({})", root.to_text(), stats.items_sent, stats.items_new, mb(stats.new_bytes));
+        println!(
+            "generated    {} files, {} in {}",
+            gen.files,
+            mb(gen.bytes),
+            src.display()
+        );
+        println!(
+            "stored       tree {} in {ingest_s:.2} s: {} items sent, {} new ({})",
+            root.to_text(),
+            stats.items_sent,
+            stats.items_new,
+            mb(stats.new_bytes)
+        );
         let grew = after.stored_bytes.saturating_sub(before.stored_bytes);
         println!(
             "store grew   by {}: dedup, holes and zstd keep {:.1}% of the file bytes (store now {} items, {})",
@@ -301,7 +388,13 @@ fn run_demo(cli: &Cli, dir: &Path, scale: usize, keep: Option<&Path>) -> Result<
             after.items,
             mb(after.stored_bytes),
         );
-        println!("restored     {} files, {} dirs, {} symlinks in {restore_s:.2} s into {}", restored.files, restored.dirs, restored.symlinks, out.display());
+        println!(
+            "restored     {} files, {} dirs, {} symlinks in {restore_s:.2} s into {}",
+            restored.files,
+            restored.dirs,
+            restored.symlinks,
+            out.display()
+        );
         if diffs.is_empty() {
             println!("compared     identical: content, types, permission bits, sizes, mtimes (ns), symlink targets, hard links");
         } else {
@@ -310,7 +403,11 @@ fn run_demo(cli: &Cli, dir: &Path, scale: usize, keep: Option<&Path>) -> Result<
                 println!("  {d}");
             }
         }
-        println!("verified     {} records re-hashed, {} damaged", report.records, report.damaged.len());
+        println!(
+            "verified     {} records re-hashed, {} damaged",
+            report.records,
+            report.damaged.len()
+        );
     }
     if !ok {
         return Ok(ExitCode::FAILURE);

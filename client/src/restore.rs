@@ -49,32 +49,46 @@ pub struct RestoreStats {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
-    move |source| RestoreError::Io { path: path.to_path_buf(), source }
+    move |source| RestoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn system_time(t: Timestamp) -> SystemTime {
     if t.secs >= 0 {
         SystemTime::UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
     } else {
-        SystemTime::UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + Duration::from_nanos(u64::from(t.nanos))
+        SystemTime::UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
+            + Duration::from_nanos(u64::from(t.nanos))
     }
 }
 
 fn decode_tree(d: &Digest, bytes: &[u8]) -> Result<Tree, RestoreError> {
     match Item::decode(bytes) {
         Ok(Item::Tree(t)) => Ok(t),
-        Ok(other) => Err(RestoreError::Structure(format!("{d:#} is a {}, expected a tree", other.kind()))),
+        Ok(other) => Err(RestoreError::Structure(format!(
+            "{d:#} is a {}, expected a tree",
+            other.kind()
+        ))),
         Err(e) => Err(RestoreError::Structure(format!("{d:#}: {e}"))),
     }
 }
 
 /// Restores the tree `root` into `out`, which must not exist yet.
-pub fn restore_tree(store: &Store, root: &Digest, out: &Path) -> Result<RestoreStats, RestoreError> {
+pub fn restore_tree(
+    store: &Store,
+    root: &Digest,
+    out: &Path,
+) -> Result<RestoreStats, RestoreError> {
     let mut stats = RestoreStats::default();
-    let bytes = store.get(root)?.ok_or_else(|| RestoreError::Structure(format!("{root:#} is not in the store")))?;
+    let bytes = store
+        .get(root)?
+        .ok_or_else(|| RestoreError::Structure(format!("{root:#} is not in the store")))?;
     let tree = decode_tree(root, &bytes)?;
     std::fs::create_dir(out).map_err(io(out))?;
-    let mut queue: VecDeque<(Digest, Tree, PathBuf)> = VecDeque::from([(*root, tree, out.to_path_buf())]);
+    let mut queue: VecDeque<(Digest, Tree, PathBuf)> =
+        VecDeque::from([(*root, tree, out.to_path_buf())]);
     let mut dir_meta: Vec<(PathBuf, TreeEntry)> = Vec::new();
     let mut links: HashMap<u64, PathBuf> = HashMap::new();
     let mut pending_links: Vec<(u64, PathBuf)> = Vec::new();
@@ -107,7 +121,8 @@ pub fn restore_tree(store: &Store, root: &Digest, out: &Path) -> Result<RestoreS
                     stats.files += 1;
                 }
                 (EntryKind::Symlink, _) => {
-                    let target = std::ffi::OsStr::from_bytes(e.target.as_deref().unwrap_or_default());
+                    let target =
+                        std::ffi::OsStr::from_bytes(e.target.as_deref().unwrap_or_default());
                     std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
                     stats.symlinks += 1;
                 }
@@ -145,7 +160,9 @@ pub fn restore_tree(store: &Store, root: &Digest, out: &Path) -> Result<RestoreS
             return Err(e);
         }
         if let Some(m) = read.missing.first() {
-            return Err(RestoreError::Structure(format!("{m:#} referenced by {digest:#} is not in the store")));
+            return Err(RestoreError::Structure(format!(
+                "{m:#} referenced by {digest:#} is not in the store"
+            )));
         }
     }
     for (g, path) in &pending_links {
@@ -160,8 +177,19 @@ pub fn restore_tree(store: &Store, root: &Digest, out: &Path) -> Result<RestoreS
     Ok(stats)
 }
 
-fn write_file(store: &Store, d: &Digest, bytes: &[u8], path: &Path, e: &TreeEntry, items: &mut u64) -> Result<u64, RestoreError> {
-    let f = OpenOptions::new().write(true).create_new(true).open(path).map_err(io(path))?;
+fn write_file(
+    store: &Store,
+    d: &Digest,
+    bytes: &[u8],
+    path: &Path,
+    e: &TreeEntry,
+    items: &mut u64,
+) -> Result<u64, RestoreError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io(path))?;
     match Item::decode(bytes) {
         Ok(Item::Blob { data }) => f.write_all_at(&data, 0).map_err(io(path))?,
         Ok(Item::ChunkList(list)) => {
@@ -177,7 +205,9 @@ fn write_file(store: &Store, d: &Digest, bytes: &[u8], path: &Path, e: &TreeEntr
                 }
                 *items += 1;
                 let res = r.map_err(RestoreError::from).and_then(|chunk| {
-                    let data = chunk.get(2..).ok_or_else(|| RestoreError::Structure(format!("chunk {cd:#} is empty")))?;
+                    let data = chunk
+                        .get(2..)
+                        .ok_or_else(|| RestoreError::Structure(format!("chunk {cd:#} is empty")))?;
                     for off in &at[&cd] {
                         f.write_all_at(data, *off).map_err(io(path))?;
                     }
@@ -191,10 +221,17 @@ fn write_file(store: &Store, d: &Digest, bytes: &[u8], path: &Path, e: &TreeEntr
                 return Err(e);
             }
             if let Some(m) = r.missing.first() {
-                return Err(RestoreError::Structure(format!("chunk {m:#} of {d:#} is not in the store")));
+                return Err(RestoreError::Structure(format!(
+                    "chunk {m:#} of {d:#} is not in the store"
+                )));
             }
         }
-        Ok(other) => return Err(RestoreError::Structure(format!("{d:#} is a {}, expected file content", other.kind()))),
+        Ok(other) => {
+            return Err(RestoreError::Structure(format!(
+                "{d:#} is a {}, expected file content",
+                other.kind()
+            )))
+        }
         Err(err) => return Err(RestoreError::Structure(format!("{d:#}: {err}"))),
     }
     f.set_len(e.size).map_err(io(path))?;
@@ -203,8 +240,11 @@ fn write_file(store: &Store, d: &Digest, bytes: &[u8], path: &Path, e: &TreeEntr
 }
 
 fn finish_file(f: &File, path: &Path, e: &TreeEntry) -> Result<(), RestoreError> {
-    f.set_permissions(std::fs::Permissions::from_mode(e.mode)).map_err(io(path))?;
-    let times = FileTimes::new().set_accessed(system_time(e.atime)).set_modified(system_time(e.mtime));
+    f.set_permissions(std::fs::Permissions::from_mode(e.mode))
+        .map_err(io(path))?;
+    let times = FileTimes::new()
+        .set_accessed(system_time(e.atime))
+        .set_modified(system_time(e.mtime));
     f.set_times(times).map_err(io(path))?;
     Ok(())
 }

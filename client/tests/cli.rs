@@ -15,7 +15,12 @@ fn mirage(store: &Path, args: &[&str]) -> Output {
 }
 
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
@@ -47,8 +52,17 @@ fn demo_on_a_sha1_store_round_trips_and_verifies() {
     assert_ne!(v2["root"], v["root"]);
     let trees = v2["ingest"]["dirs"].as_u64().unwrap() + 1;
     // (The empty directory's tree is identical too.)
-    assert_eq!(v2["ingest"]["items_new"].as_u64().unwrap(), trees - 1, "{}", v2["ingest"]);
-    assert!(v2["ingest"]["new_bytes"].as_u64().unwrap() < 64 << 10, "{}", v2["ingest"]);
+    assert_eq!(
+        v2["ingest"]["items_new"].as_u64().unwrap(),
+        trees - 1,
+        "{}",
+        v2["ingest"]
+    );
+    assert!(
+        v2["ingest"]["new_bytes"].as_u64().unwrap() < 64 << 10,
+        "{}",
+        v2["ingest"]
+    );
     let report = json(&mirage(&store, &["store", "verify", "--json"]));
     assert_eq!(report["damaged"].as_array().unwrap().len(), 0);
     let stats = json(&mirage(&store, &["store", "stats", "--json"]));
@@ -61,14 +75,26 @@ fn put_tree_get_tree_and_item_view() {
     let store = dir.path().join("store");
     let src = dir.path().join("src");
     mirage_client::demo::generate(&src, 3, 1).unwrap();
-    let root = ok(&mirage(&store, &["put-tree", src.to_str().unwrap()])).trim().to_string();
+    let root = ok(&mirage(&store, &["put-tree", src.to_str().unwrap()]))
+        .trim()
+        .to_string();
     assert!(root.starts_with("sha256:"), "{root}");
     let out = dir.path().join("out");
-    ok(&mirage(&store, &["get-tree", &root, "-o", out.to_str().unwrap()]));
-    assert_eq!(mirage_client::demo::compare(&src, &out).unwrap(), Vec::<String>::new());
+    ok(&mirage(
+        &store,
+        &["get-tree", &root, "-o", out.to_str().unwrap()],
+    ));
+    assert_eq!(
+        mirage_client::demo::compare(&src, &out).unwrap(),
+        Vec::<String>::new()
+    );
     let item = json(&mirage(&store, &["item", &root]));
     assert_eq!(item["kind"], "tree");
-    assert!(item["entries"].as_array().unwrap().iter().any(|e| e["name"] == "usr"));
+    assert!(item["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "usr"));
 }
 
 #[test]
@@ -79,7 +105,12 @@ fn errors_are_one_line_and_non_zero() {
         &["store", "stats"][..],
         &["store", "verify"],
         &["item", "sha256:00"],
-        &["get-tree", "sha256:0000000000000000000000000000000000000000000000000000000000000000", "-o", "/tmp/x"],
+        &[
+            "get-tree",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "-o",
+            "/tmp/x",
+        ],
     ] {
         let o = mirage(&missing, args);
         assert!(!o.status.success(), "{args:?} succeeded");
@@ -87,7 +118,10 @@ fn errors_are_one_line_and_non_zero() {
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("mirage: error: "), "{err}");
     }
-    assert!(!missing.exists(), "read-only commands must not create a store");
+    assert!(
+        !missing.exists(),
+        "read-only commands must not create a store"
+    );
     // A damaged store makes verify exit 3 and name the item.
     let store = dir.path().join("s");
     let src = dir.path().join("src");

@@ -108,7 +108,10 @@ pub fn store_content<R: Read, E: std::error::Error + 'static>(
         if data.len() as u64 != size {
             return Err(ChunkError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                format!("content shorter than its size: {} of {size} bytes", data.len()),
+                format!(
+                    "content shorter than its size: {} of {size} bytes",
+                    data.len()
+                ),
             )));
         }
         let item = EncodedItem::blob(alg, &data)?;
@@ -170,7 +173,11 @@ mod tests {
         let b = chunks_of(&edited);
         let set_a: std::collections::HashSet<_> = a.iter().map(|e| e.digest).collect();
         let shared = b.iter().filter(|e| set_a.contains(&e.digest)).count();
-        assert!(shared + 3 >= a.len(), "only {shared} of {} chunks shared", a.len());
+        assert!(
+            shared + 3 >= a.len(),
+            "only {shared} of {} chunks shared",
+            a.len()
+        );
     }
 
     const GOLDEN_BOUNDARIES: [u64; 4] = [325_267, 961_221, 1_453_140, 2_314_116];
@@ -212,19 +219,27 @@ mod tests {
     #[test]
     fn small_content_is_one_blob_and_short_reads_fail() {
         let mut stored = Vec::new();
-        let d = store_content::<_, std::convert::Infallible>(&b"hello"[..], 5, Algorithm::Sha1, |i| {
-            stored.push(i);
-            Ok(())
-        })
-        .unwrap();
+        let d =
+            store_content::<_, std::convert::Infallible>(&b"hello"[..], 5, Algorithm::Sha1, |i| {
+                stored.push(i);
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(d, Some(blob_digest(Algorithm::Sha1, b"hello").unwrap()));
         assert_eq!(stored.len(), 1);
         let short =
-            store_content::<_, std::convert::Infallible>(&b"hi"[..], 5, Algorithm::Sha256, |_| Ok(()));
+            store_content::<_, std::convert::Infallible>(&b"hi"[..], 5, Algorithm::Sha256, |_| {
+                Ok(())
+            });
         assert!(matches!(short, Err(ChunkError::Io(_))));
         assert_eq!(
-            store_content::<_, std::convert::Infallible>(&b""[..], 0, Algorithm::Sha256, |_| Ok(()))
-                .unwrap(),
+            store_content::<_, std::convert::Infallible>(
+                &b""[..],
+                0,
+                Algorithm::Sha256,
+                |_| Ok(())
+            )
+            .unwrap(),
             None
         );
     }

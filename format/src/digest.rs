@@ -342,7 +342,10 @@ mod tests {
         assert_eq!(plain(&a2), plain(&b2));
         // Mirage's SHA-1 refuses both, whole or streamed in pieces.
         for m in [&a, &b, &a2, &b2] {
-            assert_eq!(Digest::of(Algorithm::Sha1, m), Err(DigestError::Sha1Collision));
+            assert_eq!(
+                Digest::of(Algorithm::Sha1, m),
+                Err(DigestError::Sha1Collision)
+            );
             let mut h = Hasher::new(Algorithm::Sha1);
             for piece in m.chunks(7) {
                 h.update(piece);

@@ -245,7 +245,11 @@ impl Item {
         match self {
             Item::Blob { .. } => {}
             Item::ChunkList(c) => c.chunks.iter().for_each(|e| push(&e.digest)),
-            Item::Tree(t) => t.entries.iter().filter_map(|e| e.content.as_ref()).for_each(push),
+            Item::Tree(t) => t
+                .entries
+                .iter()
+                .filter_map(|e| e.content.as_ref())
+                .for_each(push),
             Item::Filesystem(f) => {
                 push(&f.root);
                 f.skeleton.iter().for_each(&mut push);
@@ -254,9 +258,8 @@ impl Item {
             Item::Disk(d) => {
                 for p in &d.partitions {
                     match &p.content {
-                        PartitionContent::Filesystem { digest } | PartitionContent::Raw { digest } => {
-                            push(digest)
-                        }
+                        PartitionContent::Filesystem { digest }
+                        | PartitionContent::Raw { digest } => push(digest),
                         PartitionContent::Empty | PartitionContent::Swap { .. } => {}
                     }
                 }

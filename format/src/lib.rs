@@ -17,6 +17,8 @@ pub use codec::DecodeError;
 pub use delta::{Change, ChangeOp, Delta};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use item::{Item, ItemKind};
-pub use manifest::{ChunkList, Disk, Extent, Filesystem, Image, ImageDisk, Partition, PartitionContent, TableType};
+pub use manifest::{
+    ChunkList, Disk, Extent, Filesystem, Image, ImageDisk, Partition, PartitionContent, TableType,
+};
 pub use params::{Param, Params};
 pub use tree::{EntryKind, Timestamp, Tree, TreeEntry, Xattr};

@@ -70,7 +70,10 @@ fn validate_extents(v: &[Extent], limit: u64) -> Result<(), DecodeError> {
         if e.len == 0 || e.offset < end || stop > limit {
             return Err(invalid(
                 "extents",
-                format!("{}+{} empty, overlapping, unsorted or beyond {limit}", e.offset, e.len),
+                format!(
+                    "{}+{} empty, overlapping, unsorted or beyond {limit}",
+                    e.offset, e.len
+                ),
             ));
         }
         end = stop;
@@ -283,7 +286,10 @@ impl Disk {
             if end.is_none_or(|e| e > self.size) {
                 return Err(invalid(
                     "partition",
-                    format!("{} at {}+{} beyond disk size {}", p.number, p.start, p.size, self.size),
+                    format!(
+                        "{} at {}+{} beyond disk size {}",
+                        p.number, p.start, p.size, self.size
+                    ),
                 ));
             }
         }

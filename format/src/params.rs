@@ -66,7 +66,10 @@ pub(crate) fn read_params(r: &mut Reader<'_>) -> Result<Params, DecodeError> {
         }
         if let Some(p) = &prev {
             if p.as_bytes() >= key.as_bytes() {
-                return Err(invalid("params", format!("key {key:?} unsorted or duplicate")));
+                return Err(invalid(
+                    "params",
+                    format!("key {key:?} unsorted or duplicate"),
+                ));
             }
         }
         let tag = r.u8("param tag")?;

@@ -287,11 +287,19 @@ impl TreeEntry {
     pub fn validate(&self) -> Result<(), DecodeError> {
         validate_name(&self.name)?;
         if self.mode > 0o7777 {
-            return Err(invalid("mode", format!("{:o} has bits beyond 07777", self.mode)));
+            return Err(invalid(
+                "mode",
+                format!("{:o} has bits beyond 07777", self.mode),
+            ));
         }
-        for t in [Some(self.mtime), Some(self.atime), Some(self.ctime), self.crtime]
-            .into_iter()
-            .flatten()
+        for t in [
+            Some(self.mtime),
+            Some(self.atime),
+            Some(self.ctime),
+            self.crtime,
+        ]
+        .into_iter()
+        .flatten()
         {
             if t.nanos >= 1_000_000_000 {
                 return Err(invalid("timestamp", format!("{} nanoseconds", t.nanos)));
@@ -312,7 +320,10 @@ impl TreeEntry {
             if ok {
                 Ok(())
             } else {
-                Err(invalid("entry", format!("{:?} {why}", String::from_utf8_lossy(&self.name))))
+                Err(invalid(
+                    "entry",
+                    format!("{:?} {why}", String::from_utf8_lossy(&self.name)),
+                ))
             }
         };
         need(
@@ -324,7 +335,10 @@ impl TreeEntry {
             "symlink target iff symlink",
         )?;
         if let Some(t) = &self.target {
-            need(!t.is_empty() && !t.contains(&0), "symlink target empty or holds NUL")?;
+            need(
+                !t.is_empty() && !t.contains(&0),
+                "symlink target empty or holds NUL",
+            )?;
         }
         need(
             matches!(k, EntryKind::CharDev | EntryKind::BlockDev) == self.rdev.is_some(),
@@ -344,7 +358,10 @@ pub fn validate_name(name: &[u8]) -> Result<(), DecodeError> {
         return Err(invalid("name", "empty"));
     }
     if name == b"." || name == b".." {
-        return Err(invalid("name", format!("{:?} is reserved", String::from_utf8_lossy(name))));
+        return Err(invalid(
+            "name",
+            format!("{:?} is reserved", String::from_utf8_lossy(name)),
+        ));
     }
     if name.len() > MAX_NAME {
         return Err(invalid("name", format!("{} bytes", name.len())));

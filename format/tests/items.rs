@@ -15,8 +15,11 @@ fn arb_digest() -> impl Strategy<Value = Digest> {
 }
 
 fn arb_name() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..24)
-        .prop_filter("not . or ..", |n| n != b"." && n != b"..")
+    proptest::collection::vec(
+        any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0),
+        1..24,
+    )
+    .prop_filter("not . or ..", |n| n != b"." && n != b"..")
 }
 
 fn arb_ts() -> impl Strategy<Value = Timestamp> {
@@ -43,13 +46,36 @@ fn arb_entry() -> impl Strategy<Value = TreeEntry> {
         0..4,
     );
     (
-        (arb_name(), kinds, 0u32..=0o7777, any::<u32>(), any::<u32>(), any::<u64>()),
-        (arb_ts(), arb_ts(), arb_ts(), proptest::option::of(arb_ts()), any::<u64>()),
-        (xattrs, arb_digest(), any::<bool>(), proptest::collection::vec(1u8..=255, 1..60)),
+        (
+            arb_name(),
+            kinds,
+            0u32..=0o7777,
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+        ),
+        (
+            arb_ts(),
+            arb_ts(),
+            arb_ts(),
+            proptest::option::of(arb_ts()),
+            any::<u64>(),
+        ),
+        (
+            xattrs,
+            arb_digest(),
+            any::<bool>(),
+            proptest::collection::vec(1u8..=255, 1..60),
+        ),
         (any::<u64>(), proptest::option::of(any::<u64>())),
     )
         .prop_map(
-            |((name, kind, mode, uid, gid, size), (mtime, atime, ctime, crtime, flags), (x, d, has, target), (rdev, lg))| {
+            |(
+                (name, kind, mode, uid, gid, size),
+                (mtime, atime, ctime, crtime, flags),
+                (x, d, has, target),
+                (rdev, lg),
+            )| {
                 let mut e = TreeEntry::new(name, kind);
                 e.mode = mode;
                 e.uid = uid;
@@ -60,7 +86,10 @@ fn arb_entry() -> impl Strategy<Value = TreeEntry> {
                 e.ctime = ctime;
                 e.crtime = crtime;
                 e.flags = flags;
-                e.xattrs = x.into_iter().map(|(name, value)| Xattr { name, value }).collect();
+                e.xattrs = x
+                    .into_iter()
+                    .map(|(name, value)| Xattr { name, value })
+                    .collect();
                 match kind {
                     EntryKind::File => e.content = has.then_some(d),
                     EntryKind::Dir => e.content = Some(d),
@@ -105,7 +134,11 @@ fn arb_extents(limit: u64) -> impl Strategy<Value = Vec<Extent>> {
             if offset + len > limit {
                 break;
             }
-            out.push(Extent { offset, len, digest });
+            out.push(Extent {
+                offset,
+                len,
+                digest,
+            });
             end = offset + len;
         }
         out
@@ -117,36 +150,75 @@ fn arb_item() -> impl Strategy<Value = Item> {
         Just(PartitionContent::Empty),
         arb_digest().prop_map(|digest| PartitionContent::Filesystem { digest }),
         arb_digest().prop_map(|digest| PartitionContent::Raw { digest }),
-        (arb_bytes(16), arb_bytes(16), arb_params())
-            .prop_map(|(uuid, label, params)| PartitionContent::Swap { uuid, label, params }),
-    ];
-    let partition = (1u32..200, 0u64..1 << 20, 0u64..1 << 20, arb_bytes(16), arb_bytes(16), arb_bytes(8), any::<u64>(), arb_params(), content)
-        .prop_map(|(number, start, size, type_id, guid, name, attributes, params, content)| Partition {
-            number,
-            start,
-            size,
-            type_id,
-            guid,
-            name,
-            attributes,
-            params,
-            content,
-        });
-    prop_oneof![
-        arb_bytes(300).prop_map(|data| Item::Blob { data }),
-        (1u64..100_000).prop_flat_map(|size| arb_extents(size).prop_map(move |chunks| Item::ChunkList(ChunkList { size, chunks }))),
-        arb_tree().prop_map(Item::Tree),
-        ("[a-z0-9]{1,8}", arb_bytes(16), arb_bytes(16), arb_params(), arb_digest(), proptest::option::of(arb_digest()), arb_extents(u64::MAX))
-            .prop_map(|(fs_type, uuid, label, params, root, skeleton, pinned)| Item::Filesystem(Filesystem {
-                fs_type,
+        (arb_bytes(16), arb_bytes(16), arb_params()).prop_map(|(uuid, label, params)| {
+            PartitionContent::Swap {
                 uuid,
                 label,
                 params,
-                root,
-                skeleton,
-                pinned,
-            })),
-        (arb_bytes(16), arb_params(), proptest::collection::vec(partition, 0..5), arb_extents(1 << 22), prop_oneof![Just(TableType::None), Just(TableType::Mbr), Just(TableType::Gpt)], 9u32..13)
+            }
+        }),
+    ];
+    let partition = (
+        1u32..200,
+        0u64..1 << 20,
+        0u64..1 << 20,
+        arb_bytes(16),
+        arb_bytes(16),
+        arb_bytes(8),
+        any::<u64>(),
+        arb_params(),
+        content,
+    )
+        .prop_map(
+            |(number, start, size, type_id, guid, name, attributes, params, content)| Partition {
+                number,
+                start,
+                size,
+                type_id,
+                guid,
+                name,
+                attributes,
+                params,
+                content,
+            },
+        );
+    prop_oneof![
+        arb_bytes(300).prop_map(|data| Item::Blob { data }),
+        (1u64..100_000).prop_flat_map(|size| arb_extents(size)
+            .prop_map(move |chunks| Item::ChunkList(ChunkList { size, chunks }))),
+        arb_tree().prop_map(Item::Tree),
+        (
+            "[a-z0-9]{1,8}",
+            arb_bytes(16),
+            arb_bytes(16),
+            arb_params(),
+            arb_digest(),
+            proptest::option::of(arb_digest()),
+            arb_extents(u64::MAX)
+        )
+            .prop_map(|(fs_type, uuid, label, params, root, skeleton, pinned)| {
+                Item::Filesystem(Filesystem {
+                    fs_type,
+                    uuid,
+                    label,
+                    params,
+                    root,
+                    skeleton,
+                    pinned,
+                })
+            }),
+        (
+            arb_bytes(16),
+            arb_params(),
+            proptest::collection::vec(partition, 0..5),
+            arb_extents(1 << 22),
+            prop_oneof![
+                Just(TableType::None),
+                Just(TableType::Mbr),
+                Just(TableType::Gpt)
+            ],
+            9u32..13
+        )
             .prop_map(|(disk_id, params, parts, regions, table, shift)| {
                 let mut m = std::collections::BTreeMap::new();
                 for p in parts {
@@ -162,23 +234,52 @@ fn arb_item() -> impl Strategy<Value = Item> {
                     regions,
                 })
             }),
-        (proptest::collection::btree_map(arb_name(), arb_digest(), 0..4), arb_params()).prop_map(|(d, meta)| Item::Image(Image {
-            disks: d.into_iter().map(|(name, disk)| ImageDisk { name, disk }).collect(),
-            meta,
-        })),
-        (arb_digest(), arb_digest(), proptest::collection::vec((arb_name(), arb_name(), arb_entry(), 0u8..4), 0..6)).prop_map(|(source, target, raw)| {
-            let mut m = std::collections::BTreeMap::new();
-            for (scope, dir, mut entry, op) in raw {
-                let mut path = dir;
-                path.push(b'/');
-                path.extend_from_slice(&entry.name);
-                let op = [ChangeOp::Add, ChangeOp::Modify, ChangeOp::Delete, ChangeOp::Metadata][op as usize];
-                entry.name = path.rsplit(|b| *b == b'/').next().unwrap().to_vec();
-                let entry = (op != ChangeOp::Delete).then_some(entry);
-                m.insert((scope.clone(), path.clone()), Change { scope, path, op, entry });
-            }
-            Item::Delta(Delta { source, target, changes: m.into_values().collect() })
-        }),
+        (
+            proptest::collection::btree_map(arb_name(), arb_digest(), 0..4),
+            arb_params()
+        )
+            .prop_map(|(d, meta)| Item::Image(Image {
+                disks: d
+                    .into_iter()
+                    .map(|(name, disk)| ImageDisk { name, disk })
+                    .collect(),
+                meta,
+            })),
+        (
+            arb_digest(),
+            arb_digest(),
+            proptest::collection::vec((arb_name(), arb_name(), arb_entry(), 0u8..4), 0..6)
+        )
+            .prop_map(|(source, target, raw)| {
+                let mut m = std::collections::BTreeMap::new();
+                for (scope, dir, mut entry, op) in raw {
+                    let mut path = dir;
+                    path.push(b'/');
+                    path.extend_from_slice(&entry.name);
+                    let op = [
+                        ChangeOp::Add,
+                        ChangeOp::Modify,
+                        ChangeOp::Delete,
+                        ChangeOp::Metadata,
+                    ][op as usize];
+                    entry.name = path.rsplit(|b| *b == b'/').next().unwrap().to_vec();
+                    let entry = (op != ChangeOp::Delete).then_some(entry);
+                    m.insert(
+                        (scope.clone(), path.clone()),
+                        Change {
+                            scope,
+                            path,
+                            op,
+                            entry,
+                        },
+                    );
+                }
+                Item::Delta(Delta {
+                    source,
+                    target,
+                    changes: m.into_values().collect(),
+                })
+            }),
     ]
 }
 
@@ -239,7 +340,9 @@ proptest! {
 }
 
 fn golden_items() -> Vec<(&'static str, Item)> {
-    let blob = Item::Blob { data: b"hello, mirage\n".to_vec() };
+    let blob = Item::Blob {
+        data: b"hello, mirage\n".to_vec(),
+    };
     let bd = blob.digest(Algorithm::Sha256).unwrap();
     let mut file = TreeEntry::new(&b"motd"[..], EntryKind::File);
     file.mode = 0o644;
@@ -248,7 +351,10 @@ fn golden_items() -> Vec<(&'static str, Item)> {
     file.atime = Timestamp::new(4_102_444_800, 1);
     file.ctime = Timestamp::new(1_700_000_000, 999_999_999);
     file.content = Some(bd);
-    file.xattrs = vec![Xattr { name: b"user.note".to_vec(), value: vec![0, 1, 2] }];
+    file.xattrs = vec![Xattr {
+        name: b"user.note".to_vec(),
+        value: vec![0, 1, 2],
+    }];
     let mut link = TreeEntry::new(&b"l\xff"[..], EntryKind::Symlink);
     link.mode = 0o777;
     link.target = Some(b"motd".to_vec());
@@ -259,7 +365,11 @@ fn golden_items() -> Vec<(&'static str, Item)> {
     let td = tree.digest(Algorithm::Sha256).unwrap();
     let chunks = Item::ChunkList(ChunkList {
         size: 1 << 30,
-        chunks: vec![Extent { offset: 4096, len: 14, digest: bd }],
+        chunks: vec![Extent {
+            offset: 4096,
+            len: 14,
+            digest: bd,
+        }],
     });
     let mut params = Params::new();
     params.insert("block_size".into(), Param::U64(4096));
@@ -294,18 +404,55 @@ fn golden_items() -> Vec<(&'static str, Item)> {
         regions: vec![],
     });
     let dd = disk.digest(Algorithm::Sha256).unwrap();
-    let image = Item::Image(Image { disks: vec![ImageDisk { name: b"vda".to_vec(), disk: dd }], meta: Params::new() });
-    vec![("blob", blob), ("tree", tree), ("chunklist", chunks), ("filesystem", fs), ("disk", disk), ("image", image)]
+    let image = Item::Image(Image {
+        disks: vec![ImageDisk {
+            name: b"vda".to_vec(),
+            disk: dd,
+        }],
+        meta: Params::new(),
+    });
+    vec![
+        ("blob", blob),
+        ("tree", tree),
+        ("chunklist", chunks),
+        ("filesystem", fs),
+        ("disk", disk),
+        ("image", image),
+    ]
 }
 
 /// Pinned digests: any change to the encoding of these items fails here, loudly.
 const GOLDEN: [(&str, &str, &str); 6] = [
-    ("blob", "9bf111a143daf69b0c9cadcf3d8b52b29eb58afb7d03084c2e2686bd4762864f", "cacc2be9a3b9614409c2ae10c6085c3e04bc263c"),
-    ("tree", "e4457cfdc8cbac5ddff8c0d5d65c4d62379993b93fc70944de600e97cad04b08", "3c5c6da3c8d4bcc13c2f0c31e70d32eddd593f83"),
-    ("chunklist", "8ea6571b72bd11440b75f5c846d7657b60b7374bc135e215b43b42d121cefe47", "2d747c6fe29d37d44286dd835af5840959ab9a01"),
-    ("filesystem", "1de4352662d5efc358184fbd4a00b7eaffc499c56cdd5e48596c01469d3cda67", "004e7ab20befc3afbbf81971972f226d0315d9f0"),
-    ("disk", "392df1184602a1d9576febba1a164fab3bd39ba16be7175c68002a8de417edeb", "c7fba301b91cc68c96a9a8a78213afbf56bfb55e"),
-    ("image", "562161c39309b20135b3a16288e48239cf880934935f72ee7f85da28813de80f", "68ad2d64c2958925f555a81cbcee9f8d848df4a8"),
+    (
+        "blob",
+        "9bf111a143daf69b0c9cadcf3d8b52b29eb58afb7d03084c2e2686bd4762864f",
+        "cacc2be9a3b9614409c2ae10c6085c3e04bc263c",
+    ),
+    (
+        "tree",
+        "e4457cfdc8cbac5ddff8c0d5d65c4d62379993b93fc70944de600e97cad04b08",
+        "3c5c6da3c8d4bcc13c2f0c31e70d32eddd593f83",
+    ),
+    (
+        "chunklist",
+        "8ea6571b72bd11440b75f5c846d7657b60b7374bc135e215b43b42d121cefe47",
+        "2d747c6fe29d37d44286dd835af5840959ab9a01",
+    ),
+    (
+        "filesystem",
+        "1de4352662d5efc358184fbd4a00b7eaffc499c56cdd5e48596c01469d3cda67",
+        "004e7ab20befc3afbbf81971972f226d0315d9f0",
+    ),
+    (
+        "disk",
+        "392df1184602a1d9576febba1a164fab3bd39ba16be7175c68002a8de417edeb",
+        "c7fba301b91cc68c96a9a8a78213afbf56bfb55e",
+    ),
+    (
+        "image",
+        "562161c39309b20135b3a16288e48239cf880934935f72ee7f85da28813de80f",
+        "68ad2d64c2958925f555a81cbcee9f8d848df4a8",
+    ),
 ];
 
 #[test]
@@ -320,7 +467,10 @@ fn golden_vectors_pin_the_format() {
         report.push_str(&format!("    (\"{name}\", \"{d256}\", \"{d1}\"),\n"));
         ok &= d256 == g256 && d1 == g1;
     }
-    assert!(ok, "item digests changed; the format is pinned. Computed:\n{report}");
+    assert!(
+        ok,
+        "item digests changed; the format is pinned. Computed:\n{report}"
+    );
 }
 
 fn entry_tree_bytes(names: &[&[u8]]) -> Vec<u8> {
@@ -370,14 +520,20 @@ fn unknown_kinds_versions_and_huge_lengths_are_refused() {
     assert_eq!(Item::decode(&[]), Err(DecodeError::Truncated("item kind")));
     assert_eq!(Item::decode(&[0, 1]), Err(DecodeError::UnknownKind(0)));
     assert_eq!(Item::decode(&[99, 1, 0]), Err(DecodeError::UnknownKind(99)));
-    assert!(matches!(Item::decode(&[3, 2, 0]), Err(DecodeError::UnsupportedVersion { version: 2, .. })));
+    assert!(matches!(
+        Item::decode(&[3, 2, 0]),
+        Err(DecodeError::UnsupportedVersion { version: 2, .. })
+    ));
     // A tree claiming 2^62 entries in a handful of bytes.
     let mut w = Writer::new();
     w.u8(3);
     w.u8(1);
     w.uvar(1 << 62);
     w.raw(&[0; 8]);
-    assert!(matches!(Item::decode(&w.into_bytes()), Err(DecodeError::TooLong { .. })));
+    assert!(matches!(
+        Item::decode(&w.into_bytes()),
+        Err(DecodeError::TooLong { .. })
+    ));
     // A name claiming u64::MAX bytes.
     let mut w = Writer::new();
     w.u8(3);
@@ -385,7 +541,10 @@ fn unknown_kinds_versions_and_huge_lengths_are_refused() {
     w.uvar(1);
     w.uvar(u64::MAX);
     w.raw(&[0; 32]);
-    assert!(matches!(Item::decode(&w.into_bytes()), Err(DecodeError::TooLong { .. })));
+    assert!(matches!(
+        Item::decode(&w.into_bytes()),
+        Err(DecodeError::TooLong { .. })
+    ));
     // Trailing garbage after a complete item.
     let mut ok = Item::Tree(Tree::default()).encode();
     ok.push(0);
@@ -408,9 +567,17 @@ fn json_view_is_readable() {
     let items = golden_items();
     let v = serde_json::to_value(&items[1].1).unwrap();
     assert_eq!(v["kind"], "tree");
-    let names: Vec<_> = v["entries"].as_array().unwrap().iter().map(|e| e["name"].clone()).collect();
+    let names: Vec<_> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].clone())
+        .collect();
     assert_eq!(names[0], serde_json::json!({"hex": "6cff"}));
     assert_eq!(names[1], "motd");
-    assert!(v["entries"][1]["content"].as_str().unwrap().starts_with("sha256:"));
+    assert!(v["entries"][1]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
     assert_eq!(serde_json::to_value(&items[0].1).unwrap()["size"], 14);
 }

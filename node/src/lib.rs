@@ -7,4 +7,6 @@ pub mod index;
 pub mod keys;
 pub mod store;
 
-pub use store::{PutOutcome, ReadOptions, ReadStats, Stats, Store, StoreError, StoreOptions, VerifyReport};
+pub use store::{
+    PutOutcome, ReadOptions, ReadStats, Stats, Store, StoreError, StoreOptions, VerifyReport,
+};

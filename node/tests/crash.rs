@@ -30,7 +30,10 @@ fn crash_opts() -> StoreOptions {
 
 /// Runs in the child: write forever, print `ACK <digest>` after each acknowledged batch.
 fn child(dir: &str) {
-    let round: u64 = std::env::var("MIRAGE_CRASH_ROUND").unwrap().parse().unwrap();
+    let round: u64 = std::env::var("MIRAGE_CRASH_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
     let store = mirage_node::Store::open(std::path::Path::new(dir), crash_opts()).unwrap();
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
@@ -66,7 +69,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         child(&dir);
         return;
     }
-    let rounds: u64 = std::env::var("MIRAGE_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let rounds: u64 = std::env::var("MIRAGE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let seed: u64 = std::env::var("MIRAGE_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -79,7 +85,12 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let mut total_kills = 0;
     for round in 0..rounds {
         let mut child = Command::new(&exe)
-            .args(["--exact", "sigkill_at_random_moments_loses_nothing_acknowledged", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "sigkill_at_random_moments_loses_nothing_acknowledged",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .env("MIRAGE_CRASH_ROUND", round.to_string())
             .stdout(Stdio::piped())
@@ -91,7 +102,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             let mut got = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(d) = line.strip_prefix("ACK ").and_then(|t| t.parse::<Digest>().ok()) {
+                if let Some(d) = line
+                    .strip_prefix("ACK ")
+                    .and_then(|t| t.parse::<Digest>().ok())
+                {
                     got.push(d);
                 }
             }
@@ -112,15 +126,30 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 .get(d)
                 .unwrap_or_else(|e| panic!("seed {seed} round {round}: {d:#}: {e}"))
                 .unwrap_or_else(|| panic!("seed {seed} round {round}: acknowledged {d:#} lost"));
-            assert_eq!(Digest::of(d.algorithm(), &bytes).unwrap(), *d, "seed {seed} round {round}");
+            assert_eq!(
+                Digest::of(d.algorithm(), &bytes).unwrap(),
+                *d,
+                "seed {seed} round {round}"
+            );
         }
         if round % 10 == 9 || round + 1 == rounds {
             let report = store.verify(|_| {}).unwrap();
-            assert!(report.damaged.is_empty(), "seed {seed} round {round}: {:?}", report.damaged);
+            assert!(
+                report.damaged.is_empty(),
+                "seed {seed} round {round}: {:?}",
+                report.damaged
+            );
             assert_eq!(report.items_ok, store.stats().unwrap().items);
         }
     }
     assert_eq!(total_kills, rounds);
-    assert!(acked.len() > rounds as usize, "children acknowledged too little to test anything: {}", acked.len());
-    eprintln!("crash test: {} acknowledged items survived {total_kills} kills", acked.len());
+    assert!(
+        acked.len() > rounds as usize,
+        "children acknowledged too little to test anything: {}",
+        acked.len()
+    );
+    eprintln!(
+        "crash test: {} acknowledged items survived {total_kills} kills",
+        acked.len()
+    );
 }

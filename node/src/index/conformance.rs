@@ -17,7 +17,11 @@ fn loc(i: u32) -> Location {
         stored_len: i,
         raw_len: i + 1,
         kind: ItemKind::Blob,
-        compression: if i % 2 == 0 { Compression::None } else { Compression::Zstd },
+        compression: if i % 2 == 0 {
+            Compression::None
+        } else {
+            Compression::Zstd
+        },
     }
 }
 
@@ -40,7 +44,11 @@ fn put(ix: &impl Index, range: std::ops::Range<u32>) {
 }
 
 fn missing_items_are_none(ix: &impl Index) {
-    assert_eq!(ix.get(&digest(1)).expect("get"), None, "empty index returned an item");
+    assert_eq!(
+        ix.get(&digest(1)).expect("get"),
+        None,
+        "empty index returned an item"
+    );
     assert_eq!(ix.table(&digest(1)).expect("table"), None);
     assert_eq!(ix.meta(b"nothing").expect("meta"), None);
 }
@@ -57,7 +65,10 @@ fn get_many_keeps_order(ix: &impl Index) {
     put(ix, 0..10);
     let ask: Vec<Digest> = [7, 200, 0, 3, 3].iter().map(|i| digest(*i)).collect();
     let got = ix.get_many(&ask).expect("get_many");
-    assert_eq!(got, vec![Some(loc(7)), None, Some(loc(0)), Some(loc(3)), Some(loc(3))]);
+    assert_eq!(
+        got,
+        vec![Some(loc(7)), None, Some(loc(0)), Some(loc(3)), Some(loc(3))]
+    );
 }
 
 fn removal_and_overwrite(ix: &impl Index) {
@@ -104,7 +115,11 @@ fn scan_visits_in_digest_order_and_stops(ix: &impl Index) {
     })
     .expect("scan");
     assert_eq!(seen.len(), 40);
-    assert!(seen.windows(2).all(|w| w[0].0.key_bytes() < w[1].0.key_bytes()), "scan out of order");
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].0.key_bytes() < w[1].0.key_bytes()),
+        "scan out of order"
+    );
     let mut n = 0;
     ix.scan(&mut |_, _| {
         n += 1;

@@ -42,7 +42,10 @@ pub struct IndexBatch {
 impl IndexBatch {
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty() && self.remove.is_empty() && self.tables.is_empty() && self.meta.is_empty()
+        self.items.is_empty()
+            && self.remove.is_empty()
+            && self.tables.is_empty()
+            && self.meta.is_empty()
     }
 }
 

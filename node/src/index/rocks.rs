@@ -40,7 +40,11 @@ impl RocksIndex {
         items.set_block_based_table_factory(&bbo);
         items.set_compression_type(rocksdb::DBCompressionType::Zstd);
         let cfs = ALL_CFS.iter().map(|name| {
-            let o = if *name == CF_ITEMS { items.clone() } else { opts.clone() };
+            let o = if *name == CF_ITEMS {
+                items.clone()
+            } else {
+                opts.clone()
+            };
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(engine)?;
@@ -68,7 +72,11 @@ fn hex_of(b: &[u8]) -> String {
 impl Index for RocksIndex {
     fn get(&self, d: &Digest) -> Result<Option<Location>, IndexError> {
         let key = d.key_bytes();
-        match self.db.get_pinned_cf(self.cf(CF_ITEMS)?, &key).map_err(engine)? {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_ITEMS)?, &key)
+            .map_err(engine)?
+        {
             Some(v) => Ok(Some(decode_loc(&key, &v)?)),
             None => Ok(None),
         }
@@ -77,9 +85,7 @@ impl Index for RocksIndex {
     fn get_many(&self, ds: &[Digest]) -> Result<Vec<Option<Location>>, IndexError> {
         let cf = self.cf(CF_ITEMS)?;
         let keys: Vec<Vec<u8>> = ds.iter().map(Digest::key_bytes).collect();
-        let res = self
-            .db
-            .batched_multi_get_cf(cf, keys.iter(), false);
+        let res = self.db.batched_multi_get_cf(cf, keys.iter(), false);
         keys.iter()
             .zip(res)
             .map(|(k, r)| match r.map_err(engine)? {
@@ -95,10 +101,12 @@ impl Index for RocksIndex {
             .get_pinned_cf(self.cf(CF_LOCTAB)?, parent.key_bytes())
             .map_err(engine)?
         {
-            Some(v) => LocationTable::decode(&v).map(Some).map_err(|e| IndexError::Corrupt {
-                key: parent.to_text(),
-                why: e.to_string(),
-            }),
+            Some(v) => LocationTable::decode(&v)
+                .map(Some)
+                .map_err(|e| IndexError::Corrupt {
+                    key: parent.to_text(),
+                    why: e.to_string(),
+                }),
             None => Ok(None),
         }
     }
@@ -128,7 +136,9 @@ impl Index for RocksIndex {
     }
 
     fn scan(&self, f: &mut dyn FnMut(Digest, Location) -> bool) -> Result<(), IndexError> {
-        let it = self.db.iterator_cf(self.cf(CF_ITEMS)?, rocksdb::IteratorMode::Start);
+        let it = self
+            .db
+            .iterator_cf(self.cf(CF_ITEMS)?, rocksdb::IteratorMode::Start);
         for kv in it {
             let (k, v) = kv.map_err(engine)?;
             let d = Digest::from_key_bytes(&k).ok_or_else(|| IndexError::Corrupt {

@@ -7,8 +7,8 @@
 //! rebuilt from the volume tails after a crash, so it never needs its own fsync per write.
 
 mod location;
-pub mod record;
 mod read;
+pub mod record;
 mod recover;
 mod verify;
 mod volume;

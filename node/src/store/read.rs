@@ -54,7 +54,10 @@ impl Store {
         match self.shared().index.get(d)? {
             None => Ok(None),
             Some(loc) => {
-                let rec = self.shared().volumes.read_at(loc.volume, loc.offset, loc.record_len())?;
+                let rec =
+                    self.shared()
+                        .volumes
+                        .read_at(loc.volume, loc.offset, loc.record_len())?;
                 self.decode_record(d, &loc, &rec, true).map(Some)
             }
         }
@@ -108,7 +111,10 @@ impl Store {
             let mut j = i + 1;
             while j < located.len() {
                 let l = &located[j].1;
-                if l.volume != vol || l.offset > end + opts.coalesce_gap || l.end() - start > opts.max_read {
+                if l.volume != vol
+                    || l.offset > end + opts.coalesce_gap
+                    || l.end() - start > opts.max_read
+                {
                     break;
                 }
                 end = end.max(l.end());
@@ -148,10 +154,18 @@ impl Store {
     ) -> Result<Vec<u8>, StoreError> {
         let h = parse_header(rec).map_err(|f| integrity(d, loc, f.to_string()))?;
         if h.digest != *d {
-            return Err(integrity(d, loc, format!("record holds {:#} instead", h.digest)));
+            return Err(integrity(
+                d,
+                loc,
+                format!("record holds {:#} instead", h.digest),
+            ));
         }
         if h.stored_len != loc.stored_len {
-            return Err(integrity(d, loc, "record length differs from the index".into()));
+            return Err(integrity(
+                d,
+                loc,
+                "record length differs from the index".into(),
+            ));
         }
         check_crc(rec).map_err(|f| integrity(d, loc, f.to_string()))?;
         let payload = &rec[super::record::HEADER_LEN..];
@@ -167,8 +181,8 @@ impl Store {
             }
         };
         if verify_digest {
-            let got = Digest::of(d.algorithm(), &bytes)
-                .map_err(|e| integrity(d, loc, e.to_string()))?;
+            let got =
+                Digest::of(d.algorithm(), &bytes).map_err(|e| integrity(d, loc, e.to_string()))?;
             if got != *d {
                 return Err(integrity(d, loc, format!("content hashes to {got:#}")));
             }

@@ -132,9 +132,11 @@ pub fn parse_header(h: &[u8]) -> Result<RecordHeader, RecordFault> {
     let kind = ItemKind::from_code(h[5]).ok_or(RecordFault::BadField("kind"))?;
     let compression = Compression::from_code(h[6]).ok_or(RecordFault::BadField("compression"))?;
     let alg = Algorithm::from_code(h[7]).ok_or(RecordFault::BadField("algorithm"))?;
-    let digest =
-        Digest::from_bytes(alg, &h[8..8 + alg.digest_len()]).ok_or(RecordFault::BadField("digest"))?;
-    let le = |r: std::ops::Range<usize>| u32::from_le_bytes([h[r.start], h[r.start + 1], h[r.start + 2], h[r.start + 3]]);
+    let digest = Digest::from_bytes(alg, &h[8..8 + alg.digest_len()])
+        .ok_or(RecordFault::BadField("digest"))?;
+    let le = |r: std::ops::Range<usize>| {
+        u32::from_le_bytes([h[r.start], h[r.start + 1], h[r.start + 2], h[r.start + 3]])
+    };
     let raw_len = le(40..44);
     let stored_len = le(44..48);
     let crc = le(48..52);

@@ -10,7 +10,10 @@ use std::os::unix::fs::FileExt;
 use mirage_format::{Digest, Item};
 
 use super::location::{Compression, Location};
-use super::record::{check_crc, parse_header, parse_volume_header, RecordFault, RecordHeader, HEADER_LEN, VOLUME_HEADER_LEN};
+use super::record::{
+    check_crc, parse_header, parse_volume_header, RecordFault, RecordHeader, HEADER_LEN,
+    VOLUME_HEADER_LEN,
+};
 use super::volume::{sync_dir, ActiveVolume};
 use super::write::build_table;
 use super::{io_err, Shared, StoreError};
@@ -20,9 +23,17 @@ use crate::keys;
 /// One step of a sequential volume scan.
 pub(crate) enum Scanned {
     /// A record whose header and CRC are valid.
-    Record { offset: u64, header: RecordHeader, rec: Vec<u8> },
+    Record {
+        offset: u64,
+        header: RecordHeader,
+        rec: Vec<u8>,
+    },
     /// Invalid bytes at `offset`; scanning resumes at `resume` if a valid record follows.
-    Fault { offset: u64, fault: String, resume: Option<u64> },
+    Fault {
+        offset: u64,
+        fault: String,
+        resume: Option<u64>,
+    },
 }
 
 /// Sequential reader of the records of one volume.
@@ -38,7 +49,12 @@ impl Scanner {
         let len = file.metadata()?.len();
         let mut clone = file.try_clone()?;
         clone.seek(SeekFrom::Start(from))?;
-        Ok(Scanner { file, reader: BufReader::with_capacity(1 << 20, clone), pos: from, len })
+        Ok(Scanner {
+            file,
+            reader: BufReader::with_capacity(1 << 20, clone),
+            pos: from,
+            len,
+        })
     }
 
     fn seek(&mut self, to: u64) -> std::io::Result<()> {
@@ -50,10 +66,13 @@ impl Scanner {
     /// Validates the record at `offset` by positional reads.
     fn valid_at(&self, offset: u64) -> bool {
         let mut h = [0u8; HEADER_LEN];
-        if offset + HEADER_LEN as u64 > self.len || self.file.read_exact_at(&mut h, offset).is_err() {
+        if offset + HEADER_LEN as u64 > self.len || self.file.read_exact_at(&mut h, offset).is_err()
+        {
             return false;
         }
-        let Ok(header) = parse_header(&h) else { return false };
+        let Ok(header) = parse_header(&h) else {
+            return false;
+        };
         let end = offset + HEADER_LEN as u64 + u64::from(header.stored_len);
         if end > self.len {
             return false;
@@ -90,7 +109,11 @@ impl Scanner {
         let fault = match self.read_record() {
             Ok(Some((header, rec))) => {
                 self.pos += rec.len() as u64;
-                return Ok(Some(Scanned::Record { offset, header, rec }));
+                return Ok(Some(Scanned::Record {
+                    offset,
+                    header,
+                    rec,
+                }));
             }
             Ok(None) => "record runs past the end of the volume".to_string(),
             Err(f) => f.to_string(),
@@ -100,7 +123,11 @@ impl Scanner {
             Some(r) => self.seek(r)?,
             None => self.pos = self.len,
         }
-        Ok(Some(Scanned::Fault { offset, fault, resume }))
+        Ok(Some(Scanned::Fault {
+            offset,
+            fault,
+            resume,
+        }))
     }
 
     fn read_record(&mut self) -> Result<Option<(RecordHeader, Vec<u8>)>, RecordFault> {
@@ -108,14 +135,18 @@ impl Scanner {
             return Ok(None);
         }
         let mut rec = vec![0u8; HEADER_LEN];
-        self.reader.read_exact(&mut rec).map_err(|_| RecordFault::Short)?;
+        self.reader
+            .read_exact(&mut rec)
+            .map_err(|_| RecordFault::Short)?;
         let header = parse_header(&rec)?;
         let end = self.pos + HEADER_LEN as u64 + u64::from(header.stored_len);
         if end > self.len {
             return Ok(None);
         }
         rec.resize(HEADER_LEN + header.stored_len as usize, 0);
-        self.reader.read_exact(&mut rec[HEADER_LEN..]).map_err(|_| RecordFault::Short)?;
+        self.reader
+            .read_exact(&mut rec[HEADER_LEN..])
+            .map_err(|_| RecordFault::Short)?;
         check_crc(&rec)?;
         Ok(Some((header, rec)))
     }
@@ -126,14 +157,18 @@ pub(crate) fn open_record(header: &RecordHeader, rec: &[u8]) -> Result<Vec<u8>, 
     let payload = &rec[HEADER_LEN..];
     let bytes = match header.compression {
         Compression::None => payload.to_vec(),
-        Compression::Zstd => zstd::bulk::decompress(payload, header.raw_len as usize).map_err(|e| format!("zstd: {e}"))?,
+        Compression::Zstd => zstd::bulk::decompress(payload, header.raw_len as usize)
+            .map_err(|e| format!("zstd: {e}"))?,
     };
     if bytes.len() != header.raw_len as usize {
         return Err("length differs from the header".into());
     }
     let got = Digest::of(header.digest.algorithm(), &bytes).map_err(|e| e.to_string())?;
     if got != header.digest {
-        return Err(format!("content hashes to {got:#}, header says {:#}", header.digest));
+        return Err(format!(
+            "content hashes to {got:#}, header says {:#}",
+            header.digest
+        ));
     }
     Ok(bytes)
 }
@@ -169,7 +204,8 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
         return Ok(v.len);
     }
     let mut head = [0u8; VOLUME_HEADER_LEN as usize];
-    file.read_exact_at(&mut head, 0).map_err(io_err("read", &path))?;
+    file.read_exact_at(&mut head, 0)
+        .map_err(io_err("read", &path))?;
     if parse_volume_header(&head) != Some(id) {
         return Err(StoreError::BadStore {
             path: path.clone(),
@@ -183,7 +219,12 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
         .map_or(VOLUME_HEADER_LEN, u64::from_be_bytes);
     let shrunk = ckpt > len;
     let from = if shrunk {
-        tracing::error!(volume = id, checkpoint = ckpt, len, "volume is shorter than its checkpoint; rescanning it whole");
+        tracing::error!(
+            volume = id,
+            checkpoint = ckpt,
+            len,
+            "volume is shorter than its checkpoint; rescanning it whole"
+        );
         VOLUME_HEADER_LEN
     } else {
         ckpt
@@ -191,7 +232,8 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
     if from == len {
         return Ok(len);
     }
-    let mut scanner = Scanner::open(file.try_clone().map_err(io_err("open", &path))?, from).map_err(io_err("scan", &path))?;
+    let mut scanner = Scanner::open(file.try_clone().map_err(io_err("open", &path))?, from)
+        .map_err(io_err("scan", &path))?;
     let mut new_locs: HashMap<Digest, Location> = HashMap::new();
     let mut with_refs: Vec<(Digest, Vec<Digest>)> = Vec::new();
     let mut batch = IndexBatch::default();
@@ -199,7 +241,11 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
     let mut reindexed = 0u64;
     while let Some(step) = scanner.next().map_err(io_err("scan", &path))? {
         match step {
-            Scanned::Record { offset, header, rec } => {
+            Scanned::Record {
+                offset,
+                header,
+                rec,
+            } => {
                 end = offset + rec.len() as u64;
                 let bytes = match open_record(&header, &rec) {
                     Ok(b) => b,
@@ -208,7 +254,8 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
                         continue;
                     }
                 };
-                if new_locs.contains_key(&header.digest) || sh.index.get(&header.digest)?.is_some() {
+                if new_locs.contains_key(&header.digest) || sh.index.get(&header.digest)?.is_some()
+                {
                     continue;
                 }
                 let loc = Location {
@@ -231,10 +278,18 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
                     flush(sh, &mut batch, &mut new_locs, &mut with_refs)?;
                 }
             }
-            Scanned::Fault { offset, fault, resume: Some(r) } => {
+            Scanned::Fault {
+                offset,
+                fault,
+                resume: Some(r),
+            } => {
                 tracing::error!(volume = id, offset, resume = r, %fault, "damaged bytes skipped; valid records follow");
             }
-            Scanned::Fault { offset, fault, resume: None } => {
+            Scanned::Fault {
+                offset,
+                fault,
+                resume: None,
+            } => {
                 tracing::warn!(volume = id, offset, cut = len - offset, %fault, "cutting torn volume tail");
                 file.set_len(offset).map_err(io_err("truncate", &path))?;
                 file.sync_all().map_err(io_err("fsync", &path))?;
@@ -249,7 +304,11 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
         purge_beyond(sh, id, end)?;
     }
     if reindexed > 0 {
-        tracing::info!(volume = id, items = reindexed, "re-indexed records past the checkpoint");
+        tracing::info!(
+            volume = id,
+            items = reindexed,
+            "re-indexed records past the checkpoint"
+        );
     }
     let _ = is_last;
     sh.index.write(
@@ -288,8 +347,18 @@ fn purge_beyond(sh: &Shared, id: u32, end: u64) -> Result<(), StoreError> {
         true
     })?;
     if !gone.is_empty() {
-        tracing::error!(volume = id, items = gone.len(), "items lost with the end of the volume were removed from the index");
-        sh.index.write(IndexBatch { remove: gone, ..Default::default() }, true)?;
+        tracing::error!(
+            volume = id,
+            items = gone.len(),
+            "items lost with the end of the volume were removed from the index"
+        );
+        sh.index.write(
+            IndexBatch {
+                remove: gone,
+                ..Default::default()
+            },
+            true,
+        )?;
     }
     Ok(())
 }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use mirage_format::{Digest, ItemKind};
 
-use super::recover::{open_record, Scanned, Scanner};
 use super::record::VOLUME_HEADER_LEN;
+use super::recover::{open_record, Scanned, Scanner};
 use super::{io_err, Store, StoreError};
 use crate::index::Index;
 
@@ -70,7 +70,10 @@ impl Store {
             *by_kind.entry(l.kind).or_default() += 1;
             true
         })?;
-        s.by_kind = by_kind.into_iter().map(|(k, n)| (k.name().to_string(), n)).collect();
+        s.by_kind = by_kind
+            .into_iter()
+            .map(|(k, n)| (k.name().to_string(), n))
+            .collect();
         for id in sh.volumes.list()? {
             s.volumes += 1;
             s.volume_bytes += sh.volumes.len(id)?;
@@ -90,7 +93,11 @@ impl Store {
             let mut sc = Scanner::open(file, VOLUME_HEADER_LEN).map_err(io_err("scan", &path))?;
             while let Some(step) = sc.next().map_err(io_err("scan", &path))? {
                 match step {
-                    Scanned::Record { offset, header, rec } => {
+                    Scanned::Record {
+                        offset,
+                        header,
+                        rec,
+                    } => {
                         report.records += 1;
                         report.bytes += rec.len() as u64;
                         match open_record(&header, &rec) {
@@ -132,7 +139,9 @@ impl Store {
         })?;
         // A damaged record that the index points at is reported once, by name.
         let named: HashSet<(u32, u64)> = bad_entries.iter().map(|b| (b.volume, b.offset)).collect();
-        report.damaged.retain(|d| !named.contains(&(d.volume, d.offset)));
+        report
+            .damaged
+            .retain(|d| !named.contains(&(d.volume, d.offset)));
         report.damaged.extend(bad_entries);
         report.damaged.sort_by_key(|d| (d.volume, d.offset));
         Ok(report)

@@ -111,7 +111,12 @@ impl ActiveVolume {
             .write(true)
             .open(&path)
             .map_err(io_err("open for append", &path))?;
-        Ok(ActiveVolume { id, file, path, len })
+        Ok(ActiveVolume {
+            id,
+            file,
+            path,
+            len,
+        })
     }
 
     /// Creates volume `id` with its header, durably (file and directory entry).
@@ -146,7 +151,11 @@ impl ActiveVolume {
             .file
             .write_all_at(buf, self.len)
             .map_err(io_err("append to", &self.path))
-            .and_then(|()| self.file.sync_data().map_err(io_err("fdatasync", &self.path)));
+            .and_then(|()| {
+                self.file
+                    .sync_data()
+                    .map_err(io_err("fdatasync", &self.path))
+            });
         match res {
             Ok(()) => {
                 self.len += buf.len() as u64;

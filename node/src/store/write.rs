@@ -64,12 +64,18 @@ impl Store {
         let mut digests = Vec::with_capacity(encoded.len());
         let mut metas = Vec::with_capacity(encoded.len());
         for (index, bytes) in encoded.iter().enumerate() {
-            let (kind, _) = peek(bytes).map_err(|source| StoreError::InvalidItem { index, source })?;
+            let (kind, _) =
+                peek(bytes).map_err(|source| StoreError::InvalidItem { index, source })?;
             let refs = if kind.has_refs() {
-                let item = Item::decode(bytes).map_err(|source| StoreError::InvalidItem { index, source })?;
+                let item = Item::decode(bytes)
+                    .map_err(|source| StoreError::InvalidItem { index, source })?;
                 let refs = item.refs();
                 if let Some(r) = refs.iter().find(|r| r.algorithm() != alg) {
-                    return Err(StoreError::WrongAlgorithm { index, found: r.algorithm(), store: alg });
+                    return Err(StoreError::WrongAlgorithm {
+                        index,
+                        found: r.algorithm(),
+                        store: alg,
+                    });
                 }
                 refs
             } else {
@@ -93,8 +99,12 @@ impl Store {
         let present = sh.index.get_many(&digests)?;
         let mut prepared = Vec::new();
         let mut slots = Vec::new();
-        for (i, (((bytes, d), (kind, refs)), here)) in
-            encoded.into_iter().zip(&digests).zip(metas).zip(&present).enumerate()
+        for (i, (((bytes, d), (kind, refs)), here)) in encoded
+            .into_iter()
+            .zip(&digests)
+            .zip(metas)
+            .zip(&present)
+            .enumerate()
         {
             if here.is_some() {
                 continue;
@@ -102,10 +112,22 @@ impl Store {
             slots.push(i);
             let raw_len = bytes.len() as u32;
             let (compression, payload) = compress(bytes, sh.opts.zstd_level);
-            prepared.push(Prepared { digest: *d, kind, refs, raw_len, compression, payload });
+            prepared.push(Prepared {
+                digest: *d,
+                kind,
+                refs,
+                raw_len,
+                compression,
+                payload,
+            });
         }
-        let mut out: Vec<PutOutcome> =
-            digests.iter().map(|d| PutOutcome { digest: *d, new: false }).collect();
+        let mut out: Vec<PutOutcome> = digests
+            .iter()
+            .map(|d| PutOutcome {
+                digest: *d,
+                new: false,
+            })
+            .collect();
         if !prepared.is_empty() {
             let (rtx, rrx) = mpsc::sync_channel(1);
             self.send(Msg::Write(prepared, rtx))?;
@@ -192,7 +214,10 @@ pub(crate) fn committer(sh: Arc<Shared>, rx: mpsc::Receiver<Msg>, mut active: Ac
 fn checkpoint(sh: &Shared, active: &ActiveVolume) -> Result<(), StoreError> {
     sh.index.write(
         IndexBatch {
-            meta: vec![(keys::checkpoint_key(active.id), active.len.to_be_bytes().to_vec())],
+            meta: vec![(
+                keys::checkpoint_key(active.id),
+                active.len.to_be_bytes().to_vec(),
+            )],
             ..Default::default()
         },
         true,
@@ -201,11 +226,7 @@ fn checkpoint(sh: &Shared, active: &ActiveVolume) -> Result<(), StoreError> {
 }
 
 /// Appends one group; returns bytes appended. Every request gets its answer.
-fn commit_group(
-    sh: &Shared,
-    active: &mut ActiveVolume,
-    group: Vec<(Vec<Prepared>, Reply)>,
-) -> u64 {
+fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared>, Reply)>) -> u64 {
     if let Some(why) = sh.failed.lock().clone() {
         for (_, reply) in group {
             let _ = reply.send(Err(StoreError::WritesDisabled(why.clone())));
@@ -237,7 +258,10 @@ fn commit_group(
             if used > VOLUME_HEADER_LEN && used + rec_len > sh.opts.max_volume_size {
                 // Seal the current volume: write what is buffered, then start the next one.
                 // Index what the sealed volume holds before its checkpoint says it is indexed.
-                let sealed = IndexBatch { items: std::mem::take(&mut batch.items), ..Default::default() };
+                let sealed = IndexBatch {
+                    items: std::mem::take(&mut batch.items),
+                    ..Default::default()
+                };
                 let r = flush(sh, active, &mut buf, &mut appended)
                     .and_then(|()| sh.index.write(sealed, false).map_err(StoreError::Index))
                     .and_then(|()| rotate(sh, active));
@@ -253,7 +277,13 @@ fn commit_group(
                 kind: p.kind,
                 compression: p.compression,
             };
-            buf.extend_from_slice(&encode_record(&p.digest, p.kind, p.compression, p.raw_len, &p.payload));
+            buf.extend_from_slice(&encode_record(
+                &p.digest,
+                p.kind,
+                p.compression,
+                p.raw_len,
+                &p.payload,
+            ));
             new_locs.insert(p.digest, loc);
             batch.items.push((p.digest, loc));
             if !p.refs.is_empty() {
@@ -291,7 +321,11 @@ fn commit_group(
 
 /// Closure invariant: every reference of every item is in the store, earlier in this group,
 /// or in the same request.
-fn admit(sh: &Shared, new_locs: &HashMap<Digest, Location>, items: &[Prepared]) -> Result<(), StoreError> {
+fn admit(
+    sh: &Shared,
+    new_locs: &HashMap<Digest, Location>,
+    items: &[Prepared],
+) -> Result<(), StoreError> {
     let in_req: HashSet<Digest> = items.iter().map(|p| p.digest).collect();
     for p in items {
         let unknown: Vec<Digest> = p
@@ -311,14 +345,25 @@ fn admit(sh: &Shared, new_locs: &HashMap<Digest, Location>, items: &[Prepared]) 
             .map(|(d, _)| d)
             .collect();
         if !missing.is_empty() {
-            return Err(StoreError::MissingReferences { digest: p.digest, missing });
+            return Err(StoreError::MissingReferences {
+                digest: p.digest,
+                missing,
+            });
         }
     }
     Ok(())
 }
 
-pub(crate) fn build_table(sh: &Shared, new_locs: &HashMap<Digest, Location>, refs: &[Digest]) -> LocationTable {
-    let lookups: Vec<Digest> = refs.iter().filter(|r| !new_locs.contains_key(r)).copied().collect();
+pub(crate) fn build_table(
+    sh: &Shared,
+    new_locs: &HashMap<Digest, Location>,
+    refs: &[Digest],
+) -> LocationTable {
+    let lookups: Vec<Digest> = refs
+        .iter()
+        .filter(|r| !new_locs.contains_key(r))
+        .copied()
+        .collect();
     let mut found: HashMap<Digest, Location> = HashMap::new();
     if let Ok(locs) = sh.index.get_many(&lookups) {
         for (d, l) in lookups.into_iter().zip(locs) {
@@ -335,7 +380,12 @@ pub(crate) fn build_table(sh: &Shared, new_locs: &HashMap<Digest, Location>, ref
     }
 }
 
-fn flush(sh: &Shared, active: &mut ActiveVolume, buf: &mut Vec<u8>, appended: &mut u64) -> Result<(), StoreError> {
+fn flush(
+    sh: &Shared,
+    active: &mut ActiveVolume,
+    buf: &mut Vec<u8>,
+    appended: &mut u64,
+) -> Result<(), StoreError> {
     if sh.failed.lock().is_some() {
         buf.clear();
         return Ok(());

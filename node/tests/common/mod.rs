@@ -50,16 +50,36 @@ pub fn tree_of(alg: Algorithm, blobs: &[&EncodedItem]) -> EncodedItem {
 }
 
 pub fn open(dir: &std::path::Path) -> Store {
-    Store::open(dir, StoreOptions { create: true, ..StoreOptions::default() }).unwrap()
+    Store::open(
+        dir,
+        StoreOptions {
+            create: true,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 pub fn open_with(dir: &std::path::Path, opts: StoreOptions) -> Store {
-    Store::open(dir, StoreOptions { create: true, ..opts }).unwrap()
+    Store::open(
+        dir,
+        StoreOptions {
+            create: true,
+            ..opts
+        },
+    )
+    .unwrap()
 }
 
 /// Reads an item and checks it hashes to its digest.
 pub fn read_ok(store: &Store, d: &mirage_format::Digest) -> Vec<u8> {
-    let bytes = store.get(d).unwrap().unwrap_or_else(|| panic!("{d:#} missing"));
-    assert_eq!(mirage_format::Digest::of(d.algorithm(), &bytes).unwrap(), *d);
+    let bytes = store
+        .get(d)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{d:#} missing"));
+    assert_eq!(
+        mirage_format::Digest::of(d.algorithm(), &bytes).unwrap(),
+        *d
+    );
     bytes
 }
