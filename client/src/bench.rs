@@ -157,6 +157,8 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
     for r in 0..o.runs {
         let cp_dst = o.work.join(format!("cp-{r}"));
         let _ = std::fs::remove_dir_all(&cp_dst);
+        // Start each timed step with nothing dirty in the page cache.
+        sync()?;
         let (t, ()) = timed(|| {
             run(Command::new("cp").arg("-a").arg(&o.tree).arg(&cp_dst))?;
             sync()
@@ -165,6 +167,7 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
         std::fs::remove_dir_all(&cp_dst)?;
         let dir = o.work.join(format!("store-{r}"));
         let _ = std::fs::remove_dir_all(&dir);
+        sync()?;
         let (t, (root, stats)) = timed(|| {
             let store = Store::open(
                 &dir,

@@ -2,7 +2,7 @@
 //! `kind (1 byte) | version (1 byte) | payload`; its digest covers all of it, so a blob can
 //! never be read as a manifest.
 
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{invalid, DecodeError, Reader, Writer};
 use crate::delta::Delta;
 use crate::digest::{Algorithm, Digest, DigestError, Hasher};
 use crate::manifest::{ChunkList, Disk, Filesystem, Image, PartitionContent};
@@ -212,22 +212,24 @@ impl Item {
         Ok(item)
     }
 
-    /// Checks the rules of the format (decode does this too).
+    /// Checks every rule of the format. The decoder is the single source of truth: a value is
+    /// valid exactly when its encoding decodes back to it.
     pub fn validate(&self) -> Result<(), DecodeError> {
-        match self {
-            Item::Blob { data } if data.len() + 2 > MAX_ITEM => Err(DecodeError::TooLong {
-                field: "blob",
-                len: data.len() as u64,
-                limit: MAX_ITEM as u64,
-            }),
-            Item::Blob { .. } => Ok(()),
-            Item::ChunkList(c) => c.validate(),
-            Item::Tree(t) => t.validate(),
-            Item::Filesystem(f) => f.validate(),
-            Item::Disk(d) => d.validate(),
-            Item::Image(i) => i.validate(),
-            Item::Delta(d) => d.validate(),
+        if let Item::Blob { data } = self {
+            if data.len() + 2 > MAX_ITEM {
+                return Err(DecodeError::TooLong {
+                    field: "blob",
+                    len: data.len() as u64,
+                    limit: MAX_ITEM as u64,
+                });
+            }
+            return Ok(());
         }
+        let back = Item::decode(&self.encode())?;
+        if back != *self {
+            return Err(invalid("item", "does not survive its own encoding (unsorted or out-of-range fields)"));
+        }
+        Ok(())
     }
 
     /// Digest of the canonical encoding.

@@ -23,10 +23,10 @@ fn write_extents(w: &mut Writer, v: &[Extent]) {
     let mut end = 0u64;
     for e in v {
         // Offsets are stored as the gap after the previous extent: compact and canonical.
-        w.uvar(e.offset - end);
+        w.uvar(e.offset.wrapping_sub(end));
         w.uvar(e.len);
         w.digest(&e.digest);
-        end = e.offset + e.len;
+        end = e.offset.wrapping_add(e.len);
     }
 }
 
@@ -281,6 +281,9 @@ impl Disk {
                 return Err(invalid("partitions", "unsorted or duplicate numbers"));
             }
         }
+        if self.partitions.first().is_some_and(|p| p.number == 0) {
+            return Err(invalid("partitions", "numbers start at 1"));
+        }
         for p in &self.partitions {
             let end = p.start.checked_add(p.size);
             if end.is_none_or(|e| e > self.size) {
@@ -455,7 +458,7 @@ impl Image {
         write_params(w, &self.meta);
     }
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let n = r.count("image disks", 22)?;
+        let n = r.count("image disks", 23)?;
         let mut disks = Vec::with_capacity(n);
         for _ in 0..n {
             let name = r.bytes("disk name", MAX_FIELD)?.to_vec();

@@ -53,7 +53,7 @@ pub(crate) fn write_params(w: &mut Writer, p: &Params) {
 }
 
 pub(crate) fn read_params(r: &mut Reader<'_>) -> Result<Params, DecodeError> {
-    let n = r.count("params", 3)?;
+    let n = r.count("params", 4)?;
     let mut out = Params::new();
     let mut prev: Option<String> = None;
     for _ in 0..n {

@@ -417,12 +417,29 @@ fn golden_items() -> Vec<(&'static str, Item)> {
         ("chunklist", chunks),
         ("filesystem", fs),
         ("disk", disk),
-        ("image", image),
+        ("image", image.clone()),
+        ("delta", delta(&image, bd)),
     ]
 }
 
+fn delta(image: &Item, content: Digest) -> Item {
+    let target = image.digest(Algorithm::Sha256).unwrap();
+    let mut e = TreeEntry::new(&b"motd"[..], EntryKind::File);
+    e.mode = 0o600;
+    e.size = 14;
+    e.content = Some(content);
+    Item::Delta(Delta {
+        source: target,
+        target,
+        changes: vec![
+            Change { scope: b"vda/1".to_vec(), path: b"etc/motd".to_vec(), op: ChangeOp::Modify, entry: Some(e) },
+            Change { scope: b"vda/1".to_vec(), path: b"etc/old".to_vec(), op: ChangeOp::Delete, entry: None },
+        ],
+    })
+}
+
 /// Pinned digests: any change to the encoding of these items fails here, loudly.
-const GOLDEN: [(&str, &str, &str); 6] = [
+const GOLDEN: [(&str, &str, &str); 7] = [
     (
         "blob",
         "9bf111a143daf69b0c9cadcf3d8b52b29eb58afb7d03084c2e2686bd4762864f",
@@ -452,6 +469,11 @@ const GOLDEN: [(&str, &str, &str); 6] = [
         "image",
         "562161c39309b20135b3a16288e48239cf880934935f72ee7f85da28813de80f",
         "68ad2d64c2958925f555a81cbcee9f8d848df4a8",
+    ),
+    (
+        "delta",
+        "76b0f4dbe3a679f0327e8372994d0637553f10ff78354c3b5b5b79e8913b2e57",
+        "bb5b0698f2dee8c697eb2e64b48a4eeaa2712000",
     ),
 ];
 

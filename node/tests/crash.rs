@@ -117,11 +117,20 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         child.wait().unwrap();
         total_kills += 1;
         let got = reader.join().unwrap();
+        let full = round % 10 == 9 || round + 1 == rounds;
+        // Every round checks this round's acknowledgements and a sample of older ones; every
+        // tenth round (and the last) checks all of them and verifies every record.
+        let mut check: Vec<Digest> = got.clone();
+        if full {
+            check.extend(acked.iter().copied());
+        } else {
+            check.extend(acked.iter().take(200).copied());
+        }
         acked.extend(got);
 
         let store = mirage_node::Store::open(dir.path(), crash_opts())
             .unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen failed: {e}"));
-        for d in &acked {
+        for d in &check {
             let bytes = store
                 .get(d)
                 .unwrap_or_else(|e| panic!("seed {seed} round {round}: {d:#}: {e}"))
@@ -132,7 +141,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 "seed {seed} round {round}"
             );
         }
-        if round % 10 == 9 || round + 1 == rounds {
+        if full {
             let report = store.verify(|_| {}).unwrap();
             assert!(
                 report.damaged.is_empty(),

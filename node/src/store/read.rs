@@ -180,6 +180,9 @@ impl Store {
                 out
             }
         };
+        if bytes.first() != Some(&h.kind.code()) {
+            return Err(integrity(d, loc, "item kind differs from the record header".into()));
+        }
         if verify_digest {
             let got =
                 Digest::of(d.algorithm(), &bytes).map_err(|e| integrity(d, loc, e.to_string()))?;

@@ -43,16 +43,16 @@ pub fn volume_header(id: u32) -> [u8; VOLUME_HEADER_LEN as usize] {
     h
 }
 
-/// Checks a volume header; returns the volume id.
-pub fn parse_volume_header(h: &[u8]) -> Option<u32> {
+/// Checks a volume header; returns the volume id, or why the header is not usable.
+pub fn parse_volume_header(h: &[u8]) -> Result<u32, String> {
     if h.len() < VOLUME_HEADER_LEN as usize || &h[..8] != VOLUME_MAGIC {
-        return None;
+        return Err("not a Mirage volume (bad magic)".into());
     }
-    let version = u32::from_le_bytes(h[8..12].try_into().ok()?);
+    let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
     if version != VOLUME_VERSION {
-        return None;
+        return Err(format!("unsupported volume version {version} (this build reads {VOLUME_VERSION})"));
     }
-    Some(u32::from_le_bytes(h[12..16].try_into().ok()?))
+    Ok(u32::from_le_bytes([h[12], h[13], h[14], h[15]]))
 }
 
 /// A parsed record header.
@@ -89,7 +89,7 @@ impl std::fmt::Display for RecordFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RecordFault::Short => f.write_str("short record"),
-            RecordFault::BadMagic => f.write_str("bad record magic or version"),
+            RecordFault::BadMagic => f.write_str("bad record magic"),
             RecordFault::BadField(w) => write!(f, "impossible {w} in record header"),
             RecordFault::Crc => f.write_str("CRC32C mismatch"),
         }
@@ -126,14 +126,20 @@ pub fn parse_header(h: &[u8]) -> Result<RecordHeader, RecordFault> {
     if h.len() < HEADER_LEN {
         return Err(RecordFault::Short);
     }
-    if &h[..4] != RECORD_MAGIC || h[4] != RECORD_VERSION {
+    if &h[..4] != RECORD_MAGIC {
         return Err(RecordFault::BadMagic);
+    }
+    if h[4] != RECORD_VERSION {
+        return Err(RecordFault::BadField("record version"));
     }
     let kind = ItemKind::from_code(h[5]).ok_or(RecordFault::BadField("kind"))?;
     let compression = Compression::from_code(h[6]).ok_or(RecordFault::BadField("compression"))?;
     let alg = Algorithm::from_code(h[7]).ok_or(RecordFault::BadField("algorithm"))?;
     let digest = Digest::from_bytes(alg, &h[8..8 + alg.digest_len()])
         .ok_or(RecordFault::BadField("digest"))?;
+    if h[8 + alg.digest_len()..40].iter().any(|b| *b != 0) {
+        return Err(RecordFault::BadField("digest padding"));
+    }
     let le = |r: std::ops::Range<usize>| {
         u32::from_le_bytes([h[r.start], h[r.start + 1], h[r.start + 2], h[r.start + 3]])
     };

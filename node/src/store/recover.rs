@@ -163,6 +163,9 @@ pub(crate) fn open_record(header: &RecordHeader, rec: &[u8]) -> Result<Vec<u8>, 
     if bytes.len() != header.raw_len as usize {
         return Err("length differs from the header".into());
     }
+    if bytes.first() != Some(&header.kind.code()) {
+        return Err("item kind differs from the header".into());
+    }
     let got = Digest::of(header.digest.algorithm(), &bytes).map_err(|e| e.to_string())?;
     if got != header.digest {
         return Err(format!(
@@ -206,11 +209,12 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
     let mut head = [0u8; VOLUME_HEADER_LEN as usize];
     file.read_exact_at(&mut head, 0)
         .map_err(io_err("read", &path))?;
-    if parse_volume_header(&head) != Some(id) {
-        return Err(StoreError::BadStore {
-            path: path.clone(),
-            why: "volume header is missing, damaged, or names another volume".into(),
-        });
+    match parse_volume_header(&head) {
+        Ok(found) if found == id => {}
+        Ok(found) => {
+            return Err(StoreError::BadStore { path: path.clone(), why: format!("volume header names volume {found}") });
+        }
+        Err(why) => return Err(StoreError::BadStore { path: path.clone(), why: format!("volume header: {why}") }),
     }
     let ckpt = sh
         .index

@@ -20,7 +20,7 @@ pub(crate) fn volume_name(id: u32) -> String {
 /// Volume id of a file name, if it is a volume.
 pub(crate) fn parse_volume_name(name: &str) -> Option<u32> {
     let stem = name.strip_suffix(".vol")?;
-    if stem.len() != 8 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+    if !(8..=10).contains(&stem.len()) || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     stem.parse().ok()
