@@ -25,6 +25,9 @@ pub struct BenchOptions {
     pub runs: usize,
     /// Ingest worker threads.
     pub threads: usize,
+    /// Extra small items added to the index before the read comparison, so that the index no
+    /// longer fits in memory the way it would in a large library.
+    pub index_items: u64,
 }
 
 /// One measured pair.
@@ -213,6 +216,14 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
     // whole tree (the checkout read pattern).
     let store = Store::open(&dir, StoreOptions::default())?;
     let (big, refs, trees) = biggest_tree(&store, &root)?;
+    if o.index_items > 0 {
+        say(&format!(
+            "adding {} small items to the index",
+            o.index_items
+        ));
+        pad_index(&store, o.index_items)?;
+    }
+    let index_size = store.stats()?.items;
     drop(store);
     let ropts = ReadOptions {
         verify_digest: false,
@@ -250,7 +261,10 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
                 &m,
                 &b,
                 read_bytes,
-                format!("{} items of tree {big:#}", refs.len()),
+                format!(
+                    "{} items of tree {big:#}; index of {index_size} items",
+                    refs.len()
+                ),
             ));
         }
         let (mut m, mut b) = (Vec::new(), Vec::new());
@@ -277,7 +291,7 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
                 &m,
                 &b,
                 read_bytes,
-                format!("{} trees", trees.len()),
+                format!("{} trees; index of {index_size} items", trees.len()),
             ));
         }
     }
@@ -323,6 +337,21 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(pairs)
+}
+
+/// Stores `n` distinct tiny blobs in large batches.
+fn pad_index(store: &Store, n: u64) -> Result<()> {
+    let mut i = 0u64;
+    while i < n {
+        let end = (i + 8192).min(n);
+        let batch = (i..end)
+            .map(|k| mirage_format::item::encode_blob(format!("index padding item {k}").as_bytes()))
+            .collect();
+        store.put_many(batch)?;
+        i = end;
+    }
+    store.checkpoint()?;
+    Ok(())
 }
 
 fn hash_file(path: &Path, alg: Algorithm) -> Result<Digest> {

@@ -100,6 +100,9 @@ enum BenchCmd {
         /// Ingest worker threads.
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
+        /// Extra small items put in the index before the read comparison (a large library).
+        #[arg(long, default_value_t = 0)]
+        index_items: u64,
     },
 }
 
@@ -295,6 +298,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     hash_mib,
                     runs,
                     threads,
+                    index_items,
                 },
         } => {
             let tree = tree.clone().unwrap_or_else(|| {
@@ -308,6 +312,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 hash_mib: *hash_mib,
                 runs: (*runs).max(1),
                 threads: *threads,
+                index_items: *index_items,
             };
             let json = cli.json;
             let pairs = bench::bench_store(&o, |m| {

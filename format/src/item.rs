@@ -227,7 +227,10 @@ impl Item {
         }
         let back = Item::decode(&self.encode())?;
         if back != *self {
-            return Err(invalid("item", "does not survive its own encoding (unsorted or out-of-range fields)"));
+            return Err(invalid(
+                "item",
+                "does not survive its own encoding (unsorted or out-of-range fields)",
+            ));
         }
         Ok(())
     }

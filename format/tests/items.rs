@@ -432,8 +432,18 @@ fn delta(image: &Item, content: Digest) -> Item {
         source: target,
         target,
         changes: vec![
-            Change { scope: b"vda/1".to_vec(), path: b"etc/motd".to_vec(), op: ChangeOp::Modify, entry: Some(e) },
-            Change { scope: b"vda/1".to_vec(), path: b"etc/old".to_vec(), op: ChangeOp::Delete, entry: None },
+            Change {
+                scope: b"vda/1".to_vec(),
+                path: b"etc/motd".to_vec(),
+                op: ChangeOp::Modify,
+                entry: Some(e),
+            },
+            Change {
+                scope: b"vda/1".to_vec(),
+                path: b"etc/old".to_vec(),
+                op: ChangeOp::Delete,
+                entry: None,
+            },
         ],
     })
 }

@@ -181,7 +181,11 @@ impl Store {
             }
         };
         if bytes.first() != Some(&h.kind.code()) {
-            return Err(integrity(d, loc, "item kind differs from the record header".into()));
+            return Err(integrity(
+                d,
+                loc,
+                "item kind differs from the record header".into(),
+            ));
         }
         if verify_digest {
             let got =

@@ -50,7 +50,9 @@ pub fn parse_volume_header(h: &[u8]) -> Result<u32, String> {
     }
     let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
     if version != VOLUME_VERSION {
-        return Err(format!("unsupported volume version {version} (this build reads {VOLUME_VERSION})"));
+        return Err(format!(
+            "unsupported volume version {version} (this build reads {VOLUME_VERSION})"
+        ));
     }
     Ok(u32::from_le_bytes([h[12], h[13], h[14], h[15]]))
 }

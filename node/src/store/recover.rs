@@ -212,9 +212,17 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
     match parse_volume_header(&head) {
         Ok(found) if found == id => {}
         Ok(found) => {
-            return Err(StoreError::BadStore { path: path.clone(), why: format!("volume header names volume {found}") });
+            return Err(StoreError::BadStore {
+                path: path.clone(),
+                why: format!("volume header names volume {found}"),
+            });
         }
-        Err(why) => return Err(StoreError::BadStore { path: path.clone(), why: format!("volume header: {why}") }),
+        Err(why) => {
+            return Err(StoreError::BadStore {
+                path: path.clone(),
+                why: format!("volume header: {why}"),
+            })
+        }
     }
     let ckpt = sh
         .index
