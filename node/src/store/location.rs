@@ -79,6 +79,14 @@ impl Location {
             field: "compression",
             tag: u64::from(c),
         })?;
+        let max = crate::store::record::MAX_PAYLOAD;
+        if stored_len > max || raw_len > max || offset > 1 << 48 {
+            return Err(DecodeError::TooLong {
+                field: "location",
+                len: u64::from(stored_len.max(raw_len)).max(offset),
+                limit: u64::from(max),
+            });
+        }
         Ok(Location {
             volume,
             offset,

@@ -53,13 +53,7 @@ impl Store {
     pub fn get(&self, d: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         match self.shared().index.get(d)? {
             None => Ok(None),
-            Some(loc) => {
-                let rec =
-                    self.shared()
-                        .volumes
-                        .read_at(loc.volume, loc.offset, loc.record_len())?;
-                self.decode_record(d, &loc, &rec, true).map(Some)
-            }
+            Some(loc) => self.read_one(d, &loc, true).map(Some),
         }
     }
 
@@ -75,7 +69,8 @@ impl Store {
     ) -> Result<ReadStats, StoreError> {
         let sh = self.shared();
         let mut stats = ReadStats::default();
-        let mut located: Vec<(Digest, Location)> = Vec::with_capacity(wanted.len());
+        // (digest, location, came from the location table)
+        let mut located: Vec<(Digest, Location, bool)> = Vec::with_capacity(wanted.len());
         let mut lookup: Vec<Digest> = Vec::new();
         match context.map(|c| sh.index.table(c)).transpose()?.flatten() {
             Some(table) => {
@@ -84,7 +79,7 @@ impl Store {
                     match map.get(d) {
                         Some(l) => {
                             stats.table_hits += 1;
-                            located.push((*d, *l));
+                            located.push((*d, *l, true));
                         }
                         None => lookup.push(*d),
                     }
@@ -96,13 +91,13 @@ impl Store {
             stats.index_lookups += lookup.len() as u64;
             for (d, l) in lookup.iter().zip(sh.index.get_many(&lookup)?) {
                 match l {
-                    Some(l) => located.push((*d, l)),
+                    Some(l) => located.push((*d, l, false)),
                     None => stats.missing.push(*d),
                 }
             }
         }
-        located.sort_by_key(|(_, l)| (l.volume, l.offset));
-        located.dedup_by_key(|(d, _)| *d);
+        located.sort_by_key(|(_, l, _)| (l.volume, l.offset));
+        located.dedup_by_key(|(d, _, _)| *d);
         let mut i = 0;
         while i < located.len() {
             // Merge a run of nearby records in one volume into one sequential read.
@@ -122,26 +117,61 @@ impl Store {
             }
             stats.read_ops += 1;
             stats.bytes_read += end - start;
-            match sh.volumes.read_at(vol, start, end - start) {
-                Ok(buf) => {
-                    for (d, l) in &located[i..j] {
+            let merged = sh.volumes.read_at(vol, start, end - start).ok();
+            for (d, l, from_table) in &located[i..j] {
+                stats.served += 1;
+                let res = match &merged {
+                    Some(buf) => {
                         let from = (l.offset - start) as usize;
-                        let rec = &buf[from..from + l.record_len() as usize];
-                        stats.served += 1;
-                        f(*d, self.decode_record(d, l, rec, opts.verify_digest));
+                        self.decode_record(
+                            d,
+                            l,
+                            &buf[from..from + l.record_len() as usize],
+                            opts.verify_digest,
+                        )
                     }
-                }
-                Err(e) => {
-                    let why = e.to_string();
-                    for (d, l) in &located[i..j] {
-                        stats.served += 1;
-                        f(*d, Err(integrity(d, l, why.clone())));
-                    }
-                }
+                    // One bad record must not fail its neighbours: read each on its own.
+                    None => self.read_one(d, l, opts.verify_digest),
+                };
+                let res = match res {
+                    Err(e) if *from_table => self.retry_from_index(d, l, e, opts.verify_digest),
+                    other => other,
+                };
+                f(*d, res);
             }
             i = j;
         }
         Ok(stats)
+    }
+
+    /// Reads and checks the record at `loc`; a failed read is an integrity error of the item.
+    fn read_one(
+        &self,
+        d: &Digest,
+        loc: &Location,
+        verify_digest: bool,
+    ) -> Result<Vec<u8>, StoreError> {
+        let rec = self
+            .shared()
+            .volumes
+            .read_at(loc.volume, loc.offset, loc.record_len())
+            .map_err(|e| integrity(d, loc, e.to_string()))?;
+        self.decode_record(d, loc, &rec, verify_digest)
+    }
+
+    /// A location table can be stale (its parent was stored before a child's copy was lost
+    /// and stored again elsewhere): when a table location fails, the index gets a say.
+    fn retry_from_index(
+        &self,
+        d: &Digest,
+        failed: &Location,
+        first: StoreError,
+        verify_digest: bool,
+    ) -> Result<Vec<u8>, StoreError> {
+        match self.shared().index.get(d) {
+            Ok(Some(l)) if l != *failed => self.read_one(d, &l, verify_digest),
+            _ => Err(first),
+        }
     }
 
     /// Checks a raw record and returns the encoded item it holds.

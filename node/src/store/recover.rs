@@ -2,7 +2,7 @@
 //! records are (re-)indexed; a torn tail — invalid bytes with no valid record after them — is
 //! cut; damage followed by valid records is skipped and reported, never cut.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -186,12 +186,12 @@ pub(crate) fn recover(sh: &Shared) -> Result<ActiveVolume, StoreError> {
     };
     let mut last_len = VOLUME_HEADER_LEN;
     for &id in &ids {
-        last_len = recover_volume(sh, id, id == last)?;
+        last_len = recover_volume(sh, id)?;
     }
     ActiveVolume::open(&sh.volumes, last, last_len)
 }
 
-fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError> {
+fn recover_volume(sh: &Shared, id: u32) -> Result<u64, StoreError> {
     let path = sh.volumes.path(id);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -237,6 +237,9 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
             len,
             "volume is shorter than its checkpoint; rescanning it whole"
         );
+        // Entries pointing past the end are gone; drop them first so that a valid copy of the
+        // same item earlier in the volume can be indexed instead.
+        purge_beyond(sh, id, len)?;
         VOLUME_HEADER_LEN
     } else {
         ckpt
@@ -244,13 +247,15 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
     if from == len {
         return Ok(len);
     }
+    // The bytes past the checkpoint may still be only in the page cache (the writer died before
+    // its fdatasync): make them durable before the index may point at them.
+    file.sync_data().map_err(io_err("fdatasync", &path))?;
     let mut scanner = Scanner::open(file.try_clone().map_err(io_err("open", &path))?, from)
         .map_err(io_err("scan", &path))?;
-    let mut new_locs: HashMap<Digest, Location> = HashMap::new();
-    let mut with_refs: Vec<(Digest, Vec<Digest>)> = Vec::new();
-    let mut batch = IndexBatch::default();
+    let mut found: Vec<(Digest, Location, Vec<Digest>)> = Vec::new();
+    let mut seen: HashSet<Digest> = HashSet::new();
     let mut end = from;
-    let mut reindexed = 0u64;
+    let mut cut = None;
     while let Some(step) = scanner.next().map_err(io_err("scan", &path))? {
         match step {
             Scanned::Record {
@@ -266,8 +271,7 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
                         continue;
                     }
                 };
-                if new_locs.contains_key(&header.digest) || sh.index.get(&header.digest)?.is_some()
-                {
+                if !seen.insert(header.digest) || sh.index.get(&header.digest)?.is_some() {
                     continue;
                 }
                 let loc = Location {
@@ -278,17 +282,18 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
                     kind: header.kind,
                     compression: header.compression,
                 };
-                new_locs.insert(header.digest, loc);
-                batch.items.push((header.digest, loc));
-                reindexed += 1;
-                if header.kind.has_refs() {
-                    if let Ok(item) = Item::decode(&bytes) {
-                        with_refs.push((header.digest, item.refs()));
+                let refs = if header.kind.has_refs() {
+                    match Item::decode(&bytes) {
+                        Ok(item) => item.refs(),
+                        Err(e) => {
+                            tracing::error!(volume = id, offset, digest = %header.digest, error = %e, "record holds an invalid item; not indexed");
+                            continue;
+                        }
                     }
-                }
-                if batch.items.len() >= FLUSH_EVERY {
-                    flush(sh, &mut batch, &mut new_locs, &mut with_refs)?;
-                }
+                } else {
+                    Vec::new()
+                };
+                found.push((header.digest, loc, refs));
             }
             Scanned::Fault {
                 offset,
@@ -308,13 +313,16 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
                 sync_dir(sh.volumes.dir())?;
                 sh.volumes.forget(id);
                 end = offset;
+                cut = Some(offset);
             }
         }
     }
-    flush(sh, &mut batch, &mut new_locs, &mut with_refs)?;
-    if shrunk {
-        purge_beyond(sh, id, end)?;
+    if let Some(at) = cut {
+        // An index entry for a record in the cut range (e.g. written to the WAL just before
+        // the crash) must not survive it.
+        purge_beyond(sh, id, at)?;
     }
+    let reindexed = index_closed(sh, id, found)?;
     if reindexed > 0 {
         tracing::info!(
             volume = id,
@@ -322,7 +330,6 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
             "re-indexed records past the checkpoint"
         );
     }
-    let _ = is_last;
     sh.index.write(
         IndexBatch {
             meta: vec![(keys::checkpoint_key(id), end.to_be_bytes().to_vec())],
@@ -333,20 +340,58 @@ fn recover_volume(sh: &Shared, id: u32, is_last: bool) -> Result<u64, StoreError
     Ok(end)
 }
 
-fn flush(
+/// Indexes recovered records whose references are all present (in the index or among the
+/// records accepted here), repeating until nothing changes: a crash in the middle of a group
+/// can keep a parent's bytes and lose a child's, and such a parent was never acknowledged.
+fn index_closed(
     sh: &Shared,
-    batch: &mut IndexBatch,
-    new_locs: &mut HashMap<Digest, Location>,
-    with_refs: &mut Vec<(Digest, Vec<Digest>)>,
-) -> Result<(), StoreError> {
-    let mut b = std::mem::take(batch);
-    for (parent, refs) in with_refs.drain(..) {
-        let t = build_table(sh, new_locs, &refs);
-        b.tables.push((parent, t));
+    id: u32,
+    mut pending: Vec<(Digest, Location, Vec<Digest>)>,
+) -> Result<u64, StoreError> {
+    let mut accepted: HashMap<Digest, Location> = HashMap::new();
+    let mut order: Vec<(Digest, Vec<Digest>)> = Vec::new();
+    loop {
+        let before = pending.len();
+        let mut rest = Vec::new();
+        for (d, loc, refs) in pending {
+            let mut complete = true;
+            for r in &refs {
+                if !accepted.contains_key(r) && sh.index.get(r)?.is_none() {
+                    complete = false;
+                    break;
+                }
+            }
+            if complete {
+                accepted.insert(d, loc);
+                order.push((d, refs));
+            } else {
+                rest.push((d, loc, refs));
+            }
+        }
+        pending = rest;
+        if pending.is_empty() || pending.len() == before {
+            break;
+        }
     }
-    sh.index.write(b, false)?;
-    new_locs.clear();
-    Ok(())
+    if !pending.is_empty() {
+        tracing::warn!(
+            volume = id,
+            items = pending.len(),
+            "records whose references are missing were not indexed (never acknowledged)"
+        );
+    }
+    let n = order.len() as u64;
+    for chunk in order.chunks(FLUSH_EVERY) {
+        let mut b = IndexBatch::default();
+        for (d, refs) in chunk {
+            b.items.push((*d, accepted[d]));
+            if !refs.is_empty() {
+                b.tables.push((*d, build_table(sh, &accepted, refs)));
+            }
+        }
+        sh.index.write(b, false)?;
+    }
+    Ok(n)
 }
 
 /// Removes index entries that point past the end of a volume that lost bytes.

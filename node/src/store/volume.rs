@@ -80,7 +80,14 @@ impl Volumes {
     /// Reads exactly `len` bytes at `offset` of volume `id`.
     pub(crate) fn read_at(&self, id: u32, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         let f = self.handle(id)?;
-        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(1 << 31)];
+        if len > 1 << 31 {
+            return Err(StoreError::Io {
+                op: "read (length out of range)",
+                path: self.path(id),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            });
+        }
+        let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset)
             .map_err(io_err("read", &self.path(id)))?;
         Ok(buf)

@@ -210,8 +210,12 @@ pub(crate) fn committer(sh: Arc<Shared>, rx: mpsc::Receiver<Msg>, mut active: Ac
 }
 
 /// Records that every record before `active.len` is indexed, durably (this also syncs every
-/// earlier index write, which share the same write-ahead log).
+/// earlier index write, which share the same write-ahead log). Never after a failure: the
+/// records of a failed group may be durable but unindexed, and recovery must scan them.
 fn checkpoint(sh: &Shared, active: &ActiveVolume) -> Result<(), StoreError> {
+    if let Some(why) = sh.failed.lock().clone() {
+        return Err(StoreError::WritesDisabled(why));
+    }
     sh.index.write(
         IndexBatch {
             meta: vec![(
@@ -225,14 +229,10 @@ fn checkpoint(sh: &Shared, active: &ActiveVolume) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Appends one group; returns bytes appended. Every request gets its answer.
+/// Appends one group; returns bytes appended. Every request gets its answer: `Ok` only when
+/// every byte of the group is durable and indexed. A request never straddles two volumes, so a
+/// crash can never leave half of a request (a parent without its references) durable.
 fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared>, Reply)>) -> u64 {
-    if let Some(why) = sh.failed.lock().clone() {
-        for (_, reply) in group {
-            let _ = reply.send(Err(StoreError::WritesDisabled(why.clone())));
-        }
-        return 0;
-    }
     let mut buf: Vec<u8> = Vec::new();
     let mut new_locs: HashMap<Digest, Location> = HashMap::new();
     let mut batch = IndexBatch::default();
@@ -240,35 +240,49 @@ fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared
     let mut with_refs: Vec<(Digest, Vec<Digest>)> = Vec::new();
     let mut appended = 0u64;
     for (items, reply) in group {
-        match admit(sh, &new_locs, &items) {
-            Ok(()) => {}
-            Err(e) => {
-                answers.push((reply, Err(e)));
+        if sh.failed.lock().is_some() {
+            answers.push((reply, Ok(Vec::new())));
+            continue;
+        }
+        if let Err(e) = admit(sh, &new_locs, &items) {
+            answers.push((reply, Err(e)));
+            continue;
+        }
+        // Dedup against the index and this group; duplicates inside the request count once.
+        let mut fresh = Vec::with_capacity(items.len());
+        let mut flags = Vec::with_capacity(items.len());
+        let mut seen = HashSet::new();
+        for p in items {
+            let known = new_locs.contains_key(&p.digest)
+                || !seen.insert(p.digest)
+                || matches!(sh.index.get(&p.digest), Ok(Some(_)));
+            flags.push(!known);
+            if !known {
+                fresh.push(p);
+            }
+        }
+        let req_bytes: u64 = fresh
+            .iter()
+            .map(|p| (HEADER_LEN + p.payload.len()) as u64)
+            .sum();
+        let used = active.len + buf.len() as u64;
+        if used > VOLUME_HEADER_LEN && used + req_bytes > sh.opts.max_volume_size {
+            // Seal the volume between requests: make what is buffered durable, index it (before
+            // the checkpoint that says the sealed volume is fully indexed), then start the next.
+            let sealed = IndexBatch {
+                items: std::mem::take(&mut batch.items),
+                ..Default::default()
+            };
+            let r = flush(sh, active, &mut buf, &mut appended)
+                .and_then(|()| sh.index.write(sealed, false).map_err(StoreError::Index))
+                .and_then(|()| rotate(sh, active));
+            if let Err(e) = r {
+                fail(sh, &e);
+                answers.push((reply, Ok(Vec::new())));
                 continue;
             }
         }
-        let mut flags = Vec::with_capacity(items.len());
-        for p in items {
-            if new_locs.contains_key(&p.digest) || matches!(sh.index.get(&p.digest), Ok(Some(_))) {
-                flags.push(false);
-                continue;
-            }
-            let rec_len = (HEADER_LEN + p.payload.len()) as u64;
-            let used = active.len + buf.len() as u64;
-            if used > VOLUME_HEADER_LEN && used + rec_len > sh.opts.max_volume_size {
-                // Seal the current volume: write what is buffered, then start the next one.
-                // Index what the sealed volume holds before its checkpoint says it is indexed.
-                let sealed = IndexBatch {
-                    items: std::mem::take(&mut batch.items),
-                    ..Default::default()
-                };
-                let r = flush(sh, active, &mut buf, &mut appended)
-                    .and_then(|()| sh.index.write(sealed, false).map_err(StoreError::Index))
-                    .and_then(|()| rotate(sh, active));
-                if let Err(e) = r {
-                    fail(sh, &e);
-                }
-            }
+        for p in fresh {
             let loc = Location {
                 volume: active.id,
                 offset: active.len + buf.len() as u64,
@@ -289,25 +303,23 @@ fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared
             if !p.refs.is_empty() {
                 with_refs.push((p.digest, p.refs));
             }
-            flags.push(true);
         }
         answers.push((reply, Ok(flags)));
     }
-    let durable = flush(sh, active, &mut buf, &mut appended);
-    if let Err(e) = &durable {
-        fail(sh, e);
+    if let Err(e) = flush(sh, active, &mut buf, &mut appended) {
+        fail(sh, &e);
     }
-    let failed = sh.failed.lock().clone();
-    if failed.is_none() {
+    if sh.failed.lock().is_none() {
         for (parent, refs) in with_refs {
             let table = build_table(sh, &new_locs, &refs);
             batch.tables.push((parent, table));
         }
         if let Err(e) = sh.index.write(batch, false) {
-            // The volume is durable; recovery would re-index it, but this process cannot serve it.
+            // The bytes are durable and recovery re-indexes them; this process cannot serve them.
             fail(sh, &StoreError::Index(e));
         }
     }
+    // Nothing of a failed group is acknowledged.
     let failed = sh.failed.lock().clone();
     for (reply, ans) in answers {
         let ans = match (&failed, ans) {
@@ -386,9 +398,9 @@ fn flush(
     buf: &mut Vec<u8>,
     appended: &mut u64,
 ) -> Result<(), StoreError> {
-    if sh.failed.lock().is_some() {
+    if let Some(why) = sh.failed.lock().clone() {
         buf.clear();
-        return Ok(());
+        return Err(StoreError::WritesDisabled(why));
     }
     let r = active.append_durable(buf);
     if r.is_ok() {
