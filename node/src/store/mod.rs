@@ -57,7 +57,7 @@ pub enum StoreError {
         source: DecodeError,
     },
     /// An item references items the store does not hold (closure invariant).
-    #[error("item {digest:#} refused: {} referenced item(s) missing, first {:#}", missing.len(), missing[0])]
+    #[error("item {digest:#} refused: {} referenced item(s) missing, first {}", missing.len(), first_text(missing))]
     MissingReferences {
         /// The refused item.
         digest: Digest,
@@ -108,6 +108,11 @@ pub enum StoreError {
     /// The committer is gone.
     #[error("the store is shutting down")]
     Closed,
+}
+
+fn first_text(v: &[Digest]) -> String {
+    v.first()
+        .map_or_else(|| "none".to_string(), Digest::to_text)
 }
 
 pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
