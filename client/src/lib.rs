@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod image;
 pub mod ingest;
 pub mod paths;
 pub mod restore;

@@ -1,0 +1,152 @@
+//! Raw regions (boot code, gaps, unknown partitions) as ChunkLists. The result depends only on
+//! the bytes, never on how the container stores them: the region is cut into 4 KiB blocks from
+//! its start; runs of at least [`ZERO_RUN_BLOCKS`] all-zero blocks are left out; every other
+//! stretch ("segment") is chunked with FastCDC from its own start. A raw image and its qcow2
+//! conversion therefore give the same ChunkList and the same digest.
+
+use mirage_format::chunking::{chunk_stream, ChunkError, EncodedItem};
+use mirage_format::{Algorithm, ChunkList, Extent};
+
+use super::{BlockSource, ImageError};
+
+/// Block size of zero detection.
+pub const BLOCK: u64 = 4096;
+/// Shortest zero run (in blocks) left out of a region.
+pub const ZERO_RUN_BLOCKS: u64 = 16;
+const READ: u64 = 4 << 20;
+
+/// Errors building a region.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError<E: std::error::Error + 'static> {
+    /// Reading the image failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Chunking or the sink failed.
+    #[error(transparent)]
+    Chunk(ChunkError<E>),
+}
+
+/// Non-zero segments of `[start, end)`, relative to the image, by the rule above.
+pub fn segments(
+    src: &dyn BlockSource,
+    start: u64,
+    end: u64,
+) -> Result<Vec<(u64, u64)>, ImageError> {
+    let mut zero_runs: Vec<(u64, u64)> = Vec::new();
+    let mut run_start: Option<u64> = None;
+    let mut close = |run_start: &mut Option<u64>, at: u64| {
+        if let Some(s) = run_start.take() {
+            if at - s >= ZERO_RUN_BLOCKS * BLOCK {
+                zero_runs.push((s, at));
+            }
+        }
+    };
+    let data = src.data_ranges(start, end)?;
+    let mut pos = start;
+    let mut buf = Vec::new();
+    let mut di = 0;
+    // Walk the region block by block (blocks aligned to its start); blocks wholly inside a
+    // hole are zero without reading.
+    while pos < end {
+        while di < data.len() && data[di].1 <= pos {
+            di += 1;
+        }
+        if di >= data.len() {
+            if run_start.is_none() {
+                run_start = Some(pos);
+            }
+            break;
+        }
+        let next_data = data[di].0.max(pos);
+        let zero_until = start + (next_data - start) / BLOCK * BLOCK;
+        if zero_until > pos {
+            if run_start.is_none() {
+                run_start = Some(pos);
+            }
+            pos = zero_until;
+            continue;
+        }
+        let data_end = start + (data[di].1 - start).div_ceil(BLOCK) * BLOCK;
+        let window_end = (pos + READ).min(data_end).min(end);
+        buf.resize((window_end - pos) as usize, 0);
+        src.read_at(&mut buf, pos)?;
+        for (i, b) in buf.chunks(BLOCK as usize).enumerate() {
+            let at = pos + i as u64 * BLOCK;
+            if b.iter().all(|x| *x == 0) {
+                if run_start.is_none() {
+                    run_start = Some(at);
+                }
+            } else {
+                close(&mut run_start, at);
+            }
+        }
+        pos = window_end;
+    }
+    close(&mut run_start, end);
+    let mut segs = Vec::new();
+    let mut cur = start;
+    for (s, e) in zero_runs {
+        if s > cur {
+            segs.push((cur, s));
+        }
+        cur = e;
+    }
+    if cur < end {
+        segs.push((cur, end));
+    }
+    Ok(segs)
+}
+
+/// A reader over `[pos, end)` of a block source.
+struct SourceReader<'a> {
+    src: &'a dyn BlockSource,
+    pos: u64,
+    end: u64,
+}
+
+impl std::io::Read for SourceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.end - self.pos) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.src
+            .read_at(&mut buf[..n], self.pos)
+            .map_err(std::io::Error::other)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Stores `[start, end)` of `src` as a ChunkList (chunks go to `sink` first, then the list).
+pub fn store_region<E: std::error::Error + 'static>(
+    src: &dyn BlockSource,
+    start: u64,
+    end: u64,
+    alg: Algorithm,
+    mut sink: impl FnMut(EncodedItem) -> Result<(), E>,
+) -> Result<EncodedItem, RegionError<E>> {
+    let mut chunks: Vec<Extent> = Vec::new();
+    for (s, e) in segments(src, start, end)? {
+        let reader = std::io::BufReader::with_capacity(
+            1 << 20,
+            SourceReader {
+                src,
+                pos: s,
+                end: e,
+            },
+        );
+        let (mut ext, _) =
+            chunk_stream(reader, s - start, alg, &mut sink).map_err(RegionError::Chunk)?;
+        chunks.append(&mut ext);
+    }
+    let list = EncodedItem::new(
+        alg,
+        &mirage_format::Item::ChunkList(ChunkList {
+            size: end - start,
+            chunks,
+        }),
+    )
+    .map_err(|e| RegionError::Chunk(ChunkError::Digest(e)))?;
+    Ok(list)
+}
