@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod fs;
 pub mod image;
 pub mod ingest;
 pub mod paths;

@@ -1,0 +1,1 @@
+//! ext2/3/4 reader (in progress).

@@ -1,0 +1,115 @@
+//! User-space filesystem readers (no kernel mount). Each reader parses untrusted bytes from a
+//! [`BlockSource`](crate::image::BlockSource) region: errors name the problem, nothing panics,
+//! memory stays bounded by the filesystem's own geometry.
+//!
+//! Every reader exposes the same view: numbered nodes (inode numbers, or any stable id), their
+//! metadata, directory listings, and each file's content as a list of extents on the disk.
+
+pub mod ext4;
+pub mod vfat;
+
+use mirage_format::{EntryKind, Params, Timestamp, Xattr};
+
+use crate::image::ImageError;
+
+/// Errors reading a filesystem.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// Reading the underlying image failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The filesystem is damaged; the message names the structure and where.
+    #[error("{fs}: {what}")]
+    Corrupt {
+        /// Filesystem type.
+        fs: &'static str,
+        /// What is wrong, and where.
+        what: String,
+    },
+    /// A valid feature this reader does not handle.
+    #[error("{fs}: unsupported: {what}")]
+    Unsupported {
+        /// Filesystem type.
+        fs: &'static str,
+        /// The feature.
+        what: String,
+    },
+}
+
+/// One filesystem object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Stable id within the filesystem (inode number for ext*); equal ids are hard links.
+    pub id: u64,
+    /// Object type.
+    pub kind: EntryKind,
+    /// Permission bits incl. setuid/setgid/sticky (`0..=0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Logical size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Access time.
+    pub atime: Timestamp,
+    /// Change time.
+    pub ctime: Timestamp,
+    /// Creation time, where recorded.
+    pub crtime: Option<Timestamp>,
+    /// Inode flags as the filesystem stores them (ext: `i_flags`; vfat: attribute byte).
+    pub flags: u64,
+    /// Extended attributes, sorted by full name.
+    pub xattrs: Vec<Xattr>,
+    /// Device number (Linux `makedev` encoding) for char and block devices.
+    pub rdev: Option<u64>,
+    /// Symlink target.
+    pub target: Option<Vec<u8>>,
+    /// Link count as stored.
+    pub nlink: u32,
+}
+
+/// Where a piece of a file's content is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileExtent {
+    /// Offset in the file.
+    pub logical: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Byte offset in the image (absolute, not relative to the filesystem), or `None` for an
+    /// extent that reads as zeros (unwritten/preallocated).
+    pub physical: Option<u64>,
+}
+
+/// Identity and creation parameters of a filesystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsInfo {
+    /// `ext2`, `ext3`, `ext4`, `vfat`.
+    pub fs_type: String,
+    /// UUID or volume id bytes.
+    pub uuid: Vec<u8>,
+    /// Label bytes.
+    pub label: Vec<u8>,
+    /// Everything else needed to recreate it the same.
+    pub params: Params,
+}
+
+/// A readable filesystem.
+pub trait FsReader: Send + Sync {
+    /// Identity and parameters.
+    fn info(&self) -> &FsInfo;
+    /// Id of the root directory.
+    fn root(&self) -> u64;
+    /// Metadata of one node.
+    fn node(&self, id: u64) -> Result<Node, FsError>;
+    /// Entries of a directory (without `.` and `..`), as (name bytes, node id).
+    fn read_dir(&self, id: u64) -> Result<Vec<(Vec<u8>, u64)>, FsError>;
+    /// Content extents of a regular file, sorted by logical offset; gaps are holes.
+    fn extents(&self, id: u64) -> Result<Vec<FileExtent>, FsError>;
+    /// Content bytes stored inside the metadata (ext4 inline data), if any.
+    fn inline_data(&self, _id: u64) -> Result<Option<Vec<u8>>, FsError> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,1 @@
+//! vfat reader (in progress).
