@@ -1,0 +1,321 @@
+//! Where an inode's bytes are: extent trees (ext4) and indirect block maps (ext2/3), and the
+//! directory entries stored in those bytes.
+
+use super::inode::{Inode, EXTENTS_FL, INLINE_DATA_FL};
+use super::{le16, le32, Ext4};
+use crate::fs::{FileExtent, FsError};
+
+const EXTENT_MAGIC: u16 = 0xF30A;
+const MAX_DEPTH: u16 = 5;
+
+impl Ext4 {
+    /// Content extents of an inode (absolute image offsets), sorted by logical offset, cut to
+    /// the inode's size. Inline-data inodes have none.
+    pub fn file_extents(&self, inode: &Inode) -> Result<Vec<FileExtent>, FsError> {
+        if inode.flags & INLINE_DATA_FL != 0 {
+            return Ok(Vec::new());
+        }
+        let bs = self.block_size();
+        let nblocks = inode.size.div_ceil(bs);
+        let mut runs: Vec<(u64, u64, Option<u64>)> = Vec::new(); // (logical block, count, physical block)
+        if inode.flags & EXTENTS_FL != 0 {
+            self.walk_extents(inode.ino, &inode.block, MAX_DEPTH + 1, &mut runs, nblocks)?;
+        } else {
+            self.walk_indirect(inode, nblocks, &mut runs)?;
+        }
+        runs.sort_by_key(|r| r.0);
+        let mut out: Vec<FileExtent> = Vec::with_capacity(runs.len());
+        let mut covered = 0u64;
+        for (lblk, count, pblk) in runs {
+            if lblk < covered {
+                return Err(self.corrupt(format!(
+                    "inode {}: extents overlap at block {lblk}",
+                    inode.ino
+                )));
+            }
+            let logical = lblk * bs;
+            if logical >= inode.size {
+                continue;
+            }
+            let len = (count * bs).min(inode.size - logical);
+            covered = lblk + count;
+            let physical = pblk.map(|p| self.offset + p * bs);
+            match out.last_mut() {
+                Some(last)
+                    if last.logical + last.len == logical
+                        && matches!((last.physical, physical), (Some(a), Some(b)) if a + last.len == b) =>
+                {
+                    last.len += len
+                }
+                _ => out.push(FileExtent {
+                    logical,
+                    len,
+                    physical,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_block(&self, ino: u32, pblk: u64, count: u64) -> Result<(), FsError> {
+        if pblk
+            .checked_add(count)
+            .is_none_or(|e| e > self.sb.blocks_count)
+            || pblk < u64::from(self.sb.first_data_block)
+        {
+            return Err(self.corrupt(format!(
+                "inode {ino}: blocks {pblk}+{count} lie outside the filesystem"
+            )));
+        }
+        Ok(())
+    }
+
+    fn walk_extents(
+        &self,
+        ino: u32,
+        node: &[u8],
+        depth_left: u16,
+        runs: &mut Vec<(u64, u64, Option<u64>)>,
+        nblocks: u64,
+    ) -> Result<(), FsError> {
+        let bad = |why: String| self.corrupt(format!("inode {ino}: extent tree: {why}"));
+        if node.len() < 12 || le16(node, 0) != EXTENT_MAGIC {
+            return Err(bad("bad node magic".into()));
+        }
+        let entries = usize::from(le16(node, 2));
+        let max = usize::from(le16(node, 4));
+        let depth = le16(node, 6);
+        if entries > max || 12 + 12 * max > node.len() {
+            return Err(bad(format!(
+                "{entries} entries of at most {max} do not fit the node"
+            )));
+        }
+        if depth >= depth_left {
+            return Err(bad(format!("depth {depth} is too deep")));
+        }
+        for i in 0..entries {
+            let e = &node[12 + 12 * i..24 + 12 * i];
+            let lblk = u64::from(le32(e, 0));
+            if depth == 0 {
+                let raw_len = le16(e, 4);
+                let (len, unwritten) = if raw_len > 32768 {
+                    (raw_len - 32768, true)
+                } else {
+                    (raw_len, false)
+                };
+                let pblk = (u64::from(le16(e, 6)) << 32) | u64::from(le32(e, 8));
+                let len = u64::from(len);
+                if len == 0 {
+                    continue;
+                }
+                self.check_block(ino, pblk, len)?;
+                if runs.len() as u64 > nblocks + 16 {
+                    return Err(bad("more extents than the file has blocks".into()));
+                }
+                runs.push((lblk, len, if unwritten { None } else { Some(pblk) }));
+            } else {
+                let child = (u64::from(le16(e, 8)) << 32) | u64::from(le32(e, 4));
+                self.check_block(ino, child, 1)?;
+                let bs = self.block_size();
+                let block = self.read_fs(child * bs, bs, "extent tree node")?;
+                if le16(&block, 6) != depth - 1 {
+                    return Err(bad(format!(
+                        "node at block {child} has depth {}, expected {}",
+                        le16(&block, 6),
+                        depth - 1
+                    )));
+                }
+                self.walk_extents(ino, &block, depth, runs, nblocks)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn walk_indirect(
+        &self,
+        inode: &Inode,
+        nblocks: u64,
+        runs: &mut Vec<(u64, u64, Option<u64>)>,
+    ) -> Result<(), FsError> {
+        let per = self.block_size() / 4;
+        let mut push =
+            |runs: &mut Vec<(u64, u64, Option<u64>)>, lblk: u64, pblk: u64| match runs.last_mut() {
+                Some((l, c, Some(p))) if *l + *c == lblk && *p + *c == pblk => *c += 1,
+                _ => runs.push((lblk, 1, Some(pblk))),
+            };
+        for i in 0..12u64 {
+            if i >= nblocks {
+                return Ok(());
+            }
+            let p = u64::from(le32(&inode.block, 4 * i as usize));
+            if p != 0 {
+                self.check_block(inode.ino, p, 1)?;
+                push(runs, i, p);
+            }
+        }
+        let mut base = 12u64;
+        for (level, slot) in [(1u32, 12usize), (2, 13), (3, 14)] {
+            let span = per.pow(level);
+            if base >= nblocks {
+                break;
+            }
+            let p = u64::from(le32(&inode.block, 4 * slot));
+            if p != 0 {
+                self.indirect(inode.ino, p, level, base, nblocks, runs, &mut push)?;
+            }
+            base += span;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn indirect(
+        &self,
+        ino: u32,
+        block: u64,
+        level: u32,
+        base: u64,
+        nblocks: u64,
+        runs: &mut Vec<(u64, u64, Option<u64>)>,
+        push: &mut impl FnMut(&mut Vec<(u64, u64, Option<u64>)>, u64, u64),
+    ) -> Result<(), FsError> {
+        self.check_block(ino, block, 1)?;
+        let bs = self.block_size();
+        let per = bs / 4;
+        let data = self.read_fs(block * bs, bs, "indirect block")?;
+        let span = per.pow(level - 1);
+        for i in 0..per {
+            let lblk = base + i * span;
+            if lblk >= nblocks {
+                break;
+            }
+            let p = u64::from(le32(&data, 4 * i as usize));
+            if p == 0 {
+                continue;
+            }
+            if level == 1 {
+                self.check_block(ino, p, 1)?;
+                push(runs, lblk, p);
+            } else {
+                self.indirect(ino, p, level - 1, lblk, nblocks, runs, push)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// All bytes of an inode's content (directories, slow symlinks); bounded by `limit`.
+    pub fn read_content(&self, inode: &Inode, limit: u64) -> Result<Vec<u8>, FsError> {
+        if inode.size > limit {
+            return Err(self.corrupt(format!(
+                "inode {}: size {} exceeds the {limit}-byte limit for this object",
+                inode.ino, inode.size
+            )));
+        }
+        if inode.flags & INLINE_DATA_FL != 0 {
+            return self.inline(inode);
+        }
+        let mut out = vec![0u8; inode.size as usize];
+        for e in self.file_extents(inode)? {
+            if let Some(p) = e.physical {
+                let bytes = self.read_abs(p, e.len, "file content")?;
+                out[e.logical as usize..(e.logical + e.len) as usize].copy_from_slice(&bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inline data: the 60 bytes of `i_block`, then the `system.data` attribute's value.
+    pub fn inline(&self, inode: &Inode) -> Result<Vec<u8>, FsError> {
+        let mut v = inode.block.to_vec();
+        let ibody = 128 + usize::from(inode.extra_isize);
+        if inode.size > 60 && inode.raw.len() >= ibody + 4 && le32(&inode.raw, ibody) == 0xEA02_0000
+        {
+            let region = &inode.raw[ibody + 4..];
+            let mut pos = 0;
+            while pos + 16 <= region.len() && le32(region, pos) != 0 {
+                let name_len = usize::from(region[pos]);
+                let (index, offs, size) = (
+                    region[pos + 1],
+                    usize::from(le16(region, pos + 2)),
+                    le32(region, pos + 8) as usize,
+                );
+                if pos + 16 + name_len > region.len() {
+                    break;
+                }
+                if index == 7 && &region[pos + 16..pos + 16 + name_len] == b"data" {
+                    let end = offs.checked_add(size).filter(|e| *e <= region.len());
+                    let Some(end) = end else {
+                        return Err(self.corrupt(format!(
+                            "inode {}: inline data attribute out of bounds",
+                            inode.ino
+                        )));
+                    };
+                    v.extend_from_slice(&region[offs..end]);
+                }
+                pos = (pos + 16 + name_len + 3) & !3;
+            }
+        }
+        if (v.len() as u64) < inode.size {
+            return Err(self.corrupt(format!(
+                "inode {}: inline data holds {} of {} bytes",
+                inode.ino,
+                v.len(),
+                inode.size
+            )));
+        }
+        v.truncate(inode.size as usize);
+        Ok(v)
+    }
+
+    /// Directory entries (name, inode), without `.` and `..`.
+    pub fn dir_entries(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, u32)>, FsError> {
+        let bs = self.block_size() as usize;
+        let limit = 1u64 << 30;
+        let data = self.read_content(inode, limit)?;
+        let mut out = Vec::new();
+        let (body, block) = if inode.flags & INLINE_DATA_FL != 0 {
+            // Inline directories: the parent inode number, then entries in the rest.
+            if data.len() < 4 {
+                return Err(self.corrupt(format!("directory {}: inline data too short", inode.ino)));
+            }
+            (&data[4..], data.len() - 4)
+        } else {
+            (&data[..], bs)
+        };
+        let filetype = self.sb.feature_incompat & 0x2 != 0;
+        for (bi, blk) in body.chunks(block.max(1)).enumerate() {
+            let mut pos = 0usize;
+            while pos + 8 <= blk.len() {
+                let ino = le32(blk, pos);
+                let rec_len = usize::from(le16(blk, pos + 4));
+                let name_len = if filetype {
+                    usize::from(blk[pos + 6])
+                } else {
+                    usize::from(le16(blk, pos + 6))
+                };
+                if rec_len < 8
+                    || rec_len % 4 != 0
+                    || pos + rec_len > blk.len()
+                    || name_len + 8 > rec_len
+                {
+                    return Err(self.corrupt(format!(
+                        "directory {}: bad entry at block {bi} offset {pos} (rec_len {rec_len}, name_len {name_len})",
+                        inode.ino
+                    )));
+                }
+                let name = &blk[pos + 8..pos + 8 + name_len];
+                if ino != 0 && name != b"." && name != b".." {
+                    if ino > self.sb.inodes_count {
+                        return Err(self.corrupt(format!(
+                            "directory {}: entry names inode {ino} beyond the inode count",
+                            inode.ino
+                        )));
+                    }
+                    out.push((name.to_vec(), ino));
+                }
+                pos += rec_len;
+            }
+        }
+        Ok(out)
+    }
+}

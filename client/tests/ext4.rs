@@ -1,0 +1,388 @@
+//! The ext2/3/4 reader against trees the test builds itself (`mke2fs -d`, then `debugfs` for
+//! what `mke2fs -d` drops: nanoseconds, times after 2038, inode flags). Needs root for device
+//! nodes and ownership; CI runs as root.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use mirage_client::demo::pseudo_random;
+use mirage_client::fs::ext4::Ext4;
+use mirage_client::fs::{FsReader, Node};
+use mirage_client::image::{self, BlockSource};
+use mirage_format::{EntryKind, Timestamp};
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// A tree with every kind of object and metadata.
+fn build_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("dir/sub")).unwrap();
+    std::fs::write(root.join("small"), b"hello ext4\n").unwrap();
+    std::fs::write(root.join("big"), pseudo_random(5, 3 << 20)).unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    let sparse = std::fs::File::create(root.join("sparse")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"start", 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", 20 << 20).unwrap();
+    drop(sparse);
+    std::os::unix::fs::symlink("small", root.join("fast-link")).unwrap();
+    std::os::unix::fs::symlink("x".repeat(200), root.join("slow-link")).unwrap();
+    std::fs::hard_link(root.join("small"), root.join("dir/hardlink")).unwrap();
+    let weird = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"not-utf8-\xff\xfe");
+    std::fs::write(root.join(weird), b"bytes").unwrap();
+    std::fs::write(root.join("n".repeat(255)), b"long name").unwrap();
+    let many = root.join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..12_000 {
+        std::fs::write(many.join(format!("entry-{i:05}")), b"").unwrap();
+    }
+    for (name, mode) in [
+        ("setuid", 0o4755),
+        ("setgid", 0o2710),
+        ("sticky-dir", 0o1777),
+    ] {
+        let p = root.join(name);
+        if name.ends_with("dir") {
+            std::fs::create_dir(&p).unwrap();
+        } else {
+            std::fs::write(&p, name).unwrap();
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    run(Command::new("mknod")
+        .arg(root.join("null"))
+        .args(["c", "1", "3"]));
+    run(Command::new("mknod")
+        .arg(root.join("disk"))
+        .args(["b", "259", "70000"]));
+    run(Command::new("mkfifo").arg(root.join("fifo")));
+    std::os::unix::fs::lchown(root.join("small"), Some(1000), Some(2000)).unwrap();
+    std::os::unix::fs::lchown(root.join("fast-link"), Some(7), Some(8)).unwrap();
+    // Socket, xattrs (user, trusted, security incl. a capability, POSIX ACLs) and old times
+    // through Python's standard library.
+    let script = r#"
+import os, socket, struct, sys
+r = sys.argv[1]
+s = socket.socket(socket.AF_UNIX); s.bind(os.path.join(r, "socket")); s.close()
+os.setxattr(os.path.join(r, "small"), "user.comment", b"hello")
+os.setxattr(os.path.join(r, "small"), "trusted.t", b"\x00\x01")
+os.setxattr(os.path.join(r, "big"), "security.capability", bytes.fromhex("0100000200200000000000000000000000000000"))
+acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i) for t, p, i in [(1, 7, 0xffffffff), (2, 6, 1000), (4, 5, 0xffffffff), (16, 7, 0xffffffff), (32, 4, 0xffffffff)])
+os.setxattr(os.path.join(r, "dir"), "system.posix_acl_access", acl)
+os.setxattr(os.path.join(r, "dir"), "system.posix_acl_default", acl)
+os.utime(os.path.join(r, "empty"), ns=(-86400 * 365 * 10 * 10**9, -86400 * 365 * 10 * 10**9))
+"#;
+    run(Command::new("python3").arg("-c").arg(script).arg(root));
+}
+
+/// Everything the reader returns, by path.
+fn walk(fs: &dyn FsReader) -> BTreeMap<Vec<u8>, Node> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(Vec::new(), fs.root())];
+    while let Some((path, id)) = stack.pop() {
+        for (name, child) in fs.read_dir(id).unwrap() {
+            let mut p = path.clone();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(&name);
+            let node = fs.node(child).unwrap();
+            if node.kind == EntryKind::Dir {
+                stack.push((p.clone(), child));
+            }
+            out.insert(p, node);
+        }
+    }
+    out
+}
+
+fn content(fs: &dyn FsReader, src: &dyn BlockSource, node: &Node) -> Vec<u8> {
+    if let Some(d) = fs.inline_data(node.id).unwrap() {
+        return d;
+    }
+    let mut v = vec![0u8; node.size as usize];
+    for e in fs.extents(node.id).unwrap() {
+        if let Some(p) = e.physical {
+            src.read_at(&mut v[e.logical as usize..(e.logical + e.len) as usize], p)
+                .unwrap();
+        }
+    }
+    v
+}
+
+fn xattrs_of(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut names = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(p, &mut names).unwrap();
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = names[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            let mut v = vec![0u8; 65536];
+            let cname = std::ffi::CString::new(name).unwrap();
+            let m = rustix::fs::lgetxattr(p, cname.as_c_str(), &mut v).unwrap();
+            (name.to_vec(), v[..m].to_vec())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn check(fs_type: &str, extra_mkfs: &[&str], extents_flag: u64) {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for device nodes and ownership");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    build_tree(&src);
+    let img = dir.path().join("fs.img");
+    run(Command::new("mke2fs")
+        .args([
+            "-q",
+            "-t",
+            fs_type,
+            "-b",
+            "4096",
+            "-I",
+            "256",
+            "-U",
+            "2c3e1d4f-0000-4000-8000-123456789abc",
+            "-L",
+            "mirage-test",
+        ])
+        .args(extra_mkfs)
+        .arg("-d")
+        .arg(&src)
+        .arg(&img)
+        .arg("96M"));
+    // What mke2fs -d drops: nanoseconds, a time after 2038, crtime, inode flags.
+    let cmds = format!(
+        "sif /small mtime_extra {}\nsif /small crtime @1000000000\nsif /small crtime_extra {}\nsif /setuid mtime @4102444817\nsif /setuid mtime_extra {}\nsif /setgid flags {}\n",
+        123_456_789u32 << 2,
+        999_999_999u32 << 2,
+        (5u32 << 2) | 1,
+        0x10 | 0x20 | 0x40 | extents_flag,
+    );
+    let cmdfile = dir.path().join("cmds");
+    std::fs::write(&cmdfile, cmds).unwrap();
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmdfile)
+        .arg(&img));
+    run(Command::new("e2fsck").arg("-fn").arg(&img));
+
+    let source: Arc<dyn BlockSource> = Arc::from(image::open(&img).unwrap());
+    let fs = Ext4::open(source.clone(), 0, source.len()).unwrap();
+    assert_eq!(fs.info().fs_type, fs_type);
+    assert_eq!(fs.info().label, b"mirage-test");
+    assert_eq!(
+        fs.info().uuid,
+        hex_uuid("2c3e1d4f-0000-4000-8000-123456789abc")
+    );
+    let nodes = walk(&fs);
+    // Compare every source path.
+    let mut inode_of: HashMap<u64, u64> = HashMap::new();
+    let mut count = 0;
+    let mut stack = vec![src.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel =
+                std::os::unix::ffi::OsStrExt::as_bytes(p.strip_prefix(&src).unwrap().as_os_str())
+                    .to_vec();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let n = nodes
+                .get(&rel)
+                .unwrap_or_else(|| panic!("{} missing", String::from_utf8_lossy(&rel)));
+            let what = String::from_utf8_lossy(&rel).into_owned();
+            let ft = m.file_type();
+            let kind = if ft.is_file() {
+                EntryKind::File
+            } else if ft.is_dir() {
+                stack.push(p.clone());
+                EntryKind::Dir
+            } else if ft.is_symlink() {
+                EntryKind::Symlink
+            } else if ft.is_char_device() {
+                EntryKind::CharDev
+            } else if ft.is_block_device() {
+                EntryKind::BlockDev
+            } else if ft.is_fifo() {
+                EntryKind::Fifo
+            } else {
+                EntryKind::Socket
+            };
+            assert_eq!(n.kind, kind, "{what}");
+            assert_eq!(n.mode, m.mode() & 0o7777, "{what}");
+            assert_eq!((n.uid, n.gid), (m.uid(), m.gid()), "{what}");
+            if kind != EntryKind::Dir {
+                assert_eq!(n.size, m.size(), "{what}");
+            }
+            if rel != b"small" && rel != b"setuid" {
+                assert_eq!(n.mtime.secs, m.mtime(), "{what}");
+            }
+            match kind {
+                EntryKind::File => {
+                    let want = std::fs::read(&p).unwrap();
+                    assert!(
+                        content(&fs, source.as_ref(), n) == want,
+                        "{what}: content differs"
+                    );
+                    if let Some(prev) = inode_of.insert(m.ino(), n.id) {
+                        assert_eq!(prev, n.id, "{what}: hard links must share an inode");
+                    }
+                }
+                EntryKind::Symlink => {
+                    let t = std::fs::read_link(&p).unwrap();
+                    assert_eq!(
+                        n.target.as_deref(),
+                        Some(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str())),
+                        "{what}"
+                    );
+                }
+                EntryKind::CharDev | EntryKind::BlockDev => {
+                    assert_eq!(n.rdev, Some(m.rdev()), "{what}")
+                }
+                _ => {}
+            }
+            let want_x = xattrs_of(&p);
+            let got_x: Vec<(Vec<u8>, Vec<u8>)> = n
+                .xattrs
+                .iter()
+                .map(|x| (x.name.clone(), x.value.clone()))
+                .collect();
+            assert_eq!(got_x, want_x, "{what}: xattrs");
+            count += 1;
+        }
+    }
+    assert_eq!(
+        nodes.len(),
+        count + 1,
+        "reader found more than the source holds (lost+found aside)"
+    );
+    // The fields set with debugfs.
+    let small = &nodes[&b"small".to_vec()];
+    assert_eq!(small.mtime.nanos, 123_456_789);
+    assert_eq!(
+        small.crtime,
+        Some(Timestamp::new(1_000_000_000, 999_999_999))
+    );
+    assert_eq!(
+        nodes[&b"setuid".to_vec()].mtime,
+        Timestamp::new(4_102_444_817, 5)
+    );
+    assert_eq!(nodes[&b"setgid".to_vec()].flags & 0x70, 0x70);
+    assert_eq!(nodes[&b"empty".to_vec()].mtime.secs, -86400 * 365 * 10);
+    assert_eq!(nodes[&b"dir/hardlink".to_vec()].id, small.id);
+    assert!(nodes.len() > 12_000);
+}
+
+fn hex_uuid(s: &str) -> Vec<u8> {
+    let h: String = s.chars().filter(|c| *c != '-').collect();
+    (0..16)
+        .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn ext4_reads_every_object_and_metadata_kind() {
+    check("ext4", &[], 0x80000);
+}
+
+#[test]
+fn ext3_with_indirect_blocks_reads_the_same() {
+    check("ext3", &[], 0);
+}
+
+#[test]
+fn ext2_reads_the_same() {
+    check("ext2", &[], 0);
+}
+
+#[test]
+fn hostile_ext4_images_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f"), pseudo_random(1, 300_000)).unwrap();
+    let img = dir.path().join("fs.img");
+    run(Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-b", "4096", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg("16M"));
+    let good = std::fs::read(&img).unwrap();
+    let open = |bytes: &[u8]| -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
+        let p: PathBuf = dir.path().join("bad.img");
+        std::fs::write(&p, bytes).unwrap();
+        let s: Arc<dyn BlockSource> = Arc::from(image::open(&p).unwrap());
+        let fs = Ext4::open(s.clone(), 0, s.len()).map_err(|e| e.to_string())?;
+        let mut out = BTreeMap::new();
+        let mut stack = vec![(Vec::new(), fs.root())];
+        while let Some((path, id)) = stack.pop() {
+            for (name, child) in fs.read_dir(id).map_err(|e| e.to_string())? {
+                let n = fs.node(child).map_err(|e| e.to_string())?;
+                let mut p = path.clone();
+                p.extend_from_slice(&name);
+                if n.kind == EntryKind::Dir {
+                    stack.push((p.clone(), child));
+                } else {
+                    fs.extents(child).map_err(|e| e.to_string())?;
+                }
+                out.insert(p, Vec::new());
+            }
+        }
+        Ok(out)
+    };
+    assert!(open(&good).is_ok());
+    // Superblock: absurd block size, then zero inodes per group.
+    let mut b = good.clone();
+    b[1024 + 0x18] = 40;
+    assert!(
+        open(&b).unwrap_err().contains("block size"),
+        "{:?}",
+        open(&b)
+    );
+    let mut b = good.clone();
+    b[1024 + 0x28..1024 + 0x2C].fill(0);
+    assert!(
+        open(&b).unwrap_err().contains("per group"),
+        "{:?}",
+        open(&b)
+    );
+    // Truncated image.
+    assert!(open(&good[..8192]).is_err());
+    // Inode table entry, extent tree and directory block: damage every candidate block that
+    // holds an extent header or directory entries, and require an error, never a panic.
+    let mut hits = 0;
+    let candidates: Vec<usize> = (0..good.len() / 4096)
+        .filter(|b| good[b * 4096..b * 4096 + 4096].iter().any(|x| *x != 0))
+        .take(400)
+        .collect();
+    for blk in candidates {
+        let at = blk * 4096;
+        let mut b = good.clone();
+        b[at..at + 64].iter_mut().for_each(|x| *x ^= 0x5a);
+        if let Err(e) = open(&b) {
+            assert!(!e.is_empty());
+            hits += 1;
+        }
+    }
+    assert!(hits > 3, "damage was never detected ({hits})");
+}
