@@ -2,9 +2,11 @@
 //! benchmarks behind the `mirage` CLI. Later: the image indexer, checkout, push/pull, mount.
 
 pub mod bench;
+pub mod browse;
 pub mod demo;
 pub mod fs;
 pub mod image;
+pub mod indexer;
 pub mod ingest;
 pub mod paths;
 pub mod restore;

@@ -41,6 +41,37 @@ enum Cmd {
         /// Digest, e.g. sha256:<hex>.
         digest: String,
     },
+    /// Check a disk image in (raw or qcow2); prints the image digest, its serial number.
+    Checkin {
+        /// Image file.
+        image: PathBuf,
+        /// Worker threads.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+    },
+    /// Show an image: disks, partitions, filesystems, sizes, identities.
+    Show {
+        /// Image digest.
+        reference: String,
+    },
+    /// List a directory of a filesystem in an image: REF[:PART] [PATH].
+    Ls {
+        /// Image digest, optionally with `:PART` (partition number).
+        reference: String,
+        /// Path inside the filesystem.
+        #[arg(default_value = "/")]
+        path: String,
+        /// Long listing with metadata.
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Print a file of a filesystem in an image: REF[:PART] PATH.
+    Cat {
+        /// Image digest, optionally with `:PART` (partition number).
+        reference: String,
+        /// Path inside the filesystem.
+        path: String,
+    },
     /// Store a directory tree; prints its root Tree digest.
     PutTree {
         /// Directory to store.
@@ -125,8 +156,12 @@ fn main() -> ExitCode {
             // One line: the error and its causes.
             let mut msg = e.to_string();
             for cause in e.chain().skip(1) {
-                msg.push_str(": ");
-                msg.push_str(&cause.to_string());
+                // Errors that print their source already must not print it twice.
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
             }
             eprintln!("mirage: error: {msg}");
             ExitCode::FAILURE
@@ -256,6 +291,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("{} is not in the store", d.to_text()))?;
             let item = Item::decode(&bytes)?;
             print_json(&item)?;
+        }
+        Cmd::Checkin { image, threads } => {
+            let store = open_or_create(&dir)?;
+            let (root, stats) = mirage_client::indexer::checkin(&store, image, *threads)
+                .with_context(|| format!("checking in {}", image.display()))?;
+            if cli.json {
+                print_json(&serde_json::json!({"image": root, "stats": stats}))?;
+            } else {
+                println!("{}", root.to_text());
+            }
+        }
+        Cmd::Show { reference } => {
+            let store = open_existing(&dir)?;
+            let d: Digest = reference.parse()?;
+            let v = mirage_client::browse::show(&store, &d)?;
+            if cli.json {
+                print_json(&v)?;
+            } else {
+                print!("{}", mirage_client::browse::show_text(&v));
+            }
+        }
+        Cmd::Ls {
+            reference,
+            path,
+            long,
+        } => {
+            let store = open_existing(&dir)?;
+            let entries = mirage_client::browse::ls(&store, reference, path)?;
+            if cli.json {
+                print_json(&entries)?;
+            } else {
+                for e in &entries {
+                    println!("{}", mirage_client::browse::ls_line(e, *long));
+                }
+            }
+        }
+        Cmd::Cat { reference, path } => {
+            let store = open_existing(&dir)?;
+            let mut out = std::io::stdout().lock();
+            mirage_client::browse::cat(&store, reference, path, &mut out)?;
         }
         Cmd::PutTree { dir: src, threads } => {
             let store = open_or_create(&dir)?;

@@ -1,0 +1,281 @@
+//! Browsing stored images without checking them out: `show`, `ls`, `cat`.
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use mirage_format::{Digest, EntryKind, Item, PartitionContent, TableType, Tree, TreeEntry};
+use mirage_node::Store;
+
+use crate::image::table::guid_text;
+
+/// Reads and decodes an item.
+pub fn item(store: &Store, d: &Digest) -> Result<Item> {
+    let bytes = store
+        .get(d)?
+        .with_context(|| format!("{} is not in the store", d.to_text()))?;
+    Ok(Item::decode(&bytes)?)
+}
+
+fn hexs(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn utf16(b: &[u8]) -> String {
+    let units: Vec<u16> = b
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
+fn uuid_text(b: &[u8]) -> String {
+    if b.len() == 16 {
+        let h = hexs(b);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    } else {
+        hexs(b)
+    }
+}
+
+/// A JSON description of an image: disks, partitions, filesystems.
+pub fn show(store: &Store, d: &Digest) -> Result<serde_json::Value> {
+    let Item::Image(img) = item(store, d)? else {
+        bail!("{} is not an image", d.to_text())
+    };
+    let mut disks = Vec::new();
+    for disk_ref in &img.disks {
+        let Item::Disk(disk) = item(store, &disk_ref.disk)? else {
+            bail!("{} is not a disk", disk_ref.disk.to_text())
+        };
+        let mut parts = Vec::new();
+        for p in &disk.partitions {
+            let content = match &p.content {
+                PartitionContent::Filesystem { digest } => {
+                    let Item::Filesystem(fs) = item(store, digest)? else {
+                        bail!("{} is not a filesystem", digest.to_text())
+                    };
+                    serde_json::json!({
+                        "filesystem": fs.fs_type, "uuid": uuid_text(&fs.uuid), "label": String::from_utf8_lossy(&fs.label),
+                        "block_size": fs.params.get("block_size"), "digest": digest, "root": fs.root,
+                    })
+                }
+                PartitionContent::Swap { uuid, label, .. } => {
+                    serde_json::json!({"swap": true, "uuid": uuid_text(uuid), "label": String::from_utf8_lossy(label)})
+                }
+                PartitionContent::Raw { digest } => serde_json::json!({"raw": digest}),
+                PartitionContent::Empty => serde_json::json!({"empty": true}),
+            };
+            let (type_text, guid) = match disk.table {
+                TableType::Gpt => (guid_text(&p.type_id), guid_text(&p.guid)),
+                _ => (hexs(&p.type_id), String::new()),
+            };
+            parts.push(serde_json::json!({
+                "number": p.number, "start": p.start, "size": p.size, "type": type_text, "guid": guid,
+                "name": utf16(&p.name), "attributes": p.attributes, "content": content,
+            }));
+        }
+        let raw: u64 = disk.regions.iter().map(|r| r.len).sum();
+        disks.push(serde_json::json!({
+            "name": String::from_utf8_lossy(&disk_ref.name), "digest": disk_ref.disk, "size": disk.size,
+            "sector_size": disk.sector_size, "table": disk.table,
+            "disk_id": if disk.table == TableType::Gpt { guid_text(&disk.disk_id) } else { hexs(&disk.disk_id) },
+            "partitions": parts, "raw_regions": disk.regions.len(), "raw_region_bytes": raw,
+        }));
+    }
+    Ok(serde_json::json!({"image": d, "disks": disks}))
+}
+
+/// Text form of [`show`].
+pub fn show_text(v: &serde_json::Value) -> String {
+    let mut s = format!("image {}\n", v["image"].as_str().unwrap_or_default());
+    for d in v["disks"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "  disk {}: {} bytes, {} table, id {}, {} raw regions ({} bytes)\n",
+            d["name"].as_str().unwrap_or_default(),
+            d["size"],
+            d["table"].as_str().unwrap_or_default(),
+            d["disk_id"].as_str().unwrap_or_default(),
+            d["raw_regions"],
+            d["raw_region_bytes"]
+        ));
+        for p in d["partitions"].as_array().into_iter().flatten() {
+            let c = &p["content"];
+            let what = if let Some(fs) = c["filesystem"].as_str() {
+                format!(
+                    "{fs} uuid {} label {:?}",
+                    c["uuid"].as_str().unwrap_or_default(),
+                    c["label"].as_str().unwrap_or_default()
+                )
+            } else if c["swap"].as_bool() == Some(true) {
+                format!("swap uuid {}", c["uuid"].as_str().unwrap_or_default())
+            } else if c["raw"].is_string() {
+                "raw".to_string()
+            } else {
+                "empty".to_string()
+            };
+            s.push_str(&format!(
+                "    {:>2}  start {:>12}  size {:>12}  type {}  {}{}\n",
+                p["number"],
+                p["start"],
+                p["size"],
+                p["type"].as_str().unwrap_or_default(),
+                what,
+                p["name"]
+                    .as_str()
+                    .filter(|n| !n.is_empty())
+                    .map(|n| format!("  name {n:?}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    s
+}
+
+/// The root tree of the filesystem `REF[:PART]` names (default: the largest filesystem).
+fn fs_root(store: &Store, reference: &str) -> Result<Digest> {
+    let (r, part) = match reference.rsplit_once(':') {
+        Some((r, p))
+            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && r.contains(':') =>
+        {
+            (r, Some(p.parse::<u32>()?))
+        }
+        _ => (reference, None),
+    };
+    let d: Digest = r.parse()?;
+    let Item::Image(img) = item(store, &d)? else {
+        bail!("{r} is not an image")
+    };
+    let mut best: Option<(u64, Digest)> = None;
+    for disk_ref in &img.disks {
+        let Item::Disk(disk) = item(store, &disk_ref.disk)? else {
+            bail!("damaged image: disk is not a disk")
+        };
+        for p in &disk.partitions {
+            if let PartitionContent::Filesystem { digest } = &p.content {
+                if part == Some(p.number) {
+                    best = Some((u64::MAX, *digest));
+                } else if part.is_none() && best.is_none_or(|(s, _)| p.size > s) {
+                    best = Some((p.size, *digest));
+                }
+            }
+        }
+    }
+    let (_, fs_digest) = best.with_context(|| match part {
+        Some(n) => format!("partition {n} of {r} holds no filesystem"),
+        None => format!("{r} holds no filesystem"),
+    })?;
+    let Item::Filesystem(fs) = item(store, &fs_digest)? else {
+        bail!("damaged image: not a filesystem")
+    };
+    Ok(fs.root)
+}
+
+fn tree(store: &Store, d: &Digest) -> Result<Tree> {
+    match item(store, d)? {
+        Item::Tree(t) => Ok(t),
+        other => bail!("{} is a {}, not a directory", d.to_text(), other.kind()),
+    }
+}
+
+/// Resolves `path`: the entry it names (None for the root) and the tree holding the root.
+fn resolve(store: &Store, reference: &str, path: &str) -> Result<(Digest, Option<TreeEntry>)> {
+    let mut cur = fs_root(store, reference)?;
+    let mut entry: Option<TreeEntry> = None;
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        if let Some(e) = &entry {
+            if e.kind != EntryKind::Dir {
+                bail!(
+                    "{path}: {} is not a directory",
+                    String::from_utf8_lossy(&e.name)
+                );
+            }
+        }
+        let t = tree(store, &cur)?;
+        let e = t
+            .get(comp.as_bytes())
+            .cloned()
+            .with_context(|| format!("{path}: no such file or directory"))?;
+        if let Some(c) = e.content {
+            cur = c;
+        }
+        entry = Some(e);
+    }
+    Ok((cur, entry))
+}
+
+/// Entries of a directory, or the single entry a file path names.
+pub fn ls(store: &Store, reference: &str, path: &str) -> Result<Vec<TreeEntry>> {
+    let (d, entry) = resolve(store, reference, path)?;
+    match entry {
+        Some(e) if e.kind != EntryKind::Dir => Ok(vec![e]),
+        _ => Ok(tree(store, &d)?.entries),
+    }
+}
+
+/// One `ls` line.
+pub fn ls_line(e: &TreeEntry, long: bool) -> String {
+    let name = String::from_utf8_lossy(&e.name);
+    if !long {
+        return name.into_owned();
+    }
+    let t = match e.kind {
+        EntryKind::File => '-',
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'l',
+        EntryKind::CharDev => 'c',
+        EntryKind::BlockDev => 'b',
+        EntryKind::Fifo => 'p',
+        EntryKind::Socket => 's',
+    };
+    let target = e
+        .target
+        .as_ref()
+        .map(|t| format!(" -> {}", String::from_utf8_lossy(t)))
+        .unwrap_or_default();
+    format!(
+        "{t}{:04o} {:>6} {:>6} {:>12} {}.{:09} {}{}",
+        e.mode, e.uid, e.gid, e.size, e.mtime.secs, e.mtime.nanos, name, target
+    )
+}
+
+/// Writes a file's content.
+pub fn cat(store: &Store, reference: &str, path: &str, out: &mut impl Write) -> Result<()> {
+    let (_, entry) = resolve(store, reference, path)?;
+    let e = entry.with_context(|| format!("{path} is a directory"))?;
+    if e.kind != EntryKind::File {
+        bail!("{path} is not a regular file");
+    }
+    let Some(d) = e.content else {
+        std::io::copy(&mut zeros(e.size), out)?;
+        return Ok(());
+    };
+    match item(store, &d)? {
+        Item::Blob { data } => out.write_all(&data)?,
+        Item::ChunkList(list) => {
+            let mut pos = 0u64;
+            for c in &list.chunks {
+                std::io::copy(&mut zeros(c.offset - pos), out)?;
+                let bytes = store
+                    .get(&c.digest)?
+                    .with_context(|| format!("chunk {} missing", c.digest.to_text()))?;
+                out.write_all(bytes.get(2..).unwrap_or_default())?;
+                pos = c.offset + c.len;
+            }
+            std::io::copy(&mut zeros(list.size - pos), out)?;
+        }
+        other => bail!("{path}: content is a {}", other.kind()),
+    }
+    Ok(())
+}
+
+fn zeros(n: u64) -> std::io::Take<std::io::Repeat> {
+    std::io::Read::take(std::io::repeat(0), n)
+}

@@ -1,0 +1,297 @@
+//! `mirage checkin` / `show` / `ls` / `cat` on disk images the test builds itself.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use mirage_client::demo::pseudo_random;
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn mirage(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mirage"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn sfdisk(img: &Path, script: &str) {
+    let mut child = Command::new("sfdisk")
+        .args(["--no-reread", "--no-tell-kernel", "-q"])
+        .arg(img)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+}
+
+fn rootfs(dir: &Path) -> PathBuf {
+    let src = dir.join("rootfs");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::create_dir_all(src.join("usr/bin")).unwrap();
+    std::fs::write(src.join("etc/hostname"), b"mirage-test\n").unwrap();
+    std::fs::write(src.join("usr/bin/tool"), pseudo_random(11, 2_500_000)).unwrap();
+    std::os::unix::fs::symlink("../usr/bin/tool", src.join("etc/tool-link")).unwrap();
+    src
+}
+
+/// GPT: BIOS boot (random bytes), ESP (FAT16 with two files), ext4 root.
+fn gpt_image(dir: &Path) -> PathBuf {
+    let img = dir.join("gpt.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(96 << 20)
+        .unwrap();
+    sfdisk(
+        &img,
+        "label: gpt\nlabel-id: 11111111-2222-3333-4444-555555555555\n\
+         start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649\n\
+         start=4096, size=65536, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"EFI\"\n\
+         start=69632, size=122880, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=\"root\"\n",
+    );
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &pseudo_random(3, 300_000), 2048 * 512).unwrap();
+    drop(f);
+    run(Command::new("mkfs.fat")
+        .args([
+            "-F", "16", "-i", "12345678", "-n", "ESP", "--offset", "4096",
+        ])
+        .arg(&img)
+        .arg("32768"));
+    let boot = dir.join("BOOTX64.EFI");
+    std::fs::write(&boot, pseudo_random(4, 150_000)).unwrap();
+    let spec = format!("{}@@{}", img.display(), 4096 * 512);
+    run(Command::new("mmd")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &spec, "::/EFI"]));
+    run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &spec])
+        .arg(&boot)
+        .arg("::/EFI/BOOTX64.EFI"));
+    let src = rootfs(dir);
+    let blocks = 122880 * 512 / 4096;
+    run(Command::new("mke2fs")
+        .args([
+            "-q",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-L",
+            "root",
+            "-U",
+            "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee",
+        ])
+        .args(["-E", &format!("offset={}", 69632 * 512)])
+        .arg("-d")
+        .arg(&src)
+        .arg(&img)
+        .arg(blocks.to_string()));
+    img
+}
+
+#[test]
+fn gpt_image_checks_in_deterministically_and_browses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let img = gpt_image(dir.path());
+    let v: serde_json::Value = serde_json::from_str(&ok(mirage(
+        &store,
+        &["checkin", img.to_str().unwrap(), "--json"],
+    )))
+    .unwrap();
+    let digest = v["image"].as_str().unwrap().to_string();
+    assert_eq!(v["stats"]["filesystems"], 2, "{v}");
+    // Blocks no file reaches are not stored: far less than the 96 MiB disk.
+    assert!(v["stats"]["new_bytes"].as_u64().unwrap() < 6 << 20, "{v}");
+    // The same image again: same serial number, nothing new.
+    let again: serde_json::Value = serde_json::from_str(&ok(mirage(
+        &store,
+        &["checkin", img.to_str().unwrap(), "--json"],
+    )))
+    .unwrap();
+    assert_eq!(again["image"], v["image"]);
+    assert_eq!(again["stats"]["items_new"], 0, "{again}");
+    // Its qcow2 conversion: same serial number.
+    let q = dir.path().join("gpt.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2", "-c"])
+        .arg(&img)
+        .arg(&q));
+    let via_qcow2 = ok(mirage(&store, &["checkin", q.to_str().unwrap()]));
+    assert_eq!(via_qcow2.trim(), digest);
+    // Browse.
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(mirage(&store, &["show", &digest, "--json"]))).unwrap();
+    let parts = show["disks"][0]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3);
+    assert!(parts[0]["content"]["raw"].is_string());
+    assert_eq!(parts[1]["content"]["filesystem"], "vfat");
+    assert_eq!(parts[2]["content"]["filesystem"], "ext4");
+    assert_eq!(parts[2]["content"]["label"], "root");
+    assert_eq!(
+        parts[2]["content"]["uuid"],
+        "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
+    );
+    assert_eq!(
+        show["disks"][0]["disk_id"],
+        "11111111-2222-3333-4444-555555555555"
+    );
+    assert!(ok(mirage(&store, &["show", &digest])).contains("ext4"));
+    let ls = ok(mirage(&store, &["ls", &digest, "/etc"]));
+    assert_eq!(
+        ls.lines().collect::<Vec<_>>(),
+        vec!["hostname", "tool-link"]
+    );
+    let long = ok(mirage(&store, &["ls", &digest, "/etc", "-l"]));
+    assert!(long.contains("tool-link -> ../usr/bin/tool"), "{long}");
+    let cat = mirage(&store, &["cat", &digest, "/usr/bin/tool"]);
+    assert!(cat.status.success());
+    assert!(cat.stdout == pseudo_random(11, 2_500_000), "cat differs");
+    let esp = mirage(&store, &["cat", &format!("{digest}:2"), "/EFI/BOOTX64.EFI"]);
+    assert!(
+        esp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&esp.stderr)
+    );
+    assert!(esp.stdout == pseudo_random(4, 150_000));
+    let missing = mirage(&store, &["cat", &digest, "/nope"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no such file"));
+}
+
+#[test]
+fn mbr_with_logical_swap_and_a_bare_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // MBR: FAT16, then an extended partition with a swap and an ext2 logical partition.
+    let img = dir.path().join("mbr.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    sfdisk(&img, "label: dos\nlabel-id: 0xdeadbeef\nstart=2048, size=32768, type=6, bootable\nstart=36864, type=5\nstart=38912, size=8192, type=82\nstart=49152, type=83\n");
+    run(Command::new("mkfs.fat")
+        .args(["-F", "16", "--offset", "2048"])
+        .arg(&img)
+        .arg("16384"));
+    let swap = dir.path().join("swap");
+    std::fs::File::create(&swap)
+        .unwrap()
+        .set_len(8192 * 512)
+        .unwrap();
+    run(Command::new("mkswap")
+        .args(["-U", "01234567-89ab-4cde-8f01-23456789abcd", "-L", "myswap"])
+        .arg(&swap));
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &std::fs::read(&swap).unwrap(), 38912 * 512)
+        .unwrap();
+    drop(f);
+    let src = rootfs(dir.path());
+    let blocks = ((64u64 << 20) - 49152 * 512) / 1024;
+    run(Command::new("mke2fs")
+        .args([
+            "-q",
+            "-t",
+            "ext2",
+            "-b",
+            "1024",
+            "-E",
+            &format!("offset={}", 49152 * 512),
+            "-d",
+        ])
+        .arg(&src)
+        .arg(&img)
+        .arg(blocks.to_string()));
+    let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
+        .trim()
+        .to_string();
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(mirage(&store, &["show", &digest, "--json"]))).unwrap();
+    let parts = show["disks"][0]["partitions"].as_array().unwrap();
+    let numbers: Vec<u64> = parts
+        .iter()
+        .map(|p| p["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, vec![1, 2, 5, 6]);
+    assert_eq!(parts[0]["content"]["filesystem"], "vfat");
+    assert_eq!(parts[2]["content"]["swap"], true);
+    assert_eq!(
+        parts[2]["content"]["uuid"],
+        "01234567-89ab-4cde-8f01-23456789abcd"
+    );
+    assert_eq!(parts[2]["content"]["label"], "myswap");
+    assert_eq!(parts[3]["content"]["filesystem"], "ext2");
+    assert_eq!(show["disks"][0]["disk_id"], "efbeadde");
+    let cat = mirage(&store, &["cat", &format!("{digest}:6"), "/etc/hostname"]);
+    assert_eq!(cat.stdout, b"mirage-test\n");
+    // A bare ext4 filesystem without a partition table.
+    let bare = dir.path().join("bare.img");
+    run(Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-d"])
+        .arg(&src)
+        .arg(&bare)
+        .arg("32M"));
+    let d = ok(mirage(&store, &["checkin", bare.to_str().unwrap()]))
+        .trim()
+        .to_string();
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(mirage(&store, &["show", &d, "--json"]))).unwrap();
+    assert_eq!(show["disks"][0]["table"], "none");
+    assert_eq!(
+        show["disks"][0]["partitions"][0]["content"]["filesystem"],
+        "ext4"
+    );
+    assert!(ok(mirage(&store, &["ls", &d, "/usr/bin"])).contains("tool"));
+}
+
+#[test]
+fn hostile_images_are_refused_and_nothing_is_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let img = gpt_image(dir.path());
+    // Corrupt the ext4 superblock's inode count per group.
+    let bad = dir.path().join("bad.img");
+    std::fs::copy(&img, &bad).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&bad).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0, 0, 0, 0], 69632 * 512 + 1024 + 0x28).unwrap();
+    drop(f);
+    let o = mirage(&store, &["checkin", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("partition 3") && err.contains("per group"),
+        "{err}"
+    );
+    // Truncated image: the GPT entries and the filesystem are gone.
+    let trunc = dir.path().join("trunc.img");
+    std::fs::write(&trunc, &std::fs::read(&img).unwrap()[..4096]).unwrap();
+    let o = mirage(&store, &["checkin", trunc.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+}
