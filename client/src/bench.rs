@@ -50,7 +50,15 @@ pub struct Pair {
 }
 
 impl Pair {
-    fn new(what: &str, baseline: &str, m: &[f64], b: &[f64], bytes: u64, notes: String) -> Self {
+    /// A pair from the run times of both sides.
+    pub fn new(
+        what: &str,
+        baseline: &str,
+        m: &[f64],
+        b: &[f64],
+        bytes: u64,
+        notes: String,
+    ) -> Self {
         let (mirage_s, baseline_s) = (median(m), median(b));
         Pair {
             what: what.into(),

@@ -2,6 +2,7 @@
 //! benchmarks behind the `mirage` CLI. Later: the image indexer, checkout, push/pull, mount.
 
 pub mod bench;
+pub mod bench_image;
 pub mod browse;
 pub mod demo;
 pub mod fs;

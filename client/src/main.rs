@@ -114,6 +114,20 @@ enum StoreCmd {
 
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
+    /// Checkin of an image family, each image timed against cp --sparse=always.
+    Checkin {
+        /// Images in order (default: the corpus base, derived-1, derived-2, derived-3).
+        images: Vec<PathBuf>,
+        /// Scratch directory.
+        #[arg(long, default_value = "/var/tmp/mirage-bench")]
+        work: PathBuf,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Indexer worker threads.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+    },
     /// Storage engine: ingest vs cp -a, location tables vs index lookups, hashing vs coreutils.
     Store {
         /// Tree to ingest (default: the corpus base root filesystem).
@@ -365,6 +379,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Demo { scale, keep } => return run_demo(&cli, &dir, *scale, keep.as_deref()),
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Checkin {
+                    images,
+                    work,
+                    runs,
+                    threads,
+                },
+        } => {
+            let images = if images.is_empty() {
+                let home =
+                    std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+                ["base", "derived-1", "derived-2", "derived-3"]
+                    .iter()
+                    .map(|n| home.join(format!(".cache/mirage-corpus/images/{n}.img")))
+                    .collect()
+            } else {
+                images.clone()
+            };
+            let o = mirage_client::bench_image::CheckinBenchOptions {
+                images,
+                work: work.clone(),
+                runs: (*runs).max(1),
+                threads: *threads,
+            };
+            let json = cli.json;
+            let (pairs, summary) = mirage_client::bench_image::bench_checkin(&o, |m| {
+                if !json {
+                    eprintln!("{m}")
+                }
+            })?;
+            if json {
+                print_json(&serde_json::json!({"pairs": pairs, "summary": summary}))?;
+            } else {
+                for p in &pairs {
+                    println!("{}", p.line());
+                }
+                println!(
+                    "store after all images: {} bytes = {:.3} x the {} allocated image bytes",
+                    summary["store_bytes"],
+                    summary["store_vs_allocated"].as_f64().unwrap_or(f64::NAN),
+                    summary["allocated_image_bytes"]
+                );
+            }
+        }
         Cmd::Bench {
             cmd:
                 BenchCmd::Store {

@@ -467,7 +467,7 @@ impl Damaged {
         Vfat::open(Arc::clone(&src), 0, src.len())
     }
 
-    /// Clusters of node `id` in chain order (from the extents or the directory entry).
+    /// First cluster of node `id`, from its directory entry.
     fn first_cluster(&self, id: u64) -> u64 {
         let src = open_image(&self.img);
         let mut e = [0u8; 32];
@@ -481,6 +481,7 @@ impl Damaged {
         }
     }
 
+    /// Clusters of the test file in chain order, from its extents.
     fn file_clusters(&self) -> Vec<u64> {
         let fs = self.open().unwrap();
         let mut out = Vec::new();
@@ -661,6 +662,7 @@ fn random_damage_never_panics() {
     let good = std::fs::read(&img).unwrap();
     // Boot sector, FATs, root directory and the first directory clusters.
     let meta = 64 * 1024;
+    let mut opened = 0;
     for round in 0..300u64 {
         let mut bad = good.clone();
         let noise = pseudo_random(round + 1000, 64);
@@ -675,6 +677,7 @@ fn random_damage_never_panics() {
         let Ok(fs) = Vfat::open(Arc::clone(&src), 0, src.len()) else {
             continue;
         };
+        opened += 1;
         let mut stack = vec![fs.root()];
         let mut seen = HashSet::new();
         while let Some(id) = stack.pop() {
@@ -693,6 +696,49 @@ fn random_damage_never_panics() {
             }
         }
     }
+    // Most damage is in places the boot sector check does not look at.
+    assert!(opened > 100, "only {opened} damaged images opened");
+}
+
+#[test]
+fn short_names_deleted_entries_and_checksum_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_dir = dir.path().join("src");
+    let mut files = BTreeMap::new();
+    for name in ["Long File Name.txt", "gone.txt", "KEEP.TXT"] {
+        write_file(&src_dir, name, name.into(), BASE_MTIME, &mut files);
+    }
+    let img = dir.path().join("fat.img");
+    mkfs(&img, 1024, &["-F", "12"]);
+    mcopy_tree(img.to_str().unwrap(), &src_dir);
+    run(Command::new("mdel").arg("-i").arg(&img).arg("::/gone.txt"));
+    let list = |img: &Path| -> BTreeMap<String, u64> {
+        let src = open_image(img);
+        let fs = Vfat::open(Arc::clone(&src), 0, src.len()).unwrap();
+        let l = fs.read_dir(fs.root()).unwrap();
+        l.into_iter()
+            .map(|(n, id)| (String::from_utf8(n).unwrap(), id))
+            .collect()
+    };
+    let before = list(&img);
+    let names: Vec<&str> = before.keys().map(String::as_str).collect();
+    assert_eq!(names, ["KEEP.TXT", "Long File Name.txt"]);
+
+    // A long name whose checksum does not match its short entry is ignored.
+    let long = before["Long File Name.txt"];
+    let src = open_image(&img);
+    let mut lfn = [0u8; 32];
+    src.read_at(&mut lfn, long - 32).unwrap();
+    assert_eq!(lfn[11], 0x0F);
+    patch(&img, long - 32 + 13, &[lfn[13].wrapping_add(1)]);
+    // First byte 0x05 stands for 0xE5 (code page 437: 'σ'); NT flag 0x10: lowercase extension.
+    let keep = before["KEEP.TXT"];
+    patch(&img, keep, &[0x05]);
+    patch(&img, keep + 12, &[0x10]);
+    let after = list(&img);
+    assert_eq!(after.get("LONGFI~1.TXT"), Some(&long), "{after:?}");
+    assert_eq!(after.get("σEEP.txt"), Some(&keep), "{after:?}");
+    assert_eq!(after.len(), 2);
 }
 
 #[test]

@@ -96,95 +96,79 @@ struct Boot {
     boot_label: Option<Vec<u8>>,
 }
 
+/// Fails with a boot-sector error unless `ok`.
+fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), FsError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(corrupt(format!("boot sector: {}", what())))
+    }
+}
+
 /// Validates the BIOS parameter block in `b` (the first 512 bytes of the filesystem).
 fn parse_boot(b: &[u8], offset: u64, len: u64) -> Result<Boot, FsError> {
-    let bad = |what: String| corrupt(format!("boot sector: {what}"));
     let bps = le16(b, 11);
-    if ![512, 1024, 2048, 4096].contains(&bps) {
-        return Err(bad(format!(
-            "{bps} bytes per sector (must be 512, 1024, 2048 or 4096)"
-        )));
-    }
     let spc = byte(b, 13);
-    if !spc.is_power_of_two() {
-        return Err(bad(format!(
-            "sectors per cluster {spc} is not a power of two"
-        )));
-    }
     let reserved = le16(b, 14);
-    if reserved == 0 {
-        return Err(bad("reserved sector count is 0".into()));
-    }
     let num_fats = byte(b, 16);
-    if num_fats == 0 {
-        return Err(bad("FAT count is 0".into()));
-    }
-    let media = byte(b, 21);
-    if media != 0xF0 && media < 0xF8 {
-        return Err(bad(format!("media descriptor {media:#04x} is invalid")));
-    }
     let root_entries = u64::from(le16(b, 17));
     let total = match le16(b, 19) {
         0 => le32(b, 32),
         n => u32::from(n),
     };
-    if total == 0 {
-        return Err(bad("total sector count is 0".into()));
-    }
+    let media = byte(b, 21);
     let fat16_size = le16(b, 22);
     let fat_sectors = match fat16_size {
         0 => le32(b, 36),
         n => u32::from(n),
     };
-    if fat_sectors == 0 {
-        return Err(bad("sectors per FAT is 0".into()));
-    }
+    ensure([512, 1024, 2048, 4096].contains(&bps), || {
+        format!("{bps} bytes per sector (must be 512, 1024, 2048 or 4096)")
+    })?;
+    ensure(spc.is_power_of_two(), || {
+        format!("sectors per cluster {spc} is not a power of two")
+    })?;
+    ensure(reserved != 0, || "reserved sector count is 0".into())?;
+    ensure(num_fats != 0, || "FAT count is 0".into())?;
+    ensure(media == 0xF0 || media >= 0xF8, || {
+        format!("media descriptor {media:#04x} is invalid")
+    })?;
+    ensure(total != 0, || "total sector count is 0".into())?;
+    ensure(fat_sectors != 0, || "sectors per FAT is 0".into())?;
     let (bps64, spc64, total64) = (u64::from(bps), u64::from(spc), u64::from(total));
     let root_sectors = (root_entries * ENTRY).div_ceil(bps64);
     let meta = u64::from(reserved) + u64::from(num_fats) * u64::from(fat_sectors) + root_sectors;
-    let data_sectors = total64
-        .checked_sub(meta)
-        .filter(|&d| d > 0)
-        .ok_or_else(|| {
-            bad(format!(
-                "{num_fats} FATs of {fat_sectors} sectors, {reserved} reserved and {root_sectors} \
+    let data_sectors = total64.saturating_sub(meta);
+    ensure(data_sectors > 0, || {
+        format!(
+            "{num_fats} FATs of {fat_sectors} sectors, {reserved} reserved and {root_sectors} \
              root directory sectors leave no data area in {total} sectors"
-            ))
-        })?;
+        )
+    })?;
     let fs_bytes = total64 * bps64;
-    if fs_bytes > len {
-        return Err(bad(format!(
-            "the filesystem of {total} sectors ({fs_bytes} bytes) exceeds its {len}-byte region \
-             (truncated image?)"
-        )));
-    }
+    ensure(fs_bytes <= len, || {
+        format!(
+            "the filesystem of {total} sectors ({fs_bytes} bytes) exceeds its {len}-byte \
+             region (truncated image?)"
+        )
+    })?;
     let clusters = data_sectors / spc64;
-    if clusters == 0 {
-        return Err(bad("no data clusters".into()));
-    }
-    let bits: u8 = if clusters < 4085 {
-        12
-    } else if clusters < 65525 {
-        16
-    } else {
-        32
+    ensure(clusters > 0, || "no data clusters".into())?;
+    let bits: u8 = match clusters {
+        0..4085 => 12,
+        4085..65525 => 16,
+        _ => 32,
     };
-    if (bits == 32) != (fat16_size == 0) {
-        return Err(bad(format!(
-            "{clusters} clusters make FAT{bits}, but the 16-bit FAT size field is {fat16_size}"
-        )));
-    }
-    if clusters > 0x0FFF_FFF5 {
-        return Err(bad(format!(
-            "{clusters} clusters is more than FAT32 allows"
-        )));
-    }
+    ensure((bits == 32) == (fat16_size == 0), || {
+        format!("{clusters} clusters make FAT{bits}, but the 16-bit FAT size is {fat16_size}")
+    })?;
+    ensure(clusters <= 0x0FFF_FFF5, || {
+        format!("{clusters} clusters is more than FAT32 allows")
+    })?;
     let fat_bytes = u64::from(fat_sectors) * bps64;
-    if fat_bytes * 8 / u64::from(bits) < clusters + 2 {
-        return Err(bad(format!(
-            "a FAT of {fat_sectors} sectors cannot describe {clusters} clusters"
-        )));
-    }
+    ensure(fat_bytes * 8 / u64::from(bits) >= clusters + 2, || {
+        format!("a FAT of {fat_sectors} sectors cannot describe {clusters} clusters")
+    })?;
     let mut params = Params::new();
     let mut put = |k: &str, v: u64| params.insert(k.to_owned(), Param::U64(v));
     put("fat_bits", u64::from(bits));
@@ -200,33 +184,27 @@ fn parse_boot(b: &[u8], offset: u64, len: u64) -> Result<Boot, FsError> {
     put("heads", u64::from(le16(b, 26)));
     let (mut active, mut root_cluster, ext) = (0u64, 0u32, if bits == 32 { 64 } else { 36 });
     if bits == 32 {
-        if root_entries != 0 {
-            return Err(bad(format!(
-                "FAT32 volume with {root_entries} fixed root directory entries"
-            )));
-        }
+        ensure(root_entries == 0, || {
+            format!("FAT32 volume with {root_entries} fixed root directory entries")
+        })?;
         let flags = le16(b, 40);
         if flags & 0x80 != 0 {
             active = u64::from(flags & 0x0F);
-            if active >= u64::from(num_fats) {
-                return Err(bad(format!("active FAT {active} of only {num_fats} FATs")));
-            }
+            ensure(active < u64::from(num_fats), || {
+                format!("active FAT {active} of only {num_fats} FATs")
+            })?;
         }
         root_cluster = le32(b, 44);
-        if root_cluster < 2 || u64::from(root_cluster) >= clusters + 2 {
-            return Err(bad(format!(
-                "root directory cluster {root_cluster} is outside the data area"
-            )));
-        }
+        ensure((2..clusters + 2).contains(&u64::from(root_cluster)), || {
+            format!("root directory cluster {root_cluster} is outside the data area")
+        })?;
         put("root_cluster", u64::from(root_cluster));
         put("fsinfo_sector", u64::from(le16(b, 48)));
         put("backup_boot_sector", u64::from(le16(b, 50)));
     } else {
-        if root_entries == 0 {
-            return Err(bad(format!(
-                "FAT{bits} volume without root directory entries"
-            )));
-        }
+        ensure(root_entries != 0, || {
+            format!("FAT{bits} volume without root directory entries")
+        })?;
         put("root_entries", root_entries);
     }
     put("drive_number", u64::from(byte(b, ext)));
@@ -408,12 +386,8 @@ fn fat_time(date: u16, time: u16, centis: u8) -> Timestamp {
     Timestamp::new(secs, u32::from(centis % 100) * 10_000_000)
 }
 
-/// One entry of a directory listing.
-struct Item {
-    name: Vec<u8>,
-    id: u64,
-    entry: Entry,
-}
+/// Directory entries as (name, node id).
+type Listing = Vec<(Vec<u8>, u64)>;
 
 /// A long name being assembled from LFN entries (which come last part first).
 struct LongName {
@@ -647,23 +621,19 @@ impl Vfat {
                     )));
                 }
             }
-            if next == 0 {
-                return Err(corrupt(format!(
-                    "FAT chain of {what} reaches a free cluster after cluster {cur}"
-                )));
-            }
-            if next == bad {
-                return Err(corrupt(format!(
-                    "FAT chain of {what} reaches a bad-cluster mark after cluster {cur}"
-                )));
-            }
-            if !self.valid_cluster(next) {
-                return Err(corrupt(format!(
-                    "FAT chain of {what} points from cluster {cur} to {next}, outside the data \
-                     area (clusters 2..={last})"
-                )));
-            }
-            cur = next;
+            let problem = match next {
+                0 => "reaches a free cluster",
+                v if v == bad => "reaches a bad-cluster mark",
+                v if !self.valid_cluster(v) => "points outside the data area",
+                _ => {
+                    cur = next;
+                    continue;
+                }
+            };
+            return Err(corrupt(format!(
+                "FAT chain of {what} {problem} after cluster {cur} (entry {next:#x}; data \
+                 clusters are 2..={last})"
+            )));
         }
     }
 
@@ -730,8 +700,8 @@ impl Vfat {
             .collect())
     }
 
-    /// Lists directory `id`; also returns the raw volume label entry name, if any.
-    fn scan_dir(&self, id: u64) -> Result<(Vec<Item>, Option<[u8; 11]>), FsError> {
+    /// Lists directory `id` as (name, node id); also returns the raw volume label entry name, if any.
+    fn scan_dir(&self, id: u64) -> Result<(Listing, Option<[u8; 11]>), FsError> {
         let fat32 = self.geo.bits == 32;
         let mut items = Vec::new();
         let mut label = None;
@@ -762,6 +732,12 @@ impl Vfat {
                         continue;
                     }
                     let off = start + i as u64 * ENTRY;
+                    if entry.is_dir() && entry.cluster == 0 {
+                        return Err(corrupt(format!(
+                            "directory '{}' (node {off}) has no cluster",
+                            entry.display()
+                        )));
+                    }
                     let name = match lfn {
                         Some(n) => n,
                         None => {
@@ -779,11 +755,7 @@ impl Vfat {
                             n
                         }
                     };
-                    items.push(Item {
-                        name,
-                        id: off,
-                        entry,
-                    });
+                    items.push((name, off));
                 }
             }
         }
@@ -830,41 +802,16 @@ impl FsReader for Vfat {
 
     fn node(&self, id: u64) -> Result<Node, FsError> {
         if id == ROOT_ID {
-            return Ok(Node {
-                id,
-                kind: EntryKind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                size: 0,
-                mtime: Timestamp::default(),
-                atime: Timestamp::default(),
-                ctime: Timestamp::default(),
-                crtime: None,
-                flags: u64::from(ATTR_DIRECTORY),
-                xattrs: Vec::new(),
-                rdev: None,
-                target: None,
-                nlink: 1,
-            });
+            // The root has no entry of its own: no times, just the directory attribute.
+            let mut root = Entry::parse(&[0u8; 32], false);
+            root.attr = ATTR_DIRECTORY;
+            return Ok(node_of(id, &root));
         }
         Ok(node_of(id, &self.entry(id)?))
     }
 
     fn read_dir(&self, id: u64) -> Result<Vec<(Vec<u8>, u64)>, FsError> {
-        let (items, _) = self.scan_dir(id)?;
-        let mut out = Vec::with_capacity(items.len());
-        for it in items {
-            if it.entry.is_dir() && it.entry.cluster == 0 {
-                return Err(corrupt(format!(
-                    "directory '{}' (node {}) has no cluster",
-                    it.entry.display(),
-                    it.id
-                )));
-            }
-            out.push((it.name, it.id));
-        }
-        Ok(out)
+        Ok(self.scan_dir(id)?.0)
     }
 
     fn extents(&self, id: u64) -> Result<Vec<FileExtent>, FsError> {

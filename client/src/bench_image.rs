@@ -1,0 +1,130 @@
+//! `mirage bench checkin`: checking in a family of images, each timed side by side with
+//! `cp --sparse=always` of the same raw image (plus `sync`) in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use mirage_node::{Store, StoreOptions};
+
+use crate::bench::Pair;
+
+/// Options.
+#[derive(Clone, Debug)]
+pub struct CheckinBenchOptions {
+    /// Images in check-in order (the first goes into an empty store).
+    pub images: Vec<PathBuf>,
+    /// Scratch directory (same filesystem for both sides).
+    pub work: PathBuf,
+    /// Repetitions; medians are reported.
+    pub runs: usize,
+    /// Indexer worker threads.
+    pub threads: usize,
+}
+
+fn sync() -> Result<()> {
+    let st = Command::new("sync").status()?;
+    if !st.success() {
+        bail!("sync failed");
+    }
+    Ok(())
+}
+
+fn allocated(p: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(p)?.blocks() * 512)
+}
+
+/// Per image: checkin time vs cp time (medians); then store size against the images.
+pub fn bench_checkin(
+    o: &CheckinBenchOptions,
+    mut say: impl FnMut(&str),
+) -> Result<(Vec<Pair>, serde_json::Value)> {
+    for i in &o.images {
+        if !i.is_file() {
+            bail!("{} not found: build the corpus with ../shared/corpus/make-images.sh ~/.cache/mirage-corpus", i.display());
+        }
+    }
+    std::fs::create_dir_all(&o.work).with_context(|| format!("creating {}", o.work.display()))?;
+    let n = o.images.len();
+    let mut mirage_t = vec![Vec::new(); n];
+    let mut cp_t = vec![Vec::new(); n];
+    let mut stored = 0u64;
+    let mut new_bytes = vec![0u64; n];
+    for run in 0..o.runs {
+        let dir = o.work.join(format!("checkin-store-{run}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (k, img) in o.images.iter().enumerate() {
+            // Warm the image in the page cache once for both sides.
+            std::io::copy(&mut std::fs::File::open(img)?, &mut std::io::sink())?;
+            let copy = o.work.join("cp-copy.img");
+            let _ = std::fs::remove_file(&copy);
+            sync()?;
+            let t = Instant::now();
+            let st = Command::new("cp")
+                .arg("--sparse=always")
+                .arg(img)
+                .arg(&copy)
+                .status()?;
+            if !st.success() {
+                bail!("cp failed");
+            }
+            sync()?;
+            cp_t[k].push(t.elapsed().as_secs_f64());
+            std::fs::remove_file(&copy)?;
+            sync()?;
+            let t = Instant::now();
+            let store = Store::open(
+                &dir,
+                StoreOptions {
+                    create: true,
+                    ..StoreOptions::default()
+                },
+            )?;
+            let (_, stats) = crate::indexer::checkin(&store, img, o.threads)?;
+            store.checkpoint()?;
+            drop(store);
+            mirage_t[k].push(t.elapsed().as_secs_f64());
+            new_bytes[k] = stats.new_bytes;
+            say(&format!(
+                "run {run} {}: cp {:.2} s, checkin {:.2} s",
+                img.display(),
+                cp_t[k][run],
+                mirage_t[k][run]
+            ));
+        }
+        let store = Store::open(&dir, StoreOptions::default())?;
+        stored = store.stats()?.stored_bytes;
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let mut pairs = Vec::new();
+    let mut alloc_total = 0;
+    for (k, img) in o.images.iter().enumerate() {
+        let alloc = allocated(img)?;
+        alloc_total += alloc;
+        let name = img
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let what = if k == 0 {
+            format!("checkin {name} (empty store)")
+        } else {
+            format!("checkin {name} (after the previous)")
+        };
+        pairs.push(Pair::new(
+            &what,
+            "cp --sparse=always + sync",
+            &mirage_t[k],
+            &cp_t[k],
+            alloc,
+            format!("{:.1} MB new", new_bytes[k] as f64 / 1e6),
+        ));
+    }
+    let summary = serde_json::json!({
+        "images": o.images, "store_bytes": stored, "allocated_image_bytes": alloc_total,
+        "store_vs_allocated": stored as f64 / alloc_total.max(1) as f64,
+    });
+    Ok((pairs, summary))
+}
