@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_image;
 pub mod browse;
+pub mod checkout;
 pub mod demo;
 pub mod fs;
 pub mod image;

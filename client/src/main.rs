@@ -49,6 +49,17 @@ enum Cmd {
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
     },
+    /// Recreate a disk image (today: disks whose partitions hold no filesystem).
+    Checkout {
+        /// Image digest.
+        reference: String,
+        /// Output file (must not exist).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Output format.
+        #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
+        format: String,
+    },
     /// Show an image: disks, partitions, filesystems, sizes, identities.
     Show {
         /// Image digest.
@@ -314,6 +325,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print_json(&serde_json::json!({"image": root, "stats": stats}))?;
             } else {
                 println!("{}", root.to_text());
+            }
+        }
+        Cmd::Checkout {
+            reference,
+            output,
+            format,
+        } => {
+            let store = open_existing(&dir)?;
+            let d: Digest = reference.parse()?;
+            let fmt = if format == "qcow2" {
+                mirage_client::checkout::Format::Qcow2
+            } else {
+                mirage_client::checkout::Format::Raw
+            };
+            let stats = mirage_client::checkout::checkout(&store, &d, output, fmt)?;
+            if cli.json {
+                print_json(&stats)?;
+            } else {
+                println!(
+                    "wrote {} ({} bytes, {} written)",
+                    output.display(),
+                    stats.disk_bytes,
+                    stats.written_bytes
+                );
             }
         }
         Cmd::Show { reference } => {
