@@ -530,6 +530,15 @@ fn index_fs(
     let root = *tree_of
         .get(&fs.root())
         .ok_or_else(|| CheckinError::Content("no root directory".into()))?;
+    let root_node = fs.node(fs.root()).map_err(fs_err)?;
+    if root_node.kind != EntryKind::Dir {
+        return Err(fs_err(FsError::Corrupt {
+            fs: "filesystem",
+            what: "the root is not a directory".into(),
+        }));
+    }
+    let mut root_attrs = entry_of(&root_node, Vec::new());
+    root_attrs.size = 0;
     let info = fs.info();
     let fs_item = encode(
         store,
@@ -539,6 +548,7 @@ fn index_fs(
             label: info.label.clone(),
             params: info.params.clone(),
             root,
+            root_attrs,
             skeleton: None,
             pinned: Vec::new(),
         }),

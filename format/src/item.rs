@@ -80,7 +80,9 @@ impl std::fmt::Display for ItemKind {
     }
 }
 
-/// A decoded item.
+/// A decoded item. (Items are handled one at a time, so the size difference between variants
+/// does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
 pub enum Item {

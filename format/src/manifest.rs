@@ -121,6 +121,8 @@ pub struct Filesystem {
     pub params: Params,
     /// Root directory (a Tree).
     pub root: Digest,
+    /// Metadata of the root directory itself (unnamed, no content).
+    pub root_attrs: crate::tree::TreeEntry,
     /// Hybrid indexing: digest of the skeleton backup, if any.
     pub skeleton: Option<Digest>,
     /// Hybrid indexing: raw extents pinned at their byte offsets.
@@ -133,6 +135,7 @@ impl Filesystem {
         if self.fs_type.is_empty() || self.fs_type.len() > MAX_FIELD {
             return Err(invalid("filesystem type", "empty or too long"));
         }
+        self.root_attrs.validate_root()?;
         validate_extents(&self.pinned, u64::MAX)
     }
     pub(crate) fn write(&self, w: &mut Writer) {
@@ -141,6 +144,7 @@ impl Filesystem {
         w.bytes(&self.label);
         write_params(w, &self.params);
         w.digest(&self.root);
+        self.root_attrs.write_unnamed(w);
         match &self.skeleton {
             Some(d) => {
                 w.u8(1);
@@ -158,6 +162,7 @@ impl Filesystem {
         let label = r.bytes("fs label", MAX_FIELD)?.to_vec();
         let params = read_params(r)?;
         let root = r.digest("fs root")?;
+        let root_attrs = crate::tree::TreeEntry::read_unnamed(r, Vec::new())?;
         let skeleton = match r.u8("skeleton flag")? {
             0 => None,
             1 => Some(r.digest("skeleton")?),
@@ -175,6 +180,7 @@ impl Filesystem {
             label,
             params,
             root,
+            root_attrs,
             skeleton,
             pinned,
         };

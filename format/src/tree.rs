@@ -163,6 +163,11 @@ impl TreeEntry {
 
     pub(crate) fn write(&self, w: &mut Writer) {
         w.bytes(&self.name);
+        self.write_unnamed(w);
+    }
+
+    /// Every field but the name (a filesystem root has none).
+    pub(crate) fn write_unnamed(&self, w: &mut Writer) {
         w.u8(self.kind.code());
         let mut present = 0u8;
         for (bit, on) in [
@@ -209,6 +214,13 @@ impl TreeEntry {
 
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let name = r.bytes("entry name", MAX_NAME)?.to_vec();
+        let e = Self::read_unnamed(r, name)?;
+        e.validate()?;
+        Ok(e)
+    }
+
+    /// Reads the fields after the name (not validated).
+    pub(crate) fn read_unnamed(r: &mut Reader<'_>, name: Vec<u8>) -> Result<Self, DecodeError> {
         let code = r.u8("entry kind")?;
         let kind = EntryKind::from_code(code).ok_or(DecodeError::UnknownTag {
             field: "entry kind",
@@ -279,13 +291,28 @@ impl TreeEntry {
             rdev,
             link_group,
         };
-        e.validate()?;
         Ok(e)
     }
 
     /// Checks the rules of the format for one entry.
     pub fn validate(&self) -> Result<(), DecodeError> {
         validate_name(&self.name)?;
+        self.check(false)
+    }
+
+    /// Checks the metadata of a filesystem's root directory: unnamed, a directory, no content
+    /// (the Filesystem item names the root Tree).
+    pub fn validate_root(&self) -> Result<(), DecodeError> {
+        if !self.name.is_empty() || self.kind != EntryKind::Dir || self.content.is_some() {
+            return Err(invalid(
+                "filesystem root",
+                "must be an unnamed directory entry without content",
+            ));
+        }
+        self.check(true)
+    }
+
+    fn check(&self, root: bool) -> Result<(), DecodeError> {
         if self.mode > 0o7777 {
             return Err(invalid(
                 "mode",
@@ -327,7 +354,7 @@ impl TreeEntry {
             }
         };
         need(
-            (k == EntryKind::Dir) == self.content.is_some() || k == EntryKind::File,
+            root || (k == EntryKind::Dir) == self.content.is_some() || k == EntryKind::File,
             "content only for files and (always) for directories",
         )?;
         need(

@@ -194,19 +194,27 @@ fn arb_item() -> impl Strategy<Value = Item> {
             arb_params(),
             arb_digest(),
             proptest::option::of(arb_digest()),
-            arb_extents(u64::MAX)
+            arb_extents(u64::MAX),
+            arb_entry(),
         )
-            .prop_map(|(fs_type, uuid, label, params, root, skeleton, pinned)| {
-                Item::Filesystem(Filesystem {
-                    fs_type,
-                    uuid,
-                    label,
-                    params,
-                    root,
-                    skeleton,
-                    pinned,
-                })
-            }),
+            .prop_map(
+                |(fs_type, uuid, label, params, root, skeleton, pinned, e)| {
+                    let mut root_attrs = TreeEntry::new(Vec::new(), EntryKind::Dir);
+                    (root_attrs.mode, root_attrs.uid, root_attrs.gid) = (e.mode, e.uid, e.gid);
+                    (root_attrs.mtime, root_attrs.crtime, root_attrs.xattrs) =
+                        (e.mtime, e.crtime, e.xattrs);
+                    Item::Filesystem(Filesystem {
+                        fs_type,
+                        uuid,
+                        label,
+                        params,
+                        root,
+                        root_attrs,
+                        skeleton,
+                        pinned,
+                    })
+                }
+            ),
         (
             arb_bytes(16),
             arb_params(),
@@ -380,6 +388,12 @@ fn golden_items() -> Vec<(&'static str, Item)> {
         label: b"root".to_vec(),
         params,
         root: td,
+        root_attrs: {
+            let mut r = TreeEntry::new(Vec::new(), EntryKind::Dir);
+            r.mode = 0o755;
+            r.mtime = Timestamp::new(1_700_000_000, 42);
+            r
+        },
         skeleton: None,
         pinned: vec![],
     });
@@ -467,23 +481,23 @@ const GOLDEN: [(&str, &str, &str); 7] = [
     ),
     (
         "filesystem",
-        "1de4352662d5efc358184fbd4a00b7eaffc499c56cdd5e48596c01469d3cda67",
-        "004e7ab20befc3afbbf81971972f226d0315d9f0",
+        "2155da27ab70de5258ac566435b2035ff38001e68a49325eb2567bf2dc7f51af",
+        "90d13f933380f958f7810464394e902b1a25fca2",
     ),
     (
         "disk",
-        "392df1184602a1d9576febba1a164fab3bd39ba16be7175c68002a8de417edeb",
-        "c7fba301b91cc68c96a9a8a78213afbf56bfb55e",
+        "56e7c7323f1bd3a9b8bee30f65af04a69dfb15f130b88cb5213d4b7cae47f331",
+        "38236ce0ea774fbd15bffff1dd0766fd5b104c49",
     ),
     (
         "image",
-        "562161c39309b20135b3a16288e48239cf880934935f72ee7f85da28813de80f",
-        "68ad2d64c2958925f555a81cbcee9f8d848df4a8",
+        "c372e32b32223297f249a0e98c7b07c39f8281b17b98f306b284bd5b5d2e1837",
+        "9ad8b2d34de16e7d11057d533aa991617da8faeb",
     ),
     (
         "delta",
-        "76b0f4dbe3a679f0327e8372994d0637553f10ff78354c3b5b5b79e8913b2e57",
-        "bb5b0698f2dee8c697eb2e64b48a4eeaa2712000",
+        "fea4362663b662267208e749e142e4b7faa8c08bd3994de01f4c796e01dbe6a2",
+        "937d6c3b067ec9bcad66251c091fe432de7d6175",
     ),
 ];
 
