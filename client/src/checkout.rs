@@ -131,16 +131,20 @@ pub fn checkout(
         bail!("damaged image: not a disk")
     };
     // Refuse early, before writing anything, what cannot be recreated yet.
+    let mut filesystems = Vec::new();
     for p in &disk.partitions {
         if let PartitionContent::Filesystem { digest } = &p.content {
-            let fs_type = match item(store, digest)? {
-                Item::Filesystem(f) => f.fs_type,
-                _ => "?".into(),
+            let Item::Filesystem(fs) = item(store, digest)? else {
+                bail!("{} is not a filesystem", digest.to_text())
             };
-            bail!(
-                "partition {} holds {fs_type}: recreating filesystems is not implemented yet",
-                p.number
-            );
+            if !matches!(fs.fs_type.as_str(), "ext2" | "ext3" | "ext4") {
+                bail!(
+                    "partition {} holds {}: recreating it is not implemented yet",
+                    p.number,
+                    fs.fs_type
+                );
+            }
+            filesystems.push((p.start, p.size, fs));
         }
     }
     let raw_path = match format {
@@ -175,6 +179,11 @@ pub fn checkout(
             }
         }
         f.sync_all()?;
+        for (start, size, fs) in &filesystems {
+            crate::fsbuild::ext4::recreate(store, fs, &raw_path, *start, *size).with_context(
+                || format!("recreating the {} filesystem at byte {start}", fs.fs_type),
+            )?;
+        }
         Ok(())
     })();
     if let Err(e) = result {

@@ -7,6 +7,7 @@ pub mod browse;
 pub mod checkout;
 pub mod demo;
 pub mod fs;
+pub mod fsbuild;
 pub mod image;
 pub mod indexer;
 pub mod ingest;

@@ -42,6 +42,8 @@ pub struct RestoreStats {
     pub symlinks: u64,
     /// Device nodes, fifos and sockets not recreated (a directory restore does not mknod).
     pub skipped_special: u64,
+    /// Fifos, sockets and device placeholders created (staging only).
+    pub specials: u64,
     /// File bytes written.
     pub bytes: u64,
     /// Items read.
@@ -81,6 +83,18 @@ pub fn restore_tree(
     root: &Digest,
     out: &Path,
 ) -> Result<RestoreStats, RestoreError> {
+    restore_tree_with(store, root, out, false)
+}
+
+/// Like [`restore_tree`]; with `staging`, no metadata is applied (everything stays readable
+/// for a filesystem builder) and fifos, sockets and device nodes are created as unprivileged
+/// placeholders (a fifo stands in for a device node).
+pub fn restore_tree_with(
+    store: &Store,
+    root: &Digest,
+    out: &Path,
+    staging: bool,
+) -> Result<RestoreStats, RestoreError> {
     let mut stats = RestoreStats::default();
     let bytes = store
         .get(root)?
@@ -117,7 +131,9 @@ pub fn restore_tree(
                 (EntryKind::File, None) => {
                     let f = File::create(&path).map_err(io(&path))?;
                     f.set_len(e.size).map_err(io(&path))?;
-                    finish_file(&f, &path, e)?;
+                    if !staging {
+                        finish_file(&f, &path, e)?;
+                    }
                     stats.files += 1;
                 }
                 (EntryKind::Symlink, _) => {
@@ -125,6 +141,24 @@ pub fn restore_tree(
                         std::ffi::OsStr::from_bytes(e.target.as_deref().unwrap_or_default());
                     std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
                     stats.symlinks += 1;
+                }
+                (EntryKind::Socket, _) if staging => {
+                    drop(std::os::unix::net::UnixListener::bind(&path).map_err(io(&path))?);
+                    stats.specials += 1;
+                }
+                (EntryKind::Fifo | EntryKind::CharDev | EntryKind::BlockDev, _) if staging => {
+                    rustix::fs::mknodat(
+                        rustix::fs::CWD,
+                        &path,
+                        rustix::fs::FileType::Fifo,
+                        rustix::fs::Mode::from_raw_mode(0o644),
+                        0,
+                    )
+                    .map_err(|e| RestoreError::Io {
+                        path: path.clone(),
+                        source: e.into(),
+                    })?;
+                    stats.specials += 1;
                 }
                 _ => stats.skipped_special += 1,
             }
@@ -146,7 +180,8 @@ pub fn restore_tree(
                         dir_meta.push((path, e.clone()));
                         stats.dirs += 1;
                     } else {
-                        stats.bytes += write_file(store, &d, &bytes, &path, e, &mut stats.items)?;
+                        stats.bytes +=
+                            write_file(store, &d, &bytes, &path, e, &mut stats.items, staging)?;
                         stats.files += 1;
                     }
                 }
@@ -171,8 +206,10 @@ pub fn restore_tree(
     }
     // Directory metadata last, deepest first, so creating children does not disturb it.
     for (path, e) in dir_meta.iter().rev() {
-        let f = File::open(path).map_err(io(path))?;
-        finish_file(&f, path, e)?;
+        if !staging {
+            let f = File::open(path).map_err(io(path))?;
+            finish_file(&f, path, e)?;
+        }
     }
     Ok(stats)
 }
@@ -184,6 +221,7 @@ fn write_file(
     path: &Path,
     e: &TreeEntry,
     items: &mut u64,
+    staging: bool,
 ) -> Result<u64, RestoreError> {
     let f = OpenOptions::new()
         .write(true)
@@ -235,7 +273,9 @@ fn write_file(
         Err(err) => return Err(RestoreError::Structure(format!("{d:#}: {err}"))),
     }
     f.set_len(e.size).map_err(io(path))?;
-    finish_file(&f, path, e)?;
+    if !staging {
+        finish_file(&f, path, e)?;
+    }
     Ok(e.size)
 }
 

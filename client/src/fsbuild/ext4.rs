@@ -1,0 +1,413 @@
+//! Recreating an ext2/3/4 filesystem in place, without root and without mounting:
+//! 1. the stored tree is restored into a staging directory (contents, directories, symlinks,
+//!    hard links, fifos, sockets; a fifo stands in for each device node);
+//! 2. `mke2fs -d` builds the filesystem from it at the partition's offset, with the stored
+//!    identity and parameters (UUID, label, block and inode size, inode count, features, hash
+//!    seed, journal size, ...);
+//! 3. one `debugfs` script sets what `mke2fs -d` cannot carry: device types and numbers, owners,
+//!    times to the nanosecond (and past 2038), creation times, inode flags, every extended
+//!    attribute, and the superblock fields users and tools see.
+//!
+//! Each new inode is found by walking the new filesystem with Mirage's own reader, so names
+//! never have to be quoted for debugfs.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use mirage_format::{EntryKind, Filesystem, Item, Param, Timestamp, TreeEntry};
+use mirage_node::Store;
+
+use crate::browse::item;
+use crate::fs::ext4::Ext4;
+use crate::fs::FsReader;
+use crate::image::BlockSource;
+
+/// Inode flags users set (chattr); the rest belongs to the filesystem's own layout.
+const USER_FLAGS: u64 = 0x1
+    | 0x2
+    | 0x4
+    | 0x8
+    | 0x10
+    | 0x20
+    | 0x40
+    | 0x80
+    | 0x4000
+    | 0x8000
+    | 0x10000
+    | 0x20000
+    | 0x80_0000
+    | 0x2000_0000;
+
+const COMPAT: &[(u32, &str)] = &[
+    (0x1, "dir_prealloc"),
+    (0x2, "imagic_inodes"),
+    (0x4, "has_journal"),
+    (0x8, "ext_attr"),
+    (0x10, "resize_inode"),
+    (0x20, "dir_index"),
+    (0x200, "sparse_super2"),
+    (0x400, "fast_commit"),
+    (0x800, "stable_inodes"),
+    (0x1000, "orphan_file"),
+];
+const INCOMPAT: &[(u32, &str)] = &[
+    (0x2, "filetype"),
+    (0x10, "meta_bg"),
+    (0x40, "extent"),
+    (0x80, "64bit"),
+    (0x100, "mmp"),
+    (0x200, "flex_bg"),
+    (0x400, "ea_inode"),
+    (0x1000, "dirdata"),
+    (0x2000, "metadata_csum_seed"),
+    (0x4000, "large_dir"),
+    (0x8000, "inline_data"),
+    (0x20000, "casefold"),
+];
+const RO_COMPAT: &[(u32, &str)] = &[
+    (0x1, "sparse_super"),
+    (0x2, "large_file"),
+    (0x8, "huge_file"),
+    (0x10, "uninit_bg"),
+    (0x20, "dir_nlink"),
+    (0x40, "extra_isize"),
+    (0x100, "quota"),
+    (0x200, "bigalloc"),
+    (0x400, "metadata_csum"),
+    (0x1000, "read-only"),
+    (0x2000, "project"),
+    (0x8000, "verity"),
+    (0x10000, "orphan_present"),
+];
+
+fn p_u64(fs: &Filesystem, key: &str) -> Result<u64> {
+    match fs.params.get(key) {
+        Some(Param::U64(v)) => Ok(*v),
+        _ => bail!("filesystem parameter {key} is missing"),
+    }
+}
+
+fn p_bytes<'a>(fs: &'a Filesystem, key: &str) -> &'a [u8] {
+    match fs.params.get(key) {
+        Some(Param::Bytes(b)) => b,
+        _ => &[],
+    }
+}
+
+fn uuid_text(b: &[u8]) -> Option<String> {
+    (b.len() == 16).then(|| {
+        let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    })
+}
+
+/// Feature list for `mke2fs -O none,...`; unknown bits are an error.
+fn features(fs: &Filesystem) -> Result<String> {
+    let mut out = vec!["none".to_string()];
+    for (key, table) in [
+        ("feature_compat", COMPAT),
+        ("feature_incompat", INCOMPAT),
+        ("feature_ro_compat", RO_COMPAT),
+    ] {
+        let mut bits = p_u64(fs, key)? as u32;
+        if key == "feature_incompat" {
+            bits &= !0x4; // needs_recovery is state, not a feature
+        }
+        if key == "feature_ro_compat" {
+            bits &= !0x10000; // orphan_present is state
+        }
+        for (bit, name) in table {
+            if bits & bit != 0 {
+                out.push((*name).to_string());
+                bits &= !bit;
+            }
+        }
+        if bits != 0 {
+            bail!("{key} bits {bits:#x} cannot be recreated by mke2fs");
+        }
+    }
+    Ok(out.join(","))
+}
+
+/// The `mke2fs` command that recreates `fs` at `offset` of `image`.
+pub fn mke2fs_command(
+    fs: &Filesystem,
+    image: &Path,
+    offset: u64,
+    staging: &Path,
+) -> Result<Command> {
+    let bs = p_u64(fs, "block_size")?;
+    let feats = features(fs)?;
+    if feats
+        .split(',')
+        .any(|f| f == "bigalloc" || f == "meta_bg" || f == "casefold" || f == "dirdata")
+    {
+        bail!(
+            "recreating {} with {feats} is not supported yet",
+            fs.fs_type
+        );
+    }
+    let mut c = Command::new("mke2fs");
+    c.args(["-F", "-q", "-t", &fs.fs_type, "-O", &feats]);
+    c.args([
+        "-b",
+        &bs.to_string(),
+        "-I",
+        &p_u64(fs, "inode_size")?.to_string(),
+    ]);
+    c.args([
+        "-N",
+        &p_u64(fs, "inodes_count")?.to_string(),
+        "-g",
+        &p_u64(fs, "blocks_per_group")?.to_string(),
+    ]);
+    c.args(["-m", "0", "-r", &p_u64(fs, "rev_level")?.to_string()]);
+    if feats.split(',').any(|f| f == "flex_bg") {
+        c.args([
+            "-G",
+            &(1u64 << p_u64(fs, "log_groups_per_flex")?.min(31)).to_string(),
+        ]);
+    }
+    if feats.split(',').any(|f| f == "has_journal") {
+        let jb = p_bytes(fs, "journal_blocks");
+        if jb.len() == 68 {
+            let size = u64::from(u32::from_le_bytes([jb[64], jb[65], jb[66], jb[67]]))
+                | (u64::from(u32::from_le_bytes([jb[60], jb[61], jb[62], jb[63]])) << 32);
+            if size >= 1 << 20 {
+                c.args(["-J", &format!("size={}", size >> 20)]);
+            }
+        }
+    }
+    if let Some(u) = uuid_text(&fs.uuid) {
+        c.args(["-U", &u]);
+    }
+    c.arg("-L")
+        .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&fs.label));
+    let lm = p_bytes(fs, "last_mounted");
+    if !lm.is_empty() {
+        c.arg("-M")
+            .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(lm));
+    }
+    let mut ext = format!("offset={offset},nodiscard,root_owner=0:0");
+    if let Some(seed) = uuid_text(p_bytes(fs, "hash_seed")) {
+        write!(ext, ",hash_seed={seed}")?;
+    }
+    c.args(["-E", &ext]);
+    if let Ok(t) = p_u64(fs, "mkfs_time") {
+        c.env("E2FSPROGS_FAKE_TIME", t.to_string());
+    }
+    c.arg("-d")
+        .arg(staging)
+        .arg(image)
+        .arg(p_u64(fs, "blocks_count")?.to_string());
+    Ok(c)
+}
+
+fn time_cmds(cmds: &mut String, ino: u64, field: &str, t: Timestamp) {
+    let low = t.secs as i32;
+    let epoch = ((t.secs - i64::from(low)) >> 32) as u32 & 3;
+    let _ = writeln!(cmds, "sif <{ino}> {field} @{low}");
+    let _ = writeln!(cmds, "sif <{ino}> {field}_extra {}", (t.nanos << 2) | epoch);
+}
+
+fn type_bits(k: EntryKind) -> u32 {
+    match k {
+        EntryKind::File => 0o100000,
+        EntryKind::Dir => 0o040000,
+        EntryKind::Symlink => 0o120000,
+        EntryKind::CharDev => 0o020000,
+        EntryKind::BlockDev => 0o060000,
+        EntryKind::Fifo => 0o010000,
+        EntryKind::Socket => 0o140000,
+    }
+}
+
+/// debugfs commands that give inode `ino` (named `e.name` in directory `parent`) the metadata
+/// of `e`.
+fn entry_cmds(
+    cmds: &mut String,
+    xdir: &Path,
+    nx: &mut usize,
+    parent: u64,
+    ino: u64,
+    cur_flags: u64,
+    e: &TreeEntry,
+) -> Result<()> {
+    let _ = writeln!(cmds, "sif <{ino}> mode 0{:o}", type_bits(e.kind) | e.mode);
+    if let Some(rdev) = e.rdev {
+        let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+        let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+        let enc = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        let _ = writeln!(cmds, "sif <{ino}> block[0] 0\nsif <{ino}> block[1] {enc}");
+        // The placeholder was a fifo: relink so the directory entry carries the device type.
+        let name = std::str::from_utf8(&e.name)
+            .ok()
+            .filter(|n| {
+                n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-+:@,=".contains(&b))
+            })
+            .with_context(|| {
+                format!(
+                    "device name {:?} cannot be recreated with debugfs",
+                    String::from_utf8_lossy(&e.name)
+                )
+            })?;
+        let _ = writeln!(cmds, "cd <{parent}>\nunlink {name}\nlink <{ino}> {name}");
+    }
+    let _ = writeln!(cmds, "sif <{ino}> uid {}\nsif <{ino}> gid {}", e.uid, e.gid);
+    time_cmds(cmds, ino, "atime", e.atime);
+    time_cmds(cmds, ino, "mtime", e.mtime);
+    time_cmds(cmds, ino, "ctime", e.ctime);
+    if let Some(c) = e.crtime {
+        time_cmds(cmds, ino, "crtime", c);
+    }
+    let flags = (cur_flags & !USER_FLAGS) | (e.flags & USER_FLAGS);
+    if flags != cur_flags {
+        let _ = writeln!(cmds, "sif <{ino}> flags {flags:#x}");
+    }
+    for x in &e.xattrs {
+        let name = std::str::from_utf8(&x.name)
+            .ok()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_graphic() && b != b'"'));
+        let Some(name) = name else {
+            bail!(
+                "xattr name {:?} cannot be recreated",
+                String::from_utf8_lossy(&x.name)
+            )
+        };
+        let f = xdir.join(format!("x{nx}"));
+        *nx += 1;
+        std::fs::write(&f, &x.value)?;
+        let _ = writeln!(cmds, "ea_set -f {} <{ino}> {name}", f.display());
+    }
+    Ok(())
+}
+
+/// Recreates `fs` in `[offset, offset + len)` of the raw image file `image`.
+pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: u64) -> Result<()> {
+    let parent = image
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let work = tempfile::Builder::new()
+        .prefix(".mirage-staging-")
+        .tempdir_in(parent)
+        .context("creating a staging directory")?;
+    let staging = work.path().join("root");
+    crate::restore::restore_tree_with(store, &fs.root, &staging, true)
+        .context("staging the tree")?;
+    let out = mke2fs_command(fs, image, offset, &staging)?
+        .output()
+        .context("running mke2fs")?;
+    if !out.status.success() {
+        bail!(
+            "mke2fs failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    // Walk the stored tree and the new filesystem together.
+    let src: Arc<dyn BlockSource> = Arc::from(crate::image::open(image)?);
+    let ext = Ext4::open(src, offset, len)?;
+    let xdir = work.path().join("xattrs");
+    std::fs::create_dir(&xdir)?;
+    let mut cmds = String::new();
+    let mut nx = 0usize;
+    entry_cmds(
+        &mut cmds,
+        &xdir,
+        &mut nx,
+        2,
+        2,
+        u64::from(ext.inode(2)?.flags),
+        &fs.root_attrs,
+    )?;
+    let mut stack = vec![(fs.root, 2u64)];
+    while let Some((tree_d, ino)) = stack.pop() {
+        let Item::Tree(tree) = item(store, &tree_d)? else {
+            bail!("{} is not a tree", tree_d.to_text())
+        };
+        let made: HashMap<Vec<u8>, u64> = ext.read_dir(ino)?.into_iter().collect();
+        for e in &tree.entries {
+            let Some(&child) = made.get(&e.name) else {
+                bail!(
+                    "{:?} was not created by mke2fs",
+                    String::from_utf8_lossy(&e.name)
+                );
+            };
+            let cur = u64::from(ext.inode(child as u32)?.flags);
+            entry_cmds(&mut cmds, &xdir, &mut nx, ino, child, cur, e)?;
+            if e.kind == EntryKind::Dir {
+                if let Some(c) = e.content {
+                    stack.push((c, child));
+                }
+            }
+        }
+    }
+    // Superblock fields that tools and people look at.
+    for key in [
+        "mtime",
+        "wtime",
+        "lastcheck",
+        "mkfs_time",
+        "mnt_count",
+        "max_mnt_count",
+        "checkinterval",
+        "errors",
+        "default_mount_opts",
+        "creator_os",
+        "min_extra_isize",
+        "want_extra_isize",
+        "raid_stride",
+        "raid_stripe_width",
+        "r_blocks_count",
+    ] {
+        if let Some(Param::U64(v)) = fs.params.get(key) {
+            let time = matches!(key, "mtime" | "wtime" | "lastcheck" | "mkfs_time");
+            let _ = writeln!(
+                cmds,
+                "ssv {key} {}{}",
+                if time { "@" } else { "" },
+                *v as i64
+            );
+        }
+    }
+    let script = work.path().join("debugfs.cmds");
+    std::fs::write(&script, &cmds)?;
+    let target = format!("{}?offset={offset}", image.display());
+    let mut debugfs = Command::new("debugfs");
+    // debugfs stamps the superblock's write time when it closes the filesystem.
+    if let Some(Param::U64(w)) = fs.params.get("wtime") {
+        debugfs.env("E2FSPROGS_FAKE_TIME", w.to_string());
+    }
+    let out = debugfs
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(&target)
+        .output()
+        .context("running debugfs")?;
+    // debugfs exits 0 even when a command fails: its errors are the stderr lines that are not
+    // the banner or an echo of a command.
+    let errors: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| {
+            !l.starts_with("debugfs ") && !l.starts_with("debugfs:") && !l.trim().is_empty()
+        })
+        .map(str::to_string)
+        .collect();
+    if !out.status.success() || !errors.is_empty() {
+        bail!("debugfs: {}", errors.join("; "));
+    }
+    Ok(())
+}

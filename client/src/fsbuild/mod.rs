@@ -1,0 +1,3 @@
+//! Recreating filesystems at checkout.
+
+pub mod ext4;
