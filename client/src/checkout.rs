@@ -137,7 +137,7 @@ pub fn checkout(
             let Item::Filesystem(fs) = item(store, digest)? else {
                 bail!("{} is not a filesystem", digest.to_text())
             };
-            if !matches!(fs.fs_type.as_str(), "ext2" | "ext3" | "ext4") {
+            if !matches!(fs.fs_type.as_str(), "ext2" | "ext3" | "ext4" | "vfat") {
                 bail!(
                     "partition {} holds {}: recreating it is not implemented yet",
                     p.number,
@@ -180,9 +180,12 @@ pub fn checkout(
         }
         f.sync_all()?;
         for (start, size, fs) in &filesystems {
-            crate::fsbuild::ext4::recreate(store, fs, &raw_path, *start, *size).with_context(
-                || format!("recreating the {} filesystem at byte {start}", fs.fs_type),
-            )?;
+            let r = if fs.fs_type == "vfat" {
+                crate::fsbuild::vfat::recreate(store, fs, &raw_path, *start, *size)
+            } else {
+                crate::fsbuild::ext4::recreate(store, fs, &raw_path, *start, *size)
+            };
+            r.with_context(|| format!("recreating the {} filesystem at byte {start}", fs.fs_type))?;
         }
         Ok(())
     })();

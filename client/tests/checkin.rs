@@ -373,20 +373,57 @@ fn raw_and_swap_partitions_check_out_byte_identical() {
 }
 
 #[test]
-fn checkout_of_filesystems_is_refused_cleanly_for_now() {
+fn gpt_with_esp_and_ext4_round_trips_through_checkout() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let img = gpt_image(dir.path());
+    // Attributes and a creation time on the ESP that mcopy alone would not reproduce.
+    let spec = format!("{}@@{}", img.display(), 4096 * 512);
+    run(Command::new("mattrib").env("MTOOLS_SKIP_CHECK", "1").args([
+        "-i",
+        &spec,
+        "+h",
+        "+s",
+        "::/EFI/BOOTX64.EFI",
+    ]));
     let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
         .trim()
         .to_string();
+    for (fmt, name) in [("raw", "out.img"), ("qcow2", "out.qcow2")] {
+        let out = dir.path().join(name);
+        ok(mirage(
+            &store,
+            &[
+                "checkout",
+                &digest,
+                "-o",
+                out.to_str().unwrap(),
+                "--format",
+                fmt,
+            ],
+        ));
+        assert_eq!(
+            ok(mirage(&store, &["checkin", out.to_str().unwrap()])).trim(),
+            digest,
+            "{fmt}"
+        );
+    }
     let out = dir.path().join("out.img");
-    let o = mirage(&store, &["checkout", &digest, "-o", out.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not implemented yet"));
+    run(Command::new("e2fsck")
+        .arg("-fn")
+        .arg(format!("{}?offset={}", out.display(), 69632 * 512)));
+    let esp = dir.path().join("esp.part");
+    let bytes = std::fs::read(&out).unwrap();
+    std::fs::write(&esp, &bytes[4096 * 512..(4096 + 65536) * 512]).unwrap();
+    run(Command::new("fsck.fat").arg("-n").arg(&esp));
+    let original = std::fs::read(&img).unwrap();
     assert!(
-        !out.exists(),
-        "nothing is written when the checkout is refused"
+        original[..2048 * 512] == bytes[..2048 * 512],
+        "partition table area differs"
+    );
+    assert!(
+        original[2048 * 512..4096 * 512] == bytes[2048 * 512..4096 * 512],
+        "BIOS boot partition differs"
     );
 }
 
@@ -581,4 +618,50 @@ fn ext_filesystems_round_trip_through_checkout() {
             "{dev}"
         );
     }
+}
+
+#[test]
+fn a_bare_fat_filesystem_is_not_mistaken_for_a_partition_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let img = dir.path().join("fat.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    run(Command::new("mkfs.fat")
+        .args(["-F", "16", "-i", "0badf00d", "-n", "BARE"])
+        .arg(&img));
+    let f = dir.path().join("hello.txt");
+    std::fs::write(&f, b"hello fat\n").unwrap();
+    let spec = format!("{}@@0", img.display());
+    run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &spec])
+        .arg(&f)
+        .arg("::/hello.txt"));
+    let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
+        .trim()
+        .to_string();
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(mirage(&store, &["show", &digest, "--json"]))).unwrap();
+    assert_eq!(show["disks"][0]["table"], "none");
+    assert_eq!(
+        show["disks"][0]["partitions"][0]["content"]["filesystem"],
+        "vfat"
+    );
+    assert_eq!(
+        ok(mirage(&store, &["cat", &digest, "/hello.txt"])),
+        "hello fat\n"
+    );
+    let out = dir.path().join("out.img");
+    ok(mirage(
+        &store,
+        &["checkout", &digest, "-o", out.to_str().unwrap()],
+    ));
+    run(Command::new("fsck.fat").arg("-n").arg(&out));
+    assert_eq!(
+        ok(mirage(&store, &["checkin", out.to_str().unwrap()])).trim(),
+        digest
+    );
 }

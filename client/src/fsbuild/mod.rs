@@ -1,3 +1,4 @@
 //! Recreating filesystems at checkout.
 
 pub mod ext4;
+pub mod vfat;

@@ -96,6 +96,11 @@ pub fn parse(src: &dyn BlockSource) -> Result<Table, ImageError> {
     if entries.iter().any(|e| e[0] != 0 && e[0] != 0x80) {
         return Ok(none);
     }
+    // A FAT boot sector whose boot code happens to look like an empty table is a bare
+    // filesystem, not a partitioned disk.
+    if entries.iter().all(|e| e[4] == 0) && crate::fs::vfat::probe(src, 0, src.len()) {
+        return Ok(none);
+    }
     if entries.iter().any(|e| e[4] == 0xEE) {
         for sector in [SECTOR, 4096] {
             if src.len() >= 2 * sector {
