@@ -196,3 +196,130 @@ pub fn compare(a: &Path, b: &Path) -> std::io::Result<Vec<String>> {
     }
     Ok(diffs)
 }
+
+/// Where [`build_disk_image`] put things.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DemoDisk {
+    /// Byte offset of the FAT ESP.
+    pub esp_offset: u64,
+    /// Size of the ESP in bytes.
+    pub esp_size: u64,
+    /// Byte offset of the ext4 root filesystem.
+    pub root_offset: u64,
+}
+
+fn tool(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    let out = cmd
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Builds a small GPT disk image the way a cloud image is laid out — BIOS boot partition,
+/// FAT ESP with a boot loader, ext4 root holding `tree` — with sfdisk, mkfs.fat, mtools and
+/// mke2fs, no root privileges and no mounts.
+pub fn build_disk_image(tree: &Path, img: &Path, tree_bytes: u64) -> anyhow::Result<DemoDisk> {
+    let root_mib = (tree_bytes * 3 / (1 << 20)).max(128);
+    let disk = (root_mib + 40) << 20;
+    File::create(img)?.set_len(disk)?;
+    let root_sectors = root_mib * 2048;
+    let script = format!(
+        "label: gpt\nstart=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=\"bios\"\n\
+         start=4096, size=65536, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"esp\"\n\
+         start=69632, size={root_sectors}, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=\"root\"\n"
+    );
+    let mut child = std::process::Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(img)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("sfdisk stdin"))?
+        .write_all(script.as_bytes())?;
+    if !child.wait()?.success() {
+        anyhow::bail!("sfdisk failed");
+    }
+    // A BIOS boot partition holds boot-loader code: raw bytes Mirage keeps as they are.
+    std::os::unix::fs::FileExt::write_all_at(
+        &File::options().write(true).open(img)?,
+        &pseudo_random(99, 400_000),
+        2048 * 512,
+    )?;
+    tool(
+        std::process::Command::new("mkfs.fat")
+            .args([
+                "-F", "16", "-i", "5eed1234", "-n", "EFI", "--offset", "4096",
+            ])
+            .arg(img)
+            .arg("32768"),
+    )?;
+    let loader = img.with_extension("bootx64.efi");
+    std::fs::write(&loader, pseudo_random(98, 180_000))?;
+    let spec = format!("{}@@{}", img.display(), 4096 * 512);
+    tool(
+        std::process::Command::new("mmd")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", &spec, "::/EFI", "::/EFI/BOOT"]),
+    )?;
+    tool(
+        std::process::Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", &spec])
+            .arg(&loader)
+            .arg("::/EFI/BOOT/BOOTX64.EFI"),
+    )?;
+    std::fs::remove_file(&loader)?;
+    tool(
+        std::process::Command::new("mke2fs")
+            .args([
+                "-q",
+                "-t",
+                "ext4",
+                "-b",
+                "4096",
+                "-L",
+                "root",
+                "-E",
+                &format!("offset={}", 69632 * 512),
+                "-d",
+            ])
+            .arg(tree)
+            .arg(img)
+            .arg((root_sectors / 8).to_string()),
+    )?;
+    Ok(DemoDisk {
+        esp_offset: 4096 * 512,
+        esp_size: 65536 * 512,
+        root_offset: 69632 * 512,
+    })
+}
+
+/// Runs `e2fsck -fn` on the ext4 at `root_offset` and `fsck.fat -n` on a copy of the ESP;
+/// returns one line per check.
+pub fn fsck_disk(img: &Path, d: &DemoDisk) -> anyhow::Result<Vec<String>> {
+    tool(std::process::Command::new("e2fsck").arg("-fn").arg(format!(
+        "{}?offset={}",
+        img.display(),
+        d.root_offset
+    )))?;
+    let esp = img.with_extension("esp");
+    let mut buf = vec![0u8; d.esp_size as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&File::open(img)?, &mut buf, d.esp_offset)?;
+    std::fs::write(&esp, &buf)?;
+    let r = tool(std::process::Command::new("fsck.fat").arg("-n").arg(&esp));
+    std::fs::remove_file(&esp)?;
+    r?;
+    Ok(vec![
+        "e2fsck -fn: clean".into(),
+        "fsck.fat -n: clean".into(),
+    ])
+}

@@ -43,6 +43,15 @@ fn demo_on_a_sha1_store_round_trips_and_verifies() {
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["root"].as_str().unwrap().starts_with("sha1:"));
     assert_eq!(v["differences"].as_array().unwrap().len(), 0);
+    // The disk-image part: checked in, listed, checked out, fsck'd, same serial number again.
+    assert_eq!(v["checkout_same_serial"], true, "{v}");
+    assert_eq!(v["checkin"]["filesystems"], 2);
+    assert!(v["image"].as_str().unwrap().starts_with("sha1:"));
+    assert!(v["listing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l.as_str().unwrap().ends_with(" etc")));
     let stats = json(&mirage(&store, &["store", "stats", "--json"]));
     assert!(stats["items"].as_u64().unwrap() > 100);
     assert!(stats["stored_bytes"].as_u64().unwrap() < stats["logical_bytes"].as_u64().unwrap());
