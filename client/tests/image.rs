@@ -312,3 +312,42 @@ fn hostile_tables_and_containers_give_clear_errors() {
     let err = image::open(&bq).err().unwrap().to_string();
     assert!(err.contains("L1 table"), "{err}");
 }
+
+#[test]
+fn other_containers_are_read_through_qemu_img_with_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = sparse_image(dir.path(), "disk.img", 16);
+    write_at(&raw, 1 << 20, &pseudo_random(7, 2 << 20));
+    let want = {
+        let src = image::open(&raw).unwrap();
+        regions::store_region::<std::convert::Infallible>(
+            src.as_ref(),
+            0,
+            src.len(),
+            Algorithm::Sha256,
+            |_| Ok(()),
+        )
+        .unwrap()
+        .digest
+    };
+    for fmt in ["vmdk", "vdi", "vhdx", "vpc"] {
+        let p = dir.path().join(format!("disk.{fmt}"));
+        run(Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", fmt])
+            .arg(&raw)
+            .arg(&p));
+        let src = image::open(&p).unwrap();
+        assert!(src.len() >= 16 << 20, "{fmt}");
+        // vpc rounds the size up to its geometry; compare the first 16 MiB.
+        let got = regions::store_region::<std::convert::Infallible>(
+            src.as_ref(),
+            0,
+            16 << 20,
+            Algorithm::Sha256,
+            |_| Ok(()),
+        )
+        .unwrap()
+        .digest;
+        assert_eq!(got, want, "{fmt}");
+    }
+}

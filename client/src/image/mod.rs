@@ -65,11 +65,83 @@ pub fn open(path: &Path) -> Result<Box<dyn BlockSource>, ImageError> {
             source,
         }
     })?;
+    if let Some(fmt) = foreign_format(&f).map_err(|source| ImageError::Io {
+        path: path.display().to_string(),
+        source,
+    })? {
+        return convert(path, fmt);
+    }
     if n == 4 && magic == qcow2::MAGIC {
         Ok(Box::new(qcow2::Qcow2::open(f, path)?))
     } else {
         Ok(Box::new(raw::RawFile::open(f, path)?))
     }
+}
+
+/// Containers read through `qemu-img`: VMDK, VDI, VHDX, VHD, QED and qcow version 1.
+fn foreign_format(f: &std::fs::File) -> std::io::Result<Option<&'static str>> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    let mut head = [0u8; 512];
+    let n = f.read_at(&mut head, 0)?;
+    let head = &head[..n];
+    let starts = |m: &[u8]| head.len() >= m.len() && &head[..m.len()] == m;
+    if starts(b"KDMV") || starts(b"# Disk DescriptorFile") {
+        return Ok(Some("vmdk"));
+    }
+    if head.len() >= 0x44 && head[0x40..0x44] == [0x7f, 0x10, 0xda, 0xbe] {
+        return Ok(Some("vdi"));
+    }
+    if starts(b"vhdxfile") {
+        return Ok(Some("vhdx"));
+    }
+    if starts(b"QED\0") {
+        return Ok(Some("qed"));
+    }
+    if starts(&qcow2::MAGIC) && head.len() >= 8 && head[4..8] == [0, 0, 0, 1] {
+        return Ok(Some("qcow"));
+    }
+    if starts(b"conectix") {
+        return Ok(Some("vpc"));
+    }
+    if len >= 512 {
+        let mut tail = [0u8; 8];
+        f.read_exact_at(&mut tail, len - 512)?;
+        if &tail == b"conectix" {
+            return Ok(Some("vpc"));
+        }
+    }
+    Ok(None)
+}
+
+/// Converts a foreign container to a temporary raw file (unlinked at once: it lives as long as
+/// the returned source).
+fn convert(path: &Path, fmt: &'static str) -> Result<Box<dyn BlockSource>, ImageError> {
+    let tmp =
+        std::env::temp_dir().join(format!("mirage-convert-{}-{}.raw", std::process::id(), fmt));
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", fmt, "-O", "raw"])
+        .arg(path)
+        .arg(&tmp)
+        .output()
+        .map_err(|source| ImageError::Io {
+            path: "qemu-img".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(malformed(format!(
+            "{}: qemu-img could not read it as {fmt}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let f = std::fs::File::open(&tmp).map_err(|source| ImageError::Io {
+        path: tmp.display().to_string(),
+        source,
+    });
+    let _ = std::fs::remove_file(&tmp);
+    Ok(Box::new(raw::RawFile::open(f?, path)?))
 }
 
 /// Merges overlapping or touching ranges (input sorted by start).
