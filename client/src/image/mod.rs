@@ -117,8 +117,12 @@ fn foreign_format(f: &std::fs::File) -> std::io::Result<Option<&'static str>> {
 /// Converts a foreign container to a temporary raw file (unlinked at once: it lives as long as
 /// the returned source).
 fn convert(path: &Path, fmt: &'static str) -> Result<Box<dyn BlockSource>, ImageError> {
-    let tmp =
-        std::env::temp_dir().join(format!("mirage-convert-{}-{}.raw", std::process::id(), fmt));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!(
+        "mirage-convert-{}-{n}.{fmt}.raw",
+        std::process::id()
+    ));
     let out = std::process::Command::new("qemu-img")
         .args(["convert", "-f", fmt, "-O", "raw"])
         .arg(path)
