@@ -6,7 +6,8 @@ packages=(
   build-essential   # C/C++ compilers for the bundled RocksDB and zstd
   clang libclang-dev  # bindgen for the RocksDB bindings
   pkg-config
-  e2fsprogs dosfstools mtools fdisk qemu-utils  # image tools (indexer and checkout tests)
+  e2fsprogs dosfstools mtools fdisk util-linux qemu-utils  # image tools (indexer, checkout, tests)
+  python3           # test fixtures (xattrs, sockets, nanosecond times)
 )
 missing=()
 for p in "${packages[@]}"; do

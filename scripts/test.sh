@@ -13,6 +13,7 @@ if cargo tree -p mirage-format -e normal --prefix none --locked | grep -E '^(tok
   exit 1
 fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
+./scripts/fuzz-smoke.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

@@ -1,15 +1,17 @@
-//! Mirage client library: the embedded store, directory ingest and restore, the demo and the
-//! benchmarks behind the `mirage` CLI. Later: the image indexer, checkout, push/pull, mount.
+//! Mirage client library: the embedded store and everything built on it — the image indexer
+//! (checkin), checkout, browsing, directory ingest and restore, the demo and the benchmarks
+//! behind the `mirage` CLI. Image and filesystem parsing lives in `mirage-image`, re-exported
+//! here as [`image`] and [`fs`].
 
 pub mod bench;
 pub mod bench_image;
 pub mod browse;
 pub mod checkout;
 pub mod demo;
-pub mod fs;
 pub mod fsbuild;
-pub mod image;
 pub mod indexer;
 pub mod ingest;
 pub mod paths;
 pub mod restore;
+
+pub use mirage_image::{fs, image};
