@@ -128,3 +128,73 @@ pub fn bench_checkin(
     });
     Ok((pairs, summary))
 }
+
+/// Per image: checkout to raw vs `cp --sparse=always` of the original raw image (+ `sync`).
+pub fn bench_checkout(o: &CheckinBenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pair>> {
+    std::fs::create_dir_all(&o.work)?;
+    let dir = o.work.join("checkout-store");
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(
+        &dir,
+        StoreOptions {
+            create: true,
+            ..StoreOptions::default()
+        },
+    )?;
+    let mut digests = Vec::new();
+    for img in &o.images {
+        digests.push(crate::indexer::checkin(&store, img, o.threads)?.0);
+    }
+    let mut pairs = Vec::new();
+    for (img, d) in o.images.iter().zip(&digests) {
+        let (mut m, mut b) = (Vec::new(), Vec::new());
+        for run in 0..o.runs {
+            std::io::copy(&mut std::fs::File::open(img)?, &mut std::io::sink())?;
+            let copy = o.work.join("cp-copy.img");
+            let _ = std::fs::remove_file(&copy);
+            sync()?;
+            let t = Instant::now();
+            if !Command::new("cp")
+                .arg("--sparse=always")
+                .arg(img)
+                .arg(&copy)
+                .status()?
+                .success()
+            {
+                bail!("cp failed");
+            }
+            sync()?;
+            b.push(t.elapsed().as_secs_f64());
+            std::fs::remove_file(&copy)?;
+            let out = o.work.join("checkout.img");
+            let _ = std::fs::remove_file(&out);
+            sync()?;
+            let t = Instant::now();
+            crate::checkout::checkout(&store, d, &out, crate::checkout::Format::Raw)?;
+            sync()?;
+            m.push(t.elapsed().as_secs_f64());
+            std::fs::remove_file(&out)?;
+            say(&format!(
+                "run {run} {}: cp {:.2} s, checkout {:.2} s",
+                img.display(),
+                b[run],
+                m[run]
+            ));
+        }
+        let name = img
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        pairs.push(Pair::new(
+            &format!("checkout {name} to raw"),
+            "cp --sparse=always + sync",
+            &m,
+            &b,
+            allocated(img)?,
+            String::new(),
+        ));
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(pairs)
+}

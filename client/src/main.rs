@@ -125,6 +125,20 @@ enum StoreCmd {
 
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
+    /// Checkout of an image family to raw, each image timed against cp --sparse=always.
+    Checkout {
+        /// Images (default: the corpus base, derived-1, derived-2, derived-3).
+        images: Vec<PathBuf>,
+        /// Scratch directory.
+        #[arg(long, default_value = "/var/tmp/mirage-bench")]
+        work: PathBuf,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Indexer worker threads.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+    },
     /// Checkin of an image family, each image timed against cp --sparse=always.
     Checkin {
         /// Images in order (default: the corpus base, derived-1, derived-2, derived-3).
@@ -160,6 +174,18 @@ enum BenchCmd {
         #[arg(long, default_value_t = 0)]
         index_items: u64,
     },
+}
+
+/// The given images, or the four corpus images.
+fn corpus_images(images: &[PathBuf]) -> Vec<PathBuf> {
+    if !images.is_empty() {
+        return images.to_vec();
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    ["base", "derived-1", "derived-2", "derived-3"]
+        .iter()
+        .map(|n| home.join(format!(".cache/mirage-corpus/images/{n}.img")))
+        .collect()
 }
 
 fn default_threads() -> usize {
@@ -416,6 +442,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Demo { scale, keep } => return run_demo(&cli, &dir, *scale, keep.as_deref()),
         Cmd::Bench {
             cmd:
+                BenchCmd::Checkout {
+                    images,
+                    work,
+                    runs,
+                    threads,
+                },
+        } => {
+            let o = mirage_client::bench_image::CheckinBenchOptions {
+                images: corpus_images(images),
+                work: work.clone(),
+                runs: (*runs).max(1),
+                threads: *threads,
+            };
+            let json = cli.json;
+            let pairs = mirage_client::bench_image::bench_checkout(&o, |m| {
+                if !json {
+                    eprintln!("{m}")
+                }
+            })?;
+            if json {
+                print_json(&pairs)?;
+            } else {
+                for p in &pairs {
+                    println!("{}", p.line());
+                }
+            }
+        }
+        Cmd::Bench {
+            cmd:
                 BenchCmd::Checkin {
                     images,
                     work,
@@ -423,16 +478,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     threads,
                 },
         } => {
-            let images = if images.is_empty() {
-                let home =
-                    std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-                ["base", "derived-1", "derived-2", "derived-3"]
-                    .iter()
-                    .map(|n| home.join(format!(".cache/mirage-corpus/images/{n}.img")))
-                    .collect()
-            } else {
-                images.clone()
-            };
+            let images = corpus_images(images);
             let o = mirage_client::bench_image::CheckinBenchOptions {
                 images,
                 work: work.clone(),
