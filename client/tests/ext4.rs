@@ -48,7 +48,7 @@ fn build_tree(root: &Path) {
     std::fs::write(root.join("n".repeat(255)), b"long name").unwrap();
     let many = root.join("many");
     std::fs::create_dir(&many).unwrap();
-    for i in 0..12_000 {
+    for i in 0..30_000 {
         std::fs::write(many.join(format!("entry-{i:05}")), b"").unwrap();
     }
     for (name, mode) in [
@@ -164,6 +164,8 @@ fn check(fs_type: &str, extra_mkfs: &[&str], extents_flag: u64) {
             "2c3e1d4f-0000-4000-8000-123456789abc",
             "-L",
             "mirage-test",
+            "-N",
+            "40000",
         ])
         .args(extra_mkfs)
         .arg("-d")
@@ -290,7 +292,7 @@ fn check(fs_type: &str, extra_mkfs: &[&str], extents_flag: u64) {
     assert_eq!(nodes[&b"setgid".to_vec()].flags & 0x70, 0x70);
     assert_eq!(nodes[&b"empty".to_vec()].mtime.secs, -86400 * 365 * 10);
     assert_eq!(nodes[&b"dir/hardlink".to_vec()].id, small.id);
-    assert!(nodes.len() > 12_000);
+    assert!(nodes.len() > 30_000);
 }
 
 fn hex_uuid(s: &str) -> Vec<u8> {
