@@ -16,6 +16,7 @@ use mirage_format::{
 };
 use mirage_node::{Store, StoreError};
 
+use crate::batch::{BatchCounts, Batcher};
 use crate::fs::ext4::Ext4;
 use crate::fs::vfat::Vfat;
 use crate::fs::{FileExtent, FsError, FsReader, Node};
@@ -44,6 +45,14 @@ pub enum CheckinError {
     Content(String),
 }
 
+impl CheckinStats {
+    fn add(&mut self, c: BatchCounts) {
+        self.items_sent += c.sent;
+        self.items_new += c.new;
+        self.new_bytes += c.new_bytes;
+    }
+}
+
 /// What a checkin did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct CheckinStats {
@@ -65,56 +74,6 @@ pub struct CheckinStats {
     pub items_new: u64,
     /// Encoded bytes of new items.
     pub new_bytes: u64,
-}
-
-const BATCH_BYTES: usize = 8 << 20;
-
-/// Batches items into `put_many` calls and counts what was new.
-struct Batcher<'a> {
-    store: &'a Store,
-    items: Vec<Vec<u8>>,
-    bytes: usize,
-    stats: (u64, u64, u64),
-}
-
-impl<'a> Batcher<'a> {
-    fn new(store: &'a Store) -> Self {
-        Batcher {
-            store,
-            items: Vec::new(),
-            bytes: 0,
-            stats: (0, 0, 0),
-        }
-    }
-    fn push(&mut self, item: EncodedItem) -> Result<(), StoreError> {
-        self.bytes += item.bytes.len();
-        self.items.push(item.bytes);
-        if self.bytes >= BATCH_BYTES || self.items.len() >= 1024 {
-            self.flush()?;
-        }
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), StoreError> {
-        if self.items.is_empty() {
-            return Ok(());
-        }
-        let items = std::mem::take(&mut self.items);
-        let sizes: Vec<usize> = items.iter().map(Vec::len).collect();
-        self.bytes = 0;
-        for (o, n) in self.store.put_many(items)?.iter().zip(sizes) {
-            self.stats.0 += 1;
-            if o.new {
-                self.stats.1 += 1;
-                self.stats.2 += n as u64;
-            }
-        }
-        Ok(())
-    }
-    fn add_to(&self, s: &mut CheckinStats) {
-        s.items_sent += self.stats.0;
-        s.items_new += self.stats.1;
-        s.new_bytes += self.stats.2;
-    }
 }
 
 /// Reads a file's content from its extents; holes read as zeros.
@@ -273,7 +232,7 @@ pub fn checkin(
     let root = image.digest;
     b.push(image)?;
     b.flush()?;
-    b.add_to(&mut stats);
+    stats.add(b.counts);
     Ok((root, stats))
 }
 
@@ -446,7 +405,7 @@ fn index_fs(
     let content: parking_lot::Mutex<HashMap<u64, Option<Digest>>> =
         parking_lot::Mutex::new(HashMap::new());
     let next = AtomicUsize::new(0);
-    let results: Vec<Result<(u64, u64, u64), CheckinError>> = std::thread::scope(|s| {
+    let results: Vec<Result<BatchCounts, CheckinError>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 s.spawn(|| {
@@ -484,7 +443,7 @@ fn index_fs(
                         content.lock().insert(id, d);
                     }
                     wb.flush()?;
-                    Ok(wb.stats)
+                    Ok(wb.counts)
                 })
             })
             .collect();
@@ -498,10 +457,7 @@ fn index_fs(
             .collect()
     });
     for r in results {
-        let (a, n, bytes) = r?;
-        stats.items_sent += a;
-        stats.items_new += n;
-        stats.new_bytes += bytes;
+        stats.add(r?);
     }
     let content = content.into_inner();
     // Trees, deepest first (the walk order reversed puts every child before its parent).

@@ -13,6 +13,8 @@ use mirage_format::chunking::{store_content, ChunkError, EncodedItem};
 use mirage_format::{Digest, EntryKind, Item, Timestamp, Tree, TreeEntry};
 use mirage_node::{Store, StoreError};
 
+use crate::batch::{BatchCounts, Batcher};
+
 /// Ingest errors.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -45,6 +47,14 @@ pub enum IngestError {
     },
 }
 
+impl IngestStats {
+    fn add(&mut self, c: BatchCounts) {
+        self.items_sent += c.sent;
+        self.items_new += c.new;
+        self.new_bytes += c.new_bytes;
+    }
+}
+
 /// What an ingest did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct IngestStats {
@@ -62,53 +72,6 @@ pub struct IngestStats {
     pub items_new: u64,
     /// Encoded bytes of the new items.
     pub new_bytes: u64,
-}
-
-/// Batches encoded items and sends them when large enough.
-struct Batcher<'a> {
-    store: &'a Store,
-    items: Vec<Vec<u8>>,
-    bytes: usize,
-    stats: IngestStats,
-}
-
-const BATCH_BYTES: usize = 8 << 20;
-const BATCH_ITEMS: usize = 512;
-
-impl<'a> Batcher<'a> {
-    fn new(store: &'a Store) -> Self {
-        Batcher {
-            store,
-            items: Vec::new(),
-            bytes: 0,
-            stats: IngestStats::default(),
-        }
-    }
-    fn push(&mut self, item: EncodedItem) -> Result<(), StoreError> {
-        self.bytes += item.bytes.len();
-        self.items.push(item.bytes);
-        if self.bytes >= BATCH_BYTES || self.items.len() >= BATCH_ITEMS {
-            self.flush()?;
-        }
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), StoreError> {
-        if self.items.is_empty() {
-            return Ok(());
-        }
-        let items = std::mem::take(&mut self.items);
-        let sizes: Vec<usize> = items.iter().map(Vec::len).collect();
-        self.bytes = 0;
-        let out = self.store.put_many(items)?;
-        self.stats.items_sent += out.len() as u64;
-        for (o, n) in out.iter().zip(sizes) {
-            if o.new {
-                self.stats.items_new += 1;
-                self.stats.new_bytes += n as u64;
-            }
-        }
-        Ok(())
-    }
 }
 
 struct Node {
@@ -256,7 +219,7 @@ pub fn ingest_dir(
         .map(|_| parking_lot::Mutex::new(None))
         .collect();
     let next = AtomicUsize::new(0);
-    let results: Vec<Result<IngestStats, IngestError>> = std::thread::scope(|s| {
+    let results: Vec<Result<BatchCounts, IngestError>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 s.spawn(|| {
@@ -282,7 +245,7 @@ pub fn ingest_dir(
                         *content[i].lock() = d;
                     }
                     b.flush()?;
-                    Ok(b.stats)
+                    Ok(b.counts)
                 })
             })
             .collect();
@@ -300,10 +263,7 @@ pub fn ingest_dir(
     });
     let mut stats = IngestStats::default();
     for r in results {
-        let r = r?;
-        stats.items_sent += r.items_sent;
-        stats.items_new += r.items_new;
-        stats.new_bytes += r.new_bytes;
+        stats.add(r?);
     }
     // Trees, children before parents.
     let mut order = Vec::with_capacity(nodes.len());
@@ -359,9 +319,7 @@ pub fn ingest_dir(
         b.push(item)?;
     }
     b.flush()?;
-    stats.items_sent += b.stats.items_sent;
-    stats.items_new += b.stats.items_new;
-    stats.new_bytes += b.stats.new_bytes;
+    stats.add(b.counts);
     let root_digest = tree_digest
         .get(&0)
         .copied()

@@ -3,6 +3,7 @@
 //! behind the `mirage` CLI. Image and filesystem parsing lives in `mirage-image`, re-exported
 //! here as [`image`] and [`fs`].
 
+pub mod batch;
 pub mod bench;
 pub mod bench_image;
 pub mod browse;
