@@ -296,17 +296,16 @@ fn entry_cmds(
 
 /// Recreates `fs` in `[offset, offset + len)` of the raw image file `image`.
 pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: u64) -> Result<()> {
-    let parent = image
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let work = tempfile::Builder::new()
-        .prefix(".mirage-staging-")
-        .tempdir_in(parent)
-        .context("creating a staging directory")?;
+    let work = super::staging_dir(image, len)?;
     let staging = work.path().join("root");
+    let t = std::time::Instant::now();
     crate::restore::restore_tree_with(store, &fs.root, &staging, true)
         .context("staging the tree")?;
+    tracing::info!(
+        seconds = t.elapsed().as_secs_f64(),
+        "ext: staging tree written"
+    );
+    let t = std::time::Instant::now();
     let out = mke2fs_command(fs, image, offset, &staging)?
         .output()
         .context("running mke2fs")?;
@@ -316,6 +315,8 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    tracing::info!(seconds = t.elapsed().as_secs_f64(), "ext: mke2fs -d done");
+    let t = std::time::Instant::now();
     // Walk the stored tree and the new filesystem together.
     let src: Arc<dyn BlockSource> = Arc::from(crate::image::open(image)?);
     let ext = Ext4::open(src, offset, len)?;
@@ -382,6 +383,12 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
             );
         }
     }
+    tracing::info!(
+        seconds = t.elapsed().as_secs_f64(),
+        lines = cmds.lines().count(),
+        "ext: debugfs script built"
+    );
+    let t = std::time::Instant::now();
     let script = work.path().join("debugfs.cmds");
     std::fs::write(&script, &cmds)?;
     let target = format!("{}?offset={offset}", image.display());
@@ -409,5 +416,6 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
     if !out.status.success() || !errors.is_empty() {
         bail!("debugfs: {}", errors.join("; "));
     }
+    tracing::info!(seconds = t.elapsed().as_secs_f64(), "ext: debugfs done");
     Ok(())
 }

@@ -77,13 +77,7 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
     if offset % 512 != 0 || (total * sector) % 1024 != 0 || total * sector > len {
         bail!("a FAT filesystem of {total} sectors at byte {offset} cannot be recreated with mkfs.fat");
     }
-    let parent = image
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let work = tempfile::Builder::new()
-        .prefix(".mirage-staging-")
-        .tempdir_in(parent)?;
+    let work = super::staging_dir(image, len)?;
     let staging = work.path().join("root");
     crate::restore::restore_tree_with(store, &fs.root, &staging, true)
         .context("staging the tree")?;
