@@ -1,7 +1,8 @@
 //! Checkout: recreating a disk image from the store. Raw regions and raw partitions come back
 //! byte for byte (which restores the partition table, boot code and gaps exactly); swap gets
-//! its header with the same UUID and label. Recreating filesystems (ext2/3/4, vfat) is the
-//! next step and is refused with a clear message until it lands.
+//! its header with the same UUID and label; ext2/3/4 and vfat filesystems are rebuilt with
+//! their identity, parameters and every file's metadata (`crate::fsbuild`). What cannot be
+//! rebuilt is refused before anything is written.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

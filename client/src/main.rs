@@ -49,7 +49,7 @@ enum Cmd {
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
     },
-    /// Recreate a disk image (today: disks whose partitions hold no filesystem).
+    /// Recreate a disk image: partition table, raw regions, swap, ext2/3/4 and vfat filesystems.
     Checkout {
         /// Image digest.
         reference: String,
