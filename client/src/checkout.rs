@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use mirage_format::{Digest, Item, Param, PartitionContent};
-use mirage_node::{ReadOptions, Store};
+use mirage_node::Store;
 
 use crate::browse::item;
 
@@ -39,6 +39,7 @@ pub struct CheckoutStats {
 fn write_chunklist(
     store: &Store,
     out: &File,
+    path: &Path,
     base: u64,
     list: &Digest,
     stats: &mut CheckoutStats,
@@ -46,40 +47,9 @@ fn write_chunklist(
     let Item::ChunkList(cl) = item(store, list)? else {
         bail!("{} is not a chunk list", list.to_text())
     };
-    stats.items += 1;
-    let wanted: Vec<Digest> = cl.chunks.iter().map(|c| c.digest).collect();
-    let mut at: std::collections::HashMap<Digest, Vec<u64>> = std::collections::HashMap::new();
-    for c in &cl.chunks {
-        at.entry(c.digest).or_default().push(c.offset);
-    }
-    let mut failure = None;
-    let r = store.get_many(&wanted, Some(list), ReadOptions::default(), |d, bytes| {
-        if failure.is_some() {
-            return;
-        }
-        let res = bytes.map_err(anyhow::Error::from).and_then(|b| {
-            let data = b.get(2..).context("empty chunk")?;
-            for off in &at[&d] {
-                out.write_all_at(data, base + off)?;
-                stats.written_bytes += data.len() as u64;
-            }
-            stats.items += 1;
-            Ok(())
-        });
-        if let Err(e) = res {
-            failure = Some(e);
-        }
-    })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    if let Some(m) = r.missing.first() {
-        bail!(
-            "chunk {} of {} is not in the store",
-            m.to_text(),
-            list.to_text()
-        );
-    }
+    let (items, bytes) = crate::restore::write_chunks(store, out, path, base, list, &cl)?;
+    stats.items += 1 + items;
+    stats.written_bytes += bytes;
     Ok(())
 }
 
@@ -164,12 +134,12 @@ pub fn checkout(
     };
     let result = (|| -> Result<()> {
         for r in &disk.regions {
-            write_chunklist(store, &f, r.offset, &r.digest, &mut stats)?;
+            write_chunklist(store, &f, &raw_path, r.offset, &r.digest, &mut stats)?;
         }
         for p in &disk.partitions {
             match &p.content {
                 PartitionContent::Raw { digest } => {
-                    write_chunklist(store, &f, p.start, digest, &mut stats)?
+                    write_chunklist(store, &f, &raw_path, p.start, digest, &mut stats)?
                 }
                 PartitionContent::Swap {
                     uuid,

@@ -214,6 +214,54 @@ pub fn restore_tree_with(
     Ok(stats)
 }
 
+/// Writes the chunks of the ChunkList `list` (digest `d`) into `f` at `base`, read in the
+/// context of the list (its location table, in volume order); holes are left unwritten.
+/// Returns the chunks read and the bytes written.
+pub(crate) fn write_chunks(
+    store: &Store,
+    f: &File,
+    path: &Path,
+    base: u64,
+    d: &Digest,
+    list: &mirage_format::ChunkList,
+) -> Result<(u64, u64), RestoreError> {
+    let want: Vec<Digest> = list.chunks.iter().map(|c| c.digest).collect();
+    let mut at: HashMap<Digest, Vec<u64>> = HashMap::new();
+    for c in &list.chunks {
+        at.entry(c.digest).or_default().push(c.offset);
+    }
+    let (mut items, mut bytes) = (0u64, 0u64);
+    let mut err: Option<RestoreError> = None;
+    let r = store.get_many(&want, Some(d), ReadOptions::default(), |cd, r| {
+        if err.is_some() {
+            return;
+        }
+        items += 1;
+        let res = r.map_err(RestoreError::from).and_then(|chunk| {
+            let data = chunk
+                .get(2..)
+                .ok_or_else(|| RestoreError::Structure(format!("chunk {cd:#} is empty")))?;
+            for off in &at[&cd] {
+                f.write_all_at(data, base + off).map_err(io(path))?;
+                bytes += data.len() as u64;
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            err = Some(e);
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if let Some(m) = r.missing.first() {
+        return Err(RestoreError::Structure(format!(
+            "chunk {m:#} of {d:#} is not in the store"
+        )));
+    }
+    Ok((items, bytes))
+}
+
 fn write_file(
     store: &Store,
     d: &Digest,
@@ -231,38 +279,8 @@ fn write_file(
     match Item::decode(bytes) {
         Ok(Item::Blob { data }) => f.write_all_at(&data, 0).map_err(io(path))?,
         Ok(Item::ChunkList(list)) => {
-            let want: Vec<Digest> = list.chunks.iter().map(|c| c.digest).collect();
-            let mut at: HashMap<Digest, Vec<u64>> = HashMap::new();
-            for c in &list.chunks {
-                at.entry(c.digest).or_default().push(c.offset);
-            }
-            let mut err: Option<RestoreError> = None;
-            let r = store.get_many(&want, Some(d), ReadOptions::default(), |cd, r| {
-                if err.is_some() {
-                    return;
-                }
-                *items += 1;
-                let res = r.map_err(RestoreError::from).and_then(|chunk| {
-                    let data = chunk
-                        .get(2..)
-                        .ok_or_else(|| RestoreError::Structure(format!("chunk {cd:#} is empty")))?;
-                    for off in &at[&cd] {
-                        f.write_all_at(data, *off).map_err(io(path))?;
-                    }
-                    Ok(())
-                });
-                if let Err(e) = res {
-                    err = Some(e);
-                }
-            })?;
-            if let Some(e) = err {
-                return Err(e);
-            }
-            if let Some(m) = r.missing.first() {
-                return Err(RestoreError::Structure(format!(
-                    "chunk {m:#} of {d:#} is not in the store"
-                )));
-            }
+            let (n, _) = write_chunks(store, &f, path, 0, d, &list)?;
+            *items += n;
         }
         Ok(other) => {
             return Err(RestoreError::Structure(format!(
