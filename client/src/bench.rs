@@ -238,70 +238,44 @@ pub fn bench_store(o: &BenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pa
         ..ReadOptions::default()
     };
     for cold in [true, false] {
-        let (mut m, mut b) = (Vec::new(), Vec::new());
-        let mut read_bytes = 0;
-        for _ in 0..o.runs {
-            for use_table in [true, false] {
-                if cold && !drop_caches() {
-                    say("cannot drop the page cache (not root): cold runs are skipped");
-                    break;
-                }
-                let store = Store::open(&dir, StoreOptions::default())?;
-                if !cold {
-                    store.get_many(&refs, Some(&big), ropts, |_, _| {})?;
-                }
-                let ctx = use_table.then_some(&big);
-                let (t, st) =
-                    timed(|| Ok(store.get_many(&refs, ctx, ropts, |_, r| assert!(r.is_ok()))?))?;
-                read_bytes = st.bytes_read;
-                if use_table {
-                    m.push(t)
-                } else {
-                    b.push(t)
-                }
+        let label = if cold { "cold" } else { "warm" };
+        if cold && !drop_caches() {
+            say("cannot drop the page cache (not root): cold runs are skipped");
+            continue;
+        }
+        let (m, b, bytes) = table_vs_index(o.runs, cold, |use_table| {
+            let store = Store::open(&dir, StoreOptions::default())?;
+            if !cold {
+                store.get_many(&refs, Some(&big), ropts, |_, _| {})?;
             }
-        }
-        if !m.is_empty() && !b.is_empty() {
-            let label = if cold { "cold" } else { "warm" };
-            pairs.push(Pair::new(
-                &format!("read one manifest's items ({label})"),
-                "index lookups",
-                &m,
-                &b,
-                read_bytes,
-                format!(
-                    "{} items of tree {big:#}; index of {index_size} items",
-                    refs.len()
-                ),
-            ));
-        }
-        let (mut m, mut b) = (Vec::new(), Vec::new());
-        for _ in 0..o.runs {
-            for use_table in [true, false] {
-                if cold && !drop_caches() {
-                    break;
-                }
-                let store = Store::open(&dir, StoreOptions::default())?;
-                let (t, n) = timed(|| read_all(&store, &trees, use_table, ropts))?;
-                read_bytes = n;
-                if use_table {
-                    m.push(t)
-                } else {
-                    b.push(t)
-                }
-            }
-        }
-        if !m.is_empty() && !b.is_empty() {
-            let label = if cold { "cold" } else { "warm" };
-            pairs.push(Pair::new(
-                &format!("read every item of the tree ({label})"),
-                "index lookups",
-                &m,
-                &b,
-                read_bytes,
-                format!("{} trees; index of {index_size} items", trees.len()),
-            ));
-        }
+            let ctx = use_table.then_some(&big);
+            let (t, st) =
+                timed(|| Ok(store.get_many(&refs, ctx, ropts, |_, r| assert!(r.is_ok()))?))?;
+            Ok((t, st.bytes_read))
+        })?;
+        pairs.push(Pair::new(
+            &format!("read one manifest's items ({label})"),
+            "index lookups",
+            &m,
+            &b,
+            bytes,
+            format!(
+                "{} items of tree {big:#}; index of {index_size} items",
+                refs.len()
+            ),
+        ));
+        let (m, b, bytes) = table_vs_index(o.runs, cold, |use_table| {
+            let store = Store::open(&dir, StoreOptions::default())?;
+            timed(|| read_all(&store, &trees, use_table, ropts))
+        })?;
+        pairs.push(Pair::new(
+            &format!("read every item of the tree ({label})"),
+            "index lookups",
+            &m,
+            &b,
+            bytes,
+            format!("{} trees; index of {index_size} items", trees.len()),
+        ));
     }
 
     // Hashing vs coreutils on the same bytes.
@@ -360,6 +334,31 @@ fn pad_index(store: &Store, n: u64) -> Result<()> {
     }
     store.checkpoint()?;
     Ok(())
+}
+
+/// Runs `f(use_table)` `runs` times for each side, alternating, dropping the page cache first
+/// when `cold`; returns the location-table times, the index-lookup times and the bytes read.
+fn table_vs_index(
+    runs: usize,
+    cold: bool,
+    mut f: impl FnMut(bool) -> Result<(f64, u64)>,
+) -> Result<(Vec<f64>, Vec<f64>, u64)> {
+    let (mut m, mut b, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..runs {
+        for use_table in [true, false] {
+            if cold {
+                drop_caches();
+            }
+            let (t, n) = f(use_table)?;
+            bytes = n;
+            if use_table {
+                m.push(t)
+            } else {
+                b.push(t)
+            }
+        }
+    }
+    Ok((m, b, bytes))
 }
 
 fn hash_file(path: &Path, alg: Algorithm) -> Result<Digest> {

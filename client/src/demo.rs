@@ -197,6 +197,27 @@ pub fn compare(a: &Path, b: &Path) -> std::io::Result<Vec<String>> {
     Ok(diffs)
 }
 
+/// Writes a partition table with `sfdisk` from its script (no kernel involved).
+pub fn sfdisk(img: &Path, script: &str) -> anyhow::Result<()> {
+    let mut child = std::process::Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(img)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("sfdisk stdin"))?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        anyhow::bail!("sfdisk: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 /// Where [`build_disk_image`] put things.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DemoDisk {
@@ -234,20 +255,7 @@ pub fn build_disk_image(tree: &Path, img: &Path, tree_bytes: u64) -> anyhow::Res
          start=4096, size=65536, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"esp\"\n\
          start=69632, size={root_sectors}, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=\"root\"\n"
     );
-    let mut child = std::process::Command::new("sfdisk")
-        .args(["-q", "--no-reread", "--no-tell-kernel"])
-        .arg(img)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("sfdisk stdin"))?
-        .write_all(script.as_bytes())?;
-    if !child.wait()?.success() {
-        anyhow::bail!("sfdisk failed");
-    }
+    sfdisk(img, &script)?;
     // A BIOS boot partition holds boot-loader code: raw bytes Mirage keeps as they are.
     std::os::unix::fs::FileExt::write_all_at(
         &File::options().write(true).open(img)?,

@@ -148,11 +148,10 @@ fn crtime(meta: &Metadata) -> Option<Timestamp> {
     })
 }
 
-fn entry_for(node: &Node) -> Result<TreeEntry, IngestError> {
-    let m = &node.meta;
-    let ft = m.file_type();
+/// The entry kind of a local file type.
+pub fn entry_kind(ft: &std::fs::FileType) -> EntryKind {
     use std::os::unix::fs::FileTypeExt;
-    let kind = if ft.is_file() {
+    if ft.is_file() {
         EntryKind::File
     } else if ft.is_dir() {
         EntryKind::Dir
@@ -166,7 +165,13 @@ fn entry_for(node: &Node) -> Result<TreeEntry, IngestError> {
         EntryKind::Fifo
     } else {
         EntryKind::Socket
-    };
+    }
+}
+
+fn entry_for(node: &Node) -> Result<TreeEntry, IngestError> {
+    let m = &node.meta;
+    let ft = m.file_type();
+    let kind = entry_kind(&ft);
     let mut e = TreeEntry::new(node.name.clone(), kind);
     e.mode = m.mode() & 0o7777;
     e.uid = m.uid();

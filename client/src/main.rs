@@ -123,36 +123,39 @@ enum StoreCmd {
     Verify,
 }
 
+/// Arguments of the image benchmarks.
+#[derive(clap::Args, Debug)]
+struct ImageBenchArgs {
+    /// Images in order (default: the corpus base, derived-1, derived-2, derived-3).
+    images: Vec<PathBuf>,
+    /// Scratch directory.
+    #[arg(long, default_value = "/var/tmp/mirage-bench")]
+    work: PathBuf,
+    /// Repetitions (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Indexer worker threads.
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+}
+
+impl ImageBenchArgs {
+    fn options(&self) -> mirage_client::bench_image::CheckinBenchOptions {
+        mirage_client::bench_image::CheckinBenchOptions {
+            images: corpus_images(&self.images),
+            work: self.work.clone(),
+            runs: self.runs.max(1),
+            threads: self.threads,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
     /// Checkout of an image family to raw, each image timed against cp --sparse=always.
-    Checkout {
-        /// Images (default: the corpus base, derived-1, derived-2, derived-3).
-        images: Vec<PathBuf>,
-        /// Scratch directory.
-        #[arg(long, default_value = "/var/tmp/mirage-bench")]
-        work: PathBuf,
-        /// Repetitions (medians are reported).
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Indexer worker threads.
-        #[arg(long, default_value_t = default_threads())]
-        threads: usize,
-    },
+    Checkout(ImageBenchArgs),
     /// Checkin of an image family, each image timed against cp --sparse=always.
-    Checkin {
-        /// Images in order (default: the corpus base, derived-1, derived-2, derived-3).
-        images: Vec<PathBuf>,
-        /// Scratch directory.
-        #[arg(long, default_value = "/var/tmp/mirage-bench")]
-        work: PathBuf,
-        /// Repetitions (medians are reported).
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Indexer worker threads.
-        #[arg(long, default_value_t = default_threads())]
-        threads: usize,
-    },
+    Checkin(ImageBenchArgs),
     /// Storage engine: ingest vs cp -a, location tables vs index lookups, hashing vs coreutils.
     Store {
         /// Tree to ingest (default: the corpus base root filesystem).
@@ -441,20 +444,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Demo { scale, keep } => return run_demo(&cli, &dir, *scale, keep.as_deref()),
         Cmd::Bench {
-            cmd:
-                BenchCmd::Checkout {
-                    images,
-                    work,
-                    runs,
-                    threads,
-                },
+            cmd: BenchCmd::Checkout(args),
         } => {
-            let o = mirage_client::bench_image::CheckinBenchOptions {
-                images: corpus_images(images),
-                work: work.clone(),
-                runs: (*runs).max(1),
-                threads: *threads,
-            };
+            let o = args.options();
             let json = cli.json;
             let pairs = mirage_client::bench_image::bench_checkout(&o, |m| {
                 if !json {
@@ -470,21 +462,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Bench {
-            cmd:
-                BenchCmd::Checkin {
-                    images,
-                    work,
-                    runs,
-                    threads,
-                },
+            cmd: BenchCmd::Checkin(args),
         } => {
-            let images = corpus_images(images);
-            let o = mirage_client::bench_image::CheckinBenchOptions {
-                images,
-                work: work.clone(),
-                runs: (*runs).max(1),
-                threads: *threads,
-            };
+            let o = args.options();
             let json = cli.json;
             let (pairs, summary) = mirage_client::bench_image::bench_checkin(&o, |m| {
                 if !json {

@@ -1,9 +1,8 @@
 //! `mirage checkin` / `show` / `ls` / `cat` on disk images the test builds itself.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use mirage_client::demo::pseudo_random;
 
@@ -32,21 +31,7 @@ fn ok(o: Output) -> String {
 }
 
 fn sfdisk(img: &Path, script: &str) {
-    let mut child = Command::new("sfdisk")
-        .args(["--no-reread", "--no-tell-kernel", "-q"])
-        .arg(img)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    mirage_client::demo::sfdisk(img, script).unwrap();
 }
 
 fn rootfs(dir: &Path) -> PathBuf {

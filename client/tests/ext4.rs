@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -213,23 +213,10 @@ fn check(fs_type: &str, extra_mkfs: &[&str], extents_flag: u64) {
                 .get(&rel)
                 .unwrap_or_else(|| panic!("{} missing", String::from_utf8_lossy(&rel)));
             let what = String::from_utf8_lossy(&rel).into_owned();
-            let ft = m.file_type();
-            let kind = if ft.is_file() {
-                EntryKind::File
-            } else if ft.is_dir() {
+            let kind = mirage_client::ingest::entry_kind(&m.file_type());
+            if kind == EntryKind::Dir {
                 stack.push(p.clone());
-                EntryKind::Dir
-            } else if ft.is_symlink() {
-                EntryKind::Symlink
-            } else if ft.is_char_device() {
-                EntryKind::CharDev
-            } else if ft.is_block_device() {
-                EntryKind::BlockDev
-            } else if ft.is_fifo() {
-                EntryKind::Fifo
-            } else {
-                EntryKind::Socket
-            };
+            }
             assert_eq!(n.kind, kind, "{what}");
             assert_eq!(n.mode, m.mode() & 0o7777, "{what}");
             assert_eq!((n.uid, n.gid), (m.uid(), m.gid()), "{what}");

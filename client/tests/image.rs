@@ -1,10 +1,9 @@
 //! Image containers and partition tables, on images the tests build with sfdisk and qemu-img.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use mirage_client::demo::pseudo_random;
 use mirage_client::image::{self, regions, table};
@@ -20,27 +19,7 @@ fn run(cmd: &mut Command) {
 }
 
 fn sfdisk(img: &Path, script: &str) {
-    let mut child = Command::new("sfdisk")
-        .arg("--no-reread")
-        .arg("--no-tell-kernel")
-        .arg(img)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "sfdisk: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirage_client::demo::sfdisk(img, script).unwrap();
 }
 
 fn sfdisk_json(img: &Path) -> serde_json::Value {
