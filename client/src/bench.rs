@@ -114,7 +114,8 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn sync() -> Result<()> {
+/// Flushes every dirty page to disk.
+pub(crate) fn sync() -> Result<()> {
     run(&mut Command::new("sync"))
 }
 

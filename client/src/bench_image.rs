@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use mirage_node::{Store, StoreOptions};
 
-use crate::bench::Pair;
+use crate::bench::{sync, Pair};
 
 /// Options.
 #[derive(Clone, Debug)]
@@ -21,14 +21,6 @@ pub struct CheckinBenchOptions {
     pub runs: usize,
     /// Indexer worker threads.
     pub threads: usize,
-}
-
-fn sync() -> Result<()> {
-    let st = Command::new("sync").status()?;
-    if !st.success() {
-        bail!("sync failed");
-    }
-    Ok(())
 }
 
 fn allocated(p: &Path) -> Result<u64> {

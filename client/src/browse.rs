@@ -29,7 +29,8 @@ fn utf16(b: &[u8]) -> String {
     String::from_utf16_lossy(&units)
 }
 
-fn uuid_text(b: &[u8]) -> String {
+/// A 16-byte UUID as text (`8-4-4-4-12` hex), other lengths as plain hex.
+pub(crate) fn uuid_text(b: &[u8]) -> String {
     if b.len() == 16 {
         let h = hexs(b);
         format!(

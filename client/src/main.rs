@@ -249,6 +249,16 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+fn print_pairs(json: bool, pairs: &[bench::Pair]) -> Result<()> {
+    if json {
+        return print_json(&pairs);
+    }
+    for p in pairs {
+        println!("{}", p.line());
+    }
+    Ok(())
+}
+
 fn mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
@@ -453,13 +463,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     eprintln!("{m}")
                 }
             })?;
-            if json {
-                print_json(&pairs)?;
-            } else {
-                for p in &pairs {
-                    println!("{}", p.line());
-                }
-            }
+            print_pairs(json, &pairs)?;
         }
         Cmd::Bench {
             cmd: BenchCmd::Checkin(args),
@@ -515,13 +519,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     eprintln!("{m}")
                 }
             })?;
-            if json {
-                print_json(&pairs)?;
-            } else {
-                for p in &pairs {
-                    println!("{}", p.line());
-                }
-            }
+            print_pairs(json, &pairs)?;
         }
     }
     Ok(ExitCode::SUCCESS)

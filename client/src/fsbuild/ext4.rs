@@ -99,17 +99,7 @@ fn p_bytes<'a>(fs: &'a Filesystem, key: &str) -> &'a [u8] {
 }
 
 fn uuid_text(b: &[u8]) -> Option<String> {
-    (b.len() == 16).then(|| {
-        let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        )
-    })
+    (b.len() == 16).then(|| crate::browse::uuid_text(b))
 }
 
 /// Feature list for `mke2fs -O none,...`; unknown bits are an error.
