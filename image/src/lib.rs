@@ -6,3 +6,4 @@
 
 pub mod fs;
 pub mod image;
+mod le;

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 
 use super::{FileExtent, FsError, FsInfo, FsReader, Node};
 use crate::image::BlockSource;
+use crate::le::{le16, le32};
 
 const FS: &str = "vfat";
 /// Node id of the root directory (entry offsets are always larger).
@@ -42,20 +43,6 @@ fn corrupt(what: impl Into<String>) -> FsError {
     FsError::Corrupt {
         fs: FS,
         what: what.into(),
-    }
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    match b.get(at..at.saturating_add(2)) {
-        Some(&[x, y]) => u16::from_le_bytes([x, y]),
-        _ => 0,
-    }
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    match b.get(at..at.saturating_add(4)) {
-        Some(&[a, c, d, e]) => u32::from_le_bytes([a, c, d, e]),
-        _ => 0,
     }
 }
 

@@ -6,6 +6,7 @@
 use mirage_format::{Param, Params, TableType};
 
 use super::{malformed, BlockSource, ImageError};
+use crate::le::{le32, le64};
 
 /// Logical sector size assumed for tables (512; 4 KiB-sector GPT is detected).
 pub const SECTOR: u64 = 512;
@@ -48,16 +49,6 @@ pub struct Table {
     pub params: Params,
     /// Partitions sorted by number.
     pub partitions: Vec<PartEntry>,
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 fn read(src: &dyn BlockSource, offset: u64, len: u64, what: &str) -> Result<Vec<u8>, ImageError> {

@@ -14,14 +14,7 @@ pub use inode::{acl_to_xattr, Inode};
 
 use crate::fs::{FileExtent, FsError, FsInfo, FsReader, Node};
 use crate::image::BlockSource;
-
-pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
+pub(crate) use crate::le::{le16, le32};
 
 const MAGIC: u16 = 0xEF53;
 const INCOMPAT_RECOVER: u32 = 0x4;
