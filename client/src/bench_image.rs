@@ -162,7 +162,7 @@ pub fn bench_checkout(o: &CheckinBenchOptions, mut say: impl FnMut(&str)) -> Res
             let _ = std::fs::remove_file(&out);
             sync()?;
             let t = Instant::now();
-            crate::checkout::checkout(&store, d, &out, crate::checkout::Format::Raw)?;
+            crate::checkout::checkout(&store, d, &out, Default::default())?;
             sync()?;
             m.push(t.elapsed().as_secs_f64());
             std::fs::remove_file(&out)?;

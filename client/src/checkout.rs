@@ -33,6 +33,10 @@ pub struct CheckoutStats {
     pub written_bytes: u64,
     /// Items read.
     pub items: u64,
+    /// Filesystems written from their stored layout.
+    pub by_layout: u64,
+    /// Filesystems rebuilt from their trees.
+    pub rebuilt: u64,
 }
 
 /// Writes the ChunkList `list` at `base` of `out`; holes stay sparse.
@@ -82,13 +86,90 @@ fn write_swap(
     Ok(())
 }
 
+/// How to check out.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckoutOptions {
+    /// Output container.
+    pub format: Format,
+    /// Rebuild every filesystem from its tree, even where its layout (skeleton) is stored.
+    pub rebuild: bool,
+    /// Worker threads for file contents.
+    pub threads: usize,
+    /// Re-hash every file content read (records are always CRC-checked).
+    pub verify: bool,
+}
+
+impl Default for CheckoutOptions {
+    fn default() -> Self {
+        CheckoutOptions {
+            format: Format::Raw,
+            rebuild: false,
+            verify: false,
+            threads: std::env::var("MIRAGE_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        }
+    }
+}
+
+/// Writes one filesystem: by its stored layout where it has one (unless `rebuild`), falling
+/// back to rebuilding it from its tree when the layout does not match the tree.
+fn write_filesystem(
+    store: &Store,
+    fs: &mirage_format::Filesystem,
+    path: &Path,
+    start: u64,
+    size: u64,
+    opts: CheckoutOptions,
+    stats: &mut CheckoutStats,
+) -> Result<()> {
+    if fs.skeleton.is_some() && !opts.rebuild {
+        match crate::fsbuild::layout::recreate(
+            store,
+            fs,
+            path,
+            start,
+            size,
+            opts.threads,
+            opts.verify,
+        ) {
+            Ok(st) => {
+                stats.items += st.items;
+                stats.written_bytes += st.bytes;
+                stats.by_layout += 1;
+                return Ok(());
+            }
+            Err(e) if e.is::<crate::fsbuild::layout::Mismatch>() => {
+                tracing::warn!("{e:#}; rebuilding the filesystem from its tree");
+                let f = OpenOptions::new().write(true).open(path)?;
+                rustix::fs::fallocate(
+                    &f,
+                    rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                    start,
+                    size,
+                )
+                .context("clearing the partition before rebuilding it")?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    stats.rebuilt += 1;
+    if fs.fs_type == "vfat" {
+        crate::fsbuild::vfat::recreate(store, fs, path, start, size)
+    } else {
+        crate::fsbuild::ext4::recreate(store, fs, path, start, size)
+    }
+}
+
 /// Recreates the image `image` into `out` (which must not exist).
 pub fn checkout(
     store: &Store,
     image: &Digest,
     out: &Path,
-    format: Format,
+    opts: CheckoutOptions,
 ) -> Result<CheckoutStats> {
+    let format = opts.format;
     let Item::Image(img) = item(store, image)? else {
         bail!("{} is not an image", image.to_text())
     };
@@ -149,15 +230,14 @@ pub fn checkout(
                 PartitionContent::Empty | PartitionContent::Filesystem { .. } => {}
             }
         }
-        f.sync_all()?;
         for (start, size, fs) in &filesystems {
-            let r = if fs.fs_type == "vfat" {
-                crate::fsbuild::vfat::recreate(store, fs, &raw_path, *start, *size)
-            } else {
-                crate::fsbuild::ext4::recreate(store, fs, &raw_path, *start, *size)
-            };
-            r.with_context(|| format!("recreating the {} filesystem at byte {start}", fs.fs_type))?;
+            let t = std::time::Instant::now();
+            write_filesystem(store, fs, &raw_path, *start, *size, opts, &mut stats).with_context(
+                || format!("recreating the {} filesystem at byte {start}", fs.fs_type),
+            )?;
+            tracing::info!(fs = %fs.fs_type, start, elapsed = ?t.elapsed(), "filesystem written");
         }
+        f.sync_all()?;
         Ok(())
     })();
     if let Err(e) = result {

@@ -20,7 +20,7 @@ use crate::batch::{BatchCounts, Batcher};
 use crate::fs::ext4::Ext4;
 use crate::fs::vfat::Vfat;
 use crate::fs::{FileExtent, FsError, FsReader, Node};
-use crate::image::regions::{store_region, RegionError};
+use crate::image::regions::{store_region, Masked, RegionError};
 use crate::image::{self, table, BlockSource, ImageError};
 
 /// Checkin errors. Nothing is registered when one occurs.
@@ -264,11 +264,11 @@ fn partition_content(
     };
     if crate::fs::ext4::probe(src.as_ref(), p.start, p.size) {
         let fs = Ext4::open(src.clone(), p.start, p.size).map_err(fs_err)?;
-        return index_fs(store, src.as_ref(), &fs, p.number, threads, b, stats);
+        return index_fs(store, src.as_ref(), &fs, p, threads, b, stats);
     }
     if crate::fs::vfat::probe(src.as_ref(), p.start, p.size) {
         let fs = Vfat::open(src.clone(), p.start, p.size).map_err(fs_err)?;
-        return index_fs(store, src.as_ref(), &fs, p.number, threads, b, stats);
+        return index_fs(store, src.as_ref(), &fs, p, threads, b, stats);
     }
     if let Some(swap) = swap_identity(src.as_ref(), p.start, p.size)? {
         return Ok(swap);
@@ -323,7 +323,7 @@ fn swap_identity(
     Ok(None)
 }
 
-fn entry_of(node: &Node, name: Vec<u8>) -> TreeEntry {
+pub(crate) fn entry_of(node: &Node, name: Vec<u8>) -> TreeEntry {
     let mut e = TreeEntry::new(name, node.kind);
     e.mode = node.mode;
     e.uid = node.uid;
@@ -345,11 +345,12 @@ fn index_fs(
     store: &Store,
     src: &dyn BlockSource,
     fs: &dyn FsReader,
-    part: u32,
+    p: &table::PartEntry,
     threads: usize,
     b: &mut Batcher<'_>,
     stats: &mut CheckinStats,
 ) -> Result<PartitionContent, CheckinError> {
+    let part = p.number;
     let fs_err = |source| CheckinError::Fs { part, source };
     let alg = store.algorithm();
     // Deterministic walk: directories in name order, depth first.
@@ -404,6 +405,8 @@ fn index_fs(
     }
     let content: parking_lot::Mutex<HashMap<u64, Option<Digest>>> =
         parking_lot::Mutex::new(HashMap::new());
+    // Where file content lies on the disk, to leave it out of the skeleton.
+    let file_data: parking_lot::Mutex<Vec<(u64, u64)>> = parking_lot::Mutex::new(Vec::new());
     let next = AtomicUsize::new(0);
     let results: Vec<Result<BatchCounts, CheckinError>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1))
@@ -419,6 +422,11 @@ fn index_fs(
                             Some(data) => store_content(&data[..], size, alg, |i| wb.push(i)),
                             None => {
                                 let extents = fs.extents(id).map_err(fs_err)?;
+                                file_data.lock().extend(
+                                    extents
+                                        .iter()
+                                        .filter_map(|e| e.physical.map(|p| (p, p + e.len))),
+                                );
                                 let r = ExtentReader {
                                     src,
                                     extents,
@@ -496,6 +504,17 @@ fn index_fs(
     let mut root_attrs = entry_of(&root_node, Vec::new());
     root_attrs.size = 0;
     let info = fs.info();
+    let skeleton = match fs.skeleton(&file_data.into_inner()).map_err(fs_err)? {
+        Some(ranges) => {
+            let masked = Masked::new(src, ranges);
+            let list = store_region(&masked, p.start, p.start + p.size, alg, |i| b.push(i))
+                .map_err(region_err)?;
+            let d = list.digest;
+            b.push(list)?;
+            Some(d)
+        }
+        None => None,
+    };
     let fs_item = encode(
         store,
         &Item::Filesystem(Filesystem {
@@ -505,7 +524,7 @@ fn index_fs(
             params: info.params.clone(),
             root,
             root_attrs,
-            skeleton: None,
+            skeleton,
             pinned: Vec::new(),
         }),
     )?;

@@ -59,6 +59,13 @@ enum Cmd {
         /// Output format.
         #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
         format: String,
+        /// Rebuild every filesystem from its file tree (mke2fs and friends) instead of laying
+        /// it out as it was checked in.
+        #[arg(long)]
+        rebuild: bool,
+        /// Re-hash every file content read from the store (records are always CRC-checked).
+        #[arg(long)]
+        verify: bool,
     },
     /// Show an image: disks, partitions, filesystems, sizes, identities.
     Show {
@@ -370,15 +377,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             reference,
             output,
             format,
+            rebuild,
+            verify,
         } => {
             let store = open_existing(&dir)?;
             let d: Digest = reference.parse()?;
-            let fmt = if format == "qcow2" {
-                mirage_client::checkout::Format::Qcow2
-            } else {
-                mirage_client::checkout::Format::Raw
+            let opts = mirage_client::checkout::CheckoutOptions {
+                format: if format == "qcow2" {
+                    mirage_client::checkout::Format::Qcow2
+                } else {
+                    mirage_client::checkout::Format::Raw
+                },
+                rebuild: *rebuild,
+                verify: *verify,
+                ..Default::default()
             };
-            let stats = mirage_client::checkout::checkout(&store, &d, output, fmt)?;
+            let stats = mirage_client::checkout::checkout(&store, &d, output, opts)?;
             if cli.json {
                 print_json(&stats)?;
             } else {
@@ -567,7 +581,7 @@ fn run_demo(cli: &Cli, dir: &Path, scale: usize, keep: Option<&Path>) -> Result<
         .collect();
     let copy = work.join("checkout.img");
     let t = std::time::Instant::now();
-    mirage_client::checkout::checkout(&store, &image, &copy, mirage_client::checkout::Format::Raw)?;
+    mirage_client::checkout::checkout(&store, &image, &copy, Default::default())?;
     let checkout_s = t.elapsed().as_secs_f64();
     let fsck = demo::fsck_disk(&copy, &layout)?;
     let (again, _) = mirage_client::indexer::checkin(&store, &copy, default_threads())?;

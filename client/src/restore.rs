@@ -225,6 +225,21 @@ pub(crate) fn write_chunks(
     d: &Digest,
     list: &mirage_format::ChunkList,
 ) -> Result<(u64, u64), RestoreError> {
+    for_each_chunk(store, d, list, ReadOptions::default(), |data, off| {
+        f.write_all_at(data, base + off).map_err(io(path))
+    })
+}
+
+/// Reads the chunks of the ChunkList `list` (digest `d`) in the context of the list (its
+/// location table, in volume order) and hands each one's bytes to `put` at each of its
+/// offsets. Returns the chunks read and the bytes handed over.
+pub(crate) fn for_each_chunk(
+    store: &Store,
+    d: &Digest,
+    list: &mirage_format::ChunkList,
+    opts: ReadOptions,
+    mut put: impl FnMut(&[u8], u64) -> Result<(), RestoreError>,
+) -> Result<(u64, u64), RestoreError> {
     let want: Vec<Digest> = list.chunks.iter().map(|c| c.digest).collect();
     let mut at: HashMap<Digest, Vec<u64>> = HashMap::new();
     for c in &list.chunks {
@@ -232,7 +247,7 @@ pub(crate) fn write_chunks(
     }
     let (mut items, mut bytes) = (0u64, 0u64);
     let mut err: Option<RestoreError> = None;
-    let r = store.get_many(&want, Some(d), ReadOptions::default(), |cd, r| {
+    let r = store.get_many(&want, Some(d), opts, |cd, r| {
         if err.is_some() {
             return;
         }
@@ -242,7 +257,7 @@ pub(crate) fn write_chunks(
                 .get(2..)
                 .ok_or_else(|| RestoreError::Structure(format!("chunk {cd:#} is empty")))?;
             for off in &at[&cd] {
-                f.write_all_at(data, base + off).map_err(io(path))?;
+                put(data, *off)?;
                 bytes += data.len() as u64;
             }
             Ok(())

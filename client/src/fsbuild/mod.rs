@@ -1,6 +1,7 @@
 //! Recreating filesystems at checkout.
 
 pub mod ext4;
+pub mod layout;
 pub mod vfat;
 
 use std::path::Path;

@@ -112,4 +112,10 @@ pub trait FsReader: Send + Sync {
     fn inline_data(&self, _id: u64) -> Result<Option<Vec<u8>>, FsError> {
         Ok(None)
     }
+    /// The skeleton: absolute byte ranges of everything the filesystem has in use besides
+    /// regular-file content (`file_data`, absolute byte ranges), for readers that can lay
+    /// files back where they were. `None` when the reader has no skeleton.
+    fn skeleton(&self, _file_data: &[(u64, u64)]) -> Result<Option<Vec<(u64, u64)>>, FsError> {
+        Ok(None)
+    }
 }

@@ -97,6 +97,59 @@ pub fn segments(
     Ok(segs)
 }
 
+/// A view of a block source that keeps only the given ranges: everything else reads as zeros
+/// and is never read from the source.
+pub struct Masked<'a> {
+    src: &'a dyn BlockSource,
+    keep: Vec<(u64, u64)>,
+}
+
+impl std::fmt::Debug for Masked<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Masked({} ranges)", self.keep.len())
+    }
+}
+
+impl<'a> Masked<'a> {
+    /// `keep`: sorted, disjoint `[start, end)` byte ranges.
+    pub fn new(src: &'a dyn BlockSource, keep: Vec<(u64, u64)>) -> Self {
+        Masked { src, keep }
+    }
+}
+
+impl BlockSource for Masked<'_> {
+    fn len(&self) -> u64 {
+        self.src.len()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
+        let end = offset + buf.len() as u64;
+        buf.fill(0);
+        let i = self.keep.partition_point(|r| r.1 <= offset);
+        for &(s, e) in self.keep[i..].iter().take_while(|r| r.0 < end) {
+            let (s, e) = (s.max(offset), e.min(end));
+            self.src
+                .read_at(&mut buf[(s - offset) as usize..(e - offset) as usize], s)?;
+        }
+        Ok(())
+    }
+
+    fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>, ImageError> {
+        let i = self.keep.partition_point(|r| r.1 <= start);
+        let mut out = Vec::new();
+        for &(s, e) in self.keep[i..].iter().take_while(|r| r.0 < end) {
+            for (ds, de) in self.src.data_ranges(s.max(start), e.min(end))? {
+                out.push((ds, de));
+            }
+        }
+        Ok(out)
+    }
+
+    fn format(&self) -> &'static str {
+        self.src.format()
+    }
+}
+
 /// A reader over `[pos, end)` of a block source.
 struct SourceReader<'a> {
     src: &'a dyn BlockSource,

@@ -51,9 +51,15 @@ pub struct ReadStats {
 impl Store {
     /// Reads one item (its encoded bytes), verified.
     pub fn get(&self, d: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_with(d, true)
+    }
+
+    /// Reads one item; `verify_digest` as in [`ReadOptions`] (the CRC and the record's own
+    /// digest are always checked).
+    pub fn get_with(&self, d: &Digest, verify_digest: bool) -> Result<Option<Vec<u8>>, StoreError> {
         match self.shared().index.get(d)? {
             None => Ok(None),
-            Some(loc) => self.read_one(d, &loc, true).map(Some),
+            Some(loc) => self.read_one(d, &loc, verify_digest).map(Some),
         }
     }
 
@@ -202,7 +208,7 @@ impl Store {
         let bytes = match h.compression {
             Compression::None => payload.to_vec(),
             Compression::Zstd => {
-                let out = zstd::bulk::decompress(payload, h.raw_len as usize)
+                let out = super::record::zstd_decompress(payload, h.raw_len as usize)
                     .map_err(|e| integrity(d, loc, format!("zstd: {e}")))?;
                 if out.len() != h.raw_len as usize {
                     return Err(integrity(d, loc, "decompressed length differs".into()));

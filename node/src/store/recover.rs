@@ -157,7 +157,7 @@ pub(crate) fn open_record(header: &RecordHeader, rec: &[u8]) -> Result<Vec<u8>, 
     let payload = &rec[HEADER_LEN..];
     let bytes = match header.compression {
         Compression::None => payload.to_vec(),
-        Compression::Zstd => zstd::bulk::decompress(payload, header.raw_len as usize)
+        Compression::Zstd => super::record::zstd_decompress(payload, header.raw_len as usize)
             .map_err(|e| format!("zstd: {e}"))?,
     };
     if bytes.len() != header.raw_len as usize {

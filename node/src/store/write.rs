@@ -146,7 +146,7 @@ fn compress(bytes: Vec<u8>, level: i32) -> (Compression, Vec<u8>) {
     if level <= 0 || bytes.len() < 128 {
         return (Compression::None, bytes);
     }
-    match zstd::bulk::compress(&bytes, level) {
+    match super::record::zstd_compress(&bytes, level) {
         // Keep the compressed form only when it saves at least an eighth.
         Ok(c) if c.len() + bytes.len() / 8 <= bytes.len() => (Compression::Zstd, c),
         _ => (Compression::None, bytes),

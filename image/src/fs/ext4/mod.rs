@@ -5,6 +5,7 @@
 
 mod blocks;
 mod inode;
+pub mod skeleton;
 
 use std::sync::Arc;
 
@@ -71,6 +72,12 @@ pub struct Superblock {
 pub struct Group {
     /// First block of the inode table.
     pub inode_table: u64,
+    /// Block of the block bitmap.
+    pub block_bitmap: u64,
+    /// Block of the inode bitmap.
+    pub inode_bitmap: u64,
+    /// `bg_flags` (`INODE_UNINIT` 1, `BLOCK_UNINIT` 2, `ITABLE_ZEROED` 4).
+    pub flags: u16,
 }
 
 /// An open ext2/3/4 filesystem.
@@ -234,7 +241,19 @@ impl Ext4 {
                     "group {g}: inode table at block {table} lies outside the filesystem"
                 )));
             }
-            groups.push(Group { inode_table: table });
+            let hi = |at: usize| {
+                if dsz >= 64 {
+                    u64::from(le32(d, at)) << 32
+                } else {
+                    0
+                }
+            };
+            groups.push(Group {
+                inode_table: table,
+                block_bitmap: u64::from(le32(d, 0)) | hi(0x20),
+                inode_bitmap: u64::from(le32(d, 4)) | hi(0x24),
+                flags: le16(d, 0x12),
+            });
         }
         let info = fs_info(&sb);
         Ok(Ext4 {
@@ -467,6 +486,10 @@ impl FsReader for Ext4 {
         let ino = u32::try_from(id)
             .map_err(|_| self.corrupt(format!("inode number {id} out of range")))?;
         self.file_extents(&self.inode(ino)?)
+    }
+
+    fn skeleton(&self, file_data: &[(u64, u64)]) -> Result<Option<Vec<(u64, u64)>>, FsError> {
+        self.skeleton_ranges(file_data).map(Some)
     }
 
     fn inline_data(&self, id: u64) -> Result<Option<Vec<u8>>, FsError> {

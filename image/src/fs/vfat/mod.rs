@@ -10,6 +10,8 @@
 //! checked for loops, free or bad clusters, clusters outside the data area and lengths that do
 //! not match the file size; directories are limited to 65536 entries, as on Linux and Windows.
 
+mod skeleton;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -444,6 +446,8 @@ enum Need {
 /// A read-only FAT filesystem.
 pub struct Vfat {
     src: Arc<dyn BlockSource>,
+    /// First byte of the filesystem in the image.
+    offset: u64,
     geo: Geometry,
     info: FsInfo,
     fat_cache: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
@@ -468,6 +472,7 @@ impl Vfat {
         let boot = parse_boot(&b, offset, len)?;
         let mut fs = Vfat {
             src,
+            offset,
             geo: boot.geo,
             info: FsInfo {
                 fs_type: FS.into(),
@@ -799,6 +804,10 @@ impl FsReader for Vfat {
 
     fn read_dir(&self, id: u64) -> Result<Vec<(Vec<u8>, u64)>, FsError> {
         Ok(self.scan_dir(id)?.0)
+    }
+
+    fn skeleton(&self, file_data: &[(u64, u64)]) -> Result<Option<Vec<(u64, u64)>>, FsError> {
+        self.skeleton_ranges(file_data).map(Some)
     }
 
     fn extents(&self, id: u64) -> Result<Vec<FileExtent>, FsError> {

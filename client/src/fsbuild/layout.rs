@@ -1,0 +1,299 @@
+//! Checkout by layout. A filesystem checked in with its skeleton (its metadata blocks, see
+//! `mirage_image::fs::ext4::skeleton`) comes back with those blocks byte for byte and every
+//! file's content in the blocks it had: no staging, no `mke2fs`, every byte written once.
+//!
+//! The skeleton is a hint, the tree is the truth: the skeleton is written first, then read back
+//! with the same user-space reader the indexer uses and walked in step with the stored trees.
+//! Every name, type and metadata field must match; any difference is a [`Mismatch`] and the
+//! caller rebuilds the filesystem from the tree instead.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use mirage_format::{Digest, EntryKind, Filesystem, Item, Tree};
+use mirage_image::fs::ext4::Ext4;
+use mirage_image::fs::vfat::Vfat;
+use mirage_image::fs::{FileExtent, FsReader};
+use mirage_image::image::raw::RawFile;
+use mirage_image::image::BlockSource;
+use mirage_node::{ReadOptions, Store};
+
+use crate::browse::item;
+use crate::indexer::entry_of;
+use crate::restore::{for_each_chunk, RestoreError};
+
+/// The skeleton written does not describe the stored tree.
+#[derive(Debug, thiserror::Error)]
+#[error("the filesystem layout does not match its tree: {0}")]
+pub struct Mismatch(pub String);
+
+/// What a layout checkout wrote.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LayoutStats {
+    /// Items read.
+    pub items: u64,
+    /// Bytes written (skeleton and contents).
+    pub bytes: u64,
+}
+
+/// Writes the filesystem `fs` (which has a skeleton) into `image` at `offset`. File contents
+/// are read with the record CRC and the record's digest checked; `verify` also re-hashes them.
+pub fn recreate(
+    store: &Store,
+    fs: &Filesystem,
+    image: &Path,
+    offset: u64,
+    len: u64,
+    threads: usize,
+    verify: bool,
+) -> Result<LayoutStats> {
+    let skeleton = fs.skeleton.context("the filesystem has no skeleton")?;
+    let Item::ChunkList(list) = item(store, &skeleton)? else {
+        bail!("skeleton {} is not a chunk list", skeleton.to_text())
+    };
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let mut stats = LayoutStats::default();
+    let t0 = std::time::Instant::now();
+    let (n, b) = crate::restore::write_chunks(store, &f, image, offset, &skeleton, &list)?;
+    stats.items += 1 + n;
+    stats.bytes += b;
+    let src: Arc<dyn BlockSource> = Arc::new(RawFile::open(f.try_clone()?, image)?);
+    let reader: Box<dyn FsReader> = match fs.fs_type.as_str() {
+        "vfat" => Box::new(Vfat::open(src, offset, len).map_err(|e| Mismatch(e.to_string()))?),
+        _ => Box::new(Ext4::open(src, offset, len).map_err(|e| Mismatch(e.to_string()))?),
+    };
+    let reader = reader.as_ref();
+    if reader.info().uuid != fs.uuid || reader.info().fs_type != fs.fs_type {
+        return Err(Mismatch("the skeleton holds another filesystem".into()).into());
+    }
+    let t1 = std::time::Instant::now();
+    let jobs = walk(store, fs, reader, &mut stats)?;
+    let t2 = std::time::Instant::now();
+    let next = AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Result<LayoutStats>> = std::thread::scope(|s| {
+        // Write back while the workers fill the page cache, so that the final fsync finds
+        // little left to do and the disk works alongside the CPU.
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(40));
+                if let Err(e) = f.sync_data() {
+                    tracing::debug!("early writeback: {e}");
+                    break;
+                }
+            }
+        });
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut st = LayoutStats::default();
+                    while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        write_file(store, &f, image, reader, job, verify, &mut st)?;
+                    }
+                    Ok(st)
+                })
+            })
+            .collect();
+        let r = workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| bail!("a checkout worker panicked"))
+            })
+            .collect();
+        done.store(true, Ordering::Relaxed);
+        r
+    });
+    for r in results {
+        let st = r?;
+        stats.items += st.items;
+        stats.bytes += st.bytes;
+    }
+    tracing::info!(
+        skeleton = ?(t1 - t0),
+        walk = ?(t2 - t1),
+        contents = ?t2.elapsed(),
+        files = jobs.len(),
+        "filesystem laid out"
+    );
+    Ok(stats)
+}
+
+/// One file to fill: its inode, size and content.
+struct Job {
+    ino: u64,
+    size: u64,
+    content: Digest,
+}
+
+/// Walks the stored trees and the written skeleton in step; returns the files to fill.
+fn walk(
+    store: &Store,
+    fs: &Filesystem,
+    reader: &dyn FsReader,
+    stats: &mut LayoutStats,
+) -> Result<Vec<Job>> {
+    let root = reader.root();
+    let mut root_attrs = entry_of(&reader.node(root)?, Vec::new());
+    root_attrs.size = 0;
+    if root_attrs != fs.root_attrs {
+        return Err(Mismatch("root directory attributes differ".into()).into());
+    }
+    let mut jobs = Vec::new();
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut groups: HashMap<u64, u64> = HashMap::new();
+    let mut stack: Vec<(Digest, u64, String)> = vec![(fs.root, root, "/".into())];
+    while let Some((d, ino, path)) = stack.pop() {
+        let Item::Tree(tree) = item(store, &d)? else {
+            bail!("{} is not a tree", d.to_text())
+        };
+        stats.items += 1;
+        let mut on_disk = reader.read_dir(ino).map_err(|e| Mismatch(e.to_string()))?;
+        on_disk.sort_by(|a, b| a.0.cmp(&b.0));
+        check_names(&tree, &on_disk, &path)?;
+        for (e, (_, child)) in tree.entries.iter().zip(&on_disk) {
+            let child_path = format!("{path}{}", String::from_utf8_lossy(&e.name));
+            let node = reader.node(*child).map_err(|x| Mismatch(x.to_string()))?;
+            let mut got = entry_of(&node, e.name.clone());
+            got.content = e.content;
+            got.link_group = e.link_group;
+            if got != *e {
+                return Err(Mismatch(format!("{child_path}: metadata differs")).into());
+            }
+            // Hard links: one inode per group, the same group for one inode.
+            if let Some(g) = e.link_group {
+                if *groups.entry(g).or_insert(*child) != *child {
+                    return Err(Mismatch(format!("{child_path}: hard-link group differs")).into());
+                }
+            }
+            match e.kind {
+                EntryKind::Dir => {
+                    let sub = e.content.context("directory without a tree")?;
+                    stack.push((sub, *child, format!("{child_path}/")));
+                }
+                EntryKind::File => {
+                    if let Some(content) = e.content {
+                        if seen.insert(*child) {
+                            jobs.push(Job {
+                                ino: *child,
+                                size: e.size,
+                                content,
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(jobs)
+}
+
+fn check_names(tree: &Tree, on_disk: &[(Vec<u8>, u64)], path: &str) -> Result<()> {
+    let same = tree.entries.len() == on_disk.len()
+        && tree.entries.iter().zip(on_disk).all(|(e, d)| e.name == d.0);
+    if !same {
+        return Err(Mismatch(format!("{path}: directory entries differ")).into());
+    }
+    Ok(())
+}
+
+/// Puts `data`, which belongs at `logical` in a file, into the file's extents; bytes that fall
+/// in holes must be zero.
+fn put_mapped(f: &File, path: &Path, ext: &[FileExtent], data: &[u8], logical: u64) -> Result<()> {
+    let end = logical + data.len() as u64;
+    let slice = |s: u64, e: u64| &data[(s - logical) as usize..(e - logical) as usize];
+    let zero = |s: u64, e: u64| -> Result<()> {
+        if slice(s, e).iter().any(|b| *b != 0) {
+            return Err(Mismatch(format!("content at file offset {s} falls in a hole")).into());
+        }
+        Ok(())
+    };
+    let mut pos = logical;
+    let first = ext.partition_point(|e| e.logical + e.len <= pos);
+    for e in ext[first..].iter().take_while(|e| e.logical < end) {
+        if e.logical > pos {
+            zero(pos, e.logical)?;
+            pos = e.logical;
+        }
+        let stop = end.min(e.logical + e.len);
+        match e.physical {
+            Some(p) => f
+                .write_all_at(slice(pos, stop), p + (pos - e.logical))
+                .with_context(|| format!("writing {}", path.display()))?,
+            None => zero(pos, stop)?,
+        }
+        pos = stop;
+    }
+    if pos < end {
+        zero(pos, end)?;
+    }
+    Ok(())
+}
+
+fn write_file(
+    store: &Store,
+    f: &File,
+    path: &Path,
+    reader: &dyn FsReader,
+    job: &Job,
+    verify: bool,
+    stats: &mut LayoutStats,
+) -> Result<()> {
+    if reader.inline_data(job.ino)?.is_some() {
+        return Ok(()); // the content is inside the inode, which the skeleton holds
+    }
+    let ext = reader
+        .extents(job.ino)
+        .map_err(|e| Mismatch(e.to_string()))?;
+    stats.items += 1;
+    let bytes = store
+        .get_with(&job.content, verify)?
+        .with_context(|| format!("{} is not in the store", job.content.to_text()))?;
+    let opts = ReadOptions {
+        verify_digest: verify,
+        ..Default::default()
+    };
+    match Item::decode(&bytes)? {
+        Item::Blob { data } => {
+            put_mapped(f, path, &ext, &data, 0)?;
+            stats.bytes += data.len() as u64;
+        }
+        Item::ChunkList(list) => {
+            if list.size != job.size {
+                bail!(
+                    "{} has {} bytes, expected {}",
+                    job.content.to_text(),
+                    list.size,
+                    job.size
+                );
+            }
+            let mut failure: Option<anyhow::Error> = None;
+            let (n, b) = for_each_chunk(store, &job.content, &list, opts, |data, off| {
+                put_mapped(f, path, &ext, data, off).map_err(|e| {
+                    let msg = e.to_string();
+                    failure = Some(e);
+                    RestoreError::Structure(msg)
+                })
+            })
+            .map_err(|e| failure.take().unwrap_or_else(|| e.into()))?;
+            stats.items += n;
+            stats.bytes += b;
+        }
+        other => bail!(
+            "{} is a {}, expected file content",
+            job.content.to_text(),
+            other.kind()
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Checkout by layout: a stored skeleton that does not describe the stored tree is never
+//! trusted; the filesystem is rebuilt from the tree instead.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use mirage_client::checkout::{checkout, CheckoutOptions};
+use mirage_client::indexer::checkin;
+use mirage_format::chunking::EncodedItem;
+use mirage_format::{Digest, Filesystem, Item, PartitionContent};
+use mirage_node::{Store, StoreOptions};
+
+fn get(store: &Store, d: &Digest) -> Item {
+    Item::decode(&store.get(d).unwrap().unwrap()).unwrap()
+}
+
+fn put(store: &Store, item: &Item) -> Digest {
+    let e = EncodedItem::new(store.algorithm(), item).unwrap();
+    let d = e.digest;
+    store.put_many(vec![e.bytes]).unwrap();
+    d
+}
+
+/// The image's ext4 filesystem item (partition 3 of the demo disk).
+fn root_fs(store: &Store, image: &Digest) -> (Item, Item, Filesystem) {
+    let img = get(store, image);
+    let Item::Image(i) = &img else { panic!() };
+    let disk = get(store, &i.disks[0].disk);
+    let Item::Disk(dk) = &disk else { panic!() };
+    let PartitionContent::Filesystem { digest } = &dk.partitions[2].content else {
+        panic!()
+    };
+    let Item::Filesystem(fs) = get(store, digest) else {
+        panic!()
+    };
+    (img, disk, fs)
+}
+
+fn without_layout(mut fs: Filesystem) -> Filesystem {
+    fs.skeleton = None;
+    fs
+}
+
+#[test]
+fn a_skeleton_that_disagrees_with_the_tree_falls_back_to_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    let gen = mirage_client::demo::generate(&tree, 3, 1).unwrap();
+    let a = dir.path().join("a.img");
+    let layout = mirage_client::demo::build_disk_image(&tree, &a, gen.bytes).unwrap();
+    // The same disk with one timestamp changed: same UUID, same geometry, another tree.
+    let b = dir.path().join("b.img");
+    std::fs::copy(&a, &b).unwrap();
+    let st = Command::new("debugfs")
+        .args(["-w", "-R", "sif /usr mtime @1234567890"])
+        .arg(format!("{}?offset={}", b.display(), 69632 * 512))
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let store = Store::open(
+        &dir.path().join("store"),
+        StoreOptions {
+            create: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (da, _) = checkin(&store, &a, 2).unwrap();
+    let (db, _) = checkin(&store, &b, 2).unwrap();
+    assert_ne!(da, db);
+    let (img, disk, fs_a) = root_fs(&store, &da);
+    let (_, _, fs_b) = root_fs(&store, &db);
+    assert_ne!(fs_a.root, fs_b.root);
+    assert_ne!(fs_a.skeleton, fs_b.skeleton);
+    // A's tree with B's layout.
+    let mut forged = fs_a.clone();
+    forged.skeleton = fs_b.skeleton;
+    let fsd = put(&store, &Item::Filesystem(forged));
+    let Item::Disk(mut dk) = disk else { panic!() };
+    dk.partitions[2].content = PartitionContent::Filesystem { digest: fsd };
+    let dd = put(&store, &Item::Disk(dk));
+    let Item::Image(mut im) = img else { panic!() };
+    im.disks[0].disk = dd;
+    let forged_image = put(&store, &Item::Image(im));
+
+    let out = dir.path().join("out.img");
+    let stats = checkout(&store, &forged_image, &out, CheckoutOptions::default()).unwrap();
+    assert_eq!((stats.by_layout, stats.rebuilt), (1, 1), "{stats:?}");
+    mirage_client::demo::fsck_disk(&out, &layout).unwrap();
+    let (again, _) = checkin(&store, &out, 2).unwrap();
+    let (_, _, fs_out) = root_fs(&store, &again);
+    assert_eq!(without_layout(fs_out), without_layout(fs_a.clone()));
+
+    // The honest image lays out with no rebuild, byte for byte.
+    let out2 = dir.path().join("out2.img");
+    let stats = checkout(&store, &da, &out2, CheckoutOptions::default()).unwrap();
+    assert_eq!((stats.by_layout, stats.rebuilt), (2, 0), "{stats:?}");
+    assert!(std::fs::read(&out2).unwrap() == std::fs::read(&a).unwrap());
+}
