@@ -20,6 +20,7 @@ use crate::batch::{BatchCounts, Batcher};
 use crate::fs::ext4::Ext4;
 use crate::fs::vfat::Vfat;
 use crate::fs::{FileExtent, FsError, FsReader, Node};
+use crate::hints;
 use crate::image::regions::{store_region, Masked, RegionError};
 use crate::image::{self, table, BlockSource, ImageError};
 
@@ -74,6 +75,8 @@ pub struct CheckinStats {
     pub items_new: u64,
     /// Encoded bytes of new items.
     pub new_bytes: u64,
+    /// Files whose content digest came from a checked checkin hint instead of hashing.
+    pub files_hinted: u64,
 }
 
 /// Reads a file's content from its extents; holes read as zeros.
@@ -123,11 +126,36 @@ impl Read for ExtentReader<'_> {
     }
 }
 
+/// How to check in.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckinOptions {
+    /// Worker threads for file contents.
+    pub threads: usize,
+    /// Use checkin hints for files an earlier checkin stored (see [`crate::hints`]).
+    pub hints: bool,
+}
+
 /// Checks an image into the store; returns the Image digest (the serial number).
 pub fn checkin(
     store: &Store,
     path: &Path,
     threads: usize,
+) -> Result<(Digest, CheckinStats), CheckinError> {
+    checkin_with(
+        store,
+        path,
+        CheckinOptions {
+            threads,
+            hints: true,
+        },
+    )
+}
+
+/// Checks an image into the store with options.
+pub fn checkin_with(
+    store: &Store,
+    path: &Path,
+    opts: CheckinOptions,
 ) -> Result<(Digest, CheckinStats), CheckinError> {
     let src: Arc<dyn BlockSource> = Arc::from(image::open(path)?);
     let mut stats = CheckinStats {
@@ -160,7 +188,7 @@ pub fn checkin(
         let content = if p.container {
             PartitionContent::Empty
         } else {
-            let c = partition_content(store, &src, p, threads, &mut b, &mut stats)?;
+            let c = partition_content(store, &src, p, opts, &mut b, &mut stats)?;
             if !matches!(c, PartitionContent::Empty) || t.kind == TableType::None {
                 covered.push((p.start, p.start + p.size));
             }
@@ -254,7 +282,7 @@ fn partition_content(
     store: &Store,
     src: &Arc<dyn BlockSource>,
     p: &table::PartEntry,
-    threads: usize,
+    opts: CheckinOptions,
     b: &mut Batcher<'_>,
     stats: &mut CheckinStats,
 ) -> Result<PartitionContent, CheckinError> {
@@ -264,11 +292,11 @@ fn partition_content(
     };
     if crate::fs::ext4::probe(src.as_ref(), p.start, p.size) {
         let fs = Ext4::open(src.clone(), p.start, p.size).map_err(fs_err)?;
-        return index_fs(store, src.as_ref(), &fs, p, threads, b, stats);
+        return index_fs(store, src.as_ref(), &fs, p, opts, b, stats);
     }
     if crate::fs::vfat::probe(src.as_ref(), p.start, p.size) {
         let fs = Vfat::open(src.clone(), p.start, p.size).map_err(fs_err)?;
-        return index_fs(store, src.as_ref(), &fs, p, threads, b, stats);
+        return index_fs(store, src.as_ref(), &fs, p, opts, b, stats);
     }
     if let Some(swap) = swap_identity(src.as_ref(), p.start, p.size)? {
         return Ok(swap);
@@ -346,7 +374,7 @@ fn index_fs(
     src: &dyn BlockSource,
     fs: &dyn FsReader,
     p: &table::PartEntry,
-    threads: usize,
+    opts: CheckinOptions,
     b: &mut Batcher<'_>,
     stats: &mut CheckinStats,
 ) -> Result<PartitionContent, CheckinError> {
@@ -358,6 +386,7 @@ fn index_fs(
         id: u64,
         children: Vec<(Vec<u8>, Node)>,
     }
+    let t_walk = std::time::Instant::now();
     let mut dirs: Vec<Dir> = Vec::new();
     let mut stack = vec![fs.root()];
     let mut seen_dirs = std::collections::HashSet::new();
@@ -386,9 +415,10 @@ fn index_fs(
             }));
         }
     }
+    let walk_time = t_walk.elapsed();
     // Hard-link groups numbered in walk order; one content per inode.
     let mut groups: HashMap<u64, u64> = HashMap::new();
-    let mut files: Vec<(u64, u64)> = Vec::new();
+    let mut files: Vec<&Node> = Vec::new();
     let mut first: std::collections::HashSet<u64> = std::collections::HashSet::new();
     for d in &dirs {
         for (_, n) in &d.children {
@@ -398,7 +428,7 @@ fn index_fs(
                 groups.entry(n.id).or_insert(next);
             }
             if n.kind == EntryKind::File && first.insert(n.id) {
-                files.push((n.id, n.size));
+                files.push(n);
                 stats.file_bytes += n.size;
             }
         }
@@ -408,18 +438,31 @@ fn index_fs(
     // Where file content lies on the disk, to leave it out of the skeleton.
     let file_data: parking_lot::Mutex<Vec<(u64, u64)>> = parking_lot::Mutex::new(Vec::new());
     let next = AtomicUsize::new(0);
-    let results: Vec<Result<BatchCounts, CheckinError>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads.max(1))
+    let seed = if opts.hints {
+        Some(store.hint_seed()?)
+    } else {
+        None
+    };
+    let results: Vec<Result<(BatchCounts, u64), CheckinError>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..opts.threads.max(1))
             .map(|_| {
                 s.spawn(|| {
                     let mut wb = Batcher::new(store);
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(id, size)) = files.get(k) else {
-                            break;
+                    let mut new_hints = Vec::new();
+                    let mut hinted = 0u64;
+                    while let Some(n) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let (id, size) = (n.id, n.size);
+                        let content_err = |e| match e {
+                            ChunkError::Sink(s) => CheckinError::Store(s),
+                            other => CheckinError::Content(format!(
+                                "partition {part}, inode {id}: {other}"
+                            )),
                         };
+                        // Small files get small buffers: a buffer is zeroed before first use.
+                        let buf_len = (size as usize).clamp(4096, 1 << 20);
                         let d = match fs.inline_data(id).map_err(fs_err)? {
-                            Some(data) => store_content(&data[..], size, alg, |i| wb.push(i)),
+                            Some(data) => store_content(&data[..], size, alg, |i| wb.push(i))
+                                .map_err(content_err)?,
                             None => {
                                 let extents = fs.extents(id).map_err(fs_err)?;
                                 file_data.lock().extend(
@@ -427,31 +470,64 @@ fn index_fs(
                                         .iter()
                                         .filter_map(|e| e.physical.map(|p| (p, p + e.len))),
                                 );
-                                let r = ExtentReader {
+                                let reader = || ExtentReader {
                                     src,
-                                    extents,
+                                    extents: extents.clone(),
                                     next: 0,
                                     pos: 0,
                                     size,
                                 };
-                                store_content(
-                                    std::io::BufReader::with_capacity(1 << 20, r),
-                                    size,
-                                    alg,
-                                    |i| wb.push(i),
-                                )
+                                let read_err = |e: std::io::Error| {
+                                    CheckinError::Content(format!(
+                                        "partition {part}, inode {id}: {e}"
+                                    ))
+                                };
+                                let mut key = None;
+                                let mut known = None;
+                                if let Some(seed) = seed {
+                                    let p = size.min(hints::PREFIX);
+                                    let head = hints::checksum_of(
+                                        reader().take(p),
+                                        seed,
+                                        (p as usize).max(1),
+                                    )
+                                    .map_err(read_err)?;
+                                    let k = hints::key(size, head);
+                                    known = hints::check(store, &k, || {
+                                        if size <= hints::PREFIX {
+                                            Ok(head)
+                                        } else {
+                                            hints::checksum_of(reader(), seed, buf_len)
+                                        }
+                                    })?;
+                                    key = Some(k);
+                                }
+                                if let Some(d) = known {
+                                    hinted += 1;
+                                    Some(d)
+                                } else {
+                                    let mut r = std::io::BufReader::with_capacity(
+                                        buf_len,
+                                        hints::Checksummed::new(reader(), seed.unwrap_or(0)),
+                                    );
+                                    let d = store_content(&mut r, size, alg, |i| wb.push(i))
+                                        .map_err(content_err)?;
+                                    if let (Some(k), Some(d)) = (key, d) {
+                                        new_hints
+                                            .push((k, hints::encode(&d, r.get_ref().checksum())));
+                                    }
+                                    d
+                                }
                             }
-                        }
-                        .map_err(|e| match e {
-                            ChunkError::Sink(s) => CheckinError::Store(s),
-                            other => CheckinError::Content(format!(
-                                "partition {part}, inode {id}: {other}"
-                            )),
-                        })?;
+                        };
                         content.lock().insert(id, d);
                     }
                     wb.flush()?;
-                    Ok(wb.counts)
+                    // Only now is every content these hints name durable in the store.
+                    if !new_hints.is_empty() {
+                        store.put_hints(new_hints)?;
+                    }
+                    Ok((wb.counts, hinted))
                 })
             })
             .collect();
@@ -465,8 +541,11 @@ fn index_fs(
             .collect()
     });
     for r in results {
-        stats.add(r?);
+        let (counts, hinted) = r?;
+        stats.add(counts);
+        stats.files_hinted += hinted;
     }
+    let content_time = t_walk.elapsed() - walk_time;
     let content = content.into_inner();
     // Trees, deepest first (the walk order reversed puts every child before its parent).
     let mut tree_of: HashMap<u64, Digest> = HashMap::new();
@@ -504,6 +583,7 @@ fn index_fs(
     let mut root_attrs = entry_of(&root_node, Vec::new());
     root_attrs.size = 0;
     let info = fs.info();
+    let trees_time = t_walk.elapsed() - walk_time - content_time;
     let skeleton = match fs.skeleton(&file_data.into_inner()).map_err(fs_err)? {
         Some(ranges) => {
             let masked = Masked::new(src, ranges);
@@ -515,6 +595,14 @@ fn index_fs(
         }
         None => None,
     };
+    tracing::info!(
+        part,
+        walk = ?walk_time,
+        contents = ?content_time,
+        trees = ?trees_time,
+        skeleton = ?(t_walk.elapsed() - walk_time - content_time - trees_time),
+        "filesystem indexed"
+    );
     let fs_item = encode(
         store,
         &Item::Filesystem(Filesystem {

@@ -10,6 +10,7 @@ pub mod browse;
 pub mod checkout;
 pub mod demo;
 pub mod fsbuild;
+pub mod hints;
 pub mod indexer;
 pub mod ingest;
 pub mod paths;

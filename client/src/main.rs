@@ -48,6 +48,10 @@ enum Cmd {
         /// Worker threads.
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
+        /// Hash every file, using no checkin hints (for images that may have been crafted to
+        /// collide with content the store holds; see docs/FORMAT.md, "Checkin hints").
+        #[arg(long)]
+        rehash: bool,
     },
     /// Recreate a disk image: partition table, raw regions, swap, ext2/3/4 and vfat filesystems.
     Checkout {
@@ -363,9 +367,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let item = Item::decode(&bytes)?;
             print_json(&item)?;
         }
-        Cmd::Checkin { image, threads } => {
+        Cmd::Checkin {
+            image,
+            threads,
+            rehash,
+        } => {
             let store = open_or_create(&dir)?;
-            let (root, stats) = mirage_client::indexer::checkin(&store, image, *threads)
+            let opts = mirage_client::indexer::CheckinOptions {
+                threads: *threads,
+                hints: !*rehash,
+            };
+            let (root, stats) = mirage_client::indexer::checkin_with(&store, image, opts)
                 .with_context(|| format!("checking in {}", image.display()))?;
             if cli.json {
                 print_json(&serde_json::json!({"image": root, "stats": stats}))?;

@@ -32,6 +32,7 @@ pub fn run<I: Index>(mut fresh: impl FnMut() -> I) {
     get_many_keeps_order(&fresh());
     removal_and_overwrite(&fresh());
     tables_and_meta(&fresh());
+    hints_read_back_in_order(&fresh());
     scan_visits_in_digest_order_and_stops(&fresh());
 }
 
@@ -106,6 +107,39 @@ fn tables_and_meta(ix: &impl Index) {
     ix.write(IndexBatch::default(), true).expect("empty write");
 }
 
+fn hints_read_back_in_order(ix: &impl Index) {
+    let keys: Vec<[u8; 32]> = (0..20u8).map(|i| [i; 32]).collect();
+    ix.write(
+        IndexBatch {
+            hints: keys
+                .iter()
+                .step_by(2)
+                .map(|k| (*k, vec![k[0]; 3]))
+                .collect(),
+            ..IndexBatch::default()
+        },
+        false,
+    )
+    .expect("write hints");
+    let got = ix.hints(&keys).expect("hints");
+    for (k, v) in keys.iter().zip(got) {
+        assert_eq!(v, (k[0] % 2 == 0).then(|| vec![k[0]; 3]), "hint {}", k[0]);
+    }
+    // Overwrite.
+    ix.write(
+        IndexBatch {
+            hints: vec![(keys[0], b"new".to_vec())],
+            ..IndexBatch::default()
+        },
+        false,
+    )
+    .expect("overwrite hint");
+    assert_eq!(
+        ix.hints(&keys[..1]).expect("hints")[0],
+        Some(b"new".to_vec())
+    );
+}
+
 fn scan_visits_in_digest_order_and_stops(ix: &impl Index) {
     put(ix, 0..40);
     let mut seen = Vec::new();
@@ -144,6 +178,7 @@ mod tests {
         items: RwLock<BTreeMap<Vec<u8>, Location>>,
         tables: RwLock<BTreeMap<Vec<u8>, LocationTable>>,
         meta: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+        hints: RwLock<BTreeMap<[u8; 32], Vec<u8>>>,
     }
 
     impl Index for MapIndex {
@@ -155,6 +190,10 @@ mod tests {
         }
         fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
             Ok(self.meta.read().get(key).cloned())
+        }
+        fn hints(&self, keys: &[[u8; 32]]) -> Result<Vec<Option<Vec<u8>>>, IndexError> {
+            let h = self.hints.read();
+            Ok(keys.iter().map(|k| h.get(k).cloned()).collect())
         }
         fn write(&self, b: IndexBatch, _durable: bool) -> Result<(), IndexError> {
             let mut items = self.items.write();
@@ -169,6 +208,9 @@ mod tests {
             }
             for (k, v) in b.meta {
                 self.meta.write().insert(k, v);
+            }
+            for (k, v) in b.hints {
+                self.hints.write().insert(k, v);
             }
             Ok(())
         }

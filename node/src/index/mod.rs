@@ -37,6 +37,8 @@ pub struct IndexBatch {
     pub tables: Vec<(Digest, LocationTable)>,
     /// Metadata key/value pairs.
     pub meta: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Checkin hints (see [`crate::keys::CF_HINTS`]).
+    pub hints: Vec<([u8; 32], Vec<u8>)>,
 }
 
 impl IndexBatch {
@@ -46,6 +48,7 @@ impl IndexBatch {
             && self.remove.is_empty()
             && self.tables.is_empty()
             && self.meta.is_empty()
+            && self.hints.is_empty()
     }
 }
 
@@ -61,6 +64,8 @@ pub trait Index: Send + Sync + std::fmt::Debug {
     fn table(&self, parent: &Digest) -> Result<Option<LocationTable>, IndexError>;
     /// A metadata value.
     fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError>;
+    /// Checkin hints, in the same order as `keys`.
+    fn hints(&self, keys: &[[u8; 32]]) -> Result<Vec<Option<Vec<u8>>>, IndexError>;
     /// Applies a batch atomically. With `durable`, it is on stable storage when this returns
     /// (and so is every write before it).
     fn write(&self, batch: IndexBatch, durable: bool) -> Result<(), IndexError>;

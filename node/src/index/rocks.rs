@@ -6,7 +6,7 @@ use mirage_format::Digest;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 use super::{Index, IndexBatch, IndexError};
-use crate::keys::{ALL_CFS, CF_ITEMS, CF_LOCTAB, CF_META};
+use crate::keys::{ALL_CFS, CF_HINTS, CF_ITEMS, CF_LOCTAB, CF_META};
 use crate::store::{Location, LocationTable};
 
 /// The index in a RocksDB database.
@@ -115,6 +115,15 @@ impl Index for RocksIndex {
         self.db.get_cf(self.cf(CF_META)?, key).map_err(engine)
     }
 
+    fn hints(&self, keys: &[[u8; 32]]) -> Result<Vec<Option<Vec<u8>>>, IndexError> {
+        let cf = self.cf(CF_HINTS)?;
+        self.db
+            .batched_multi_get_cf(cf, keys.iter(), false)
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(engine))
+            .collect()
+    }
+
     fn write(&self, batch: IndexBatch, durable: bool) -> Result<(), IndexError> {
         let mut wb = WriteBatch::default();
         let (items, tables, meta) = (self.cf(CF_ITEMS)?, self.cf(CF_LOCTAB)?, self.cf(CF_META)?);
@@ -129,6 +138,12 @@ impl Index for RocksIndex {
         }
         for (k, v) in &batch.meta {
             wb.put_cf(meta, k, v);
+        }
+        if !batch.hints.is_empty() {
+            let hints = self.cf(CF_HINTS)?;
+            for (k, v) in &batch.hints {
+                wb.put_cf(hints, k, v);
+            }
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(durable);

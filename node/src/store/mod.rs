@@ -313,6 +313,44 @@ impl Store {
             .collect())
     }
 
+    /// Checkin hints (see [`crate::keys::CF_HINTS`]), in the order of `keys`.
+    pub fn hints(&self, keys: &[[u8; 32]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        Ok(self.inner.shared.index.hints(keys)?)
+    }
+
+    /// The store's random seed for checkin-hint checksums, created on first use.
+    pub fn hint_seed(&self) -> Result<u64, StoreError> {
+        let ix = &self.inner.shared.index;
+        if let Some(v) = ix.meta(crate::keys::META_HINT_SEED)? {
+            if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
+                return Ok(u64::from_le_bytes(b));
+            }
+        }
+        let mut b = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+            .map_err(|source| StoreError::Io {
+                op: "reading",
+                path: "/dev/urandom".into(),
+                source,
+            })?;
+        let batch = crate::index::IndexBatch {
+            meta: vec![(crate::keys::META_HINT_SEED.to_vec(), b.to_vec())],
+            ..Default::default()
+        };
+        ix.write(batch, true)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Records checkin hints. Not synced: a hint lost in a crash only costs a re-hash.
+    pub fn put_hints(&self, hints: Vec<([u8; 32], Vec<u8>)>) -> Result<(), StoreError> {
+        let batch = crate::index::IndexBatch {
+            hints,
+            ..Default::default()
+        };
+        Ok(self.inner.shared.index.write(batch, false)?)
+    }
+
     /// Location of an item, if present.
     pub fn location(&self, d: &Digest) -> Result<Option<Location>, StoreError> {
         Ok(self.inner.shared.index.get(d)?)

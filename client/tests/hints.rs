@@ -1,0 +1,100 @@
+//! Checkin hints: a second checkin of mostly the same files skips hashing them, and still sees
+//! every change, even one made behind the filesystem's back (bytes rewritten in place with no
+//! timestamp or size change).
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mirage_client::indexer::{checkin_with, CheckinOptions};
+use mirage_node::{Store, StoreOptions};
+
+fn store(dir: &Path) -> Store {
+    Store::open(
+        dir,
+        StoreOptions {
+            create: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn largest_file(root: &Path) -> (PathBuf, u64) {
+    let mut best = (PathBuf::new(), 0);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() && m.len() > best.1 {
+                best = (e.path(), m.len());
+            }
+        }
+    }
+    best
+}
+
+#[test]
+fn hints_skip_unchanged_files_and_miss_no_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    let gen = mirage_client::demo::generate(&tree, 5, 1).unwrap();
+    let (big, size) = largest_file(&tree);
+    assert!(size > 3 * 64 * 1024, "need a file past the hint prefix");
+    let rel = format!("/{}", big.strip_prefix(&tree).unwrap().display());
+    let a = dir.path().join("a.img");
+    mirage_client::demo::build_disk_image(&tree, &a, gen.bytes).unwrap();
+    // B: the same disk with bytes of that file rewritten in place, past the first 64 KiB.
+    let b = dir.path().join("b.img");
+    std::fs::copy(&a, &b).unwrap();
+    let fs_off = 69632 * 512u64;
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("blocks {rel}")])
+        .arg(format!("{}?offset={fs_off}", b.display()))
+        .output()
+        .unwrap();
+    let blocks: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let target = fs_off + blocks[20] * 4096 + 100;
+    let f = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
+    f.write_all_at(b"changed behind the filesystem's back", target)
+        .unwrap();
+    drop(f);
+
+    let s = store(&dir.path().join("store"));
+    let on = CheckinOptions {
+        threads: 2,
+        hints: true,
+    };
+    let (da, first) = checkin_with(&s, &a, on).unwrap();
+    let (da2, again) = checkin_with(&s, &a, on).unwrap();
+    assert_eq!(da, da2);
+    assert_eq!(first.files_hinted, 0, "{first:?}");
+    assert!(again.files_hinted > 100, "{again:?}");
+    assert_eq!(again.items_new, 0, "{again:?}");
+
+    let (db, stats) = checkin_with(&s, &b, on).unwrap();
+    assert_ne!(db, da, "the change was missed");
+    assert!(stats.files_hinted > 100, "{stats:?}");
+    // Every file but the changed one came from a hint, and the result is what hashing
+    // everything gives.
+    let fresh = store(&dir.path().join("fresh"));
+    let off = CheckinOptions {
+        threads: 2,
+        hints: false,
+    };
+    let (db_rehash, rehashed) = checkin_with(&fresh, &b, off).unwrap();
+    assert_eq!(rehashed.files_hinted, 0);
+    assert_eq!(db, db_rehash);
+    let mut shown = Vec::new();
+    mirage_client::browse::cat(&s, &format!("{}:3", db.to_text()), &rel, &mut shown).unwrap();
+    assert!(shown
+        .windows(36)
+        .any(|w| w == b"changed behind the filesystem's back"));
+}
