@@ -1,10 +1,15 @@
-//! Batching encoded items into `put_many` calls, counting what was new.
+//! Batching encoded items into `put_encoded_submit` calls, counting what was new. Up to
+//! [`IN_FLIGHT`] batches are queued at once, so that preparing (compressing) the next batch
+//! overlaps with the committer's write and fsync of the previous one.
+
+use std::collections::VecDeque;
 
 use mirage_format::chunking::EncodedItem;
-use mirage_node::{Store, StoreError};
+use mirage_node::{PendingPut, Store, StoreError};
 
 const BATCH_BYTES: usize = 8 << 20;
 const BATCH_ITEMS: usize = 1024;
+const IN_FLIGHT: usize = 3;
 
 /// Items sent, items new to the store, and encoded bytes of the new ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -18,12 +23,14 @@ pub struct BatchCounts {
 }
 
 /// Collects items and stores them in batches of about 8 MiB. Items must arrive children
-/// before parents (or in the same batch): the store's closure invariant.
+/// before parents (or in the same batch): the store's closure invariant. Nothing is known to
+/// be durable until [`Batcher::flush`] returns.
 #[derive(Debug)]
 pub struct Batcher<'a> {
     store: &'a Store,
-    items: Vec<Vec<u8>>,
+    items: Vec<EncodedItem>,
     bytes: usize,
+    pending: VecDeque<(PendingPut, Vec<usize>)>,
     /// What was stored so far.
     pub counts: BatchCounts,
 }
@@ -35,34 +42,54 @@ impl<'a> Batcher<'a> {
             store,
             items: Vec::new(),
             bytes: 0,
+            pending: VecDeque::new(),
             counts: BatchCounts::default(),
         }
     }
 
-    /// Adds an item, storing the batch when it is full.
+    /// Adds an item, submitting the batch when it is full.
     pub fn push(&mut self, item: EncodedItem) -> Result<(), StoreError> {
-        self.bytes += item.bytes.len();
-        self.items.push(item.bytes);
+        self.bytes += item.bytes().len();
+        self.items.push(item);
         if self.bytes >= BATCH_BYTES || self.items.len() >= BATCH_ITEMS {
-            self.flush()?;
+            self.submit()?;
         }
         Ok(())
     }
 
-    /// Stores what is pending.
-    pub fn flush(&mut self) -> Result<(), StoreError> {
+    fn submit(&mut self) -> Result<(), StoreError> {
         if self.items.is_empty() {
             return Ok(());
         }
         let items = std::mem::take(&mut self.items);
-        let sizes: Vec<usize> = items.iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = items.iter().map(|i| i.bytes().len()).collect();
         self.bytes = 0;
-        for (o, n) in self.store.put_many(items)?.iter().zip(sizes) {
-            self.counts.sent += 1;
-            if o.new {
-                self.counts.new += 1;
-                self.counts.new_bytes += n as u64;
+        self.pending
+            .push_back((self.store.put_encoded_submit(items)?, sizes));
+        while self.pending.len() > IN_FLIGHT {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn wait_oldest(&mut self) -> Result<(), StoreError> {
+        if let Some((p, sizes)) = self.pending.pop_front() {
+            for (o, n) in p.wait()?.iter().zip(sizes) {
+                self.counts.sent += 1;
+                if o.new {
+                    self.counts.new += 1;
+                    self.counts.new_bytes += n as u64;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Stores what is pending and waits until everything pushed so far is durable.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.submit()?;
+        while !self.pending.is_empty() {
+            self.wait_oldest()?;
         }
         Ok(())
     }

@@ -221,7 +221,7 @@ pub fn checkin_with(
             let list =
                 store_region(src.as_ref(), pos, s, alg, |i| b.push(i)).map_err(region_err)?;
             stats.raw_bytes += s - pos;
-            let d = list.digest;
+            let d = list.digest();
             b.push(list)?;
             regions.push(Extent {
                 offset: pos,
@@ -245,7 +245,7 @@ pub fn checkin_with(
         regions,
     };
     let disk_item = encode(store, &Item::Disk(disk))?;
-    let disk_digest = disk_item.digest;
+    let disk_digest = disk_item.digest();
     b.push(disk_item)?;
     let image = encode(
         store,
@@ -257,7 +257,7 @@ pub fn checkin_with(
             meta: Params::new(),
         }),
     )?;
-    let root = image.digest;
+    let root = image.digest();
     b.push(image)?;
     b.flush()?;
     stats.add(b.counts);
@@ -310,7 +310,7 @@ fn partition_content(
     )
     .map_err(region_err)?;
     stats.raw_bytes += p.size;
-    let digest = list.digest;
+    let digest = list.digest();
     b.push(list)?;
     Ok(PartitionContent::Raw { digest })
 }
@@ -567,7 +567,7 @@ fn index_fs(
             CheckinError::Content(format!("partition {part}, directory {}: {e}", d.id))
         })?;
         let item = encode(store, &Item::Tree(tree))?;
-        tree_of.insert(d.id, item.digest);
+        tree_of.insert(d.id, item.digest());
         b.push(item)?;
     }
     let root = *tree_of
@@ -589,7 +589,7 @@ fn index_fs(
             let masked = Masked::new(src, ranges);
             let list = store_region(&masked, p.start, p.start + p.size, alg, |i| b.push(i))
                 .map_err(region_err)?;
-            let d = list.digest;
+            let d = list.digest();
             b.push(list)?;
             Some(d)
         }
@@ -616,7 +616,7 @@ fn index_fs(
             pinned: Vec::new(),
         }),
     )?;
-    let digest = fs_item.digest;
+    let digest = fs_item.digest();
     b.push(fs_item)?;
     stats.filesystems += 1;
     Ok(PartitionContent::Filesystem { digest })

@@ -320,7 +320,7 @@ pub fn ingest_dir(
                 path: nodes[i].path.clone(),
                 why: err.to_string(),
             })?;
-        tree_digest.insert(i, item.digest);
+        tree_digest.insert(i, item.digest());
         b.push(item)?;
     }
     b.flush()?;

@@ -112,7 +112,7 @@ fn qcow2_reads_like_its_raw_source_and_gives_the_same_region_digest() {
             |_| Ok(()),
         )
         .unwrap();
-        digests.push(list.digest);
+        digests.push(list.digest());
     }
     assert!(
         digests.windows(2).all(|w| w[0] == w[1]),
@@ -307,7 +307,7 @@ fn other_containers_are_read_through_qemu_img_with_the_same_result() {
             |_| Ok(()),
         )
         .unwrap()
-        .digest
+        .digest()
     };
     for fmt in ["vmdk", "vdi", "vhdx", "vpc"] {
         let p = dir.path().join(format!("disk.{fmt}"));
@@ -326,7 +326,7 @@ fn other_containers_are_read_through_qemu_img_with_the_same_result() {
             |_| Ok(()),
         )
         .unwrap()
-        .digest;
+        .digest();
         assert_eq!(got, want, "{fmt}");
     }
 }

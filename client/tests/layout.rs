@@ -16,8 +16,8 @@ fn get(store: &Store, d: &Digest) -> Item {
 
 fn put(store: &Store, item: &Item) -> Digest {
     let e = EncodedItem::new(store.algorithm(), item).unwrap();
-    let d = e.digest;
-    store.put_many(vec![e.bytes]).unwrap();
+    let d = e.digest();
+    store.put_many(vec![e.into_bytes()]).unwrap();
     d
 }
 

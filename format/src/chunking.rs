@@ -31,16 +31,36 @@ pub enum ChunkError<E: std::error::Error + 'static> {
     Sink(#[source] E),
 }
 
-/// One encoded item ready for the store.
+/// One encoded item ready for the store. Its digest is always the hash of its bytes: the
+/// fields are private and every constructor hashes, so a store in the same process may take
+/// the digest as given instead of hashing the bytes a second time.
 #[derive(Debug, Clone)]
 pub struct EncodedItem {
-    /// Its digest.
-    pub digest: Digest,
-    /// Envelope plus payload.
-    pub bytes: Vec<u8>,
+    digest: Digest,
+    bytes: Vec<u8>,
 }
 
 impl EncodedItem {
+    /// Its digest.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// Envelope plus payload.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The encoded bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// Digest and bytes.
+    pub fn into_parts(self) -> (Digest, Vec<u8>) {
+        (self.digest, self.bytes)
+    }
+
     /// Encodes `item` and computes its digest.
     pub fn new(alg: Algorithm, item: &Item) -> Result<Self, DigestError> {
         let bytes = item.encode();

@@ -8,5 +8,6 @@ pub mod keys;
 pub mod store;
 
 pub use store::{
-    PutOutcome, ReadOptions, ReadStats, Stats, Store, StoreError, StoreOptions, VerifyReport,
+    PendingPut, PutOutcome, ReadOptions, ReadStats, Stats, Store, StoreError, StoreOptions,
+    VerifyReport,
 };

@@ -44,8 +44,9 @@ fn child(dir: &str) {
                     let base = (round << 32) | (t << 24) | (n * 8);
                     let blobs: Vec<_> = (0..6).map(|i| blob(alg, base + i)).collect();
                     let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());
-                    let mut batch: Vec<Vec<u8>> = blobs.iter().map(|b| b.bytes.clone()).collect();
-                    batch.push(tree.bytes.clone());
+                    let mut batch: Vec<Vec<u8>> =
+                        blobs.iter().map(|b| b.bytes().to_vec()).collect();
+                    batch.push(tree.bytes().to_vec());
                     let out = store.put_many(batch).unwrap();
                     let mut lines = String::new();
                     for o in out {

@@ -46,7 +46,7 @@ fn disk_full_stops_writes_and_loses_nothing_acknowledged() {
     for i in 0..200u64 {
         // 60 KB of incompressible bytes per item: 2 MiB fill up after ~34 items.
         let item = mirage_format::chunking::EncodedItem::blob(alg, &bytes(i, 60_000)).unwrap();
-        match store.put(item.bytes.clone()) {
+        match store.put(item.bytes().to_vec()) {
             Ok(o) => acked.push(o.digest),
             Err(e) => {
                 failure = Some(e);
@@ -68,7 +68,7 @@ fn disk_full_stops_writes_and_loses_nothing_acknowledged() {
     // Fail-stop: even a tiny item is refused now.
     let tiny = mirage_format::chunking::EncodedItem::blob(alg, b"tiny").unwrap();
     assert!(matches!(
-        store.put(tiny.bytes.clone()),
+        store.put(tiny.bytes().to_vec()),
         Err(StoreError::WritesDisabled(_))
     ));
     drop(store);
@@ -86,7 +86,7 @@ fn disk_full_stops_writes_and_loses_nothing_acknowledged() {
     let report = store.verify(|_| {}).unwrap();
     assert!(report.damaged.is_empty(), "{:?}", report.damaged);
     assert_eq!(report.items_ok, acked.len() as u64);
-    assert!(store.put(tiny.bytes).unwrap().new);
+    assert!(store.put(tiny.into_bytes()).unwrap().new);
     drop(store);
     drop(mount);
 }

@@ -23,19 +23,19 @@ fn items_round_trip_and_survive_reopen() {
     let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());
     {
         let s = open(dir.path());
-        let mut batch: Vec<Vec<u8>> = blobs.iter().map(|b| b.bytes.clone()).collect();
-        batch.push(tree.bytes.clone());
+        let mut batch: Vec<Vec<u8>> = blobs.iter().map(|b| b.bytes().to_vec()).collect();
+        batch.push(tree.bytes().to_vec());
         let out = s.put_many(batch).unwrap();
         assert!(out.iter().all(|o| o.new));
-        assert_eq!(out.last().unwrap().digest, tree.digest);
+        assert_eq!(out.last().unwrap().digest, tree.digest());
         // Storing again stores nothing.
-        assert!(s.put(tree.bytes.clone()).map(|o| !o.new).unwrap());
+        assert!(s.put(tree.bytes().to_vec()).map(|o| !o.new).unwrap());
     }
     let s = open(dir.path());
     for b in &blobs {
-        assert_eq!(read_ok(&s, &b.digest), b.bytes);
+        assert_eq!(read_ok(&s, &b.digest()), b.bytes());
     }
-    assert_eq!(read_ok(&s, &tree.digest), tree.bytes);
+    assert_eq!(read_ok(&s, &tree.digest()), tree.bytes());
     let st = s.stats().unwrap();
     assert_eq!(st.items, 41);
     assert!(
@@ -54,26 +54,26 @@ fn missing_references_are_refused_and_batches_are_atomic() {
     let s = open(dir.path());
     let (a, b) = (blob(alg, 1), blob(alg, 2));
     let tree = tree_of(alg, &[&a, &b]);
-    s.put(a.bytes.clone()).unwrap();
-    match s.put(tree.bytes.clone()) {
+    s.put(a.bytes().to_vec()).unwrap();
+    match s.put(tree.bytes().to_vec()) {
         Err(StoreError::MissingReferences { digest, missing }) => {
-            assert_eq!(digest, tree.digest);
-            assert_eq!(missing, vec![b.digest]);
+            assert_eq!(digest, tree.digest());
+            assert_eq!(missing, vec![b.digest()]);
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert!(!s.has(&tree.digest).unwrap());
+    assert!(!s.has(&tree.digest()).unwrap());
     // A refused batch stores nothing, not even its valid members.
     let c = blob(alg, 3);
     let lonely = tree_of(alg, &[&blob(alg, 99)]);
     assert!(s
-        .put_many(vec![c.bytes.clone(), lonely.bytes.clone()])
+        .put_many(vec![c.bytes().to_vec(), lonely.bytes().to_vec()])
         .is_err());
-    assert!(!s.has(&c.digest).unwrap());
+    assert!(!s.has(&c.digest()).unwrap());
     // References arriving in the same batch satisfy the closure, in any order.
-    s.put_many(vec![tree.bytes.clone(), b.bytes.clone()])
+    s.put_many(vec![tree.bytes().to_vec(), b.bytes().to_vec()])
         .unwrap();
-    assert!(s.has(&tree.digest).unwrap());
+    assert!(s.has(&tree.digest()).unwrap());
     // Garbage and foreign algorithms are refused with a reason.
     assert!(matches!(
         s.put(vec![3, 1, 0xff]),
@@ -81,7 +81,7 @@ fn missing_references_are_refused_and_batches_are_atomic() {
     ));
     let sha1_tree = tree_of(Algorithm::Sha1, &[&blob(Algorithm::Sha1, 5)]);
     assert!(matches!(
-        s.put(sha1_tree.bytes),
+        s.put(sha1_tree.bytes().to_vec()),
         Err(StoreError::WrongAlgorithm { .. })
     ));
 }
@@ -98,7 +98,7 @@ fn eight_concurrent_writers_store_each_item_once() {
                 // Writer t stores items t*25 .. t*25+100: each item is wanted by up to 4 writers.
                 let mut new = 0;
                 for chunk in (t * 25..t * 25 + 100).collect::<Vec<_>>().chunks(7) {
-                    let batch = chunk.iter().map(|i| blob(alg, *i).bytes).collect();
+                    let batch = chunk.iter().map(|i| blob(alg, *i).into_bytes()).collect();
                     new += s.put_many(batch).unwrap().iter().filter(|o| o.new).count();
                 }
                 new
@@ -122,11 +122,11 @@ fn a_flipped_byte_gives_an_integrity_error_naming_the_item() {
     let dir = tempfile::tempdir().unwrap();
     let alg = Algorithm::Sha256;
     let items: Vec<_> = (0..20).map(|i| blob(alg, i)).collect();
-    let victim = items[9].digest;
+    let victim = items[9].digest();
     let loc;
     {
         let s = open(dir.path());
-        s.put_many(items.iter().map(|i| i.bytes.clone()).collect())
+        s.put_many(items.iter().map(|i| i.bytes().to_vec()).collect())
             .unwrap();
         loc = s.location(&victim).unwrap().unwrap();
     }
@@ -154,11 +154,11 @@ fn a_flipped_byte_gives_an_integrity_error_naming_the_item() {
         }
         other => panic!("expected an integrity error, got {other:?}"),
     }
-    for i in items.iter().filter(|i| i.digest != victim) {
-        assert_eq!(read_ok(&s, &i.digest), i.bytes);
+    for i in items.iter().filter(|i| i.digest() != victim) {
+        assert_eq!(read_ok(&s, &i.digest()), i.bytes());
     }
     // Batch reads serve the others and report the victim.
-    let wanted: Vec<Digest> = items.iter().map(|i| i.digest).collect();
+    let wanted: Vec<Digest> = items.iter().map(|i| i.digest()).collect();
     let mut bad = Vec::new();
     let stats = s
         .get_many(&wanted, None, ReadOptions::default(), |d, r| {
@@ -174,7 +174,7 @@ fn a_flipped_byte_gives_an_integrity_error_naming_the_item() {
     assert_eq!(report.items_ok, 19);
     // The store stays writable, and the victim can be stored again... but not while indexed:
     // the damaged copy is reported, not silently replaced.
-    s.put(blob(alg, 1000).bytes).unwrap();
+    s.put(blob(alg, 1000).into_bytes()).unwrap();
 }
 
 #[test]
@@ -185,18 +185,18 @@ fn a_torn_tail_is_cut_on_open_and_the_store_stays_writable() {
     let good_len;
     {
         let s = open(dir.path());
-        s.put_many(items.iter().map(|i| i.bytes.clone()).collect())
+        s.put_many(items.iter().map(|i| i.bytes().to_vec()).collect())
             .unwrap();
         good_len = std::fs::metadata(volume_path(dir.path(), 1)).unwrap().len();
     }
     // A record torn by a crash: a valid header with half its payload.
     let torn = blob(alg, 77);
     let rec = mirage_node::store::record::encode_record(
-        &torn.digest,
+        &torn.digest(),
         mirage_format::ItemKind::Blob,
         mirage_node::store::Compression::None,
-        torn.bytes.len() as u32,
-        &torn.bytes,
+        torn.bytes().len() as u32,
+        torn.bytes(),
     );
     let f = OpenOptions::new()
         .append(true)
@@ -209,15 +209,15 @@ fn a_torn_tail_is_cut_on_open_and_the_store_stays_writable() {
         std::fs::metadata(volume_path(dir.path(), 1)).unwrap().len(),
         good_len
     );
-    assert!(!s.has(&torn.digest).unwrap());
+    assert!(!s.has(&torn.digest()).unwrap());
     for i in &items {
-        read_ok(&s, &i.digest);
+        read_ok(&s, &i.digest());
     }
     let more = blob(alg, 500);
-    assert!(s.put(more.bytes.clone()).unwrap().new);
+    assert!(s.put(more.bytes().to_vec()).unwrap().new);
     drop(s);
     let s = open(dir.path());
-    read_ok(&s, &more.digest);
+    read_ok(&s, &more.digest());
     assert!(s.verify(|_| {}).unwrap().damaged.is_empty());
 }
 
@@ -229,11 +229,11 @@ fn a_volume_cut_inside_its_checkpoint_loses_only_the_cut_items() {
     let last;
     {
         let s = open(dir.path());
-        s.put_many(items.iter().map(|i| i.bytes.clone()).collect())
+        s.put_many(items.iter().map(|i| i.bytes().to_vec()).collect())
             .unwrap();
         last = items
             .iter()
-            .map(|i| (s.location(&i.digest).unwrap().unwrap(), i.digest))
+            .map(|i| (s.location(&i.digest()).unwrap().unwrap(), i.digest()))
             .max_by_key(|(l, _)| l.offset)
             .unwrap();
     }
@@ -252,10 +252,10 @@ fn a_volume_cut_inside_its_checkpoint_loses_only_the_cut_items() {
         !s.has(&last.1).unwrap(),
         "an item cut off the volume is no longer indexed"
     );
-    for i in items.iter().filter(|i| i.digest != last.1) {
-        read_ok(&s, &i.digest);
+    for i in items.iter().filter(|i| i.digest() != last.1) {
+        read_ok(&s, &i.digest());
     }
-    s.put(blob(alg, 9).bytes).unwrap();
+    s.put(blob(alg, 9).into_bytes()).unwrap();
     assert!(s.verify(|_| {}).unwrap().damaged.is_empty());
 }
 
@@ -267,18 +267,18 @@ fn unindexed_records_past_the_checkpoint_are_reindexed() {
     let tree = tree_of(alg, &items.iter().collect::<Vec<_>>());
     {
         let s = open(dir.path());
-        let mut b: Vec<_> = items.iter().map(|i| i.bytes.clone()).collect();
-        b.push(tree.bytes.clone());
+        let mut b: Vec<_> = items.iter().map(|i| i.bytes().to_vec()).collect();
+        b.push(tree.bytes().to_vec());
         s.put_many(b).unwrap();
     }
     // Throw the index away entirely: the volumes alone rebuild it.
     std::fs::remove_dir_all(dir.path().join("index")).unwrap();
     let s = open(dir.path());
-    read_ok(&s, &tree.digest);
-    let table = s.location_table(&tree.digest).unwrap().unwrap();
+    read_ok(&s, &tree.digest());
+    let table = s.location_table(&tree.digest()).unwrap().unwrap();
     assert_eq!(table.entries.len(), 6);
     for i in &items {
-        read_ok(&s, &i.digest);
+        read_ok(&s, &i.digest());
     }
 }
 
@@ -297,17 +297,17 @@ fn batch_reads_follow_the_location_table_in_volume_order() {
     assert_eq!(s.algorithm(), Algorithm::Sha1);
     let items: Vec<_> = (0..30).map(|i| blob(alg, i)).collect();
     for i in items.iter().rev() {
-        s.put(i.bytes.clone()).unwrap();
+        s.put(i.bytes().to_vec()).unwrap();
     }
     let tree = tree_of(alg, &items.iter().collect::<Vec<_>>());
-    s.put(tree.bytes.clone()).unwrap();
+    s.put(tree.bytes().to_vec()).unwrap();
     assert!(s.stats().unwrap().volumes > 3, "small volumes rotate");
-    let wanted: Vec<Digest> = items.iter().map(|i| i.digest).collect();
+    let wanted: Vec<Digest> = items.iter().map(|i| i.digest()).collect();
     let mut order = Vec::new();
     let stats = s
         .get_many(
             &wanted,
-            Some(&tree.digest),
+            Some(&tree.digest()),
             ReadOptions::default(),
             |d, r| {
                 let bytes = r.unwrap();
@@ -370,7 +370,7 @@ fn recovery_indexes_only_records_whose_references_are_present() {
     let (a, b) = (blob(alg, 1), blob(alg, 2));
     {
         let s = open(dir.path());
-        s.put(a.bytes.clone()).unwrap();
+        s.put(a.bytes().to_vec()).unwrap();
     }
     // Records past the checkpoint, as a crash in the middle of a group could leave them: a
     // tree whose child never reached the disk, and a tree whose child is stored.
@@ -382,23 +382,23 @@ fn recovery_indexes_only_records_whose_references_are_present() {
         .unwrap();
     for t in [&orphan, &fine] {
         let rec = mirage_node::store::record::encode_record(
-            &t.digest,
+            &t.digest(),
             mirage_format::ItemKind::Tree,
             mirage_node::store::Compression::None,
-            t.bytes.len() as u32,
-            &t.bytes,
+            t.bytes().len() as u32,
+            t.bytes(),
         );
         std::io::Write::write_all(&mut &f, &rec).unwrap();
     }
     drop(f);
     let s = open(dir.path());
     assert!(
-        !s.has(&orphan.digest).unwrap(),
+        !s.has(&orphan.digest()).unwrap(),
         "a parent without its child must not appear"
     );
-    assert_eq!(read_ok(&s, &fine.digest), fine.bytes);
+    assert_eq!(read_ok(&s, &fine.digest()), fine.bytes());
     assert_eq!(
-        s.location_table(&fine.digest)
+        s.location_table(&fine.digest())
             .unwrap()
             .unwrap()
             .entries
@@ -406,9 +406,9 @@ fn recovery_indexes_only_records_whose_references_are_present() {
         1
     );
     // Once the child arrives the parent can be stored normally.
-    s.put_many(vec![b.bytes.clone(), orphan.bytes.clone()])
+    s.put_many(vec![b.bytes().to_vec(), orphan.bytes().to_vec()])
         .unwrap();
-    read_ok(&s, &orphan.digest);
+    read_ok(&s, &orphan.digest());
 }
 
 #[test]
@@ -424,13 +424,41 @@ fn a_request_never_straddles_two_volumes() {
     );
     for batch in 0..6u64 {
         let items: Vec<_> = (0..5).map(|i| blob(alg, 1000 + batch * 10 + i)).collect();
-        s.put_many(items.iter().map(|i| i.bytes.clone()).collect())
+        s.put_many(items.iter().map(|i| i.bytes().to_vec()).collect())
             .unwrap();
         let vols: std::collections::HashSet<u32> = items
             .iter()
-            .map(|i| s.location(&i.digest).unwrap().unwrap().volume)
+            .map(|i| s.location(&i.digest()).unwrap().unwrap().volume)
             .collect();
         assert_eq!(vols.len(), 1, "batch {batch} spread over volumes {vols:?}");
     }
     assert!(s.stats().unwrap().volumes >= 2);
+}
+
+#[test]
+fn items_encoded_in_process_store_like_raw_bytes_and_keep_the_closure_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let alg = Algorithm::Sha256;
+    let s = open(dir.path());
+    let blobs: Vec<_> = (0..8).map(|i| blob(alg, i)).collect();
+    let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());
+    // The tree alone: its children are missing, so it is refused.
+    assert!(matches!(
+        s.put_encoded(vec![tree.clone()]),
+        Err(StoreError::MissingReferences { .. })
+    ));
+    let mut batch = blobs.clone();
+    batch.push(tree.clone());
+    let out = s.put_encoded(batch).unwrap();
+    assert!(out.iter().all(|o| o.new));
+    assert_eq!(out.last().unwrap().digest, tree.digest());
+    assert_eq!(read_ok(&s, &tree.digest()), tree.bytes());
+    // The same bytes through the hashing path are already there.
+    assert!(!s.put(tree.bytes().to_vec()).unwrap().new);
+    // A SHA-1 item is refused by a SHA-256 store whichever way it comes.
+    let sha1 = blob(Algorithm::Sha1, 99);
+    assert!(matches!(
+        s.put_encoded(vec![sha1]),
+        Err(StoreError::WrongAlgorithm { .. })
+    ));
 }

@@ -23,7 +23,7 @@ pub use location::{Compression, Location, LocationTable};
 use mirage_format::{Algorithm, DecodeError, Digest, DigestError};
 pub use read::{ReadOptions, ReadStats};
 pub use verify::{Damage, Stats, VerifyReport};
-pub use write::PutOutcome;
+pub use write::{PendingPut, PutOutcome};
 
 use crate::index::{Index, IndexError, RocksIndex};
 use crate::keys;

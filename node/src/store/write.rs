@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{mpsc, Arc};
 
+use mirage_format::chunking::EncodedItem;
 use mirage_format::item::peek;
 use mirage_format::{Digest, Item, ItemKind};
 
@@ -22,6 +23,30 @@ pub struct PutOutcome {
     pub digest: Digest,
     /// True when this call stored it; false when it was already present.
     pub new: bool,
+}
+
+/// A batch queued for the committer; [`PendingPut::wait`] returns once it is durable.
+#[derive(Debug)]
+#[must_use = "a put is acknowledged only by waiting for it"]
+pub struct PendingPut {
+    out: Vec<PutOutcome>,
+    slots: Vec<usize>,
+    reply: Option<mpsc::Receiver<Result<Vec<bool>, StoreError>>>,
+}
+
+impl PendingPut {
+    /// Waits until every new item of the batch is durable; one outcome per item, in order.
+    pub fn wait(mut self) -> Result<Vec<PutOutcome>, StoreError> {
+        if let Some(rrx) = self.reply.take() {
+            // The committer answers with one flag per prepared item, in order: true where this
+            // request appended it (a concurrent writer or an earlier copy in the batch may have).
+            let flags = rrx.recv().map_err(|_| StoreError::Closed)??;
+            for (slot, new) in self.slots.iter().zip(flags) {
+                self.out[*slot].new = new;
+            }
+        }
+        Ok(self.out)
+    }
 }
 
 /// An item ready for the committer.
@@ -56,6 +81,37 @@ impl Store {
     /// the store (never trusting a caller's digest) and must reference only items present in
     /// the store or in the same batch. Returns when every new item is durable.
     pub fn put_many(&self, encoded: Vec<Vec<u8>>) -> Result<Vec<PutOutcome>, StoreError> {
+        self.put_inner(encoded.into_iter().map(|b| (None, b)).collect())?
+            .wait()
+    }
+
+    /// Like [`Store::put_many`] for items encoded in this process: an [`EncodedItem`]'s digest
+    /// is the hash of its bytes by construction, so it is not computed again.
+    pub fn put_encoded(&self, items: Vec<EncodedItem>) -> Result<Vec<PutOutcome>, StoreError> {
+        self.put_encoded_submit(items)?.wait()
+    }
+
+    /// Like [`Store::put_encoded`] without waiting: the batch is prepared (validated,
+    /// compressed) and queued; [`PendingPut::wait`] returns when it is durable. Batches are
+    /// committed in the order they are submitted, so a later batch may reference items of an
+    /// earlier one; if the earlier one fails, the later is refused by the closure check.
+    pub fn put_encoded_submit(&self, items: Vec<EncodedItem>) -> Result<PendingPut, StoreError> {
+        self.put_inner(
+            items
+                .into_iter()
+                .map(|e| {
+                    let (d, b) = e.into_parts();
+                    (Some(d), b)
+                })
+                .collect(),
+        )
+    }
+
+    fn put_inner(
+        &self,
+        items: Vec<(Option<mirage_format::Digest>, Vec<u8>)>,
+    ) -> Result<PendingPut, StoreError> {
+        let (known, encoded): (Vec<_>, Vec<_>) = items.into_iter().unzip();
         let sh = self.shared();
         if let Some(why) = sh.failed.lock().clone() {
             return Err(StoreError::WritesDisabled(why));
@@ -91,8 +147,18 @@ impl Store {
                 }
                 Vec::new()
             };
-            let d = mirage_format::Digest::of(alg, bytes)
-                .map_err(|source| StoreError::Digest { index, source })?;
+            let d = match known[index] {
+                Some(d) if d.algorithm() == alg => d,
+                Some(d) => {
+                    return Err(StoreError::WrongAlgorithm {
+                        index,
+                        found: d.algorithm(),
+                        store: alg,
+                    })
+                }
+                None => mirage_format::Digest::of(alg, bytes)
+                    .map_err(|source| StoreError::Digest { index, source })?,
+            };
             digests.push(d);
             metas.push((kind, refs));
         }
@@ -121,24 +187,21 @@ impl Store {
                 payload,
             });
         }
-        let mut out: Vec<PutOutcome> = digests
+        let out: Vec<PutOutcome> = digests
             .iter()
             .map(|d| PutOutcome {
                 digest: *d,
                 new: false,
             })
             .collect();
-        if !prepared.is_empty() {
+        let reply = if prepared.is_empty() {
+            None
+        } else {
             let (rtx, rrx) = mpsc::sync_channel(1);
             self.send(Msg::Write(prepared, rtx))?;
-            // The committer answers with one flag per prepared item, in order: true where this
-            // request appended it (a concurrent writer or an earlier copy in the batch may have).
-            let flags = rrx.recv().map_err(|_| StoreError::Closed)??;
-            for (slot, new) in slots.into_iter().zip(flags) {
-                out[slot].new = new;
-            }
-        }
-        Ok(out)
+            Some(rrx)
+        };
+        Ok(PendingPut { out, slots, reply })
     }
 }
 

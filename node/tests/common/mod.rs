@@ -41,8 +41,8 @@ pub fn tree_of(alg: Algorithm, blobs: &[&EncodedItem]) -> EncodedItem {
         .map(|(i, b)| {
             let mut e = TreeEntry::new(format!("file-{i:05}").into_bytes(), EntryKind::File);
             e.mode = 0o644;
-            e.size = b.bytes.len() as u64 - 2;
-            e.content = Some(b.digest);
+            e.size = b.bytes().len() as u64 - 2;
+            e.content = Some(b.digest());
             e
         })
         .collect();
