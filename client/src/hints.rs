@@ -36,6 +36,54 @@ pub fn key(size: u64, prefix_check: u128) -> [u8; 32] {
     k
 }
 
+/// A file's hint key, read from its first [`PREFIX`] bytes, with the whole-content checksum
+/// started on the same bytes (so a hit reads every byte once).
+pub struct Probe {
+    /// The hint key.
+    pub key: [u8; 32],
+    whole: Xxh3,
+    read: u64,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Probe({} bytes read)", self.read)
+    }
+}
+
+impl Probe {
+    /// Reads up to [`PREFIX`] bytes of `r` (a file of `size` bytes).
+    pub fn new(r: impl Read, size: u64, seed: u64) -> std::io::Result<Probe> {
+        let n = size.min(PREFIX);
+        let mut head = Vec::with_capacity(n as usize);
+        r.take(n).read_to_end(&mut head)?;
+        let mut whole = Xxh3::with_seed(seed);
+        whole.update(&head);
+        let prefix = xxhash_rust::xxh3::xxh3_128_with_seed(&head, seed);
+        Ok(Probe {
+            key: key(size, prefix),
+            whole,
+            read: head.len() as u64,
+        })
+    }
+
+    /// Bytes read so far (where the rest starts).
+    pub fn read(&self) -> u64 {
+        self.read
+    }
+
+    /// The whole-content checksum, reading the rest from `rest` (positioned at [`Probe::read`]).
+    pub fn finish(mut self, rest: impl Read, buf_len: usize) -> std::io::Result<u128> {
+        let mut c = Checksummed {
+            inner: rest,
+            state: std::mem::replace(&mut self.whole, Xxh3::new()),
+        };
+        let mut buf = vec![0u8; buf_len];
+        while c.read(&mut buf)? > 0 {}
+        Ok(c.checksum())
+    }
+}
+
 /// Encodes a hint value.
 pub fn encode(content: &Digest, check: u128) -> Vec<u8> {
     let mut v = vec![VERSION];
@@ -132,6 +180,17 @@ mod tests {
         assert_eq!(decode(&[2, 0, 0]), None);
         assert_eq!(decode(&encode(&d, 77)[..10]), None);
         let c = |b: &[u8], seed, buf| checksum_of(b, seed, buf).unwrap();
+        // A probe plus the rest is the checksum of the whole; its key depends on the prefix.
+        let data: Vec<u8> = (0..PREFIX as usize * 2 + 7).map(|i| (i * 7 % 251) as u8).collect();
+        let p = Probe::new(&data[..], data.len() as u64, 9).unwrap();
+        assert_eq!(p.read(), PREFIX);
+        let k = p.key;
+        assert_eq!(p.finish(&data[PREFIX as usize..], 100).unwrap(), c(&data, 9, 4096));
+        let mut other = data.clone();
+        *other.last_mut().unwrap() ^= 1;
+        assert_eq!(Probe::new(&other[..], data.len() as u64, 9).unwrap().key, k);
+        other[5] ^= 1;
+        assert_ne!(Probe::new(&other[..], data.len() as u64, 9).unwrap().key, k);
         assert_eq!(c(b"abc", 1, 2), c(b"abc", 1, 4096));
         assert_ne!(c(b"abc", 1, 2), c(b"abd", 1, 2));
         assert_ne!(

@@ -485,20 +485,14 @@ fn index_fs(
                                 let mut key = None;
                                 let mut known = None;
                                 if let Some(seed) = seed {
-                                    let p = size.min(hints::PREFIX);
-                                    let head = hints::checksum_of(
-                                        reader().take(p),
-                                        seed,
-                                        (p as usize).max(1),
-                                    )
-                                    .map_err(read_err)?;
-                                    let k = hints::key(size, head);
+                                    let probe = hints::Probe::new(reader(), size, seed)
+                                        .map_err(read_err)?;
+                                    let k = probe.key;
+                                    let from = probe.read();
                                     known = hints::check(store, &k, || {
-                                        if size <= hints::PREFIX {
-                                            Ok(head)
-                                        } else {
-                                            hints::checksum_of(reader(), seed, buf_len)
-                                        }
+                                        let mut rest = reader();
+                                        rest.pos = from;
+                                        probe.finish(rest, buf_len)
                                     })?;
                                     key = Some(k);
                                 }
