@@ -129,7 +129,7 @@ pub struct StoreOptions {
     pub create: bool,
     /// A volume is sealed and a new one started beyond this size.
     pub max_volume_size: u64,
-    /// zstd level for payloads (0 disables compression).
+    /// zstd level for payloads (0 disables compression; negative levels are zstd's fast modes).
     pub zstd_level: i32,
     /// Most bytes one group commit appends.
     pub max_group_bytes: usize,

@@ -206,7 +206,7 @@ impl Store {
 }
 
 fn compress(bytes: Vec<u8>, level: i32) -> (Compression, Vec<u8>) {
-    if level <= 0 || bytes.len() < 128 {
+    if level == 0 || bytes.len() < 128 {
         return (Compression::None, bytes);
     }
     match super::record::zstd_compress(&bytes, level) {
