@@ -181,11 +181,16 @@ mod tests {
         assert_eq!(decode(&encode(&d, 77)[..10]), None);
         let c = |b: &[u8], seed, buf| checksum_of(b, seed, buf).unwrap();
         // A probe plus the rest is the checksum of the whole; its key depends on the prefix.
-        let data: Vec<u8> = (0..PREFIX as usize * 2 + 7).map(|i| (i * 7 % 251) as u8).collect();
+        let data: Vec<u8> = (0..PREFIX as usize * 2 + 7)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
         let p = Probe::new(&data[..], data.len() as u64, 9).unwrap();
         assert_eq!(p.read(), PREFIX);
         let k = p.key;
-        assert_eq!(p.finish(&data[PREFIX as usize..], 100).unwrap(), c(&data, 9, 4096));
+        assert_eq!(
+            p.finish(&data[PREFIX as usize..], 100).unwrap(),
+            c(&data, 9, 4096)
+        );
         let mut other = data.clone();
         *other.last_mut().unwrap() ^= 1;
         assert_eq!(Probe::new(&other[..], data.len() as u64, 9).unwrap().key, k);

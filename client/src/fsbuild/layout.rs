@@ -79,14 +79,16 @@ pub fn recreate(
     let jobs = walk(store, fs, reader, &mut stats)?;
     let t2 = std::time::Instant::now();
     let next = AtomicUsize::new(0);
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let results: Vec<Result<LayoutStats>> = std::thread::scope(|s| {
         // Write back while the workers fill the page cache, so that the final fsync finds
-        // little left to do and the disk works alongside the CPU.
-        s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(40));
-                if let Err(e) = f.sync_data() {
+        // little left to do and the disk works alongside the CPU. Dropping `stop` ends it.
+        let file = &f;
+        s.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(std::time::Duration::from_millis(40))
+            {
+                if let Err(e) = file.sync_data() {
                     tracing::debug!("early writeback: {e}");
                     break;
                 }
@@ -110,7 +112,7 @@ pub fn recreate(
                     .unwrap_or_else(|_| bail!("a checkout worker panicked"))
             })
             .collect();
-        done.store(true, Ordering::Relaxed);
+        drop(stop);
         r
     });
     for r in results {

@@ -135,11 +135,28 @@ impl BlockSource for Masked<'_> {
     }
 
     fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>, ImageError> {
+        // One query of the source over the whole span, intersected with the kept ranges (a
+        // skeleton has thousands of small ranges; one query each would cost a syscall pair).
         let i = self.keep.partition_point(|r| r.1 <= start);
+        let kept: Vec<(u64, u64)> = self.keep[i..]
+            .iter()
+            .take_while(|r| r.0 < end)
+            .map(|&(s, e)| (s.max(start), e.min(end)))
+            .collect();
+        let (Some(first), Some(last)) = (kept.first(), kept.last()) else {
+            return Ok(Vec::new());
+        };
+        let data = self.src.data_ranges(first.0, last.1)?;
         let mut out = Vec::new();
-        for &(s, e) in self.keep[i..].iter().take_while(|r| r.0 < end) {
-            for (ds, de) in self.src.data_ranges(s.max(start), e.min(end))? {
-                out.push((ds, de));
+        let mut di = 0;
+        for (s, e) in kept {
+            while di < data.len() && data[di].1 <= s {
+                di += 1;
+            }
+            let mut j = di;
+            while j < data.len() && data[j].0 < e {
+                out.push((data[j].0.max(s), data[j].1.min(e)));
+                j += 1;
             }
         }
         Ok(out)
@@ -202,4 +219,64 @@ pub fn store_region<E: std::error::Error + 'static>(
     )
     .map_err(|e| RegionError::Chunk(ChunkError::Digest(e)))?;
     Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 1 MiB of bytes `(i % 251) + 1` where the source says there is data, zeros elsewhere.
+    struct Sparse {
+        data: Vec<(u64, u64)>,
+    }
+
+    impl BlockSource for Sparse {
+        fn len(&self) -> u64 {
+            1 << 20
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
+            for (i, b) in buf.iter_mut().enumerate() {
+                let at = offset + i as u64;
+                let inside = self.data.iter().any(|&(s, e)| s <= at && at < e);
+                *b = if inside { (at % 251) as u8 + 1 } else { 0 };
+            }
+            Ok(())
+        }
+        fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>, ImageError> {
+            Ok(self
+                .data
+                .iter()
+                .filter(|r| r.0 < end && r.1 > start)
+                .map(|&(s, e)| (s.max(start), e.min(end)))
+                .collect())
+        }
+        fn format(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    #[test]
+    fn masked_sources_keep_only_their_ranges() {
+        let src = Sparse {
+            data: vec![(0, 100), (200, 5000), (9000, 9100)],
+        };
+        let m = Masked::new(&src, vec![(50, 300), (4000, 4100), (6000, 9050)]);
+        assert_eq!(
+            m.data_ranges(0, 1 << 20).unwrap(),
+            vec![(50, 100), (200, 300), (4000, 4100), (9000, 9050)]
+        );
+        assert_eq!(m.data_ranges(60, 250).unwrap(), vec![(60, 100), (200, 250)]);
+        assert_eq!(m.data_ranges(5000, 6000).unwrap(), vec![]);
+        let mut buf = vec![0xAAu8; 10_000];
+        m.read_at(&mut buf, 0).unwrap();
+        for (i, b) in buf.iter().enumerate() {
+            let i = i as u64;
+            let kept = [(50, 300), (4000, 4100), (6000, 9050)]
+                .iter()
+                .any(|&(s, e)| s <= i && i < e);
+            let mut one = [0u8];
+            src.read_at(&mut one, i).unwrap();
+            assert_eq!(*b, if kept { one[0] } else { 0 }, "byte {i}");
+        }
+    }
 }
