@@ -21,6 +21,8 @@ pub struct CheckinBenchOptions {
     pub runs: usize,
     /// Indexer worker threads.
     pub threads: usize,
+    /// After the last run, compact its store at this zstd level and report the size (0: no).
+    pub compact_level: i32,
 }
 
 fn allocated(p: &Path) -> Result<u64> {
@@ -43,6 +45,7 @@ pub fn bench_checkin(
     let mut mirage_t = vec![Vec::new(); n];
     let mut cp_t = vec![Vec::new(); n];
     let mut stored = 0u64;
+    let mut compacted: Option<(u64, f64)> = None;
     let mut new_bytes = vec![0u64; n];
     for run in 0..o.runs {
         let dir = o.work.join(format!("checkin-store-{run}"));
@@ -88,6 +91,14 @@ pub fn bench_checkin(
         }
         let store = Store::open(&dir, StoreOptions::default())?;
         stored = store.stats()?.stored_bytes;
+        if run + 1 == o.runs && o.compact_level != 0 {
+            let t = Instant::now();
+            store.compact(mirage_node::CompactOptions {
+                level: o.compact_level,
+                threads: o.threads,
+            })?;
+            compacted = Some((store.stats()?.stored_bytes, t.elapsed().as_secs_f64()));
+        }
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -117,6 +128,9 @@ pub fn bench_checkin(
     let summary = serde_json::json!({
         "images": o.images, "store_bytes": stored, "allocated_image_bytes": alloc_total,
         "store_vs_allocated": stored as f64 / alloc_total.max(1) as f64,
+        "compact_level": o.compact_level,
+        "compacted_store_bytes": compacted.map(|c| c.0),
+        "compact_seconds": compacted.map(|c| c.1),
     });
     Ok((pairs, summary))
 }

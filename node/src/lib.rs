@@ -8,6 +8,6 @@ pub mod keys;
 pub mod store;
 
 pub use store::{
-    PendingPut, PutOutcome, ReadOptions, ReadStats, Stats, Store, StoreError, StoreOptions,
-    VerifyReport,
+    CompactOptions, CompactReport, PendingPut, PutOutcome, ReadOptions, ReadStats, Stats, Store,
+    StoreError, StoreOptions, VerifyReport,
 };

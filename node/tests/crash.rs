@@ -1,6 +1,7 @@
 //! Kill -9 recovery: a child process writes items with several threads and is SIGKILLed at a
 //! random moment; after reopening, every item acknowledged before the kill reads back and
-//! hashes to its digest, and verification finds no damaged or half-written record.
+//! hashes to its digest, and verification finds no damaged or half-written record. A
+//! compaction loop runs alongside the writers, so kills also land in the middle of compactions.
 //!
 //! Rounds: `MIRAGE_CRASH_ROUNDS` (default 50). Seed: `MIRAGE_CRASH_SEED` (printed on failure).
 #![allow(clippy::unwrap_used)]
@@ -59,9 +60,27 @@ fn child(dir: &str) {
             })
         })
         .collect();
+    // Compaction runs alongside the writers, so kills land in the middle of it too.
+    let compactor = {
+        let store = store.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(25));
+            let line = match store.compact(mirage_node::CompactOptions {
+                level: 3,
+                threads: 1,
+            }) {
+                Ok(r) => format!("COMPACTED {}\n", r.volumes),
+                Err(e) => format!("COMPACT_FAILED {e}\n"),
+            };
+            let mut so = std::io::stdout().lock();
+            so.write_all(line.as_bytes()).unwrap();
+            so.flush().unwrap();
+        })
+    };
     for t in threads {
         t.join().unwrap();
     }
+    compactor.join().unwrap();
 }
 
 #[test]
@@ -84,6 +103,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let exe = std::env::current_exe().unwrap();
     let mut acked: HashSet<Digest> = HashSet::new();
     let mut total_kills = 0;
+    let mut volumes_compacted = 0u64;
     for round in 0..rounds {
         let mut child = Command::new(&exe)
             .args([
@@ -101,8 +121,15 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
+            let mut compacted = 0u64;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(why) = line.strip_prefix("COMPACT_FAILED ") {
+                    panic!("compaction failed in the child: {why}");
+                }
+                if let Some(n) = line.strip_prefix("COMPACTED ") {
+                    compacted += n.parse::<u64>().unwrap_or(0);
+                }
                 if let Some(d) = line
                     .strip_prefix("ACK ")
                     .and_then(|t| t.parse::<Digest>().ok())
@@ -110,14 +137,17 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                     got.push(d);
                 }
             }
-            got
+            (got, compacted)
         });
         std::thread::sleep(Duration::from_millis(rng.gen_range(30..400)));
         // SAFETY-free: plain kill(2) through libc-free std: Child::kill sends SIGKILL on Unix.
         child.kill().unwrap();
         child.wait().unwrap();
         total_kills += 1;
-        let got = reader.join().unwrap();
+        let (got, compacted) = reader
+            .join()
+            .unwrap_or_else(|_| panic!("seed {seed} round {round}: child reported a failure"));
+        volumes_compacted += compacted;
         let full = round % 10 == 9 || round + 1 == rounds;
         // Every round checks this round's acknowledgements and a sample of older ones; every
         // tenth round (and the last) checks all of them and verifies every record.
@@ -153,6 +183,11 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         }
     }
     assert_eq!(total_kills, rounds);
+    eprintln!("crash test: {volumes_compacted} volumes compacted away under the kills");
+    assert!(
+        volumes_compacted > 0,
+        "no compaction completed: the test did not test it"
+    );
     assert!(
         acked.len() > rounds as usize,
         "children acknowledged too little to test anything: {}",

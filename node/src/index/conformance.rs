@@ -101,7 +101,14 @@ fn tables_and_meta(ix: &impl Index) {
         true,
     )
     .expect("write");
-    assert_eq!(ix.table(&digest(999)).expect("table"), Some(t));
+    assert_eq!(ix.table(&digest(999)).expect("table"), Some(t.clone()));
+    let mut seen = Vec::new();
+    ix.scan_tables(&mut |d, table| {
+        seen.push((d, table));
+        true
+    })
+    .expect("scan tables");
+    assert_eq!(seen, vec![(digest(999), t)]);
     assert_eq!(ix.meta(b"k").expect("meta"), Some(b"v".to_vec()));
     // An empty batch is fine.
     ix.write(IndexBatch::default(), true).expect("empty write");
@@ -211,6 +218,17 @@ mod tests {
             }
             for (k, v) in b.hints {
                 self.hints.write().insert(k, v);
+            }
+            Ok(())
+        }
+        fn scan_tables(
+            &self,
+            f: &mut dyn FnMut(Digest, LocationTable) -> bool,
+        ) -> Result<(), IndexError> {
+            for (k, t) in self.tables.read().iter() {
+                if !f(Digest::from_key_bytes(k).expect("key"), t.clone()) {
+                    break;
+                }
             }
             Ok(())
         }

@@ -69,6 +69,11 @@ pub trait Index: Send + Sync + std::fmt::Debug {
     /// Applies a batch atomically. With `durable`, it is on stable storage when this returns
     /// (and so is every write before it).
     fn write(&self, batch: IndexBatch, durable: bool) -> Result<(), IndexError>;
+    /// Visits every location table (by parent digest) until `f` returns false.
+    fn scan_tables(
+        &self,
+        f: &mut dyn FnMut(Digest, LocationTable) -> bool,
+    ) -> Result<(), IndexError>;
     /// Visits every item in digest order until `f` returns false.
     fn scan(&self, f: &mut dyn FnMut(Digest, Location) -> bool) -> Result<(), IndexError>;
 }

@@ -150,6 +150,30 @@ impl Index for RocksIndex {
         self.db.write_opt(wb, &wo).map_err(engine)
     }
 
+    fn scan_tables(
+        &self,
+        f: &mut dyn FnMut(Digest, LocationTable) -> bool,
+    ) -> Result<(), IndexError> {
+        let it = self
+            .db
+            .iterator_cf(self.cf(CF_LOCTAB)?, rocksdb::IteratorMode::Start);
+        for kv in it {
+            let (k, v) = kv.map_err(engine)?;
+            let d = Digest::from_key_bytes(&k).ok_or_else(|| IndexError::Corrupt {
+                key: hex_of(&k),
+                why: "not a digest key".into(),
+            })?;
+            let t = LocationTable::decode(&v).map_err(|e| IndexError::Corrupt {
+                key: d.to_text(),
+                why: e.to_string(),
+            })?;
+            if !f(d, t) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn scan(&self, f: &mut dyn FnMut(Digest, Location) -> bool) -> Result<(), IndexError> {
         let it = self
             .db

@@ -6,6 +6,7 @@
 //! threads first. Nothing is acknowledged before its volume bytes are durable; the index is
 //! rebuilt from the volume tails after a crash, so it never needs its own fsync per write.
 
+mod compact;
 mod location;
 mod read;
 pub mod record;
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
+pub use compact::{CompactOptions, CompactReport};
 pub use location::{Compression, Location, LocationTable};
 use mirage_format::{Algorithm, DecodeError, Digest, DigestError};
 pub use read::{ReadOptions, ReadStats};

@@ -60,12 +60,37 @@ pub(crate) struct Prepared {
     payload: Vec<u8>,
 }
 
+impl Prepared {
+    /// A copy of a stored item for compaction (no references to check: it is already in).
+    pub(crate) fn relocated(
+        header_digest: Digest,
+        kind: ItemKind,
+        encoded: Vec<u8>,
+        level: i32,
+    ) -> Self {
+        let raw_len = encoded.len() as u32;
+        let (compression, payload) = compress(encoded, level);
+        Prepared {
+            digest: header_digest,
+            kind,
+            refs: Vec::new(),
+            raw_len,
+            compression,
+            payload,
+        }
+    }
+}
+
 type Reply = mpsc::SyncSender<Result<Vec<bool>, StoreError>>;
 
 /// Messages to the committer.
 #[derive(Debug)]
 pub(crate) enum Msg {
     Write(Vec<Prepared>, Reply),
+    /// Compaction: append these copies of stored items and point the index at them.
+    Relocate(Vec<Prepared>, mpsc::SyncSender<Result<(), StoreError>>),
+    /// Compaction: seal the active volume (if it holds records); answers the active id.
+    Seal(mpsc::SyncSender<Result<u32, StoreError>>),
     Checkpoint(mpsc::SyncSender<Result<(), StoreError>>),
     Shutdown(mpsc::SyncSender<()>),
 }
@@ -205,7 +230,7 @@ impl Store {
     }
 }
 
-fn compress(bytes: Vec<u8>, level: i32) -> (Compression, Vec<u8>) {
+pub(crate) fn compress(bytes: Vec<u8>, level: i32) -> (Compression, Vec<u8>) {
     if level == 0 || bytes.len() < 128 {
         return (Compression::None, bytes);
     }
@@ -242,6 +267,25 @@ pub(crate) fn committer(sh: Arc<Shared>, rx: mpsc::Receiver<Msg>, mut active: Ac
                     since_checkpoint = 0;
                 }
                 let _ = reply.send(r);
+            }
+            Msg::Seal(reply) => {
+                let r = if active.len > VOLUME_HEADER_LEN {
+                    rotate(&sh, &mut active)
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = &r {
+                    fail(&sh, e);
+                }
+                let _ = reply.send(r.map(|()| active.id));
+            }
+            Msg::Relocate(items, reply) => {
+                let r = relocate(&sh, &mut active, items);
+                match &r {
+                    Ok(n) => since_checkpoint += n,
+                    Err(e) => fail(&sh, e),
+                }
+                let _ = reply.send(r.map(|_| ()));
             }
             Msg::Write(items, reply) => {
                 let mut group = vec![(items, reply)];
@@ -392,6 +436,50 @@ fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared
         let _ = reply.send(ans);
     }
     appended
+}
+
+/// Appends copies of items the store holds and points the index at them (compaction). The
+/// copies are durable before the index moves; the old copies stay until the caller deletes
+/// their volume after a checkpoint.
+fn relocate(
+    sh: &Shared,
+    active: &mut ActiveVolume,
+    items: Vec<Prepared>,
+) -> Result<u64, StoreError> {
+    if let Some(why) = sh.failed.lock().clone() {
+        return Err(StoreError::WritesDisabled(why));
+    }
+    let bytes: u64 = items
+        .iter()
+        .map(|p| (HEADER_LEN + p.payload.len()) as u64)
+        .sum();
+    if active.len > VOLUME_HEADER_LEN && active.len + bytes > sh.opts.max_volume_size {
+        rotate(sh, active)?;
+    }
+    let mut buf = Vec::with_capacity(bytes as usize);
+    let mut batch = IndexBatch::default();
+    for p in items {
+        let loc = Location {
+            volume: active.id,
+            offset: active.len + buf.len() as u64,
+            stored_len: p.payload.len() as u32,
+            raw_len: p.raw_len,
+            kind: p.kind,
+            compression: p.compression,
+        };
+        buf.extend_from_slice(&encode_record(
+            &p.digest,
+            p.kind,
+            p.compression,
+            p.raw_len,
+            &p.payload,
+        ));
+        batch.items.push((p.digest, loc));
+    }
+    let mut appended = 0;
+    flush(sh, active, &mut buf, &mut appended)?;
+    sh.index.write(batch, false)?;
+    Ok(appended)
 }
 
 /// Closure invariant: every reference of every item is in the store, earlier in this group,
