@@ -141,17 +141,10 @@ pub fn show_text(v: &serde_json::Value) -> String {
 }
 
 /// The root tree of the filesystem `REF[:PART]` names (default: the largest filesystem).
-fn fs_root(store: &Store, reference: &str) -> Result<Digest> {
-    let (r, part) = match reference.rsplit_once(':') {
-        Some((r, p))
-            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && r.contains(':') =>
-        {
-            (r, Some(p.parse::<u32>()?))
-        }
-        _ => (reference, None),
-    };
-    let d: Digest = r.parse()?;
-    let Item::Image(img) = item(store, &d)? else {
+/// The root tree of partition `part`'s filesystem of `image` (default: the largest filesystem).
+fn fs_root(store: &Store, d: &Digest, part: Option<u32>) -> Result<Digest> {
+    let r = d.to_text();
+    let Item::Image(img) = item(store, d)? else {
         bail!("{r} is not an image")
     };
     let mut best: Option<(u64, Digest)> = None;
@@ -187,8 +180,13 @@ fn tree(store: &Store, d: &Digest) -> Result<Tree> {
 }
 
 /// Resolves `path`: the entry it names (None for the root) and the tree holding the root.
-fn resolve(store: &Store, reference: &str, path: &str) -> Result<(Digest, Option<TreeEntry>)> {
-    let mut cur = fs_root(store, reference)?;
+fn resolve(
+    store: &Store,
+    image: &Digest,
+    part: Option<u32>,
+    path: &str,
+) -> Result<(Digest, Option<TreeEntry>)> {
+    let mut cur = fs_root(store, image, part)?;
     let mut entry: Option<TreeEntry> = None;
     for comp in path.split('/').filter(|c| !c.is_empty()) {
         if let Some(e) = &entry {
@@ -213,8 +211,8 @@ fn resolve(store: &Store, reference: &str, path: &str) -> Result<(Digest, Option
 }
 
 /// Entries of a directory, or the single entry a file path names.
-pub fn ls(store: &Store, reference: &str, path: &str) -> Result<Vec<TreeEntry>> {
-    let (d, entry) = resolve(store, reference, path)?;
+pub fn ls(store: &Store, image: &Digest, part: Option<u32>, path: &str) -> Result<Vec<TreeEntry>> {
+    let (d, entry) = resolve(store, image, part, path)?;
     match entry {
         Some(e) if e.kind != EntryKind::Dir => Ok(vec![e]),
         _ => Ok(tree(store, &d)?.entries),
@@ -248,8 +246,14 @@ pub fn ls_line(e: &TreeEntry, long: bool) -> String {
 }
 
 /// Writes a file's content.
-pub fn cat(store: &Store, reference: &str, path: &str, out: &mut impl Write) -> Result<()> {
-    let (_, entry) = resolve(store, reference, path)?;
+pub fn cat(
+    store: &Store,
+    image: &Digest,
+    part: Option<u32>,
+    path: &str,
+    out: &mut impl Write,
+) -> Result<()> {
+    let (_, entry) = resolve(store, image, part, path)?;
     let e = entry.with_context(|| format!("{path} is a directory"))?;
     if e.kind != EntryKind::File {
         bail!("{path} is not a regular file");

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use mirage_client::{bench, demo, ingest, paths, restore};
+use mirage_client::{bench, demo, ingest, library, paths, restore};
 use mirage_format::{Algorithm, Digest, Item};
 use mirage_node::{Store, StoreError, StoreOptions};
 
@@ -19,12 +19,17 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Act as USER in the catalog (default: $MIRAGE_USER, else $USER).
+    #[arg(long = "as", global = true, env = "MIRAGE_USER", value_name = "USER")]
+    as_user: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    #[command(flatten)]
+    Library(library::LibraryCmd),
     /// Create a store.
     Init {
         /// Digest algorithm, fixed for the store's lifetime.
@@ -48,6 +53,16 @@ enum Cmd {
         /// Worker threads.
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
+        /// Register the image as a new version of NAME (creating NAME, owned by you, if new).
+        #[arg(long)]
+        name: Option<String>,
+        /// Provenance: the image this one derives from (NAME, NAME@VERSION or digest; default
+        /// with --name: NAME's current default version).
+        #[arg(long, requires = "name")]
+        parent: Option<String>,
+        /// Free text kept with the image in the catalog.
+        #[arg(long, requires = "name", default_value = "")]
+        description: String,
         /// Hash every file, using no checkin hints (for images that may have been crafted to
         /// collide with content the store holds; see docs/FORMAT.md, "Checkin hints").
         #[arg(long)]
@@ -55,7 +70,7 @@ enum Cmd {
     },
     /// Recreate a disk image: partition table, raw regions, swap, ext2/3/4 and vfat filesystems.
     Checkout {
-        /// Image digest.
+        /// NAME, NAME@VERSION or digest.
         reference: String,
         /// Output file (must not exist).
         #[arg(short, long)]
@@ -73,12 +88,12 @@ enum Cmd {
     },
     /// Show an image: disks, partitions, filesystems, sizes, identities.
     Show {
-        /// Image digest.
+        /// NAME, NAME@VERSION or digest.
         reference: String,
     },
     /// List a directory of a filesystem in an image: REF[:PART] [PATH].
     Ls {
-        /// Image digest, optionally with `:PART` (partition number).
+        /// NAME, NAME@VERSION or digest, optionally with `:PART` (partition number).
         reference: String,
         /// Path inside the filesystem.
         #[arg(default_value = "/")]
@@ -89,7 +104,7 @@ enum Cmd {
     },
     /// Print a file of a filesystem in an image: REF[:PART] PATH.
     Cat {
-        /// Image digest, optionally with `:PART` (partition number).
+        /// NAME, NAME@VERSION or digest, optionally with `:PART` (partition number).
         reference: String,
         /// Path inside the filesystem.
         path: String,
@@ -222,6 +237,20 @@ fn default_threads() -> usize {
 }
 
 fn main() -> ExitCode {
+    // `mirage ... | head`: a closed stdout ends the program quietly, like other Unix tools.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MIRAGE_LOG")
@@ -291,6 +320,7 @@ fn mb(b: u64) -> String {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let dir = store_dir(&cli);
+    let caller = cli.as_user.clone().unwrap_or_else(library::default_caller);
     match &cli.cmd {
         Cmd::Init { digest } => {
             let alg: Algorithm = digest.parse()?;
@@ -410,19 +440,55 @@ fn run(cli: Cli) -> Result<ExitCode> {
             image,
             threads,
             rehash,
+            name,
+            parent,
+            description,
         } => {
             let store = open_or_create(&dir)?;
+            let parent = match (name, parent) {
+                (Some(_), Some(p)) => Some(library::image_of(&store, &caller, p)?),
+                _ => None,
+            };
+            if name.is_some() {
+                // Refuse before the work, not after it.
+                library::ensure_caller(&store, &caller)?;
+            }
             let opts = mirage_client::indexer::CheckinOptions {
                 threads: *threads,
                 hints: !*rehash,
             };
             let (root, stats) = mirage_client::indexer::checkin_with(&store, image, opts)
                 .with_context(|| format!("checking in {}", image.display()))?;
+            let registered = match name {
+                Some(n) => Some(store.catalog().submit(
+                    &caller,
+                    mirage_node::catalog::Command::Checkin {
+                        name: n.clone(),
+                        image: root,
+                        parent,
+                        description: description.clone(),
+                    },
+                )?),
+                None => None,
+            };
             if cli.json {
-                print_json(&serde_json::json!({"image": root, "stats": stats}))?;
+                print_json(
+                    &serde_json::json!({"image": root, "stats": stats, "catalog": registered}),
+                )?;
+            } else if let Some(r) = registered {
+                println!(
+                    "{}  {}@{}",
+                    root.to_text(),
+                    r.name.unwrap_or_default(),
+                    r.version.unwrap_or_default()
+                );
             } else {
                 println!("{}", root.to_text());
             }
+        }
+        Cmd::Library(cmd) => {
+            let store = open_or_create(&dir)?;
+            library::run(&store, &caller, cli.json, cmd)?;
         }
         Cmd::Checkout {
             reference,
@@ -432,7 +498,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             verify,
         } => {
             let store = open_existing(&dir)?;
-            let d: Digest = reference.parse()?;
+            let d = library::image_of(&store, &caller, reference)?;
             let opts = mirage_client::checkout::CheckoutOptions {
                 format: if format == "qcow2" {
                     mirage_client::checkout::Format::Qcow2
@@ -457,7 +523,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Show { reference } => {
             let store = open_existing(&dir)?;
-            let d: Digest = reference.parse()?;
+            let d = library::image_of(&store, &caller, reference)?;
             let v = mirage_client::browse::show(&store, &d)?;
             if cli.json {
                 print_json(&v)?;
@@ -471,7 +537,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             long,
         } => {
             let store = open_existing(&dir)?;
-            let entries = mirage_client::browse::ls(&store, reference, path)?;
+            let (r, part) = library::split_partition(reference);
+            let d = library::image_of(&store, &caller, r)?;
+            let entries = mirage_client::browse::ls(&store, &d, part, path)?;
             if cli.json {
                 print_json(&entries)?;
             } else {
@@ -482,8 +550,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Cat { reference, path } => {
             let store = open_existing(&dir)?;
+            let (r, part) = library::split_partition(reference);
+            let d = library::image_of(&store, &caller, r)?;
             let mut out = std::io::stdout().lock();
-            mirage_client::browse::cat(&store, reference, path, &mut out)?;
+            mirage_client::browse::cat(&store, &d, part, path, &mut out)?;
         }
         Cmd::PutTree { dir: src, threads } => {
             let store = open_or_create(&dir)?;
@@ -634,7 +704,7 @@ fn run_demo(cli: &Cli, dir: &Path, scale: usize, keep: Option<&Path>) -> Result<
     let t = std::time::Instant::now();
     let (image, checkin_stats) = mirage_client::indexer::checkin(&store, &img, default_threads())?;
     let checkin_s = t.elapsed().as_secs_f64();
-    let listing: Vec<String> = mirage_client::browse::ls(&store, &image.to_text(), "/")?
+    let listing: Vec<String> = mirage_client::browse::ls(&store, &image, None, "/")?
         .iter()
         .map(|e| mirage_client::browse::ls_line(e, true))
         .collect();

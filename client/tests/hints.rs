@@ -93,7 +93,7 @@ fn hints_skip_unchanged_files_and_miss_no_change() {
     assert_eq!(rehashed.files_hinted, 0);
     assert_eq!(db, db_rehash);
     let mut shown = Vec::new();
-    mirage_client::browse::cat(&s, &format!("{}:3", db.to_text()), &rel, &mut shown).unwrap();
+    mirage_client::browse::cat(&s, &db, Some(3), &rel, &mut shown).unwrap();
     assert!(shown
         .windows(36)
         .any(|w| w == b"changed behind the filesystem's back"));

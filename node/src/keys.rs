@@ -11,8 +11,79 @@ pub const CF_META: &str = "meta";
 /// and are not durable (losing one costs a re-hash), so they are written without a sync.
 pub const CF_HINTS: &str = "hints";
 
+/// Catalog state: the keys of [`catalog`] → versioned JSON records.
+pub const CF_CATALOG: &str = "catalog";
+/// Catalog log: entry index (u64 big-endian) → JSON `LogEntry`.
+pub const CF_CATALOG_LOG: &str = "catalog_log";
+
 /// All column families, in creation order.
-pub const ALL_CFS: [&str; 4] = [CF_ITEMS, CF_LOCTAB, CF_META, CF_HINTS];
+pub const ALL_CFS: [&str; 6] = [
+    CF_ITEMS,
+    CF_LOCTAB,
+    CF_META,
+    CF_HINTS,
+    CF_CATALOG,
+    CF_CATALOG_LOG,
+];
+
+/// Keys of the `catalog` column family.
+pub mod catalog {
+    use mirage_format::Digest;
+
+    /// Prefix of users: `u/` + name → `User`.
+    pub const USER_PREFIX: &[u8] = b"u/";
+    /// Prefix of named images: `n/` + name → `Named`.
+    pub const NAMED_PREFIX: &[u8] = b"n/";
+    /// Prefix of image records: `i/` + digest key bytes → `ImageRecord`.
+    pub const IMAGE_PREFIX: &[u8] = b"i/";
+    /// Prefix of image references: `r/` + digest key bytes + `/` + name + NUL + version (u32
+    /// BE) → empty; one per version that is not deleted.
+    pub const REF_PREFIX: &[u8] = b"r/";
+    /// Index of the last applied log entry (u64 BE).
+    pub const APPLIED: &[u8] = b"m/applied";
+
+    fn join(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(rest);
+        k
+    }
+
+    /// Key of a user.
+    pub fn user(name: &str) -> Vec<u8> {
+        join(USER_PREFIX, name.as_bytes())
+    }
+
+    /// Key of a named image.
+    pub fn named(name: &str) -> Vec<u8> {
+        join(NAMED_PREFIX, name.as_bytes())
+    }
+
+    /// Key of an image record.
+    pub fn image(d: &Digest) -> Vec<u8> {
+        join(IMAGE_PREFIX, &d.key_bytes())
+    }
+
+    /// Prefix of the references to an image.
+    pub fn image_ref_prefix(d: &Digest) -> Vec<u8> {
+        let mut k = join(REF_PREFIX, &d.key_bytes());
+        k.push(b'/');
+        k
+    }
+
+    /// Key of the reference `name@version` → image.
+    pub fn image_ref(d: &Digest, name: &str, version: u32) -> Vec<u8> {
+        let mut k = image_ref_prefix(d);
+        k.extend_from_slice(name.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&version.to_be_bytes());
+        k
+    }
+
+    /// Key of a log entry.
+    pub fn log(index: u64) -> [u8; 8] {
+        index.to_be_bytes()
+    }
+}
 
 /// `meta`: digest algorithm code of the store (one byte).
 pub const META_ALGORITHM: &[u8] = b"algorithm";

@@ -1,8 +1,10 @@
 //! Mirage storage node.
 //!
-//! Today: the storage engine ([`store::Store`]) with its index ([`index`]), usable embedded.
-//! The catalog state machine, Raft replication and the HTTP API build on it.
+//! Today: the storage engine ([`store::Store`]) with its index ([`index`]) and the catalog
+//! state machine ([`catalog`]), usable embedded. Raft replication and the HTTP API build on
+//! them.
 
+pub mod catalog;
 pub mod index;
 pub mod keys;
 pub mod store;

@@ -6,7 +6,7 @@ use mirage_format::Digest;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 use super::{Index, IndexBatch, IndexError};
-use crate::keys::{ALL_CFS, CF_HINTS, CF_ITEMS, CF_LOCTAB, CF_META};
+use crate::keys::{ALL_CFS, CF_CATALOG, CF_CATALOG_LOG, CF_HINTS, CF_ITEMS, CF_LOCTAB, CF_META};
 use crate::store::{Location, LocationTable};
 
 /// The index in a RocksDB database.
@@ -49,6 +49,67 @@ impl RocksIndex {
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(engine)?;
         Ok(RocksIndex { db })
+    }
+
+    /// A value of the `catalog` column family.
+    pub(crate) fn catalog_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        self.db.get_cf(self.cf(CF_CATALOG)?, key).map_err(engine)
+    }
+
+    /// Every key/value of the `catalog` column family under `prefix`, in key order.
+    pub(crate) fn catalog_scan(&self, prefix: &[u8]) -> Result<crate::catalog::Pairs, IndexError> {
+        let it = self.db.iterator_cf(
+            self.cf(CF_CATALOG)?,
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for kv in it {
+            let (k, v) = kv.map_err(engine)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Stores log entry `index`, its writes and the new applied index in one synced batch.
+    pub(crate) fn catalog_commit(
+        &self,
+        index: u64,
+        entry: &[u8],
+        writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    ) -> Result<(), IndexError> {
+        let (cat, log) = (self.cf(CF_CATALOG)?, self.cf(CF_CATALOG_LOG)?);
+        let mut wb = WriteBatch::default();
+        wb.put_cf(log, crate::keys::catalog::log(index), entry);
+        for (k, v) in writes {
+            match v {
+                Some(v) => wb.put_cf(cat, k, v),
+                None => wb.delete_cf(cat, k),
+            }
+        }
+        wb.put_cf(cat, crate::keys::catalog::APPLIED, index.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(engine)
+    }
+
+    /// The catalog log, in order.
+    pub(crate) fn catalog_log(&self) -> Result<Vec<(u64, Vec<u8>)>, IndexError> {
+        let it = self
+            .db
+            .iterator_cf(self.cf(CF_CATALOG_LOG)?, rocksdb::IteratorMode::Start);
+        let mut out = Vec::new();
+        for kv in it {
+            let (k, v) = kv.map_err(engine)?;
+            let i = <[u8; 8]>::try_from(&k[..]).map_err(|_| IndexError::Corrupt {
+                key: hex_of(&k),
+                why: "not a log index".into(),
+            })?;
+            out.push((u64::from_be_bytes(i), v.to_vec()));
+        }
+        Ok(out)
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, IndexError> {

@@ -162,6 +162,8 @@ pub(crate) struct Shared {
     pub(crate) volumes: Volumes,
     pub(crate) failed: parking_lot::Mutex<Option<String>>,
     pub(crate) closing: AtomicBool,
+    /// Serialises catalog commands (one log, applied in order).
+    pub(crate) catalog_lock: parking_lot::Mutex<()>,
 }
 
 /// An open store. Cheap to clone; the last clone dropped shuts the committer down cleanly.
@@ -260,6 +262,7 @@ impl Store {
             index,
             volumes,
             failed: parking_lot::Mutex::new(None),
+            catalog_lock: parking_lot::Mutex::new(()),
             closing: AtomicBool::new(false),
         });
         let active = recover::recover(&shared)?;

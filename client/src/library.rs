@@ -1,0 +1,415 @@
+//! Library commands on the catalog — names, versions, provenance, ACLs, users — and how a REF
+//! (`NAME`, `NAME@VERSION` or a digest, optionally followed by `:PART`) becomes an image.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use mirage_format::Digest;
+use mirage_node::catalog::{Command, ImageRecord, ImageState, Named};
+use mirage_node::Store;
+
+/// The caller when `--as` is not given: `$USER`, else `$LOGNAME`, else `root`.
+pub fn default_caller() -> String {
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "root".into())
+}
+
+/// Makes sure the caller is a user: the first caller of an empty catalog becomes its admin.
+pub fn ensure_caller(store: &Store, caller: &str) -> Result<()> {
+    let c = store.catalog();
+    if c.user(caller)?.is_some() {
+        return Ok(());
+    }
+    if c.users()?.is_empty() {
+        c.submit(
+            caller,
+            Command::AddUser {
+                name: caller.into(),
+                admin: true,
+            },
+        )?;
+        tracing::info!("{caller} is the first user of this catalog and its admin");
+        return Ok(());
+    }
+    bail!("no user named {caller:?} (an admin adds users with `mirage user add`)")
+}
+
+/// Splits `REF:PART` (a partition number after the last colon, unless that colon belongs to a
+/// digest's algorithm prefix).
+pub fn split_partition(reference: &str) -> (&str, Option<u32>) {
+    match reference.rsplit_once(':') {
+        Some((r, p))
+            if !p.is_empty()
+                && p.len() <= 9
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && !r.is_empty()
+                && !matches!(r, "sha256" | "sha1") =>
+        {
+            (r, p.parse().ok())
+        }
+        _ => (reference, None),
+    }
+}
+
+/// The image a REF (without `:PART`) names for `caller`.
+pub fn image_of(store: &Store, caller: &str, reference: &str) -> Result<Digest> {
+    if let Ok(d) = reference.parse::<Digest>() {
+        return Ok(d);
+    }
+    if reference.starts_with("sha256:") || reference.starts_with("sha1:") {
+        bail!("{reference:?} is not a valid digest");
+    }
+    ensure_caller(store, caller)?;
+    Ok(store.catalog().resolve(caller, reference)?.image)
+}
+
+/// Library commands.
+#[derive(Subcommand, Debug)]
+pub enum LibraryCmd {
+    /// Versions of a named image.
+    Versions {
+        /// Name.
+        name: String,
+    },
+    /// Named images you may read, with their default versions.
+    Images {
+        /// Every version, deleted ones included.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Make VERSION the default of NAME (rollback or forward).
+    Default {
+        /// Name.
+        name: String,
+        /// Version number.
+        version: u32,
+    },
+    /// Mark NAME@VERSION deleted (owner or admin; metadata and provenance stay).
+    Delete {
+        /// NAME@VERSION.
+        reference: String,
+    },
+    /// Create NEW whose first version is SRC's image, with SRC as parent.
+    Derive {
+        /// Source: NAME or NAME@VERSION.
+        source: String,
+        /// New name.
+        name: String,
+    },
+    /// Ancestors and descendants of an image.
+    Provenance {
+        /// NAME, NAME@VERSION or digest.
+        reference: String,
+        /// Print a graphviz DOT graph.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Lock a named image for maintenance (admins).
+    Lock {
+        /// Name.
+        name: String,
+        /// Why (shown to whoever is refused).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a maintenance lock (admins).
+    Unlock {
+        /// Name.
+        name: String,
+    },
+    /// Show or change who may read and write a named image (owner or admin to change).
+    Acl {
+        /// Name.
+        name: String,
+        /// Give USER read access.
+        #[arg(long = "grant-read", value_name = "USER")]
+        grant_read: Vec<String>,
+        /// Give USER write (and read) access.
+        #[arg(long = "grant-write", value_name = "USER")]
+        grant_write: Vec<String>,
+        /// Remove USER's access.
+        #[arg(long, value_name = "USER")]
+        revoke: Vec<String>,
+    },
+    /// Users of the catalog.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+}
+
+/// User commands.
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a user (admins; the first caller of an empty catalog is its admin).
+    Add {
+        /// Name.
+        name: String,
+        /// Make the user an administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List users.
+    List,
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn name_at(reference: &str) -> Result<(&str, u32)> {
+    let (n, v) = reference
+        .rsplit_once('@')
+        .with_context(|| format!("{reference:?}: expected NAME@VERSION"))?;
+    Ok((
+        n,
+        v.parse()
+            .with_context(|| format!("{reference:?}: the version is a number"))?,
+    ))
+}
+
+fn versions_text(n: &Named) -> String {
+    let mut s = format!("{}  owner {}", n.name, n.owner);
+    if let Some(l) = &n.lock {
+        let _ = write!(s, "  LOCKED by {}: {}", l.by, l.reason);
+    }
+    s.push('\n');
+    for v in &n.versions {
+        let mark = if v.number == n.default { '*' } else { ' ' };
+        let state = if v.deleted { "  (deleted)" } else { "" };
+        let _ = writeln!(
+            s,
+            "{mark} {:>4}  {}  {}  by {}{state}",
+            v.number,
+            v.image.to_text(),
+            v.created.secs,
+            v.creator
+        );
+    }
+    s
+}
+
+/// Runs a library command as `caller`.
+pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<()> {
+    ensure_caller(store, caller)?;
+    let c = store.catalog();
+    let submit = |command: Command| -> Result<()> {
+        let r = c.submit(caller, command)?;
+        if json {
+            print_json(&r)?;
+        }
+        Ok(())
+    };
+    match cmd {
+        LibraryCmd::Versions { name } => {
+            let n = c.named(caller, name)?;
+            if json {
+                print_json(&n)?;
+            } else {
+                print!("{}", versions_text(&n));
+            }
+        }
+        LibraryCmd::Images { all } => {
+            let list = c.list(caller)?;
+            if json {
+                return print_json(&list);
+            }
+            for n in &list {
+                if *all {
+                    print!("{}", versions_text(n));
+                } else if let Some(v) = n.default_version() {
+                    let lock = if n.lock.is_some() { "  LOCKED" } else { "" };
+                    println!(
+                        "{}@{}  {}  owner {}  {} versions{lock}",
+                        n.name,
+                        v.number,
+                        v.image.to_text(),
+                        n.owner,
+                        n.versions.len()
+                    );
+                }
+            }
+        }
+        LibraryCmd::Default { name, version } => submit(Command::SetDefault {
+            name: name.clone(),
+            version: *version,
+        })?,
+        LibraryCmd::Delete { reference } => {
+            let (name, version) = name_at(reference)?;
+            submit(Command::Delete {
+                name: name.into(),
+                version,
+            })?
+        }
+        LibraryCmd::Derive { source, name } => {
+            let (src, version) = match source.rsplit_once('@') {
+                Some((s, v)) => (
+                    s,
+                    Some(v.parse().context("the version after @ is a number")?),
+                ),
+                None => (source.as_str(), None),
+            };
+            submit(Command::Derive {
+                source: src.into(),
+                version,
+                name: name.clone(),
+            })?
+        }
+        LibraryCmd::Provenance { reference, dot } => {
+            let image = image_of(store, caller, reference)?;
+            provenance(store, caller, &image, *dot, json)?;
+        }
+        LibraryCmd::Lock { name, reason } => submit(Command::Lock {
+            name: name.clone(),
+            reason: reason.clone(),
+        })?,
+        LibraryCmd::Unlock { name } => submit(Command::Unlock { name: name.clone() })?,
+        LibraryCmd::Acl {
+            name,
+            grant_read,
+            grant_write,
+            revoke,
+        } => {
+            if !(grant_read.is_empty() && grant_write.is_empty() && revoke.is_empty()) {
+                c.submit(
+                    caller,
+                    Command::Acl {
+                        name: name.clone(),
+                        grant_read: grant_read.clone(),
+                        grant_write: grant_write.clone(),
+                        revoke: revoke.clone(),
+                    },
+                )?;
+            }
+            let n = c.named(caller, name)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "name": n.name, "owner": n.owner, "readers": n.readers, "writers": n.writers,
+                }))?;
+            } else {
+                println!("owner   {}", n.owner);
+                println!(
+                    "writers {}",
+                    n.writers.iter().cloned().collect::<Vec<_>>().join(" ")
+                );
+                println!(
+                    "readers {}",
+                    n.readers.iter().cloned().collect::<Vec<_>>().join(" ")
+                );
+            }
+        }
+        LibraryCmd::User { cmd } => match cmd {
+            UserCmd::Add { name, admin } => submit(Command::AddUser {
+                name: name.clone(),
+                admin: *admin,
+            })?,
+            UserCmd::List => {
+                let users = c.users()?;
+                if json {
+                    return print_json(&users);
+                }
+                for u in users {
+                    println!("{}{}", u.name, if u.admin { "  (admin)" } else { "" });
+                }
+            }
+        },
+    }
+    Ok(())
+}
+
+/// Ancestors (parent chain) and descendants of `image` among the images `caller` may see.
+fn provenance(store: &Store, caller: &str, image: &Digest, dot: bool, json: bool) -> Result<()> {
+    let c = store.catalog();
+    let mut all: BTreeMap<Digest, ImageRecord> = BTreeMap::new();
+    for r in c.images()? {
+        if c.may_see(caller, &r)? {
+            all.insert(r.digest, r);
+        }
+    }
+    if !all.contains_key(image) {
+        bail!(
+            "{} is not in the catalog (or you may not see it)",
+            image.to_text()
+        );
+    }
+    let mut ancestors = Vec::new();
+    let mut cur = all.get(image).and_then(|r| r.parent);
+    let mut seen = BTreeSet::from([*image]);
+    while let Some(p) = cur.filter(|p| seen.insert(*p)) {
+        ancestors.push(p);
+        cur = all.get(&p).and_then(|r| r.parent);
+    }
+    let mut children: BTreeMap<Digest, Vec<Digest>> = BTreeMap::new();
+    for r in all.values() {
+        if let Some(p) = r.parent.filter(|p| *p != r.digest) {
+            children.entry(p).or_default().push(r.digest);
+        }
+    }
+    let mut descendants = Vec::new();
+    let mut stack = vec![*image];
+    let mut seen = BTreeSet::from([*image]);
+    while let Some(d) = stack.pop() {
+        for ch in children.get(&d).into_iter().flatten() {
+            if seen.insert(*ch) {
+                descendants.push(*ch);
+                stack.push(*ch);
+            }
+        }
+    }
+    let label = |d: &Digest| -> Result<String> {
+        let names: Vec<String> = c
+            .refs(d)?
+            .into_iter()
+            .filter(|(n, _)| c.named(caller, n).is_ok())
+            .map(|(n, v)| format!("{n}@{v}"))
+            .collect();
+        let state = match all.get(d).map(|r| r.state) {
+            Some(ImageState::Deleted) => " (deleted)",
+            _ => "",
+        };
+        Ok(format!("{} {}{state}", d, names.join(" ")))
+    };
+    if json {
+        return print_json(&serde_json::json!({
+            "image": image, "ancestors": ancestors, "descendants": descendants,
+        }));
+    }
+    if dot {
+        println!("digraph provenance {{");
+        let mut nodes: Vec<Digest> = ancestors.clone();
+        nodes.push(*image);
+        nodes.extend(descendants.iter().copied());
+        for d in &nodes {
+            let style = if d == image { ", style=bold" } else { "" };
+            println!(
+                "  \"{}\" [label=\"{}\"{style}];",
+                d.hex(),
+                label(d)?.replace('"', "'")
+            );
+        }
+        for d in &nodes {
+            if let Some(p) = all
+                .get(d)
+                .and_then(|r| r.parent)
+                .filter(|p| nodes.contains(p))
+            {
+                println!("  \"{}\" -> \"{}\";", p.hex(), d.hex());
+            }
+        }
+        println!("}}");
+        return Ok(());
+    }
+    for a in ancestors.iter().rev() {
+        println!("ancestor    {}", label(a)?);
+    }
+    println!("image       {}", label(image)?);
+    for d in &descendants {
+        println!("descendant  {}", label(d)?);
+    }
+    Ok(())
+}

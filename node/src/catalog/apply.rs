@@ -1,0 +1,435 @@
+//! The deterministic state machine: [`apply`] computes the writes of one log entry from the
+//! state it reads. No clock (the entry carries its time), no randomness, no I/O of its own, so
+//! the same log gives the same state on every replica and on every replay.
+
+use std::collections::BTreeMap;
+
+use mirage_format::Digest;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::model::{ImageRecord, ImageState, LockInfo, Named, Time, User, Version};
+use super::ops::{check_name, CatalogError, Command, LogEntry, Response};
+use crate::keys::catalog as keys;
+
+/// Key/value pairs in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Read access to the catalog's keys.
+pub trait View {
+    /// One value.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError>;
+    /// Every key/value under a prefix, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, CatalogError>;
+}
+
+/// The effect of one entry: puts (`Some`) and deletes (`None`), and the answer.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Key → new value, or `None` to delete.
+    pub writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// What the command answers.
+    pub response: Response,
+}
+
+/// Reads through the writes of the entry being applied.
+struct Tx<'a> {
+    view: &'a dyn View,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Tx<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.view.get(key),
+        }
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, CatalogError> {
+        self.get(key)?.map(|v| decode(key, &v)).transpose()
+    }
+
+    fn put_json<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), CatalogError> {
+        let v = serde_json::to_vec(value).map_err(|e| CatalogError::Storage(e.to_string()))?;
+        self.writes.insert(key, Some(v));
+        Ok(())
+    }
+
+    fn has_prefix(&self, prefix: &[u8]) -> Result<bool, CatalogError> {
+        if self
+            .writes
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .any(|(_, v)| v.is_some())
+        {
+            return Ok(true);
+        }
+        Ok(self
+            .view
+            .scan_prefix(prefix)?
+            .into_iter()
+            .any(|(k, _)| !matches!(self.writes.get(&k), Some(None))))
+    }
+}
+
+/// Decodes a stored record.
+pub fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, CatalogError> {
+    serde_json::from_slice(v).map_err(|e| {
+        CatalogError::Storage(format!(
+            "record {} does not decode: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+/// May `u` read `n`?
+pub fn can_read(n: &Named, u: &User) -> bool {
+    u.admin || n.owner == u.name || n.readers.contains(&u.name) || n.writers.contains(&u.name)
+}
+
+/// May `u` add versions to `n` or move its default?
+pub fn can_write(n: &Named, u: &User) -> bool {
+    u.admin || n.owner == u.name || n.writers.contains(&u.name)
+}
+
+fn owner_or_admin(n: &Named, u: &User) -> bool {
+    u.admin || n.owner == u.name
+}
+
+fn user(tx: &Tx<'_>, name: &str) -> Result<User, CatalogError> {
+    tx.get_json(&keys::user(name))?
+        .ok_or_else(|| CatalogError::NoSuchUser(name.to_string()))
+}
+
+/// The named image if `u` may read it; else `NotFound`, exactly as if it did not exist.
+fn visible(tx: &Tx<'_>, name: &str, u: &User) -> Result<Named, CatalogError> {
+    match tx.get_json::<Named>(&keys::named(name))? {
+        Some(n) if can_read(&n, u) => Ok(n),
+        _ => Err(CatalogError::NotFound(name.to_string())),
+    }
+}
+
+/// A name the caller wants to create: free, or refused without saying whether it exists
+/// unless the caller may read it.
+fn free_name(tx: &Tx<'_>, name: &str, u: &User) -> Result<(), CatalogError> {
+    check_name("image name", name)?;
+    match tx.get_json::<Named>(&keys::named(name))? {
+        None => Ok(()),
+        Some(n) if can_read(&n, u) => Err(CatalogError::Exists(name.to_string())),
+        Some(_) => Err(CatalogError::Denied(format!(
+            "the name {name:?} is not available"
+        ))),
+    }
+}
+
+fn unlocked(n: &Named) -> Result<(), CatalogError> {
+    match &n.lock {
+        Some(l) => Err(CatalogError::Locked {
+            name: n.name.clone(),
+            by: l.by.clone(),
+            reason: l.reason.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn live_version(n: &Named, number: u32) -> Result<&Version, CatalogError> {
+    let v = n
+        .version(number)
+        .ok_or_else(|| CatalogError::NoSuchVersion {
+            name: n.name.clone(),
+            version: number,
+        })?;
+    if v.deleted {
+        return Err(CatalogError::Deleted {
+            name: n.name.clone(),
+            version: number,
+        });
+    }
+    Ok(v)
+}
+
+/// Records that `name@version` refers to `image`, creating or reviving the image's record.
+fn add_ref(
+    tx: &mut Tx<'_>,
+    image: Digest,
+    name: &str,
+    version: u32,
+    parent: Option<Digest>,
+    description: &str,
+    e: &LogEntry,
+) -> Result<(), CatalogError> {
+    tx.writes
+        .insert(keys::image_ref(&image, name, version), Some(Vec::new()));
+    let key = keys::image(&image);
+    let rec = match tx.get_json::<ImageRecord>(&key)? {
+        Some(mut r) => {
+            r.state = ImageState::Active;
+            r
+        }
+        None => ImageRecord {
+            v: 1,
+            digest: image,
+            state: ImageState::Active,
+            created: e.time,
+            parent,
+            creator: e.caller.clone(),
+            description: description.to_string(),
+            labels: BTreeMap::new(),
+        },
+    };
+    tx.put_json(key, &rec)
+}
+
+/// Drops the reference of `name@version`; an image no live version refers to is marked deleted.
+fn drop_ref(tx: &mut Tx<'_>, image: Digest, name: &str, version: u32) -> Result<(), CatalogError> {
+    tx.writes
+        .insert(keys::image_ref(&image, name, version), None);
+    if !tx.has_prefix(&keys::image_ref_prefix(&image))? {
+        let key = keys::image(&image);
+        if let Some(mut r) = tx.get_json::<ImageRecord>(&key)? {
+            r.state = ImageState::Deleted;
+            tx.put_json(key, &r)?;
+        }
+    }
+    Ok(())
+}
+
+fn new_named(name: &str, owner: &str, image: Digest, at: Time) -> Named {
+    Named {
+        v: 1,
+        name: name.to_string(),
+        owner: owner.to_string(),
+        readers: Default::default(),
+        writers: Default::default(),
+        versions: vec![Version {
+            number: 1,
+            image,
+            created: at,
+            creator: owner.to_string(),
+            deleted: false,
+        }],
+        default: 1,
+        lock: None,
+    }
+}
+
+/// Applies one log entry to the state `view` shows.
+pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
+    let mut tx = Tx {
+        view,
+        writes: BTreeMap::new(),
+    };
+    let response = match &e.command {
+        Command::AddUser { name, admin } => {
+            check_name("user name", name)?;
+            let first = !tx.has_prefix(keys::USER_PREFIX)?;
+            if first {
+                if *name != e.caller {
+                    return Err(CatalogError::Invalid(format!(
+                        "the catalog has no users yet: the first user must be the caller ({})",
+                        e.caller
+                    )));
+                }
+            } else if !user(&tx, &e.caller)?.admin {
+                return Err(CatalogError::Denied("only an admin adds users".into()));
+            }
+            if tx.get(&keys::user(name))?.is_some() {
+                return Err(CatalogError::Invalid(format!("user {name:?} exists")));
+            }
+            let u = User {
+                v: 1,
+                name: name.clone(),
+                admin: *admin || first,
+                created: e.time,
+            };
+            tx.put_json(keys::user(name), &u)?;
+            Response::default()
+        }
+        Command::Checkin {
+            name,
+            image,
+            parent,
+            description,
+        } => {
+            let u = user(&tx, &e.caller)?;
+            check_name("image name", name)?;
+            let key = keys::named(name);
+            let (n, number, parent) = match tx.get_json::<Named>(&key)? {
+                None => (new_named(name, &u.name, *image, e.time), 1, *parent),
+                Some(n) if !can_read(&n, &u) => {
+                    return Err(CatalogError::Denied(format!(
+                        "the name {name:?} is not available"
+                    )))
+                }
+                Some(mut n) => {
+                    if !can_write(&n, &u) {
+                        return Err(CatalogError::Denied(format!(
+                            "{} may read {name} but not add versions",
+                            u.name
+                        )));
+                    }
+                    unlocked(&n)?;
+                    let parent = parent.or_else(|| n.default_version().map(|v| v.image));
+                    let number = n.versions.len() as u32 + 1;
+                    n.versions.push(Version {
+                        number,
+                        image: *image,
+                        created: e.time,
+                        creator: u.name.clone(),
+                        deleted: false,
+                    });
+                    n.default = number;
+                    (n, number, parent)
+                }
+            };
+            tx.put_json(key, &n)?;
+            add_ref(&mut tx, *image, name, number, parent, description, e)?;
+            Response {
+                name: Some(name.clone()),
+                version: Some(number),
+                image: Some(*image),
+            }
+        }
+        Command::Derive {
+            source,
+            version,
+            name,
+        } => {
+            let u = user(&tx, &e.caller)?;
+            let src = visible(&tx, source, &u)?;
+            let number = version.unwrap_or(src.default);
+            let image = live_version(&src, number)?.image;
+            free_name(&tx, name, &u)?;
+            tx.put_json(keys::named(name), &new_named(name, &u.name, image, e.time))?;
+            add_ref(&mut tx, image, name, 1, Some(image), "", e)?;
+            Response {
+                name: Some(name.clone()),
+                version: Some(1),
+                image: Some(image),
+            }
+        }
+        Command::SetDefault { name, version } => {
+            let u = user(&tx, &e.caller)?;
+            let mut n = visible(&tx, name, &u)?;
+            if !can_write(&n, &u) {
+                return Err(CatalogError::Denied(format!(
+                    "{} may read {name} but not change its default",
+                    u.name
+                )));
+            }
+            unlocked(&n)?;
+            let image = live_version(&n, *version)?.image;
+            n.default = *version;
+            tx.put_json(keys::named(name), &n)?;
+            Response {
+                name: Some(name.clone()),
+                version: Some(*version),
+                image: Some(image),
+            }
+        }
+        Command::Delete { name, version } => {
+            let u = user(&tx, &e.caller)?;
+            let mut n = visible(&tx, name, &u)?;
+            if !owner_or_admin(&n, &u) {
+                return Err(CatalogError::Denied(format!(
+                    "only the owner ({}) or an admin deletes versions of {name}",
+                    n.owner
+                )));
+            }
+            unlocked(&n)?;
+            let Some(i) = version
+                .checked_sub(1)
+                .filter(|i| (*i as usize) < n.versions.len())
+            else {
+                return Err(CatalogError::NoSuchVersion {
+                    name: name.clone(),
+                    version: *version,
+                });
+            };
+            let image = n.versions[i as usize].image;
+            if !n.versions[i as usize].deleted {
+                n.versions[i as usize].deleted = true;
+                if n.default == *version {
+                    n.default = n
+                        .versions
+                        .iter()
+                        .rev()
+                        .find(|v| !v.deleted)
+                        .map_or(0, |v| v.number);
+                }
+                tx.put_json(keys::named(name), &n)?;
+                drop_ref(&mut tx, image, name, *version)?;
+            }
+            Response {
+                name: Some(name.clone()),
+                version: Some(*version),
+                image: Some(image),
+            }
+        }
+        Command::Lock { name, reason } => {
+            let u = user(&tx, &e.caller)?;
+            let mut n = visible(&tx, name, &u)?;
+            if !u.admin {
+                return Err(CatalogError::Denied("only an admin locks images".into()));
+            }
+            n.lock = Some(LockInfo {
+                by: u.name.clone(),
+                reason: reason.clone(),
+                at: e.time,
+            });
+            tx.put_json(keys::named(name), &n)?;
+            Response {
+                name: Some(name.clone()),
+                ..Default::default()
+            }
+        }
+        Command::Unlock { name } => {
+            let u = user(&tx, &e.caller)?;
+            let mut n = visible(&tx, name, &u)?;
+            if !u.admin {
+                return Err(CatalogError::Denied("only an admin unlocks images".into()));
+            }
+            n.lock = None;
+            tx.put_json(keys::named(name), &n)?;
+            Response {
+                name: Some(name.clone()),
+                ..Default::default()
+            }
+        }
+        Command::Acl {
+            name,
+            grant_read,
+            grant_write,
+            revoke,
+        } => {
+            let u = user(&tx, &e.caller)?;
+            let mut n = visible(&tx, name, &u)?;
+            if !owner_or_admin(&n, &u) {
+                return Err(CatalogError::Denied(format!(
+                    "only the owner ({}) or an admin changes the ACL of {name}",
+                    n.owner
+                )));
+            }
+            for who in grant_read.iter().chain(grant_write).chain(revoke) {
+                user(&tx, who)?;
+            }
+            for who in revoke {
+                n.readers.remove(who);
+                n.writers.remove(who);
+            }
+            n.readers.extend(grant_read.iter().cloned());
+            n.writers.extend(grant_write.iter().cloned());
+            tx.put_json(keys::named(name), &n)?;
+            Response {
+                name: Some(name.clone()),
+                ..Default::default()
+            }
+        }
+    };
+    Ok(Applied {
+        writes: tx.writes,
+        response,
+    })
+}

@@ -1,0 +1,273 @@
+//! The catalog: users, named images with version chains and ACLs, image records with
+//! provenance. A command becomes a log entry (caller and time included) that the deterministic
+//! [`apply::apply`] turns into writes; the embedded store commits the entry, its writes and the
+//! applied index in one synced RocksDB batch (the cluster will replicate the same log with
+//! openraft). A refused command changes nothing and is not logged. Queries filter by ACL: a
+//! caller learns nothing about a named image it may not read.
+
+pub mod apply;
+pub mod model;
+pub mod ops;
+
+use std::collections::BTreeMap;
+
+use mirage_format::Digest;
+
+pub use apply::{apply, can_read, can_write, Applied, Pairs, View};
+pub use model::{ImageRecord, ImageState, LockInfo, Named, Time, User, Version};
+pub use ops::{check_name, CatalogError, Command, LogEntry, Response};
+
+use crate::index::RocksIndex;
+use crate::keys::catalog as keys;
+use crate::store::Store;
+
+struct RocksView<'a>(&'a RocksIndex);
+
+fn storage(e: impl std::fmt::Display) -> CatalogError {
+    CatalogError::Storage(e.to_string())
+}
+
+impl View for RocksView<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError> {
+        self.0.catalog_get(key).map_err(storage)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, CatalogError> {
+        self.0.catalog_scan(prefix).map_err(storage)
+    }
+}
+
+/// A reference resolved to an image.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Resolved {
+    /// The image.
+    pub image: Digest,
+    /// The named image and version it came from, for a name reference.
+    pub name: Option<String>,
+    /// Version number.
+    pub version: Option<u32>,
+}
+
+/// The catalog of a store.
+#[derive(Debug, Clone, Copy)]
+pub struct Catalog<'a> {
+    store: &'a Store,
+}
+
+impl Store {
+    /// The catalog kept in this store.
+    pub fn catalog(&self) -> Catalog<'_> {
+        Catalog { store: self }
+    }
+}
+
+fn now() -> Time {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Time {
+        secs: d.as_secs() as i64,
+        nanos: d.subsec_nanos(),
+    }
+}
+
+impl Catalog<'_> {
+    fn view(&self) -> RocksView<'_> {
+        RocksView(&self.store.shared().index)
+    }
+
+    /// Applies a command as `caller`; returns once it is durable.
+    pub fn submit(&self, caller: &str, command: Command) -> Result<Response, CatalogError> {
+        let sh = self.store.shared();
+        let _serial = sh.catalog_lock.lock();
+        let view = self.view();
+        let applied = match view.get(keys::APPLIED)? {
+            Some(v) => u64::from_be_bytes(
+                <[u8; 8]>::try_from(v.as_slice()).map_err(|_| storage("applied index"))?,
+            ),
+            None => 0,
+        };
+        let entry = LogEntry {
+            v: 1,
+            index: applied + 1,
+            time: now(),
+            caller: caller.to_string(),
+            command,
+        };
+        let done = apply(&view, &entry)?;
+        let bytes = serde_json::to_vec(&entry).map_err(storage)?;
+        sh.index
+            .catalog_commit(entry.index, &bytes, &done.writes)
+            .map_err(storage)?;
+        Ok(done.response)
+    }
+
+    /// The log, in order.
+    pub fn log(&self) -> Result<Vec<LogEntry>, CatalogError> {
+        self.store
+            .shared()
+            .index
+            .catalog_log()
+            .map_err(storage)?
+            .into_iter()
+            .map(|(i, v)| apply::decode(&keys::log(i), &v))
+            .collect()
+    }
+
+    /// Every key and value of the state (for replay checks and backups).
+    pub fn dump(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, CatalogError> {
+        let mut all: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.view().scan_prefix(b"")?.into_iter().collect();
+        all.remove(keys::APPLIED);
+        Ok(all)
+    }
+
+    /// A user.
+    pub fn user(&self, name: &str) -> Result<Option<User>, CatalogError> {
+        self.view()
+            .get(&keys::user(name))?
+            .map(|v| apply::decode(&keys::user(name), &v))
+            .transpose()
+    }
+
+    /// Every user.
+    pub fn users(&self) -> Result<Vec<User>, CatalogError> {
+        self.view()
+            .scan_prefix(keys::USER_PREFIX)?
+            .into_iter()
+            .map(|(k, v)| apply::decode(&k, &v))
+            .collect()
+    }
+
+    fn caller(&self, caller: &str) -> Result<User, CatalogError> {
+        self.user(caller)?
+            .ok_or_else(|| CatalogError::NoSuchUser(caller.to_string()))
+    }
+
+    /// A named image `caller` may read (`NotFound` otherwise, exactly as if it did not exist).
+    pub fn named(&self, caller: &str, name: &str) -> Result<Named, CatalogError> {
+        let u = self.caller(caller)?;
+        let key = keys::named(name);
+        match self.view().get(&key)? {
+            Some(v) => {
+                let n: Named = apply::decode(&key, &v)?;
+                if can_read(&n, &u) {
+                    return Ok(n);
+                }
+                Err(CatalogError::NotFound(name.to_string()))
+            }
+            None => Err(CatalogError::NotFound(name.to_string())),
+        }
+    }
+
+    /// Every named image `caller` may read, by name.
+    pub fn list(&self, caller: &str) -> Result<Vec<Named>, CatalogError> {
+        let u = self.caller(caller)?;
+        let mut out = Vec::new();
+        for (k, v) in self.view().scan_prefix(keys::NAMED_PREFIX)? {
+            let n: Named = apply::decode(&k, &v)?;
+            if can_read(&n, &u) {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The record of an image.
+    pub fn image(&self, d: &Digest) -> Result<Option<ImageRecord>, CatalogError> {
+        let key = keys::image(d);
+        self.view()
+            .get(&key)?
+            .map(|v| apply::decode(&key, &v))
+            .transpose()
+    }
+
+    /// Every image record.
+    pub fn images(&self) -> Result<Vec<ImageRecord>, CatalogError> {
+        self.view()
+            .scan_prefix(keys::IMAGE_PREFIX)?
+            .into_iter()
+            .map(|(k, v)| apply::decode(&k, &v))
+            .collect()
+    }
+
+    /// The versions (`name`, number) that refer to `image` and are not deleted, whoever may
+    /// read them.
+    pub fn refs(&self, image: &Digest) -> Result<Vec<(String, u32)>, CatalogError> {
+        let prefix = keys::image_ref_prefix(image);
+        let mut out = Vec::new();
+        for (k, _) in self.view().scan_prefix(&prefix)? {
+            let rest = &k[prefix.len()..];
+            if let Some(nul) = rest.iter().position(|b| *b == 0) {
+                let name = String::from_utf8_lossy(&rest[..nul]).into_owned();
+                let v = <[u8; 4]>::try_from(&rest[nul + 1..])
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| storage("image reference key"))?;
+                out.push((name, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// May `caller` see `image`: an admin, its creator, or a reader of a name that refers to
+    /// it (including deleted versions)?
+    pub fn may_see(&self, caller: &str, image: &ImageRecord) -> Result<bool, CatalogError> {
+        let u = self.caller(caller)?;
+        if u.admin || image.creator == u.name {
+            return Ok(true);
+        }
+        for n in self.list(caller)? {
+            if n.versions.iter().any(|v| v.image == image.digest) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Resolves `NAME`, `NAME@VERSION` or a digest (`sha256:…`).
+    pub fn resolve(&self, caller: &str, reference: &str) -> Result<Resolved, CatalogError> {
+        if let Ok(d) = reference.parse::<Digest>() {
+            return Ok(Resolved {
+                image: d,
+                name: None,
+                version: None,
+            });
+        }
+        let (name, version) = match reference.rsplit_once('@') {
+            Some((n, v)) => {
+                let v: u32 = v.parse().map_err(|_| {
+                    CatalogError::Invalid(format!("{reference:?}: the version after @ is a number"))
+                })?;
+                (n, Some(v))
+            }
+            None => (reference, None),
+        };
+        let n = self.named(caller, name)?;
+        let number = match version {
+            Some(v) => v,
+            None if n.default == 0 => {
+                return Err(CatalogError::Invalid(format!(
+                    "every version of {name} is deleted"
+                )))
+            }
+            None => n.default,
+        };
+        let v = n
+            .version(number)
+            .ok_or_else(|| CatalogError::NoSuchVersion {
+                name: name.to_string(),
+                version: number,
+            })?;
+        if v.deleted {
+            return Err(CatalogError::Deleted {
+                name: name.to_string(),
+                version: number,
+            });
+        }
+        Ok(Resolved {
+            image: v.image,
+            name: Some(name.to_string()),
+            version: Some(number),
+        })
+    }
+}

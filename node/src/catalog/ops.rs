@@ -1,0 +1,196 @@
+//! Catalog commands, log entries, answers and errors. A command goes into the log as a
+//! [`LogEntry`] (versioned JSON): its caller and time are part of the entry, so applying the
+//! same log always gives the same state.
+
+use mirage_format::Digest;
+use serde::{Deserialize, Serialize};
+
+use super::model::Time;
+
+/// A state change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Adds a user (admins only; the very first user may add itself, as an admin).
+    AddUser {
+        /// Name.
+        name: String,
+        /// Make it an administrator.
+        admin: bool,
+    },
+    /// Creates the named image with `image` as version 1 (caller becomes the owner), or adds
+    /// `image` as its next version, which becomes the default (needs write access).
+    Checkin {
+        /// Name.
+        name: String,
+        /// Image digest (its items must already be stored).
+        image: Digest,
+        /// Provenance; `None` means the current default version of `name`, if any.
+        parent: Option<Digest>,
+        /// Free text kept with the image.
+        #[serde(default)]
+        description: String,
+    },
+    /// Creates `name` whose version 1 is `source`'s image, with it as parent (needs read on
+    /// `source`).
+    Derive {
+        /// Source name.
+        source: String,
+        /// Source version (default: its default version).
+        version: Option<u32>,
+        /// New name.
+        name: String,
+    },
+    /// Moves the default version (rollback or forward); needs write access.
+    SetDefault {
+        /// Name.
+        name: String,
+        /// Version number.
+        version: u32,
+    },
+    /// Marks a version deleted (owner or admin). Metadata and provenance stay.
+    Delete {
+        /// Name.
+        name: String,
+        /// Version number.
+        version: u32,
+    },
+    /// Maintenance lock (admins): refuses new versions, default changes and deletes.
+    Lock {
+        /// Name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Lifts a maintenance lock (admins).
+    Unlock {
+        /// Name.
+        name: String,
+    },
+    /// Changes the ACL (owner or admin).
+    Acl {
+        /// Name.
+        name: String,
+        /// Users given read access.
+        #[serde(default)]
+        grant_read: Vec<String>,
+        /// Users given write (and read) access.
+        #[serde(default)]
+        grant_write: Vec<String>,
+        /// Users whose access is removed.
+        #[serde(default)]
+        revoke: Vec<String>,
+    },
+}
+
+/// One entry of the catalog log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Entry format version (1).
+    pub v: u8,
+    /// Position in the log, from 1.
+    pub index: u64,
+    /// When it was submitted (the only clock the state machine sees).
+    pub time: Time,
+    /// Who submitted it.
+    pub caller: String,
+    /// What it does.
+    pub command: Command,
+}
+
+/// What an applied command answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The named image concerned.
+    pub name: Option<String>,
+    /// The version concerned.
+    pub version: Option<u32>,
+    /// The image concerned.
+    pub image: Option<Digest>,
+}
+
+/// Why a command or query was refused. Each variant has a stable code ([`CatalogError::code`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// No such named image, or one the caller may not read (the two are indistinguishable).
+    #[error("no image named {0:?}")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("an image named {0:?} already exists")]
+    Exists(String),
+    /// The caller may see the image but not do this.
+    #[error("permission denied: {0}")]
+    Denied(String),
+    /// The image is locked for maintenance.
+    #[error("{name} is locked for maintenance by {by}: {reason}")]
+    Locked {
+        /// Name.
+        name: String,
+        /// Who locked it.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+    /// No such version.
+    #[error("{name} has no version {version}")]
+    NoSuchVersion {
+        /// Name.
+        name: String,
+        /// Version asked for.
+        version: u32,
+    },
+    /// The version is deleted.
+    #[error("{name}@{version} is deleted")]
+    Deleted {
+        /// Name.
+        name: String,
+        /// Version.
+        version: u32,
+    },
+    /// Unknown user.
+    #[error("no user named {0:?} (an admin adds users with `mirage user add`)")]
+    NoSuchUser(String),
+    /// A malformed name, reference or argument.
+    #[error("{0}")]
+    Invalid(String),
+    /// The storage under the catalog failed.
+    #[error("catalog storage: {0}")]
+    Storage(String),
+}
+
+impl CatalogError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CatalogError::NotFound(_) => "not_found",
+            CatalogError::Exists(_) => "exists",
+            CatalogError::Denied(_) => "denied",
+            CatalogError::Locked { .. } => "locked",
+            CatalogError::NoSuchVersion { .. } => "no_such_version",
+            CatalogError::Deleted { .. } => "deleted",
+            CatalogError::NoSuchUser(_) => "no_such_user",
+            CatalogError::Invalid(_) => "invalid",
+            CatalogError::Storage(_) => "storage",
+        }
+    }
+}
+
+/// Names of users and images: 1–128 bytes of letters, digits, `.`, `_`, `-`, `/`, not
+/// starting with `.`, `/` or `-` (so a name never looks like a digest, a path or an option).
+pub fn check_name(what: &str, name: &str) -> Result<(), CatalogError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(['.', '/', '-'])
+        && !name.contains("//")
+        && !name.contains(':')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(CatalogError::Invalid(format!(
+            "{what} {name:?}: use 1-128 letters, digits, '.', '_', '-' or '/', not first '.', '/' or '-'"
+        )))
+    }
+}

@@ -1,0 +1,416 @@
+//! The catalog state machine on a real store: the ACL matrix, version chains, delete marks,
+//! locks, and deterministic replay of the log.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use mirage_format::{Algorithm, Digest};
+use mirage_node::catalog::{apply, CatalogError, Command, ImageState, View};
+use mirage_node::{Store, StoreOptions};
+
+fn img(n: u8) -> Digest {
+    Digest::of(Algorithm::Sha256, &[n]).unwrap()
+}
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(
+        dir,
+        StoreOptions {
+            create: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// root (admin), owner, writer, reader, stranger; `web` owned by owner with versions 1 and 2,
+/// writer and reader granted.
+fn setup(dir: &std::path::Path) -> Store {
+    let s = open(dir);
+    let c = s.catalog();
+    let add = |caller: &str, name: &str, admin: bool| {
+        c.submit(
+            caller,
+            Command::AddUser {
+                name: name.into(),
+                admin,
+            },
+        )
+        .unwrap();
+    };
+    add("root", "root", true);
+    for u in ["owner", "writer", "reader", "stranger"] {
+        add("root", u, false);
+    }
+    for i in [1, 2] {
+        c.submit(
+            "owner",
+            Command::Checkin {
+                name: "web".into(),
+                image: img(i),
+                parent: None,
+                description: String::new(),
+            },
+        )
+        .unwrap();
+    }
+    c.submit(
+        "owner",
+        Command::Acl {
+            name: "web".into(),
+            grant_read: vec!["reader".into()],
+            grant_write: vec!["writer".into()],
+            revoke: vec![],
+        },
+    )
+    .unwrap();
+    s
+}
+
+fn code(r: Result<impl std::fmt::Debug, CatalogError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    }
+}
+
+#[test]
+fn acl_matrix() {
+    type Op = fn(&Store, &str) -> &'static str;
+    let ops: Vec<(&str, Op)> = vec![
+        ("read", |s, u| code(s.catalog().resolve(u, "web@1"))),
+        ("list", |s, u| {
+            if s.catalog().list(u).unwrap().iter().any(|n| n.name == "web") {
+                "ok"
+            } else {
+                "hidden"
+            }
+        }),
+        ("checkin", |s, u| {
+            code(s.catalog().submit(
+                u,
+                Command::Checkin {
+                    name: "web".into(),
+                    image: img(9),
+                    parent: None,
+                    description: String::new(),
+                },
+            ))
+        }),
+        ("default", |s, u| {
+            code(s.catalog().submit(
+                u,
+                Command::SetDefault {
+                    name: "web".into(),
+                    version: 1,
+                },
+            ))
+        }),
+        ("delete", |s, u| {
+            code(s.catalog().submit(
+                u,
+                Command::Delete {
+                    name: "web".into(),
+                    version: 1,
+                },
+            ))
+        }),
+        ("acl", |s, u| {
+            code(s.catalog().submit(
+                u,
+                Command::Acl {
+                    name: "web".into(),
+                    grant_read: vec!["stranger".into()],
+                    grant_write: vec![],
+                    revoke: vec![],
+                },
+            ))
+        }),
+        ("lock", |s, u| {
+            code(s.catalog().submit(
+                u,
+                Command::Lock {
+                    name: "web".into(),
+                    reason: "patching".into(),
+                },
+            ))
+        }),
+        ("derive", |s, u| {
+            code(s.catalog().submit(
+                u,
+                Command::Derive {
+                    source: "web".into(),
+                    version: None,
+                    name: format!("{u}-copy"),
+                },
+            ))
+        }),
+    ];
+    // Expected outcome per user, in the order root, owner, writer, reader, stranger.
+    let expect: BTreeMap<&str, [&str; 5]> = [
+        ("read", ["ok", "ok", "ok", "ok", "not_found"]),
+        ("list", ["ok", "ok", "ok", "ok", "hidden"]),
+        ("checkin", ["ok", "ok", "ok", "denied", "denied"]),
+        ("default", ["ok", "ok", "ok", "denied", "not_found"]),
+        ("delete", ["ok", "ok", "denied", "denied", "not_found"]),
+        ("acl", ["ok", "ok", "denied", "denied", "not_found"]),
+        ("lock", ["ok", "denied", "denied", "denied", "not_found"]),
+        ("derive", ["ok", "ok", "ok", "ok", "not_found"]),
+    ]
+    .into_iter()
+    .collect();
+    let users = ["root", "owner", "writer", "reader", "stranger"];
+    let mut failures = Vec::new();
+    for (name, op) in &ops {
+        for (i, u) in users.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let s = setup(dir.path());
+            let before = s.catalog().dump().unwrap();
+            let got = op(&s, u);
+            let want = expect[name][i];
+            if got != want {
+                failures.push(format!("{name} as {u}: got {got}, want {want}"));
+            }
+            // A refused command changes nothing.
+            if got != "ok" && got != "hidden" {
+                assert_eq!(s.catalog().dump().unwrap(), before, "{name} as {u}");
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    // The stranger's refusal of a taken name does not say it exists.
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path());
+    let e = s
+        .catalog()
+        .submit(
+            "stranger",
+            Command::Checkin {
+                name: "web".into(),
+                image: img(7),
+                parent: None,
+                description: String::new(),
+            },
+        )
+        .unwrap_err();
+    assert!(!e.to_string().contains("exists"), "{e}");
+    assert_eq!(
+        s.catalog().named("stranger", "web").unwrap_err(),
+        s.catalog()
+            .named("stranger", "nonexistent")
+            .unwrap_err()
+            .renamed("web")
+    );
+}
+
+trait Renamed {
+    fn renamed(self, to: &str) -> Self;
+}
+
+impl Renamed for CatalogError {
+    fn renamed(self, to: &str) -> Self {
+        match self {
+            CatalogError::NotFound(_) => CatalogError::NotFound(to.into()),
+            other => other,
+        }
+    }
+}
+
+#[test]
+fn version_chains_defaults_deletes_and_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path());
+    let c = s.catalog();
+    let n = c.named("owner", "web").unwrap();
+    assert_eq!(n.default, 2);
+    assert_eq!(c.resolve("reader", "web").unwrap().image, img(2));
+    // Provenance: version 2's image has version 1's as parent (the default at the time).
+    assert_eq!(c.image(&img(2)).unwrap().unwrap().parent, Some(img(1)));
+    // Rollback.
+    c.submit(
+        "writer",
+        Command::SetDefault {
+            name: "web".into(),
+            version: 1,
+        },
+    )
+    .unwrap();
+    assert_eq!(c.resolve("reader", "web").unwrap().image, img(1));
+    // A new version becomes the default; old versions never change.
+    c.submit(
+        "writer",
+        Command::Checkin {
+            name: "web".into(),
+            image: img(3),
+            parent: None,
+            description: "third".into(),
+        },
+    )
+    .unwrap();
+    let n = c.named("owner", "web").unwrap();
+    assert_eq!(n.default, 3);
+    assert_eq!(
+        n.versions.iter().map(|v| v.image).collect::<Vec<_>>(),
+        vec![img(1), img(2), img(3)]
+    );
+    assert_eq!(c.image(&img(3)).unwrap().unwrap().parent, Some(img(1)));
+    // Delete the default: it moves back, the metadata stays, the image is marked deleted.
+    c.submit(
+        "owner",
+        Command::Delete {
+            name: "web".into(),
+            version: 3,
+        },
+    )
+    .unwrap();
+    let n = c.named("owner", "web").unwrap();
+    assert_eq!(n.default, 2);
+    assert!(n.versions[2].deleted);
+    let rec = c.image(&img(3)).unwrap().unwrap();
+    assert_eq!(rec.state, ImageState::Deleted);
+    assert_eq!(rec.parent, Some(img(1)));
+    assert_eq!(c.resolve("owner", "web@3").unwrap_err().code(), "deleted");
+    // An image another name still uses stays active when one reference goes.
+    c.submit(
+        "reader",
+        Command::Derive {
+            source: "web".into(),
+            version: Some(1),
+            name: "mine".into(),
+        },
+    )
+    .unwrap();
+    c.submit(
+        "owner",
+        Command::Delete {
+            name: "web".into(),
+            version: 1,
+        },
+    )
+    .unwrap();
+    assert_eq!(c.image(&img(1)).unwrap().unwrap().state, ImageState::Active);
+    assert_eq!(c.named("reader", "mine").unwrap().owner, "reader");
+    // Locks refuse changes with the reason, and lift.
+    c.submit(
+        "root",
+        Command::Lock {
+            name: "web".into(),
+            reason: "CVE patching".into(),
+        },
+    )
+    .unwrap();
+    let e = c
+        .submit(
+            "owner",
+            Command::Checkin {
+                name: "web".into(),
+                image: img(4),
+                parent: None,
+                description: String::new(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), "locked");
+    assert!(e.to_string().contains("CVE patching"), "{e}");
+    for cmd in [
+        Command::SetDefault {
+            name: "web".into(),
+            version: 2,
+        },
+        Command::Delete {
+            name: "web".into(),
+            version: 2,
+        },
+    ] {
+        assert_eq!(c.submit("owner", cmd).unwrap_err().code(), "locked");
+    }
+    c.submit("root", Command::Unlock { name: "web".into() })
+        .unwrap();
+    c.submit(
+        "owner",
+        Command::Checkin {
+            name: "web".into(),
+            image: img(4),
+            parent: None,
+            description: String::new(),
+        },
+    )
+    .unwrap();
+    assert_eq!(c.named("owner", "web").unwrap().default, 4);
+}
+
+/// An in-memory view for replaying a log.
+#[derive(Default)]
+struct Mem(BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl View for Mem {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError> {
+        Ok(self.0.get(key).cloned())
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<mirage_node::catalog::Pairs, CatalogError> {
+        Ok(self
+            .0
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+#[test]
+fn replaying_the_log_gives_the_same_state_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = setup(dir.path());
+        let c = s.catalog();
+        c.submit(
+            "owner",
+            Command::Delete {
+                name: "web".into(),
+                version: 1,
+            },
+        )
+        .unwrap();
+        c.submit(
+            "reader",
+            Command::Derive {
+                source: "web".into(),
+                version: None,
+                name: "fork".into(),
+            },
+        )
+        .unwrap();
+        // Refused commands are not logged.
+        let before = c.log().unwrap().len();
+        assert!(c
+            .submit(
+                "reader",
+                Command::Delete {
+                    name: "web".into(),
+                    version: 2
+                }
+            )
+            .is_err());
+        assert_eq!(c.log().unwrap().len(), before);
+    }
+    let s = open(dir.path());
+    let c = s.catalog();
+    let log = c.log().unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.index).collect::<Vec<_>>(),
+        (1..=log.len() as u64).collect::<Vec<_>>()
+    );
+    for _ in 0..2 {
+        let mut mem = Mem::default();
+        for e in &log {
+            let done = apply(&mem, e).unwrap();
+            for (k, v) in done.writes {
+                match v {
+                    Some(v) => mem.0.insert(k, v),
+                    None => mem.0.remove(&k),
+                };
+            }
+        }
+        assert_eq!(mem.0, c.dump().unwrap());
+    }
+}
