@@ -105,10 +105,7 @@ impl Default for CheckoutOptions {
             format: Format::Raw,
             rebuild: false,
             verify: false,
-            threads: std::env::var("MIRAGE_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -230,12 +227,37 @@ pub fn checkout(
                 PartitionContent::Empty | PartitionContent::Filesystem { .. } => {}
             }
         }
-        for (start, size, fs) in &filesystems {
-            let t = std::time::Instant::now();
-            write_filesystem(store, fs, &raw_path, *start, *size, opts, &mut stats).with_context(
-                || format!("recreating the {} filesystem at byte {start}", fs.fs_type),
-            )?;
-            tracing::info!(fs = %fs.fs_type, start, elapsed = ?t.elapsed(), "filesystem written");
+        // Filesystems occupy disjoint partitions: they are written side by side.
+        let results: Vec<Result<CheckoutStats>> = std::thread::scope(|s| {
+            let jobs: Vec<_> = filesystems
+                .iter()
+                .map(|(start, size, fs)| {
+                    let raw_path = &raw_path;
+                    s.spawn(move || {
+                        let t = std::time::Instant::now();
+                        let mut st = CheckoutStats::default();
+                        write_filesystem(store, fs, raw_path, *start, *size, opts, &mut st)
+                            .with_context(|| {
+                                format!("recreating the {} filesystem at byte {start}", fs.fs_type)
+                            })?;
+                        tracing::info!(fs = %fs.fs_type, start, elapsed = ?t.elapsed(), "filesystem written");
+                        Ok(st)
+                    })
+                })
+                .collect();
+            jobs.into_iter()
+                .map(|j| {
+                    j.join()
+                        .unwrap_or_else(|_| bail!("a filesystem writer panicked"))
+                })
+                .collect()
+        });
+        for r in results {
+            let st = r?;
+            stats.items += st.items;
+            stats.written_bytes += st.written_bytes;
+            stats.by_layout += st.by_layout;
+            stats.rebuilt += st.rebuilt;
         }
         f.sync_all()?;
         Ok(())

@@ -523,16 +523,23 @@ impl Vfat {
             16 => (n * 2, 2),
             _ => (n * 4, 4),
         };
+        let past = || corrupt(format!("FAT entry of cluster {cluster} is past the FAT"));
         let mut v = [0u8; 4];
-        for (i, out) in v.iter_mut().take(width).enumerate() {
-            let pos = at + i as u64;
-            let block = self.fat_block(pos / FAT_BLOCK)?;
-            *out = usize::try_from(pos % FAT_BLOCK)
-                .ok()
-                .and_then(|p| block.get(p).copied())
-                .ok_or_else(|| {
-                    corrupt(format!("FAT entry of cluster {cluster} is past the FAT"))
-                })?;
+        if at / FAT_BLOCK == (at + width - 1) / FAT_BLOCK {
+            // The usual case: one block lookup for the whole entry.
+            let block = self.fat_block(at / FAT_BLOCK)?;
+            let from = usize::try_from(at % FAT_BLOCK).map_err(|_| past())?;
+            let bytes = block.get(from..from + width as usize).ok_or_else(past)?;
+            v[..width as usize].copy_from_slice(bytes);
+        } else {
+            for (i, out) in v.iter_mut().take(width as usize).enumerate() {
+                let pos = at + i as u64;
+                let block = self.fat_block(pos / FAT_BLOCK)?;
+                *out = usize::try_from(pos % FAT_BLOCK)
+                    .ok()
+                    .and_then(|p| block.get(p).copied())
+                    .ok_or_else(past)?;
+            }
         }
         let v = u32::from_le_bytes(v);
         Ok(match self.geo.bits {
