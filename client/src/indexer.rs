@@ -578,8 +578,10 @@ fn index_fs(
     root_attrs.size = 0;
     let info = fs.info();
     let trees_time = t_walk.elapsed() - walk_time - content_time;
+    let t_sk = std::time::Instant::now();
     let skeleton = match fs.skeleton(&file_data.into_inner()).map_err(fs_err)? {
         Some(ranges) => {
+            tracing::debug!(ranges = ranges.len(), bytes = ranges.iter().map(|r| r.1 - r.0).sum::<u64>(), elapsed = ?t_sk.elapsed(), "skeleton ranges");
             let masked = Masked::new(src, ranges);
             let list = store_region(&masked, p.start, p.start + p.size, alg, |i| b.push(i))
                 .map_err(region_err)?;

@@ -78,6 +78,8 @@ pub struct Group {
     pub inode_bitmap: u64,
     /// `bg_flags` (`INODE_UNINIT` 1, `BLOCK_UNINIT` 2, `ITABLE_ZEROED` 4).
     pub flags: u16,
+    /// `bg_itable_unused`: inodes at the end of the group's table never used.
+    pub itable_unused: u32,
 }
 
 /// An open ext2/3/4 filesystem.
@@ -253,6 +255,12 @@ impl Ext4 {
                 block_bitmap: u64::from(le32(d, 0)) | hi(0x20),
                 inode_bitmap: u64::from(le32(d, 4)) | hi(0x24),
                 flags: le16(d, 0x12),
+                itable_unused: u32::from(le16(d, 0x1C))
+                    | if dsz >= 64 {
+                        u32::from(le16(d, 0x32)) << 16
+                    } else {
+                        0
+                    },
             });
         }
         let info = fs_info(&sb);

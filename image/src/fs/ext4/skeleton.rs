@@ -1,11 +1,13 @@
-//! The filesystem's skeleton: every block the filesystem has in use except regular-file data
-//! and the journal's body (a clean journal's old transactions are never read again). Kept with
+//! The filesystem's skeleton: every block the filesystem has in use except regular-file data,
+//! the journal's body (a clean journal's old transactions are never read again) and, with
+//! group checksums, the never-used tail of each inode table. Kept with
 //! a checkin as a layout hint, it lets a checkout put the metadata back byte for byte and each
 //! file's content where it was, instead of rebuilding the filesystem.
 
 use super::{le16, le32, Ext4};
 use crate::fs::FsError;
 
+const INODE_UNINIT: u16 = 1;
 const BLOCK_UNINIT: u16 = 2;
 const COMPAT_HAS_JOURNAL: u32 = 0x4;
 const COMPAT_SPARSE_SUPER2: u32 = 0x200;
@@ -98,6 +100,7 @@ impl Ext4 {
             }
         };
         let mut bitmap = vec![0u8; bs as usize];
+        let mut unused_tables: Vec<(u64, u64)> = Vec::new();
         for (g, grp) in self.groups.iter().enumerate() {
             let start = first + g as u64 * bpg;
             let count = bpg.min(nblocks - start);
@@ -106,7 +109,21 @@ impl Ext4 {
             check("inode table", g, grp.inode_table, itable_blocks)?;
             used.push((grp.block_bitmap, grp.block_bitmap + 1));
             used.push((grp.inode_bitmap, grp.inode_bitmap + 1));
-            used.push((grp.inode_table, grp.inode_table + itable_blocks));
+            // With group checksums, the inodes past `itable_unused` have never been used (the
+            // kernel and e2fsck treat them as free and zero); only the rest of the table counts.
+            let in_use = if uninit_valid {
+                if grp.flags & INODE_UNINIT != 0 {
+                    0
+                } else {
+                    u64::from(sb.inodes_per_group.saturating_sub(grp.itable_unused))
+                }
+            } else {
+                u64::from(sb.inodes_per_group)
+            };
+            let table = (in_use * u64::from(sb.inode_size)).div_ceil(bs);
+            used.push((grp.inode_table, grp.inode_table + table));
+            // The block bitmap marks the whole table; its unused tail is cut below.
+            unused_tables.push((grp.inode_table + table, grp.inode_table + itable_blocks));
             if self.has_super(g as u64) {
                 used.push((start, (start + 1 + gdt_blocks + reserved_gdt).min(nblocks)));
             }
@@ -142,6 +159,11 @@ impl Ext4 {
             .iter()
             .map(|&(s, e)| (s, s + (e - s).div_ceil(bs) * bs))
             .collect();
+        cut.extend(
+            unused_tables
+                .iter()
+                .map(|&(s, e)| (self.offset + s * bs, self.offset + e * bs)),
+        );
         let jinum = le32(&sb.raw, 0xE0);
         if sb.feature_compat & COMPAT_HAS_JOURNAL != 0 && jinum != 0 {
             let j = self.inode(jinum)?;
