@@ -9,6 +9,7 @@ pub mod bench_image;
 pub mod browse;
 pub mod checkout;
 pub mod demo;
+pub mod diff;
 pub mod fsbuild;
 pub mod hints;
 pub mod indexer;

@@ -135,6 +135,16 @@ pub enum LibraryCmd {
         #[arg(long, value_name = "USER")]
         revoke: Vec<String>,
     },
+    /// Files added, deleted, modified and changed in metadata only, per filesystem.
+    Diff {
+        /// First image (NAME, NAME@VERSION or digest).
+        a: String,
+        /// Second image.
+        b: String,
+        /// Count access- and change-time differences too (left out by default).
+        #[arg(long)]
+        all_times: bool,
+    },
     /// Users of the catalog.
     User {
         #[command(subcommand)]
@@ -301,6 +311,37 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
                     "readers {}",
                     n.readers.iter().cloned().collect::<Vec<_>>().join(" ")
                 );
+            }
+        }
+        LibraryCmd::Diff { a, b, all_times } => {
+            let (da, db) = (image_of(store, caller, a)?, image_of(store, caller, b)?);
+            let diffs = crate::diff::diff_images(
+                store,
+                &da,
+                &db,
+                crate::diff::DiffOptions {
+                    all_times: *all_times,
+                },
+            )?;
+            if json {
+                return print_json(&diffs);
+            }
+            for d in &diffs {
+                let count = |k| d.changes.iter().filter(|c| c.change == k).count();
+                use crate::diff::ChangeKind as K;
+                println!(
+                    "partition {}: {} added, {} deleted, {} modified, {} metadata only ({} directories read, {} entries compared)",
+                    d.partition,
+                    count(K::Added),
+                    count(K::Deleted),
+                    count(K::Modified),
+                    count(K::Metadata),
+                    d.trees_read,
+                    d.entries_compared
+                );
+                for c in &d.changes {
+                    println!("{}", crate::diff::change_line(c));
+                }
             }
         }
         LibraryCmd::User { cmd } => match cmd {
