@@ -47,6 +47,17 @@ pub enum CheckinError {
 }
 
 impl CheckinStats {
+    fn merge(&mut self, o: &CheckinStats) {
+        self.filesystems += o.filesystems;
+        self.objects += o.objects;
+        self.file_bytes += o.file_bytes;
+        self.raw_bytes += o.raw_bytes;
+        self.items_sent += o.items_sent;
+        self.items_new += o.items_new;
+        self.new_bytes += o.new_bytes;
+        self.files_hinted += o.files_hinted;
+    }
+
     fn add(&mut self, c: BatchCounts) {
         self.items_sent += c.sent;
         self.items_new += c.new;
@@ -184,16 +195,51 @@ pub fn checkin_with(
     } else {
         t.partitions.clone()
     };
-    for p in &entries {
-        let content = if p.container {
-            PartitionContent::Empty
-        } else {
-            let c = partition_content(store, &src, p, opts, &mut b, &mut stats)?;
-            if !matches!(c, PartitionContent::Empty) || t.kind == TableType::None {
-                covered.push((p.start, p.start + p.size));
-            }
-            c
-        };
+    // Partitions are indexed side by side (a few at a time), each with its own batcher,
+    // flushed (durable) before the disk that references them is stored.
+    let next = AtomicUsize::new(0);
+    let slots: Vec<
+        parking_lot::Mutex<Option<Result<(PartitionContent, CheckinStats), CheckinError>>>,
+    > = entries
+        .iter()
+        .map(|_| parking_lot::Mutex::new(None))
+        .collect();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..opts.threads.clamp(1, 2).min(entries.len().max(1)))
+            .map(|_| {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(p) = entries.get(i) else { break };
+                    let r = if p.container {
+                        Ok((PartitionContent::Empty, CheckinStats::default()))
+                    } else {
+                        let mut pb = Batcher::new(store);
+                        let mut st = CheckinStats::default();
+                        partition_content(store, &src, p, opts, &mut pb, &mut st).and_then(|c| {
+                            pb.flush()?;
+                            st.add(pb.counts);
+                            Ok((c, st))
+                        })
+                    };
+                    *slots[i].lock() = Some(r);
+                })
+            })
+            .collect();
+        for w in workers {
+            // A panicked worker leaves its slot empty: reported below as an error.
+            let _ = w.join();
+        }
+    });
+    for (p, slot) in entries.iter().zip(slots) {
+        let (content, st) = slot
+            .into_inner()
+            .unwrap_or_else(|| Err(CheckinError::Content("partition worker panicked".into())))?;
+        stats.merge(&st);
+        if !p.container
+            && (!matches!(content, PartitionContent::Empty) || t.kind == TableType::None)
+        {
+            covered.push((p.start, p.start + p.size));
+        }
         if t.kind == TableType::None && matches!(content, PartitionContent::Raw { .. }) {
             // A bare disk with no filesystem we know: the whole disk is one raw region.
             covered.clear();
