@@ -198,9 +198,8 @@ pub fn checkin_with(
     // Partitions are indexed side by side (a few at a time), each with its own batcher,
     // flushed (durable) before the disk that references them is stored.
     let next = AtomicUsize::new(0);
-    let slots: Vec<
-        parking_lot::Mutex<Option<Result<(PartitionContent, CheckinStats), CheckinError>>>,
-    > = entries
+    type Slot = parking_lot::Mutex<Option<Result<(PartitionContent, CheckinStats), CheckinError>>>;
+    let slots: Vec<Slot> = entries
         .iter()
         .map(|_| parking_lot::Mutex::new(None))
         .collect();
