@@ -17,5 +17,6 @@ pub mod ingest;
 pub mod library;
 pub mod paths;
 pub mod restore;
+pub mod search;
 
 pub use mirage_image::{fs, image};

@@ -145,6 +145,16 @@ pub enum LibraryCmd {
         #[arg(long)]
         all_times: bool,
     },
+    /// Images and versions holding a path (glob: `*`, `?` within a name, `**` across
+    /// directories) or a content digest.
+    Search {
+        /// Glob over whole paths, e.g. '/usr/lib/postgresql/**' or '**/sshd'.
+        #[arg(long, conflicts_with = "content", required_unless_present = "content")]
+        path: Option<String>,
+        /// Content digest of a file (as `mirage ls -l --json` shows it).
+        #[arg(long)]
+        content: Option<String>,
+    },
     /// Users of the catalog.
     User {
         #[command(subcommand)]
@@ -343,6 +353,32 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
                     println!("{}", crate::diff::change_line(c));
                 }
             }
+        }
+        LibraryCmd::Search { path, content } => {
+            let q = match (path, content) {
+                (Some(p), _) => crate::search::Query::Path(p.clone()),
+                (None, Some(c)) => crate::search::Query::Content(c.parse()?),
+                (None, None) => bail!("give --path or --content"),
+            };
+            let found = crate::search::search(store, caller, &q)?;
+            if json {
+                return print_json(&found);
+            }
+            for h in &found.hits {
+                for (part, p) in &h.paths {
+                    println!(
+                        "{}  {}  {part}:{p}",
+                        h.versions.join(","),
+                        h.image.to_text()
+                    );
+                }
+            }
+            eprintln!(
+                "{} of {} images match ({} trees read)",
+                found.hits.len(),
+                found.images,
+                found.trees_read
+            );
         }
         LibraryCmd::User { cmd } => match cmd {
             UserCmd::Add { name, admin } => submit(Command::AddUser {

@@ -104,6 +104,25 @@ fn named_images_versions_provenance_and_access() {
         serde_json::from_str(&ok(mirage(s, "bob", &["--json", "versions", "bob-web"]))).unwrap();
     assert_eq!(v["owner"], "bob");
     assert_eq!(v["versions"][0]["image"], db.as_str());
+    // Search: by path and by content, over what the caller may read.
+    let hits = ok(mirage(s, "alice", &["search", "--path", "/patched.*"]));
+    assert_eq!(hits.lines().count(), 1, "{hits}");
+    assert!(
+        hits.starts_with("bob-web@1,web@2  ") && hits.contains(&db),
+        "{hits}"
+    );
+    assert!(hits.trim_end().ends_with("3:/patched.txt"), "{hits}");
+    let ls: serde_json::Value = serde_json::from_str(&ok(mirage(
+        s,
+        "bob",
+        &["--json", "ls", "web@2", "/patched.txt"],
+    )))
+    .unwrap();
+    let content = ls[0]["content"].as_str().unwrap().to_string();
+    let by_content = ok(mirage(s, "bob", &["search", "--content", &content]));
+    assert_eq!(by_content, hits, "bob may read both names");
+    ok(mirage(s, "alice", &["user", "add", "carol"]));
+    assert_eq!(ok(mirage(s, "carol", &["search", "--path", "**"])), "");
     // Locks (admin only) refuse changes with the reason.
     assert!(err(mirage(s, "bob", &["lock", "bob-web", "--reason", "x"])).contains("admin"));
     ok(mirage(
