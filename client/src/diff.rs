@@ -62,7 +62,8 @@ pub struct DiffOptions {
     pub all_times: bool,
 }
 
-fn filesystems(store: &Store, image: &Digest) -> Result<Vec<(u32, Digest)>> {
+/// The filesystems of an image: (partition number, root tree).
+pub(crate) fn filesystems(store: &Store, image: &Digest) -> Result<Vec<(u32, Digest)>> {
     let Item::Image(img) = item(store, image)? else {
         bail!("{} is not an image", image.to_text())
     };

@@ -14,6 +14,7 @@ pub mod fsbuild;
 pub mod hints;
 pub mod indexer;
 pub mod ingest;
+pub mod inventory;
 pub mod library;
 pub mod paths;
 pub mod restore;

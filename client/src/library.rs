@@ -149,11 +149,26 @@ pub enum LibraryCmd {
     /// directories) or a content digest.
     Search {
         /// Glob over whole paths, e.g. '/usr/lib/postgresql/**' or '**/sshd'.
-        #[arg(long, conflicts_with = "content", required_unless_present = "content")]
+        #[arg(long, group = "what")]
         path: Option<String>,
-        /// Content digest of a file (as `mirage ls -l --json` shows it).
-        #[arg(long)]
+        /// Content digest of a file (as `mirage ls --json` shows it).
+        #[arg(long, group = "what")]
         content: Option<String>,
+        /// Installed package NAME or NAME=VERSION (dpkg or apk database in the image).
+        #[arg(long, group = "what")]
+        package: Option<String>,
+    },
+    /// Installed packages of an image, or (--aggregate) which versions hold which packages.
+    Inventory {
+        /// NAME, NAME@VERSION or digest (not with --aggregate).
+        reference: Option<String>,
+        /// Over every version you may read: package -> versions -> images.
+        #[arg(long)]
+        aggregate: bool,
+        /// Only packages whose names match one of these globs, separated by '|'
+        /// (e.g. 'postgresql*|mariadb*|mysql*').
+        #[arg(long = "match", value_name = "GLOBS")]
+        matching: Option<String>,
     },
     /// Users of the catalog.
     User {
@@ -354,11 +369,22 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
                 }
             }
         }
-        LibraryCmd::Search { path, content } => {
-            let q = match (path, content) {
-                (Some(p), _) => crate::search::Query::Path(p.clone()),
-                (None, Some(c)) => crate::search::Query::Content(c.parse()?),
-                (None, None) => bail!("give --path or --content"),
+        LibraryCmd::Search {
+            path,
+            content,
+            package,
+        } => {
+            let q = match (path, content, package) {
+                (Some(p), _, _) => crate::search::Query::Path(p.clone()),
+                (_, Some(c), _) => crate::search::Query::Content(c.parse()?),
+                (_, _, Some(p)) => {
+                    let (name, version) = match p.split_once('=') {
+                        Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                        None => (p.clone(), None),
+                    };
+                    crate::search::Query::Package { name, version }
+                }
+                _ => bail!("give --path, --content or --package"),
             };
             let found = crate::search::search(store, caller, &q)?;
             if json {
@@ -380,6 +406,18 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
                 found.trees_read
             );
         }
+        LibraryCmd::Inventory {
+            reference,
+            aggregate,
+            matching,
+        } => inventory(
+            store,
+            caller,
+            reference.as_deref(),
+            *aggregate,
+            matching.as_deref(),
+            json,
+        )?,
         LibraryCmd::User { cmd } => match cmd {
             UserCmd::Add { name, admin } => submit(Command::AddUser {
                 name: name.clone(),
@@ -397,6 +435,65 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
         },
     }
     Ok(())
+}
+
+fn inventory(
+    store: &Store,
+    caller: &str,
+    reference: Option<&str>,
+    aggregate: bool,
+    matching: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let wanted = |name: &str| {
+        matching.is_none_or(|m| {
+            m.split('|')
+                .any(|g| crate::search::glob_match(g.trim().as_bytes(), name.as_bytes()))
+        })
+    };
+    match (reference, aggregate) {
+        (Some(r), false) => {
+            let image = image_of(store, caller, r)?;
+            let inv = crate::inventory::of_image(store, &image)?;
+            if json {
+                return print_json(&inv);
+            }
+            for (part, pkgs) in &inv {
+                for p in pkgs.iter().filter(|p| wanted(&p.name)) {
+                    println!("{part}  {} {} {} ({})", p.name, p.version, p.arch, p.db);
+                }
+            }
+            Ok(())
+        }
+        (None, true) => {
+            // package -> version -> name@version list
+            let mut agg: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+            for n in store.catalog().list(caller)? {
+                for v in n.versions.iter().filter(|v| !v.deleted) {
+                    for (_, pkgs) in crate::inventory::of_image(store, &v.image)? {
+                        for p in pkgs.into_iter().filter(|p| wanted(&p.name)) {
+                            agg.entry(p.name)
+                                .or_default()
+                                .entry(p.version)
+                                .or_default()
+                                .insert(format!("{}@{}", n.name, v.number));
+                        }
+                    }
+                }
+            }
+            if json {
+                return print_json(&agg);
+            }
+            for (name, versions) in &agg {
+                for (version, images) in versions {
+                    let list: Vec<&str> = images.iter().map(String::as_str).collect();
+                    println!("{name} {version}  {}", list.join(" "));
+                }
+            }
+            Ok(())
+        }
+        _ => bail!("give an image, or --aggregate (not both)"),
+    }
 }
 
 /// Ancestors (parent chain) and descendants of `image` among the images `caller` may see.

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, Result};
-use mirage_format::{Digest, EntryKind, Item, PartitionContent};
+use mirage_format::{Digest, EntryKind, Item};
 use mirage_node::Store;
 use serde::Serialize;
 
@@ -19,6 +19,13 @@ pub enum Query {
     Path(String),
     /// Files with this content digest.
     Content(Digest),
+    /// An installed package (dpkg or apk), optionally of one version.
+    Package {
+        /// Name, exactly.
+        name: String,
+        /// Version, exactly.
+        version: Option<String>,
+    },
 }
 
 /// One image holding matches.
@@ -164,26 +171,6 @@ impl Searcher {
     }
 }
 
-fn roots(store: &Store, image: &Digest) -> Result<Vec<(u32, Digest)>> {
-    let Item::Image(img) = item(store, image)? else {
-        bail!("{} is not an image", image.to_text())
-    };
-    let mut out = Vec::new();
-    for d in &img.disks {
-        let Item::Disk(disk) = item(store, &d.disk)? else {
-            bail!("damaged image: not a disk")
-        };
-        for p in &disk.partitions {
-            if let PartitionContent::Filesystem { digest } = &p.content {
-                if let Item::Filesystem(fs) = item(store, digest)? {
-                    out.push((p.number, fs.root));
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// What a search found, and what it read.
 #[derive(Clone, Debug, Serialize)]
 pub struct Found {
@@ -210,10 +197,21 @@ pub fn search(store: &Store, caller: &str, q: &Query) -> Result<Found> {
     let mut hits = Vec::new();
     for (image, names) in &versions {
         let mut paths = Vec::new();
-        for (part, root) in roots(store, image)? {
+        if let Query::Package { name, version } = q {
+            for (part, pkgs) in crate::inventory::of_image(store, image)? {
+                for p in pkgs
+                    .iter()
+                    .filter(|p| &p.name == name && version.as_ref().is_none_or(|v| *v == p.version))
+                {
+                    paths.push((part, format!("{}={} ({})", p.name, p.version, p.db)));
+                }
+            }
+        }
+        for (part, root) in crate::diff::filesystems(store, image)? {
             let found = match q {
                 Query::Path(p) => s.by_path(store, &root, b"/", p.as_bytes())?,
                 Query::Content(d) => s.by_content(store, &root, b"/", d)?,
+                Query::Package { .. } => Vec::new(),
             };
             paths.extend(
                 found

@@ -6,9 +6,10 @@ pub const CF_ITEMS: &str = "items";
 pub const CF_LOCTAB: &str = "loctab";
 /// Store metadata: the keys below.
 pub const CF_META: &str = "meta";
-/// Checkin hints: a 32-byte key naming a file as a filesystem describes it (the client derives
-/// it) → an opaque value the client decodes and checks. Hints are never trusted on their own
-/// and are not durable (losing one costs a re-hash), so they are written without a sync.
+/// Derived-data cache: a 32-byte key the client derives → an opaque value it decodes and
+/// checks (checkin hints: content found by checksum; parsed package databases by content
+/// digest). Never trusted on its own and not durable (losing an entry costs recomputing it),
+/// so it is written without a sync.
 pub const CF_HINTS: &str = "hints";
 
 /// Catalog state: the keys of [`catalog`] → versioned JSON records.

@@ -1,0 +1,103 @@
+//! Package inventory read from images: a dpkg database the test writes, and (when the corpus
+//! is built) the corpus family, where PostgreSQL is in derived-2 only.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn mirage(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mirage"))
+        .arg("--store")
+        .arg(store)
+        .args(["--as", "admin"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+const BASE: &str = "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.36-9\n\nPackage: removed-pkg\nStatus: deinstall ok config-files\nVersion: 1.0\n";
+
+#[test]
+fn inventory_search_and_aggregate_on_images_the_test_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    for (name, extra) in [
+        ("plain", ""),
+        (
+            "db",
+            "\nPackage: postgresql-15\nStatus: install ok installed\nArchitecture: amd64\nVersion: 15.8-0+deb12u1\n",
+        ),
+    ] {
+        let tree = dir.path().join(format!("tree-{name}"));
+        let gen = mirage_client::demo::generate(&tree, 8, 1).unwrap();
+        std::fs::create_dir_all(tree.join("var/lib/dpkg")).unwrap();
+        std::fs::write(tree.join("var/lib/dpkg/status"), format!("{BASE}{extra}")).unwrap();
+        let img = dir.path().join(format!("{name}.img"));
+        mirage_client::demo::build_disk_image(&tree, &img, gen.bytes).unwrap();
+        ok(mirage(&store, &["checkin", img.to_str().unwrap(), "--name", name]));
+    }
+    let inv = ok(mirage(&store, &["inventory", "plain"]));
+    assert_eq!(inv, "3  libc6 2.36-9 amd64 (dpkg)\n");
+    let hits = ok(mirage(&store, &["search", "--package", "postgresql-15"]));
+    assert_eq!(hits.lines().count(), 1, "{hits}");
+    assert!(hits.starts_with("db@1 ") && hits.contains("postgresql-15=15.8-0+deb12u1"));
+    assert_eq!(
+        ok(mirage(
+            &store,
+            &["search", "--package", "postgresql-15=1.0"]
+        )),
+        ""
+    );
+    assert_eq!(
+        ok(mirage(&store, &["search", "--package", "removed-pkg"])),
+        ""
+    );
+    let agg = ok(mirage(
+        &store,
+        &["inventory", "--aggregate", "--match", "postgresql*|libc*"],
+    ));
+    assert_eq!(
+        agg,
+        "libc6 2.36-9  db@1 plain@1\npostgresql-15 15.8-0+deb12u1  db@1\n"
+    );
+}
+
+#[test]
+fn corpus_family_postgresql_is_in_derived_2_only() {
+    let Some(home) = std::env::var_os("HOME") else {
+        return;
+    };
+    let images = Path::new(&home).join(".cache/mirage-corpus/images");
+    if !images.join("derived-3.img").exists() {
+        eprintln!("SKIPPED: the corpus is not built (../shared/corpus/make-images.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    for name in ["base", "derived-1", "derived-2", "derived-3"] {
+        let img = images.join(format!("{name}.img"));
+        ok(mirage(
+            &store,
+            &["checkin", img.to_str().unwrap(), "--name", name],
+        ));
+    }
+    let hits = ok(mirage(&store, &["search", "--package", "postgresql-15"]));
+    assert_eq!(hits.lines().count(), 1, "{hits}");
+    assert!(hits.starts_with("derived-2@1 "), "{hits}");
+    let agg = ok(mirage(
+        &store,
+        &[
+            "inventory",
+            "--aggregate",
+            "--match",
+            "postgresql*|mariadb*|mysql*",
+        ],
+    ));
+    assert!(!agg.is_empty());
+    assert!(agg.lines().all(|l| l.ends_with("  derived-2@1")), "{agg}");
+}
