@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod bench_catalog;
 pub mod bench_image;
 pub mod browse;
 pub mod checkout;

@@ -55,9 +55,21 @@ pub fn split_partition(reference: &str) -> (&str, Option<u32>) {
     }
 }
 
-/// The image a REF (without `:PART`) names for `caller`.
+/// The image a REF (without `:PART`) names for `caller`. A digest of an image the catalog
+/// knows is refused, exactly like an unknown name, unless the caller may see that image (an
+/// admin, its creator, or a reader of a name that holds it); a digest the catalog does not
+/// know (an image checked in without a name) is the checker-in's to share.
 pub fn image_of(store: &Store, caller: &str, reference: &str) -> Result<Digest> {
     if let Ok(d) = reference.parse::<Digest>() {
+        let c = store.catalog();
+        if let Some(rec) = c.image(&d)? {
+            ensure_caller(store, caller)?;
+            if !c.may_see(caller, &rec)? {
+                bail!(mirage_node::catalog::CatalogError::NotFound(
+                    reference.to_string()
+                ));
+            }
+        }
         return Ok(d);
     }
     if reference.starts_with("sha256:") || reference.starts_with("sha1:") {

@@ -196,6 +196,15 @@ impl ImageBenchArgs {
 
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
+    /// Catalog commands and queries per second in the embedded store.
+    Catalog {
+        /// Commands to apply (and queries to run).
+        #[arg(long, default_value_t = 2000)]
+        ops: u64,
+        /// Scratch directory.
+        #[arg(long, default_value = "/var/tmp/mirage-bench")]
+        work: PathBuf,
+    },
     /// Checkout of an image family to raw, each image timed against cp --sparse=always.
     Checkout(ImageBenchArgs),
     /// Checkin of an image family, each image timed against cp --sparse=always.
@@ -633,6 +642,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         summary["compact_seconds"].as_f64().unwrap_or(f64::NAN)
                     );
                 }
+            }
+        }
+        Cmd::Bench {
+            cmd: BenchCmd::Catalog { ops, work },
+        } => {
+            let r = mirage_client::bench_catalog::bench_catalog(work, *ops)?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "catalog: {} commands at {:.0}/s (each synced), {:.0} resolutions/s, {:.0} listings/s",
+                    r.commands, r.commands_per_sec, r.resolves_per_sec, r.lists_per_sec
+                );
             }
         }
         Cmd::Bench {

@@ -94,6 +94,19 @@ fn named_images_versions_provenance_and_access() {
     let hidden = err(mirage(s, "bob", &["ls", "web", "/"]));
     let absent = err(mirage(s, "bob", &["ls", "nosuch", "/"]));
     assert_eq!(hidden.replace("web", "X"), absent.replace("nosuch", "X"));
+    // Nor by digest: checkout, show, diff and search all refuse or find nothing.
+    let out0 = dir.path().join("stolen.img");
+    for args in [
+        vec!["checkout", da.as_str(), "-o", out0.to_str().unwrap()],
+        vec!["show", da.as_str()],
+        vec!["diff", da.as_str(), db.as_str()],
+        vec!["provenance", da.as_str()],
+    ] {
+        let e = err(mirage(s, "bob", &args));
+        assert!(e.contains("no image named"), "{args:?}: {e}");
+    }
+    assert!(!out0.exists());
+    assert_eq!(ok(mirage(s, "bob", &["search", "--path", "**"])), "");
     ok(mirage(s, "alice", &["acl", "web", "--grant-read", "bob"]));
     assert!(ok(mirage(s, "bob", &["ls", "web", "/"])).contains("etc"));
     assert!(err(mirage(s, "bob", &["delete", "web@1"])).contains("permission denied"));

@@ -40,6 +40,10 @@ pub mod catalog {
     /// Prefix of image references: `r/` + digest key bytes + `/` + name + NUL + version (u32
     /// BE) → empty; one per version that is not deleted.
     pub const REF_PREFIX: &[u8] = b"r/";
+    /// Prefix of deltas: `d/` + source key bytes + `/` + target key bytes → `DeltaRecord`.
+    pub const DELTA_PREFIX: &[u8] = b"d/";
+    /// Prefix of upload leases: `l/` + holder + NUL + id → `Lease`.
+    pub const LEASE_PREFIX: &[u8] = b"l/";
     /// Index of the last applied log entry (u64 BE).
     pub const APPLIED: &[u8] = b"m/applied";
 
@@ -77,6 +81,22 @@ pub mod catalog {
         k.extend_from_slice(name.as_bytes());
         k.push(0);
         k.extend_from_slice(&version.to_be_bytes());
+        k
+    }
+
+    /// Key of a delta.
+    pub fn delta(source: &Digest, target: &Digest) -> Vec<u8> {
+        let mut k = join(DELTA_PREFIX, &source.key_bytes());
+        k.push(b'/');
+        k.extend_from_slice(&target.key_bytes());
+        k
+    }
+
+    /// Key of a lease.
+    pub fn lease(holder: &str, id: &str) -> Vec<u8> {
+        let mut k = join(LEASE_PREFIX, holder.as_bytes());
+        k.push(0);
+        k.extend_from_slice(id.as_bytes());
         k
     }
 

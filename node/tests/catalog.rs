@@ -414,3 +414,62 @@ fn replaying_the_log_gives_the_same_state_and_survives_reopen() {
         assert_eq!(mem.0, c.dump().unwrap());
     }
 }
+
+#[test]
+fn deltas_need_both_images_visible_and_leases_belong_to_their_holder() {
+    use mirage_node::catalog::Time;
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path());
+    let c = s.catalog();
+    let delta = img(100);
+    let add = |who: &str| {
+        c.submit(
+            who,
+            Command::AddDelta {
+                source: img(1),
+                target: img(2),
+                delta,
+            },
+        )
+    };
+    assert_eq!(add("stranger").unwrap_err().code(), "not_found");
+    add("reader").unwrap();
+    assert_eq!(c.delta(&img(1), &img(2)).unwrap().unwrap().delta, delta);
+    assert!(c.delta(&img(2), &img(1)).unwrap().is_none());
+    let until = Time {
+        secs: 2_000_000_000,
+        nanos: 0,
+    };
+    c.submit(
+        "writer",
+        Command::Lease {
+            id: "upload-1".into(),
+            roots: vec![img(7)],
+            expires: until,
+        },
+    )
+    .unwrap();
+    let leases = c.leases().unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(
+        (leases[0].holder.as_str(), leases[0].expires),
+        ("writer", until)
+    );
+    // Another user cannot release it (it is not theirs); the holder can.
+    assert!(c
+        .submit(
+            "reader",
+            Command::ReleaseLease {
+                id: "upload-1".into()
+            }
+        )
+        .is_err());
+    c.submit(
+        "writer",
+        Command::ReleaseLease {
+            id: "upload-1".into(),
+        },
+    )
+    .unwrap();
+    assert!(c.leases().unwrap().is_empty());
+}

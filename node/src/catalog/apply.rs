@@ -8,7 +8,9 @@ use mirage_format::Digest;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::model::{ImageRecord, ImageState, LockInfo, Named, Time, User, Version};
+use super::model::{
+    DeltaRecord, ImageRecord, ImageState, Lease, LockInfo, Named, Time, User, Version,
+};
 use super::ops::{check_name, CatalogError, Command, LogEntry, Response};
 use crate::keys::catalog as keys;
 
@@ -194,6 +196,23 @@ fn drop_ref(tx: &mut Tx<'_>, image: Digest, name: &str, version: u32) -> Result<
         }
     }
     Ok(())
+}
+
+/// May `u` see `image`: an admin, its creator, or a reader of a name holding it?
+fn sees_image(tx: &Tx<'_>, u: &User, image: &Digest) -> Result<bool, CatalogError> {
+    let Some(rec) = tx.get_json::<ImageRecord>(&keys::image(image))? else {
+        return Ok(false);
+    };
+    if u.admin || rec.creator == u.name {
+        return Ok(true);
+    }
+    for (k, v) in tx.view.scan_prefix(keys::NAMED_PREFIX)? {
+        let n: Named = decode(&k, &v)?;
+        if can_read(&n, u) && n.versions.iter().any(|x| x.image == *image) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn new_named(name: &str, owner: &str, image: Digest, at: Time) -> Named {
@@ -397,6 +416,57 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                 name: Some(name.clone()),
                 ..Default::default()
             }
+        }
+        Command::AddDelta {
+            source,
+            target,
+            delta,
+        } => {
+            let u = user(&tx, &e.caller)?;
+            for d in [source, target] {
+                if !sees_image(&tx, &u, d)? {
+                    return Err(CatalogError::NotFound(d.to_text()));
+                }
+            }
+            let rec = DeltaRecord {
+                v: 1,
+                source: *source,
+                target: *target,
+                delta: *delta,
+                created: e.time,
+                creator: u.name.clone(),
+            };
+            tx.put_json(keys::delta(source, target), &rec)?;
+            Response {
+                image: Some(*delta),
+                ..Default::default()
+            }
+        }
+        Command::Lease { id, roots, expires } => {
+            let u = user(&tx, &e.caller)?;
+            check_name("lease id", id)?;
+            let lease = Lease {
+                v: 1,
+                id: id.clone(),
+                holder: u.name.clone(),
+                roots: roots.clone(),
+                renewed: e.time,
+                expires: *expires,
+            };
+            tx.put_json(keys::lease(&u.name, id), &lease)?;
+            Response::default()
+        }
+        Command::ReleaseLease { id } => {
+            let u = user(&tx, &e.caller)?;
+            let key = keys::lease(&u.name, id);
+            if tx.get(&key)?.is_none() {
+                return Err(CatalogError::Invalid(format!(
+                    "{} holds no lease {id:?}",
+                    u.name
+                )));
+            }
+            tx.writes.insert(key, None);
+            Response::default()
         }
         Command::Acl {
             name,

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use mirage_format::Digest;
 
 pub use apply::{apply, can_read, can_write, Applied, Pairs, View};
-pub use model::{ImageRecord, ImageState, LockInfo, Named, Time, User, Version};
+pub use model::{
+    DeltaRecord, ImageRecord, ImageState, Lease, LockInfo, Named, Time, User, Version,
+};
 pub use ops::{check_name, CatalogError, Command, LogEntry, Response};
 
 use crate::index::RocksIndex;
@@ -176,6 +178,28 @@ impl Catalog<'_> {
     /// The record of an image.
     pub fn image(&self, d: &Digest) -> Result<Option<ImageRecord>, CatalogError> {
         let key = keys::image(d);
+        self.view()
+            .get(&key)?
+            .map(|v| apply::decode(&key, &v))
+            .transpose()
+    }
+
+    /// Every upload lease (garbage collection keeps their roots until they expire).
+    pub fn leases(&self) -> Result<Vec<Lease>, CatalogError> {
+        self.view()
+            .scan_prefix(keys::LEASE_PREFIX)?
+            .into_iter()
+            .map(|(k, v)| apply::decode(&k, &v))
+            .collect()
+    }
+
+    /// The delta recorded from `source` to `target`, if any.
+    pub fn delta(
+        &self,
+        source: &Digest,
+        target: &Digest,
+    ) -> Result<Option<DeltaRecord>, CatalogError> {
+        let key = keys::delta(source, target);
         self.view()
             .get(&key)?
             .map(|v| apply::decode(&key, &v))

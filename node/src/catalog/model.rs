@@ -120,3 +120,37 @@ impl Named {
         self.version(self.default)
     }
 }
+
+/// A precomputed delta between two images.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRecord {
+    /// Record version.
+    pub v: u8,
+    /// Image the delta applies to.
+    pub source: Digest,
+    /// Image it produces.
+    pub target: Digest,
+    /// The Delta item.
+    pub delta: Digest,
+    /// When it was recorded.
+    pub created: Time,
+    /// Who recorded it.
+    pub creator: String,
+}
+
+/// An upload lease: roots garbage collection must keep until `expires`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Record version.
+    pub v: u8,
+    /// Id.
+    pub id: String,
+    /// Who holds it.
+    pub holder: String,
+    /// Roots kept.
+    pub roots: Vec<Digest>,
+    /// Taken or last renewed.
+    pub renewed: Time,
+    /// End.
+    pub expires: Time,
+}

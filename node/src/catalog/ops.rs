@@ -67,6 +67,30 @@ pub enum Command {
         /// Name.
         name: String,
     },
+    /// Records a precomputed delta between two images (the caller must see both).
+    AddDelta {
+        /// Image the delta applies to.
+        source: Digest,
+        /// Image it produces.
+        target: Digest,
+        /// The Delta item.
+        delta: Digest,
+    },
+    /// Takes or renews an upload lease: garbage collection keeps `roots` and everything they
+    /// reference until `expires`, so items of an upload in flight are never collected.
+    Lease {
+        /// Lease id (unique per holder).
+        id: String,
+        /// Roots of the items being uploaded.
+        roots: Vec<Digest>,
+        /// End of the lease.
+        expires: Time,
+    },
+    /// Releases one of the caller's leases.
+    ReleaseLease {
+        /// Lease id.
+        id: String,
+    },
     /// Changes the ACL (owner or admin).
     Acl {
         /// Name.
