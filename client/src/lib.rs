@@ -7,6 +7,7 @@ pub mod batch;
 pub mod bench;
 pub mod bench_catalog;
 pub mod bench_image;
+pub mod bench_search;
 pub mod browse;
 pub mod checkout;
 pub mod demo;

@@ -205,6 +205,18 @@ enum BenchCmd {
         #[arg(long, default_value = "/var/tmp/mirage-bench")]
         work: PathBuf,
     },
+    /// Search by path, content and package over a library of many images (the corpus family
+    /// plus derived variants).
+    Search {
+        /// Images in the library.
+        #[arg(long, default_value_t = 1000)]
+        images: u64,
+        /// Scratch directory.
+        #[arg(long, default_value = "/var/tmp/mirage-bench")]
+        work: PathBuf,
+        /// Source images (default: the four corpus images).
+        sources: Vec<PathBuf>,
+    },
     /// Checkout of an image family to raw, each image timed against cp --sparse=always.
     Checkout(ImageBenchArgs),
     /// Checkin of an image family, each image timed against cp --sparse=always.
@@ -640,6 +652,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         summary["compact_level"],
                         c as f64 / summary["allocated_image_bytes"].as_f64().unwrap_or(f64::NAN),
                         summary["compact_seconds"].as_f64().unwrap_or(f64::NAN)
+                    );
+                }
+            }
+        }
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Search {
+                    images,
+                    work,
+                    sources,
+                },
+        } => {
+            let r =
+                mirage_client::bench_search::bench_search(&corpus_images(sources), work, *images)?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{} images ({:.1} s to derive the variants)",
+                    r.images, r.setup_seconds
+                );
+                for q in &r.queries {
+                    println!(
+                        "search {:<55} {:.3} s  {} images match, {} trees read",
+                        q.query, q.seconds, q.matching_images, q.trees_read
                     );
                 }
             }
