@@ -483,6 +483,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let (root, stats) = mirage_client::indexer::checkin_with(&store, image, opts)
                 .with_context(|| format!("checking in {}", image.display()))?;
+            // Package databases are read and kept now (cached by content), so inventory and
+            // package searches never parse them on the query path.
+            if let Err(e) = mirage_client::inventory::of_image(&store, &root) {
+                tracing::warn!("package inventory of {}: {e:#}", root.to_text());
+            }
             let registered = match name {
                 Some(n) => Some(store.catalog().submit(
                     &caller,
