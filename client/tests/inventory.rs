@@ -20,6 +20,29 @@ fn ok(o: Output) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// An RPM header: name, epoch, version, release, arch.
+fn rpm_header() -> Vec<u8> {
+    let fields: [(u32, u32, Vec<u8>); 5] = [
+        (1000, 6, b"mariadb-server\0".to_vec()),
+        (1003, 4, 3u32.to_be_bytes().to_vec()),
+        (1001, 6, b"10.5.22\0".to_vec()),
+        (1002, 6, b"1.el9\0".to_vec()),
+        (1022, 6, b"x86_64\0".to_vec()),
+    ];
+    let (mut index, mut data) = (Vec::new(), Vec::new());
+    for (tag, ty, bytes) in &fields {
+        for v in [*tag, *ty, data.len() as u32, 1] {
+            index.extend_from_slice(&v.to_be_bytes());
+        }
+        data.extend_from_slice(bytes);
+    }
+    let mut blob = (fields.len() as u32).to_be_bytes().to_vec();
+    blob.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    blob.extend(index);
+    blob.extend(data);
+    blob
+}
+
 const BASE: &str = "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.36-9\n\nPackage: removed-pkg\nStatus: deinstall ok config-files\nVersion: 1.0\n";
 
 #[test]
@@ -41,6 +64,29 @@ fn inventory_search_and_aggregate_on_images_the_test_builds() {
         mirage_client::demo::build_disk_image(&tree, &img, gen.bytes).unwrap();
         ok(mirage(&store, &["checkin", img.to_str().unwrap(), "--name", name]));
     }
+    // An RPM image: rpmdb.sqlite with one header.
+    let tree = dir.path().join("tree-rpm");
+    let gen = mirage_client::demo::generate(&tree, 9, 1).unwrap();
+    std::fs::create_dir_all(tree.join("var/lib/rpm")).unwrap();
+    let db = tree.join("var/lib/rpm/rpmdb.sqlite");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL)",
+    )
+    .unwrap();
+    conn.execute("INSERT INTO Packages (blob) VALUES (?1)", [&rpm_header()])
+        .unwrap();
+    drop(conn);
+    let img = dir.path().join("rpm.img");
+    mirage_client::demo::build_disk_image(&tree, &img, gen.bytes).unwrap();
+    ok(mirage(
+        &store,
+        &["checkin", img.to_str().unwrap(), "--name", "rhel"],
+    ));
+    assert_eq!(
+        ok(mirage(&store, &["inventory", "rhel"])),
+        "3  mariadb-server 3:10.5.22-1.el9 x86_64 (rpm)\n"
+    );
     let inv = ok(mirage(&store, &["inventory", "plain"]));
     assert_eq!(inv, "3  libc6 2.36-9 amd64 (dpkg)\n");
     let hits = ok(mirage(&store, &["search", "--package", "postgresql-15"]));
@@ -64,6 +110,19 @@ fn inventory_search_and_aggregate_on_images_the_test_builds() {
     assert_eq!(
         agg,
         "libc6 2.36-9  db@1 plain@1\npostgresql-15 15.8-0+deb12u1  db@1\n"
+    );
+    let dbs = ok(mirage(
+        &store,
+        &[
+            "inventory",
+            "--aggregate",
+            "--match",
+            "postgresql*|mariadb*|mysql*",
+        ],
+    ));
+    assert_eq!(
+        dbs,
+        "mariadb-server 3:10.5.22-1.el9  rhel@1\npostgresql-15 15.8-0+deb12u1  db@1\n"
     );
 }
 
