@@ -166,3 +166,71 @@ fn named_images_versions_provenance_and_access() {
     ));
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&b).unwrap());
 }
+
+#[test]
+fn checkout_search_and_diff_visibility_per_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    let gen = mirage_client::demo::generate(&tree, 12, 1).unwrap();
+    let img = dir.path().join("a.img");
+    mirage_client::demo::build_disk_image(&tree, &img, gen.bytes).unwrap();
+    let store = dir.path().join("store");
+    let s = store.as_path();
+    ok(mirage(s, "admin", &["user", "list"])); // the first caller becomes the admin
+    for u in ["owner", "writer", "reader", "stranger"] {
+        ok(mirage(s, "admin", &["user", "add", u]));
+    }
+    let digest = ok(mirage(
+        s,
+        "owner",
+        &["checkin", img.to_str().unwrap(), "--name", "web"],
+    ))
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .to_string();
+    ok(mirage(
+        s,
+        "owner",
+        &[
+            "acl",
+            "web",
+            "--grant-write",
+            "writer",
+            "--grant-read",
+            "reader",
+        ],
+    ));
+    for (user, sees) in [
+        ("admin", true),
+        ("owner", true),
+        ("writer", true),
+        ("reader", true),
+        ("stranger", false),
+    ] {
+        let out = dir.path().join(format!("{user}.img"));
+        let runs = [
+            mirage(s, user, &["checkout", "web", "-o", out.to_str().unwrap()]),
+            mirage(
+                s,
+                user,
+                &["checkout", &digest, "-o", &format!("{}.2", out.display())],
+            ),
+            mirage(s, user, &["diff", "web", &digest]),
+            mirage(s, user, &["show", "web"]),
+            mirage(s, user, &["versions", "web"]),
+        ];
+        for (i, o) in runs.iter().enumerate() {
+            assert_eq!(o.status.success(), sees, "{user}, command {i}");
+            if !sees {
+                let e = String::from_utf8_lossy(&o.stderr);
+                assert!(e.contains("no image named"), "{user}, command {i}: {e}");
+            }
+        }
+        assert_eq!(out.exists(), sees, "{user}");
+        let found = ok(mirage(s, user, &["search", "--path", "/*"]));
+        assert_eq!(!found.is_empty(), sees, "{user}: {found}");
+        let images = ok(mirage(s, user, &["images"]));
+        assert_eq!(images.contains("web@1"), sees, "{user}");
+    }
+}
