@@ -4,12 +4,10 @@
 //! for byte as raw ChunkLists with zero runs left out. Blocks no file reaches are not stored.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use mirage_format::chunking::{store_content, ChunkError, EncodedItem};
+use mirage_format::chunking::{ChunkError, EncodedItem};
 use mirage_format::{
     Digest, Disk, EntryKind, Extent, Filesystem, Image, ImageDisk, Item, Param, Params, Partition,
     PartitionContent, TableType, Tree, TreeEntry,
@@ -17,10 +15,11 @@ use mirage_format::{
 use mirage_node::{Store, StoreError};
 
 use crate::batch::{BatchCounts, Batcher};
+
+mod contents;
 use crate::fs::ext4::Ext4;
 use crate::fs::vfat::Vfat;
-use crate::fs::{FileExtent, FsError, FsReader, Node};
-use crate::hints;
+use crate::fs::{FsError, FsReader, Node};
 use crate::image::regions::{store_region, Masked, RegionError};
 use crate::image::{self, table, BlockSource, ImageError};
 
@@ -90,53 +89,6 @@ pub struct CheckinStats {
     pub files_hinted: u64,
 }
 
-/// Reads a file's content from its extents; holes read as zeros.
-struct ExtentReader<'a> {
-    src: &'a dyn BlockSource,
-    extents: Vec<FileExtent>,
-    next: usize,
-    pos: u64,
-    size: u64,
-}
-
-impl Read for ExtentReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.pos >= self.size || buf.is_empty() {
-            return Ok(0);
-        }
-        while self.next < self.extents.len()
-            && self.extents[self.next].logical + self.extents[self.next].len <= self.pos
-        {
-            self.next += 1;
-        }
-        let want = (buf.len() as u64).min(self.size - self.pos);
-        let n = match self.extents.get(self.next) {
-            Some(e) if e.logical <= self.pos => {
-                let n = want.min(e.logical + e.len - self.pos) as usize;
-                match e.physical {
-                    Some(p) => self
-                        .src
-                        .read_at(&mut buf[..n], p + (self.pos - e.logical))
-                        .map_err(std::io::Error::other)?,
-                    None => buf[..n].fill(0),
-                }
-                n
-            }
-            Some(e) => {
-                let n = want.min(e.logical - self.pos) as usize;
-                buf[..n].fill(0);
-                n
-            }
-            None => {
-                buf[..want as usize].fill(0);
-                want as usize
-            }
-        };
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 /// How to check in.
 #[derive(Clone, Copy, Debug)]
 pub struct CheckinOptions {
@@ -197,42 +149,18 @@ pub fn checkin_with(
     };
     // Partitions are indexed side by side (a few at a time), each with its own batcher,
     // flushed (durable) before the disk that references them is stored.
-    let next = AtomicUsize::new(0);
-    type Slot = parking_lot::Mutex<Option<Result<(PartitionContent, CheckinStats), CheckinError>>>;
-    let slots: Vec<Slot> = entries
-        .iter()
-        .map(|_| parking_lot::Mutex::new(None))
-        .collect();
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..opts.threads.clamp(1, 2).min(entries.len().max(1)))
-            .map(|_| {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(p) = entries.get(i) else { break };
-                    let r = if p.container {
-                        Ok((PartitionContent::Empty, CheckinStats::default()))
-                    } else {
-                        let mut pb = Batcher::new(store);
-                        let mut st = CheckinStats::default();
-                        partition_content(store, &src, p, opts, &mut pb, &mut st).and_then(|c| {
-                            pb.flush()?;
-                            st.add(pb.counts);
-                            Ok((c, st))
-                        })
-                    };
-                    *slots[i].lock() = Some(r);
-                })
-            })
-            .collect();
-        for w in workers {
-            // A panicked worker leaves its slot empty: reported below as an error.
-            let _ = w.join();
+    let done = contents::parallel(&entries, opts.threads.clamp(1, 2), |p| {
+        if p.container {
+            return Ok((PartitionContent::Empty, CheckinStats::default()));
         }
-    });
-    for (p, slot) in entries.iter().zip(slots) {
-        let (content, st) = slot
-            .into_inner()
-            .unwrap_or_else(|| Err(CheckinError::Content("partition worker panicked".into())))?;
+        let mut pb = Batcher::new(store);
+        let mut st = CheckinStats::default();
+        let c = partition_content(store, &src, p, opts, &mut pb, &mut st)?;
+        pb.flush()?;
+        st.add(pb.counts);
+        Ok((c, st))
+    })?;
+    for (p, (content, st)) in entries.iter().zip(done) {
         stats.merge(&st);
         if !p.container
             && (!matches!(content, PartitionContent::Empty) || t.kind == TableType::None)
@@ -478,114 +406,55 @@ fn index_fs(
             }
         }
     }
-    let content: parking_lot::Mutex<HashMap<u64, Option<Digest>>> =
-        parking_lot::Mutex::new(HashMap::new());
-    // Where file content lies on the disk, to leave it out of the skeleton.
-    let file_data: parking_lot::Mutex<Vec<(u64, u64)>> = parking_lot::Mutex::new(Vec::new());
-    let next = AtomicUsize::new(0);
+    // Where each file's bytes are (inline files have no extents), found first so that the
+    // skeleton, which leaves file data out, can be stored alongside the file contents.
+    let layouts = contents::layouts(fs, &files, opts.threads, part)?;
+    let file_data: Vec<(u64, u64)> = layouts
+        .iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.physical.map(|p| (p, p + e.len)))
+        .collect();
     let seed = if opts.hints {
         Some(store.hint_seed()?)
     } else {
         None
     };
-    let results: Vec<Result<(BatchCounts, u64), CheckinError>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..opts.threads.max(1))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut wb = Batcher::new(store);
-                    let mut new_hints = Vec::new();
-                    let mut hinted = 0u64;
-                    while let Some(n) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let (id, size) = (n.id, n.size);
-                        let content_err = |e| match e {
-                            ChunkError::Sink(s) => CheckinError::Store(s),
-                            other => CheckinError::Content(format!(
-                                "partition {part}, inode {id}: {other}"
-                            )),
-                        };
-                        // Small files get small buffers: a buffer is zeroed before first use.
-                        let buf_len = (size as usize).clamp(4096, 1 << 20);
-                        let d = match fs.inline_data(id).map_err(fs_err)? {
-                            Some(data) => store_content(&data[..], size, alg, |i| wb.push(i))
-                                .map_err(content_err)?,
-                            None => {
-                                let extents = fs.extents(id).map_err(fs_err)?;
-                                file_data.lock().extend(
-                                    extents
-                                        .iter()
-                                        .filter_map(|e| e.physical.map(|p| (p, p + e.len))),
-                                );
-                                let reader = || ExtentReader {
-                                    src,
-                                    extents: extents.clone(),
-                                    next: 0,
-                                    pos: 0,
-                                    size,
-                                };
-                                let read_err = |e: std::io::Error| {
-                                    CheckinError::Content(format!(
-                                        "partition {part}, inode {id}: {e}"
-                                    ))
-                                };
-                                let mut key = None;
-                                let mut known = None;
-                                if let Some(seed) = seed {
-                                    let probe = hints::Probe::new(reader(), size, seed)
-                                        .map_err(read_err)?;
-                                    let k = probe.key;
-                                    let from = probe.read();
-                                    known = hints::check(store, &k, || {
-                                        let mut rest = reader();
-                                        rest.pos = from;
-                                        probe.finish(rest, buf_len)
-                                    })?;
-                                    key = Some(k);
-                                }
-                                if let Some(d) = known {
-                                    hinted += 1;
-                                    Some(d)
-                                } else {
-                                    let mut r = std::io::BufReader::with_capacity(
-                                        buf_len,
-                                        hints::Checksummed::new(reader(), seed.unwrap_or(0)),
-                                    );
-                                    let d = store_content(&mut r, size, alg, |i| wb.push(i))
-                                        .map_err(content_err)?;
-                                    if let (Some(k), Some(d)) = (key, d) {
-                                        new_hints
-                                            .push((k, hints::encode(&d, r.get_ref().checksum())));
-                                    }
-                                    d
-                                }
-                            }
-                        };
-                        content.lock().insert(id, d);
-                    }
-                    wb.flush()?;
-                    // Only now is every content these hints name durable in the store.
-                    if !new_hints.is_empty() {
-                        store.put_hints(new_hints)?;
-                    }
-                    Ok((wb.counts, hinted))
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join().unwrap_or_else(|_| {
-                    Err(CheckinError::Content("indexer worker panicked".into()))
-                })
-            })
-            .collect()
+    let job = contents::Job {
+        store,
+        src,
+        fs,
+        part,
+        files: &files,
+        layouts: &layouts,
+        seed,
+    };
+    let (stored, skeleton) = std::thread::scope(|s| {
+        let sk = s.spawn(|| -> Result<(Option<Digest>, BatchCounts), CheckinError> {
+            let Some(ranges) = fs.skeleton(&file_data).map_err(fs_err)? else {
+                return Ok((None, BatchCounts::default()));
+            };
+            let mut sb = Batcher::new(store);
+            let masked = Masked::new(src, ranges);
+            let list = store_region(&masked, p.start, p.start + p.size, alg, |i| sb.push(i))
+                .map_err(region_err)?;
+            let d = list.digest();
+            sb.push(list)?;
+            sb.flush()?;
+            Ok((Some(d), sb.counts))
+        });
+        let stored = job.run(opts.threads);
+        let skeleton = sk
+            .join()
+            .unwrap_or_else(|_| Err(CheckinError::Content("skeleton worker panicked".into())));
+        (stored, skeleton)
     });
-    for r in results {
-        let (counts, hinted) = r?;
-        stats.add(counts);
-        stats.files_hinted += hinted;
-    }
+    let (content, counts, hinted) = stored?;
+    stats.add(counts);
+    stats.files_hinted += hinted;
+    let (skeleton, sk_counts) = skeleton?;
+    stats.add(sk_counts);
     let content_time = t_walk.elapsed() - walk_time;
-    let content = content.into_inner();
     // Trees, deepest first (the walk order reversed puts every child before its parent).
     let mut tree_of: HashMap<u64, Digest> = HashMap::new();
     for d in dirs.iter().rev() {
@@ -623,25 +492,11 @@ fn index_fs(
     root_attrs.size = 0;
     let info = fs.info();
     let trees_time = t_walk.elapsed() - walk_time - content_time;
-    let t_sk = std::time::Instant::now();
-    let skeleton = match fs.skeleton(&file_data.into_inner()).map_err(fs_err)? {
-        Some(ranges) => {
-            tracing::debug!(ranges = ranges.len(), bytes = ranges.iter().map(|r| r.1 - r.0).sum::<u64>(), elapsed = ?t_sk.elapsed(), "skeleton ranges");
-            let masked = Masked::new(src, ranges);
-            let list = store_region(&masked, p.start, p.start + p.size, alg, |i| b.push(i))
-                .map_err(region_err)?;
-            let d = list.digest();
-            b.push(list)?;
-            Some(d)
-        }
-        None => None,
-    };
     tracing::info!(
         part,
         walk = ?walk_time,
         contents = ?content_time,
         trees = ?trees_time,
-        skeleton = ?(t_walk.elapsed() - walk_time - content_time - trees_time),
         "filesystem indexed"
     );
     let fs_item = encode(
