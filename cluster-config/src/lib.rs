@@ -1,1 +1,11 @@
-//! Cluster topology, validation and placement (filled in by the node/Raft issue).
+//! Cluster topology: the TOML file that describes a cluster ([`topology`]), its validation
+//! with errors that name the line and field, and placement of items on nodes
+//! ([`placement`]: digest → partition → N nodes, weighted by capacity, replicas in distinct
+//! zones while zones remain, from integer arithmetic only so that every platform, compiler and
+//! process computes the same placement).
+
+pub mod placement;
+pub mod topology;
+
+pub use placement::{partition_of, Placement};
+pub use topology::{ConfigError, Node, Role, Topology};
