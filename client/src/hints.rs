@@ -52,18 +52,20 @@ impl std::fmt::Debug for Probe {
 }
 
 impl Probe {
-    /// Reads up to [`PREFIX`] bytes of `r` (a file of `size` bytes).
-    pub fn new(r: impl Read, size: u64, seed: u64) -> std::io::Result<Probe> {
-        let n = size.min(PREFIX);
-        let mut head = Vec::with_capacity(n as usize);
-        r.take(n).read_to_end(&mut head)?;
+    /// Reads up to [`PREFIX`] bytes of `r` (a file of `size` bytes) into `scratch` (which must
+    /// hold at least [`PREFIX`] bytes; a worker reuses one for every file).
+    pub fn new(r: impl Read, size: u64, seed: u64, scratch: &mut [u8]) -> std::io::Result<Probe> {
+        let n = size.min(PREFIX) as usize;
+        let head = &mut scratch[..n];
+        let got = read_full(r, head)?;
+        let head = &head[..got];
         let mut whole = Xxh3::with_seed(seed);
-        whole.update(&head);
-        let prefix = xxhash_rust::xxh3::xxh3_128_with_seed(&head, seed);
+        whole.update(head);
+        let prefix = xxhash_rust::xxh3::xxh3_128_with_seed(head, seed);
         Ok(Probe {
             key: key(size, prefix),
             whole,
-            read: head.len() as u64,
+            read: got as u64,
         })
     }
 
@@ -72,16 +74,31 @@ impl Probe {
         self.read
     }
 
-    /// The whole-content checksum, reading the rest from `rest` (positioned at [`Probe::read`]).
-    pub fn finish(mut self, rest: impl Read, buf_len: usize) -> std::io::Result<u128> {
-        let mut c = Checksummed {
-            inner: rest,
-            state: std::mem::replace(&mut self.whole, Xxh3::new()),
-        };
-        let mut buf = vec![0u8; buf_len];
-        while c.read(&mut buf)? > 0 {}
-        Ok(c.checksum())
+    /// The whole-content checksum, reading the rest from `rest` (positioned at [`Probe::read`])
+    /// through `scratch`.
+    pub fn finish(mut self, mut rest: impl Read, scratch: &mut [u8]) -> std::io::Result<u128> {
+        loop {
+            let n = rest.read(scratch)?;
+            if n == 0 {
+                return Ok(self.whole.digest128());
+            }
+            self.whole.update(&scratch[..n]);
+        }
     }
+}
+
+/// Reads until `buf` is full or `r` ends; returns the bytes read.
+fn read_full(mut r: impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// Encodes a hint value.
@@ -184,18 +201,30 @@ mod tests {
         let data: Vec<u8> = (0..PREFIX as usize * 2 + 7)
             .map(|i| (i * 7 % 251) as u8)
             .collect();
-        let p = Probe::new(&data[..], data.len() as u64, 9).unwrap();
+        let mut scratch = vec![0u8; PREFIX as usize];
+        let p = Probe::new(&data[..], data.len() as u64, 9, &mut scratch).unwrap();
         assert_eq!(p.read(), PREFIX);
         let k = p.key;
         assert_eq!(
-            p.finish(&data[PREFIX as usize..], 100).unwrap(),
+            p.finish(&data[PREFIX as usize..], &mut scratch[..100])
+                .unwrap(),
             c(&data, 9, 4096)
         );
         let mut other = data.clone();
         *other.last_mut().unwrap() ^= 1;
-        assert_eq!(Probe::new(&other[..], data.len() as u64, 9).unwrap().key, k);
+        assert_eq!(
+            Probe::new(&other[..], data.len() as u64, 9, &mut scratch)
+                .unwrap()
+                .key,
+            k
+        );
         other[5] ^= 1;
-        assert_ne!(Probe::new(&other[..], data.len() as u64, 9).unwrap().key, k);
+        assert_ne!(
+            Probe::new(&other[..], data.len() as u64, 9, &mut scratch)
+                .unwrap()
+                .key,
+            k
+        );
         assert_eq!(c(b"abc", 1, 2), c(b"abc", 1, 4096));
         assert_ne!(c(b"abc", 1, 2), c(b"abd", 1, 2));
         assert_ne!(

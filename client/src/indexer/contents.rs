@@ -15,6 +15,9 @@ use crate::fs::{FileExtent, FsError, FsReader, Node};
 use crate::hints;
 use crate::image::BlockSource;
 
+/// Bytes of a worker's read buffer (at least [`hints::PREFIX`]).
+const SCRATCH: usize = 256 << 10;
+
 /// Reads a file's content from its extents; holes read as zeros.
 pub(super) struct ExtentReader<'a> {
     src: &'a dyn BlockSource,
@@ -171,6 +174,8 @@ impl Job<'_> {
         let mut wb = Batcher::new(store);
         let mut new_hints = Vec::new();
         let mut hinted = 0u64;
+        // One read buffer per worker, sized to stay in the core's cache.
+        let mut scratch = vec![0u8; SCRATCH];
         loop {
             let k = next.fetch_add(1, Ordering::Relaxed);
             let (Some(n), Some(layout)) = (self.files.get(k), self.layouts.get(k)) else {
@@ -181,8 +186,6 @@ impl Job<'_> {
                 ChunkError::Sink(s) => CheckinError::Store(s),
                 other => CheckinError::Content(format!("partition {part}, inode {id}: {other}")),
             };
-            // Small files get small buffers: a buffer is zeroed before first use.
-            let buf_len = (size as usize).clamp(4096, 1 << 20);
             let d = match layout {
                 None => {
                     let data = self
@@ -206,13 +209,14 @@ impl Job<'_> {
                     let mut key = None;
                     let mut known = None;
                     if let Some(seed) = seed {
-                        let probe = hints::Probe::new(reader(), size, seed).map_err(read_err)?;
+                        let probe = hints::Probe::new(reader(), size, seed, &mut scratch)
+                            .map_err(read_err)?;
                         let k = probe.key;
                         let from = probe.read();
                         known = hints::check(store, &k, || {
                             let mut rest = reader();
                             rest.pos = from;
-                            probe.finish(rest, buf_len)
+                            probe.finish(rest, &mut scratch)
                         })?;
                         key = Some(k);
                     }
@@ -220,14 +224,13 @@ impl Job<'_> {
                         hinted += 1;
                         Some(d)
                     } else {
-                        let mut r = std::io::BufReader::with_capacity(
-                            buf_len,
-                            hints::Checksummed::new(reader(), seed.unwrap_or(0)),
-                        );
+                        // Unbuffered: a small file is read in one call into its own buffer,
+                        // a large one in chunk-sized reads by the chunker.
+                        let mut r = hints::Checksummed::new(reader(), seed.unwrap_or(0));
                         let d = store_content(&mut r, size, alg, |i| wb.push(i))
                             .map_err(content_err)?;
                         if let (Some(k), Some(d)) = (key, d) {
-                            new_hints.push((k, hints::encode(&d, r.get_ref().checksum())));
+                            new_hints.push((k, hints::encode(&d, r.checksum())));
                         }
                         d
                     }

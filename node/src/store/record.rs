@@ -107,20 +107,34 @@ pub fn encode_record(
     payload: &[u8],
 ) -> Vec<u8> {
     let mut rec = Vec::with_capacity(HEADER_LEN + payload.len());
-    rec.extend_from_slice(RECORD_MAGIC);
-    rec.push(RECORD_VERSION);
-    rec.push(kind.code());
-    rec.push(compression.code());
-    rec.push(digest.algorithm().code());
+    append_record(&mut rec, digest, kind, compression, raw_len, payload);
+    rec
+}
+
+/// Appends a complete record (header and payload) to `out`: one copy of the payload.
+pub fn append_record(
+    out: &mut Vec<u8>,
+    digest: &Digest,
+    kind: ItemKind,
+    compression: Compression,
+    raw_len: u32,
+    payload: &[u8],
+) {
+    let start = out.len();
+    out.reserve(HEADER_LEN + payload.len());
+    out.extend_from_slice(RECORD_MAGIC);
+    out.push(RECORD_VERSION);
+    out.push(kind.code());
+    out.push(compression.code());
+    out.push(digest.algorithm().code());
     let mut d = [0u8; 32];
     d[..digest.as_bytes().len()].copy_from_slice(digest.as_bytes());
-    rec.extend_from_slice(&d);
-    rec.extend_from_slice(&raw_len.to_le_bytes());
-    rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&rec), payload);
-    rec.extend_from_slice(&crc.to_le_bytes());
-    rec.extend_from_slice(payload);
-    rec
+    out.extend_from_slice(&d);
+    out.extend_from_slice(&raw_len.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..]), payload);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// Parses a header (no CRC check: that needs the payload).

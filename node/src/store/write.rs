@@ -10,7 +10,7 @@ use mirage_format::item::peek;
 use mirage_format::{Digest, Item, ItemKind};
 
 use super::location::{Compression, Location, LocationTable};
-use super::record::{encode_record, HEADER_LEN, VOLUME_HEADER_LEN};
+use super::record::{append_record, HEADER_LEN, VOLUME_HEADER_LEN};
 use super::volume::ActiveVolume;
 use super::{Shared, Store, StoreError};
 use crate::index::{Index, IndexBatch};
@@ -340,7 +340,14 @@ fn checkpoint(sh: &Shared, active: &ActiveVolume) -> Result<(), StoreError> {
 /// every byte of the group is durable and indexed. A request never straddles two volumes, so a
 /// crash can never leave half of a request (a parent without its references) durable.
 fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared>, Reply)>) -> u64 {
-    let mut buf: Vec<u8> = Vec::new();
+    // Sized once: growing it would copy every record again.
+    let mut buf: Vec<u8> = Vec::with_capacity(
+        group
+            .iter()
+            .flat_map(|(items, _)| items)
+            .map(|p| HEADER_LEN + p.payload.len())
+            .sum(),
+    );
     let mut new_locs: HashMap<Digest, Location> = HashMap::new();
     let mut batch = IndexBatch::default();
     let mut answers: Vec<(Reply, Result<Vec<bool>, StoreError>)> = Vec::new();
@@ -398,13 +405,14 @@ fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared
                 kind: p.kind,
                 compression: p.compression,
             };
-            buf.extend_from_slice(&encode_record(
+            append_record(
+                &mut buf,
                 &p.digest,
                 p.kind,
                 p.compression,
                 p.raw_len,
                 &p.payload,
-            ));
+            );
             new_locs.insert(p.digest, loc);
             batch.items.push((p.digest, loc));
             if !p.refs.is_empty() {
@@ -467,13 +475,14 @@ fn relocate(
             kind: p.kind,
             compression: p.compression,
         };
-        buf.extend_from_slice(&encode_record(
+        append_record(
+            &mut buf,
             &p.digest,
             p.kind,
             p.compression,
             p.raw_len,
             &p.payload,
-        ));
+        );
         batch.items.push((p.digest, loc));
     }
     let mut appended = 0;
