@@ -4,6 +4,7 @@
 //! state machine ([`catalog`]), usable embedded. Raft replication and the HTTP API build on
 //! them.
 
+pub mod api;
 pub mod catalog;
 pub mod index;
 pub mod keys;

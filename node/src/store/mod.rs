@@ -301,6 +301,11 @@ impl Store {
         tx.send(m).map_err(|_| StoreError::Closed)
     }
 
+    /// False once a storage failure has disabled writes (see `StoreError::WritesDisabled`).
+    pub fn writable(&self) -> bool {
+        self.inner.shared.failed.lock().is_none()
+    }
+
     /// Is the item present?
     pub fn has(&self, d: &Digest) -> Result<bool, StoreError> {
         Ok(self.inner.shared.index.get(d)?.is_some())

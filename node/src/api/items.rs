@@ -1,0 +1,247 @@
+//! Item routes. Uploads and downloads are streams of frames (see `docs/API.md`), never a whole
+//! batch in memory: an upload is stored in batches of about 8 MiB as its frames arrive, a
+//! download is written out as the store reads it.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use mirage_format::Digest;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::store::ReadOptions;
+
+const BATCH_BYTES: usize = 8 << 20;
+const BATCH_ITEMS: usize = 1024;
+/// Largest frame accepted (an item is at most 16 MiB; see `mirage_format::item::MAX_ITEM`).
+const MAX_FRAME: usize = mirage_format::item::MAX_ITEM + 1024;
+
+fn parse_digests(texts: &[String]) -> Result<Vec<Digest>, ApiError> {
+    texts
+        .iter()
+        .map(|t| {
+            t.parse()
+                .map_err(|e| ApiError::bad_request("bad_digest", format!("{t:?}: {e}")))
+        })
+        .collect()
+}
+
+/// Body of `POST /v1/items/has`.
+#[derive(Debug, Deserialize)]
+pub(super) struct HasRequest {
+    digests: Vec<String>,
+}
+
+/// Answer of `POST /v1/items/has`.
+#[derive(Debug, Serialize)]
+pub(super) struct HasResponse {
+    present: Vec<bool>,
+}
+
+pub(super) async fn has(
+    State(st): State<AppState>,
+    Json(req): Json<HasRequest>,
+) -> Result<Json<HasResponse>, ApiError> {
+    let ds = parse_digests(&req.digests)?;
+    let store = st.store.clone();
+    let present = tokio::task::spawn_blocking(move || store.has_many(&ds))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(HasResponse { present }))
+}
+
+/// Answer of `POST /v1/items`.
+#[derive(Debug, Default, Serialize)]
+pub(super) struct PutResponse {
+    items: u64,
+    new: u64,
+}
+
+async fn store_batch(
+    st: &AppState,
+    batch: Vec<Vec<u8>>,
+    out: &mut PutResponse,
+) -> Result<(), ApiError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let store = st.store.clone();
+    let outcomes = tokio::task::spawn_blocking(move || store.put_many(batch))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let new = outcomes.iter().filter(|o| o.new).count() as u64;
+    out.items += outcomes.len() as u64;
+    out.new += new;
+    st.metrics
+        .items_put
+        .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+    st.metrics.items_new.fetch_add(new, Ordering::Relaxed);
+    Ok(())
+}
+
+pub(super) async fn put(State(st): State<AppState>, body: Body) -> Response {
+    match put_inner(&st, body).await {
+        Ok(r) => Json(r).into_response(),
+        Err((e, stored)) => {
+            st.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            let mut e = e;
+            e.message = format!("{} ({stored} items stored before it)", e.message);
+            e.into_response()
+        }
+    }
+}
+
+async fn put_inner(st: &AppState, body: Body) -> Result<PutResponse, (ApiError, u64)> {
+    let mut out = PutResponse::default();
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut batch_bytes = 0usize;
+    loop {
+        // Take every complete frame out of the buffer.
+        let mut pos = 0;
+        while buf.len() - pos >= 4 {
+            let len =
+                u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
+            if len > MAX_FRAME {
+                return Err((
+                    ApiError::bad_request(
+                        "bad_frame",
+                        format!("frame of {len} bytes exceeds the item limit"),
+                    ),
+                    out.items,
+                ));
+            }
+            if buf.len() - pos - 4 < len {
+                break;
+            }
+            batch.push(buf[pos + 4..pos + 4 + len].to_vec());
+            batch_bytes += len;
+            pos += 4 + len;
+            if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_ITEMS {
+                let items = out.items;
+                store_batch(st, std::mem::take(&mut batch), &mut out)
+                    .await
+                    .map_err(|e| (e, items))?;
+                batch_bytes = 0;
+            }
+        }
+        buf.drain(..pos);
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                st.metrics
+                    .bytes_in
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                buf.extend_from_slice(&chunk);
+            }
+            Some(Err(e)) => {
+                return Err((ApiError::bad_request("bad_body", e.to_string()), out.items));
+            }
+            None => break,
+        }
+    }
+    if !buf.is_empty() {
+        return Err((
+            ApiError::bad_request(
+                "bad_frame",
+                format!("{} bytes of an incomplete frame at the end", buf.len()),
+            ),
+            out.items,
+        ));
+    }
+    let items = out.items;
+    store_batch(st, batch, &mut out)
+        .await
+        .map_err(|e| (e, items))?;
+    Ok(out)
+}
+
+/// Body of `POST /v1/items/get`.
+#[derive(Debug, Deserialize)]
+pub(super) struct GetRequest {
+    digests: Vec<String>,
+    /// Read in the context of this item (its location table).
+    context: Option<String>,
+    /// Re-hash every item before sending it (the CRC is always checked).
+    #[serde(default)]
+    verify: bool,
+}
+
+/// Frame tags of a download.
+const TAG_ITEM: u8 = 0;
+const TAG_MISSING: u8 = 1;
+const TAG_ERROR: u8 = 2;
+
+fn frame(tag: u8, payload: &[u8]) -> Bytes {
+    let mut f = Vec::with_capacity(5 + payload.len());
+    f.push(tag);
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    Bytes::from(f)
+}
+
+pub(super) async fn get(
+    State(st): State<AppState>,
+    Json(req): Json<GetRequest>,
+) -> Result<Response, ApiError> {
+    let ds = parse_digests(&req.digests)?;
+    let context = match &req.context {
+        Some(c) => Some(
+            c.parse::<Digest>()
+                .map_err(|e| ApiError::bad_request("bad_digest", format!("{c:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let store = st.store.clone();
+    let metrics = st.metrics.clone();
+    let opts = ReadOptions {
+        verify_digest: req.verify,
+        ..Default::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        let r = store.get_many(&ds, context.as_ref(), opts, |d, r| {
+            let f = match r {
+                Ok(bytes) => {
+                    metrics.items_served.fetch_add(1, Ordering::Relaxed);
+                    metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    frame(TAG_ITEM, &bytes)
+                }
+                Err(e) => {
+                    let j = serde_json::json!({"digest": d, "code": "integrity", "message": e.to_string()});
+                    frame(TAG_ERROR, j.to_string().as_bytes())
+                }
+            };
+            // A client that went away stops being fed; the read finishes quickly.
+            let _ = tx.blocking_send(Ok(f));
+        });
+        match r {
+            Ok(stats) => {
+                for m in stats.missing {
+                    let _ = tx.blocking_send(Ok(frame(TAG_MISSING, m.to_text().as_bytes())));
+                }
+            }
+            Err(e) => {
+                let j = serde_json::json!({"code": "storage", "message": e.to_string()});
+                let _ = tx.blocking_send(Ok(frame(TAG_ERROR, j.to_string().as_bytes())));
+            }
+        }
+    });
+    let stream = tokio_stream(rx);
+    Ok((
+        [(header::CONTENT_TYPE, "application/vnd.mirage.frames")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn tokio_stream(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,74 @@
+//! Prometheus text-format metrics.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::AppState;
+
+/// Counters the handlers update.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Items received by `POST /v1/items`.
+    pub items_put: AtomicU64,
+    /// Of those, items the store did not hold.
+    pub items_new: AtomicU64,
+    /// Request body bytes of item uploads.
+    pub bytes_in: AtomicU64,
+    /// Items served by `POST /v1/items/get`.
+    pub items_served: AtomicU64,
+    /// Item bytes served.
+    pub bytes_out: AtomicU64,
+    /// Requests answered with an error.
+    pub errors: AtomicU64,
+}
+
+pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
+    let m = &st.metrics;
+    let mut s = String::new();
+    let mut counter = |name: &str, help: &str, v: &AtomicU64| {
+        let _ = writeln!(
+            s,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
+    };
+    counter(
+        "mirage_items_put_total",
+        "Items received for storage.",
+        &m.items_put,
+    );
+    counter(
+        "mirage_items_new_total",
+        "Items received that the store did not hold.",
+        &m.items_new,
+    );
+    counter(
+        "mirage_bytes_in_total",
+        "Bytes of item uploads.",
+        &m.bytes_in,
+    );
+    counter(
+        "mirage_items_served_total",
+        "Items served.",
+        &m.items_served,
+    );
+    counter("mirage_bytes_out_total", "Item bytes served.", &m.bytes_out);
+    counter(
+        "mirage_request_errors_total",
+        "Requests answered with an error.",
+        &m.errors,
+    );
+    let store = st.store.clone();
+    if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || store.stats()).await {
+        let _ = writeln!(
+            s,
+            "# HELP mirage_store_items Items in the store.\n# TYPE mirage_store_items gauge\nmirage_store_items {}\n# HELP mirage_store_bytes Stored bytes.\n# TYPE mirage_store_bytes gauge\nmirage_store_bytes {}",
+            stats.items, stats.stored_bytes
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s)
+}
