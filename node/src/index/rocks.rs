@@ -27,16 +27,11 @@ fn engine(e: rocksdb::Error) -> IndexError {
 impl RocksIndex {
     /// Opens (creating if needed) the index in `dir`.
     pub fn open(dir: &Path) -> Result<Self, IndexError> {
-        let mut base = Options::default();
-        base.create_if_missing(true);
-        base.create_missing_column_families(true);
-        base.set_compression_type(rocksdb::DBCompressionType::Zstd);
-        base.set_max_background_jobs(2);
-        // Every CLI command opens the index: replaying the write-ahead log into the memtable
-        // is cheap, writing it out as a level-0 table on every open is not (about 35 ms).
-        let opts = base
-            .get_options_from_string("avoid_flush_during_recovery=true")
-            .map_err(engine)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Zstd);
+        opts.set_max_background_jobs(2);
         let mut items = Options::default();
         // Point lookups by digest dominate: a bloom filter avoids most disk reads for misses.
         let mut bbo = rocksdb::BlockBasedOptions::default();
