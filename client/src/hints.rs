@@ -76,14 +76,13 @@ impl Probe {
 
     /// The whole-content checksum, reading the rest from `rest` (positioned at [`Probe::read`])
     /// through `scratch`.
-    pub fn finish(mut self, mut rest: impl Read, scratch: &mut [u8]) -> std::io::Result<u128> {
-        loop {
-            let n = rest.read(scratch)?;
-            if n == 0 {
-                return Ok(self.whole.digest128());
-            }
-            self.whole.update(&scratch[..n]);
-        }
+    pub fn finish(self, rest: impl Read, scratch: &mut [u8]) -> std::io::Result<u128> {
+        let mut c = Checksummed {
+            inner: rest,
+            state: self.whole,
+        };
+        while c.read(scratch)? > 0 {}
+        Ok(c.checksum())
     }
 }
 

@@ -312,10 +312,6 @@ fn open_or_create(dir: &Path) -> Result<Store> {
         dir,
         StoreOptions {
             create: true,
-            zstd_level: std::env::var("XLEVEL")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1),
             ..StoreOptions::default()
         },
     )

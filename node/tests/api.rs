@@ -8,15 +8,6 @@ use common::*;
 use mirage_format::{Algorithm, Digest};
 use mirage_node::api::ROUTES;
 
-fn frames(items: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for i in items {
-        out.extend_from_slice(&(i.len() as u32).to_be_bytes());
-        out.extend_from_slice(i);
-    }
-    out
-}
-
 /// (tag, payload) frames of a download.
 fn parse(body: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();

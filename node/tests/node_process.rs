@@ -37,11 +37,13 @@ fn upload(base: &str, seed: u64) -> Vec<mirage_format::chunking::EncodedItem> {
     let alg = Algorithm::Sha256;
     let blobs: Vec<_> = (0..20).map(|i| blob(alg, seed + i)).collect();
     let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());
-    let mut body = Vec::new();
-    for item in blobs.iter().chain([&tree]) {
-        body.extend_from_slice(&(item.bytes().len() as u32).to_be_bytes());
-        body.extend_from_slice(item.bytes());
-    }
+    let body = frames(
+        &blobs
+            .iter()
+            .chain([&tree])
+            .map(|i| i.bytes())
+            .collect::<Vec<_>>(),
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let http = reqwest::Client::new();

@@ -21,14 +21,13 @@ const BATCH_ITEMS: usize = 1024;
 /// Largest frame accepted (an item is at most 16 MiB; see `mirage_format::item::MAX_ITEM`).
 const MAX_FRAME: usize = mirage_format::item::MAX_ITEM + 1024;
 
+fn parse_digest(t: &str) -> Result<Digest, ApiError> {
+    t.parse()
+        .map_err(|e| ApiError::bad_request("bad_digest", format!("{t:?}: {e}")))
+}
+
 fn parse_digests(texts: &[String]) -> Result<Vec<Digest>, ApiError> {
-    texts
-        .iter()
-        .map(|t| {
-            t.parse()
-                .map_err(|e| ApiError::bad_request("bad_digest", format!("{t:?}: {e}")))
-        })
-        .collect()
+    texts.iter().map(|t| parse_digest(t)).collect()
 }
 
 /// Body of `POST /v1/items/has`.
@@ -62,18 +61,21 @@ pub(super) struct PutResponse {
     new: u64,
 }
 
+/// Stores one batch; an error comes with the number of items stored before it.
 async fn store_batch(
     st: &AppState,
     batch: Vec<Vec<u8>>,
     out: &mut PutResponse,
-) -> Result<(), ApiError> {
+) -> Result<(), (ApiError, u64)> {
     if batch.is_empty() {
         return Ok(());
     }
     let store = st.store.clone();
     let outcomes = tokio::task::spawn_blocking(move || store.put_many(batch))
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+        .map_err(|e| ApiError::internal(e.to_string()))
+        .and_then(|r| r.map_err(ApiError::from))
+        .map_err(|e| (e, out.items))?;
     let new = outcomes.iter().filter(|o| o.new).count() as u64;
     out.items += outcomes.len() as u64;
     out.new += new;
@@ -87,9 +89,8 @@ async fn store_batch(
 pub(super) async fn put(State(st): State<AppState>, body: Body) -> Response {
     match put_inner(&st, body).await {
         Ok(r) => Json(r).into_response(),
-        Err((e, stored)) => {
+        Err((mut e, stored)) => {
             st.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            let mut e = e;
             e.message = format!("{} ({stored} items stored before it)", e.message);
             e.into_response()
         }
@@ -124,10 +125,7 @@ async fn put_inner(st: &AppState, body: Body) -> Result<PutResponse, (ApiError, 
             batch_bytes += len;
             pos += 4 + len;
             if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_ITEMS {
-                let items = out.items;
-                store_batch(st, std::mem::take(&mut batch), &mut out)
-                    .await
-                    .map_err(|e| (e, items))?;
+                store_batch(st, std::mem::take(&mut batch), &mut out).await?;
                 batch_bytes = 0;
             }
         }
@@ -154,10 +152,7 @@ async fn put_inner(st: &AppState, body: Body) -> Result<PutResponse, (ApiError, 
             out.items,
         ));
     }
-    let items = out.items;
-    store_batch(st, batch, &mut out)
-        .await
-        .map_err(|e| (e, items))?;
+    store_batch(st, batch, &mut out).await?;
     Ok(out)
 }
 
@@ -190,13 +185,7 @@ pub(super) async fn get(
     Json(req): Json<GetRequest>,
 ) -> Result<Response, ApiError> {
     let ds = parse_digests(&req.digests)?;
-    let context = match &req.context {
-        Some(c) => Some(
-            c.parse::<Digest>()
-                .map_err(|e| ApiError::bad_request("bad_digest", format!("{c:?}: {e}")))?,
-        ),
-        None => None,
-    };
+    let context = req.context.as_deref().map(parse_digest).transpose()?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let store = st.store.clone();
     let metrics = st.metrics.clone();

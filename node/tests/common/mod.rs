@@ -83,3 +83,13 @@ pub fn read_ok(store: &Store, d: &mirage_format::Digest) -> Vec<u8> {
     );
     bytes
 }
+
+/// An upload body of the node API: each item as `u32 length (big-endian) ‖ bytes`.
+pub fn frames(items: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in items {
+        out.extend_from_slice(&(i.len() as u32).to_be_bytes());
+        out.extend_from_slice(i);
+    }
+    out
+}
