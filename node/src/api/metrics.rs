@@ -63,7 +63,7 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
         &m.errors,
     );
     let store = st.store.clone();
-    if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || store.stats()).await {
+    if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || store.counts()).await {
         let _ = writeln!(
             s,
             "# HELP mirage_store_items Items in the store.\n# TYPE mirage_store_items gauge\nmirage_store_items {}\n# HELP mirage_store_bytes Stored bytes.\n# TYPE mirage_store_bytes gauge\nmirage_store_bytes {}",

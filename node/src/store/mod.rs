@@ -24,7 +24,7 @@ pub use compact::{CompactOptions, CompactReport};
 pub use location::{Compression, Location, LocationTable};
 use mirage_format::{Algorithm, DecodeError, Digest, DigestError};
 pub use read::{ReadOptions, ReadStats};
-pub use verify::{Damage, Stats, VerifyReport};
+pub use verify::{Counts, Damage, Stats, VerifyReport};
 pub use write::{PendingPut, PutOutcome};
 
 use crate::index::{Index, IndexError, RocksIndex};
@@ -164,6 +164,10 @@ pub(crate) struct Shared {
     pub(crate) closing: AtomicBool,
     /// Serialises catalog commands (one log, applied in order).
     pub(crate) catalog_lock: parking_lot::Mutex<()>,
+    /// Items and stored bytes the index holds: counted by one scan when first asked for
+    /// ([`Store::counts`]), then kept up to date by the committer under this lock; `None`
+    /// until then, and again after a write the committer cannot account for.
+    pub(crate) counts: parking_lot::Mutex<Option<Counts>>,
 }
 
 /// An open store. Cheap to clone; the last clone dropped shuts the committer down cleanly.
@@ -264,6 +268,7 @@ impl Store {
             failed: parking_lot::Mutex::new(None),
             catalog_lock: parking_lot::Mutex::new(()),
             closing: AtomicBool::new(false),
+            counts: parking_lot::Mutex::new(None),
         });
         let active = recover::recover(&shared)?;
         let (tx, rx) = mpsc::channel();

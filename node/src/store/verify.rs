@@ -54,7 +54,35 @@ pub struct VerifyReport {
     pub damaged: Vec<Damage>,
 }
 
+/// Items in the index and the bytes of their records (see [`Store::counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Indexed items.
+    pub items: u64,
+    /// Bytes of their records (headers included).
+    pub stored_bytes: u64,
+}
+
 impl Store {
+    /// Items and stored bytes, cheap after the first call: that one scans the index (holding
+    /// back the committer's index writes meanwhile), later ones read the totals the committer
+    /// keeps. For gauges; [`Store::stats`] gives the full breakdown.
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        let sh = self.shared();
+        let mut kept = sh.counts.lock();
+        if let Some(c) = *kept {
+            return Ok(c);
+        }
+        let mut c = Counts::default();
+        sh.index.scan(&mut |_, l| {
+            c.items += 1;
+            c.stored_bytes += l.record_len();
+            true
+        })?;
+        *kept = Some(c);
+        Ok(c)
+    }
+
     /// Counts items and bytes.
     pub fn stats(&self) -> Result<Stats, StoreError> {
         let sh = self.shared();

@@ -388,7 +388,7 @@ fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared
                 ..Default::default()
             };
             let r = flush(sh, active, &mut buf, &mut appended)
-                .and_then(|()| sh.index.write(sealed, false).map_err(StoreError::Index))
+                .and_then(|()| write_new_items(sh, sealed))
                 .and_then(|()| rotate(sh, active));
             if let Err(e) = r {
                 fail(sh, &e);
@@ -429,9 +429,9 @@ fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared
             let table = build_table(sh, &new_locs, &refs);
             batch.tables.push((parent, table));
         }
-        if let Err(e) = sh.index.write(batch, false) {
+        if let Err(e) = write_new_items(sh, batch) {
             // The bytes are durable and recovery re-indexes them; this process cannot serve them.
-            fail(sh, &StoreError::Index(e));
+            fail(sh, &e);
         }
     }
     // Nothing of a failed group is acknowledged.
@@ -487,8 +487,30 @@ fn relocate(
     }
     let mut appended = 0;
     flush(sh, active, &mut buf, &mut appended)?;
+    // The copies are recompressed: the stored bytes change, so the totals are counted again
+    // when next asked for.
+    let mut counts = sh.counts.lock();
+    *counts = None;
     sh.index.write(batch, false)?;
     Ok(appended)
+}
+
+/// Indexes items that are new to the store, keeping [`Shared::counts`] in step (under its
+/// lock, so a first count's scan sees either none or all of them).
+fn write_new_items(sh: &Shared, batch: IndexBatch) -> Result<(), StoreError> {
+    let items = batch.items.len() as u64;
+    let bytes: u64 = batch.items.iter().map(|(_, l)| l.record_len()).sum();
+    let mut counts = sh.counts.lock();
+    let r = sh.index.write(batch, false);
+    match (&r, counts.as_mut()) {
+        (Ok(()), Some(c)) => {
+            c.items += items;
+            c.stored_bytes += bytes;
+        }
+        (Err(_), _) => *counts = None,
+        (Ok(()), None) => {}
+    }
+    Ok(r?)
 }
 
 /// Closure invariant: every reference of every item is in the store, earlier in this group,
