@@ -39,6 +39,7 @@ pub fn bench_catalog(work: &std::path::Path, n: u64) -> Result<CatalogBench> {
         Command::AddUser {
             name: "bench".into(),
             admin: true,
+            token_sha256: None,
         },
     )?;
     let t = Instant::now();

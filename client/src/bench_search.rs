@@ -117,6 +117,7 @@ pub fn bench_search(sources: &[PathBuf], work: &Path, n: u64) -> Result<SearchBe
         Command::AddUser {
             name: "bench".into(),
             admin: true,
+            token_sha256: None,
         },
     )?;
     let mut bases = Vec::new();

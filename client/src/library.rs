@@ -30,6 +30,7 @@ pub fn ensure_caller(store: &Store, caller: &str) -> Result<()> {
             Command::AddUser {
                 name: caller.into(),
                 admin: true,
+                token_sha256: None,
             },
         )?;
         tracing::info!("{caller} is the first user of this catalog and its admin");
@@ -434,6 +435,7 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
             UserCmd::Add { name, admin } => submit(Command::AddUser {
                 name: name.clone(),
                 admin: *admin,
+                token_sha256: None,
             })?,
             UserCmd::List => {
                 let users = c.users()?;

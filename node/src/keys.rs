@@ -46,6 +46,14 @@ pub mod catalog {
     pub const LEASE_PREFIX: &[u8] = b"l/";
     /// Index of the last applied log entry (u64 BE).
     pub const APPLIED: &[u8] = b"m/applied";
+    /// Prefix of the state machine's own keys (not catalog state; left out of dumps).
+    pub const META_PREFIX: &[u8] = b"m/";
+    /// Cluster mode: the last applied Raft log id (JSON).
+    pub const RAFT_APPLIED: &[u8] = b"m/raft_applied";
+    /// Cluster mode: the last applied membership (JSON).
+    pub const RAFT_MEMBERSHIP: &[u8] = b"m/raft_membership";
+    /// Prefix of the token index: `t/` + hex SHA-256 of a token → user name.
+    pub const TOKEN_PREFIX: &[u8] = b"t/";
 
     fn join(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
         let mut k = prefix.to_vec();
@@ -104,6 +112,11 @@ pub mod catalog {
     pub fn log(index: u64) -> [u8; 8] {
         index.to_be_bytes()
     }
+
+    /// Key of a token hash (hex SHA-256).
+    pub fn token(sha256_hex: &str) -> Vec<u8> {
+        join(TOKEN_PREFIX, sha256_hex.as_bytes())
+    }
 }
 
 /// `meta`: digest algorithm code of the store (one byte).
@@ -121,4 +134,26 @@ pub fn checkpoint_key(vol: u32) -> Vec<u8> {
     let mut k = META_CHECKPOINT_PREFIX.to_vec();
     k.extend_from_slice(&vol.to_be_bytes());
     k
+}
+
+/// The Raft log of the catalog group: its own RocksDB (`<store>/raft`), so the log can be
+/// synced, truncated and purged without touching the item index.
+pub mod raft {
+    /// Log entries: index (u64 big-endian) → JSON entry.
+    pub const CF_LOG: &str = "raft_log";
+    /// Vote, committed and purge point: the keys below → JSON.
+    pub const CF_META: &str = "raft_meta";
+    /// All column families of the Raft database.
+    pub const ALL_CFS: [&str; 2] = [CF_LOG, CF_META];
+    /// `raft_meta`: the last vote.
+    pub const VOTE: &[u8] = b"vote";
+    /// `raft_meta`: the last committed log id known.
+    pub const COMMITTED: &[u8] = b"committed";
+    /// `raft_meta`: the last purged log id.
+    pub const PURGED: &[u8] = b"purged";
+
+    /// Key of a log entry.
+    pub fn log(index: u64) -> [u8; 8] {
+        index.to_be_bytes()
+    }
 }

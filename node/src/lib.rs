@@ -5,9 +5,11 @@
 //! them.
 
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod index;
 pub mod keys;
+pub mod raft;
 pub mod store;
 
 pub use store::{

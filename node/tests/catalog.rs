@@ -34,6 +34,7 @@ fn setup(dir: &std::path::Path) -> Store {
             Command::AddUser {
                 name: name.into(),
                 admin,
+                token_sha256: None,
             },
         )
         .unwrap();

@@ -3,6 +3,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::catalog::CatalogError;
+use crate::raft::node::ClusterError;
 use crate::store::StoreError;
 
 /// An API error: status, stable code, message. Rendered as
@@ -56,6 +58,47 @@ impl From<StoreError> for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %e, "request failed");
         }
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        let status = match &e {
+            CatalogError::NotFound(_)
+            | CatalogError::NoSuchVersion { .. }
+            | CatalogError::NoSuchUser(_) => StatusCode::NOT_FOUND,
+            CatalogError::Exists(_) => StatusCode::CONFLICT,
+            CatalogError::Denied(_) => StatusCode::FORBIDDEN,
+            CatalogError::Locked { .. } => StatusCode::LOCKED,
+            CatalogError::Deleted { .. } => StatusCode::GONE,
+            CatalogError::Invalid(_) => StatusCode::BAD_REQUEST,
+            CatalogError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "catalog request failed");
+        }
+        ApiError {
+            status,
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        let (status, code) = match &e {
+            ClusterError::Catalog(c) => return c.clone().into(),
+            ClusterError::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+            ClusterError::Refused(_) => (StatusCode::CONFLICT, "refused"),
+            ClusterError::Raft(_) => (StatusCode::SERVICE_UNAVAILABLE, "raft"),
+        };
+        tracing::warn!(error = %e, "catalog group request failed");
         ApiError {
             status,
             code,

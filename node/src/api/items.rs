@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use mirage_format::Digest;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Caller};
 use crate::store::ReadOptions;
 
 const BATCH_BYTES: usize = 8 << 20;
@@ -44,6 +44,7 @@ pub(super) struct HasResponse {
 
 pub(super) async fn has(
     State(st): State<AppState>,
+    _: Caller,
     Json(req): Json<HasRequest>,
 ) -> Result<Json<HasResponse>, ApiError> {
     let ds = parse_digests(&req.digests)?;
@@ -86,7 +87,7 @@ async fn store_batch(
     Ok(())
 }
 
-pub(super) async fn put(State(st): State<AppState>, body: Body) -> Response {
+pub(super) async fn put(State(st): State<AppState>, _: Caller, body: Body) -> Response {
     match put_inner(&st, body).await {
         Ok(r) => Json(r).into_response(),
         Err((mut e, stored)) => {
@@ -182,6 +183,7 @@ fn frame(tag: u8, payload: &[u8]) -> Bytes {
 
 pub(super) async fn get(
     State(st): State<AppState>,
+    _: Caller,
     Json(req): Json<GetRequest>,
 ) -> Result<Response, ApiError> {
     let ds = parse_digests(&req.digests)?;

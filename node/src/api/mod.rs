@@ -3,9 +3,12 @@
 //! router against it. Servers start with [`run`] on a bound listener (tests bind port 0) and
 //! stop when the shutdown future completes, finishing the requests in flight.
 
+mod auth;
+pub mod catalog;
 mod error;
 mod items;
 mod metrics;
+mod raft;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,9 +18,11 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 
+pub use auth::{Caller, Peer};
 pub use error::ApiError;
 pub use metrics::Metrics;
 
+use crate::raft::node::CatalogNode;
 use crate::store::Store;
 
 /// Shared state of the handlers.
@@ -27,23 +32,55 @@ pub struct AppState {
     pub store: Store,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Cluster mode: the catalog group member and the cluster secret.
+    pub cluster: Option<Cluster>,
+}
+
+/// What a cluster node adds to a standalone one.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    /// This node's member of the catalog group.
+    pub node: CatalogNode,
+    /// The secret nodes present to each other.
+    pub secret: Arc<str>,
+}
+
+/// Runs blocking work (RocksDB, files) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// Every route, as `METHOD PATH` (checked against `docs/API.md` by a test).
-pub const ROUTES: [&str; 6] = [
+pub const ROUTES: [&str; 17] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
     "POST /v1/items",
     "POST /v1/items/has",
     "POST /v1/items/get",
+    "POST /v1/catalog/command",
+    "POST /v1/catalog/query",
+    "POST /v1/raft/append",
+    "POST /v1/raft/vote",
+    "POST /v1/raft/snapshot",
+    "POST /v1/raft/forward",
+    "GET /v1/admin/raft",
+    "POST /v1/admin/raft/add-learner",
+    "POST /v1/admin/raft/promote",
+    "POST /v1/admin/raft/remove",
+    "GET /v1/whoami",
 ];
 
-/// The router.
-pub fn router(store: Store) -> Router {
+/// The router of a standalone node (`cluster: None`) or a cluster node.
+pub fn router(store: Store, cluster: Option<Cluster>) -> Router {
     let state = AppState {
         store,
         metrics: Arc::new(Metrics::default()),
+        cluster,
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -52,7 +89,18 @@ pub fn router(store: Store) -> Router {
         .route("/v1/items", post(items::put))
         .route("/v1/items/has", post(items::has))
         .route("/v1/items/get", post(items::get))
-        .layer(DefaultBodyLimit::max(16 << 20))
+        .route("/v1/catalog/command", post(catalog::command))
+        .route("/v1/catalog/query", post(catalog::query))
+        .route("/v1/raft/append", post(raft::append))
+        .route("/v1/raft/vote", post(raft::vote))
+        .route("/v1/raft/snapshot", post(raft::snapshot))
+        .route("/v1/raft/forward", post(raft::forward))
+        .route("/v1/admin/raft", get(raft::status))
+        .route("/v1/admin/raft/add-learner", post(raft::add_learner))
+        .route("/v1/admin/raft/promote", post(raft::promote))
+        .route("/v1/admin/raft/remove", post(raft::remove))
+        .route("/v1/whoami", get(whoami))
+        .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(state)
 }
 
@@ -67,13 +115,38 @@ async fn ready(State(st): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
+async fn whoami(Caller(c): Caller) -> String {
+    format!("{c}\n")
+}
+
 /// Serves `store` on `listener` until `shutdown` completes; requests in flight finish.
 pub async fn run(
     listener: tokio::net::TcpListener,
     store: Store,
+    cluster: Option<Cluster>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(store))
+    axum::serve(listener, router(store, cluster))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// If the catalog has no users yet, adds `admin` (an administrator) with a new token and
+/// returns the token; else `None`. Standalone nodes call it at start; a cluster's first node
+/// does the same through Raft once the group is initialized.
+pub fn bootstrap_admin(store: &Store) -> Result<Option<String>, crate::catalog::CatalogError> {
+    let c = store.catalog();
+    if !c.users()?.is_empty() {
+        return Ok(None);
+    }
+    let (token, h) = crate::auth::new_token();
+    c.submit(
+        "admin",
+        crate::catalog::Command::AddUser {
+            name: "admin".into(),
+            admin: true,
+            token_sha256: Some(h),
+        },
+    )?;
+    Ok(Some(token))
 }

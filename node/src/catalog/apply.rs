@@ -75,6 +75,23 @@ impl Tx<'_> {
     }
 }
 
+/// Records that the token hashing to `h` belongs to `name`.
+fn claim_token(tx: &mut Tx<'_>, h: &str, name: &str) -> Result<(), CatalogError> {
+    if h.len() != 64
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return Err(CatalogError::Invalid(
+            "a token hash is 64 lowercase hex digits".into(),
+        ));
+    }
+    if tx.get(&keys::token(h))?.is_some() {
+        return Err(CatalogError::Invalid("that token is in use".into()));
+    }
+    tx.put_json(keys::token(h), &name)
+}
+
 /// Decodes a stored record.
 pub fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, CatalogError> {
     serde_json::from_slice(v).map_err(|e| {
@@ -241,7 +258,11 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
         writes: BTreeMap::new(),
     };
     let response = match &e.command {
-        Command::AddUser { name, admin } => {
+        Command::AddUser {
+            name,
+            admin,
+            token_sha256,
+        } => {
             check_name("user name", name)?;
             let first = !tx.has_prefix(keys::USER_PREFIX)?;
             if first {
@@ -262,7 +283,27 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                 name: name.clone(),
                 admin: *admin || first,
                 created: e.time,
+                token_sha256: token_sha256.clone(),
             };
+            if let Some(h) = token_sha256 {
+                claim_token(&mut tx, h, name)?;
+            }
+            tx.put_json(keys::user(name), &u)?;
+            Response::default()
+        }
+        Command::SetToken { name, token_sha256 } => {
+            let caller = user(&tx, &e.caller)?;
+            if caller.name != *name && !caller.admin {
+                return Err(CatalogError::Denied(
+                    "only the user itself or an admin sets its token".into(),
+                ));
+            }
+            let mut u = user(&tx, name)?;
+            if let Some(old) = &u.token_sha256 {
+                tx.writes.insert(keys::token(old), None);
+            }
+            claim_token(&mut tx, token_sha256, name)?;
+            u.token_sha256 = Some(token_sha256.clone());
             tx.put_json(keys::user(name), &u)?;
             Response::default()
         }

@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod model;
 pub mod ops;
+pub mod query;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ pub use model::{
     DeltaRecord, ImageRecord, ImageState, Lease, LockInfo, Named, Time, User, Version,
 };
 pub use ops::{check_name, CatalogError, Command, LogEntry, Response};
+pub use query::{Query, QueryAnswer};
 
 use crate::index::RocksIndex;
 use crate::keys::catalog as keys;
@@ -40,7 +42,7 @@ impl View for RocksView<'_> {
 }
 
 /// A reference resolved to an image.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resolved {
     /// The image.
     pub image: Digest,
@@ -99,9 +101,82 @@ impl Catalog<'_> {
         let done = apply(&view, &entry)?;
         let bytes = serde_json::to_vec(&entry).map_err(storage)?;
         sh.index
-            .catalog_commit(entry.index, &bytes, &done.writes)
+            .catalog_commit(
+                Some((entry.index, &bytes)),
+                &done.writes,
+                &[(keys::APPLIED, entry.index.to_be_bytes().to_vec())],
+            )
             .map_err(storage)?;
         Ok(done.response)
+    }
+
+    /// Applies an entry of a replicated log (cluster mode) together with the state machine's
+    /// `meta` keys, in one synced batch. A refused command changes nothing but `meta` (it
+    /// stays in the Raft log) and its refusal is the answer; the outer error is a storage
+    /// failure.
+    pub fn apply_replicated(
+        &self,
+        entry: Option<&LogEntry>,
+        meta: &[(&[u8], Vec<u8>)],
+    ) -> Result<Result<Response, CatalogError>, CatalogError> {
+        let sh = self.store.shared();
+        let _serial = sh.catalog_lock.lock();
+        let view = self.view();
+        let Some(entry) = entry else {
+            sh.index
+                .catalog_commit(None, &Default::default(), meta)
+                .map_err(storage)?;
+            return Ok(Err(CatalogError::Invalid("no command".into())));
+        };
+        match apply(&view, entry) {
+            Ok(done) => {
+                let bytes = serde_json::to_vec(entry).map_err(storage)?;
+                sh.index
+                    .catalog_commit(Some((entry.index, &bytes)), &done.writes, meta)
+                    .map_err(storage)?;
+                Ok(Ok(done.response))
+            }
+            Err(CatalogError::Storage(e)) => Err(CatalogError::Storage(e)),
+            Err(refused) => {
+                sh.index
+                    .catalog_commit(None, &Default::default(), meta)
+                    .map_err(storage)?;
+                Ok(Err(refused))
+            }
+        }
+    }
+
+    /// The whole catalog (state without the state machine's own keys, and the log) plus the
+    /// value of each key in `meta`, read under the catalog lock so they belong together.
+    pub(crate) fn export(
+        &self,
+        meta: &[&[u8]],
+    ) -> Result<(Pairs, Vec<(u64, Vec<u8>)>, Vec<Option<Vec<u8>>>), CatalogError> {
+        let sh = self.store.shared();
+        let _serial = sh.catalog_lock.lock();
+        let view = self.view();
+        let mut state = view.scan_prefix(b"")?;
+        state.retain(|(k, _)| !k.starts_with(keys::META_PREFIX));
+        let log = sh.index.catalog_log().map_err(storage)?;
+        let meta = meta.iter().map(|k| view.get(k)).collect::<Result<_, _>>()?;
+        Ok((state, log, meta))
+    }
+
+    /// Replaces the whole catalog (installing a snapshot); `state` includes the state
+    /// machine's own keys.
+    pub(crate) fn replace(
+        &self,
+        state: &Pairs,
+        log: &[(u64, Vec<u8>)],
+    ) -> Result<(), CatalogError> {
+        let sh = self.store.shared();
+        let _serial = sh.catalog_lock.lock();
+        sh.index.catalog_replace(state, log).map_err(storage)
+    }
+
+    /// A value of the catalog's state (`m/` keys included).
+    pub(crate) fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError> {
+        self.view().get(key)
     }
 
     /// The log, in order.
@@ -120,7 +195,7 @@ impl Catalog<'_> {
     pub fn dump(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, CatalogError> {
         let mut all: BTreeMap<Vec<u8>, Vec<u8>> =
             self.view().scan_prefix(b"")?.into_iter().collect();
-        all.remove(keys::APPLIED);
+        all.retain(|k, _| !k.starts_with(keys::META_PREFIX));
         Ok(all)
     }
 
@@ -130,6 +205,18 @@ impl Catalog<'_> {
             .get(&keys::user(name))?
             .map(|v| apply::decode(&keys::user(name), &v))
             .transpose()
+    }
+
+    /// The user whose bearer token hashes to `sha256_hex`.
+    pub fn user_by_token(&self, sha256_hex: &str) -> Result<Option<User>, CatalogError> {
+        let key = keys::token(sha256_hex);
+        match self.view().get(&key)? {
+            Some(v) => {
+                let name: String = apply::decode(&key, &v)?;
+                self.user(&name)
+            }
+            None => Ok(None),
+        }
     }
 
     /// Every user.

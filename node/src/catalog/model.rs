@@ -26,6 +26,9 @@ pub struct User {
     pub admin: bool,
     /// When it was added.
     pub created: Time,
+    /// Hex SHA-256 of the user's bearer token, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
 }
 
 /// An image's state.

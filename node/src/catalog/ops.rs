@@ -17,6 +17,17 @@ pub enum Command {
         name: String,
         /// Make it an administrator.
         admin: bool,
+        /// Hex SHA-256 of the user's bearer token (cluster mode; the token itself is shown
+        /// once to whoever added the user and never stored).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_sha256: Option<String>,
+    },
+    /// Replaces a user's bearer token (the user itself or an admin).
+    SetToken {
+        /// User name.
+        name: String,
+        /// Hex SHA-256 of the new token.
+        token_sha256: String,
     },
     /// Creates the named image with `image` as version 1 (caller becomes the owner), or adds
     /// `image` as its next version, which becomes the default (needs write access).
@@ -134,7 +145,7 @@ pub struct Response {
 }
 
 /// Why a command or query was refused. Each variant has a stable code ([`CatalogError::code`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CatalogError {
     /// No such named image, or one the caller may not read (the two are indistinguishable).
     #[error("no image named {0:?}")]

@@ -73,23 +73,54 @@ impl RocksIndex {
         Ok(out)
     }
 
-    /// Stores log entry `index`, its writes and the new applied index in one synced batch.
+    /// Stores a catalog log entry (if any), its writes and the state machine's own `meta` keys
+    /// (applied index or Raft log id, membership) in one synced batch.
     pub(crate) fn catalog_commit(
         &self,
-        index: u64,
-        entry: &[u8],
+        entry: Option<(u64, &[u8])>,
         writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        meta: &[(&[u8], Vec<u8>)],
     ) -> Result<(), IndexError> {
         let (cat, log) = (self.cf(CF_CATALOG)?, self.cf(CF_CATALOG_LOG)?);
         let mut wb = WriteBatch::default();
-        wb.put_cf(log, crate::keys::catalog::log(index), entry);
+        if let Some((index, entry)) = entry {
+            wb.put_cf(log, crate::keys::catalog::log(index), entry);
+        }
         for (k, v) in writes {
             match v {
                 Some(v) => wb.put_cf(cat, k, v),
                 None => wb.delete_cf(cat, k),
             }
         }
-        wb.put_cf(cat, crate::keys::catalog::APPLIED, index.to_be_bytes());
+        for (k, v) in meta {
+            wb.put_cf(cat, k, v);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(engine)
+    }
+
+    /// Replaces the whole catalog (state and log) with `state` and `log`, in one synced batch
+    /// (installing a Raft snapshot).
+    pub(crate) fn catalog_replace(
+        &self,
+        state: &crate::catalog::Pairs,
+        log: &[(u64, Vec<u8>)],
+    ) -> Result<(), IndexError> {
+        let (cat, logcf) = (self.cf(CF_CATALOG)?, self.cf(CF_CATALOG_LOG)?);
+        let mut wb = WriteBatch::default();
+        for (k, _) in self.catalog_scan(b"")? {
+            wb.delete_cf(cat, k);
+        }
+        for (i, _) in self.catalog_log()? {
+            wb.delete_cf(logcf, crate::keys::catalog::log(i));
+        }
+        for (k, v) in state {
+            wb.put_cf(cat, k, v);
+        }
+        for (i, v) in log {
+            wb.put_cf(logcf, crate::keys::catalog::log(*i), v);
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(wb, &wo).map_err(engine)

@@ -1,0 +1,76 @@
+//! Catalog routes: commands (`POST /v1/catalog/command`) and queries
+//! (`POST /v1/catalog/query`), as the authenticated caller. On a cluster node a command goes
+//! through the Raft leader and a query waits for a linearizable read barrier first; on a
+//! standalone node both go to the local catalog.
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Caller;
+use super::{blocking, ApiError, AppState};
+use crate::auth::new_token;
+use crate::catalog::{Command, Query, QueryAnswer, Response};
+
+/// Answer of `POST /v1/catalog/command`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CommandAnswer {
+    /// What the command answered.
+    #[serde(flatten)]
+    pub response: Response,
+    /// For `add_user` and `set_token`: the new bearer token, shown this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+pub(super) async fn command(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    Json(mut cmd): Json<Command>,
+) -> Result<Json<CommandAnswer>, ApiError> {
+    // Tokens are made here, never chosen by the client: only their hash enters the log.
+    let token = match &mut cmd {
+        Command::AddUser { token_sha256, .. } => {
+            let (t, h) = new_token();
+            *token_sha256 = Some(h);
+            Some(t)
+        }
+        Command::SetToken { token_sha256, .. } => {
+            let (t, h) = new_token();
+            *token_sha256 = h;
+            Some(t)
+        }
+        _ => None,
+    };
+    let response = submit(&st, caller, cmd).await?;
+    Ok(Json(CommandAnswer { response, token }))
+}
+
+/// Applies `cmd` as `caller` on this node's catalog (through Raft on a cluster node).
+pub(super) async fn submit(
+    st: &AppState,
+    caller: String,
+    cmd: Command,
+) -> Result<Response, ApiError> {
+    match &st.cluster {
+        Some(c) => Ok(c.node.write(&caller, cmd).await?),
+        None => {
+            let store = st.store.clone();
+            Ok(blocking(move || store.catalog().submit(&caller, cmd)).await??)
+        }
+    }
+}
+
+pub(super) async fn query(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    Json(q): Json<Query>,
+) -> Result<Json<QueryAnswer>, ApiError> {
+    if let Some(c) = &st.cluster {
+        c.node.read_barrier().await?;
+    }
+    let store = st.store.clone();
+    Ok(Json(
+        blocking(move || store.catalog().query(&caller, &q)).await??,
+    ))
+}

@@ -1,0 +1,261 @@
+//! `mirage-node`: a storage node serving the HTTP API, standalone or as a member of a cluster
+//! (catalog replicated with Raft), and `playground`, a local N-node cluster in one command.
+
+mod playground;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use mirage_cluster_config::Topology;
+use mirage_node::api::Cluster;
+use mirage_node::raft::node::{CatalogNode, Tuning};
+use mirage_node::{Store, StoreOptions};
+
+/// Mirage storage node.
+#[derive(Parser, Debug)]
+#[command(name = "mirage-node", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve a store over HTTP until SIGTERM or Ctrl-C.
+    ///
+    /// Standalone (no --cluster): the first start adds the user `admin` and writes its token
+    /// to STORE/admin.token. With --cluster FILE --id N the node joins the catalog group of
+    /// that topology; --init on one node (the first time only) starts the group with that
+    /// node alone, adds `admin` and writes its token; the others join with
+    /// `mirage admin raft add-learner` and `promote`.
+    Serve {
+        /// Store directory (created if missing).
+        #[arg(long)]
+        store: PathBuf,
+        /// Address to listen on (default: the node's address in the topology, else
+        /// 127.0.0.1:7300; port 0 picks a free port, printed on start).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Topology file (cluster mode).
+        #[arg(long, requires = "id")]
+        cluster: Option<PathBuf>,
+        /// This node's id in the topology.
+        #[arg(long)]
+        id: Option<u64>,
+        /// Start a new catalog group with this node as its only member.
+        #[arg(long, requires = "cluster")]
+        init: bool,
+    },
+    /// Start a local cluster of N nodes (real processes on loopback) and print how to use it.
+    Playground(playground::Args),
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Writes the admin token to `STORE/admin.token`, readable by the owner only.
+fn write_token(store: &Path, token: &str) -> Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = store.join("admin.token");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    f.sync_all()?;
+    Ok(path)
+}
+
+struct ClusterSetup {
+    node_id: u64,
+    address: String,
+    secret: String,
+}
+
+fn load_cluster(file: &Path, id: u64) -> Result<ClusterSetup> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let topo = Topology::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let node = topo
+        .nodes
+        .iter()
+        .find(|n| n.id == id)
+        .ok_or_else(|| anyhow!("{}: no node with id {id}", file.display()))?;
+    let secret_path = Path::new(&topo.secret_file);
+    let secret_path = if secret_path.is_relative() {
+        file.parent().unwrap_or(Path::new(".")).join(secret_path)
+    } else {
+        secret_path.to_path_buf()
+    };
+    let secret = mirage_node::auth::read_secret(&secret_path)
+        .with_context(|| format!("reading the cluster secret {}", secret_path.display()))?;
+    Ok(ClusterSetup {
+        node_id: id,
+        address: node.address.clone(),
+        secret,
+    })
+}
+
+async fn serve(
+    store_dir: PathBuf,
+    listen: Option<SocketAddr>,
+    cluster: Option<(PathBuf, u64)>,
+    init: bool,
+) -> Result<()> {
+    let setup = match &cluster {
+        Some((file, id)) => Some(load_cluster(file, *id)?),
+        None => None,
+    };
+    let dir = store_dir.clone();
+    let st = tokio::task::spawn_blocking(move || {
+        Store::open(
+            &dir,
+            StoreOptions {
+                create: true,
+                ..Default::default()
+            },
+        )
+    })
+    .await?
+    .with_context(|| format!("opening store {}", store_dir.display()))?;
+    let listen = match (listen, &setup) {
+        (Some(l), _) => l,
+        (None, Some(s)) => s
+            .address
+            .parse()
+            .with_context(|| format!("node address {:?} is not ip:port", s.address))?,
+        (None, None) => SocketAddr::from(([127, 0, 0, 1], 7300)),
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let cluster = match setup {
+        None => {
+            let s = st.clone();
+            if let Some(token) =
+                tokio::task::spawn_blocking(move || mirage_node::api::bootstrap_admin(&s)).await??
+            {
+                let p = write_token(&store_dir, &token)?;
+                println!("created user admin; its token is in {}", p.display());
+            }
+            None
+        }
+        Some(s) => {
+            let node = CatalogNode::start(
+                s.node_id,
+                &s.address,
+                st.clone(),
+                &store_dir.join("raft"),
+                &s.secret,
+                Tuning::default(),
+            )
+            .await?;
+            Some(Cluster {
+                node,
+                secret: Arc::from(s.secret.as_str()),
+            })
+        }
+    };
+    println!("listening on http://{addr}");
+    let server = tokio::spawn(mirage_node::api::run(
+        listener,
+        st.clone(),
+        cluster.clone(),
+        shutdown_signal(),
+    ));
+    if let (true, Some(c)) = (init, &cluster) {
+        init_group(&c.node, &store_dir).await?;
+    }
+    server.await??;
+    if let Some(c) = cluster {
+        c.node.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Starts a new group with this node alone and adds `admin` through it.
+async fn init_group(node: &CatalogNode, store_dir: &Path) -> Result<()> {
+    if node.raft.is_initialized().await? {
+        println!("catalog group already initialized; --init ignored");
+        return Ok(());
+    }
+    node.initialize().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while node.status().leader != Some(node.id()) {
+        if tokio::time::Instant::now() > deadline {
+            bail!("this node did not become leader of the new group within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (token, h) = mirage_node::auth::new_token();
+    node.write(
+        "admin",
+        mirage_node::catalog::Command::AddUser {
+            name: "admin".into(),
+            admin: true,
+            token_sha256: Some(h),
+        },
+    )
+    .await?;
+    let p = write_token(store_dir, &token)?;
+    println!(
+        "initialized the catalog group; user admin's token is in {}",
+        p.display()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MIRAGE_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.cmd {
+        Cmd::Serve {
+            store,
+            listen,
+            cluster,
+            id,
+            init,
+        } => {
+            let cluster = match (cluster, id) {
+                (Some(f), Some(i)) => Some((f, i)),
+                (None, _) => None,
+                (Some(_), None) => bail!("--cluster needs --id"),
+            };
+            rt.block_on(serve(store, listen, cluster, init))
+        }
+        Cmd::Playground(args) => rt.block_on(playground::run(args)),
+    }
+}

@@ -1,0 +1,207 @@
+//! `mirage-node playground`: a local cluster of real `mirage-node` processes on loopback, with
+//! a generated topology and secret, the catalog group formed (node 1 initializes, the others
+//! join as learners and are promoted), and the admin token printed. Ctrl-C stops every node.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// Options of `mirage-node playground`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Number of zones the nodes are spread over (round robin).
+    #[arg(long, default_value_t = 1)]
+    zones: u64,
+    /// Directory for the topology, the secret, each node's store and log (default: a new
+    /// directory under /tmp).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Form the cluster, print how to reach it and exit, leaving the nodes running (their
+    /// pids are in DIR/pids).
+    #[arg(long)]
+    detach: bool,
+}
+
+struct Nodes(Vec<Child>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SIGTERM for a clean stop, then reap.
+            let _ = Command::new("kill")
+                .arg(c.id().to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn topology(args: &Args, ports: &[u16], secret_file: &Path) -> String {
+    let n = args.nodes;
+    let replication = n.min(3);
+    // Catalog voters must be odd: with an even count the last node only stores.
+    let voters = if n % 2 == 0 { n - 1 } else { n };
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# mirage-node playground\n[cluster]\nname = \"playground\"\nreplication = {replication}\n\
+         write_quorum = {}\npartitions = 256\nsecret_file = {:?}\n",
+        replication / 2 + 1,
+        secret_file.display().to_string()
+    );
+    for (i, port) in ports.iter().enumerate() {
+        let id = i as u64 + 1;
+        let roles = if id <= voters {
+            "[\"storage\", \"catalog\"]"
+        } else {
+            "[\"storage\"]"
+        };
+        let _ = writeln!(
+            t,
+            "[[node]]\nid = {id}\naddress = \"127.0.0.1:{port}\"\nzone = \"z{}\"\n\
+             capacity_gb = 100\nroles = {roles}\n",
+            i as u64 % args.zones.max(1) + 1
+        );
+    }
+    t
+}
+
+async fn admin_call(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<()> {
+    let r = client
+        .post(format!("{base}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!(
+            "{path}: {}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the playground.
+pub async fn run(args: Args) -> Result<()> {
+    if args.nodes == 0 || args.zones == 0 || args.zones > args.nodes {
+        bail!("--nodes must be at least 1 and --zones between 1 and --nodes");
+    }
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("mirage-playground-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let secret_file = dir.join("cluster.secret");
+    if !secret_file.exists() {
+        let bytes: [u8; 32] = rand::random();
+        std::fs::write(&secret_file, format!("{}\n", hex::encode(bytes)))?;
+    }
+    let ports = (0..args.nodes)
+        .map(|_| free_port())
+        .collect::<Result<Vec<_>>>()?;
+    let config = dir.join("cluster.toml");
+    std::fs::write(&config, topology(&args, &ports, &secret_file))?;
+    let exe = std::env::current_exe()?;
+    let mut nodes = Nodes(Vec::new());
+    for id in 1..=args.nodes {
+        let store = dir.join(format!("node{id}"));
+        let log = std::fs::File::create(dir.join(format!("node{id}.log")))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve")
+            .arg("--store")
+            .arg(&store)
+            .arg("--cluster")
+            .arg(&config)
+            .arg("--id")
+            .arg(id.to_string())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if id == 1 {
+            cmd.arg("--init");
+        }
+        nodes.0.push(cmd.spawn().context("starting a node")?);
+    }
+    let token_file = dir.join("node1").join("admin.token");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let token = loop {
+        if let Ok(t) = std::fs::read_to_string(&token_file) {
+            break t.trim().to_string();
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "node 1 did not initialize the catalog within 60 s (see {})",
+                dir.join("node1.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", ports[0]);
+    let voters = if args.nodes % 2 == 0 {
+        args.nodes - 1
+    } else {
+        args.nodes
+    };
+    for (i, port) in ports.iter().enumerate().skip(1) {
+        let id = i as u64 + 1;
+        let body = serde_json::json!({"id": id, "addr": format!("127.0.0.1:{port}")});
+        admin_call(&client, &base, &token, "/v1/admin/raft/add-learner", body).await?;
+        if id <= voters {
+            admin_call(
+                &client,
+                &base,
+                &token,
+                "/v1/admin/raft/promote",
+                serde_json::json!({"id": id}),
+            )
+            .await?;
+        }
+    }
+    println!(
+        "playground: {} nodes in {} zone(s), files in {}",
+        args.nodes,
+        args.zones,
+        dir.display()
+    );
+    for (i, port) in ports.iter().enumerate() {
+        println!(
+            "  node {}: http://127.0.0.1:{port}  (log {})",
+            i + 1,
+            dir.join(format!("node{}.log", i + 1)).display()
+        );
+    }
+    println!("export MIRAGE_CLUSTER={base}");
+    println!("export MIRAGE_TOKEN={token}");
+    if args.detach {
+        let pids: Vec<String> = nodes.0.iter().map(|c| c.id().to_string()).collect();
+        std::fs::write(dir.join("pids"), pids.join("\n") + "\n")?;
+        std::mem::forget(nodes);
+        return Ok(());
+    }
+    println!("Ctrl-C stops the cluster.");
+    let _ = tokio::signal::ctrl_c().await;
+    drop(nodes);
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Catalog queries as data: what a remote client asks a node (`POST /v1/catalog/query`), each
+//! answered under the caller's ACL exactly as the embedded [`super::Catalog`] answers it.
+
+use mirage_format::Digest;
+use serde::{Deserialize, Serialize};
+
+use super::{Catalog, CatalogError, ImageRecord, Named, Resolved, User};
+
+/// A read of the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "q", rename_all = "snake_case")]
+pub enum Query {
+    /// Resolves `NAME`, `NAME@VERSION` or a digest.
+    Resolve {
+        /// The reference.
+        reference: String,
+    },
+    /// A named image the caller may read.
+    Named {
+        /// Name.
+        name: String,
+    },
+    /// Every named image the caller may read.
+    List,
+    /// Image records the caller may see (all of them, or one).
+    Images {
+        /// Only this image.
+        #[serde(default)]
+        image: Option<Digest>,
+    },
+    /// Every user (names and roles; token hashes are never returned).
+    Users,
+    /// The caller itself.
+    Whoami,
+}
+
+/// The answer to a [`Query`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryAnswer {
+    /// A resolved reference.
+    Resolved(Resolved),
+    /// One named image.
+    Named(Named),
+    /// Named images.
+    List(Vec<Named>),
+    /// Image records.
+    Images(Vec<ImageRecord>),
+    /// Users.
+    Users(Vec<User>),
+    /// The caller.
+    User(User),
+}
+
+fn public(mut u: User) -> User {
+    u.token_sha256 = None;
+    u
+}
+
+impl Catalog<'_> {
+    /// Answers `q` for `caller`.
+    pub fn query(&self, caller: &str, q: &Query) -> Result<QueryAnswer, CatalogError> {
+        Ok(match q {
+            Query::Resolve { reference } => QueryAnswer::Resolved(self.resolve(caller, reference)?),
+            Query::Named { name } => QueryAnswer::Named(self.named(caller, name)?),
+            Query::List => QueryAnswer::List(self.list(caller)?),
+            Query::Images { image } => {
+                let records = match image {
+                    Some(d) => self.image(d)?.into_iter().collect(),
+                    None => self.images()?,
+                };
+                let mut out = Vec::new();
+                for r in records {
+                    if self.may_see(caller, &r)? {
+                        out.push(r);
+                    }
+                }
+                QueryAnswer::Images(out)
+            }
+            Query::Users => QueryAnswer::Users(self.users()?.into_iter().map(public).collect()),
+            Query::Whoami => QueryAnswer::User(public(
+                self.user(caller)?
+                    .ok_or_else(|| CatalogError::NoSuchUser(caller.to_string()))?,
+            )),
+        })
+    }
+}

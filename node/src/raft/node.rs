@@ -1,0 +1,431 @@
+//! A node's view of the catalog group: start the Raft member, write (forwarded to the leader
+//! when this node is not it), read linearizably (a read index from the leader, then wait until
+//! the local state machine has applied it), change membership.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
+
+use super::log_store::RocksLogStore;
+use super::network::{Network, SECRET_HEADER};
+use super::state_machine::CatalogStateMachine;
+use super::{Answer, CatalogRaft, Proposal};
+use crate::catalog::{CatalogError, Command, Response, Time};
+use crate::store::Store;
+
+/// Why a catalog operation in cluster mode failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The catalog refused the command or query.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// No leader is known (an election is under way, or no quorum is reachable).
+    #[error("the catalog has no leader right now (no quorum reachable?); retry")]
+    NoLeader,
+    /// The operation is not allowed in the group's current state.
+    #[error("{0}")]
+    Refused(String),
+    /// Raft or the network between nodes failed.
+    #[error("catalog replication: {0}")]
+    Raft(String),
+}
+
+/// Timing of the catalog group.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout range (a random value in it per term).
+    pub election: (Duration, Duration),
+    /// Entries between snapshots.
+    pub snapshot_every: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            heartbeat: Duration::from_millis(250),
+            election: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            snapshot_every: 5000,
+        }
+    }
+}
+
+/// An operation that only the leader performs; followers forward it
+/// (`POST /v1/raft/forward`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Forwarded {
+    /// A catalog command.
+    Write {
+        /// The proposal.
+        proposal: Proposal,
+    },
+    /// The log index a linearizable read must wait for.
+    ReadIndex,
+    /// Adds a learner.
+    AddLearner {
+        /// Node id.
+        id: u64,
+        /// Its `host:port`.
+        addr: String,
+    },
+    /// Makes a learner a voter.
+    Promote {
+        /// Node id.
+        id: u64,
+    },
+    /// Removes a node from the group.
+    Remove {
+        /// Node id.
+        id: u64,
+    },
+}
+
+/// What the leader answers to a [`Forwarded`] operation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardAnswer {
+    /// A command's answer.
+    Answer(Answer),
+    /// A read index.
+    ReadIndex(u64),
+    /// A membership change was committed.
+    Done,
+    /// The operation failed.
+    Failed {
+        /// Stable code: `no_leader`, `refused` or `raft`.
+        code: String,
+        /// Message.
+        message: String,
+    },
+}
+
+/// Membership and health of the group, as this node sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// This node.
+    pub id: u64,
+    /// Leader, voter, learner, candidate or follower.
+    pub state: String,
+    /// Current term.
+    pub term: u64,
+    /// Known leader.
+    pub leader: Option<u64>,
+    /// Voters.
+    pub voters: Vec<u64>,
+    /// Learners.
+    pub learners: Vec<u64>,
+    /// Addresses of every member.
+    pub nodes: BTreeMap<u64, String>,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub applied: Option<u64>,
+    /// Last snapshot index.
+    pub snapshot: Option<u64>,
+}
+
+/// A node's member of the catalog group.
+#[derive(Clone)]
+pub struct CatalogNode {
+    /// The Raft handle.
+    pub raft: CatalogRaft,
+    id: u64,
+    addr: String,
+    client: reqwest::Client,
+    secret: Arc<str>,
+}
+
+impl std::fmt::Debug for CatalogNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CatalogNode({} at {})", self.id, self.addr)
+    }
+}
+
+fn now() -> Time {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Time {
+        secs: d.as_secs() as i64,
+        nanos: d.subsec_nanos(),
+    }
+}
+
+fn raft_err(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Raft(e.to_string())
+}
+
+impl CatalogNode {
+    /// Starts node `id` (reachable by the others at `addr`) over `store`'s catalog; the Raft
+    /// log and snapshots live in `dir`.
+    pub async fn start(
+        id: u64,
+        addr: &str,
+        store: Store,
+        dir: &Path,
+        secret: &str,
+        tuning: Tuning,
+    ) -> Result<Self, ClusterError> {
+        std::fs::create_dir_all(dir).map_err(raft_err)?;
+        let log = RocksLogStore::open(&dir.join("log")).map_err(raft_err)?;
+        let sm = CatalogStateMachine::new(store, &dir.join("snapshots")).map_err(raft_err)?;
+        let config = openraft::Config {
+            cluster_name: "mirage-catalog".into(),
+            heartbeat_interval: tuning.heartbeat.as_millis() as u64,
+            election_timeout_min: tuning.election.0.as_millis() as u64,
+            election_timeout_max: tuning.election.1.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(raft_err)?);
+        let raft = CatalogRaft::new(id, config, Network::new(secret), log, sm)
+            .await
+            .map_err(raft_err)?;
+        Ok(CatalogNode {
+            raft,
+            id,
+            addr: addr.to_string(),
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+            secret: secret.into(),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Makes this node the first member of a new group (only on an empty log).
+    pub async fn initialize(&self) -> Result<(), ClusterError> {
+        let mut members = BTreeMap::new();
+        members.insert(self.id, BasicNode::new(&self.addr));
+        self.raft.initialize(members).await.map_err(|e| match e {
+            RaftError::APIError(e) => ClusterError::Refused(e.to_string()),
+            e => raft_err(e),
+        })
+    }
+
+    /// Applies `command` as `caller`, through the leader; returns once it is committed and
+    /// applied.
+    pub async fn write(&self, caller: &str, command: Command) -> Result<Response, ClusterError> {
+        let proposal = Proposal {
+            v: 1,
+            caller: caller.to_string(),
+            time: now(),
+            command,
+        };
+        match self.lead(Forwarded::Write { proposal }).await? {
+            ForwardAnswer::Answer(a) => Ok(a.0?),
+            other => Err(raft_err(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Waits until this node's catalog reflects every write committed before the call.
+    pub async fn read_barrier(&self) -> Result<(), ClusterError> {
+        let index = match self.lead(Forwarded::ReadIndex).await? {
+            ForwardAnswer::ReadIndex(i) => i,
+            other => return Err(raft_err(format!("unexpected answer {other:?}"))),
+        };
+        self.raft
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(raft_err)?;
+        Ok(())
+    }
+
+    /// Adds node `id` at `addr` as a learner (it receives the log, does not vote).
+    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<(), ClusterError> {
+        self.lead(Forwarded::AddLearner {
+            id,
+            addr: addr.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Makes learner `id` a voter.
+    pub async fn promote(&self, id: u64) -> Result<(), ClusterError> {
+        self.lead(Forwarded::Promote { id }).await.map(|_| ())
+    }
+
+    /// Removes node `id` from the group.
+    pub async fn remove(&self, id: u64) -> Result<(), ClusterError> {
+        self.lead(Forwarded::Remove { id }).await.map(|_| ())
+    }
+
+    /// The group as this node sees it.
+    pub fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let mem = m.membership_config.membership();
+        GroupStatus {
+            id: self.id,
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            voters: mem.voter_ids().collect(),
+            learners: mem.learner_ids().collect(),
+            nodes: mem.nodes().map(|(i, n)| (*i, n.addr.clone())).collect(),
+            last_log_index: m.last_log_index,
+            applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+        }
+    }
+
+    /// Runs `op` on the leader: here if this node leads, else forwarded to the leader. Retries
+    /// briefly while an election is under way.
+    async fn lead(&self, op: Forwarded) -> Result<ForwardAnswer, ClusterError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let leader = self.raft.current_leader().await;
+            let answer = match leader {
+                Some(l) if l == self.id => self.execute(op.clone()).await,
+                Some(l) => self.forward(l, &op).await,
+                None => ForwardAnswer::Failed {
+                    code: "no_leader".into(),
+                    message: String::new(),
+                },
+            };
+            match answer {
+                ForwardAnswer::Failed { code, message } => {
+                    let retry = code == "no_leader" || code == "not_leader";
+                    if !retry {
+                        return Err(match code.as_str() {
+                            "refused" => ClusterError::Refused(message),
+                            _ => ClusterError::Raft(message),
+                        });
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ClusterError::NoLeader);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                a => return Ok(a),
+            }
+        }
+    }
+
+    async fn forward(&self, leader: u64, op: &Forwarded) -> ForwardAnswer {
+        let addr = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            m.membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+        };
+        let Some(addr) = addr else {
+            return failed("no_leader", format!("leader {leader} has no known address"));
+        };
+        let url = format!("http://{addr}/v1/raft/forward");
+        let resp = self
+            .client
+            .post(&url)
+            .header(SECRET_HEADER, &*self.secret)
+            .json(op)
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status().is_success() => match r.json::<ForwardAnswer>().await {
+                Ok(a) => a,
+                Err(e) => failed("raft", format!("{url}: {e}")),
+            },
+            Ok(r) => failed("raft", format!("{url}: {}", r.status())),
+            // Never sent: the leader may just have gone; retry after the next election.
+            Err(e) if e.is_connect() => failed("no_leader", format!("{url}: {e}")),
+            // Sent, outcome unknown: retrying could apply a command twice, so say so.
+            Err(e) => failed(
+                "raft",
+                format!("{url}: {e} (the leader may or may not have applied it)"),
+            ),
+        }
+    }
+
+    /// Performs a forwarded operation on this node, which should lead (a follower answers
+    /// `not_leader` and the sender retries).
+    pub async fn execute(&self, op: Forwarded) -> ForwardAnswer {
+        match op {
+            Forwarded::Write { proposal } => match self.raft.client_write(proposal).await {
+                Ok(r) => ForwardAnswer::Answer(r.data),
+                Err(e) => write_failed(e),
+            },
+            Forwarded::ReadIndex => {
+                match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                    Ok(r) => ForwardAnswer::ReadIndex(r.index()),
+                    Err(RaftError::APIError(e)) => failed("not_leader", e.to_string()),
+                    Err(e) => failed("raft", e.to_string()),
+                }
+            }
+            Forwarded::AddLearner { id, addr } => {
+                match self.raft.add_learner(id, BasicNode::new(addr), true).await {
+                    Ok(_) => ForwardAnswer::Done,
+                    Err(e) => write_failed(e),
+                }
+            }
+            Forwarded::Promote { id } => {
+                let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+                match self.raft.change_membership(change, true).await {
+                    Ok(_) => ForwardAnswer::Done,
+                    Err(e) => write_failed(e),
+                }
+            }
+            Forwarded::Remove { id } => {
+                let voter = self.raft.voter_ids().any(|v| v == id);
+                let change = if voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                match self.raft.change_membership(change, false).await {
+                    Ok(_) => ForwardAnswer::Done,
+                    Err(e) => write_failed(e),
+                }
+            }
+        }
+    }
+
+    /// Stops the Raft member.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "catalog raft shutdown");
+        }
+    }
+}
+
+fn failed(code: &str, message: impl Into<String>) -> ForwardAnswer {
+    ForwardAnswer::Failed {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+fn write_failed(
+    e: RaftError<super::TypeConfig, ClientWriteError<super::TypeConfig>>,
+) -> ForwardAnswer {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            failed("not_leader", f.to_string())
+        }
+        RaftError::APIError(e) => failed("refused", e.to_string()),
+        e => failed("raft", e.to_string()),
+    }
+}
