@@ -30,10 +30,27 @@ fn items_round_trip_over_http_with_clear_errors() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(mirage_node::api::run(listener, store, async {
+        let token = mirage_node::api::bootstrap_admin(&store).unwrap().unwrap();
+        assert_eq!(mirage_node::api::bootstrap_admin(&store).unwrap(), None);
+        let server = tokio::spawn(mirage_node::api::run(listener, store, None, async {
             let _ = stopped.await;
         }));
-        let http = reqwest::Client::new();
+        // No token, or a wrong one: 401 and nothing else.
+        for auth in [None, Some("Bearer mrg_0000"), Some("Basic YWRtaW46eA==")] {
+            let mut rq = reqwest::Client::new().post(format!("{base}/v1/items/has"));
+            if let Some(a) = auth {
+                rq = rq.header("authorization", a);
+            }
+            let r = rq
+                .json(&serde_json::json!({"digests": []}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401);
+            let e: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "unauthorized");
+        }
+        let http = http_client(&token);
         let alg = Algorithm::Sha256;
         let blobs: Vec<_> = (0..30).map(|i| blob(alg, i)).collect();
         let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());

@@ -33,7 +33,7 @@ fn start(store_dir: &std::path::Path) -> (std::process::Child, String) {
 }
 
 /// Uploads 20 blobs and their tree; returns them once the node has acknowledged them.
-fn upload(base: &str, seed: u64) -> Vec<mirage_format::chunking::EncodedItem> {
+fn upload(base: &str, token: &str, seed: u64) -> Vec<mirage_format::chunking::EncodedItem> {
     let alg = Algorithm::Sha256;
     let blobs: Vec<_> = (0..20).map(|i| blob(alg, seed + i)).collect();
     let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());
@@ -46,7 +46,7 @@ fn upload(base: &str, seed: u64) -> Vec<mirage_format::chunking::EncodedItem> {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let http = reqwest::Client::new();
+        let http = http_client(token);
         let health = http.get(format!("{base}/healthz")).send().await.unwrap();
         assert_eq!(health.status(), 200);
         let r = http
@@ -78,7 +78,7 @@ fn serves_until_sigterm_then_exits_cleanly_with_acknowledged_items_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let (mut child, base) = start(&store_dir);
-    let items = upload(&base, 1000);
+    let items = upload(&base, &admin_token(&store_dir), 1000);
 
     let st = Command::new("kill")
         .arg("-TERM")
@@ -111,7 +111,8 @@ fn items_acknowledged_over_http_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let (mut child, base) = start(&store_dir);
-    let items = upload(&base, 5000);
+    let token = admin_token(&store_dir);
+    let items = upload(&base, &token, 5000);
     child.kill().unwrap();
     child.wait().unwrap();
     // Recovery on open: every acknowledged item reads back and hashes to its digest.
@@ -125,7 +126,7 @@ fn items_acknowledged_over_http_survive_sigkill() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let present: serde_json::Value = rt.block_on(async {
         let digests: Vec<String> = items.iter().map(|i| format!("{:#}", i.digest())).collect();
-        reqwest::Client::new()
+        http_client(&token)
             .post(format!("{base}/v1/items/has"))
             .json(&serde_json::json!({ "digests": digests }))
             .send()

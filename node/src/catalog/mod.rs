@@ -41,6 +41,9 @@ impl View for RocksView<'_> {
     }
 }
 
+/// The whole catalog: state, log, and the values of the keys asked for.
+pub(crate) type Export = (Pairs, Vec<(u64, Vec<u8>)>, Vec<Option<Vec<u8>>>);
+
 /// A reference resolved to an image.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resolved {
@@ -148,10 +151,7 @@ impl Catalog<'_> {
 
     /// The whole catalog (state without the state machine's own keys, and the log) plus the
     /// value of each key in `meta`, read under the catalog lock so they belong together.
-    pub(crate) fn export(
-        &self,
-        meta: &[&[u8]],
-    ) -> Result<(Pairs, Vec<(u64, Vec<u8>)>, Vec<Option<Vec<u8>>>), CatalogError> {
+    pub(crate) fn export(&self, meta: &[&[u8]]) -> Result<Export, CatalogError> {
         let sh = self.store.shared();
         let _serial = sh.catalog_lock.lock();
         let view = self.view();

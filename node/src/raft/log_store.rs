@@ -173,7 +173,7 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
         let last_purged: Option<LogId> = self.get_meta(keys::PURGED)?;
         let last = self.last_entry()?.map(|e| e.log_id);
         Ok(LogState {
-            last_log_id: last.or_else(|| last_purged.clone()),
+            last_log_id: last.or(last_purged),
             last_purged_log_id: last_purged,
         })
     }

@@ -79,7 +79,7 @@ pub struct SnapshotHeader {
 /// Encodes a snapshot body.
 pub fn snapshot_body(vote: &Vote, snapshot: &Snapshot) -> Result<Vec<u8>, serde_json::Error> {
     let header = serde_json::to_vec(&SnapshotHeader {
-        vote: vote.clone(),
+        vote: *vote,
         meta: snapshot.meta.clone(),
     })?;
     let mut body = Vec::with_capacity(4 + header.len() + snapshot.snapshot.len());

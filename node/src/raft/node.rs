@@ -183,7 +183,7 @@ impl CatalogNode {
             election_timeout_min: tuning.election.0.as_millis() as u64,
             election_timeout_max: tuning.election.1.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: tuning.snapshot_every.min(1000),
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(raft_err)?);

@@ -93,3 +93,24 @@ pub fn frames(items: &[&[u8]]) -> Vec<u8> {
     }
     out
 }
+
+/// An HTTP client that sends `token` as its bearer token.
+pub fn http_client(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
+/// The admin token a node wrote into its store directory.
+pub fn admin_token(store_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(store_dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}

@@ -49,6 +49,9 @@ enum Cmd {
         /// Start a new catalog group with this node as its only member.
         #[arg(long, requires = "cluster")]
         init: bool,
+        /// Catalog log entries between snapshots (older entries are then purged).
+        #[arg(long, default_value_t = 5000)]
+        raft_snapshot_every: u64,
     },
     /// Start a local cluster of N nodes (real processes on loopback) and print how to use it.
     Playground(playground::Args),
@@ -72,6 +75,15 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// Prints a line on stdout; a closed stdout (the parent stopped reading) is not an error for a
+/// daemon.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Writes the admin token to `STORE/admin.token`, readable by the owner only.
@@ -126,6 +138,7 @@ async fn serve(
     listen: Option<SocketAddr>,
     cluster: Option<(PathBuf, u64)>,
     init: bool,
+    tuning: Tuning,
 ) -> Result<()> {
     let setup = match &cluster {
         Some((file, id)) => Some(load_cluster(file, *id)?),
@@ -155,6 +168,7 @@ async fn serve(
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    let mut note = None;
     let cluster = match setup {
         None => {
             let s = st.clone();
@@ -162,7 +176,10 @@ async fn serve(
                 tokio::task::spawn_blocking(move || mirage_node::api::bootstrap_admin(&s)).await??
             {
                 let p = write_token(&store_dir, &token)?;
-                println!("created user admin; its token is in {}", p.display());
+                note = Some(format!(
+                    "created user admin; its token is in {}",
+                    p.display()
+                ));
             }
             None
         }
@@ -173,7 +190,7 @@ async fn serve(
                 st.clone(),
                 &store_dir.join("raft"),
                 &s.secret,
-                Tuning::default(),
+                tuning,
             )
             .await?;
             Some(Cluster {
@@ -182,7 +199,10 @@ async fn serve(
             })
         }
     };
-    println!("listening on http://{addr}");
+    say(&format!("listening on http://{addr}"));
+    if let Some(note) = note {
+        say(&note);
+    }
     let server = tokio::spawn(mirage_node::api::run(
         listener,
         st.clone(),
@@ -202,7 +222,7 @@ async fn serve(
 /// Starts a new group with this node alone and adds `admin` through it.
 async fn init_group(node: &CatalogNode, store_dir: &Path) -> Result<()> {
     if node.raft.is_initialized().await? {
-        println!("catalog group already initialized; --init ignored");
+        say("catalog group already initialized; --init ignored");
         return Ok(());
     }
     node.initialize().await?;
@@ -224,10 +244,10 @@ async fn init_group(node: &CatalogNode, store_dir: &Path) -> Result<()> {
     )
     .await?;
     let p = write_token(store_dir, &token)?;
-    println!(
+    say(&format!(
         "initialized the catalog group; user admin's token is in {}",
         p.display()
-    );
+    ));
     Ok(())
 }
 
@@ -248,13 +268,18 @@ fn main() -> Result<()> {
             cluster,
             id,
             init,
+            raft_snapshot_every,
         } => {
             let cluster = match (cluster, id) {
                 (Some(f), Some(i)) => Some((f, i)),
                 (None, _) => None,
                 (Some(_), None) => bail!("--cluster needs --id"),
             };
-            rt.block_on(serve(store, listen, cluster, init))
+            let tuning = Tuning {
+                snapshot_every: raft_snapshot_every.max(1),
+                ..Tuning::default()
+            };
+            rt.block_on(serve(store, listen, cluster, init, tuning))
         }
         Cmd::Playground(args) => rt.block_on(playground::run(args)),
     }

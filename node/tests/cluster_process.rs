@@ -1,0 +1,374 @@
+//! A catalog group of real `mirage-node` processes on loopback: formed with --init,
+//! add-learner and promote; writes through any node, linearizable reads on every node, tokens
+//! and the cluster secret enforced (401/403), the leader SIGKILLed and the group going on,
+//! the killed node catching up after a restart, a late joiner catching up from a snapshot, and
+//! a node removed.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http_client;
+use serde_json::{json, Value};
+
+struct Node {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    nodes: Vec<Node>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// Writes a topology of `n` nodes (all catalog voters when started) and a secret.
+    fn new(n: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "playground-secret-0123456789\n").unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut t = "[cluster]\nname = \"t\"\nreplication = 1\nwrite_quorum = 1\n\
+                     partitions = 16\nsecret_file = \"secret\"\n"
+            .to_string();
+        // Raft voters must be odd in the topology: a fourth node only stores (and may join
+        // the group as a learner).
+        for (i, p) in ports.iter().enumerate() {
+            let roles = if i < 3 {
+                "[\"storage\", \"catalog\"]"
+            } else {
+                "[\"storage\"]"
+            };
+            t += &format!(
+                "[[node]]\nid = {}\naddress = \"127.0.0.1:{p}\"\nzone = \"a\"\ncapacity_gb = 1\n\
+                 roles = {roles}\n",
+                i + 1
+            );
+        }
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, t).unwrap();
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Node {
+                port: *p,
+                store: dir.path().join(format!("node{}", i + 1)),
+                child: None,
+            })
+            .collect();
+        Cluster {
+            _dir: dir,
+            config,
+            nodes,
+        }
+    }
+
+    fn start(&mut self, id: u64, init: bool) {
+        let config = self.config.clone();
+        let n = &mut self.nodes[id as usize - 1];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mirage-node"));
+        cmd.arg("serve")
+            .arg("--store")
+            .arg(&n.store)
+            .arg("--cluster")
+            .arg(&config)
+            .args(["--id", &id.to_string(), "--raft-snapshot-every", "20"])
+            .env("MIRAGE_LOG", "warn")
+            .stdout(Stdio::piped());
+        if init {
+            cmd.arg("--init");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("listening on"), "{line:?}");
+        if init {
+            line.clear();
+            out.read_line(&mut line).unwrap();
+            assert!(line.contains("admin.token"), "{line:?}");
+        }
+        n.child = Some(child);
+    }
+
+    fn kill(&mut self, id: u64) {
+        let n = &mut self.nodes[id as usize - 1];
+        let mut c = n.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[id as usize - 1]
+    }
+
+    fn token(&self) -> String {
+        common::admin_token(&self.node(1).store)
+    }
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let r = http.post(url).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn status(http: &reqwest::Client, base: &str) -> Value {
+    http.get(format!("{base}/v1/admin/raft"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until `f` holds for node `base`'s view of the group.
+async fn wait_status(
+    http: &reqwest::Client,
+    base: &str,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/v1/admin/raft")).send().await {
+            if let Ok(v) = r.json::<Value>().await {
+                if f(&v) {
+                    return v;
+                }
+                assert!(Instant::now() < deadline, "{what}: last status {v}");
+            }
+        }
+        assert!(Instant::now() < deadline, "{what}: no answer from {base}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn users(http: &reqwest::Client, base: &str) -> Vec<String> {
+    let (s, v) = post(
+        http,
+        format!("{base}/v1/catalog/query"),
+        json!({"q": "users"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn add_user(http: &reqwest::Client, base: &str, name: &str) -> String {
+    let (s, v) = post(
+        http,
+        format!("{base}/v1/catalog/command"),
+        json!({"op": "add_user", "name": name, "admin": false}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn catalog_group_of_three_processes_survives_losing_its_leader() {
+    let mut c = Cluster::new(4);
+    c.start(1, true);
+    c.start(2, false);
+    c.start(3, false);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let admin = http_client(&c.token());
+        let b1 = c.node(1).base();
+        for id in [2u64, 3] {
+            let addr = format!("127.0.0.1:{}", c.node(id).port);
+            let (s, v) = post(
+                &admin,
+                format!("{b1}/v1/admin/raft/add-learner"),
+                json!({"id": id, "addr": addr}),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+            let (s, v) = post(
+                &admin,
+                format!("{b1}/v1/admin/raft/promote"),
+                json!({"id": id}),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+        }
+        let st = status(&admin, &b1).await;
+        assert_eq!(st["voters"], json!([1, 2, 3]), "{st}");
+
+        // A write through a follower, then a read through the other follower, at once.
+        let (b2, b3) = (c.node(2).base(), c.node(3).base());
+        for i in 0..10 {
+            let name = format!("user{i}");
+            let (via, read) = if i % 2 == 0 { (&b2, &b3) } else { (&b3, &b2) };
+            add_user(&admin, via, &name).await;
+            assert!(
+                users(&admin, read).await.contains(&name),
+                "{name} not visible on {read}"
+            );
+        }
+
+        // Credentials: a new user's token works on another node at once; no or a wrong token
+        // is 401; a user doing an admin's job is 403; node routes need the cluster secret.
+        let bob = add_user(&admin, &b2, "bob").await;
+        let bob = http_client(&bob);
+        let (s, v) = post(
+            &bob,
+            format!("{b3}/v1/catalog/query"),
+            json!({"q": "whoami"}),
+        )
+        .await;
+        assert_eq!((s, v["user"]["name"].as_str()), (200, Some("bob")), "{v}");
+        let (s, v) = post(
+            &bob,
+            format!("{b3}/v1/catalog/command"),
+            json!({"op": "add_user", "name": "eve", "admin": true}),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("denied")),
+            "{v}"
+        );
+        let (s, _) = post(&bob, format!("{b1}/v1/admin/raft/remove"), json!({"id": 2})).await;
+        assert_eq!(s, 403);
+        let anon = reqwest::Client::new();
+        let (s, v) = post(
+            &anon,
+            format!("{b3}/v1/catalog/query"),
+            json!({"q": "users"}),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{v}"
+        );
+        let (s, _) = post(
+            &http_client("mrg_wrong"),
+            format!("{b3}/v1/catalog/query"),
+            json!({"q": "users"}),
+        )
+        .await;
+        assert_eq!(s, 401);
+        let (s, _) = post(&admin, format!("{b3}/v1/raft/vote"), json!({})).await;
+        assert_eq!(s, 401, "a user token is not the cluster secret");
+
+        // SIGKILL the leader: the other two elect a new one and take writes and reads.
+        let leader = status(&admin, &b1).await["leader"].as_u64().unwrap();
+        c.kill(leader);
+        let alive: Vec<u64> = [1u64, 2, 3].into_iter().filter(|i| *i != leader).collect();
+        let ba = c.node(alive[0]).base();
+        wait_status(&admin, &ba, "new leader", |v| {
+            v["leader"].as_u64().is_some_and(|l| l != leader)
+        })
+        .await;
+        for i in 0..5 {
+            add_user(&admin, &c.node(alive[i % 2]).base(), &format!("after{i}")).await;
+        }
+        let seen = users(&admin, &c.node(alive[1]).base()).await;
+        assert!(seen.contains(&"after4".to_string()), "{seen:?}");
+
+        // The killed node restarts and catches up: the same users, read on it.
+        c.start(leader, false);
+        let bl = c.node(leader).base();
+        let want = users(&admin, &ba).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = admin
+                .post(format!("{bl}/v1/catalog/query"))
+                .json(&json!({"q": "users"}))
+                .send()
+                .await;
+            if let Ok(r) = r {
+                if r.status() == 200 {
+                    let v: Value = r.json().await.unwrap();
+                    let got: Vec<String> = v["users"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|u| u["name"].as_str().unwrap().to_string())
+                        .collect();
+                    assert_eq!(got, want);
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "restarted node did not catch up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Enough writes for snapshots (every 20 entries) and purged logs, then a late joiner
+        // that can only catch up from a snapshot.
+        for i in 0..30 {
+            add_user(&admin, &ba, &format!("bulk{i}")).await;
+        }
+        let st = wait_status(&admin, &ba, "snapshot taken", |v| {
+            v["snapshot"].as_u64().is_some()
+        })
+        .await;
+        assert!(st["snapshot"].as_u64().unwrap() >= 20, "{st}");
+        c.start(4, false);
+        let addr4 = format!("127.0.0.1:{}", c.node(4).port);
+        let (s, v) = post(
+            &admin,
+            format!("{ba}/v1/admin/raft/add-learner"),
+            json!({"id": 4, "addr": addr4}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let want = users(&admin, &ba).await;
+        assert_eq!(users(&admin, &c.node(4).base()).await, want);
+        let st4 = status(&admin, &c.node(4).base()).await;
+        assert_eq!(st4["state"], "learner", "{st4}");
+        assert!(
+            st4["snapshot"].as_u64().is_some(),
+            "the learner got a snapshot: {st4}"
+        );
+
+        // Remove it again: the group no longer lists it.
+        let (s, v) = post(
+            &admin,
+            format!("{ba}/v1/admin/raft/remove"),
+            json!({"id": 4}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let st = status(&admin, &ba).await;
+        assert!(!st["nodes"].as_object().unwrap().contains_key("4"), "{st}");
+        assert_eq!(st["voters"].as_array().unwrap().len(), 3, "{st}");
+    });
+}
