@@ -178,7 +178,7 @@ pub fn bench_search(sources: &[PathBuf], work: &Path, n: u64) -> Result<SearchBe
         // Twice: the first run parses package databases into the cache.
         for _ in 0..2 {
             let t = Instant::now();
-            let f = search(&store, "bench", &q)?;
+            let f = search(&store, &store.catalog().list("bench")?, &q)?;
             out.push(Timed {
                 query: text.clone(),
                 seconds: t.elapsed().as_secs_f64(),

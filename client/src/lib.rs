@@ -3,6 +3,7 @@
 //! behind the `mirage` CLI. Image and filesystem parsing lives in `mirage-image`, re-exported
 //! here as [`image`] and [`fs`].
 
+pub mod admin;
 pub mod batch;
 pub mod bench;
 pub mod bench_catalog;
@@ -10,6 +11,7 @@ pub mod bench_image;
 pub mod bench_search;
 pub mod browse;
 pub mod checkout;
+pub mod context;
 pub mod demo;
 pub mod diff;
 pub mod fsbuild;
@@ -19,6 +21,7 @@ pub mod ingest;
 pub mod inventory;
 pub mod library;
 pub mod paths;
+pub mod remote;
 pub mod restore;
 pub mod search;
 

@@ -10,6 +10,8 @@ use mirage_format::Digest;
 use mirage_node::catalog::{Command, ImageRecord, ImageState, Named};
 use mirage_node::Store;
 
+use crate::context::Ctx;
+
 /// The caller when `--as` is not given: `$USER`, else `$LOGNAME`, else `root`.
 pub fn default_caller() -> String {
     ["USER", "LOGNAME"]
@@ -61,23 +63,7 @@ pub fn split_partition(reference: &str) -> (&str, Option<u32>) {
 /// admin, its creator, or a reader of a name that holds it); a digest the catalog does not
 /// know (an image checked in without a name) is the checker-in's to share.
 pub fn image_of(store: &Store, caller: &str, reference: &str) -> Result<Digest> {
-    if let Ok(d) = reference.parse::<Digest>() {
-        let c = store.catalog();
-        if let Some(rec) = c.image(&d)? {
-            ensure_caller(store, caller)?;
-            if !c.may_see(caller, &rec)? {
-                bail!(mirage_node::catalog::CatalogError::NotFound(
-                    reference.to_string()
-                ));
-            }
-        }
-        return Ok(d);
-    }
-    if reference.starts_with("sha256:") || reference.starts_with("sha1:") {
-        bail!("{reference:?} is not a valid digest");
-    }
-    ensure_caller(store, caller)?;
-    Ok(store.catalog().resolve(caller, reference)?.image)
+    Ctx::local(store, caller).image_of(reference)
 }
 
 /// Library commands.
@@ -243,19 +229,20 @@ fn versions_text(n: &Named) -> String {
 }
 
 /// Runs a library command as `caller`.
-pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<()> {
-    ensure_caller(store, caller)?;
-    let c = store.catalog();
+pub fn run(ctx: &Ctx<'_>, json: bool, cmd: &LibraryCmd) -> Result<()> {
+    let store = ctx.store;
     let submit = |command: Command| -> Result<()> {
-        let r = c.submit(caller, command)?;
+        let r = ctx.submit(command)?;
         if json {
             print_json(&r)?;
+        } else if let Some(t) = &r.token {
+            println!("token (shown once; give it to the user): {t}");
         }
         Ok(())
     };
     match cmd {
         LibraryCmd::Versions { name } => {
-            let n = c.named(caller, name)?;
+            let n = ctx.named(name)?;
             if json {
                 print_json(&n)?;
             } else {
@@ -263,7 +250,7 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
             }
         }
         LibraryCmd::Images { all } => {
-            let list = c.list(caller)?;
+            let list = ctx.list()?;
             if json {
                 return print_json(&list);
             }
@@ -309,8 +296,8 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
             })?
         }
         LibraryCmd::Provenance { reference, dot } => {
-            let image = image_of(store, caller, reference)?;
-            provenance(store, caller, &image, *dot, json)?;
+            let image = ctx.image_of(reference)?;
+            provenance(ctx, &image, *dot, json)?;
         }
         LibraryCmd::Lock { name, reason } => submit(Command::Lock {
             name: name.clone(),
@@ -324,17 +311,14 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
             revoke,
         } => {
             if !(grant_read.is_empty() && grant_write.is_empty() && revoke.is_empty()) {
-                c.submit(
-                    caller,
-                    Command::Acl {
-                        name: name.clone(),
-                        grant_read: grant_read.clone(),
-                        grant_write: grant_write.clone(),
-                        revoke: revoke.clone(),
-                    },
-                )?;
+                ctx.submit(Command::Acl {
+                    name: name.clone(),
+                    grant_read: grant_read.clone(),
+                    grant_write: grant_write.clone(),
+                    revoke: revoke.clone(),
+                })?;
             }
-            let n = c.named(caller, name)?;
+            let n = ctx.named(name)?;
             if json {
                 print_json(&serde_json::json!({
                     "name": n.name, "owner": n.owner, "readers": n.readers, "writers": n.writers,
@@ -352,7 +336,7 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
             }
         }
         LibraryCmd::Diff { a, b, all_times } => {
-            let (da, db) = (image_of(store, caller, a)?, image_of(store, caller, b)?);
+            let (da, db) = (ctx.image_with_content(a)?, ctx.image_with_content(b)?);
             let diffs = crate::diff::diff_images(
                 store,
                 &da,
@@ -399,7 +383,13 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
                 }
                 _ => bail!("give --path, --content or --package"),
             };
-            let found = crate::search::search(store, caller, &q)?;
+            let named = ctx.list()?;
+            for n in &named {
+                for v in n.versions.iter().filter(|v| !v.deleted) {
+                    ctx.content(&v.image)?;
+                }
+            }
+            let found = crate::search::search(store, &named, &q)?;
             if json {
                 return print_json(&found);
             }
@@ -424,8 +414,7 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
             aggregate,
             matching,
         } => inventory(
-            store,
-            caller,
+            ctx,
             reference.as_deref(),
             *aggregate,
             matching.as_deref(),
@@ -438,7 +427,7 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
                 token_sha256: None,
             })?,
             UserCmd::List => {
-                let users = c.users()?;
+                let users = ctx.users()?;
                 if json {
                     return print_json(&users);
                 }
@@ -452,8 +441,7 @@ pub fn run(store: &Store, caller: &str, json: bool, cmd: &LibraryCmd) -> Result<
 }
 
 fn inventory(
-    store: &Store,
-    caller: &str,
+    ctx: &Ctx<'_>,
     reference: Option<&str>,
     aggregate: bool,
     matching: Option<&str>,
@@ -467,8 +455,8 @@ fn inventory(
     };
     match (reference, aggregate) {
         (Some(r), false) => {
-            let image = image_of(store, caller, r)?;
-            let inv = crate::inventory::of_image(store, &image)?;
+            let image = ctx.image_with_content(r)?;
+            let inv = crate::inventory::of_image(ctx.store, &image)?;
             if json {
                 return print_json(&inv);
             }
@@ -482,9 +470,10 @@ fn inventory(
         (None, true) => {
             // package -> version -> name@version list
             let mut agg: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
-            for n in store.catalog().list(caller)? {
+            for n in ctx.list()? {
                 for v in n.versions.iter().filter(|v| !v.deleted) {
-                    for (_, pkgs) in crate::inventory::of_image(store, &v.image)? {
+                    ctx.content(&v.image)?;
+                    for (_, pkgs) in crate::inventory::of_image(ctx.store, &v.image)? {
                         for p in pkgs.into_iter().filter(|p| wanted(&p.name)) {
                             agg.entry(p.name)
                                 .or_default()
@@ -511,12 +500,19 @@ fn inventory(
 }
 
 /// Ancestors (parent chain) and descendants of `image` among the images `caller` may see.
-fn provenance(store: &Store, caller: &str, image: &Digest, dot: bool, json: bool) -> Result<()> {
-    let c = store.catalog();
-    let mut all: BTreeMap<Digest, ImageRecord> = BTreeMap::new();
-    for r in c.images()? {
-        if c.may_see(caller, &r)? {
-            all.insert(r.digest, r);
+fn provenance(ctx: &Ctx<'_>, image: &Digest, dot: bool, json: bool) -> Result<()> {
+    let all: BTreeMap<Digest, ImageRecord> = ctx
+        .images(None)?
+        .into_iter()
+        .map(|r| (r.digest, r))
+        .collect();
+    // The versions (name@number, not deleted) of each image among the names the caller reads.
+    let mut refs: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+    for n in ctx.list()? {
+        for v in n.versions.iter().filter(|v| !v.deleted) {
+            refs.entry(v.image)
+                .or_default()
+                .push(format!("{}@{}", n.name, v.number));
         }
     }
     if !all.contains_key(image) {
@@ -550,12 +546,7 @@ fn provenance(store: &Store, caller: &str, image: &Digest, dot: bool, json: bool
         }
     }
     let label = |d: &Digest| -> Result<String> {
-        let names: Vec<String> = c
-            .refs(d)?
-            .into_iter()
-            .filter(|(n, _)| c.named(caller, n).is_ok())
-            .map(|(n, v)| format!("{n}@{v}"))
-            .collect();
+        let names: Vec<String> = refs.get(d).cloned().unwrap_or_default();
         let state = match all.get(d).map(|r| r.state) {
             Some(ImageState::Deleted) => " (deleted)",
             _ => "",

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use mirage_client::context::Ctx;
 use mirage_client::{bench, ingest, library, paths, restore};
 
 mod cli_demo;
@@ -22,9 +23,23 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Act as USER in the catalog (default: $MIRAGE_USER, else $USER).
+    /// Act as USER in the catalog (default: $MIRAGE_USER, else $USER; embedded store only:
+    /// against a cluster the token says who you are).
     #[arg(long = "as", global = true, env = "MIRAGE_USER", value_name = "USER")]
     as_user: Option<String>,
+    /// Run against a cluster (any node's URL, e.g. http://10.0.0.1:7300) instead of the
+    /// embedded store; --store is then the local cache (default ~/.cache/mirage/clusters/…).
+    #[arg(long, global = true, env = "MIRAGE_CLUSTER", value_name = "URL")]
+    cluster: Option<String>,
+    /// Bearer token for --cluster (`mirage user add` prints one).
+    #[arg(
+        long,
+        global = true,
+        env = "MIRAGE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -141,6 +156,11 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
+    },
+    /// Cluster administration (with --cluster).
+    Admin {
+        #[command(subcommand)]
+        cmd: mirage_client::admin::AdminCmd,
     },
 }
 
@@ -303,7 +323,25 @@ fn main() -> ExitCode {
 }
 
 fn store_dir(cli: &Cli) -> PathBuf {
-    cli.store.clone().unwrap_or_else(paths::default_store)
+    match (&cli.store, &cli.cluster) {
+        (Some(s), _) => s.clone(),
+        (None, Some(url)) => paths::default_cache(url),
+        (None, None) => paths::default_store(),
+    }
+}
+
+/// The cluster of `--cluster`, if any.
+fn remote(cli: &Cli) -> Result<Option<mirage_client::remote::Remote>> {
+    match &cli.cluster {
+        None => Ok(None),
+        Some(url) => {
+            let token = cli
+                .token
+                .as_deref()
+                .context("--cluster needs --token (or MIRAGE_TOKEN)")?;
+            Ok(Some(mirage_client::remote::Remote::new(url, token)?))
+        }
+    }
 }
 
 /// Opens the store, creating a SHA-256 store when there is none (zero set-up).
@@ -316,6 +354,16 @@ fn open_or_create(dir: &Path) -> Result<Store> {
         },
     )
     .with_context(|| format!("opening store {}", dir.display()))
+}
+
+/// The store read verbs use: the embedded store (it must exist), or a cluster's local cache
+/// (created on first use).
+fn open_content(dir: &Path, remote: bool) -> Result<Store> {
+    if remote {
+        open_or_create(dir)
+    } else {
+        open_existing(dir)
+    }
 }
 
 fn open_existing(dir: &Path) -> Result<Store> {
@@ -345,7 +393,21 @@ fn mb(b: u64) -> String {
 fn run(cli: Cli) -> Result<ExitCode> {
     let dir = store_dir(&cli);
     let caller = cli.as_user.clone().unwrap_or_else(library::default_caller);
+    let remote = remote(&cli)?;
+    // The content store (embedded, or the cluster's local cache) and where the catalog is.
+    let ctx_of = |store| -> Result<Ctx<'_>> {
+        match &remote {
+            Some(r) => Ctx::remote(store, r),
+            None => Ok(Ctx::local(store, &caller)),
+        }
+    };
     match &cli.cmd {
+        Cmd::Admin { cmd } => {
+            let r = remote
+                .as_ref()
+                .context("mirage admin works on a cluster: give --cluster URL --token T")?;
+            mirage_client::admin::run(r, cmd, cli.json)?;
+        }
         Cmd::Init { digest } => {
             let alg: Algorithm = digest.parse()?;
             let existed = dir.join("index").join("CURRENT").exists();
@@ -453,10 +515,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Item { digest } => {
             let d: Digest = digest.parse()?;
-            let store = open_existing(&dir)?;
-            let bytes = store
-                .get(&d)?
-                .with_context(|| format!("{} is not in the store", d.to_text()))?;
+            let bytes = match &remote {
+                Some(r) => {
+                    let mut got = None;
+                    r.get_each(&[d], None, |b| {
+                        got = Some(b);
+                        Ok(())
+                    })?;
+                    let b =
+                        got.with_context(|| format!("{} is not in {}", d.to_text(), r.url()))?;
+                    if Digest::of(d.algorithm(), &b)? != d {
+                        anyhow::bail!("{} sent bytes that do not hash to {}", r.url(), d.to_text());
+                    }
+                    b
+                }
+                None => open_existing(&dir)?
+                    .get(&d)?
+                    .with_context(|| format!("{} is not in the store", d.to_text()))?,
+            };
             let item = Item::decode(&bytes)?;
             print_json(&item)?;
         }
@@ -469,11 +545,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             description,
         } => {
             let store = open_or_create(&dir)?;
+            let ctx = ctx_of(&store)?;
             let parent = match (name, parent) {
-                (Some(_), Some(p)) => Some(library::image_of(&store, &caller, p)?),
+                (Some(_), Some(p)) => Some(ctx.image_of(p)?),
                 _ => None,
             };
-            if name.is_some() {
+            if name.is_some() && remote.is_none() {
                 // Refuse before the work, not after it.
                 library::ensure_caller(&store, &caller)?;
             }
@@ -488,21 +565,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Err(e) = mirage_client::inventory::of_image(&store, &root) {
                 tracing::warn!("package inventory of {}: {e:#}", root.to_text());
             }
+            let pushed = match &remote {
+                Some(r) => Some(
+                    mirage_client::remote::sync::push(&store, r, &root)
+                        .with_context(|| format!("sending {} to {}", root.to_text(), r.url()))?,
+                ),
+                None => None,
+            };
             let registered = match name {
-                Some(n) => Some(store.catalog().submit(
-                    &caller,
-                    mirage_node::catalog::Command::Checkin {
+                Some(n) => Some(
+                    ctx.submit(mirage_node::catalog::Command::Checkin {
                         name: n.clone(),
                         image: root,
                         parent,
                         description: description.clone(),
-                    },
-                )?),
+                    })?
+                    .response,
+                ),
                 None => None,
             };
             if cli.json {
                 print_json(
-                    &serde_json::json!({"image": root, "stats": stats, "catalog": registered}),
+                    &serde_json::json!({"image": root, "stats": stats, "catalog": registered, "pushed": pushed}),
                 )?;
             } else if let Some(r) = registered {
                 println!(
@@ -517,7 +601,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Library(cmd) => {
             let store = open_or_create(&dir)?;
-            library::run(&store, &caller, cli.json, cmd)?;
+            library::run(&ctx_of(&store)?, cli.json, cmd)?;
         }
         Cmd::Checkout {
             reference,
@@ -526,8 +610,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rebuild,
             verify,
         } => {
-            let store = open_existing(&dir)?;
-            let d = library::image_of(&store, &caller, reference)?;
+            let store = open_content(&dir, remote.is_some())?;
+            let d = ctx_of(&store)?.image_with_content(reference)?;
             let opts = mirage_client::checkout::CheckoutOptions {
                 format: if format == "qcow2" {
                     mirage_client::checkout::Format::Qcow2
@@ -551,8 +635,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Show { reference } => {
-            let store = open_existing(&dir)?;
-            let d = library::image_of(&store, &caller, reference)?;
+            let store = open_content(&dir, remote.is_some())?;
+            let d = ctx_of(&store)?.image_with_content(reference)?;
             let v = mirage_client::browse::show(&store, &d)?;
             if cli.json {
                 print_json(&v)?;
@@ -565,9 +649,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             path,
             long,
         } => {
-            let store = open_existing(&dir)?;
+            let store = open_content(&dir, remote.is_some())?;
             let (r, part) = library::split_partition(reference);
-            let d = library::image_of(&store, &caller, r)?;
+            let d = ctx_of(&store)?.image_with_content(r)?;
             let entries = mirage_client::browse::ls(&store, &d, part, path)?;
             if cli.json {
                 print_json(&entries)?;
@@ -578,15 +662,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Cat { reference, path } => {
-            let store = open_existing(&dir)?;
+            let store = open_content(&dir, remote.is_some())?;
             let (r, part) = library::split_partition(reference);
-            let d = library::image_of(&store, &caller, r)?;
+            let d = ctx_of(&store)?.image_with_content(r)?;
             let mut out = std::io::stdout().lock();
             mirage_client::browse::cat(&store, &d, part, path, &mut out)?;
         }
         Cmd::PutTree { dir: src, threads } => {
             let store = open_or_create(&dir)?;
             let (root, stats) = ingest::ingest_dir(&store, src, *threads)?;
+            if let Some(r) = &remote {
+                mirage_client::remote::sync::push(&store, r, &root)?;
+            }
             if cli.json {
                 print_json(&serde_json::json!({"root": root, "stats": stats}))?;
             } else {
@@ -595,7 +682,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::GetTree { digest, output } => {
             let d: Digest = digest.parse()?;
-            let store = open_existing(&dir)?;
+            let store = open_content(&dir, remote.is_some())?;
+            ctx_of(&store)?.content(&d)?;
             let stats = restore::restore_tree(&store, &d, output)?;
             if cli.json {
                 print_json(&stats)?;

@@ -11,3 +11,27 @@ pub fn default_store() -> PathBuf {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
     home.join(".local/share/mirage")
 }
+
+/// The local cache store of a cluster (remote mode): `$XDG_CACHE_HOME/mirage/clusters/<url>`,
+/// else `~/.cache/mirage/clusters/<url>`, the URL made a safe file name.
+pub fn default_cache(cluster_url: &str) -> PathBuf {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from("."), PathBuf::from)
+            .join(".cache"),
+    };
+    let name: String = cluster_url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    base.join("mirage/clusters").join(name)
+}

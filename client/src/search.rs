@@ -182,10 +182,11 @@ pub struct Found {
     pub trees_read: u64,
 }
 
-/// Searches every version `caller` may read (deleted versions left out).
-pub fn search(store: &Store, caller: &str, q: &Query) -> Result<Found> {
+/// Searches every version of `named` (the named images the caller may read; deleted versions
+/// left out).
+pub fn search(store: &Store, named: &[mirage_node::catalog::Named], q: &Query) -> Result<Found> {
     let mut versions: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
-    for n in store.catalog().list(caller)? {
+    for n in named {
         for v in n.versions.iter().filter(|v| !v.deleted) {
             versions
                 .entry(v.image)

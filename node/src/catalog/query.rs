@@ -22,7 +22,8 @@ pub enum Query {
     },
     /// Every named image the caller may read.
     List,
-    /// Image records the caller may see (all of them, or one).
+    /// Image records the caller may see: all of them, or one (none if the catalog does not
+    /// know it, `not_found` if the caller may not see it).
     Images {
         /// Only this image.
         #[serde(default)]
@@ -64,13 +65,15 @@ impl Catalog<'_> {
             Query::Resolve { reference } => QueryAnswer::Resolved(self.resolve(caller, reference)?),
             Query::Named { name } => QueryAnswer::Named(self.named(caller, name)?),
             Query::List => QueryAnswer::List(self.list(caller)?),
-            Query::Images { image } => {
-                let records = match image {
-                    Some(d) => self.image(d)?.into_iter().collect(),
-                    None => self.images()?,
-                };
+            Query::Images { image: Some(d) } => match self.image(d)? {
+                None => QueryAnswer::Images(Vec::new()),
+                Some(r) if self.may_see(caller, &r)? => QueryAnswer::Images(vec![r]),
+                // Known but not visible: the same refusal as an unknown name.
+                Some(_) => return Err(CatalogError::NotFound(d.to_text())),
+            },
+            Query::Images { image: None } => {
                 let mut out = Vec::new();
-                for r in records {
+                for r in self.images()? {
                     if self.may_see(caller, &r)? {
                         out.push(r);
                     }

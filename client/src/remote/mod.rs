@@ -1,0 +1,231 @@
+//! Remote mode: the `mirage` verbs against a cluster (`--cluster URL --token T`, or
+//! `MIRAGE_CLUSTER` / `MIRAGE_TOKEN`). The catalog is the cluster's (commands and queries over
+//! HTTP, answered under the token's user); item content moves between the cluster and a local
+//! cache store with [`sync`] — checkin indexes into the cache and pushes what the cluster
+//! lacks, read verbs pull what the cache lacks and then run exactly as on an embedded store.
+
+pub mod sync;
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use mirage_format::Digest;
+use mirage_node::api::catalog::CommandAnswer;
+use mirage_node::catalog::{Command, Query, QueryAnswer};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Largest number of digests per has/get request.
+pub const BATCH_DIGESTS: usize = 1000;
+
+/// A cluster (or a standalone node) reached over HTTP.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+/// The error body the node sends.
+#[derive(Debug, serde::Deserialize)]
+struct ErrorBody {
+    error: ErrorInner,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ErrorInner {
+    code: String,
+    message: String,
+}
+
+/// A refusal from the node, with its stable code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} ({status} {code})")]
+pub struct RemoteError {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable code (`docs/API.md`).
+    pub code: String,
+    /// Message.
+    pub message: String,
+}
+
+impl Remote {
+    /// A client of the node at `url` (`http://host:port`) authenticating with `token`.
+    pub fn new(url: &str, token: &str) -> Result<Remote> {
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("--cluster {url:?}: give an http:// or https:// URL");
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        let auth = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| anyhow!("the token contains characters a header cannot carry"))?;
+        headers.insert(reqwest::header::AUTHORIZATION, auth);
+        let http = reqwest::blocking::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(600))
+            .build()?;
+        Ok(Remote { base, http })
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn check(&self, r: reqwest::blocking::Response) -> Result<reqwest::blocking::Response> {
+        let status = r.status();
+        if status.is_success() {
+            return Ok(r);
+        }
+        let text = r.text().unwrap_or_default();
+        let e = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => RemoteError {
+                status: status.as_u16(),
+                code: b.error.code,
+                message: b.error.message,
+            },
+            Err(_) => RemoteError {
+                status: status.as_u16(),
+                code: "http".into(),
+                message: text.chars().take(300).collect(),
+            },
+        };
+        Err(e.into())
+    }
+
+    pub(crate) fn post_json<Q: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Q,
+    ) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let r = self
+            .http
+            .post(&url)
+            .json(body)
+            .send()
+            .with_context(|| format!("POST {url}"))?;
+        Ok(self.check(r)?.json()?)
+    }
+
+    pub(crate) fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let r = self
+            .http
+            .get(&url)
+            .send()
+            .with_context(|| format!("GET {url}"))?;
+        Ok(self.check(r)?.json()?)
+    }
+
+    /// Applies a catalog command as the token's user.
+    pub fn command(&self, cmd: &Command) -> Result<CommandAnswer> {
+        self.post_json("/v1/catalog/command", cmd)
+    }
+
+    /// Runs a catalog query as the token's user.
+    pub fn query(&self, q: &Query) -> Result<QueryAnswer> {
+        self.post_json("/v1/catalog/query", q)
+    }
+
+    /// The token's user name.
+    pub fn whoami(&self) -> Result<String> {
+        match self.query(&Query::Whoami)? {
+            QueryAnswer::User(u) => Ok(u.name),
+            other => bail!("unexpected answer to whoami: {other:?}"),
+        }
+    }
+
+    /// Which of `ds` the node holds.
+    pub fn has(&self, ds: &[Digest]) -> Result<Vec<bool>> {
+        #[derive(serde::Deserialize)]
+        struct Has {
+            present: Vec<bool>,
+        }
+        let mut out = Vec::with_capacity(ds.len());
+        for batch in ds.chunks(BATCH_DIGESTS) {
+            let texts: Vec<String> = batch.iter().map(Digest::to_text).collect();
+            let h: Has = self.post_json("/v1/items/has", &serde_json::json!({"digests": texts}))?;
+            if h.present.len() != batch.len() {
+                bail!(
+                    "the node answered {} presences for {} digests",
+                    h.present.len(),
+                    batch.len()
+                );
+            }
+            out.extend(h.present);
+        }
+        Ok(out)
+    }
+
+    /// Uploads encoded items, children before parents; returns how many were new.
+    pub fn put(&self, items: &[Vec<u8>]) -> Result<u64> {
+        let mut body = Vec::with_capacity(items.iter().map(|i| i.len() + 4).sum());
+        for i in items {
+            body.extend_from_slice(&(i.len() as u32).to_be_bytes());
+            body.extend_from_slice(i);
+        }
+        let url = format!("{}/v1/items", self.base);
+        let r = self
+            .http
+            .post(&url)
+            .body(body)
+            .send()
+            .with_context(|| format!("POST {url}"))?;
+        let v: serde_json::Value = self.check(r)?.json()?;
+        Ok(v["new"].as_u64().unwrap_or(0))
+    }
+
+    /// Downloads items (in the context of `context`'s location table if given), streaming:
+    /// `f` gets each encoded item as it arrives. Digests the node does not hold are skipped
+    /// (the caller notices what is missing); a damaged copy on the node is an error.
+    pub fn get_each(
+        &self,
+        ds: &[Digest],
+        context: Option<&Digest>,
+        mut f: impl FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        use std::io::Read;
+        for batch in ds.chunks(BATCH_DIGESTS) {
+            let texts: Vec<String> = batch.iter().map(Digest::to_text).collect();
+            let url = format!("{}/v1/items/get", self.base);
+            let r = self
+                .http
+                .post(&url)
+                .json(
+                    &serde_json::json!({"digests": texts, "context": context.map(Digest::to_text)}),
+                )
+                .send()
+                .with_context(|| format!("POST {url}"))?;
+            let mut r = std::io::BufReader::with_capacity(1 << 20, self.check(r)?);
+            loop {
+                let mut head = [0u8; 5];
+                match r.read(&mut head[..1])? {
+                    0 => break,
+                    _ => r
+                        .read_exact(&mut head[1..])
+                        .with_context(|| format!("{url}: the answer ends inside a frame header"))?,
+                }
+                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                if len > mirage_format::item::MAX_ITEM + 1024 {
+                    bail!("{url}: a frame of {len} bytes is longer than any item");
+                }
+                let mut payload = vec![0u8; len];
+                r.read_exact(&mut payload)
+                    .with_context(|| format!("{url}: the answer ends inside a frame"))?;
+                match head[0] {
+                    0 => f(payload)?,
+                    1 => {}
+                    2 => bail!(
+                        "{url}: the node holds a damaged copy: {}",
+                        String::from_utf8_lossy(&payload)
+                    ),
+                    t => bail!("{url}: unknown frame tag {t}"),
+                }
+            }
+        }
+        Ok(())
+    }
+}

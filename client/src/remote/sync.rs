@@ -1,0 +1,266 @@
+//! Moving an image's closure between a local store and a node.
+//!
+//! Both directions walk the Merkle DAG top-down, level by level, asking the receiving side in
+//! batches which digests it lacks and never descending into a subtree it holds (the closure
+//! invariant: a stored item's whole subtree is stored). Blobs (no references: the bulk of the
+//! bytes) are sent as soon as they are read; inner items (manifests, trees, chunk lists: small)
+//! are kept until the walk ends and then sent children first, in a post-order of the DAG, so
+//! the receiving side's closure check always passes. Every received item is hashed and must be
+//! one that was asked for.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{bail, Context, Result};
+use mirage_format::item::{peek, ItemKind};
+use mirage_format::{Digest, Item};
+use mirage_node::{ReadOptions, Store};
+use serde::Serialize;
+
+use super::Remote;
+
+/// Bytes per upload request or local write batch.
+const BATCH_BYTES: usize = 8 << 20;
+
+/// What a transfer moved.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct SyncStats {
+    /// Items the receiving side was asked about.
+    pub checked: u64,
+    /// Items sent.
+    pub items: u64,
+    /// Encoded bytes sent.
+    pub bytes: u64,
+}
+
+/// Inner items waiting for their children: digest → (encoded bytes, references).
+type Inner = HashMap<Digest, (Vec<u8>, Vec<Digest>)>;
+
+/// `inner`'s items reachable from `root`, children before parents.
+fn post_order(root: &Digest, inner: &Inner) -> Vec<Digest> {
+    let mut out = Vec::with_capacity(inner.len());
+    let mut done: HashSet<Digest> = HashSet::with_capacity(inner.len());
+    // (digest, children pushed yet)
+    let mut stack = vec![(*root, false)];
+    while let Some((d, expanded)) = stack.pop() {
+        let Some((_, refs)) = inner.get(&d) else {
+            continue;
+        };
+        if expanded {
+            if done.insert(d) {
+                out.push(d);
+            }
+            continue;
+        }
+        if done.contains(&d) {
+            continue;
+        }
+        stack.push((d, true));
+        for r in refs {
+            if inner.contains_key(r) && !done.contains(r) {
+                stack.push((*r, false));
+            }
+        }
+    }
+    out
+}
+
+/// Records an item read during a walk: a blob goes to `blobs`, an inner item to `inner`
+/// with its references queued on `next`.
+fn route(
+    d: Digest,
+    bytes: Vec<u8>,
+    seen: &mut HashSet<Digest>,
+    next: &mut Vec<Digest>,
+    inner: &mut Inner,
+    blobs: &mut Vec<Vec<u8>>,
+) -> Result<()> {
+    let (kind, _) = peek(&bytes).with_context(|| format!("item {}", d.to_text()))?;
+    if kind == ItemKind::Blob {
+        blobs.push(bytes);
+        return Ok(());
+    }
+    let refs = Item::decode(&bytes)
+        .with_context(|| format!("item {}", d.to_text()))?
+        .refs();
+    for r in &refs {
+        if seen.insert(*r) {
+            next.push(*r);
+        }
+    }
+    inner.insert(d, (bytes, refs));
+    Ok(())
+}
+
+fn batch_bytes(b: &[Vec<u8>]) -> usize {
+    b.iter().map(Vec::len).sum()
+}
+
+/// Sends `root`'s closure from `local` to `remote`, skipping what the node holds.
+pub fn push(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> {
+    let mut stats = SyncStats::default();
+    let mut seen = HashSet::from([*root]);
+    let mut frontier = vec![*root];
+    let mut inner = Inner::new();
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    let send = |batch: &mut Vec<Vec<u8>>, stats: &mut SyncStats| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        remote.put(batch)?;
+        stats.items += batch.len() as u64;
+        stats.bytes += batch_bytes(batch) as u64;
+        batch.clear();
+        Ok(())
+    };
+    while !frontier.is_empty() {
+        stats.checked += frontier.len() as u64;
+        let present = remote.has(&frontier)?;
+        let missing: Vec<Digest> = frontier
+            .iter()
+            .zip(present)
+            .filter(|(_, p)| !p)
+            .map(|(d, _)| *d)
+            .collect();
+        let mut next = Vec::new();
+        let mut failure = None;
+        let mut count = 0usize;
+        local.get_many(&missing, None, ReadOptions::default(), |d, r| {
+            if failure.is_some() {
+                return;
+            }
+            count += 1;
+            match r {
+                Ok(bytes) => {
+                    if let Err(e) = route(d, bytes, &mut seen, &mut next, &mut inner, &mut blobs) {
+                        failure = Some(e);
+                    } else if batch_bytes(&blobs) >= BATCH_BYTES {
+                        failure = send(&mut blobs, &mut stats).err();
+                    }
+                }
+                Err(e) => {
+                    failure =
+                        Some(anyhow::Error::new(e).context(format!("reading {}", d.to_text())))
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if count != missing.len() {
+            bail!(
+                "the local store lacks {} items of {} (it is incomplete; check it in again)",
+                missing.len() - count,
+                root.to_text()
+            );
+        }
+        frontier = next;
+    }
+    send(&mut blobs, &mut stats)?;
+    let mut batch = Vec::new();
+    for d in post_order(root, &inner) {
+        if let Some((bytes, _)) = inner.remove(&d) {
+            batch.push(bytes);
+            if batch_bytes(&batch) >= BATCH_BYTES {
+                send(&mut batch, &mut stats)?;
+            }
+        }
+    }
+    send(&mut batch, &mut stats)?;
+    Ok(stats)
+}
+
+/// Fetches `root`'s closure from `remote` into `local`, skipping what `local` holds.
+pub fn pull(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> {
+    let alg = local.algorithm();
+    let mut stats = SyncStats::default();
+    let mut seen = HashSet::from([*root]);
+    let mut frontier = vec![*root];
+    let mut inner = Inner::new();
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    let store = |batch: &mut Vec<Vec<u8>>, stats: &mut SyncStats| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        stats.items += batch.len() as u64;
+        stats.bytes += batch_bytes(batch) as u64;
+        local.put_many(std::mem::take(batch))?;
+        Ok(())
+    };
+    while !frontier.is_empty() {
+        stats.checked += frontier.len() as u64;
+        let present = local.has_many(&frontier)?;
+        let missing: Vec<Digest> = frontier
+            .iter()
+            .zip(present)
+            .filter(|(_, p)| !p)
+            .map(|(d, _)| *d)
+            .collect();
+        let wanted: HashSet<Digest> = missing.iter().copied().collect();
+        let mut got: HashSet<Digest> = HashSet::with_capacity(missing.len());
+        let mut next = Vec::new();
+        remote.get_each(&missing, None, |bytes| {
+            let d = Digest::of(alg, &bytes)?;
+            if !wanted.contains(&d) || !got.insert(d) {
+                bail!("the node sent {}, which was not asked for", d.to_text());
+            }
+            route(d, bytes, &mut seen, &mut next, &mut inner, &mut blobs)?;
+            if batch_bytes(&blobs) >= BATCH_BYTES {
+                store(&mut blobs, &mut stats)?;
+            }
+            Ok(())
+        })?;
+        if got.len() != missing.len() {
+            let first = missing
+                .iter()
+                .find(|d| !got.contains(d))
+                .map(Digest::to_text);
+            bail!(
+                "{} lacks {} items of {} (first: {})",
+                remote.url(),
+                missing.len() - got.len(),
+                root.to_text(),
+                first.unwrap_or_default()
+            );
+        }
+        frontier = next;
+    }
+    store(&mut blobs, &mut stats)?;
+    let mut batch = Vec::new();
+    for d in post_order(root, &inner) {
+        if let Some((bytes, _)) = inner.remove(&d) {
+            batch.push(bytes);
+            if batch_bytes(&batch) >= BATCH_BYTES {
+                store(&mut batch, &mut stats)?;
+            }
+        }
+    }
+    store(&mut batch, &mut stats)?;
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirage_format::Algorithm;
+
+    fn d(i: u8) -> Digest {
+        Digest::of(Algorithm::Sha256, &[i]).unwrap()
+    }
+
+    #[test]
+    fn post_order_puts_every_child_before_its_parents_in_a_dag() {
+        // root -> a, b; a -> c; b -> a (a shared at two depths); c -> (leaf outside inner)
+        let mut inner = Inner::new();
+        inner.insert(d(0), (vec![], vec![d(1), d(2)]));
+        inner.insert(d(1), (vec![], vec![d(3)]));
+        inner.insert(d(2), (vec![], vec![d(1), d(9)]));
+        inner.insert(d(3), (vec![], vec![d(8)]));
+        let order = post_order(&d(0), &inner);
+        assert_eq!(order.len(), 4);
+        let pos = |x: u8| order.iter().position(|o| *o == d(x)).unwrap();
+        assert!(pos(3) < pos(1));
+        assert!(pos(1) < pos(2));
+        assert!(pos(1) < pos(0) && pos(2) < pos(0));
+        assert_eq!(*order.last().unwrap(), d(0));
+    }
+}
