@@ -130,7 +130,11 @@ fn verbs_against_a_node_print_what_they_print_on_the_embedded_store() {
 
     let first = both(&["checkin", a, "--name", "web"]);
     assert!(first.trim().ends_with("web@1"), "{first}");
-    both(&["checkin", b, "--name", "web", "--description", "patched"]);
+    let second = both(&["checkin", b, "--name", "web", "--description", "patched"]);
+    let (d1, d2) = (
+        first.split_whitespace().next().unwrap().to_string(),
+        second.split_whitespace().next().unwrap().to_string(),
+    );
     assert_eq!(both(&["cat", "web", "/patched.txt"]), "patched\n");
     both(&["ls", "web@1:3", "/", "-l"]);
     both(&["--json", "show", "web@2"]);
@@ -162,7 +166,32 @@ fn verbs_against_a_node_print_what_they_print_on_the_embedded_store() {
     let rem_bob = remote(&url, &bob_token, &dir.path().join("cache-bob"));
     assert_eq!(ok(emb_bob.run(&["images"])), ok(rem_bob.run(&["images"])));
     both_fail(&emb_bob, &rem_bob, &["ls", "web", "/"], "no image named");
+    // Items are read as part of an image the caller may see, and only that image's items.
+    let http = reqwest::blocking::Client::new();
+    let get = |token: &str, image: Option<&str>, digest: &str| {
+        let r = http
+            .post(format!("{url}/v1/items/get"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"digests": [digest], "image": image}))
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().unwrap())
+    };
+    assert_eq!(
+        get(&bob_token, Some(&d1), &d1).0,
+        404,
+        "bob may not see web yet"
+    );
+    let (s, body) = get(&bob_token, None, &d1);
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("name the image"), "{body}");
+    assert_eq!(get(&token, None, &d1).0, 200, "an admin reads any item");
     both(&["acl", "web", "--grant-read", "bob"]);
+    assert_eq!(get(&bob_token, Some(&d1), &d1).0, 200);
+    let (s, body) = get(&bob_token, Some(&d1), &d2);
+    assert_eq!(s, 403, "web@2 is not inside web@1: {body}");
+    assert!(body.contains("is not part of image"), "{body}");
     let (e, r) = (
         ok(emb_bob.run(&["ls", "web", "/"])),
         ok(rem_bob.run(&["ls", "web", "/"])),

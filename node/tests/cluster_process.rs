@@ -101,7 +101,7 @@ impl Cluster {
             .arg("--cluster")
             .arg(&config)
             .args(["--id", &id.to_string(), "--raft-snapshot-every", "20"])
-            .env("MIRAGE_LOG", "warn")
+            .env("MIRAGE_LOG", "error")
             .stdout(Stdio::piped());
         if init {
             cmd.arg("--init");
@@ -229,6 +229,18 @@ fn catalog_group_of_three_processes_survives_losing_its_leader() {
         }
         let st = status(&admin, &b1).await;
         assert_eq!(st["voters"], json!([1, 2, 3]), "{st}");
+        let m = admin
+            .get(format!("{b1}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            m.contains("mirage_raft_is_leader 1") && m.contains("mirage_raft_voters 3"),
+            "{m}"
+        );
 
         // A write through a follower, then a read through the other follower, at once.
         let (b2, b3) = (c.node(2).base(), c.node(3).base());
@@ -371,4 +383,47 @@ fn catalog_group_of_three_processes_survives_losing_its_leader() {
         assert!(!st["nodes"].as_object().unwrap().contains_key("4"), "{st}");
         assert_eq!(st["voters"].as_array().unwrap().len(), 3, "{st}");
     });
+}
+
+#[test]
+fn playground_forms_a_three_node_group_and_prints_how_to_reach_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mirage-node"))
+        .args(["playground", "--nodes", "3", "--detach", "--dir"])
+        .arg(dir.path())
+        .env("MIRAGE_LOG", "error")
+        .output()
+        .unwrap();
+    let pids = std::fs::read_to_string(dir.path().join("pids")).unwrap_or_default();
+    let kill_all = || {
+        for p in pids.split_whitespace() {
+            let _ = Command::new("kill").arg(p).status();
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        kill_all();
+        panic!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let var = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .map(str::to_string)
+    };
+    let (url, token) = (var("MIRAGE_CLUSTER"), var("MIRAGE_TOKEN"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let st: Option<Value> = rt.block_on(async {
+        let http = http_client(token.as_deref()?);
+        let r = http
+            .get(format!("{}/v1/admin/raft", url?))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    });
+    kill_all();
+    let st = st.unwrap_or_else(|| panic!("no status from the playground: {text}"));
+    assert_eq!(st["voters"], json!([1, 2, 3]), "{st}\n{text}");
+    assert_eq!(st["leader"], json!(1), "{st}");
+    assert_eq!(pids.split_whitespace().count(), 3);
 }

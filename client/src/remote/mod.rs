@@ -178,12 +178,14 @@ impl Remote {
         Ok(v["new"].as_u64().unwrap_or(0))
     }
 
-    /// Downloads items (in the context of `context`'s location table if given), streaming:
+    /// Downloads items of `image` (which a user other than an admin must name; see
+    /// `docs/API.md`), in the context of `context`'s location table if given, streaming:
     /// `f` gets each encoded item as it arrives. Digests the node does not hold are skipped
     /// (the caller notices what is missing); a damaged copy on the node is an error.
     pub fn get_each(
         &self,
         ds: &[Digest],
+        image: Option<&Digest>,
         context: Option<&Digest>,
         mut f: impl FnMut(Vec<u8>) -> Result<()>,
     ) -> Result<()> {
@@ -194,9 +196,11 @@ impl Remote {
             let r = self
                 .http
                 .post(&url)
-                .json(
-                    &serde_json::json!({"digests": texts, "context": context.map(Digest::to_text)}),
-                )
+                .json(&serde_json::json!({
+                    "digests": texts,
+                    "image": image.map(Digest::to_text),
+                    "context": context.map(Digest::to_text),
+                }))
                 .send()
                 .with_context(|| format!("POST {url}"))?;
             let mut r = std::io::BufReader::with_capacity(1 << 20, self.check(r)?);

@@ -198,7 +198,7 @@ pub fn pull(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
         let wanted: HashSet<Digest> = missing.iter().copied().collect();
         let mut got: HashSet<Digest> = HashSet::with_capacity(missing.len());
         let mut next = Vec::new();
-        remote.get_each(&missing, None, |bytes| {
+        remote.get_each(&missing, Some(root), None, |bytes| {
             let d = Digest::of(alg, &bytes)?;
             if !wanted.contains(&d) || !got.insert(d) {
                 bail!("the node sent {}, which was not asked for", d.to_text());

@@ -14,7 +14,9 @@ use mirage_format::Digest;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, Caller};
+use crate::catalog::CatalogError;
 use crate::store::ReadOptions;
+use axum::http::StatusCode;
 
 const BATCH_BYTES: usize = 8 << 20;
 const BATCH_ITEMS: usize = 1024;
@@ -163,6 +165,9 @@ pub(super) struct GetRequest {
     digests: Vec<String>,
     /// Read in the context of this item (its location table).
     context: Option<String>,
+    /// The image the items belong to (required unless the caller is an admin).
+    #[serde(default)]
+    image: Option<String>,
     /// Re-hash every item before sending it (the CRC is always checked).
     #[serde(default)]
     verify: bool,
@@ -181,13 +186,63 @@ fn frame(tag: u8, payload: &[u8]) -> Bytes {
     Bytes::from(f)
 }
 
+/// Refuses unless `caller` may read every digest of `ds`: admins read anything; others only
+/// items in the closure of an `image` they may see (`access.rs`).
+async fn authorize(
+    st: &AppState,
+    caller: String,
+    image: Option<Digest>,
+    ds: Vec<Digest>,
+) -> Result<Vec<Digest>, ApiError> {
+    let store = st.store.clone();
+    let closures = st.closures.clone();
+    super::blocking(move || -> Result<Vec<Digest>, ApiError> {
+        let c = store.catalog();
+        if c.user(&caller)?.is_some_and(|u| u.admin) {
+            return Ok(ds);
+        }
+        let image = image.ok_or_else(|| ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "denied",
+            message: "name the image the items belong to (\"image\")".into(),
+        })?;
+        if let Some(rec) = c.image(&image)? {
+            if !c.may_see(&caller, &rec)? {
+                return Err(CatalogError::NotFound(image.to_text()).into());
+            }
+        }
+        let closure = closures.of(&store, &image)?;
+        if let Some(d) = ds.iter().find(|d| !closure.contains(d)) {
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: "denied",
+                message: format!("{} is not part of image {}", d.to_text(), image.to_text()),
+            });
+        }
+        Ok(ds)
+    })
+    .await?
+}
+
 pub(super) async fn get(
     State(st): State<AppState>,
-    _: Caller,
+    Caller(caller): Caller,
     Json(req): Json<GetRequest>,
 ) -> Result<Response, ApiError> {
     let ds = parse_digests(&req.digests)?;
     let context = req.context.as_deref().map(parse_digest).transpose()?;
+    let image = req.image.as_deref().map(parse_digest).transpose()?;
+    let ds = match authorize(&st, caller.clone(), image, ds.clone()).await {
+        Ok(ds) => ds,
+        // A grant or name made a moment ago may not have reached this node: catch up once.
+        Err(e) if st.cluster.is_some() && e.status.is_client_error() => {
+            if let Some(c) = &st.cluster {
+                c.node.read_barrier().await?;
+            }
+            authorize(&st, caller, image, ds).await?
+        }
+        Err(e) => return Err(e),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let store = st.store.clone();
     let metrics = st.metrics.clone();

@@ -70,5 +70,41 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
             stats.items, stats.stored_bytes
         );
     }
+    if let Some(c) = &st.cluster {
+        let g = c.node.status();
+        let mut gauge = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            "mirage_raft_term",
+            "Current Raft term of the catalog group.",
+            g.term,
+        );
+        gauge(
+            "mirage_raft_is_leader",
+            "1 if this node leads the catalog group.",
+            u64::from(g.leader == Some(g.id)),
+        );
+        gauge(
+            "mirage_raft_has_leader",
+            "1 if this node knows a leader.",
+            u64::from(g.leader.is_some()),
+        );
+        gauge(
+            "mirage_raft_last_log_index",
+            "Last catalog log index on this node.",
+            g.last_log_index.unwrap_or(0),
+        );
+        gauge(
+            "mirage_raft_applied_index",
+            "Last catalog log index applied on this node.",
+            g.applied.unwrap_or(0),
+        );
+        gauge(
+            "mirage_raft_voters",
+            "Voters of the catalog group.",
+            g.voters.len() as u64,
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s)
 }

@@ -3,6 +3,7 @@
 //! router against it. Servers start with [`run`] on a bound listener (tests bind port 0) and
 //! stop when the shutdown future completes, finishing the requests in flight.
 
+mod access;
 mod auth;
 pub mod catalog;
 mod error;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cluster mode: the catalog group member and the cluster secret.
     pub cluster: Option<Cluster>,
+    /// Closures of recently read images (item read authorization).
+    pub closures: Arc<access::Closures>,
 }
 
 /// What a cluster node adds to a standalone one.
@@ -81,6 +84,7 @@ pub fn router(store: Store, cluster: Option<Cluster>) -> Router {
         store,
         metrics: Arc::new(Metrics::default()),
         cluster,
+        closures: Arc::default(),
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
