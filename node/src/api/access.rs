@@ -17,15 +17,18 @@ use crate::store::{Store, StoreError};
 /// Images whose closures are kept.
 const KEEP: usize = 32;
 
+/// The digests reachable from an image.
+type Closure = Arc<HashSet<Digest>>;
+
 /// Closures of recently read images.
 #[derive(Debug, Default)]
 pub struct Closures {
-    inner: Mutex<(HashMap<Digest, Arc<HashSet<Digest>>>, VecDeque<Digest>)>,
+    inner: Mutex<(HashMap<Digest, Closure>, VecDeque<Digest>)>,
 }
 
 impl Closures {
     /// Every digest reachable from `image` (itself included).
-    pub fn of(&self, store: &Store, image: &Digest) -> Result<Arc<HashSet<Digest>>, StoreError> {
+    pub fn of(&self, store: &Store, image: &Digest) -> Result<Closure, StoreError> {
         if let Some(c) = self.inner.lock().0.get(image) {
             return Ok(c.clone());
         }
