@@ -9,6 +9,7 @@ pub mod apply;
 pub mod model;
 pub mod ops;
 pub mod query;
+mod replicated;
 
 use std::collections::BTreeMap;
 
@@ -20,14 +21,15 @@ pub use model::{
 };
 pub use ops::{check_name, CatalogError, Command, LogEntry, Response};
 pub use query::{Query, QueryAnswer};
+pub use replicated::Replicated;
 
 use crate::index::RocksIndex;
 use crate::keys::catalog as keys;
 use crate::store::Store;
 
-struct RocksView<'a>(&'a RocksIndex);
+pub(crate) struct RocksView<'a>(&'a RocksIndex);
 
-fn storage(e: impl std::fmt::Display) -> CatalogError {
+pub(crate) fn storage(e: impl std::fmt::Display) -> CatalogError {
     CatalogError::Storage(e.to_string())
 }
 
@@ -79,7 +81,7 @@ fn now() -> Time {
 }
 
 impl Catalog<'_> {
-    fn view(&self) -> RocksView<'_> {
+    pub(crate) fn view(&self) -> RocksView<'_> {
         RocksView(&self.store.shared().index)
     }
 
@@ -103,50 +105,15 @@ impl Catalog<'_> {
         };
         let done = apply(&view, &entry)?;
         let bytes = serde_json::to_vec(&entry).map_err(storage)?;
+        let mut writes = done.writes;
+        writes.insert(
+            keys::APPLIED.to_vec(),
+            Some(entry.index.to_be_bytes().to_vec()),
+        );
         sh.index
-            .catalog_commit(
-                Some((entry.index, &bytes)),
-                &done.writes,
-                &[(keys::APPLIED, entry.index.to_be_bytes().to_vec())],
-            )
+            .catalog_commit(&[(entry.index, bytes)], &writes)
             .map_err(storage)?;
         Ok(done.response)
-    }
-
-    /// Applies an entry of a replicated log (cluster mode) together with the state machine's
-    /// `meta` keys, in one synced batch. A refused command changes nothing but `meta` (it
-    /// stays in the Raft log) and its refusal is the answer; the outer error is a storage
-    /// failure.
-    pub fn apply_replicated(
-        &self,
-        entry: Option<&LogEntry>,
-        meta: &[(&[u8], Vec<u8>)],
-    ) -> Result<Result<Response, CatalogError>, CatalogError> {
-        let sh = self.store.shared();
-        let _serial = sh.catalog_lock.lock();
-        let view = self.view();
-        let Some(entry) = entry else {
-            sh.index
-                .catalog_commit(None, &Default::default(), meta)
-                .map_err(storage)?;
-            return Ok(Err(CatalogError::Invalid("no command".into())));
-        };
-        match apply(&view, entry) {
-            Ok(done) => {
-                let bytes = serde_json::to_vec(entry).map_err(storage)?;
-                sh.index
-                    .catalog_commit(Some((entry.index, &bytes)), &done.writes, meta)
-                    .map_err(storage)?;
-                Ok(Ok(done.response))
-            }
-            Err(CatalogError::Storage(e)) => Err(CatalogError::Storage(e)),
-            Err(refused) => {
-                sh.index
-                    .catalog_commit(None, &Default::default(), meta)
-                    .map_err(storage)?;
-                Ok(Err(refused))
-            }
-        }
     }
 
     /// The whole catalog (state without the state machine's own keys, and the log) plus the

@@ -73,27 +73,23 @@ impl RocksIndex {
         Ok(out)
     }
 
-    /// Stores a catalog log entry (if any), its writes and the state machine's own `meta` keys
-    /// (applied index or Raft log id, membership) in one synced batch.
+    /// Stores catalog log entries and the writes they made (state machine keys included) in
+    /// one synced batch.
     pub(crate) fn catalog_commit(
         &self,
-        entry: Option<(u64, &[u8])>,
+        entries: &[(u64, Vec<u8>)],
         writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-        meta: &[(&[u8], Vec<u8>)],
     ) -> Result<(), IndexError> {
         let (cat, log) = (self.cf(CF_CATALOG)?, self.cf(CF_CATALOG_LOG)?);
         let mut wb = WriteBatch::default();
-        if let Some((index, entry)) = entry {
-            wb.put_cf(log, crate::keys::catalog::log(index), entry);
+        for (index, entry) in entries {
+            wb.put_cf(log, crate::keys::catalog::log(*index), entry);
         }
         for (k, v) in writes {
             match v {
                 Some(v) => wb.put_cf(cat, k, v),
                 None => wb.delete_cf(cat, k),
             }
-        }
-        for (k, v) in meta {
-            wb.put_cf(cat, k, v);
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);

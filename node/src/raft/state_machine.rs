@@ -13,7 +13,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use super::snapshot::{self, Contents};
 use super::{io_err, Answer, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::catalog::{CatalogError, LogEntry};
+use crate::catalog::{CatalogError, LogEntry, Replicated};
 use crate::keys::catalog as keys;
 use crate::store::Store;
 
@@ -75,16 +75,16 @@ impl CatalogStateMachine {
         Ok((applied, membership))
     }
 
-    /// Applies one entry (blocking: a synced RocksDB write).
-    fn apply_one(&self, entry: super::Entry) -> io::Result<Answer> {
+    /// Turns a log entry into what the catalog applies.
+    fn prepare(entry: super::Entry) -> io::Result<Replicated> {
         let log_id = entry.log_id;
-        let index = log_id.index;
-        let mut meta: Vec<(&[u8], Vec<u8>)> = vec![(keys::RAFT_APPLIED, json(&Some(&log_id))?)];
+        let mut meta: Vec<(&'static [u8], Vec<u8>)> =
+            vec![(keys::RAFT_APPLIED, json(&Some(&log_id))?)];
         let command = match entry.payload {
             EntryPayload::Blank => None,
             EntryPayload::Normal(p) => Some(LogEntry {
                 v: 1,
-                index,
+                index: log_id.index,
                 time: p.time,
                 caller: p.caller,
                 command: p.command,
@@ -97,12 +97,10 @@ impl CatalogStateMachine {
                 None
             }
         };
-        let answer = self
-            .store
-            .catalog()
-            .apply_replicated(command.as_ref(), &meta)
-            .map_err(storage)?;
-        Ok(Answer(answer))
+        Ok(Replicated {
+            entry: command,
+            meta,
+        })
     }
 
     fn build(&self) -> io::Result<Snapshot> {
@@ -173,10 +171,27 @@ impl RaftStateMachine<TypeConfig> for CatalogStateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        // Everything openraft hands over at once is applied as one run: one synced batch.
+        let mut run = Vec::new();
+        let mut responders = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
-            let answer = self.blocking(move |me| me.apply_one(entry)).await?;
+            run.push(Self::prepare(entry)?);
+            responders.push(responder);
+        }
+        if run.is_empty() {
+            return Ok(());
+        }
+        let answers = self
+            .blocking(move |me| {
+                me.store
+                    .catalog()
+                    .apply_replicated(&run)
+                    .map_err(storage)
+            })
+            .await?;
+        for (answer, responder) in answers.into_iter().zip(responders) {
             if let Some(r) = responder {
-                r.send(answer);
+                r.send(Answer(answer));
             }
         }
         Ok(())
