@@ -111,7 +111,7 @@ impl Catalog<'_> {
             Some(entry.index.to_be_bytes().to_vec()),
         );
         sh.index
-            .catalog_commit(&[(entry.index, bytes)], &writes)
+            .catalog_commit(&[(entry.index, bytes)], &writes, true)
             .map_err(storage)?;
         Ok(done.response)
     }
@@ -121,6 +121,9 @@ impl Catalog<'_> {
     pub(crate) fn export(&self, meta: &[&[u8]]) -> Result<Export, CatalogError> {
         let sh = self.store.shared();
         let _serial = sh.catalog_lock.lock();
+        // Replicated runs are written without a sync: make them durable before a snapshot
+        // lets the Raft log behind it be purged.
+        sh.index.sync_wal().map_err(storage)?;
         let view = self.view();
         let mut state = view.scan_prefix(b"")?;
         state.retain(|(k, _)| !k.starts_with(keys::META_PREFIX));

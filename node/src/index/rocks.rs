@@ -74,11 +74,13 @@ impl RocksIndex {
     }
 
     /// Stores catalog log entries and the writes they made (state machine keys included) in
-    /// one synced batch.
+    /// one batch, synced if `sync` (the embedded catalog, whose only log this is; a Raft
+    /// state machine need not: its log is durable and replays).
     pub(crate) fn catalog_commit(
         &self,
         entries: &[(u64, Vec<u8>)],
         writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        sync: bool,
     ) -> Result<(), IndexError> {
         let (cat, log) = (self.cf(CF_CATALOG)?, self.cf(CF_CATALOG_LOG)?);
         let mut wb = WriteBatch::default();
@@ -92,8 +94,13 @@ impl RocksIndex {
             }
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(sync);
         self.db.write_opt(wb, &wo).map_err(engine)
+    }
+
+    /// Makes every write so far durable (fsync of the write-ahead log).
+    pub(crate) fn sync_wal(&self) -> Result<(), IndexError> {
+        self.db.flush_wal(true).map_err(engine)
     }
 
     /// Replaces the whole catalog (state and log) with `state` and `log`, in one synced batch

@@ -182,12 +182,7 @@ impl RaftStateMachine<TypeConfig> for CatalogStateMachine {
             return Ok(());
         }
         let answers = self
-            .blocking(move |me| {
-                me.store
-                    .catalog()
-                    .apply_replicated(&run)
-                    .map_err(storage)
-            })
+            .blocking(move |me| me.store.catalog().apply_replicated(&run).map_err(storage))
             .await?;
         for (answer, responder) in answers.into_iter().zip(responders) {
             if let Some(r) = responder {

@@ -1,6 +1,7 @@
 //! `mirage-node`: a storage node serving the HTTP API, standalone or as a member of a cluster
 //! (catalog replicated with Raft), and `playground`, a local N-node cluster in one command.
 
+mod bench;
 mod playground;
 
 use std::net::SocketAddr;
@@ -55,6 +56,18 @@ enum Cmd {
     },
     /// Start a local cluster of N nodes (real processes on loopback) and print how to use it.
     Playground(playground::Args),
+    /// Benchmarks on a playground cluster.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Catalog writes and linearizable reads per second, p50/p99 latency, at 1, 8 and 64
+    /// concurrent clients.
+    Catalog(bench::Args),
 }
 
 async fn shutdown_signal() {
@@ -282,5 +295,8 @@ fn main() -> Result<()> {
             rt.block_on(serve(store, listen, cluster, init, tuning))
         }
         Cmd::Playground(args) => rt.block_on(playground::run(args)),
+        Cmd::Bench {
+            cmd: BenchCmd::Catalog(args),
+        } => rt.block_on(bench::run(args)),
     }
 }

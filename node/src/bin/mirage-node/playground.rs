@@ -14,18 +14,18 @@ use anyhow::{bail, Context, Result};
 pub struct Args {
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
-    nodes: u64,
+    pub nodes: u64,
     /// Number of zones the nodes are spread over (round robin).
     #[arg(long, default_value_t = 1)]
-    zones: u64,
+    pub zones: u64,
     /// Directory for the topology, the secret, each node's store and log (default: a new
     /// directory under /tmp).
     #[arg(long)]
-    dir: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
     /// Form the cluster, print how to reach it and exit, leaving the nodes running (their
     /// pids are in DIR/pids).
     #[arg(long)]
-    detach: bool,
+    pub detach: bool,
 }
 
 struct Nodes(Vec<Child>);
@@ -103,8 +103,49 @@ async fn admin_call(
     Ok(())
 }
 
+/// A running playground.
+pub struct Running {
+    nodes: Nodes,
+    /// Base URL of each node.
+    pub urls: Vec<String>,
+    /// The admin's token.
+    pub token: String,
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
 /// Runs the playground.
 pub async fn run(args: Args) -> Result<()> {
+    let p = start(&args).await?;
+    println!(
+        "playground: {} nodes in {} zone(s), files in {}",
+        args.nodes,
+        args.zones,
+        p.dir.display()
+    );
+    for (i, url) in p.urls.iter().enumerate() {
+        println!(
+            "  node {}: {url}  (log {})",
+            i + 1,
+            p.dir.join(format!("node{}.log", i + 1)).display()
+        );
+    }
+    println!("export MIRAGE_CLUSTER={}", p.urls[0]);
+    println!("export MIRAGE_TOKEN={}", p.token);
+    if args.detach {
+        let pids: Vec<String> = p.nodes.0.iter().map(|c| c.id().to_string()).collect();
+        std::fs::write(p.dir.join("pids"), pids.join("\n") + "\n")?;
+        std::mem::forget(p.nodes);
+        return Ok(());
+    }
+    println!("Ctrl-C stops the cluster.");
+    let _ = tokio::signal::ctrl_c().await;
+    drop(p);
+    Ok(())
+}
+
+/// Starts the nodes and forms the catalog group.
+pub async fn start(args: &Args) -> Result<Running> {
     if args.nodes == 0 || args.zones == 0 || args.zones > args.nodes {
         bail!("--nodes must be at least 1 and --zones between 1 and --nodes");
     }
@@ -179,29 +220,13 @@ pub async fn run(args: Args) -> Result<()> {
             .await?;
         }
     }
-    println!(
-        "playground: {} nodes in {} zone(s), files in {}",
-        args.nodes,
-        args.zones,
-        dir.display()
-    );
-    for (i, port) in ports.iter().enumerate() {
-        println!(
-            "  node {}: http://127.0.0.1:{port}  (log {})",
-            i + 1,
-            dir.join(format!("node{}.log", i + 1)).display()
-        );
-    }
-    println!("export MIRAGE_CLUSTER={base}");
-    println!("export MIRAGE_TOKEN={token}");
-    if args.detach {
-        let pids: Vec<String> = nodes.0.iter().map(|c| c.id().to_string()).collect();
-        std::fs::write(dir.join("pids"), pids.join("\n") + "\n")?;
-        std::mem::forget(nodes);
-        return Ok(());
-    }
-    println!("Ctrl-C stops the cluster.");
-    let _ = tokio::signal::ctrl_c().await;
-    drop(nodes);
-    Ok(())
+    Ok(Running {
+        nodes,
+        urls: ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect(),
+        token,
+        dir,
+    })
 }

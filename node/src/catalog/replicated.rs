@@ -1,0 +1,93 @@
+//! Applying entries of a replicated log (cluster mode), many at a time: each entry sees the
+//! writes of the entries before it through an overlay, and the whole run — catalog log
+//! entries, state changes and the state machine's own keys (applied log id, membership) — is
+//! one RocksDB batch. It is not synced: the Raft log is, and after a crash openraft applies
+//! again what the state machine lost (from its committed index, or from the last snapshot,
+//! which is taken only after the WAL is synced). A refused command changes nothing (it stays in the Raft log) and
+//! its refusal is its answer.
+
+use std::collections::BTreeMap;
+
+use super::{apply, storage, Catalog, CatalogError, LogEntry, Pairs, Response, View};
+
+/// One entry to apply: its command (none for Raft's own entries) and the state machine keys
+/// to set once it is applied.
+#[derive(Debug)]
+pub struct Replicated {
+    /// The command, as a catalog log entry.
+    pub entry: Option<LogEntry>,
+    /// State machine keys (`m/…`) and their new values.
+    pub meta: Vec<(&'static [u8], Vec<u8>)>,
+}
+
+/// Writes made so far in the run, over the stored state.
+struct Overlay<'a, V: View> {
+    base: &'a V,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<V: View> View for Overlay<'_, V> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.base.get(key),
+        }
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, CatalogError> {
+        let mut all: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.base.scan_prefix(prefix)?.into_iter().collect();
+        for (k, v) in self
+            .writes
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            match v {
+                Some(v) => all.insert(k.clone(), v.clone()),
+                None => all.remove(k),
+            };
+        }
+        Ok(all.into_iter().collect())
+    }
+}
+
+impl Catalog<'_> {
+    /// Applies `run` in order; returns each entry's answer. The outer error is a storage
+    /// failure (nothing of the run is written then).
+    pub fn apply_replicated(
+        &self,
+        run: &[Replicated],
+    ) -> Result<Vec<Result<Response, CatalogError>>, CatalogError> {
+        let sh = self.store.shared();
+        let _serial = sh.catalog_lock.lock();
+        let base = self.view();
+        let mut overlay = Overlay {
+            base: &base,
+            writes: BTreeMap::new(),
+        };
+        let mut log = Vec::new();
+        let mut answers = Vec::with_capacity(run.len());
+        for r in run {
+            let answer = match &r.entry {
+                None => Err(CatalogError::Invalid("no command".into())),
+                Some(entry) => match apply(&overlay, entry) {
+                    Ok(done) => {
+                        log.push((entry.index, serde_json::to_vec(entry).map_err(storage)?));
+                        overlay.writes.extend(done.writes);
+                        Ok(done.response)
+                    }
+                    Err(CatalogError::Storage(e)) => return Err(CatalogError::Storage(e)),
+                    Err(refused) => Err(refused),
+                },
+            };
+            for (k, v) in &r.meta {
+                overlay.writes.insert(k.to_vec(), Some(v.clone()));
+            }
+            answers.push(answer);
+        }
+        sh.index
+            .catalog_commit(&log, &overlay.writes, false)
+            .map_err(storage)?;
+        Ok(answers)
+    }
+}
