@@ -27,8 +27,9 @@ struct Cli {
     /// against a cluster the token says who you are).
     #[arg(long = "as", global = true, env = "MIRAGE_USER", value_name = "USER")]
     as_user: Option<String>,
-    /// Run against a cluster (any node's URL, e.g. http://10.0.0.1:7300) instead of the
-    /// embedded store; --store is then the local cache (default ~/.cache/mirage/clusters/…).
+    /// Run against a cluster (node URLs, comma-separated, e.g. http://10.0.0.1:7300; a node
+    /// that does not answer is skipped) instead of the embedded store; --store is then the
+    /// local cache (default ~/.cache/mirage/clusters/…).
     #[arg(long, global = true, env = "MIRAGE_CLUSTER", value_name = "URL")]
     cluster: Option<String>,
     /// Bearer token for --cluster (`mirage user add` prints one).

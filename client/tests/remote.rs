@@ -210,6 +210,14 @@ fn verbs_against_a_node_print_what_they_print_on_the_embedded_store() {
     ok(rem_bob.run(&["checkout", "web@2", "-o", or.to_str().unwrap()]));
     assert_eq!(std::fs::read(&oe).unwrap(), std::fs::read(&or).unwrap());
 
+    // Several node URLs: one that does not answer is skipped.
+    let failover = remote(
+        &format!("http://127.0.0.1:1,{url}"),
+        &token,
+        &dir.path().join("cache"),
+    );
+    assert_eq!(ok(failover.run(&["images"])), ok(rem.run(&["images"])));
+
     // Bad credentials and a standalone node's admin routes: clear refusals.
     let wrong = remote(&url, "mrg_nope", &dir.path().join("cache-x"));
     assert!(err(wrong.run(&["images"])).contains("401"));

@@ -254,6 +254,27 @@ fn catalog_group_of_three_processes_survives_losing_its_leader() {
             );
         }
 
+        // A checkin registered through node 2 resolves through node 3 at once.
+        let image = format!("sha256:{}", "ab".repeat(32));
+        let (s, v) = post(
+            &admin,
+            format!("{b2}/v1/catalog/command"),
+            json!({"op": "checkin", "name": "web", "image": image, "parent": null}),
+        )
+        .await;
+        assert_eq!((s, v["version"].as_u64()), (200, Some(1)), "{v}");
+        let (s, v) = post(
+            &admin,
+            format!("{b3}/v1/catalog/query"),
+            json!({"q": "resolve", "reference": "web"}),
+        )
+        .await;
+        assert_eq!(
+            (s, v["resolved"]["image"].as_str()),
+            (200, Some(image.as_str())),
+            "{v}"
+        );
+
         // Credentials: a new user's token works on another node at once; no or a wrong token
         // is 401; a user doing an admin's job is 403; node routes need the cluster secret.
         let bob = add_user(&admin, &b2, "bob").await;
@@ -426,4 +447,110 @@ fn playground_forms_a_three_node_group_and_prints_how_to_reach_it() {
     assert_eq!(st["voters"], json!([1, 2, 3]), "{st}\n{text}");
     assert_eq!(st["leader"], json!(1), "{st}");
     assert_eq!(pids.split_whitespace().count(), 3);
+}
+
+fn signal(c: &Cluster, id: u64, sig: &str) {
+    let pid = c.node(id).child.as_ref().unwrap().id();
+    let st = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// A node that fell behind reads nothing stale once it is back; a node cut off from the
+/// majority refuses catalog writes and reads instead of answering from its own copy; when the
+/// majority returns, the group goes on.
+#[test]
+fn a_node_without_the_majority_refuses_and_a_lagging_node_reads_nothing_stale() {
+    let mut c = Cluster::new(3);
+    c.start(1, true);
+    c.start(2, false);
+    c.start(3, false);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let admin = http_client(&c.token());
+        let b1 = c.node(1).base();
+        for id in [2u64, 3] {
+            let addr = format!("127.0.0.1:{}", c.node(id).port);
+            let (s, v) = post(
+                &admin,
+                format!("{b1}/v1/admin/raft/add-learner"),
+                json!({"id": id, "addr": addr}),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+            let (s, v) = post(
+                &admin,
+                format!("{b1}/v1/admin/raft/promote"),
+                json!({"id": id}),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+        }
+        // Node 3 is paused (it misses writes), then resumes: its first read sees them.
+        signal(&c, 3, "-STOP");
+        for i in 0..5 {
+            add_user(&admin, &b1, &format!("while-paused-{i}")).await;
+        }
+        signal(&c, 3, "-CONT");
+        let seen = users(&admin, &c.node(3).base()).await;
+        assert!(
+            seen.contains(&"while-paused-4".to_string()),
+            "stale read on node 3: {seen:?}"
+        );
+
+        // Nodes 1 and 2 paused: node 3 alone has no quorum. It must neither take a write nor
+        // answer a read from its own copy.
+        signal(&c, 1, "-STOP");
+        signal(&c, 2, "-STOP");
+        let b3 = c.node(3).base();
+        let t = Instant::now();
+        let (s, v) = post(
+            &admin,
+            format!("{b3}/v1/catalog/command"),
+            json!({"op": "add_user", "name": "cut-off", "admin": false}),
+        )
+        .await;
+        assert!(s == 503, "a write without quorum answered {s}: {v}");
+        let (s, v) = post(
+            &admin,
+            format!("{b3}/v1/catalog/query"),
+            json!({"q": "users"}),
+        )
+        .await;
+        assert_eq!(s, 503, "a read without quorum answered: {v}");
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "refusals took {:?}",
+            t.elapsed()
+        );
+
+        // The majority returns: writes and reads work everywhere again, and the refused write
+        // never appears.
+        signal(&c, 1, "-CONT");
+        signal(&c, 2, "-CONT");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (s, _) = post(
+                &admin,
+                format!("{b3}/v1/catalog/command"),
+                json!({"op": "add_user", "name": "healed", "admin": false}),
+            )
+            .await;
+            if s == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the group did not heal");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for id in [1u64, 2, 3] {
+            let seen = users(&admin, &c.node(id).base()).await;
+            assert!(seen.contains(&"healed".to_string()), "node {id}: {seen:?}");
+            // The refused write may or may not have been applied (its outcome was unknown to
+            // the client, and said so), but every node agrees on it.
+            let first = users(&admin, &b1).await;
+            assert_eq!(seen, first, "node {id} disagrees");
+        }
+    });
 }

@@ -18,10 +18,12 @@ use serde::Serialize;
 /// Largest number of digests per has/get request.
 pub const BATCH_DIGESTS: usize = 1000;
 
-/// A cluster (or a standalone node) reached over HTTP.
-#[derive(Debug, Clone)]
+/// A cluster (or a standalone node) reached over HTTP. Given several node URLs, a request
+/// that cannot connect to one goes to the next (and later requests start there).
+#[derive(Debug)]
 pub struct Remote {
-    base: String,
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     http: reqwest::blocking::Client,
 }
 
@@ -50,11 +52,21 @@ pub struct RemoteError {
 }
 
 impl Remote {
-    /// A client of the node at `url` (`http://host:port`) authenticating with `token`.
-    pub fn new(url: &str, token: &str) -> Result<Remote> {
-        let base = url.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            bail!("--cluster {url:?}: give an http:// or https:// URL");
+    /// A client of the nodes at `urls` (`http://host:port`, comma-separated) authenticating
+    /// with `token`.
+    pub fn new(urls: &str, token: &str) -> Result<Remote> {
+        let bases: Vec<String> = urls
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if bases.is_empty() {
+            bail!("--cluster: give at least one node URL");
+        }
+        for b in &bases {
+            if !(b.starts_with("http://") || b.starts_with("https://")) {
+                bail!("--cluster {b:?}: give http:// or https:// URLs");
+            }
         }
         let mut headers = reqwest::header::HeaderMap::new();
         let auth = format!("Bearer {}", token.trim())
@@ -66,12 +78,45 @@ impl Remote {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(600))
             .build()?;
-        Ok(Remote { base, http })
+        Ok(Remote {
+            bases,
+            current: Default::default(),
+            http,
+        })
     }
 
-    /// The base URL.
+    /// The URL of the node requests go to now.
     pub fn url(&self) -> &str {
-        &self.base
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
+    }
+
+    /// Sends the request `build` makes for a node's base URL, to the current node, then to
+    /// each other one while the connection itself fails.
+    fn send(
+        &self,
+        what: &str,
+        build: impl Fn(&str) -> reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response> {
+        use std::sync::atomic::Ordering;
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..self.bases.len() {
+            let i = (start + k) % self.bases.len();
+            let base = &self.bases[i];
+            match build(base).send() {
+                Ok(r) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(r);
+                }
+                Err(e) if e.is_connect() => {
+                    tracing::warn!("{base}: {e}; trying the next node");
+                    last = Some(anyhow::Error::new(e).context(format!("{what} {base}")));
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("{what} {base}"))),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no node to send {what} to")))
     }
 
     fn check(&self, r: reqwest::blocking::Response) -> Result<reqwest::blocking::Response> {
@@ -100,23 +145,16 @@ impl Remote {
         path: &str,
         body: &Q,
     ) -> Result<T> {
-        let url = format!("{}{path}", self.base);
-        let r = self
-            .http
-            .post(&url)
-            .json(body)
-            .send()
-            .with_context(|| format!("POST {url}"))?;
+        let r = self.send(&format!("POST {path}"), |b| {
+            self.http.post(format!("{b}{path}")).json(body)
+        })?;
         Ok(self.check(r)?.json()?)
     }
 
     pub(crate) fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let url = format!("{}{path}", self.base);
-        let r = self
-            .http
-            .get(&url)
-            .send()
-            .with_context(|| format!("GET {url}"))?;
+        let r = self.send(&format!("GET {path}"), |b| {
+            self.http.get(format!("{b}{path}"))
+        })?;
         Ok(self.check(r)?.json()?)
     }
 
@@ -167,13 +205,10 @@ impl Remote {
             body.extend_from_slice(&(i.len() as u32).to_be_bytes());
             body.extend_from_slice(i);
         }
-        let url = format!("{}/v1/items", self.base);
-        let r = self
-            .http
-            .post(&url)
-            .body(body)
-            .send()
-            .with_context(|| format!("POST {url}"))?;
+        let body = bytes::Bytes::from(body);
+        let r = self.send("POST /v1/items", |b| {
+            self.http.post(format!("{b}/v1/items")).body(body.clone())
+        })?;
         let v: serde_json::Value = self.check(r)?.json()?;
         Ok(v["new"].as_u64().unwrap_or(0))
     }
@@ -192,17 +227,15 @@ impl Remote {
         use std::io::Read;
         for batch in ds.chunks(BATCH_DIGESTS) {
             let texts: Vec<String> = batch.iter().map(Digest::to_text).collect();
-            let url = format!("{}/v1/items/get", self.base);
-            let r = self
-                .http
-                .post(&url)
-                .json(&serde_json::json!({
-                    "digests": texts,
-                    "image": image.map(Digest::to_text),
-                    "context": context.map(Digest::to_text),
-                }))
-                .send()
-                .with_context(|| format!("POST {url}"))?;
+            let body = serde_json::json!({
+                "digests": texts,
+                "image": image.map(Digest::to_text),
+                "context": context.map(Digest::to_text),
+            });
+            let r = self.send("POST /v1/items/get", |b| {
+                self.http.post(format!("{b}/v1/items/get")).json(&body)
+            })?;
+            let url = format!("{}/v1/items/get", self.url());
             let mut r = std::io::BufReader::with_capacity(1 << 20, self.check(r)?);
             loop {
                 let mut head = [0u8; 5];

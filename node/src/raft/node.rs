@@ -19,6 +19,9 @@ use super::{Answer, CatalogRaft, Proposal};
 use crate::catalog::{CatalogError, Command, Response, Time};
 use crate::store::Store;
 
+/// How long a forwarded operation may take at the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a catalog operation in cluster mode failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -196,7 +199,7 @@ impl CatalogNode {
             addr: addr.to_string(),
             client: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(30))
+                .timeout(FORWARD_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
             secret: secret.into(),
@@ -299,16 +302,30 @@ impl CatalogNode {
         loop {
             let leader = self.raft.current_leader().await;
             let answer = match leader {
-                Some(l) if l == self.id => self.execute(op.clone()).await,
+                Some(l) if l == self.id => {
+                    match tokio::time::timeout(FORWARD_TIMEOUT, self.execute(op.clone())).await {
+                        Ok(a) => a,
+                        // A leader cut off from its quorum cannot finish anything.
+                        Err(_) => failed(
+                            "raft",
+                            "no quorum answered in time (the leader may be cut off); \
+                             a write may or may not be applied",
+                        ),
+                    }
+                }
                 Some(l) => self.forward(l, &op).await,
                 None => ForwardAnswer::Failed {
                     code: "no_leader".into(),
                     message: String::new(),
                 },
             };
+            // Everything but a write may be sent again when its outcome is unknown.
+            let idempotent = !matches!(op, Forwarded::Write { .. });
             match answer {
                 ForwardAnswer::Failed { code, message } => {
-                    let retry = code == "no_leader" || code == "not_leader";
+                    let retry = code == "no_leader"
+                        || code == "not_leader"
+                        || (idempotent && code == "raft");
                     if !retry {
                         return Err(match code.as_str() {
                             "refused" => ClusterError::Refused(message),

@@ -163,7 +163,7 @@ pub async fn start(args: &Args) -> Result<Running> {
         .map(|_| free_port())
         .collect::<Result<Vec<_>>>()?;
     let config = dir.join("cluster.toml");
-    std::fs::write(&config, topology(&args, &ports, &secret_file))?;
+    std::fs::write(&config, topology(args, &ports, &secret_file))?;
     let exe = std::env::current_exe()?;
     let mut nodes = Nodes(Vec::new());
     for id in 1..=args.nodes {
