@@ -232,3 +232,62 @@ fn every_route_refuses_missing_and_wrong_credentials() {
         assert!(checked >= 2 * (ROUTES.len() - open.len()), "{checked}");
     });
 }
+
+/// A parent's location table over HTTP: every child, with its kind and where it is.
+#[test]
+fn location_tables_are_served_for_an_items_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let token = mirage_node::api::bootstrap_admin(&store).unwrap().unwrap();
+    let alg = Algorithm::Sha256;
+    let blobs: Vec<_> = (0..12).map(|i| blob(alg, 500 + i)).collect();
+    let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(mirage_node::api::run(
+            listener,
+            store,
+            None,
+            std::future::pending(),
+        ));
+        let http = http_client(&token);
+        let mut all: Vec<&[u8]> = blobs.iter().map(|b| b.bytes()).collect();
+        all.push(tree.bytes());
+        let r = http
+            .post(format!("{base}/v1/items"))
+            .body(frames(&all))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = http
+            .post(format!("{base}/v1/items/locations"))
+            .json(&serde_json::json!({"digest": tree.digest().to_text()}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let entries = v["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), blobs.len(), "{v}");
+        for (e, b) in entries.iter().zip(&blobs) {
+            assert_eq!(e["digest"], b.digest().to_text());
+            assert_eq!(e["kind"], "blob");
+            assert_eq!(e["raw_len"].as_u64(), Some(b.bytes().len() as u64));
+        }
+        // A leaf has no table.
+        let v: serde_json::Value = http
+            .post(format!("{base}/v1/items/locations"))
+            .json(&serde_json::json!({"digest": blobs[0].digest().to_text()}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(v["entries"].is_null(), "{v}");
+    });
+}

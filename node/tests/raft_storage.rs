@@ -46,7 +46,7 @@ async fn rocksdb_log_and_catalog_state_machine_pass_the_openraft_suite() {
 async fn state_machine_applies_catalog_commands_like_the_embedded_catalog() {
     use futures_util::stream;
     use mirage_node::catalog::{Command, Time};
-    use mirage_node::raft::{Entry, Proposal};
+    use mirage_node::raft::{Entry, Proposal, Proposals};
     use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
     use openraft::testing::log_id;
     use openraft::EntryPayload;
@@ -89,7 +89,7 @@ async fn state_machine_applies_catalog_commands_like_the_embedded_catalog() {
         .enumerate()
         .map(|(i, (caller, c))| Entry {
             log_id: log_id::<TypeConfig>(1, 1, i as u64 + 1),
-            payload: EntryPayload::Normal(Proposal {
+            payload: EntryPayload::Normal(Proposals(vec![Proposal {
                 v: 1,
                 caller: caller.to_string(),
                 time: Time {
@@ -97,7 +97,7 @@ async fn state_machine_applies_catalog_commands_like_the_embedded_catalog() {
                     nanos: 0,
                 },
                 command: c.clone(),
-            }),
+            }])),
         })
         .collect();
 
@@ -123,6 +123,15 @@ async fn state_machine_applies_catalog_commands_like_the_embedded_catalog() {
     assert_eq!(u.name, "alice");
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.unwrap().index, 4);
+    // Applied commands are numbered on in the catalog log, refused ones are not logged.
+    let logged: Vec<u64> = store
+        .catalog()
+        .log()
+        .unwrap()
+        .iter()
+        .map(|e| e.index)
+        .collect();
+    assert_eq!(logged, [1, 2]);
 
     // The embedded catalog, given the same entries, ends in the same state.
     let dir2 = tempfile::tempdir().unwrap();
@@ -172,4 +181,59 @@ async fn state_machine_applies_catalog_commands_like_the_embedded_catalog() {
     assert_eq!(sm3.applied_state().await.unwrap().0.unwrap().index, 4);
     let cur = sm3.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(cur.meta, snap.meta);
+}
+
+/// Commands grouped in one entry are applied in order, each seeing the ones before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_grouped_in_one_entry_apply_in_order() {
+    use futures_util::stream;
+    use mirage_node::catalog::{Command, Time};
+    use mirage_node::raft::{Entry, Proposal, Proposals};
+    use openraft::storage::RaftStateMachine;
+    use openraft::testing::log_id;
+    use openraft::EntryPayload;
+
+    let p = |caller: &str, command: Command| Proposal {
+        v: 1,
+        caller: caller.into(),
+        time: Time { secs: 1, nanos: 0 },
+        command,
+    };
+    let add = |name: &str, admin: bool| Command::AddUser {
+        name: name.into(),
+        admin,
+        token_sha256: None,
+    };
+    let group = Proposals(vec![
+        p("ann", add("ann", true)),
+        p("ann", add("ben", true)),
+        // ben exists only through the write just before: it must be visible here.
+        p("ben", add("cid", false)),
+        p("cid", add("dan", false)), // refused: cid is no admin
+        p("ben", add("eve", false)),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::open(&dir.path().join("store"));
+    let mut sm = CatalogStateMachine::new(store.clone(), &dir.path().join("snap")).unwrap();
+    let e = Entry {
+        log_id: log_id::<TypeConfig>(1, 1, 1),
+        payload: EntryPayload::Normal(group),
+    };
+    sm.apply(stream::iter([Ok((e, None))])).await.unwrap();
+    let users: Vec<String> = store
+        .catalog()
+        .users()
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(users, ["ann", "ben", "cid", "eve"]);
+    let logged: Vec<u64> = store
+        .catalog()
+        .log()
+        .unwrap()
+        .iter()
+        .map(|e| e.index)
+        .collect();
+    assert_eq!(logged, [1, 2, 3, 4]);
 }

@@ -291,3 +291,56 @@ fn tokio_stream(
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// Body of `POST /v1/items/locations`.
+#[derive(Debug, Deserialize)]
+pub(super) struct LocationsRequest {
+    digest: String,
+    #[serde(default)]
+    image: Option<String>,
+}
+
+/// One child in a location table.
+#[derive(Debug, Serialize)]
+pub(super) struct LocationEntry {
+    digest: Digest,
+    kind: &'static str,
+    volume: u32,
+    offset: u64,
+    raw_len: u32,
+    stored_len: u32,
+}
+
+/// Answer of `POST /v1/items/locations`.
+#[derive(Debug, Serialize)]
+pub(super) struct LocationsResponse {
+    /// `null` when this node keeps no table for the item.
+    entries: Option<Vec<LocationEntry>>,
+}
+
+pub(super) async fn locations(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    Json(req): Json<LocationsRequest>,
+) -> Result<Json<LocationsResponse>, ApiError> {
+    let d = parse_digest(&req.digest)?;
+    let image = req.image.as_deref().map(parse_digest).transpose()?;
+    authorize(&st, caller, image, vec![d]).await?;
+    let store = st.store.clone();
+    let table = super::blocking(move || store.location_table(&d)).await??;
+    Ok(Json(LocationsResponse {
+        entries: table.map(|t| {
+            t.entries
+                .into_iter()
+                .map(|(digest, l)| LocationEntry {
+                    digest,
+                    kind: l.kind.name(),
+                    volume: l.volume,
+                    offset: l.offset,
+                    raw_len: l.raw_len,
+                    stored_len: l.stored_len,
+                })
+                .collect()
+        }),
+    }))
+}

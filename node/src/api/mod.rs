@@ -58,13 +58,14 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Every route, as `METHOD PATH` (checked against `docs/API.md` by a test).
-pub const ROUTES: [&str; 17] = [
+pub const ROUTES: [&str; 18] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
     "POST /v1/items",
     "POST /v1/items/has",
     "POST /v1/items/get",
+    "POST /v1/items/locations",
     "POST /v1/catalog/command",
     "POST /v1/catalog/query",
     "POST /v1/raft/append",
@@ -93,6 +94,7 @@ pub fn router(store: Store, cluster: Option<Cluster>) -> Router {
         .route("/v1/items", post(items::put))
         .route("/v1/items/has", post(items::has))
         .route("/v1/items/get", post(items::get))
+        .route("/v1/items/locations", post(items::locations))
         .route("/v1/catalog/command", post(catalog::command))
         .route("/v1/catalog/query", post(catalog::query))
         .route("/v1/raft/append", post(raft::append))

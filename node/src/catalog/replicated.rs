@@ -8,14 +8,17 @@
 
 use std::collections::BTreeMap;
 
-use super::{apply, storage, Catalog, CatalogError, LogEntry, Pairs, Response, View};
+use super::{
+    apply, storage, Catalog, CatalogError, Command, LogEntry, Pairs, Response, Time, View,
+};
+use crate::keys::catalog as keys;
 
-/// One entry to apply: its command (none for Raft's own entries) and the state machine keys
-/// to set once it is applied.
+/// One Raft entry to apply: its commands (none for Raft's own entries), each with its time
+/// and caller, and the state machine keys to set once it is applied.
 #[derive(Debug)]
 pub struct Replicated {
-    /// The command, as a catalog log entry.
-    pub entry: Option<LogEntry>,
+    /// (time, caller, command), in order.
+    pub commands: Vec<(Time, String, Command)>,
     /// State machine keys (`m/…`) and their new values.
     pub meta: Vec<(&'static [u8], Vec<u8>)>,
 }
@@ -52,12 +55,15 @@ impl<V: View> View for Overlay<'_, V> {
 }
 
 impl Catalog<'_> {
-    /// Applies `run` in order; returns each entry's answer. The outer error is a storage
-    /// failure (nothing of the run is written then).
+    /// Applies `run` in order; returns each entry's answers, one per command. Applied
+    /// commands are numbered on in the catalog log (`m/applied`), exactly as the embedded
+    /// catalog numbers them. The outer error is a storage failure (nothing of the run is
+    /// written then).
+    #[allow(clippy::type_complexity)]
     pub fn apply_replicated(
         &self,
         run: &[Replicated],
-    ) -> Result<Vec<Result<Response, CatalogError>>, CatalogError> {
+    ) -> Result<Vec<Vec<Result<Response, CatalogError>>>, CatalogError> {
         let sh = self.store.shared();
         let _serial = sh.catalog_lock.lock();
         let base = self.view();
@@ -65,26 +71,43 @@ impl Catalog<'_> {
             base: &base,
             writes: BTreeMap::new(),
         };
+        let mut applied = match overlay.get(keys::APPLIED)? {
+            Some(v) => u64::from_be_bytes(
+                <[u8; 8]>::try_from(v.as_slice()).map_err(|_| storage("applied index"))?,
+            ),
+            None => 0,
+        };
         let mut log = Vec::new();
         let mut answers = Vec::with_capacity(run.len());
         for r in run {
-            let answer = match &r.entry {
-                None => Err(CatalogError::Invalid("no command".into())),
-                Some(entry) => match apply(&overlay, entry) {
+            let mut these = Vec::with_capacity(r.commands.len());
+            for (time, caller, command) in &r.commands {
+                let entry = LogEntry {
+                    v: 1,
+                    index: applied + 1,
+                    time: *time,
+                    caller: caller.clone(),
+                    command: command.clone(),
+                };
+                these.push(match apply(&overlay, &entry) {
                     Ok(done) => {
-                        log.push((entry.index, serde_json::to_vec(entry).map_err(storage)?));
+                        applied += 1;
+                        log.push((entry.index, serde_json::to_vec(&entry).map_err(storage)?));
                         overlay.writes.extend(done.writes);
                         Ok(done.response)
                     }
                     Err(CatalogError::Storage(e)) => return Err(CatalogError::Storage(e)),
                     Err(refused) => Err(refused),
-                },
-            };
+                });
+            }
             for (k, v) in &r.meta {
                 overlay.writes.insert(k.to_vec(), Some(v.clone()));
             }
-            answers.push(answer);
+            answers.push(these);
         }
+        overlay
+            .writes
+            .insert(keys::APPLIED.to_vec(), Some(applied.to_be_bytes().to_vec()));
         sh.index
             .catalog_commit(&log, &overlay.writes, false)
             .map_err(storage)?;

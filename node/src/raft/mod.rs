@@ -60,16 +60,34 @@ fn command_name(c: &Command) -> &'static str {
     }
 }
 
-/// What applying a [`Proposal`] answered: a refused command is still a log entry (it changed
+/// The payload of one Raft entry: the commands a node gathered while its previous batch was
+/// in flight (group commit), applied in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposals(pub Vec<Proposal>);
+
+impl fmt::Display for Proposals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            many => write!(f, "{} commands", many.len()),
+        }
+    }
+}
+
+/// What applying a [`Proposal`] answered: a refused command is still in the log (it changed
 /// nothing) and its refusal is the answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer(pub Result<Response, CatalogError>);
 
+/// The answers to the [`Proposals`] of one entry, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answers(pub Vec<Answer>);
+
 openraft::declare_raft_types!(
     /// Raft types of the catalog group.
     pub TypeConfig:
-        D = Proposal,
-        R = Answer,
+        D = Proposals,
+        R = Answers,
         NodeId = u64,
         Node = openraft::BasicNode,
 );

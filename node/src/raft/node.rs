@@ -15,15 +15,16 @@ use serde::{Deserialize, Serialize};
 use super::log_store::RocksLogStore;
 use super::network::{Network, SECRET_HEADER};
 use super::state_machine::CatalogStateMachine;
-use super::{Answer, CatalogRaft, Proposal};
+use super::{Answer, CatalogRaft, Proposal, Proposals};
 use crate::catalog::{CatalogError, Command, Response, Time};
 use crate::store::Store;
+use tokio::sync::{mpsc, oneshot};
 
 /// How long a forwarded operation may take at the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a catalog operation in cluster mode failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterError {
     /// The catalog refused the command or query.
     #[error(transparent)]
@@ -65,10 +66,10 @@ impl Default for Tuning {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Forwarded {
-    /// A catalog command.
+    /// Catalog commands, applied in order as one entry.
     Write {
-        /// The proposal.
-        proposal: Proposal,
+        /// The proposals.
+        proposals: Vec<Proposal>,
     },
     /// The log index a linearizable read must wait for.
     ReadIndex,
@@ -95,8 +96,8 @@ pub enum Forwarded {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ForwardAnswer {
-    /// A command's answer.
-    Answer(Answer),
+    /// The commands' answers, in order.
+    Answers(Vec<Answer>),
     /// A read index.
     ReadIndex(u64),
     /// A membership change was committed.
@@ -135,6 +136,12 @@ pub struct GroupStatus {
     pub snapshot: Option<u64>,
 }
 
+/// A write waiting for the next group commit, and where its answer goes.
+type Queued = (Proposal, oneshot::Sender<Result<Response, ClusterError>>);
+
+/// Most commands in one entry.
+const MAX_GROUP: usize = 512;
+
 /// A node's member of the catalog group.
 #[derive(Clone)]
 pub struct CatalogNode {
@@ -144,6 +151,9 @@ pub struct CatalogNode {
     addr: String,
     client: reqwest::Client,
     secret: Arc<str>,
+    /// Group commit: writes queue here; one task proposes what gathered while the previous
+    /// group was in flight as one entry (`None` in that task's own handle).
+    queue: Option<mpsc::UnboundedSender<Queued>>,
 }
 
 impl std::fmt::Debug for CatalogNode {
@@ -193,7 +203,7 @@ impl CatalogNode {
         let raft = CatalogRaft::new(id, config, Network::new(secret), log, sm)
             .await
             .map_err(raft_err)?;
-        Ok(CatalogNode {
+        let core = CatalogNode {
             raft,
             id,
             addr: addr.to_string(),
@@ -203,7 +213,47 @@ impl CatalogNode {
                 .build()
                 .unwrap_or_default(),
             secret: secret.into(),
+            queue: None,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(core.clone().group_commit(rx));
+        Ok(CatalogNode {
+            queue: Some(tx),
+            ..core
         })
+    }
+
+    /// Proposes queued writes in groups: everything that arrived while the previous group was
+    /// in flight goes as one entry (one forward, one log append, one state machine batch).
+    /// Ends when every handle with the queue is dropped.
+    async fn group_commit(self, mut rx: mpsc::UnboundedReceiver<Queued>) {
+        while let Some(first) = rx.recv().await {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(q) => group.push(q),
+                    Err(_) => break,
+                }
+            }
+            let proposals = group.iter().map(|(p, _)| p.clone()).collect();
+            let result = match self.lead(Forwarded::Write { proposals }).await {
+                Ok(ForwardAnswer::Answers(a)) if a.len() == group.len() => Ok(a),
+                Ok(other) => Err(raft_err(format!("unexpected answer {other:?}"))),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(answers) => {
+                    for ((_, tx), a) in group.into_iter().zip(answers) {
+                        let _ = tx.send(a.0.map_err(ClusterError::from));
+                    }
+                }
+                Err(e) => {
+                    for (_, tx) in group {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
     }
 
     /// This node's id.
@@ -230,9 +280,23 @@ impl CatalogNode {
             time: now(),
             command,
         };
-        match self.lead(Forwarded::Write { proposal }).await? {
-            ForwardAnswer::Answer(a) => Ok(a.0?),
-            other => Err(raft_err(format!("unexpected answer {other:?}"))),
+        match &self.queue {
+            Some(q) => {
+                let (tx, rx) = oneshot::channel();
+                q.send((proposal, tx))
+                    .map_err(|_| raft_err("the node is shutting down"))?;
+                rx.await
+                    .map_err(|_| raft_err("the node is shutting down"))?
+            }
+            None => match self
+                .lead(Forwarded::Write {
+                    proposals: vec![proposal],
+                })
+                .await?
+            {
+                ForwardAnswer::Answers(mut a) if a.len() == 1 => Ok(a.remove(0).0?),
+                other => Err(raft_err(format!("unexpected answer {other:?}"))),
+            },
         }
     }
 
@@ -381,10 +445,12 @@ impl CatalogNode {
     /// `not_leader` and the sender retries).
     pub async fn execute(&self, op: Forwarded) -> ForwardAnswer {
         match op {
-            Forwarded::Write { proposal } => match self.raft.client_write(proposal).await {
-                Ok(r) => ForwardAnswer::Answer(r.data),
-                Err(e) => write_failed(e),
-            },
+            Forwarded::Write { proposals } => {
+                match self.raft.client_write(Proposals(proposals)).await {
+                    Ok(r) => ForwardAnswer::Answers(r.data.0),
+                    Err(e) => write_failed(e),
+                }
+            }
             Forwarded::ReadIndex => {
                 match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
                     Ok(r) => ForwardAnswer::ReadIndex(r.index()),

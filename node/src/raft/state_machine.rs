@@ -12,8 +12,8 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use super::snapshot::{self, Contents};
-use super::{io_err, Answer, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::catalog::{CatalogError, LogEntry, Replicated};
+use super::{io_err, Answer, Answers, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::catalog::{CatalogError, Replicated};
 use crate::keys::catalog as keys;
 use crate::store::Store;
 
@@ -80,27 +80,22 @@ impl CatalogStateMachine {
         let log_id = entry.log_id;
         let mut meta: Vec<(&'static [u8], Vec<u8>)> =
             vec![(keys::RAFT_APPLIED, json(&Some(&log_id))?)];
-        let command = match entry.payload {
-            EntryPayload::Blank => None,
-            EntryPayload::Normal(p) => Some(LogEntry {
-                v: 1,
-                index: log_id.index,
-                time: p.time,
-                caller: p.caller,
-                command: p.command,
-            }),
+        let commands = match entry.payload {
+            EntryPayload::Blank => Vec::new(),
+            EntryPayload::Normal(ps) => {
+                ps.0.into_iter()
+                    .map(|p| (p.time, p.caller, p.command))
+                    .collect()
+            }
             EntryPayload::Membership(m) => {
                 meta.push((
                     keys::RAFT_MEMBERSHIP,
                     json(&StoredMembership::new(Some(log_id), m))?,
                 ));
-                None
+                Vec::new()
             }
         };
-        Ok(Replicated {
-            entry: command,
-            meta,
-        })
+        Ok(Replicated { commands, meta })
     }
 
     fn build(&self) -> io::Result<Snapshot> {
@@ -184,9 +179,9 @@ impl RaftStateMachine<TypeConfig> for CatalogStateMachine {
         let answers = self
             .blocking(move |me| me.store.catalog().apply_replicated(&run).map_err(storage))
             .await?;
-        for (answer, responder) in answers.into_iter().zip(responders) {
+        for (answers, responder) in answers.into_iter().zip(responders) {
             if let Some(r) = responder {
-                r.send(Answer(answer));
+                r.send(Answers(answers.into_iter().map(Answer).collect()));
             }
         }
         Ok(())
