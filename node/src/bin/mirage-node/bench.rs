@@ -31,6 +31,11 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// What a write is: `versions` (a new version of the client's own name: the name's
+    /// record, holding its whole version chain, grows with every write) or `names` (a new
+    /// named image per write).
+    #[arg(long, default_value = "versions", value_parser = ["versions", "names"])]
+    workload: String,
 }
 
 /// One measured run.
@@ -66,6 +71,7 @@ async fn measure(
     seconds: f64,
     urls: Arc<Vec<String>>,
     token: Arc<str>,
+    new_names: bool,
 ) -> Result<Run> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients.max(1))
@@ -85,15 +91,26 @@ async fn measure(
                 let (path, body) = if op == "writes" {
                     let image = Digest::of(Algorithm::Sha256, format!("{name}/{i}").as_bytes())
                         .unwrap_or_else(|_| unreachable_digest());
+                    let target = if new_names {
+                        format!("{name}/{i}")
+                    } else {
+                        name.clone()
+                    };
                     (
                         "/v1/catalog/command",
-                        serde_json::json!({"op": "checkin", "name": name, "image": image,
+                        serde_json::json!({"op": "checkin", "name": target, "image": image,
                                            "parent": null, "description": ""}),
                     )
                 } else {
+                    // The writes run before made this name (names: its first one).
+                    let target = if new_names {
+                        format!("{name}/1")
+                    } else {
+                        name.clone()
+                    };
                     (
                         "/v1/catalog/query",
-                        serde_json::json!({"q": "resolve", "reference": name}),
+                        serde_json::json!({"q": "resolve", "reference": target}),
                     )
                 };
                 let t = Instant::now();
@@ -155,7 +172,15 @@ pub async fn run(args: Args) -> Result<()> {
     let mut runs = Vec::new();
     for &c in &args.clients {
         for op in ["writes", "reads"] {
-            let r = measure(op, c, args.seconds, urls.clone(), token.clone()).await?;
+            let r = measure(
+                op,
+                c,
+                args.seconds,
+                urls.clone(),
+                token.clone(),
+                args.workload == "names",
+            )
+            .await?;
             if !args.json {
                 println!(
                     "catalog {:<6} {:>3} clients: {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ops, {} errors)",
