@@ -200,6 +200,24 @@ async fn add_user(http: &reqwest::Client, base: &str, name: &str) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
+/// Adds nodes 2 and 3 to node 1's group, as voters.
+async fn form_group(c: &Cluster, admin: &reqwest::Client) {
+    let b1 = c.node(1).base();
+    for id in [2u64, 3] {
+        let addr = format!("127.0.0.1:{}", c.node(id).port);
+        let body = json!({"id": id, "addr": addr});
+        let (s, v) = post(admin, format!("{b1}/v1/admin/raft/add-learner"), body).await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = post(
+            admin,
+            format!("{b1}/v1/admin/raft/promote"),
+            json!({"id": id}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+}
+
 #[test]
 fn catalog_group_of_three_processes_survives_losing_its_leader() {
     let mut c = Cluster::new(4);
@@ -210,23 +228,7 @@ fn catalog_group_of_three_processes_survives_losing_its_leader() {
     rt.block_on(async {
         let admin = http_client(&c.token());
         let b1 = c.node(1).base();
-        for id in [2u64, 3] {
-            let addr = format!("127.0.0.1:{}", c.node(id).port);
-            let (s, v) = post(
-                &admin,
-                format!("{b1}/v1/admin/raft/add-learner"),
-                json!({"id": id, "addr": addr}),
-            )
-            .await;
-            assert_eq!(s, 200, "{v}");
-            let (s, v) = post(
-                &admin,
-                format!("{b1}/v1/admin/raft/promote"),
-                json!({"id": id}),
-            )
-            .await;
-            assert_eq!(s, 200, "{v}");
-        }
+        form_group(&c, &admin).await;
         let st = status(&admin, &b1).await;
         assert_eq!(st["voters"], json!([1, 2, 3]), "{st}");
         let m = admin
@@ -471,23 +473,7 @@ fn a_node_without_the_majority_refuses_and_a_lagging_node_reads_nothing_stale() 
     rt.block_on(async {
         let admin = http_client(&c.token());
         let b1 = c.node(1).base();
-        for id in [2u64, 3] {
-            let addr = format!("127.0.0.1:{}", c.node(id).port);
-            let (s, v) = post(
-                &admin,
-                format!("{b1}/v1/admin/raft/add-learner"),
-                json!({"id": id, "addr": addr}),
-            )
-            .await;
-            assert_eq!(s, 200, "{v}");
-            let (s, v) = post(
-                &admin,
-                format!("{b1}/v1/admin/raft/promote"),
-                json!({"id": id}),
-            )
-            .await;
-            assert_eq!(s, 200, "{v}");
-        }
+        form_group(&c, &admin).await;
         // Node 3 is paused (it misses writes), then resumes: its first read sees them.
         signal(&c, 3, "-STOP");
         for i in 0..5 {

@@ -139,7 +139,13 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             }
             (got, compacted)
         });
-        std::thread::sleep(Duration::from_millis(rng.gen_range(30..400)));
+        let mut delay = rng.gen_range(30..400);
+        // On a loaded machine a child may be killed before any compaction finishes in every
+        // round; the last round then runs long enough for one, so the test always covers it.
+        if round + 1 == rounds && volumes_compacted == 0 {
+            delay = 4000;
+        }
+        std::thread::sleep(Duration::from_millis(delay));
         // SAFETY-free: plain kill(2) through libc-free std: Child::kill sends SIGKILL on Unix.
         child.kill().unwrap();
         child.wait().unwrap();

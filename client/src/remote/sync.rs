@@ -91,6 +91,24 @@ fn route(
     Ok(())
 }
 
+/// Hands `inner`'s items to `sink` in batches, children before parents.
+fn finish(
+    root: &Digest,
+    mut inner: Inner,
+    mut sink: impl FnMut(&mut Vec<Vec<u8>>) -> Result<()>,
+) -> Result<()> {
+    let mut batch = Vec::new();
+    for d in post_order(root, &inner) {
+        if let Some((bytes, _)) = inner.remove(&d) {
+            batch.push(bytes);
+            if batch_bytes(&batch) >= BATCH_BYTES {
+                sink(&mut batch)?;
+            }
+        }
+    }
+    sink(&mut batch)
+}
+
 fn batch_bytes(b: &[Vec<u8>]) -> usize {
     b.iter().map(Vec::len).sum()
 }
@@ -156,16 +174,7 @@ pub fn push(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
         frontier = next;
     }
     send(&mut blobs, &mut stats)?;
-    let mut batch = Vec::new();
-    for d in post_order(root, &inner) {
-        if let Some((bytes, _)) = inner.remove(&d) {
-            batch.push(bytes);
-            if batch_bytes(&batch) >= BATCH_BYTES {
-                send(&mut batch, &mut stats)?;
-            }
-        }
-    }
-    send(&mut batch, &mut stats)?;
+    finish(root, inner, |b| send(b, &mut stats))?;
     Ok(stats)
 }
 
@@ -225,16 +234,7 @@ pub fn pull(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
         frontier = next;
     }
     store(&mut blobs, &mut stats)?;
-    let mut batch = Vec::new();
-    for d in post_order(root, &inner) {
-        if let Some((bytes, _)) = inner.remove(&d) {
-            batch.push(bytes);
-            if batch_bytes(&batch) >= BATCH_BYTES {
-                store(&mut batch, &mut stats)?;
-            }
-        }
-    }
-    store(&mut batch, &mut stats)?;
+    finish(root, inner, |b| store(b, &mut stats))?;
     Ok(stats)
 }
 

@@ -70,7 +70,8 @@ impl Store {
     }
 }
 
-fn now() -> Time {
+/// The wall clock as a catalog time.
+pub(crate) fn now() -> Time {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

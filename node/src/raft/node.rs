@@ -16,7 +16,7 @@ use super::log_store::RocksLogStore;
 use super::network::{Network, SECRET_HEADER};
 use super::state_machine::CatalogStateMachine;
 use super::{Answer, CatalogRaft, Proposal, Proposals};
-use crate::catalog::{CatalogError, Command, Response, Time};
+use crate::catalog::{now, CatalogError, Command, Response};
 use crate::store::Store;
 use tokio::sync::{mpsc, oneshot};
 
@@ -159,16 +159,6 @@ pub struct CatalogNode {
 impl std::fmt::Debug for CatalogNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CatalogNode({} at {})", self.id, self.addr)
-    }
-}
-
-fn now() -> Time {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Time {
-        secs: d.as_secs() as i64,
-        nanos: d.subsec_nanos(),
     }
 }
 
