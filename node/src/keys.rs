@@ -52,6 +52,9 @@ pub mod catalog {
     pub const RAFT_APPLIED: &[u8] = b"m/raft_applied";
     /// Cluster mode: the last applied membership (JSON).
     pub const RAFT_MEMBERSHIP: &[u8] = b"m/raft_membership";
+    /// Cluster mode: answers of recent proposals by request id, `m/q/` + id → JSON
+    /// `{time, answer}` (so a retried proposal is not applied twice).
+    pub const REQUEST_PREFIX: &[u8] = b"m/q/";
     /// Prefix of the token index: `t/` + hex SHA-256 of a token → user name.
     pub const TOKEN_PREFIX: &[u8] = b"t/";
 
@@ -111,6 +114,11 @@ pub mod catalog {
     /// Key of a log entry.
     pub fn log(index: u64) -> [u8; 8] {
         index.to_be_bytes()
+    }
+
+    /// Key of a request id's answer.
+    pub fn request(id: &str) -> Vec<u8> {
+        join(REQUEST_PREFIX, id.as_bytes())
     }
 
     /// Key of a token hash (hex SHA-256).

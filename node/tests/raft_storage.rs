@@ -97,6 +97,7 @@ async fn state_machine_applies_catalog_commands_like_the_embedded_catalog() {
                     nanos: 0,
                 },
                 command: c.clone(),
+                id: None,
             }])),
         })
         .collect();
@@ -198,6 +199,7 @@ async fn commands_grouped_in_one_entry_apply_in_order() {
         caller: caller.into(),
         time: Time { secs: 1, nanos: 0 },
         command,
+        id: None,
     };
     let add = |name: &str, admin: bool| Command::AddUser {
         name: name.into(),
@@ -236,4 +238,55 @@ async fn commands_grouped_in_one_entry_apply_in_order() {
         .map(|e| e.index)
         .collect();
     assert_eq!(logged, [1, 2, 3, 4]);
+}
+
+/// A proposal sent again with the same request id (a retry after an unknown outcome) is
+/// answered from the first time and applied once; a different id is a new command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_is_applied_once() {
+    use futures_util::stream;
+    use mirage_node::catalog::{Command, Time};
+    use mirage_node::raft::{Entry, Proposal, Proposals};
+    use openraft::storage::RaftStateMachine;
+    use openraft::testing::log_id;
+    use openraft::EntryPayload;
+
+    let p = |id: &str, command: Command| Proposal {
+        v: 1,
+        caller: "ann".into(),
+        time: Time { secs: 10, nanos: 0 },
+        command,
+        id: Some(id.into()),
+    };
+    let checkin = Command::Checkin {
+        name: "web".into(),
+        image: mirage_format::Digest::of(mirage_format::Algorithm::Sha256, b"x").unwrap(),
+        parent: None,
+        description: String::new(),
+    };
+    let add = Command::AddUser {
+        name: "ann".into(),
+        admin: true,
+        token_sha256: None,
+    };
+    let entries = [
+        Proposals(vec![p("a", add), p("r1", checkin.clone())]),
+        Proposals(vec![p("r1", checkin.clone())]),
+        Proposals(vec![p("r2", checkin)]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::open(&dir.path().join("store"));
+    let mut sm = CatalogStateMachine::new(store.clone(), &dir.path().join("snap")).unwrap();
+    let items = entries.into_iter().enumerate().map(|(i, ps)| {
+        Ok((
+            Entry {
+                log_id: log_id::<TypeConfig>(1, 1, i as u64 + 1),
+                payload: EntryPayload::Normal(ps),
+            },
+            None,
+        ))
+    });
+    sm.apply(stream::iter(items)).await.unwrap();
+    let n = store.catalog().named("ann", "web").unwrap();
+    assert_eq!(n.versions.len(), 2, "r1 applied once, r2 once: {n:?}");
 }

@@ -21,7 +21,7 @@ pub use model::{
 };
 pub use ops::{check_name, CatalogError, Command, LogEntry, Response};
 pub use query::{Query, QueryAnswer};
-pub use replicated::Replicated;
+pub use replicated::{Pending, Replicated};
 
 use crate::index::RocksIndex;
 use crate::keys::catalog as keys;

@@ -3,24 +3,55 @@
 //! entries, state changes and the state machine's own keys (applied log id, membership) — is
 //! one RocksDB batch. It is not synced: the Raft log is, and after a crash openraft applies
 //! again what the state machine lost (from its committed index, or from the last snapshot,
-//! which is taken only after the WAL is synced). A refused command changes nothing (it stays in the Raft log) and
-//! its refusal is its answer.
+//! which is taken only after the WAL is synced). A refused command changes nothing (it stays
+//! in the Raft log) and its refusal is its answer. A command with a request id seen before is
+//! answered from the first time and not applied again.
 
 use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use super::{
     apply, storage, Catalog, CatalogError, Command, LogEntry, Pairs, Response, Time, View,
 };
 use crate::keys::catalog as keys;
 
-/// One Raft entry to apply: its commands (none for Raft's own entries), each with its time
-/// and caller, and the state machine keys to set once it is applied.
+/// How long a request id is remembered, in seconds of log time (entries carry the time their
+/// command was submitted, so forgetting is the same on every replica).
+const REMEMBER_SECS: i64 = 24 * 3600;
+/// Every this many log indexes, forgotten request ids are removed.
+const PRUNE_EVERY: u64 = 1024;
+
+/// A command of a replicated entry.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// When it was submitted.
+    pub time: Time,
+    /// Who submitted it.
+    pub caller: String,
+    /// What it does.
+    pub command: Command,
+    /// Request id, for retries.
+    pub id: Option<String>,
+}
+
+/// One Raft entry to apply: its commands (none for Raft's own entries) and the state machine
+/// keys to set once it is applied.
 #[derive(Debug)]
 pub struct Replicated {
-    /// (time, caller, command), in order.
-    pub commands: Vec<(Time, String, Command)>,
+    /// Raft log index of the entry.
+    pub index: u64,
+    /// The commands, in order.
+    pub commands: Vec<Pending>,
     /// State machine keys (`m/…`) and their new values.
     pub meta: Vec<(&'static [u8], Vec<u8>)>,
+}
+
+/// What is remembered of a request id.
+#[derive(Serialize, Deserialize)]
+struct Remembered {
+    time: Time,
+    answer: Result<Response, CatalogError>,
 }
 
 /// Writes made so far in the run, over the stored state.
@@ -54,6 +85,20 @@ impl<V: View> View for Overlay<'_, V> {
     }
 }
 
+impl<V: View> Overlay<'_, V> {
+    /// Forgets request ids older than `REMEMBER_SECS` before `now`.
+    fn prune(&mut self, now: Time) -> Result<(), CatalogError> {
+        for (k, v) in self.scan_prefix(keys::REQUEST_PREFIX)? {
+            let old = serde_json::from_slice::<Remembered>(&v)
+                .map_or(true, |r| r.time.secs < now.secs - REMEMBER_SECS);
+            if old {
+                self.writes.insert(k, None);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Catalog<'_> {
     /// Applies `run` in order; returns each entry's answers, one per command. Applied
     /// commands are numbered on in the catalog log (`m/applied`), exactly as the embedded
@@ -81,15 +126,25 @@ impl Catalog<'_> {
         let mut answers = Vec::with_capacity(run.len());
         for r in run {
             let mut these = Vec::with_capacity(r.commands.len());
-            for (time, caller, command) in &r.commands {
+            for p in &r.commands {
+                let seen = match &p.id {
+                    Some(id) => overlay
+                        .get(&keys::request(id))?
+                        .and_then(|v| serde_json::from_slice::<Remembered>(&v).ok()),
+                    None => None,
+                };
+                if let Some(first) = seen {
+                    these.push(first.answer);
+                    continue;
+                }
                 let entry = LogEntry {
                     v: 1,
                     index: applied + 1,
-                    time: *time,
-                    caller: caller.clone(),
-                    command: command.clone(),
+                    time: p.time,
+                    caller: p.caller.clone(),
+                    command: p.command.clone(),
                 };
-                these.push(match apply(&overlay, &entry) {
+                let answer = match apply(&overlay, &entry) {
                     Ok(done) => {
                         applied += 1;
                         log.push((entry.index, serde_json::to_vec(&entry).map_err(storage)?));
@@ -98,7 +153,23 @@ impl Catalog<'_> {
                     }
                     Err(CatalogError::Storage(e)) => return Err(CatalogError::Storage(e)),
                     Err(refused) => Err(refused),
-                });
+                };
+                if let Some(id) = &p.id {
+                    let remembered = Remembered {
+                        time: p.time,
+                        answer: answer.clone(),
+                    };
+                    overlay.writes.insert(
+                        keys::request(id),
+                        Some(serde_json::to_vec(&remembered).map_err(storage)?),
+                    );
+                }
+                these.push(answer);
+            }
+            if r.index % PRUNE_EVERY == 0 {
+                if let Some(p) = r.commands.last() {
+                    overlay.prune(p.time)?;
+                }
             }
             for (k, v) in &r.meta {
                 overlay.writes.insert(k.to_vec(), Some(v.clone()));

@@ -35,6 +35,11 @@ pub struct Proposal {
     pub time: Time,
     /// The command.
     pub command: Command,
+    /// Request id (random, chosen by the node that accepted the command): a proposal sent
+    /// again with the same id — a retry after an unknown outcome — is answered from the first
+    /// time instead of being applied twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl fmt::Display for Proposal {

@@ -264,11 +264,13 @@ impl CatalogNode {
     /// Applies `command` as `caller`, through the leader; returns once it is committed and
     /// applied.
     pub async fn write(&self, caller: &str, command: Command) -> Result<Response, ClusterError> {
+        let id: [u8; 16] = rand::random();
         let proposal = Proposal {
             v: 1,
             caller: caller.to_string(),
             time: now(),
             command,
+            id: Some(hex::encode(id)),
         };
         match &self.queue {
             Some(q) => {
@@ -373,13 +375,11 @@ impl CatalogNode {
                     message: String::new(),
                 },
             };
-            // Everything but a write may be sent again when its outcome is unknown.
-            let idempotent = !matches!(op, Forwarded::Write { .. });
+            // Every operation may be sent again when its outcome is unknown: writes carry
+            // request ids, so the state machine answers a repeated one from the first time.
             match answer {
                 ForwardAnswer::Failed { code, message } => {
-                    let retry = code == "no_leader"
-                        || code == "not_leader"
-                        || (idempotent && code == "raft");
+                    let retry = code == "no_leader" || code == "not_leader" || code == "raft";
                     if !retry {
                         return Err(match code.as_str() {
                             "refused" => ClusterError::Refused(message),

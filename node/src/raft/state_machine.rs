@@ -13,7 +13,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use super::snapshot::{self, Contents};
 use super::{io_err, Answer, Answers, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::catalog::{CatalogError, Replicated};
+use crate::catalog::{CatalogError, Pending, Replicated};
 use crate::keys::catalog as keys;
 use crate::store::Store;
 
@@ -84,7 +84,12 @@ impl CatalogStateMachine {
             EntryPayload::Blank => Vec::new(),
             EntryPayload::Normal(ps) => {
                 ps.0.into_iter()
-                    .map(|p| (p.time, p.caller, p.command))
+                    .map(|p| Pending {
+                        time: p.time,
+                        caller: p.caller,
+                        command: p.command,
+                        id: p.id,
+                    })
                     .collect()
             }
             EntryPayload::Membership(m) => {
@@ -95,7 +100,11 @@ impl CatalogStateMachine {
                 Vec::new()
             }
         };
-        Ok(Replicated { commands, meta })
+        Ok(Replicated {
+            index: log_id.index,
+            commands,
+            meta,
+        })
     }
 
     fn build(&self) -> io::Result<Snapshot> {
