@@ -182,6 +182,45 @@ async fn state_machine_applies_catalog_commands_like_the_embedded_catalog() {
     assert_eq!(sm3.applied_state().await.unwrap().0.unwrap().index, 4);
     let cur = sm3.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(cur.meta, snap.meta);
+
+    // And it goes on exactly like the node it came from: the next command gets the same
+    // catalog log index on both, and a request id remembered before the snapshot is still
+    // answered from the first time.
+    let next = |i: u64, id: &str| Entry {
+        log_id: log_id::<TypeConfig>(1, 1, i),
+        payload: EntryPayload::Normal(Proposals(vec![Proposal {
+            v: 1,
+            caller: "alice".into(),
+            time: Time {
+                secs: 1_700_000_100,
+                nanos: 0,
+            },
+            command: Command::AddUser {
+                name: format!("user-{id}"),
+                admin: false,
+                token_sha256: None,
+            },
+            id: Some(id.into()),
+        }])),
+    };
+    for (sm, st) in [(&mut sm, &store), (&mut sm3, &other)] {
+        sm.apply(stream::iter([Ok((next(5, "r5"), None))]))
+            .await
+            .unwrap();
+        sm.apply(stream::iter([Ok((next(6, "r5"), None))]))
+            .await
+            .unwrap();
+        let log = st.catalog().log().unwrap();
+        assert_eq!(log.last().map(|e| e.index), Some(3), "{log:?}");
+    }
+    assert_eq!(
+        other.catalog().dump().unwrap(),
+        store.catalog().dump().unwrap()
+    );
+    assert_eq!(
+        other.catalog().log().unwrap(),
+        store.catalog().log().unwrap()
+    );
 }
 
 /// Commands grouped in one entry are applied in order, each seeing the ones before it.

@@ -117,8 +117,8 @@ impl Catalog<'_> {
         Ok(done.response)
     }
 
-    /// The whole catalog (state without the state machine's own keys, and the log) plus the
-    /// value of each key in `meta`, read under the catalog lock so they belong together.
+    /// The whole catalog (every key but those in `meta`, and the log) plus the value of each
+    /// key in `meta`, read under the catalog lock so they belong together.
     pub(crate) fn export(&self, meta: &[&[u8]]) -> Result<Export, CatalogError> {
         let sh = self.store.shared();
         let _serial = sh.catalog_lock.lock();
@@ -127,7 +127,9 @@ impl Catalog<'_> {
         sh.index.sync_wal().map_err(storage)?;
         let view = self.view();
         let mut state = view.scan_prefix(b"")?;
-        state.retain(|(k, _)| !k.starts_with(keys::META_PREFIX));
+        // The keys asked for travel separately (a snapshot's metadata); everything else,
+        // the state machine's counters and remembered requests included, is state.
+        state.retain(|(k, _)| !meta.contains(&k.as_slice()));
         let log = sh.index.catalog_log().map_err(storage)?;
         let meta = meta.iter().map(|k| view.get(k)).collect::<Result<_, _>>()?;
         Ok((state, log, meta))

@@ -131,7 +131,8 @@ impl CatalogStateMachine {
 
     fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         let mut c = snapshot::decode(data)?;
-        c.state.retain(|(k, _)| !k.starts_with(keys::META_PREFIX));
+        c.state
+            .retain(|(k, _)| k != keys::RAFT_APPLIED && k != keys::RAFT_MEMBERSHIP);
         c.state
             .push((keys::RAFT_APPLIED.to_vec(), json(&meta.last_log_id)?));
         c.state
