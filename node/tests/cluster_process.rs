@@ -301,6 +301,34 @@ fn catalog_group_of_three_processes_survives_losing_its_leader() {
         );
         let (s, _) = post(&bob, format!("{b1}/v1/admin/raft/remove"), json!({"id": 2})).await;
         assert_eq!(s, 403);
+        // A replaced token stops working at once, on every node, for writes too.
+        let (s, v) = post(&admin, format!("{b2}/v1/catalog/command"), json!({"op": "set_token", "name": "bob", "token_sha256": ""})).await;
+        assert_eq!(s, 200, "{v}");
+        let bob2 = http_client(v["token"].as_str().unwrap());
+        for base in [&b1, &b2, &b3] {
+            let (s, v) = post(&bob, format!("{base}/v1/catalog/command"), json!({"op": "checkin", "name": "bobs", "image": format!("sha256:{}", "cd".repeat(32)), "parent": null})).await;
+            assert!(s == 401 || s == 403, "old token on {base}: {s} {v}");
+        }
+        let (s, v) = post(&bob2, format!("{b3}/v1/catalog/query"), json!({"q": "whoami"})).await;
+        assert_eq!((s, v["user"]["name"].as_str()), (200, Some("bob")), "{v}");
+        // A damaged snapshot from a peer is refused before it reaches the state machine.
+        let snap = mirage_node::raft::state_machine::Snapshot {
+            meta: Default::default(),
+            snapshot: b"MRGSNAP\n garbage".to_vec(),
+        };
+        let vote = mirage_node::raft::Vote::new(1, 1);
+        let body = mirage_node::raft::network::snapshot_body(&vote, &snap).unwrap();
+        let r = reqwest::Client::new()
+            .post(format!("{b3}/v1/raft/snapshot"))
+            .header("x-mirage-cluster-secret", "playground-secret-0123456789")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(code, 400, "{text}");
+        assert!(text.contains("bad_snapshot") && text.contains("catalog snapshot"), "{text}");
         let anon = reqwest::Client::new();
         let (s, v) = post(
             &anon,
@@ -549,4 +577,37 @@ fn a_node_without_the_majority_refuses_and_a_lagging_node_reads_nothing_stale() 
             assert_eq!(seen, first, "node {id} disagrees");
         }
     });
+}
+
+/// A store with a standalone catalog does not join a cluster (its state would diverge from
+/// the group's).
+#[test]
+fn a_standalone_store_refuses_to_join_a_cluster() {
+    let c = Cluster::new(1);
+    let store = &c.node(1).store;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mirage-node"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+        .arg(store)
+        .env("MIRAGE_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{line:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mirage-node"))
+        .args(["serve", "--id", "1", "--store"])
+        .arg(store)
+        .arg("--cluster")
+        .arg(&c.config)
+        .env("MIRAGE_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already holds a standalone catalog"), "{err}");
 }

@@ -98,6 +98,7 @@ async fn state_machine_applies_catalog_commands_like_the_embedded_catalog() {
                 },
                 command: c.clone(),
                 id: None,
+                token_sha256: None,
             }])),
         })
         .collect();
@@ -201,6 +202,7 @@ async fn state_machine_applies_catalog_commands_like_the_embedded_catalog() {
                 token_sha256: None,
             },
             id: Some(id.into()),
+            token_sha256: None,
         }])),
     };
     for (sm, st) in [(&mut sm, &store), (&mut sm3, &other)] {
@@ -239,6 +241,7 @@ async fn commands_grouped_in_one_entry_apply_in_order() {
         time: Time { secs: 1, nanos: 0 },
         command,
         id: None,
+        token_sha256: None,
     };
     let add = |name: &str, admin: bool| Command::AddUser {
         name: name.into(),
@@ -296,6 +299,7 @@ async fn a_retried_request_is_applied_once() {
         time: Time { secs: 10, nanos: 0 },
         command,
         id: Some(id.into()),
+        token_sha256: None,
     };
     let checkin = Command::Checkin {
         name: "web".into(),

@@ -32,7 +32,12 @@ impl Closures {
         if let Some(c) = self.inner.lock().0.get(image) {
             return Ok(c.clone());
         }
-        let c = Arc::new(closure(store, image)?);
+        let (c, complete) = closure(store, image)?;
+        let c = Arc::new(c);
+        if !complete {
+            // Items still arriving (or held elsewhere): answer from what is here, keep nothing.
+            return Ok(c);
+        }
         let mut g = self.inner.lock();
         let (map, order) = &mut *g;
         if map.insert(*image, c.clone()).is_none() {
@@ -47,7 +52,10 @@ impl Closures {
     }
 }
 
-fn closure(store: &Store, image: &Digest) -> Result<HashSet<Digest>, StoreError> {
+/// The digests reachable from `image` that this node can see, and whether that is all of
+/// them (no inner item missing).
+fn closure(store: &Store, image: &Digest) -> Result<(HashSet<Digest>, bool), StoreError> {
+    let mut complete = true;
     let mut seen = HashSet::from([*image]);
     let mut queue = vec![*image];
     while let Some(d) = queue.pop() {
@@ -64,7 +72,10 @@ fn closure(store: &Store, image: &Digest) -> Result<HashSet<Digest>, StoreError>
                     Ok(item) => item.refs().into_iter().map(|c| (c, true)).collect(),
                     Err(_) => Vec::new(),
                 },
-                None => Vec::new(),
+                None => {
+                    complete = false;
+                    Vec::new()
+                }
             },
         };
         for (c, inner) in children {
@@ -73,5 +84,5 @@ fn closure(store: &Store, image: &Digest) -> Result<HashSet<Digest>, StoreError>
             }
         }
     }
-    Ok(seen)
+    Ok((seen, complete))
 }

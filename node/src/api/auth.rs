@@ -10,9 +10,10 @@ use super::{ApiError, AppState};
 use crate::auth::{same_secret, token_hash};
 use crate::raft::network::SECRET_HEADER;
 
-/// An authenticated user.
+/// An authenticated user: its name and the SHA-256 of the token it presented (a command
+/// carries it, and is refused at apply time if the token was replaced meanwhile).
 #[derive(Debug, Clone)]
-pub struct Caller(pub String);
+pub struct Caller(pub String, pub String);
 
 /// A request from another node of the cluster.
 #[derive(Debug, Clone, Copy)]
@@ -43,13 +44,15 @@ impl FromRequestParts<AppState> for Caller {
             super::blocking(move || store.catalog().user_by_token(&h))
         };
         if let Some(u) = lookup(h.clone()).await?? {
-            return Ok(Caller(u.name));
+            return Ok(Caller(u.name, h));
         }
         // A user added a moment ago may not have reached this node yet: catch up once.
         if let Some(c) = &st.cluster {
-            c.node.read_barrier().await?;
-            if let Some(u) = lookup(h).await?? {
-                return Ok(Caller(u.name));
+            // Without a leader the answer stays 401: an unknown token learns nothing more.
+            if c.node.read_barrier().await.is_ok() {
+                if let Some(u) = lookup(h.clone()).await?? {
+                    return Ok(Caller(u.name, h));
+                }
             }
         }
         Err(unauthorized())

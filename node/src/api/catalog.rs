@@ -25,7 +25,7 @@ pub struct CommandAnswer {
 
 pub(super) async fn command(
     State(st): State<AppState>,
-    Caller(caller): Caller,
+    Caller(caller, token_sha256): Caller,
     Json(mut cmd): Json<Command>,
 ) -> Result<Json<CommandAnswer>, ApiError> {
     // Tokens are made here, never chosen by the client: only their hash enters the log.
@@ -42,7 +42,7 @@ pub(super) async fn command(
         }
         _ => None,
     };
-    let response = submit(&st, caller, cmd).await?;
+    let response = submit(&st, caller, Some(token_sha256), cmd).await?;
     Ok(Json(CommandAnswer { response, token }))
 }
 
@@ -50,10 +50,11 @@ pub(super) async fn command(
 pub(super) async fn submit(
     st: &AppState,
     caller: String,
+    token_sha256: Option<String>,
     cmd: Command,
 ) -> Result<Response, ApiError> {
     match &st.cluster {
-        Some(c) => Ok(c.node.write(&caller, cmd).await?),
+        Some(c) => Ok(c.node.write_as(&caller, token_sha256, cmd).await?),
         None => {
             let store = st.store.clone();
             Ok(blocking(move || store.catalog().submit(&caller, cmd)).await??)
@@ -63,7 +64,7 @@ pub(super) async fn submit(
 
 pub(super) async fn query(
     State(st): State<AppState>,
-    Caller(caller): Caller,
+    Caller(caller, _): Caller,
     Json(q): Json<Query>,
 ) -> Result<Json<QueryAnswer>, ApiError> {
     if let Some(c) = &st.cluster {

@@ -206,10 +206,12 @@ async fn authorize(
             code: "denied",
             message: "name the image the items belong to (\"image\")".into(),
         })?;
-        if let Some(rec) = c.image(&image)? {
-            if !c.may_see(&caller, &rec)? {
-                return Err(CatalogError::NotFound(image.to_text()).into());
-            }
+        // The image must be one the catalog records (a named image's version) and the caller
+        // may see; any other digest — a subtree of some image, an unnamed upload — is refused
+        // like a hidden name, so a digest learned once is no key to an image later hidden.
+        match c.image(&image)? {
+            Some(rec) if c.may_see(&caller, &rec)? => {}
+            _ => return Err(CatalogError::NotFound(image.to_text()).into()),
         }
         let closure = closures.of(&store, &image)?;
         if let Some(d) = ds.iter().find(|d| !closure.contains(d)) {
@@ -226,7 +228,7 @@ async fn authorize(
 
 pub(super) async fn get(
     State(st): State<AppState>,
-    Caller(caller): Caller,
+    Caller(caller, _): Caller,
     Json(req): Json<GetRequest>,
 ) -> Result<Response, ApiError> {
     let ds = parse_digests(&req.digests)?;
@@ -320,7 +322,7 @@ pub(super) struct LocationsResponse {
 
 pub(super) async fn locations(
     State(st): State<AppState>,
-    Caller(caller): Caller,
+    Caller(caller, _): Caller,
     Json(req): Json<LocationsRequest>,
 ) -> Result<Json<LocationsResponse>, ApiError> {
     let d = parse_digest(&req.digest)?;

@@ -58,7 +58,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Every route, as `METHOD PATH` (checked against `docs/API.md` by a test).
-pub const ROUTES: [&str; 18] = [
+pub const ROUTES: [&str; 19] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -72,6 +72,7 @@ pub const ROUTES: [&str; 18] = [
     "POST /v1/raft/vote",
     "POST /v1/raft/snapshot",
     "POST /v1/raft/forward",
+    "GET /v1/raft/applied",
     "GET /v1/admin/raft",
     "POST /v1/admin/raft/add-learner",
     "POST /v1/admin/raft/promote",
@@ -101,6 +102,7 @@ pub fn router(store: Store, cluster: Option<Cluster>) -> Router {
         .route("/v1/raft/vote", post(raft::vote))
         .route("/v1/raft/snapshot", post(raft::snapshot))
         .route("/v1/raft/forward", post(raft::forward))
+        .route("/v1/raft/applied", get(raft::applied))
         .route("/v1/admin/raft", get(raft::status))
         .route("/v1/admin/raft/add-learner", post(raft::add_learner))
         .route("/v1/admin/raft/promote", post(raft::promote))
@@ -121,7 +123,7 @@ async fn ready(State(st): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn whoami(Caller(c): Caller) -> String {
+async fn whoami(Caller(c, _): Caller) -> String {
     format!("{c}\n")
 }
 

@@ -56,6 +56,9 @@ pub(super) async fn snapshot(
     let c = cluster(&st)?;
     let (vote, snap) =
         parse_snapshot_body(&body).map_err(|m| ApiError::bad_request("bad_snapshot", m))?;
+    // A damaged snapshot is refused here: handed to the state machine it would stop Raft.
+    crate::raft::snapshot::decode(&snap.snapshot)
+        .map_err(|e| ApiError::bad_request("bad_snapshot", e.to_string()))?;
     Ok(Json(
         c.node
             .raft
@@ -63,6 +66,13 @@ pub(super) async fn snapshot(
             .await
             .map_err(fatal)?,
     ))
+}
+
+pub(super) async fn applied(
+    State(st): State<AppState>,
+    _: Peer,
+) -> Result<Json<Option<u64>>, ApiError> {
+    Ok(Json(cluster(&st)?.node.status().applied))
 }
 
 pub(super) async fn forward(
@@ -94,7 +104,7 @@ async fn require_admin(st: &AppState, caller: &str) -> Result<(), ApiError> {
 
 pub(super) async fn status(
     State(st): State<AppState>,
-    Caller(_): Caller,
+    Caller(..): Caller,
 ) -> Result<Json<GroupStatus>, ApiError> {
     Ok(Json(cluster(&st)?.node.status()))
 }
@@ -110,7 +120,7 @@ pub(super) struct MemberRequest {
 
 pub(super) async fn add_learner(
     State(st): State<AppState>,
-    Caller(caller): Caller,
+    Caller(caller, _): Caller,
     Json(r): Json<MemberRequest>,
 ) -> Result<Json<GroupStatus>, ApiError> {
     require_admin(&st, &caller).await?;
@@ -118,13 +128,15 @@ pub(super) async fn add_learner(
     let addr = r
         .addr
         .ok_or_else(|| ApiError::bad_request("invalid", "add-learner needs the node's addr"))?;
-    c.node.add_learner(r.id, &addr).await?;
+    c.node
+        .add_learner(r.id, &addr, std::time::Duration::from_secs(120))
+        .await?;
     Ok(Json(c.node.status()))
 }
 
 pub(super) async fn promote(
     State(st): State<AppState>,
-    Caller(caller): Caller,
+    Caller(caller, _): Caller,
     Json(r): Json<MemberRequest>,
 ) -> Result<Json<GroupStatus>, ApiError> {
     require_admin(&st, &caller).await?;
@@ -135,7 +147,7 @@ pub(super) async fn promote(
 
 pub(super) async fn remove(
     State(st): State<AppState>,
-    Caller(caller): Caller,
+    Caller(caller, _): Caller,
     Json(r): Json<MemberRequest>,
 ) -> Result<Json<GroupStatus>, ApiError> {
     require_admin(&st, &caller).await?;

@@ -33,6 +33,8 @@ pub struct Pending {
     pub command: Command,
     /// Request id, for retries.
     pub id: Option<String>,
+    /// The token the caller authenticated with (hex SHA-256), if any.
+    pub token_sha256: Option<String>,
 }
 
 /// One Raft entry to apply: its commands (none for Raft's own entries) and the state machine
@@ -144,7 +146,17 @@ impl Catalog<'_> {
                     caller: p.caller.clone(),
                     command: p.command.clone(),
                 };
+                let revoked = match &p.token_sha256 {
+                    Some(h) => overlay
+                        .get(&keys::user(&p.caller))?
+                        .and_then(|v| serde_json::from_slice::<super::User>(&v).ok())
+                        .is_none_or(|u| u.token_sha256.as_deref() != Some(h.as_str())),
+                    None => false,
+                };
                 let answer = match apply(&overlay, &entry) {
+                    _ if revoked => Err(CatalogError::Denied(
+                        "the token this request was made with is no longer valid".into(),
+                    )),
                     Ok(done) => {
                         applied += 1;
                         log.push((entry.index, serde_json::to_vec(&entry).map_err(storage)?));

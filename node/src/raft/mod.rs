@@ -40,6 +40,10 @@ pub struct Proposal {
     /// time instead of being applied twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// SHA-256 of the token the caller authenticated with, if any: applying refuses the
+    /// command if the caller's token has been replaced since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
 }
 
 impl fmt::Display for Proposal {

@@ -177,6 +177,16 @@ impl CatalogNode {
         secret: &str,
         tuning: Tuning,
     ) -> Result<Self, ClusterError> {
+        // A standalone catalog must not become a replica: the group's log would be applied on
+        // top of state the other members do not have.
+        let c = store.catalog();
+        if c.get_raw(crate::keys::catalog::RAFT_APPLIED)?.is_none() && !c.dump()?.is_empty() {
+            return Err(ClusterError::Refused(format!(
+                "{} already holds a standalone catalog; a cluster member starts from an empty \
+                 store (or one that was a member before)",
+                store.dir().display()
+            )));
+        }
         std::fs::create_dir_all(dir).map_err(raft_err)?;
         let log = RocksLogStore::open(&dir.join("log")).map_err(raft_err)?;
         let sm = CatalogStateMachine::new(store, &dir.join("snapshots")).map_err(raft_err)?;
@@ -264,6 +274,18 @@ impl CatalogNode {
     /// Applies `command` as `caller`, through the leader; returns once it is committed and
     /// applied.
     pub async fn write(&self, caller: &str, command: Command) -> Result<Response, ClusterError> {
+        self.write_as(caller, None, command).await
+    }
+
+    /// [`CatalogNode::write`] for a caller authenticated by the token hashing to
+    /// `token_sha256`: the command is refused when it is applied if that is no longer the
+    /// caller's token (replaced meanwhile through another node).
+    pub async fn write_as(
+        &self,
+        caller: &str,
+        token_sha256: Option<String>,
+        command: Command,
+    ) -> Result<Response, ClusterError> {
         let id: [u8; 16] = rand::random();
         let proposal = Proposal {
             v: 1,
@@ -271,6 +293,7 @@ impl CatalogNode {
             time: now(),
             command,
             id: Some(hex::encode(id)),
+            token_sha256,
         };
         match &self.queue {
             Some(q) => {
@@ -306,14 +329,42 @@ impl CatalogNode {
         Ok(())
     }
 
-    /// Adds node `id` at `addr` as a learner (it receives the log, does not vote).
-    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<(), ClusterError> {
+    /// Adds node `id` at `addr` as a learner (it receives the log, does not vote); returns
+    /// once the learner has applied what was committed when it was added (or after `wait`).
+    pub async fn add_learner(
+        &self,
+        id: u64,
+        addr: &str,
+        wait: Duration,
+    ) -> Result<(), ClusterError> {
         self.lead(Forwarded::AddLearner {
             id,
             addr: addr.to_string(),
         })
-        .await
-        .map(|_| ())
+        .await?;
+        let target = self.status().applied;
+        let client = &self.client;
+        let url = format!("http://{addr}/v1/raft/applied");
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            let r = client
+                .get(&url)
+                .header(SECRET_HEADER, &*self.secret)
+                .send()
+                .await;
+            if let Ok(r) = r {
+                if let Ok(applied) = r.json::<Option<u64>>().await {
+                    if applied >= target {
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(ClusterError::Raft(format!(
+            "node {id} was added as a learner but has not caught up within {wait:?}; \
+             watch it with `mirage admin raft status`"
+        )))
     }
 
     /// Makes learner `id` a voter.
@@ -448,8 +499,10 @@ impl CatalogNode {
                     Err(e) => failed("raft", e.to_string()),
                 }
             }
+            // Added without waiting for it to catch up (that may take longer than a forward
+            // may); the admin route then waits for it.
             Forwarded::AddLearner { id, addr } => {
-                match self.raft.add_learner(id, BasicNode::new(addr), true).await {
+                match self.raft.add_learner(id, BasicNode::new(addr), false).await {
                     Ok(_) => ForwardAnswer::Done,
                     Err(e) => write_failed(e),
                 }

@@ -130,16 +130,29 @@ pub fn decode(b: &[u8]) -> io::Result<Contents> {
     Ok(out)
 }
 
-/// Writes the current snapshot file atomically (temporary file, fsync, rename, fsync of the
-/// directory).
+/// Serializes snapshot file writes in a process (a snapshot is built in a task of its own
+/// while another may be installed).
+static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Writes the current snapshot file atomically (a temporary file of its own, fsync, rename,
+/// fsync of the directory), unless the file there already covers a later log id: the file
+/// never goes back in the log.
 pub fn save(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-    let meta = serde_json::to_vec(meta).map_err(super::io_err)?;
-    let tmp = dir.join("snapshot.tmp");
+    let _one = SAVING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Ok(Some((current, _))) = load(dir) {
+        if current.last_log_id > meta.last_log_id {
+            return Ok(());
+        }
+    }
+    let encoded = serde_json::to_vec(meta).map_err(super::io_err)?;
+    let tmp = dir.join(format!("snapshot.tmp.{}", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(FILE_MAGIC)?;
-        f.write_all(&(meta.len() as u32).to_le_bytes())?;
-        f.write_all(&meta)?;
+        f.write_all(&(encoded.len() as u32).to_le_bytes())?;
+        f.write_all(&encoded)?;
         f.write_all(data)?;
         f.sync_all()?;
     }

@@ -89,6 +89,7 @@ impl CatalogStateMachine {
                         caller: p.caller,
                         command: p.command,
                         id: p.id,
+                        token_sha256: p.token_sha256,
                     })
                     .collect()
             }
@@ -138,11 +139,13 @@ impl CatalogStateMachine {
         c.state
             .push((keys::RAFT_MEMBERSHIP.to_vec(), json(&meta.last_membership)?));
         c.state.sort();
+        // The file first: after a crash between the two, the state is older than the file
+        // (openraft installs the file again), never newer (the log behind it may be purged).
+        snapshot::save(&self.dir, meta, data)?;
         self.store
             .catalog()
             .replace(&c.state, &c.log)
-            .map_err(storage)?;
-        snapshot::save(&self.dir, meta, data)
+            .map_err(storage)
     }
 
     async fn blocking<T: Send + 'static>(
