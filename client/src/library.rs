@@ -189,6 +189,22 @@ pub enum UserCmd {
     },
     /// List users.
     List,
+    /// Give a user a new bearer token (the user itself or an admin); the old one stops
+    /// working.
+    Token {
+        /// Name.
+        name: String,
+    },
+}
+
+/// Prints a user's new token (made by the cluster node in remote mode, here otherwise: a
+/// node serving this store accepts it).
+fn print_token(name: &str, token: String, json: bool) -> Result<()> {
+    if json {
+        return print_json(&serde_json::json!({"name": name, "token": token}));
+    }
+    println!("token for {name} (shown once): {token}");
+    Ok(())
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
@@ -235,8 +251,6 @@ pub fn run(ctx: &Ctx<'_>, json: bool, cmd: &LibraryCmd) -> Result<()> {
         let r = ctx.submit(command)?;
         if json {
             print_json(&r)?;
-        } else if let Some(t) = &r.token {
-            println!("token (shown once; give it to the user): {t}");
         }
         Ok(())
     };
@@ -421,11 +435,23 @@ pub fn run(ctx: &Ctx<'_>, json: bool, cmd: &LibraryCmd) -> Result<()> {
             json,
         )?,
         LibraryCmd::User { cmd } => match cmd {
-            UserCmd::Add { name, admin } => submit(Command::AddUser {
-                name: name.clone(),
-                admin: *admin,
-                token_sha256: None,
-            })?,
+            UserCmd::Add { name, admin } => {
+                let (t, h) = mirage_node::auth::new_token();
+                let r = ctx.submit(Command::AddUser {
+                    name: name.clone(),
+                    admin: *admin,
+                    token_sha256: Some(h),
+                })?;
+                print_token(name, r.token.unwrap_or(t), json)?;
+            }
+            UserCmd::Token { name } => {
+                let (t, h) = mirage_node::auth::new_token();
+                let r = ctx.submit(Command::SetToken {
+                    name: name.clone(),
+                    token_sha256: h,
+                })?;
+                print_token(name, r.token.unwrap_or(t), json)?;
+            }
             UserCmd::List => {
                 let users = ctx.users()?;
                 if json {

@@ -160,7 +160,18 @@ fn verbs_against_a_node_print_what_they_print_on_the_embedded_store() {
     let added = ok(rem.run(&["user", "add", "bob"]));
     let bob_token = added.trim().rsplit(' ').next().unwrap().to_string();
     assert!(bob_token.starts_with("mrg_"), "{added}");
-    ok(emb.run(&["user", "add", "bob"]));
+    let emb_added = ok(emb.run(&["user", "add", "bob"]));
+    assert!(
+        emb_added.starts_with("token for bob (shown once): mrg_"),
+        "{emb_added}"
+    );
+    // A new token replaces the old one.
+    let rotated = ok(rem.run(&["user", "token", "bob"]));
+    let new_token = rotated.trim().rsplit(' ').next().unwrap().to_string();
+    assert_ne!(new_token, bob_token);
+    let old_bob = remote(&url, &bob_token, &dir.path().join("cache-old"));
+    assert!(err(old_bob.run(&["images"])).contains("401"));
+    let bob_token = new_token;
     assert_eq!(both(&["user", "list"]), "admin  (admin)\nbob\n");
     let emb_bob = embedded(&dir.path().join("emb"), "bob");
     let rem_bob = remote(&url, &bob_token, &dir.path().join("cache-bob"));
