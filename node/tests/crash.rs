@@ -119,6 +119,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (compacted_tx, compacted_rx) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             let mut compacted = 0u64;
@@ -128,7 +129,11 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                     panic!("compaction failed in the child: {why}");
                 }
                 if let Some(n) = line.strip_prefix("COMPACTED ") {
-                    compacted += n.parse::<u64>().unwrap_or(0);
+                    let n = n.parse::<u64>().unwrap_or(0);
+                    compacted += n;
+                    if n > 0 {
+                        let _ = compacted_tx.send(());
+                    }
                 }
                 if let Some(d) = line
                     .strip_prefix("ACK ")
@@ -139,13 +144,15 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             }
             (got, compacted)
         });
-        let mut delay = rng.gen_range(30..400);
+        let delay = Duration::from_millis(rng.gen_range(30..400));
         // On a loaded machine a child may be killed before any compaction finishes in every
-        // round; the last round then runs long enough for one, so the test always covers it.
+        // round; the last round then waits for one (and kills right after), so the test
+        // always covers compaction.
         if round + 1 == rounds && volumes_compacted == 0 {
-            delay = 4000;
+            let _ = compacted_rx.recv_timeout(Duration::from_secs(120));
+        } else {
+            std::thread::sleep(delay);
         }
-        std::thread::sleep(Duration::from_millis(delay));
         // SAFETY-free: plain kill(2) through libc-free std: Child::kill sends SIGKILL on Unix.
         child.kill().unwrap();
         child.wait().unwrap();
