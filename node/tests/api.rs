@@ -21,6 +21,19 @@ fn parse(body: &[u8]) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
+/// Serves `store` on a port the OS picks until the test ends; returns its base URL.
+async fn serve(store: mirage_node::Store) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(mirage_node::api::run(
+        listener,
+        store,
+        None,
+        std::future::pending(),
+    ));
+    base
+}
+
 #[test]
 fn items_round_trip_over_http_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,9 +207,7 @@ fn every_route_refuses_missing_and_wrong_credentials() {
     let token = mirage_node::api::bootstrap_admin(&store).unwrap().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(mirage_node::api::run(listener, store, None, std::future::pending()));
+        let base = serve(store).await;
         let open = ["GET /healthz", "GET /readyz", "GET /metrics"];
         let mut checked = 0;
         for route in ROUTES {
@@ -244,14 +255,7 @@ fn location_tables_are_served_for_an_items_children() {
     let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(mirage_node::api::run(
-            listener,
-            store,
-            None,
-            std::future::pending(),
-        ));
+        let base = serve(store).await;
         let http = http_client(&token);
         let mut all: Vec<&[u8]> = blobs.iter().map(|b| b.bytes()).collect();
         all.push(tree.bytes());
