@@ -109,6 +109,16 @@ fn finish(
     sink(&mut batch)
 }
 
+/// The digests of `frontier` whose presence answer is false.
+fn absent(frontier: &[Digest], present: Vec<bool>) -> Vec<Digest> {
+    frontier
+        .iter()
+        .zip(present)
+        .filter(|(_, p)| !p)
+        .map(|(d, _)| *d)
+        .collect()
+}
+
 fn batch_bytes(b: &[Vec<u8>]) -> usize {
     b.iter().map(Vec::len).sum()
 }
@@ -132,13 +142,7 @@ pub fn push(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
     };
     while !frontier.is_empty() {
         stats.checked += frontier.len() as u64;
-        let present = remote.has(&frontier)?;
-        let missing: Vec<Digest> = frontier
-            .iter()
-            .zip(present)
-            .filter(|(_, p)| !p)
-            .map(|(d, _)| *d)
-            .collect();
+        let missing = absent(&frontier, remote.has(&frontier)?);
         let mut next = Vec::new();
         let mut failure = None;
         let mut count = 0usize;
@@ -197,13 +201,7 @@ pub fn pull(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
     };
     while !frontier.is_empty() {
         stats.checked += frontier.len() as u64;
-        let present = local.has_many(&frontier)?;
-        let missing: Vec<Digest> = frontier
-            .iter()
-            .zip(present)
-            .filter(|(_, p)| !p)
-            .map(|(d, _)| *d)
-            .collect();
+        let missing = absent(&frontier, local.has_many(&frontier)?);
         let wanted: HashSet<Digest> = missing.iter().copied().collect();
         let mut got: HashSet<Digest> = HashSet::with_capacity(missing.len());
         let mut next = Vec::new();

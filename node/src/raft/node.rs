@@ -179,8 +179,12 @@ impl CatalogNode {
     ) -> Result<Self, ClusterError> {
         // A standalone catalog must not become a replica: the group's log would be applied on
         // top of state the other members do not have.
+        // Every applied command sets `m/applied`; a member also has `m/raft_applied` (written
+        // in the same batch), so two point reads tell, without scanning the catalog.
         let c = store.catalog();
-        if c.get_raw(crate::keys::catalog::RAFT_APPLIED)?.is_none() && !c.dump()?.is_empty() {
+        if c.get_raw(crate::keys::catalog::RAFT_APPLIED)?.is_none()
+            && c.get_raw(crate::keys::catalog::APPLIED)?.is_some()
+        {
             return Err(ClusterError::Refused(format!(
                 "{} already holds a standalone catalog; a cluster member starts from an empty \
                  store (or one that was a member before)",
