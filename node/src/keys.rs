@@ -52,9 +52,13 @@ pub mod catalog {
     pub const RAFT_APPLIED: &[u8] = b"m/raft_applied";
     /// Cluster mode: the last applied membership (JSON).
     pub const RAFT_MEMBERSHIP: &[u8] = b"m/raft_membership";
-    /// Cluster mode: answers of recent proposals by request id, `m/q/` + id → JSON
-    /// `{time, answer}` (so a retried proposal is not applied twice).
-    pub const REQUEST_PREFIX: &[u8] = b"m/q/";
+    /// Cluster mode: answers of recent proposals, `m/r/` + submission time (seconds, u64
+    /// BE) + request id → JSON `{time, answer}` (so a retried proposal is not applied twice).
+    /// Ordered by time, so forgetting old ones reads only those.
+    pub const REQUEST_PREFIX: &[u8] = b"m/r/";
+    /// Before layout 2 of the request keys: `m/q/` + id, all scanned to forget old ones. Swept
+    /// by the next prune.
+    pub const LEGACY_REQUEST_PREFIX: &[u8] = b"m/q/";
     /// Prefix of the token index: `t/` + hex SHA-256 of a token → user name.
     pub const TOKEN_PREFIX: &[u8] = b"t/";
 
@@ -116,9 +120,17 @@ pub mod catalog {
         index.to_be_bytes()
     }
 
-    /// Key of a request id's answer.
-    pub fn request(id: &str) -> Vec<u8> {
-        join(REQUEST_PREFIX, id.as_bytes())
+    /// Key of the answer to request `id` submitted at `secs` (seconds since the epoch; a time
+    /// before 1970 counts as 0).
+    pub fn request(secs: i64, id: &str) -> Vec<u8> {
+        let mut k = request_before(secs);
+        k.extend_from_slice(id.as_bytes());
+        k
+    }
+
+    /// Every request key submitted before `secs` sorts before this key.
+    pub fn request_before(secs: i64) -> Vec<u8> {
+        join(REQUEST_PREFIX, &(secs.max(0) as u64).to_be_bytes())
     }
 
     /// Key of a token hash (hex SHA-256).

@@ -23,6 +23,12 @@ pub trait View {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError>;
     /// Every key/value under a prefix, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, CatalogError>;
+    /// The key/values under `prefix` that sort before `end`, in key order.
+    fn scan_range(&self, prefix: &[u8], end: &[u8]) -> Result<Pairs, CatalogError> {
+        let mut all = self.scan_prefix(prefix)?;
+        all.retain(|(k, _)| k.as_slice() < end);
+        Ok(all)
+    }
 }
 
 /// The effect of one entry: puts (`Some`) and deletes (`None`), and the answer.

@@ -39,7 +39,11 @@ impl View for RocksView<'_> {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, CatalogError> {
-        self.0.catalog_scan(prefix).map_err(storage)
+        self.0.catalog_scan(prefix, None).map_err(storage)
+    }
+
+    fn scan_range(&self, prefix: &[u8], end: &[u8]) -> Result<Pairs, CatalogError> {
+        self.0.catalog_scan(prefix, Some(end)).map_err(storage)
     }
 }
 
@@ -118,21 +122,19 @@ impl Catalog<'_> {
     }
 
     /// The whole catalog (every key but those in `meta`, and the log) plus the value of each
-    /// key in `meta`, read under the catalog lock so they belong together.
+    /// key in `meta`, all as of one moment. Replicated runs are written without a sync, so the
+    /// write-ahead log is synced first: a snapshot lets the Raft log behind it be purged. The
+    /// catalog lock is held only to fix that moment, not while reading.
     pub(crate) fn export(&self, meta: &[&[u8]]) -> Result<Export, CatalogError> {
         let sh = self.store.shared();
-        let _serial = sh.catalog_lock.lock();
-        // Replicated runs are written without a sync: make them durable before a snapshot
-        // lets the Raft log behind it be purged.
-        sh.index.sync_wal().map_err(storage)?;
-        let view = self.view();
-        let mut state = view.scan_prefix(b"")?;
+        let (mut state, log, values) = sh
+            .index
+            .catalog_dump(meta, &sh.catalog_lock)
+            .map_err(storage)?;
         // The keys asked for travel separately (a snapshot's metadata); everything else,
         // the state machine's counters and remembered requests included, is state.
         state.retain(|(k, _)| !meta.contains(&k.as_slice()));
-        let log = sh.index.catalog_log().map_err(storage)?;
-        let meta = meta.iter().map(|k| view.get(k)).collect::<Result<_, _>>()?;
-        Ok((state, log, meta))
+        Ok((state, log, values))
     }
 
     /// Replaces the whole catalog (installing a snapshot); `state` includes the state

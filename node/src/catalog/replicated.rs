@@ -17,8 +17,9 @@ use super::{
 use crate::keys::catalog as keys;
 
 /// How long a request id is remembered, in seconds of log time (entries carry the time their
-/// command was submitted, so forgetting is the same on every replica).
-const REMEMBER_SECS: i64 = 24 * 3600;
+/// command was submitted, so forgetting is the same on every replica). A node retries a
+/// proposal for at most about 15 s (`raft::node`), so an hour is ample.
+const REMEMBER_SECS: i64 = 3600;
 /// Every this many log indexes, forgotten request ids are removed.
 const PRUNE_EVERY: u64 = 1024;
 
@@ -88,14 +89,24 @@ impl<V: View> View for Overlay<'_, V> {
 }
 
 impl<V: View> Overlay<'_, V> {
-    /// Forgets request ids older than `REMEMBER_SECS` before `now`.
+    /// Forgets request ids submitted more than `REMEMBER_SECS` before `now`: only those keys
+    /// are read (they sort by time), plus any left in the layout before it.
     fn prune(&mut self, now: Time) -> Result<(), CatalogError> {
-        for (k, v) in self.scan_prefix(keys::REQUEST_PREFIX)? {
-            let old = serde_json::from_slice::<Remembered>(&v)
-                .map_or(true, |r| r.time.secs < now.secs - REMEMBER_SECS);
-            if old {
-                self.writes.insert(k, None);
-            }
+        let end = keys::request_before(now.secs.saturating_sub(REMEMBER_SECS));
+        let mut old: Vec<Vec<u8>> = self
+            .base
+            .scan_range(keys::REQUEST_PREFIX, &end)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        old.extend(
+            self.base
+                .scan_prefix(keys::LEGACY_REQUEST_PREFIX)?
+                .into_iter()
+                .map(|(k, _)| k),
+        );
+        for k in old {
+            self.writes.insert(k, None);
         }
         Ok(())
     }
@@ -131,7 +142,7 @@ impl Catalog<'_> {
             for p in &r.commands {
                 let seen = match &p.id {
                     Some(id) => overlay
-                        .get(&keys::request(id))?
+                        .get(&keys::request(p.time.secs, id))?
                         .and_then(|v| serde_json::from_slice::<Remembered>(&v).ok()),
                     None => None,
                 };
@@ -172,7 +183,7 @@ impl Catalog<'_> {
                         answer: answer.clone(),
                     };
                     overlay.writes.insert(
-                        keys::request(id),
+                        keys::request(p.time.secs, id),
                         Some(serde_json::to_vec(&remembered).map_err(storage)?),
                     );
                 }

@@ -39,11 +39,21 @@ impl RocksIndex {
         bbo.set_cache_index_and_filter_blocks(true);
         items.set_block_based_table_factory(&bbo);
         items.set_compression_type(rocksdb::DBCompressionType::Zstd);
+        // The catalog is read by key on every command (users, names, images, request ids),
+        // mostly keys that were just written or do not exist: bloom filters in the tables and
+        // in the memtable answer most misses without a search.
+        let mut catalog = opts.clone();
+        let mut cbo = rocksdb::BlockBasedOptions::default();
+        cbo.set_bloom_filter(10.0, false);
+        cbo.set_cache_index_and_filter_blocks(true);
+        catalog.set_block_based_table_factory(&cbo);
+        catalog.set_memtable_whole_key_filtering(true);
+        catalog.set_memtable_prefix_bloom_ratio(0.1);
         let cfs = ALL_CFS.iter().map(|name| {
-            let o = if *name == CF_ITEMS {
-                items.clone()
-            } else {
-                opts.clone()
+            let o = match *name {
+                CF_ITEMS => items.clone(),
+                CF_CATALOG => catalog.clone(),
+                _ => opts.clone(),
             };
             ColumnFamilyDescriptor::new(*name, o)
         });
@@ -56,16 +66,28 @@ impl RocksIndex {
         self.db.get_cf(self.cf(CF_CATALOG)?, key).map_err(engine)
     }
 
-    /// Every key/value of the `catalog` column family under `prefix`, in key order.
-    pub(crate) fn catalog_scan(&self, prefix: &[u8]) -> Result<crate::catalog::Pairs, IndexError> {
-        let it = self.db.iterator_cf(
+    /// Every key/value of the `catalog` column family under `prefix` (and before `end`, if
+    /// given), in key order.
+    pub(crate) fn catalog_scan(
+        &self,
+        prefix: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<crate::catalog::Pairs, IndexError> {
+        // An upper bound lets RocksDB stop at it instead of stepping over what lies beyond
+        // (deleted keys included).
+        let mut ro = rocksdb::ReadOptions::default();
+        if let Some(upper) = end.map(<[u8]>::to_vec).or_else(|| prefix_end(prefix)) {
+            ro.set_iterate_upper_bound(upper);
+        }
+        let it = self.db.iterator_cf_opt(
             self.cf(CF_CATALOG)?,
+            ro,
             rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
         );
         let mut out = Vec::new();
         for kv in it {
             let (k, v) = kv.map_err(engine)?;
-            if !k.starts_with(prefix) {
+            if !k.starts_with(prefix) || end.is_some_and(|e| k.as_ref() >= e) {
                 break;
             }
             out.push((k.to_vec(), v.to_vec()));
@@ -98,11 +120,6 @@ impl RocksIndex {
         self.db.write_opt(wb, &wo).map_err(engine)
     }
 
-    /// Makes every write so far durable (fsync of the write-ahead log).
-    pub(crate) fn sync_wal(&self) -> Result<(), IndexError> {
-        self.db.flush_wal(true).map_err(engine)
-    }
-
     /// Replaces the whole catalog (state and log) with `state` and `log`, in one synced batch
     /// (installing a Raft snapshot).
     pub(crate) fn catalog_replace(
@@ -112,7 +129,7 @@ impl RocksIndex {
     ) -> Result<(), IndexError> {
         let (cat, logcf) = (self.cf(CF_CATALOG)?, self.cf(CF_CATALOG_LOG)?);
         let mut wb = WriteBatch::default();
-        for (k, _) in self.catalog_scan(b"")? {
+        for (k, _) in self.catalog_scan(b"", None)? {
             wb.delete_cf(cat, k);
         }
         for (i, _) in self.catalog_log()? {
@@ -144,6 +161,50 @@ impl RocksIndex {
             out.push((u64::from_be_bytes(i), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// The whole catalog at one point in time: every state key/value, the log, and the values
+    /// of `meta`. The point is taken while holding `lock` (the lock writers of the catalog
+    /// hold), after syncing the write-ahead log; the reading happens after the lock is
+    /// released, from a RocksDB snapshot, so writers go on meanwhile.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn catalog_dump(
+        &self,
+        meta: &[&[u8]],
+        lock: &parking_lot::Mutex<()>,
+    ) -> Result<
+        (
+            crate::catalog::Pairs,
+            Vec<(u64, Vec<u8>)>,
+            Vec<Option<Vec<u8>>>,
+        ),
+        IndexError,
+    > {
+        let (cat, log) = (self.cf(CF_CATALOG)?, self.cf(CF_CATALOG_LOG)?);
+        let snap = {
+            let _serial = lock.lock();
+            self.db.flush_wal(true).map_err(engine)?;
+            self.db.snapshot()
+        };
+        let mut state = Vec::new();
+        for kv in snap.iterator_cf(cat, rocksdb::IteratorMode::Start) {
+            let (k, v) = kv.map_err(engine)?;
+            state.push((k.to_vec(), v.to_vec()));
+        }
+        let mut entries = Vec::new();
+        for kv in snap.iterator_cf(log, rocksdb::IteratorMode::Start) {
+            let (k, v) = kv.map_err(engine)?;
+            let i = <[u8; 8]>::try_from(&k[..]).map_err(|_| IndexError::Corrupt {
+                key: hex_of(&k),
+                why: "not a log index".into(),
+            })?;
+            entries.push((u64::from_be_bytes(i), v.to_vec()));
+        }
+        let values = meta
+            .iter()
+            .map(|k| snap.get_cf(cat, k).map_err(engine))
+            .collect::<Result<_, _>>()?;
+        Ok((state, entries, values))
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, IndexError> {
@@ -285,4 +346,16 @@ impl Index for RocksIndex {
         }
         Ok(())
     }
+}
+
+/// The smallest key after every key that starts with `prefix` (`None`: no such key).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }

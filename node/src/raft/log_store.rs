@@ -1,15 +1,19 @@
 //! The Raft log in RocksDB: entries by index, the vote, the committed and purged log ids.
-//! Every write is a synced batch: an append is acknowledged to openraft only once durable,
-//! and a vote is durable before it is answered.
+//! Every write but one is a synced batch: an append is acknowledged to openraft only once
+//! durable, and a vote is durable before it is answered. The exception is the committed index,
+//! a hint that may lag after a crash.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
+use parking_lot::Mutex;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -21,6 +25,77 @@ use crate::keys::raft as keys;
 #[derive(Clone)]
 pub struct RocksLogStore {
     db: Arc<rocksdb::DB>,
+    recent: Arc<Mutex<Recent>>,
+    appended: Arc<AtomicU64>,
+}
+
+/// Most commands kept in [`Recent`].
+const RECENT_COMMANDS: usize = 32 * 1024;
+
+/// The last entries appended, as appended: replication to each follower and the state machine
+/// read every entry right after it is written, and serve themselves here instead of decoding it
+/// again from RocksDB. Always a contiguous run of the log's tail (or empty).
+#[derive(Default)]
+struct Recent {
+    entries: BTreeMap<u64, Entry>,
+    /// Commands in `entries` (an entry weighs at least 1).
+    weight: usize,
+}
+
+fn weight(e: &Entry) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(p) => p.0.len().max(1),
+        _ => 1,
+    }
+}
+
+impl Recent {
+    /// Adds appended entries; a gap before them (after a truncation or a snapshot) restarts
+    /// the run.
+    fn push(&mut self, new: Vec<Entry>) {
+        for e in new {
+            let index = e.log_id.index;
+            if let Some((&last, _)) = self.entries.last_key_value() {
+                if index != last + 1 {
+                    self.entries.clear();
+                    self.weight = 0;
+                }
+            }
+            self.weight += weight(&e);
+            self.entries.insert(index, e);
+        }
+        while self.weight > RECENT_COMMANDS && self.entries.len() > 1 {
+            if let Some((_, e)) = self.entries.pop_first() {
+                self.weight -= weight(&e);
+            }
+        }
+    }
+
+    /// Forgets entries with index ≥ `from` (a truncation).
+    fn truncate(&mut self, from: u64) {
+        for (_, e) in self.entries.split_off(&from) {
+            self.weight -= weight(&e);
+        }
+    }
+
+    /// Forgets entries with index ≤ `upto` (a purge).
+    fn purge(&mut self, upto: u64) {
+        let keep = self.entries.split_off(&(upto.saturating_add(1)));
+        for e in self.entries.values() {
+            self.weight -= weight(e);
+        }
+        self.entries = keep;
+    }
+
+    /// Entries `[start, end)` if all of them are here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let (&first, _) = self.entries.first_key_value()?;
+        let (&last, _) = self.entries.last_key_value()?;
+        if start < first || end > last + 1 {
+            return None;
+        }
+        Some(self.entries.range(start..end).map(|(_, e)| e.clone()).collect())
+    }
 }
 
 impl Debug for RocksLogStore {
@@ -59,7 +134,16 @@ impl RocksLogStore {
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
         let db = rocksdb::DB::open_cf_descriptors(&opts, dir, cfs).map_err(io_err)?;
-        Ok(RocksLogStore { db: Arc::new(db) })
+        Ok(RocksLogStore {
+            db: Arc::new(db),
+            recent: Arc::default(),
+            appended: Arc::default(),
+        })
+    }
+
+    /// Bytes of entries appended since the log was opened (grows; shared with the caller).
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended.clone()
     }
 
     fn cf(&self, name: &str) -> io::Result<&rocksdb::ColumnFamily> {
@@ -154,6 +238,24 @@ impl RaftLogReader<TypeConfig> for RocksLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => Some(e.saturating_add(1)),
+            Bound::Excluded(e) => Some(*e),
+            Bound::Unbounded => None,
+        };
+        if let Some(end) = end {
+            if start >= end {
+                return Ok(Vec::new());
+            }
+            if let Some(hit) = self.recent.lock().get(start, end) {
+                return Ok(hit);
+            }
+        }
         let me = self.clone();
         let owned = (range.start_bound().cloned(), range.end_bound().cloned());
         tokio::task::spawn_blocking(move || me.entries(owned))
@@ -187,7 +289,12 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.put_meta(keys::COMMITTED, &committed)
+        // Not synced: openraft calls this on every commit, inline in its core loop, and a
+        // committed index lost in a crash only means a restarted node applies a little less
+        // before the leader tells it again (never more than was committed).
+        let mut wb = WriteBatch::default();
+        wb.put_cf(self.cf(keys::CF_META)?, keys::COMMITTED, encode(&committed)?);
+        self.db.write(wb).map_err(io_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -205,8 +312,12 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
     {
         let cf = self.cf(keys::CF_LOG)?;
         let mut wb = WriteBatch::default();
-        for e in entries {
-            wb.put_cf(cf, keys::log(e.log_id.index), encode(&e)?);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut bytes = 0;
+        for e in &entries {
+            let v = encode(e)?;
+            bytes += v.len() as u64;
+            wb.put_cf(cf, keys::log(e.log_id.index), v);
         }
         let me = self.clone();
         let res = tokio::task::spawn_blocking(move || me.db.write_opt(wb, &synced()))
@@ -215,6 +326,8 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
             .map_err(io_err);
         match res {
             Ok(()) => {
+                self.recent.lock().push(entries);
+                self.appended.fetch_add(bytes, Ordering::Relaxed);
                 callback.io_completed(Ok(()));
                 Ok(())
             }
@@ -227,11 +340,13 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
+        self.recent.lock().truncate(from);
         self.delete_range(from, u64::MAX, None)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let meta = encode(&log_id)?;
+        self.recent.lock().purge(log_id.index);
         self.delete_range(0, log_id.index + 1, Some((keys::PURGED, meta)))
     }
 }

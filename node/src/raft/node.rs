@@ -47,8 +47,10 @@ pub struct Tuning {
     pub heartbeat: Duration,
     /// Election timeout range (a random value in it per term).
     pub election: (Duration, Duration),
-    /// Entries between snapshots.
-    pub snapshot_every: u64,
+    /// Entries between snapshots; `None`: a snapshot once the log written since the last one
+    /// outgrows it (and [`MIN_LOG_BYTES`]), so building snapshots costs a constant share of
+    /// the writes whatever the catalog's size.
+    pub snapshot_every: Option<u64>,
 }
 
 impl Default for Tuning {
@@ -56,7 +58,7 @@ impl Default for Tuning {
         Tuning {
             heartbeat: Duration::from_millis(250),
             election: (Duration::from_millis(1000), Duration::from_millis(2000)),
-            snapshot_every: 5000,
+            snapshot_every: None,
         }
     }
 }
@@ -142,6 +144,9 @@ type Queued = (Proposal, oneshot::Sender<Result<Response, ClusterError>>);
 /// Most commands in one entry.
 const MAX_GROUP: usize = 512;
 
+/// Most groups of one node in flight at once.
+const IN_FLIGHT: usize = 4;
+
 /// A node's member of the catalog group.
 #[derive(Clone)]
 pub struct CatalogNode {
@@ -193,14 +198,18 @@ impl CatalogNode {
         }
         std::fs::create_dir_all(dir).map_err(raft_err)?;
         let log = RocksLogStore::open(&dir.join("log")).map_err(raft_err)?;
+        let appended = log.appended_bytes();
         let sm = CatalogStateMachine::new(store, &dir.join("snapshots")).map_err(raft_err)?;
         let config = openraft::Config {
             cluster_name: "mirage-catalog".into(),
             heartbeat_interval: tuning.heartbeat.as_millis() as u64,
             election_timeout_min: tuning.election.0.as_millis() as u64,
             election_timeout_max: tuning.election.1.as_millis() as u64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
-            max_in_snapshot_log_to_keep: tuning.snapshot_every.min(1000),
+            snapshot_policy: match tuning.snapshot_every {
+                Some(n) => openraft::SnapshotPolicy::LogsSinceLast(n.max(1)),
+                None => openraft::SnapshotPolicy::Never,
+            },
+            max_in_snapshot_log_to_keep: tuning.snapshot_every.unwrap_or(1000).min(1000),
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(raft_err)?);
@@ -221,17 +230,30 @@ impl CatalogNode {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(core.clone().group_commit(rx));
+        if tuning.snapshot_every.is_none() {
+            tokio::spawn(snapshot_by_size(
+                core.raft.clone(),
+                appended,
+                dir.join("snapshots"),
+            ));
+        }
         Ok(CatalogNode {
             queue: Some(tx),
             ..core
         })
     }
 
-    /// Proposes queued writes in groups: everything that arrived while the previous group was
-    /// in flight goes as one entry (one forward, one log append, one state machine batch).
-    /// Ends when every handle with the queue is dropped.
+    /// Proposes queued writes in groups: everything that arrived while earlier groups were in
+    /// flight goes as one entry (one forward, one log append, one state machine batch). Up to
+    /// [`IN_FLIGHT`] groups travel at once, so the next group forms and replicates while the
+    /// previous one is applied. Ends when every handle with the queue is dropped.
     async fn group_commit(self, mut rx: mpsc::UnboundedReceiver<Queued>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         while let Some(first) = rx.recv().await {
+            // Wait for a free slot before gathering: what arrives meanwhile joins this group.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -239,22 +261,31 @@ impl CatalogNode {
                     Err(_) => break,
                 }
             }
-            let proposals = group.iter().map(|(p, _)| p.clone()).collect();
-            let result = match self.lead(Forwarded::Write { proposals }).await {
-                Ok(ForwardAnswer::Answers(a)) if a.len() == group.len() => Ok(a),
-                Ok(other) => Err(raft_err(format!("unexpected answer {other:?}"))),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(answers) => {
-                    for ((_, tx), a) in group.into_iter().zip(answers) {
-                        let _ = tx.send(a.0.map_err(ClusterError::from));
-                    }
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.propose_group(group).await;
+                drop(slot);
+            });
+        }
+    }
+
+    /// Proposes one group and answers each of its writers.
+    async fn propose_group(&self, group: Vec<Queued>) {
+        let proposals = group.iter().map(|(p, _)| p.clone()).collect();
+        let result = match self.lead(Forwarded::Write { proposals }).await {
+            Ok(ForwardAnswer::Answers(a)) if a.len() == group.len() => Ok(a),
+            Ok(other) => Err(raft_err(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(answers) => {
+                for ((_, tx), a) in group.into_iter().zip(answers) {
+                    let _ = tx.send(a.0.map_err(ClusterError::from));
                 }
-                Err(e) => {
-                    for (_, tx) in group {
-                        let _ = tx.send(Err(e.clone()));
-                    }
+            }
+            Err(e) => {
+                for (_, tx) in group {
+                    let _ = tx.send(Err(e.clone()));
                 }
             }
         }
@@ -537,6 +568,45 @@ impl CatalogNode {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "catalog raft shutdown");
+        }
+    }
+}
+
+/// The least log written between two snapshots.
+pub const MIN_LOG_BYTES: u64 = 64 << 20;
+
+/// Asks for a snapshot whenever the log appended since the last one is larger than both that
+/// snapshot and [`MIN_LOG_BYTES`]. Ends when the Raft member shuts down.
+async fn snapshot_by_size(
+    raft: CatalogRaft,
+    appended: Arc<std::sync::atomic::AtomicU64>,
+    dir: std::path::PathBuf,
+) {
+    use std::sync::atomic::Ordering;
+    let mut last = raft.metrics().borrow_watched().snapshot;
+    let mut base = appended.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let m = raft.metrics().borrow_watched().clone();
+        if m.state == ServerState::Shutdown {
+            return;
+        }
+        let now = appended.load(Ordering::Relaxed);
+        if m.snapshot != last {
+            // Built or installed: count from here.
+            last = m.snapshot;
+            base = now;
+            continue;
+        }
+        let size = tokio::fs::metadata(dir.join("snapshot"))
+            .await
+            .map_or(0, |m| m.len());
+        if now.saturating_sub(base) >= size.max(MIN_LOG_BYTES) {
+            if let Err(e) = raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "catalog snapshot trigger");
+                return;
+            }
+            base = now;
         }
     }
 }

@@ -50,9 +50,10 @@ enum Cmd {
         /// Start a new catalog group with this node as its only member.
         #[arg(long, requires = "cluster")]
         init: bool,
-        /// Catalog log entries between snapshots (older entries are then purged).
-        #[arg(long, default_value_t = 5000)]
-        raft_snapshot_every: u64,
+        /// Catalog log entries between snapshots (older entries are then purged). Default: a
+        /// snapshot once the log written since the last one is larger than it and 64 MiB.
+        #[arg(long)]
+        raft_snapshot_every: Option<u64>,
     },
     /// Start a local cluster of N nodes (real processes on loopback) and print how to use it.
     Playground(playground::Args),
@@ -289,7 +290,7 @@ fn main() -> Result<()> {
                 (Some(_), None) => bail!("--cluster needs --id"),
             };
             let tuning = Tuning {
-                snapshot_every: raft_snapshot_every.max(1),
+                snapshot_every: raft_snapshot_every,
                 ..Tuning::default()
             };
             rt.block_on(serve(store, listen, cluster, init, tuning))
