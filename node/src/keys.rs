@@ -35,6 +35,8 @@ pub mod catalog {
     pub const USER_PREFIX: &[u8] = b"u/";
     /// Prefix of named images: `n/` + name → `Named`.
     pub const NAMED_PREFIX: &[u8] = b"n/";
+    /// Prefix of versions of named images: `v/` + name + NUL + number (u32 BE) → `Version`.
+    pub const VERSION_PREFIX: &[u8] = b"v/";
     /// Prefix of image records: `i/` + digest key bytes → `ImageRecord`.
     pub const IMAGE_PREFIX: &[u8] = b"i/";
     /// Prefix of image references: `r/` + digest key bytes + `/` + name + NUL + version (u32
@@ -76,6 +78,20 @@ pub mod catalog {
     /// Key of a named image.
     pub fn named(name: &str) -> Vec<u8> {
         join(NAMED_PREFIX, name.as_bytes())
+    }
+
+    /// Prefix of the versions of a named image.
+    pub fn versions(name: &str) -> Vec<u8> {
+        let mut k = join(VERSION_PREFIX, name.as_bytes());
+        k.push(0);
+        k
+    }
+
+    /// Key of version `number` of a named image.
+    pub fn version(name: &str, number: u32) -> Vec<u8> {
+        let mut k = versions(name);
+        k.extend_from_slice(&number.to_be_bytes());
+        k
     }
 
     /// Key of an image record.

@@ -474,3 +474,112 @@ fn deltas_need_both_images_visible_and_leases_belong_to_their_holder() {
     .unwrap();
     assert!(c.leases().unwrap().is_empty());
 }
+
+/// Applies `command` by `caller` to `mem` as entry `index`; returns the bytes it wrote.
+fn run(mem: &mut Mem, index: u64, caller: &str, command: Command) -> usize {
+    let e = mirage_node::catalog::LogEntry {
+        v: 1,
+        index,
+        time: mirage_node::catalog::Time {
+            secs: index as i64,
+            nanos: 0,
+        },
+        caller: caller.into(),
+        command,
+    };
+    let done = apply(&*mem, &e).unwrap();
+    let mut bytes = 0;
+    for (k, v) in done.writes {
+        bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+        match v {
+            Some(v) => mem.0.insert(k, v),
+            None => mem.0.remove(&k),
+        };
+    }
+    bytes
+}
+
+fn checkin(name: &str, image: Digest) -> Command {
+    Command::Checkin {
+        name: name.into(),
+        image,
+        parent: None,
+        description: String::new(),
+    }
+}
+
+fn mem_with_admin() -> Mem {
+    let mut mem = Mem::default();
+    let add = Command::AddUser {
+        name: "ann".into(),
+        admin: true,
+        token_sha256: None,
+    };
+    run(&mut mem, 1, "ann", add);
+    mem
+}
+
+/// Adding a version writes a few small records, not the chain: the cost of the 500th version
+/// is that of the 2nd.
+#[test]
+fn a_new_version_costs_the_same_however_long_the_chain() {
+    let mut mem = mem_with_admin();
+    run(&mut mem, 2, "ann", checkin("web", img(0)));
+    let second = run(&mut mem, 3, "ann", checkin("web", img(1)));
+    let mut last = 0;
+    for i in 4..500u64 {
+        last = run(&mut mem, i, "ann", checkin("web", img((i % 250) as u8)));
+    }
+    assert!(
+        last <= second + 16,
+        "version 498 wrote {last} bytes, version 2 wrote {second}"
+    );
+}
+
+/// A record of version 1 (versions inline) reads as before and is rewritten as version 2
+/// (versions under their own keys) by its next change, the chain intact.
+#[test]
+fn a_record_of_version_1_is_upgraded_by_its_next_change() {
+    let mut mem = mem_with_admin();
+    let version = |n: u32, i: u8, deleted: bool| {
+        serde_json::json!({"number": n, "image": img(i), "created": {"secs": 1, "nanos": 0},
+                           "creator": "ann", "deleted": deleted})
+    };
+    let legacy = serde_json::json!({
+        "v": 1, "name": "web", "owner": "ann", "readers": [], "writers": [],
+        "versions": [version(1, 1, false), version(2, 2, true), version(3, 3, false)],
+        "default": 3, "lock": null
+    });
+    mem.0
+        .insert(b"n/web".to_vec(), serde_json::to_vec(&legacy).unwrap());
+    let mut deleting = Mem(mem.0.clone());
+    run(&mut mem, 2, "ann", checkin("web", img(4)));
+    let head: mirage_node::catalog::Named =
+        serde_json::from_slice(&mem.0[b"n/web".as_slice()]).unwrap();
+    assert_eq!((head.v, head.count, head.default), (2, 4, 4));
+    assert!(head.versions.is_empty());
+    for (n, i, deleted) in [
+        (1u32, 1u8, false),
+        (2, 2, true),
+        (3, 3, false),
+        (4, 4, false),
+    ] {
+        let key = [b"v/web\0".as_slice(), &n.to_be_bytes()].concat();
+        let v: mirage_node::catalog::Version = serde_json::from_slice(&mem.0[&key]).unwrap();
+        assert_eq!((v.number, v.image, v.deleted), (n, img(i), deleted));
+    }
+    // Deleting the default of a version 1 record moves the default to the newest version left,
+    // skipping deleted ones.
+    run(
+        &mut deleting,
+        2,
+        "ann",
+        Command::Delete {
+            name: "web".into(),
+            version: 3,
+        },
+    );
+    let head: mirage_node::catalog::Named =
+        serde_json::from_slice(&deleting.0[b"n/web".as_slice()]).unwrap();
+    assert_eq!((head.v, head.count, head.default), (2, 3, 1));
+}

@@ -333,3 +333,63 @@ async fn a_retried_request_is_applied_once() {
     let n = store.catalog().named("ann", "web").unwrap();
     assert_eq!(n.versions.len(), 2, "r1 applied once, r2 once: {n:?}");
 }
+
+/// Request ids are remembered for an hour of log time, then forgotten by the prune that runs
+/// every 1024 log indexes; a recent id is still answered from the first time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_forgotten_an_hour_later() {
+    use futures_util::stream;
+    use mirage_node::catalog::{Command, Time};
+    use mirage_node::raft::{Entry, Proposal, Proposals};
+    use openraft::storage::RaftStateMachine;
+    use openraft::testing::log_id;
+    use openraft::EntryPayload;
+
+    let p = |id: &str, secs: i64, command: Command| Proposal {
+        v: 1,
+        caller: "ann".into(),
+        time: Time { secs, nanos: 0 },
+        command,
+        id: Some(id.into()),
+        token_sha256: None,
+    };
+    let checkin = Command::Checkin {
+        name: "web".into(),
+        image: mirage_format::Digest::of(mirage_format::Algorithm::Sha256, b"x").unwrap(),
+        parent: None,
+        description: String::new(),
+    };
+    let add = Command::AddUser {
+        name: "ann".into(),
+        admin: true,
+        token_sha256: None,
+    };
+    let later = 10 + 3600 + 5;
+    let entries = [
+        (
+            1,
+            Proposals(vec![p("a", 10, add), p("old", 10, checkin.clone())]),
+        ),
+        // Index 1024 prunes: "old" (10 s) is more than an hour before this entry.
+        (1024, Proposals(vec![p("new", later, checkin.clone())])),
+        // The same id again: forgotten, so applied as a new command.
+        (1025, Proposals(vec![p("old", 10, checkin.clone())])),
+        // A recent id again: remembered, not applied.
+        (1026, Proposals(vec![p("new", later, checkin)])),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::open(&dir.path().join("store"));
+    let mut sm = CatalogStateMachine::new(store.clone(), &dir.path().join("snap")).unwrap();
+    let items = entries.into_iter().map(|(i, ps)| {
+        Ok((
+            Entry {
+                log_id: log_id::<TypeConfig>(1, 1, i),
+                payload: EntryPayload::Normal(ps),
+            },
+            None,
+        ))
+    });
+    sm.apply(stream::iter(items)).await.unwrap();
+    let n = store.catalog().named("ann", "web").unwrap();
+    assert_eq!(n.versions.len(), 3, "old, new, old again: {n:?}");
+}

@@ -159,13 +159,23 @@ fn unlocked(n: &Named) -> Result<(), CatalogError> {
     }
 }
 
-fn live_version(n: &Named, number: u32) -> Result<&Version, CatalogError> {
-    let v = n
-        .version(number)
-        .ok_or_else(|| CatalogError::NoSuchVersion {
-            name: n.name.clone(),
-            version: number,
-        })?;
+/// Version `number` of `n`: inline in a record of version 1, else its own key.
+fn version_of(tx: &Tx<'_>, n: &Named, number: u32) -> Result<Option<Version>, CatalogError> {
+    if !n.versions.is_empty() {
+        return Ok(n.version(number).cloned());
+    }
+    if number == 0 || number > n.count {
+        return Ok(None);
+    }
+    tx.get_json(&keys::version(&n.name, number))
+}
+
+/// Version `number` of `n`, which must exist and not be deleted.
+fn live_version(tx: &Tx<'_>, n: &Named, number: u32) -> Result<Version, CatalogError> {
+    let v = version_of(tx, n, number)?.ok_or_else(|| CatalogError::NoSuchVersion {
+        name: n.name.clone(),
+        version: number,
+    })?;
     if v.deleted {
         return Err(CatalogError::Deleted {
             name: n.name.clone(),
@@ -173,6 +183,29 @@ fn live_version(n: &Named, number: u32) -> Result<&Version, CatalogError> {
         });
     }
     Ok(v)
+}
+
+/// Writes `v` as a version of `n` (its own key; `n` must be of record version 2).
+fn put_version(tx: &mut Tx<'_>, n: &Named, v: &Version) -> Result<(), CatalogError> {
+    tx.put_json(keys::version(&n.name, v.number), v)
+}
+
+/// Moves the versions of a record of version 1 to their own keys (record version 2).
+fn upgrade(tx: &mut Tx<'_>, n: &mut Named) -> Result<(), CatalogError> {
+    if !n.versions.is_empty() {
+        n.count = n.versions.len() as u32;
+        for v in std::mem::take(&mut n.versions) {
+            put_version(tx, n, &v)?;
+        }
+    }
+    n.v = 2;
+    Ok(())
+}
+
+/// Stores `n` (record version 2: without its versions).
+fn put_named(tx: &mut Tx<'_>, n: &mut Named) -> Result<(), CatalogError> {
+    upgrade(tx, n)?;
+    tx.put_json(keys::named(&n.name), n)
 }
 
 /// Records that `name@version` refers to `image`, creating or reviving the image's record.
@@ -221,7 +254,8 @@ fn drop_ref(tx: &mut Tx<'_>, image: Digest, name: &str, version: u32) -> Result<
     Ok(())
 }
 
-/// May `u` see `image`: an admin, its creator, or a reader of a name holding it?
+/// May `u` see `image`: an admin, its creator, or a reader of a name holding it (a live
+/// version, found through the image's references; failing that, a deleted one)?
 fn sees_image(tx: &Tx<'_>, u: &User, image: &Digest) -> Result<bool, CatalogError> {
     let Some(rec) = tx.get_json::<ImageRecord>(&keys::image(image))? else {
         return Ok(false);
@@ -229,32 +263,59 @@ fn sees_image(tx: &Tx<'_>, u: &User, image: &Digest) -> Result<bool, CatalogErro
     if u.admin || rec.creator == u.name {
         return Ok(true);
     }
+    let prefix = keys::image_ref_prefix(image);
+    for (k, _) in tx.view.scan_prefix(&prefix)? {
+        let rest = &k[prefix.len()..];
+        let name = rest.split(|b| *b == 0).next().unwrap_or_default();
+        let name = String::from_utf8_lossy(name);
+        if let Some(n) = tx.get_json::<Named>(&keys::named(&name))? {
+            if can_read(&n, u) {
+                return Ok(true);
+            }
+        }
+    }
     for (k, v) in tx.view.scan_prefix(keys::NAMED_PREFIX)? {
         let n: Named = decode(&k, &v)?;
-        if can_read(&n, u) && n.versions.iter().any(|x| x.image == *image) {
-            return Ok(true);
+        if !can_read(&n, u) {
+            continue;
+        }
+        for number in 1..=n.version_count() {
+            if version_of(tx, &n, number)?.is_some_and(|x| x.image == *image) {
+                return Ok(true);
+            }
         }
     }
     Ok(false)
 }
 
-fn new_named(name: &str, owner: &str, image: Digest, at: Time) -> Named {
-    Named {
-        v: 1,
+/// Creates the named image `name` with `image` as version 1.
+fn new_named(
+    tx: &mut Tx<'_>,
+    name: &str,
+    owner: &str,
+    image: Digest,
+    at: Time,
+) -> Result<(), CatalogError> {
+    let mut n = Named {
+        v: 2,
         name: name.to_string(),
         owner: owner.to_string(),
         readers: Default::default(),
         writers: Default::default(),
-        versions: vec![Version {
-            number: 1,
-            image,
-            created: at,
-            creator: owner.to_string(),
-            deleted: false,
-        }],
+        versions: Vec::new(),
+        count: 1,
         default: 1,
         lock: None,
-    }
+    };
+    let first = Version {
+        number: 1,
+        image,
+        created: at,
+        creator: owner.to_string(),
+        deleted: false,
+    };
+    put_version(tx, &n, &first)?;
+    put_named(tx, &mut n)
 }
 
 /// Applies one log entry to the state `view` shows.
@@ -321,9 +382,11 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
         } => {
             let u = user(&tx, &e.caller)?;
             check_name("image name", name)?;
-            let key = keys::named(name);
-            let (n, number, parent) = match tx.get_json::<Named>(&key)? {
-                None => (new_named(name, &u.name, *image, e.time), 1, *parent),
+            let (number, parent) = match tx.get_json::<Named>(&keys::named(name))? {
+                None => {
+                    new_named(&mut tx, name, &u.name, *image, e.time)?;
+                    (1, *parent)
+                }
                 Some(n) if !can_read(&n, &u) => {
                     return Err(CatalogError::Denied(format!(
                         "the name {name:?} is not available"
@@ -337,20 +400,26 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                         )));
                     }
                     unlocked(&n)?;
-                    let parent = parent.or_else(|| n.default_version().map(|v| v.image));
-                    let number = n.versions.len() as u32 + 1;
-                    n.versions.push(Version {
+                    let parent = match parent {
+                        Some(p) => Some(*p),
+                        None => version_of(&tx, &n, n.default)?.map(|v| v.image),
+                    };
+                    upgrade(&mut tx, &mut n)?;
+                    let number = n.count + 1;
+                    let v = Version {
                         number,
                         image: *image,
                         created: e.time,
                         creator: u.name.clone(),
                         deleted: false,
-                    });
+                    };
+                    put_version(&mut tx, &n, &v)?;
+                    n.count = number;
                     n.default = number;
-                    (n, number, parent)
+                    put_named(&mut tx, &mut n)?;
+                    (number, parent)
                 }
             };
-            tx.put_json(key, &n)?;
             add_ref(&mut tx, *image, name, number, parent, description, e)?;
             Response {
                 name: Some(name.clone()),
@@ -366,9 +435,9 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
             let u = user(&tx, &e.caller)?;
             let src = visible(&tx, source, &u)?;
             let number = version.unwrap_or(src.default);
-            let image = live_version(&src, number)?.image;
+            let image = live_version(&tx, &src, number)?.image;
             free_name(&tx, name, &u)?;
-            tx.put_json(keys::named(name), &new_named(name, &u.name, image, e.time))?;
+            new_named(&mut tx, name, &u.name, image, e.time)?;
             add_ref(&mut tx, image, name, 1, Some(image), "", e)?;
             Response {
                 name: Some(name.clone()),
@@ -386,9 +455,9 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                 )));
             }
             unlocked(&n)?;
-            let image = live_version(&n, *version)?.image;
+            let image = live_version(&tx, &n, *version)?.image;
             n.default = *version;
-            tx.put_json(keys::named(name), &n)?;
+            put_named(&mut tx, &mut n)?;
             Response {
                 name: Some(name.clone()),
                 version: Some(*version),
@@ -405,27 +474,28 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                 )));
             }
             unlocked(&n)?;
-            let Some(i) = version
-                .checked_sub(1)
-                .filter(|i| (*i as usize) < n.versions.len())
-            else {
+            let Some(mut v) = version_of(&tx, &n, *version)? else {
                 return Err(CatalogError::NoSuchVersion {
                     name: name.clone(),
                     version: *version,
                 });
             };
-            let image = n.versions[i as usize].image;
-            if !n.versions[i as usize].deleted {
-                n.versions[i as usize].deleted = true;
+            let image = v.image;
+            if !v.deleted {
+                upgrade(&mut tx, &mut n)?;
+                v.deleted = true;
+                put_version(&mut tx, &n, &v)?;
                 if n.default == *version {
-                    n.default = n
-                        .versions
-                        .iter()
-                        .rev()
-                        .find(|v| !v.deleted)
-                        .map_or(0, |v| v.number);
+                    // The newest version left, if any.
+                    n.default = 0;
+                    for number in (1..=n.count).rev() {
+                        if version_of(&tx, &n, number)?.is_some_and(|x| !x.deleted) {
+                            n.default = number;
+                            break;
+                        }
+                    }
                 }
-                tx.put_json(keys::named(name), &n)?;
+                put_named(&mut tx, &mut n)?;
                 drop_ref(&mut tx, image, name, *version)?;
             }
             Response {
@@ -445,7 +515,7 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                 reason: reason.clone(),
                 at: e.time,
             });
-            tx.put_json(keys::named(name), &n)?;
+            put_named(&mut tx, &mut n)?;
             Response {
                 name: Some(name.clone()),
                 ..Default::default()
@@ -458,7 +528,7 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                 return Err(CatalogError::Denied("only an admin unlocks images".into()));
             }
             n.lock = None;
-            tx.put_json(keys::named(name), &n)?;
+            put_named(&mut tx, &mut n)?;
             Response {
                 name: Some(name.clone()),
                 ..Default::default()
@@ -538,7 +608,7 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
             }
             n.readers.extend(grant_read.iter().cloned());
             n.writers.extend(grant_write.iter().cloned());
-            tx.put_json(keys::named(name), &n)?;
+            put_named(&mut tx, &mut n)?;
             Response {
                 name: Some(name.clone()),
                 ..Default::default()

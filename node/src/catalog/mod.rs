@@ -216,12 +216,23 @@ impl Catalog<'_> {
             Some(v) => {
                 let n: Named = apply::decode(&key, &v)?;
                 if can_read(&n, &u) {
-                    return Ok(n);
+                    return self.with_versions(n);
                 }
                 Err(CatalogError::NotFound(name.to_string()))
             }
             None => Err(CatalogError::NotFound(name.to_string())),
         }
+    }
+
+    /// `n` as stored (record version 2: without its versions) with its whole chain.
+    fn with_versions(&self, mut n: Named) -> Result<Named, CatalogError> {
+        if n.versions.is_empty() && n.count > 0 {
+            for (k, v) in self.view().scan_prefix(&keys::versions(&n.name))? {
+                n.versions.push(apply::decode(&k, &v)?);
+            }
+        }
+        n.count = n.versions.len() as u32;
+        Ok(n)
     }
 
     /// Every named image `caller` may read, by name.
@@ -231,7 +242,7 @@ impl Catalog<'_> {
         for (k, v) in self.view().scan_prefix(keys::NAMED_PREFIX)? {
             let n: Named = apply::decode(&k, &v)?;
             if can_read(&n, &u) {
-                out.push(n);
+                out.push(self.with_versions(n)?);
             }
         }
         Ok(out)
@@ -296,11 +307,19 @@ impl Catalog<'_> {
     }
 
     /// May `caller` see `image`: an admin, its creator, or a reader of a name that refers to
-    /// it (including deleted versions)?
+    /// it (a live version, found through the image's references; failing that, a deleted
+    /// one)?
     pub fn may_see(&self, caller: &str, image: &ImageRecord) -> Result<bool, CatalogError> {
         let u = self.caller(caller)?;
         if u.admin || image.creator == u.name {
             return Ok(true);
+        }
+        for (name, _) in self.refs(&image.digest)? {
+            if let Some(v) = self.view().get(&keys::named(&name))? {
+                if can_read(&apply::decode::<Named>(&keys::named(&name), &v)?, &u) {
+                    return Ok(true);
+                }
+            }
         }
         for n in self.list(caller)? {
             if n.versions.iter().any(|v| v.image == image.digest) {
@@ -328,7 +347,16 @@ impl Catalog<'_> {
             }
             None => (reference, None),
         };
-        let n = self.named(caller, name)?;
+        // The head record and one version: resolving costs the same however long the chain.
+        let u = self.caller(caller)?;
+        let key = keys::named(name);
+        let n: Named = match self.view().get(&key)? {
+            Some(v) => apply::decode(&key, &v)?,
+            None => return Err(CatalogError::NotFound(name.to_string())),
+        };
+        if !can_read(&n, &u) {
+            return Err(CatalogError::NotFound(name.to_string()));
+        }
         let number = match version {
             Some(v) => v,
             None if n.default == 0 => {
@@ -338,12 +366,21 @@ impl Catalog<'_> {
             }
             None => n.default,
         };
-        let v = n
-            .version(number)
-            .ok_or_else(|| CatalogError::NoSuchVersion {
-                name: name.to_string(),
-                version: number,
-            })?;
+        let v = if !n.versions.is_empty() {
+            n.version(number).cloned()
+        } else if (1..=n.count).contains(&number) {
+            let key = keys::version(name, number);
+            self.view()
+                .get(&key)?
+                .map(|v| apply::decode::<Version>(&key, &v))
+                .transpose()?
+        } else {
+            None
+        };
+        let v = v.ok_or_else(|| CatalogError::NoSuchVersion {
+            name: name.to_string(),
+            version: number,
+        })?;
         if v.deleted {
             return Err(CatalogError::Deleted {
                 name: name.to_string(),

@@ -92,9 +92,15 @@ pub struct LockInfo {
 }
 
 /// A named image: a version chain with a default, an owner and an ACL.
+///
+/// Stored (record version 2) without its versions: each version is a record of its own
+/// (`v/` keys), so adding one costs the same however long the chain is, and `count` says how
+/// many there are. Record version 1 held them inline; it stays readable and is rewritten as
+/// version 2 by its next change. As the catalog answers it (`named`, `list`), `versions` is
+/// the whole chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Named {
-    /// Record version.
+    /// Record version (2; 1 before versions had keys of their own).
     pub v: u8,
     /// Name.
     pub name: String,
@@ -104,8 +110,12 @@ pub struct Named {
     pub readers: BTreeSet<String>,
     /// May read and add versions or move the default.
     pub writers: BTreeSet<String>,
-    /// Every version ever added, in order.
+    /// Every version ever added, in order (empty in a stored record of version 2).
+    #[serde(default)]
     pub versions: Vec<Version>,
+    /// Versions ever added (record version 2; 0 in version 1, whose `versions` say it).
+    #[serde(default)]
+    pub count: u32,
     /// The default version's number (0 when every version is deleted).
     pub default: u32,
     /// Maintenance lock.
@@ -113,7 +123,12 @@ pub struct Named {
 }
 
 impl Named {
-    /// A version by number.
+    /// Versions ever added.
+    pub fn version_count(&self) -> u32 {
+        self.count.max(self.versions.len() as u32)
+    }
+
+    /// A version by number, from `versions` (a record as the catalog answers it).
     pub fn version(&self, n: u32) -> Option<&Version> {
         n.checked_sub(1).and_then(|i| self.versions.get(i as usize))
     }

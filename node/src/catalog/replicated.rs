@@ -72,19 +72,31 @@ impl<V: View> View for Overlay<'_, V> {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, CatalogError> {
-        let mut all: BTreeMap<Vec<u8>, Vec<u8>> =
-            self.base.scan_prefix(prefix)?.into_iter().collect();
+        let base = self.base.scan_prefix(prefix)?;
+        Ok(self.merge(base, prefix, None))
+    }
+
+    fn scan_range(&self, prefix: &[u8], end: &[u8]) -> Result<Pairs, CatalogError> {
+        let base = self.base.scan_range(prefix, end)?;
+        Ok(self.merge(base, prefix, Some(end)))
+    }
+}
+
+impl<V: View> Overlay<'_, V> {
+    /// `base` (the stored keys under `prefix`, before `end`) with the run's writes there.
+    fn merge(&self, base: Pairs, prefix: &[u8], end: Option<&[u8]>) -> Pairs {
+        let mut all: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
         for (k, v) in self
             .writes
             .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
+            .take_while(|(k, _)| k.starts_with(prefix) && end.is_none_or(|e| k.as_slice() < e))
         {
             match v {
                 Some(v) => all.insert(k.clone(), v.clone()),
                 None => all.remove(k),
             };
         }
-        Ok(all.into_iter().collect())
+        all.into_iter().collect()
     }
 }
 
@@ -94,7 +106,6 @@ impl<V: View> Overlay<'_, V> {
     fn prune(&mut self, now: Time) -> Result<(), CatalogError> {
         let end = keys::request_before(now.secs.saturating_sub(REMEMBER_SECS));
         let mut old: Vec<Vec<u8>> = self
-            .base
             .scan_range(keys::REQUEST_PREFIX, &end)?
             .into_iter()
             .map(|(k, _)| k)

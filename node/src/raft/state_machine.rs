@@ -189,9 +189,13 @@ impl RaftStateMachine<TypeConfig> for CatalogStateMachine {
         if run.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let answers = self
             .blocking(move |me| me.store.catalog().apply_replicated(&run).map_err(storage))
             .await?;
+        if started.elapsed() > std::time::Duration::from_millis(50) {
+            tracing::warn!(took = ?started.elapsed(), "slow catalog apply");
+        }
         for (answers, responder) in answers.into_iter().zip(responders) {
             if let Some(r) = responder {
                 r.send(Answers(answers.into_iter().map(Answer).collect()));

@@ -155,6 +155,44 @@ fn unreachable_digest() -> Digest {
     Digest::from_bytes(Algorithm::Sha256, &[0u8; 32]).unwrap_or_else(|| unreachable!())
 }
 
+/// Synced small writes on one disk.
+#[derive(Debug, Serialize)]
+pub struct Disk {
+    /// Synced writes per second.
+    pub per_sec: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Slowest, ms.
+    pub max_ms: f64,
+}
+
+/// Writes 4 KiB and `fdatasync`s, over and over for `seconds`, in a file in `dir`.
+fn fsync_probe(dir: &std::path::Path, seconds: f64) -> Result<Disk> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let mut lat = Vec::new();
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    while Instant::now() < end {
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        lat.push(t.elapsed());
+    }
+    drop(f);
+    std::fs::remove_file(&path)?;
+    lat.sort_unstable();
+    Ok(Disk {
+        per_sec: lat.len() as f64 / seconds,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: lat.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+    })
+}
+
 /// Runs the benchmark.
 pub async fn run(args: Args) -> Result<()> {
     if args.clients.is_empty() || args.seconds <= 0.0 {
@@ -167,6 +205,16 @@ pub async fn run(args: Args) -> Result<()> {
         detach: false,
     })
     .await?;
+    // The baseline: what the disk under the nodes gives one synced writer. Every catalog
+    // write waits for synced appends on a majority, so its stalls are the writes' tail.
+    let probe_dir = p.dir.clone();
+    let disk = tokio::task::spawn_blocking(move || fsync_probe(&probe_dir, 3.0)).await??;
+    if !args.json {
+        println!(
+            "disk baseline (4 KiB write + fdatasync, one writer): {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.1} ms",
+            disk.per_sec, disk.p50_ms, disk.p99_ms, disk.max_ms
+        );
+    }
     let urls = Arc::new(p.urls.clone());
     let token: Arc<str> = Arc::from(p.token.as_str());
     let mut runs = Vec::new();
@@ -191,7 +239,8 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        let out = serde_json::json!({ "disk": disk, "runs": runs });
+        println!("{}", serde_json::to_string_pretty(&out)?);
     }
     drop(p);
     Ok(())
