@@ -287,26 +287,14 @@ async fn commands_grouped_in_one_entry_apply_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_request_is_applied_once() {
     use futures_util::stream;
-    use mirage_node::catalog::{Command, Time};
-    use mirage_node::raft::{Entry, Proposal, Proposals};
+    use mirage_node::catalog::Command;
+    use mirage_node::raft::{Entry, Proposals};
     use openraft::storage::RaftStateMachine;
     use openraft::testing::log_id;
     use openraft::EntryPayload;
 
-    let p = |id: &str, command: Command| Proposal {
-        v: 1,
-        caller: "ann".into(),
-        time: Time { secs: 10, nanos: 0 },
-        command,
-        id: Some(id.into()),
-        token_sha256: None,
-    };
-    let checkin = Command::Checkin {
-        name: "web".into(),
-        image: mirage_format::Digest::of(mirage_format::Algorithm::Sha256, b"x").unwrap(),
-        parent: None,
-        description: String::new(),
-    };
+    let p = |id: &str, command: Command| by_ann(id, 10, command);
+    let checkin = checkin_web();
     let add = Command::AddUser {
         name: "ann".into(),
         admin: true,
@@ -339,26 +327,14 @@ async fn a_retried_request_is_applied_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_forgotten_an_hour_later() {
     use futures_util::stream;
-    use mirage_node::catalog::{Command, Time};
-    use mirage_node::raft::{Entry, Proposal, Proposals};
+    use mirage_node::catalog::Command;
+    use mirage_node::raft::{Entry, Proposals};
     use openraft::storage::RaftStateMachine;
     use openraft::testing::log_id;
     use openraft::EntryPayload;
 
-    let p = |id: &str, secs: i64, command: Command| Proposal {
-        v: 1,
-        caller: "ann".into(),
-        time: Time { secs, nanos: 0 },
-        command,
-        id: Some(id.into()),
-        token_sha256: None,
-    };
-    let checkin = Command::Checkin {
-        name: "web".into(),
-        image: mirage_format::Digest::of(mirage_format::Algorithm::Sha256, b"x").unwrap(),
-        parent: None,
-        description: String::new(),
-    };
+    let p = by_ann;
+    let checkin = checkin_web();
     let add = Command::AddUser {
         name: "ann".into(),
         admin: true,
@@ -392,4 +368,30 @@ async fn request_ids_are_forgotten_an_hour_later() {
     sm.apply(stream::iter(items)).await.unwrap();
     let n = store.catalog().named("ann", "web").unwrap();
     assert_eq!(n.versions.len(), 3, "old, new, old again: {n:?}");
+}
+
+/// A proposal by ann with request id `id`, submitted at `secs`.
+fn by_ann(
+    id: &str,
+    secs: i64,
+    command: mirage_node::catalog::Command,
+) -> mirage_node::raft::Proposal {
+    mirage_node::raft::Proposal {
+        v: 1,
+        caller: "ann".into(),
+        time: mirage_node::catalog::Time { secs, nanos: 0 },
+        command,
+        id: Some(id.into()),
+        token_sha256: None,
+    }
+}
+
+/// A new version of `web`.
+fn checkin_web() -> mirage_node::catalog::Command {
+    mirage_node::catalog::Command::Checkin {
+        name: "web".into(),
+        image: mirage_format::Digest::of(mirage_format::Algorithm::Sha256, b"x").unwrap(),
+        parent: None,
+        description: String::new(),
+    }
 }

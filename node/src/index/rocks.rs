@@ -154,19 +154,10 @@ impl RocksIndex {
 
     /// The catalog log, in order.
     pub(crate) fn catalog_log(&self) -> Result<Vec<(u64, Vec<u8>)>, IndexError> {
-        let it = self
-            .db
-            .iterator_cf(self.cf(CF_CATALOG_LOG)?, rocksdb::IteratorMode::Start);
-        let mut out = Vec::new();
-        for kv in it {
-            let (k, v) = kv.map_err(engine)?;
-            let i = <[u8; 8]>::try_from(&k[..]).map_err(|_| IndexError::Corrupt {
-                key: hex_of(&k),
-                why: "not a log index".into(),
-            })?;
-            out.push((u64::from_be_bytes(i), v.to_vec()));
-        }
-        Ok(out)
+        log_entries(
+            self.db
+                .iterator_cf(self.cf(CF_CATALOG_LOG)?, rocksdb::IteratorMode::Start),
+        )
     }
 
     /// The whole catalog at one point in time: every state key/value, the log, and the values
@@ -197,15 +188,7 @@ impl RocksIndex {
             let (k, v) = kv.map_err(engine)?;
             state.push((k.to_vec(), v.to_vec()));
         }
-        let mut entries = Vec::new();
-        for kv in snap.iterator_cf(log, rocksdb::IteratorMode::Start) {
-            let (k, v) = kv.map_err(engine)?;
-            let i = <[u8; 8]>::try_from(&k[..]).map_err(|_| IndexError::Corrupt {
-                key: hex_of(&k),
-                why: "not a log index".into(),
-            })?;
-            entries.push((u64::from_be_bytes(i), v.to_vec()));
-        }
+        let entries = log_entries(snap.iterator_cf(log, rocksdb::IteratorMode::Start))?;
         let values = meta
             .iter()
             .map(|k| snap.get_cf(cat, k).map_err(engine))
@@ -352,6 +335,22 @@ impl Index for RocksIndex {
         }
         Ok(())
     }
+}
+
+/// Catalog log entries (index, JSON) from an iterator over the `catalog_log` column family.
+fn log_entries(
+    it: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+) -> Result<Vec<(u64, Vec<u8>)>, IndexError> {
+    let mut out = Vec::new();
+    for kv in it {
+        let (k, v) = kv.map_err(engine)?;
+        let i = <[u8; 8]>::try_from(&k[..]).map_err(|_| IndexError::Corrupt {
+            key: hex_of(&k),
+            why: "not a log index".into(),
+        })?;
+        out.push((u64::from_be_bytes(i), v.to_vec()));
+    }
+    Ok(out)
 }
 
 /// The smallest key after every key that starts with `prefix` (`None`: no such key).
