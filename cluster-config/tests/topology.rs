@@ -3,9 +3,16 @@
 
 use mirage_cluster_config::{Role, Topology};
 
+/// An example file, embedded when the test is built (so the binary does not depend on where
+/// the tree it was built from lies when it runs).
 fn example(name: &str) -> Topology {
-    let path = format!("{}/examples/{name}.toml", env!("CARGO_MANIFEST_DIR"));
-    Topology::parse(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let text = match name {
+        "one-node" => include_str!("../examples/one-node.toml"),
+        "three-nodes" => include_str!("../examples/three-nodes.toml"),
+        "six-nodes-three-zones" => include_str!("../examples/six-nodes-three-zones.toml"),
+        other => panic!("no example {other}"),
+    };
+    Topology::parse(text).unwrap()
 }
 
 #[test]
