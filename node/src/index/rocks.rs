@@ -35,9 +35,6 @@ impl RocksIndex {
         // Background writes (flushes, compactions) go out a megabyte at a time instead of in
         // one burst at their final fsync, which would stall the synced appends behind it.
         opts.set_bytes_per_sync(1 << 20);
-        // Records are JSON (catalog, Raft entries): compressing the write-ahead log roughly
-        // thirds what every synced write puts on the disk.
-        opts.set_wal_compression_type(rocksdb::DBCompressionType::Zstd);
         let mut items = Options::default();
         // Point lookups by digest dominate: a bloom filter avoids most disk reads for misses.
         let mut bbo = rocksdb::BlockBasedOptions::default();

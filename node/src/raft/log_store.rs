@@ -141,9 +141,6 @@ impl RocksLogStore {
         // Background writes (flushes, compactions) go out a megabyte at a time instead of in
         // one burst at their final fsync, which would stall the synced appends behind it.
         opts.set_bytes_per_sync(1 << 20);
-        // Records are JSON (catalog, Raft entries): compressing the write-ahead log roughly
-        // thirds what every synced write puts on the disk.
-        opts.set_wal_compression_type(rocksdb::DBCompressionType::Zstd);
         let cfs = keys::ALL_CFS
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
