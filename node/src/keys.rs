@@ -61,6 +61,10 @@ pub mod catalog {
     /// Before layout 2 of the request keys: `m/q/` + id, all scanned to forget old ones. Swept
     /// by the next prune.
     pub const LEGACY_REQUEST_PREFIX: &[u8] = b"m/q/";
+    /// The current cluster layout → `Layout` JSON.
+    pub const LAYOUT_CURRENT: &[u8] = b"y/current";
+    /// Prefix of every layout version: `y/v/` + version (u64 BE) → `Layout` JSON.
+    pub const LAYOUT_PREFIX: &[u8] = b"y/v/";
     /// Prefix of the token index: `t/` + hex SHA-256 of a token → user name.
     pub const TOKEN_PREFIX: &[u8] = b"t/";
 
@@ -147,6 +151,11 @@ pub mod catalog {
     /// Every request key submitted before `secs` sorts before this key.
     pub fn request_before(secs: i64) -> Vec<u8> {
         join(REQUEST_PREFIX, &(secs.max(0) as u64).to_be_bytes())
+    }
+
+    /// Key of layout version `v`.
+    pub fn layout_version(v: u64) -> Vec<u8> {
+        join(LAYOUT_PREFIX, &v.to_be_bytes())
     }
 
     /// Key of a token hash (hex SHA-256).

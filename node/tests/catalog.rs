@@ -583,3 +583,54 @@ fn a_record_of_version_1_is_upgraded_by_its_next_change() {
         serde_json::from_slice(&deleting.0[b"n/web".as_slice()]).unwrap();
     assert_eq!((head.v, head.count, head.default), (2, 3, 1));
 }
+
+/// The cluster layout: admins record version 1 once, then change it one version at a time
+/// (optionally only from the version they looked at); everyone reads every version.
+#[test]
+fn layout_versions_are_kept_and_only_admins_change_them() {
+    use mirage_cluster_config::{Layout, LayoutChange, Topology};
+    use mirage_node::catalog::{Query, QueryAnswer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path());
+    let c = s.catalog();
+    let t = Topology::parse(include_str!(
+        "../../cluster-config/examples/three-nodes.toml"
+    ))
+    .unwrap();
+    let first = Layout::from_topology(&t);
+    let init = |who: &str| {
+        c.submit(
+            who,
+            Command::InitLayout {
+                layout: first.clone(),
+            },
+        )
+    };
+    assert_eq!(code(init("owner")), "denied");
+    assert_eq!(init("root").unwrap().layout, Some(1));
+    assert_eq!(code(init("root")), "invalid", "only once");
+    let add = |expect: Option<u64>| Command::ChangeLayout {
+        expect,
+        change: LayoutChange::Add {
+            id: 4,
+            address: "10.0.0.4:7300".into(),
+            zone: "rack1".into(),
+            capacity_gb: 4000,
+        },
+    };
+    assert_eq!(code(c.submit("owner", add(None))), "denied");
+    assert_eq!(code(c.submit("root", add(Some(7)))), "invalid");
+    assert_eq!(c.submit("root", add(Some(1))).unwrap().layout, Some(2));
+    // The same id again: refused by the layout's own rules.
+    assert_eq!(code(c.submit("root", add(None))), "invalid");
+    let read = |v: Option<u64>| match c.query("stranger", &Query::Layout { version: v }) {
+        Ok(QueryAnswer::Layout(l)) => l,
+        other => panic!("{other:?}"),
+    };
+    let now = read(None).unwrap();
+    assert_eq!((now.version, now.nodes.len()), (2, 4));
+    assert_eq!(read(Some(1)).unwrap(), first);
+    assert_eq!(read(Some(3)), None);
+    assert!(!now.moved_partitions(&first).is_empty());
+}

@@ -473,19 +473,32 @@ fn playground_forms_a_three_node_group_and_prints_how_to_reach_it() {
     };
     let (url, token) = (var("MIRAGE_CLUSTER"), var("MIRAGE_TOKEN"));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let st: Option<Value> = rt.block_on(async {
+    let got: Option<(Value, Value)> = rt.block_on(async {
         let http = http_client(token.as_deref()?);
-        let r = http
-            .get(format!("{}/v1/admin/raft", url?))
+        let url = url?;
+        let r = http.get(format!("{url}/v1/admin/raft")).send().await.ok()?;
+        let layout = http
+            .post(format!("{url}/v1/catalog/query"))
+            .json(&json!({"q": "layout"}))
             .send()
             .await
             .ok()?;
-        r.json().await.ok()
+        Some((r.json().await.ok()?, layout.json().await.ok()?))
     });
     kill_all();
-    let st = st.unwrap_or_else(|| panic!("no status from the playground: {text}"));
+    let (st, layout) = got.unwrap_or_else(|| panic!("no status from the playground: {text}"));
     assert_eq!(st["voters"], json!([1, 2, 3]), "{st}\n{text}");
     assert_eq!(st["leader"], json!(1), "{st}");
+    // The node that started the group recorded layout version 1: every storage node, active.
+    let l = &layout["layout"];
+    assert_eq!(l["version"], json!(1), "{layout}");
+    let ids: Vec<&Value> = l["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| &n["id"])
+        .collect();
+    assert_eq!(ids, [&json!(1), &json!(2), &json!(3)], "{layout}");
     assert_eq!(pids.split_whitespace().count(), 3);
 }
 

@@ -41,24 +41,31 @@ pub struct Applied {
 }
 
 /// Reads through the writes of the entry being applied.
-struct Tx<'a> {
+pub(super) struct Tx<'a> {
     view: &'a dyn View,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl Tx<'_> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError> {
+    pub(super) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError> {
         match self.writes.get(key) {
             Some(v) => Ok(v.clone()),
             None => self.view.get(key),
         }
     }
 
-    fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, CatalogError> {
+    pub(super) fn get_json<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, CatalogError> {
         self.get(key)?.map(|v| decode(key, &v)).transpose()
     }
 
-    fn put_json<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), CatalogError> {
+    pub(super) fn put_json<T: Serialize>(
+        &mut self,
+        key: Vec<u8>,
+        value: &T,
+    ) -> Result<(), CatalogError> {
         let v = serde_json::to_vec(value).map_err(|e| CatalogError::Storage(e.to_string()))?;
         self.writes.insert(key, Some(v));
         Ok(())
@@ -425,6 +432,7 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                 name: Some(name.clone()),
                 version: Some(number),
                 image: Some(*image),
+                ..Default::default()
             }
         }
         Command::Derive {
@@ -443,6 +451,7 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                 name: Some(name.clone()),
                 version: Some(1),
                 image: Some(image),
+                ..Default::default()
             }
         }
         Command::SetDefault { name, version } => {
@@ -462,6 +471,7 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                 name: Some(name.clone()),
                 version: Some(*version),
                 image: Some(image),
+                ..Default::default()
             }
         }
         Command::Delete { name, version } => {
@@ -502,6 +512,7 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                 name: Some(name.clone()),
                 version: Some(*version),
                 image: Some(image),
+                ..Default::default()
             }
         }
         Command::Lock { name, reason } => {
@@ -584,6 +595,14 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
             }
             tx.writes.insert(key, None);
             Response::default()
+        }
+        Command::InitLayout { layout } => {
+            let u = user(&tx, &e.caller)?;
+            super::layout::init(&mut tx, &u, layout)?
+        }
+        Command::ChangeLayout { expect, change } => {
+            let u = user(&tx, &e.caller)?;
+            super::layout::change(&mut tx, &u, *expect, change)?
         }
         Command::Acl {
             name,

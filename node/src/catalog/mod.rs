@@ -6,6 +6,7 @@
 //! caller learns nothing about a named image it may not read.
 
 pub mod apply;
+mod layout;
 pub mod model;
 pub mod ops;
 pub mod query;
@@ -276,6 +277,21 @@ impl Catalog<'_> {
         self.view()
             .get(&key)?
             .map(|v| apply::decode(&key, &v))
+            .transpose()
+    }
+
+    /// The cluster layout: the current version, or version `v`.
+    pub fn layout(
+        &self,
+        v: Option<u64>,
+    ) -> Result<Option<mirage_cluster_config::Layout>, CatalogError> {
+        let key = match v {
+            Some(v) => keys::layout_version(v),
+            None => keys::LAYOUT_CURRENT.to_vec(),
+        };
+        self.view()
+            .get(&key)?
+            .map(|b| apply::decode(&key, &b))
             .transpose()
     }
 

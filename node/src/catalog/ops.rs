@@ -2,6 +2,7 @@
 //! [`LogEntry`] (versioned JSON): its caller and time are part of the entry, so applying the
 //! same log always gives the same state.
 
+use mirage_cluster_config::{Layout, LayoutChange};
 use mirage_format::Digest;
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +104,19 @@ pub enum Command {
         id: String,
     },
     /// Changes the ACL (owner or admin).
+    /// Records the cluster's first data layout (admins; once).
+    InitLayout {
+        /// Version 1 of the layout.
+        layout: Layout,
+    },
+    /// Makes the next layout version (admins): a node added, drained or removed.
+    ChangeLayout {
+        /// Refuse unless the current layout version is this one.
+        #[serde(default)]
+        expect: Option<u64>,
+        /// The change.
+        change: LayoutChange,
+    },
     Acl {
         /// Name.
         name: String,
@@ -142,6 +156,9 @@ pub struct Response {
     pub version: Option<u32>,
     /// The image concerned.
     pub image: Option<Digest>,
+    /// The layout version a layout command made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<u64>,
 }
 
 /// Why a command or query was refused. Each variant has a stable code ([`CatalogError::code`]).

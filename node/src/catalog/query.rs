@@ -33,6 +33,13 @@ pub enum Query {
     Users,
     /// The caller itself.
     Whoami,
+    /// The cluster layout: the current version, or the one asked for (none if there is no
+    /// such version).
+    Layout {
+        /// Only this version.
+        #[serde(default)]
+        version: Option<u64>,
+    },
 }
 
 /// The answer to a [`Query`].
@@ -51,6 +58,8 @@ pub enum QueryAnswer {
     Users(Vec<User>),
     /// The caller.
     User(User),
+    /// A layout version.
+    Layout(Option<mirage_cluster_config::Layout>),
 }
 
 fn public(mut u: User) -> User {
@@ -81,6 +90,10 @@ impl Catalog<'_> {
                 QueryAnswer::Images(out)
             }
             Query::Users => QueryAnswer::Users(self.users()?.into_iter().map(public).collect()),
+            Query::Layout { version } => {
+                self.caller(caller)?;
+                QueryAnswer::Layout(self.layout(*version)?)
+            }
             Query::Whoami => QueryAnswer::User(public(
                 self.user(caller)?
                     .ok_or_else(|| CatalogError::NoSuchUser(caller.to_string()))?,

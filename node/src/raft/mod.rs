@@ -66,6 +66,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::ReleaseLease { .. } => "release_lease",
         Command::Acl { .. } => "acl",
         Command::SetToken { .. } => "set_token",
+        Command::InitLayout { .. } => "init_layout",
+        Command::ChangeLayout { .. } => "change_layout",
     }
 }
 

@@ -121,6 +121,8 @@ struct ClusterSetup {
     node_id: u64,
     address: String,
     secret: String,
+    /// Version 1 of the data layout, recorded by the node that starts the group.
+    layout: mirage_cluster_config::Layout,
 }
 
 fn load_cluster(file: &Path, id: u64) -> Result<ClusterSetup> {
@@ -144,6 +146,7 @@ fn load_cluster(file: &Path, id: u64) -> Result<ClusterSetup> {
         node_id: id,
         address: node.address.clone(),
         secret,
+        layout: mirage_cluster_config::Layout::from_topology(&topo),
     })
 }
 
@@ -183,6 +186,7 @@ async fn serve(
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     let mut note = None;
+    let layout = setup.as_ref().map(|s| s.layout.clone());
     let cluster = match setup {
         None => {
             let s = st.clone();
@@ -223,8 +227,8 @@ async fn serve(
         cluster.clone(),
         shutdown_signal(),
     ));
-    if let (true, Some(c)) = (init, &cluster) {
-        init_group(&c.node, &store_dir).await?;
+    if let (true, Some(c), Some(layout)) = (init, &cluster, layout) {
+        init_group(&c.node, &store_dir, layout).await?;
     }
     server.await??;
     if let Some(c) = cluster {
@@ -233,8 +237,13 @@ async fn serve(
     Ok(())
 }
 
-/// Starts a new group with this node alone and adds `admin` through it.
-async fn init_group(node: &CatalogNode, store_dir: &Path) -> Result<()> {
+/// Starts a new group with this node alone, adds `admin` through it and records the first
+/// data layout (the topology's storage nodes).
+async fn init_group(
+    node: &CatalogNode,
+    store_dir: &Path,
+    layout: mirage_cluster_config::Layout,
+) -> Result<()> {
     if node.raft.is_initialized().await? {
         say("catalog group already initialized; --init ignored");
         return Ok(());
@@ -255,6 +264,11 @@ async fn init_group(node: &CatalogNode, store_dir: &Path) -> Result<()> {
             admin: true,
             token_sha256: Some(h),
         },
+    )
+    .await?;
+    node.write(
+        "admin",
+        mirage_node::catalog::Command::InitLayout { layout },
     )
     .await?;
     let p = write_token(store_dir, &token)?;
