@@ -61,6 +61,34 @@ fn remote(url: &str, token: &str, cache: &Path) -> Side {
     }
 }
 
+/// A node in this process, on port 0, with its own store in `dir`: its runtime (keep it), URL
+/// and admin token.
+fn serve_node(dir: &Path) -> (tokio::runtime::Runtime, String, String) {
+    let node_store = mirage_node::Store::open(
+        dir,
+        mirage_node::StoreOptions {
+            create: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let token = mirage_node::api::bootstrap_admin(&node_store)
+        .unwrap()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(mirage_node::api::run(
+        listener,
+        node_store,
+        None,
+        std::future::pending(),
+    ));
+    (rt, url, token)
+}
+
 /// Two images: B is A plus a file.
 fn images(dir: &Path) -> (PathBuf, PathBuf) {
     let tree = dir.join("tree");
@@ -90,29 +118,7 @@ fn verbs_against_a_node_print_what_they_print_on_the_embedded_store() {
     let (a, b) = images(dir.path());
     let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
 
-    // A node in this process, on port 0, with its own store and admin token.
-    let node_store = mirage_node::Store::open(
-        &dir.path().join("node"),
-        mirage_node::StoreOptions {
-            create: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let token = mirage_node::api::bootstrap_admin(&node_store)
-        .unwrap()
-        .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    rt.spawn(mirage_node::api::run(
-        listener,
-        node_store,
-        None,
-        std::future::pending(),
-    ));
+    let (_rt, url, token) = serve_node(&dir.path().join("node"));
 
     let emb = embedded(&dir.path().join("emb"), "admin");
     let rem = remote(&url, &token, &dir.path().join("cache"));
@@ -234,4 +240,64 @@ fn verbs_against_a_node_print_what_they_print_on_the_embedded_store() {
     assert!(err(wrong.run(&["images"])).contains("401"));
     assert!(err(rem.run(&["admin", "raft", "status"])).contains("not_clustered"));
     assert!(err(emb.run(&["admin", "raft", "status"])).contains("--cluster"));
+}
+
+/// `mirage admin cluster init|status` and `mirage admin node add|drain|remove` against a node:
+/// each change is a new layout version; a stale `--expect` and a reused id are refused with a
+/// clear message; status counts each node's partitions and what the last change moved.
+#[test]
+fn admin_layout_commands_make_versions_and_status_shows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_rt, url, token) = serve_node(&dir.path().join("node"));
+    let rem = remote(&url, &token, &dir.path().join("cache"));
+    assert!(err(rem.run(&["admin", "cluster", "status"])).contains("no layout yet"));
+    let topo = dir.path().join("cluster.toml");
+    std::fs::write(
+        &topo,
+        include_str!("../../cluster-config/examples/three-nodes.toml"),
+    )
+    .unwrap();
+    let t = topo.to_str().unwrap();
+    assert_eq!(
+        ok(rem.run(&["admin", "cluster", "init", t])),
+        "layout version 1\n"
+    );
+    let add4 = [
+        "admin",
+        "node",
+        "add",
+        "4",
+        "--address",
+        "10.0.0.4:7300",
+        "--zone",
+        "rack1",
+        "--capacity-gb",
+        "4000",
+    ];
+    assert_eq!(ok(rem.run(&add4)), "layout version 2\n");
+    assert!(err(rem.run(&add4)).contains("never reused"));
+    assert!(err(rem.run(&["admin", "node", "drain", "2", "--expect", "1"])).contains("look again"));
+    let out = ok(rem.run(&["--json", "admin", "cluster", "status"]));
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["layout"]["version"], 2);
+    let counts = st["partitions"].as_object().unwrap();
+    let total: u64 = counts.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, 2 * 1024, "N = 2 replicas of 1024 partitions: {out}");
+    let moved = st["moved_by_last_change"].as_u64().unwrap();
+    assert_eq!(
+        moved,
+        counts["4"].as_u64().unwrap(),
+        "only the partitions node 4 joined move"
+    );
+    assert_eq!(
+        ok(rem.run(&["admin", "node", "drain", "4", "--expect", "2"])),
+        "layout version 3\n"
+    );
+    let text = ok(rem.run(&["admin", "cluster", "status"]));
+    assert!(text.contains("layout version 3"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("draining") && l.trim_end().ends_with(" 0 partitions")),
+        "{text}"
+    );
 }
