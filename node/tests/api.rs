@@ -78,14 +78,7 @@ fn items_round_trip_over_http_with_clear_errors() {
         let e: serde_json::Value = r.json().await.unwrap();
         assert_eq!(e["error"]["code"], "missing_references");
         // Children then parent, in one streamed upload.
-        let mut all: Vec<&[u8]> = blobs.iter().map(|b| b.bytes()).collect();
-        all.push(tree.bytes());
-        let r = http
-            .post(format!("{base}/v1/items"))
-            .body(frames(&all))
-            .send()
-            .await
-            .unwrap();
+        let r = upload_children_then(&http, &base, &blobs, &tree).await;
         assert_eq!(r.status(), 200);
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(
@@ -94,15 +87,12 @@ fn items_round_trip_over_http_with_clear_errors() {
         );
         // Presence.
         let absent = Digest::of(alg, b"absent").unwrap();
-        let r: serde_json::Value = http
-            .post(format!("{base}/v1/items/has"))
-            .json(&serde_json::json!({"digests": [tree.digest(), absent]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = post_json(
+            &http,
+            format!("{base}/v1/items/has"),
+            &serde_json::json!({"digests": [tree.digest(), absent]}),
+        )
+        .await;
         assert_eq!(r["present"], serde_json::json!([true, false]));
         // Download in the tree's context: every item, verified by the client's own hash.
         let mut want: Vec<Digest> = blobs.iter().map(|b| b.digest()).collect();
@@ -258,24 +248,14 @@ fn location_tables_are_served_for_an_items_children() {
     rt.block_on(async {
         let base = serve(store).await;
         let http = http_client(&token);
-        let mut all: Vec<&[u8]> = blobs.iter().map(|b| b.bytes()).collect();
-        all.push(tree.bytes());
-        let r = http
-            .post(format!("{base}/v1/items"))
-            .body(frames(&all))
-            .send()
-            .await
-            .unwrap();
+        let r = upload_children_then(&http, &base, &blobs, &tree).await;
         assert_eq!(r.status(), 200);
-        let v: serde_json::Value = http
-            .post(format!("{base}/v1/items/locations"))
-            .json(&serde_json::json!({"digest": tree.digest().to_text()}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = post_json(
+            &http,
+            format!("{base}/v1/items/locations"),
+            &serde_json::json!({"digest": tree.digest().to_text()}),
+        )
+        .await;
         let entries = v["entries"].as_array().unwrap();
         assert_eq!(entries.len(), blobs.len(), "{v}");
         for (e, b) in entries.iter().zip(&blobs) {
@@ -284,15 +264,28 @@ fn location_tables_are_served_for_an_items_children() {
             assert_eq!(e["raw_len"].as_u64(), Some(b.bytes().len() as u64));
         }
         // A leaf has no table.
-        let v: serde_json::Value = http
-            .post(format!("{base}/v1/items/locations"))
-            .json(&serde_json::json!({"digest": blobs[0].digest().to_text()}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = post_json(
+            &http,
+            format!("{base}/v1/items/locations"),
+            &serde_json::json!({"digest": blobs[0].digest().to_text()}),
+        )
+        .await;
         assert!(v["entries"].is_null(), "{v}");
     });
+}
+
+/// Uploads `blobs` then `tree`, in one streamed body.
+async fn upload_children_then(
+    http: &reqwest::Client,
+    base: &str,
+    blobs: &[mirage_format::chunking::EncodedItem],
+    tree: &mirage_format::chunking::EncodedItem,
+) -> reqwest::Response {
+    let mut all: Vec<&[u8]> = blobs.iter().map(|b| b.bytes()).collect();
+    all.push(tree.bytes());
+    http.post(format!("{base}/v1/items"))
+        .body(frames(&all))
+        .send()
+        .await
+        .unwrap()
 }

@@ -142,13 +142,7 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) 
 }
 
 async fn status(http: &reqwest::Client, base: &str) -> Value {
-    http.get(format!("{base}/v1/admin/raft"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::get_json(http, format!("{base}/v1/admin/raft")).await
 }
 
 /// Waits until `f` holds for node `base`'s view of the group.
@@ -598,18 +592,8 @@ fn a_node_without_the_majority_refuses_and_a_lagging_node_reads_nothing_stale() 
 fn a_standalone_store_refuses_to_join_a_cluster() {
     let c = Cluster::new(1);
     let store = &c.node(1).store;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mirage-node"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
-        .arg(store)
-        .env("MIRAGE_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("listening on"), "{line:?}");
+    // Served standalone once: its catalog now has entries of its own.
+    let (mut child, _) = common::start_standalone(store);
     child.kill().unwrap();
     child.wait().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_mirage-node"))

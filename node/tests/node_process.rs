@@ -4,33 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use mirage_format::Algorithm;
-
-/// Starts `mirage-node serve` on port 0; returns the process and its base URL.
-fn start(store_dir: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mirage-node"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
-        .arg(store_dir)
-        .env("MIRAGE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, base)
-}
 
 /// Uploads 20 blobs and their tree; returns them once the node has acknowledged them.
 fn upload(base: &str, token: &str, seed: u64) -> Vec<mirage_format::chunking::EncodedItem> {
@@ -77,7 +55,7 @@ fn upload(base: &str, token: &str, seed: u64) -> Vec<mirage_format::chunking::En
 fn serves_until_sigterm_then_exits_cleanly_with_acknowledged_items_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
-    let (mut child, base) = start(&store_dir);
+    let (mut child, base) = start_standalone(&store_dir);
     let items = upload(&base, &admin_token(&store_dir), 1000);
 
     let st = Command::new("kill")
@@ -110,7 +88,7 @@ fn serves_until_sigterm_then_exits_cleanly_with_acknowledged_items_durable() {
 fn items_acknowledged_over_http_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
-    let (mut child, base) = start(&store_dir);
+    let (mut child, base) = start_standalone(&store_dir);
     let token = admin_token(&store_dir);
     let items = upload(&base, &token, 5000);
     child.kill().unwrap();
@@ -122,19 +100,16 @@ fn items_acknowledged_over_http_survive_sigkill() {
     }
     drop(store);
     // And the node starts again on the recovered store, which still holds them.
-    let (mut child, base) = start(&store_dir);
+    let (mut child, base) = start_standalone(&store_dir);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let present: serde_json::Value = rt.block_on(async {
         let digests: Vec<String> = items.iter().map(|i| format!("{:#}", i.digest())).collect();
-        http_client(&token)
-            .post(format!("{base}/v1/items/has"))
-            .json(&serde_json::json!({ "digests": digests }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        post_json(
+            &http_client(&token),
+            format!("{base}/v1/items/has"),
+            &serde_json::json!({ "digests": digests }),
+        )
+        .await
     });
     child.kill().unwrap();
     child.wait().unwrap();

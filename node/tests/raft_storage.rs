@@ -109,13 +109,7 @@ async fn state_machine_applies_catalog_commands_like_the_embedded_catalog() {
     let items = entries.clone().into_iter().map(|e| Ok((e, None)));
     sm.apply(stream::iter(items)).await.unwrap();
     // bob is no admin: carol was refused; the lock of a missing name too.
-    let users: Vec<String> = store
-        .catalog()
-        .users()
-        .unwrap()
-        .into_iter()
-        .map(|u| u.name)
-        .collect();
+    let users = user_names(&store);
     assert_eq!(users, ["alice", "bob"]);
     let u = store
         .catalog()
@@ -126,13 +120,7 @@ async fn state_machine_applies_catalog_commands_like_the_embedded_catalog() {
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.unwrap().index, 4);
     // Applied commands are numbered on in the catalog log, refused ones are not logged.
-    let logged: Vec<u64> = store
-        .catalog()
-        .log()
-        .unwrap()
-        .iter()
-        .map(|e| e.index)
-        .collect();
+    let logged = logged(&store);
     assert_eq!(logged, [1, 2]);
 
     // The embedded catalog, given the same entries, ends in the same state.
@@ -264,21 +252,9 @@ async fn commands_grouped_in_one_entry_apply_in_order() {
         payload: EntryPayload::Normal(group),
     };
     sm.apply(stream::iter([Ok((e, None))])).await.unwrap();
-    let users: Vec<String> = store
-        .catalog()
-        .users()
-        .unwrap()
-        .into_iter()
-        .map(|u| u.name)
-        .collect();
+    let users = user_names(&store);
     assert_eq!(users, ["ann", "ben", "cid", "eve"]);
-    let logged: Vec<u64> = store
-        .catalog()
-        .log()
-        .unwrap()
-        .iter()
-        .map(|e| e.index)
-        .collect();
+    let logged = logged(&store);
     assert_eq!(logged, [1, 2, 3, 4]);
 }
 
@@ -394,4 +370,26 @@ fn checkin_web() -> mirage_node::catalog::Command {
         parent: None,
         description: String::new(),
     }
+}
+
+/// The indexes in `store`'s catalog log.
+fn logged(store: &mirage_node::Store) -> Vec<u64> {
+    store
+        .catalog()
+        .log()
+        .unwrap()
+        .iter()
+        .map(|e| e.index)
+        .collect()
+}
+
+/// The names of `store`'s users.
+fn user_names(store: &mirage_node::Store) -> Vec<String> {
+    store
+        .catalog()
+        .users()
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect()
 }

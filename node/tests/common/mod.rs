@@ -1,6 +1,9 @@
 //! Helpers shared by the store tests: deterministic item sets.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
 use mirage_format::chunking::EncodedItem;
 use mirage_format::{Algorithm, EntryKind, Item, Tree, TreeEntry};
 use mirage_node::{Store, StoreOptions};
@@ -113,4 +116,43 @@ pub fn admin_token(store_dir: &std::path::Path) -> String {
         .unwrap()
         .trim()
         .to_string()
+}
+
+/// Starts `mirage-node serve` on port 0; returns the process and its base URL.
+pub fn start_standalone(store_dir: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mirage-node"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+        .arg(store_dir)
+        .env("MIRAGE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, base)
+}
+
+/// POSTs `body` as JSON to `url` and decodes the JSON answer.
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: String,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    decode(http.post(url).json(body)).await
+}
+
+/// GETs `url` and decodes the JSON answer.
+pub async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
+    decode(http.get(url)).await
+}
+
+async fn decode(r: reqwest::RequestBuilder) -> serde_json::Value {
+    r.send().await.unwrap().json().await.unwrap()
 }
