@@ -519,12 +519,39 @@ fn a_node_without_the_majority_refuses_and_a_lagging_node_reads_nothing_stale() 
         let admin = http_client(&c.token());
         let b1 = c.node(1).base();
         form_group(&c, &admin).await;
-        // Node 3 is paused (it misses writes), then resumes: its first read sees them.
+        let old_token = add_user(&admin, &b1, "carl").await;
+        let carl = http_client(&old_token);
+        let (s, v) = post(
+            &carl,
+            format!("{}/v1/catalog/query", c.node(3).base()),
+            json!({"q": "whoami"}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        // Node 3 is paused (it misses writes, carl's new token among them), then resumes: its
+        // first read sees them, and carl's old token no longer works there.
         signal(&c, 3, "-STOP");
         for i in 0..5 {
             add_user(&admin, &b1, &format!("while-paused-{i}")).await;
         }
+        let (s, v) = post(
+            &admin,
+            format!("{b1}/v1/catalog/command"),
+            json!({"op": "set_token", "name": "carl", "token_sha256": ""}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
         signal(&c, 3, "-CONT");
+        let (s, v) = post(
+            &carl,
+            format!("{}/v1/catalog/query", c.node(3).base()),
+            json!({"q": "whoami"}),
+        )
+        .await;
+        assert_eq!(
+            s, 401,
+            "the replaced token still read on the node that was behind: {v}"
+        );
         let seen = users(&admin, &c.node(3).base()).await;
         assert!(
             seen.contains(&"while-paused-4".to_string()),

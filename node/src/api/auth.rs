@@ -19,7 +19,7 @@ pub struct Caller(pub String, pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct Peer;
 
-fn unauthorized() -> ApiError {
+pub(super) fn unauthorized() -> ApiError {
     ApiError {
         status: StatusCode::UNAUTHORIZED,
         code: "unauthorized",

@@ -64,14 +64,22 @@ pub(super) async fn submit(
 
 pub(super) async fn query(
     State(st): State<AppState>,
-    Caller(caller, _): Caller,
+    Caller(caller, token_sha256): Caller,
     Json(q): Json<Query>,
 ) -> Result<Json<QueryAnswer>, ApiError> {
     if let Some(c) = &st.cluster {
         c.node.read_barrier().await?;
     }
     let store = st.store.clone();
-    Ok(Json(
-        blocking(move || store.catalog().query(&caller, &q)).await??,
-    ))
+    let answer = blocking(move || {
+        // The token was checked against this node's copy before the read barrier: a node
+        // that was behind may have known a token replaced meanwhile. Check again, current.
+        let current = store.catalog().user_by_token(&token_sha256)?;
+        if current.is_none_or(|u| u.name != caller) {
+            return Ok(None);
+        }
+        store.catalog().query(&caller, &q).map(Some)
+    })
+    .await??;
+    answer.map(Json).ok_or_else(super::auth::unauthorized)
 }
