@@ -72,19 +72,43 @@ impl Tx<'_> {
     }
 
     fn has_prefix(&self, prefix: &[u8]) -> Result<bool, CatalogError> {
-        if self
-            .writes
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .any(|(_, v)| v.is_some())
-        {
-            return Ok(true);
-        }
-        Ok(self
-            .view
-            .scan_prefix(prefix)?
-            .into_iter()
-            .any(|(k, _)| !matches!(self.writes.get(&k), Some(None))))
+        Ok(!View::scan_prefix(self, prefix)?.is_empty())
+    }
+}
+
+/// `base` (stored key/values under `prefix`, before `end` if given) with `writes` made over
+/// them: what a scan sees through pending writes.
+pub(super) fn merged(
+    base: Pairs,
+    writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    prefix: &[u8],
+    end: Option<&[u8]>,
+) -> Pairs {
+    let mut all: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
+    for (k, v) in writes
+        .range(prefix.to_vec()..)
+        .take_while(|(k, _)| k.starts_with(prefix) && end.is_none_or(|e| k.as_slice() < e))
+    {
+        match v {
+            Some(v) => all.insert(k.clone(), v.clone()),
+            None => all.remove(k),
+        };
+    }
+    all.into_iter().collect()
+}
+
+impl View for Tx<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError> {
+        Tx::get(self, key)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, CatalogError> {
+        Ok(merged(
+            self.view.scan_prefix(prefix)?,
+            &self.writes,
+            prefix,
+            None,
+        ))
     }
 }
 
@@ -166,15 +190,21 @@ fn unlocked(n: &Named) -> Result<(), CatalogError> {
     }
 }
 
-/// Version `number` of `n`: inline in a record of version 1, else its own key.
-fn version_of(tx: &Tx<'_>, n: &Named, number: u32) -> Result<Option<Version>, CatalogError> {
+/// Version `number` of `n` as `view` holds it: inline in a record of version 1, else under
+/// its own key.
+pub(super) fn version_of(
+    view: &dyn View,
+    n: &Named,
+    number: u32,
+) -> Result<Option<Version>, CatalogError> {
     if !n.versions.is_empty() {
         return Ok(n.version(number).cloned());
     }
     if number == 0 || number > n.count {
         return Ok(None);
     }
-    tx.get_json(&keys::version(&n.name, number))
+    let key = keys::version(&n.name, number);
+    view.get(&key)?.map(|v| decode(&key, &v)).transpose()
 }
 
 /// Version `number` of `n`, which must exist and not be deleted.
@@ -261,38 +291,61 @@ fn drop_ref(tx: &mut Tx<'_>, image: Digest, name: &str, version: u32) -> Result<
     Ok(())
 }
 
-/// May `u` see `image`: an admin, its creator, or a reader of a name holding it (a live
-/// version, found through the image's references; failing that, a deleted one)?
+/// May `u` see `image`?
 fn sees_image(tx: &Tx<'_>, u: &User, image: &Digest) -> Result<bool, CatalogError> {
-    let Some(rec) = tx.get_json::<ImageRecord>(&keys::image(image))? else {
-        return Ok(false);
-    };
+    match tx.get_json::<ImageRecord>(&keys::image(image))? {
+        Some(rec) => sees(tx, u, &rec),
+        None => Ok(false),
+    }
+}
+
+/// May `u` see the image of `rec`, as `view` holds the catalog: an admin, its creator, or a
+/// reader of a name holding it (a live version, found through the image's references; failing
+/// that, a deleted one)?
+pub(super) fn sees(view: &dyn View, u: &User, rec: &ImageRecord) -> Result<bool, CatalogError> {
     if u.admin || rec.creator == u.name {
         return Ok(true);
     }
-    let prefix = keys::image_ref_prefix(image);
-    for (k, _) in tx.view.scan_prefix(&prefix)? {
-        let rest = &k[prefix.len()..];
-        let name = rest.split(|b| *b == 0).next().unwrap_or_default();
-        let name = String::from_utf8_lossy(name);
-        if let Some(n) = tx.get_json::<Named>(&keys::named(&name))? {
-            if can_read(&n, u) {
+    for (name, _) in image_refs(view, &rec.digest)? {
+        let key = keys::named(&name);
+        if let Some(v) = view.get(&key)? {
+            if can_read(&decode::<Named>(&key, &v)?, u) {
                 return Ok(true);
             }
         }
     }
-    for (k, v) in tx.view.scan_prefix(keys::NAMED_PREFIX)? {
+    for (k, v) in view.scan_prefix(keys::NAMED_PREFIX)? {
         let n: Named = decode(&k, &v)?;
         if !can_read(&n, u) {
             continue;
         }
         for number in 1..=n.version_count() {
-            if version_of(tx, &n, number)?.is_some_and(|x| x.image == *image) {
+            if version_of(view, &n, number)?.is_some_and(|x| x.image == rec.digest) {
                 return Ok(true);
             }
         }
     }
     Ok(false)
+}
+
+/// The versions (`name`, number) that refer to `image` and are not deleted.
+pub(super) fn image_refs(
+    view: &dyn View,
+    image: &Digest,
+) -> Result<Vec<(String, u32)>, CatalogError> {
+    let prefix = keys::image_ref_prefix(image);
+    let mut out = Vec::new();
+    for (k, _) in view.scan_prefix(&prefix)? {
+        let rest = &k[prefix.len()..];
+        if let Some(nul) = rest.iter().position(|b| *b == 0) {
+            let name = String::from_utf8_lossy(&rest[..nul]).into_owned();
+            let v = <[u8; 4]>::try_from(&rest[nul + 1..])
+                .map(u32::from_be_bytes)
+                .map_err(|_| CatalogError::Storage("undecodable image reference key".into()))?;
+            out.push((name, v));
+        }
+    }
+    Ok(out)
 }
 
 /// Creates the named image `name` with `image` as version 1.

@@ -307,42 +307,14 @@ impl Catalog<'_> {
     /// The versions (`name`, number) that refer to `image` and are not deleted, whoever may
     /// read them.
     pub fn refs(&self, image: &Digest) -> Result<Vec<(String, u32)>, CatalogError> {
-        let prefix = keys::image_ref_prefix(image);
-        let mut out = Vec::new();
-        for (k, _) in self.view().scan_prefix(&prefix)? {
-            let rest = &k[prefix.len()..];
-            if let Some(nul) = rest.iter().position(|b| *b == 0) {
-                let name = String::from_utf8_lossy(&rest[..nul]).into_owned();
-                let v = <[u8; 4]>::try_from(&rest[nul + 1..])
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| storage("image reference key"))?;
-                out.push((name, v));
-            }
-        }
-        Ok(out)
+        apply::image_refs(&self.view(), image)
     }
 
     /// May `caller` see `image`: an admin, its creator, or a reader of a name that refers to
     /// it (a live version, found through the image's references; failing that, a deleted
     /// one)?
     pub fn may_see(&self, caller: &str, image: &ImageRecord) -> Result<bool, CatalogError> {
-        let u = self.caller(caller)?;
-        if u.admin || image.creator == u.name {
-            return Ok(true);
-        }
-        for (name, _) in self.refs(&image.digest)? {
-            if let Some(v) = self.view().get(&keys::named(&name))? {
-                if can_read(&apply::decode::<Named>(&keys::named(&name), &v)?, &u) {
-                    return Ok(true);
-                }
-            }
-        }
-        for n in self.list(caller)? {
-            if n.versions.iter().any(|v| v.image == image.digest) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        apply::sees(&self.view(), &self.caller(caller)?, image)
     }
 
     /// Resolves `NAME`, `NAME@VERSION` or a digest (`sha256:…`).
@@ -382,17 +354,7 @@ impl Catalog<'_> {
             }
             None => n.default,
         };
-        let v = if !n.versions.is_empty() {
-            n.version(number).cloned()
-        } else if (1..=n.count).contains(&number) {
-            let key = keys::version(name, number);
-            self.view()
-                .get(&key)?
-                .map(|v| apply::decode::<Version>(&key, &v))
-                .transpose()?
-        } else {
-            None
-        };
+        let v = apply::version_of(&self.view(), &n, number)?;
         let v = v.ok_or_else(|| CatalogError::NoSuchVersion {
             name: name.to_string(),
             version: number,

@@ -83,20 +83,8 @@ impl<V: View> View for Overlay<'_, V> {
 }
 
 impl<V: View> Overlay<'_, V> {
-    /// `base` (the stored keys under `prefix`, before `end`) with the run's writes there.
     fn merge(&self, base: Pairs, prefix: &[u8], end: Option<&[u8]>) -> Pairs {
-        let mut all: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
-        for (k, v) in self
-            .writes
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix) && end.is_none_or(|e| k.as_slice() < e))
-        {
-            match v {
-                Some(v) => all.insert(k.clone(), v.clone()),
-                None => all.remove(k),
-            };
-        }
-        all.into_iter().collect()
+        apply::merged(base, &self.writes, prefix, end)
     }
 }
 

@@ -198,11 +198,7 @@ impl RocksLogStore {
 
     /// Entries with index in `range`, in order.
     fn entries(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<Entry>> {
-        let start = match range.start_bound() {
-            Bound::Included(s) => *s,
-            Bound::Excluded(s) => s.saturating_add(1),
-            Bound::Unbounded => 0,
-        };
+        let start = first_index(&range);
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             self.cf(keys::CF_LOG)?,
@@ -249,11 +245,7 @@ impl RaftLogReader<TypeConfig> for RocksLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let start = match range.start_bound() {
-            Bound::Included(s) => *s,
-            Bound::Excluded(s) => s.saturating_add(1),
-            Bound::Unbounded => 0,
-        };
+        let start = first_index(&range);
         let end = match range.end_bound() {
             Bound::Included(e) => Some(e.saturating_add(1)),
             Bound::Excluded(e) => Some(*e),
@@ -367,5 +359,14 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
         let meta = encode(&log_id)?;
         self.recent.lock().purge(log_id.index);
         self.delete_range(0, log_id.index + 1, Some((keys::PURGED, meta)))
+    }
+}
+
+/// The first log index in `range`.
+fn first_index(range: &impl RangeBounds<u64>) -> u64 {
+    match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
     }
 }
