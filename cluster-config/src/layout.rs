@@ -171,15 +171,32 @@ impl Layout {
                 next.retired.insert(*id);
             }
         }
-        let active = next.active().count();
-        if active < next.write_quorum {
+        next.check()?;
+        Ok(next)
+    }
+
+    /// Refuses a layout no write could be stored under: 1 ≤ W ≤ N, a power-of-two partition
+    /// count, and at least W active storage nodes. (A layout may arrive from a client.)
+    pub fn check(&self) -> Result<(), LayoutError> {
+        if self.replication == 0 || self.write_quorum == 0 || self.write_quorum > self.replication {
+            return Err(LayoutError::Invalid(
+                "a layout needs 1 ≤ write quorum ≤ replication".into(),
+            ));
+        }
+        if !self.partitions.is_power_of_two() {
+            return Err(LayoutError::Invalid(
+                "the partition count is a power of two".into(),
+            ));
+        }
+        let active = self.active().count();
+        if active < self.write_quorum {
             return Err(LayoutError::Invalid(format!(
                 "that would leave {active} active storage node(s), fewer than the write quorum \
                  ({}): no write could be stored",
-                next.write_quorum
+                self.write_quorum
             )));
         }
-        Ok(next)
+        Ok(())
     }
 
     /// The nodes that take partitions.

@@ -61,7 +61,7 @@ pub mod catalog {
     /// Before layout 2 of the request keys: `m/q/` + id, all scanned to forget old ones. Swept
     /// by the next prune.
     pub const LEGACY_REQUEST_PREFIX: &[u8] = b"m/q/";
-    /// The current cluster layout → `Layout` JSON.
+    /// The current cluster layout's version (JSON number).
     pub const LAYOUT_CURRENT: &[u8] = b"y/current";
     /// Prefix of every layout version: `y/v/` + version (u64 BE) → `Layout` JSON.
     pub const LAYOUT_PREFIX: &[u8] = b"y/v/";

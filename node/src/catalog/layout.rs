@@ -1,5 +1,5 @@
 //! The cluster's data layout in the catalog (DESIGN.md §3, §4): every version is kept
-//! (`y/v/` + version), and the current one is also at `y/current`. Only administrators change
+//! (`y/v/` + version), and `y/current` holds the current version's number. Only administrators change
 //! it; every user may read it (clients place items by it).
 
 use mirage_cluster_config::{Layout, LayoutChange};
@@ -20,7 +20,7 @@ fn admin(u: &User) -> Result<(), CatalogError> {
 
 fn put(tx: &mut Tx<'_>, layout: &Layout) -> Result<Response, CatalogError> {
     tx.put_json(keys::layout_version(layout.version), layout)?;
-    tx.put_json(keys::LAYOUT_CURRENT.to_vec(), layout)?;
+    tx.put_json(keys::LAYOUT_CURRENT.to_vec(), &layout.version)?;
     Ok(Response {
         layout: Some(layout.version),
         ..Default::default()
@@ -35,23 +35,14 @@ pub(super) fn init(tx: &mut Tx<'_>, u: &User, layout: &Layout) -> Result<Respons
             "the cluster already has a layout: change it node by node".into(),
         ));
     }
-    let bad = if layout.version != 1 {
-        Some("the first layout is version 1".to_string())
-    } else if layout.replication == 0
-        || layout.write_quorum == 0
-        || layout.write_quorum > layout.replication
-    {
-        Some("a layout needs 1 ≤ write quorum ≤ replication".into())
-    } else if layout.partitions == 0 || !layout.partitions.is_power_of_two() {
-        Some("the partition count is a power of two".into())
-    } else if layout.active().count() < layout.write_quorum {
-        Some("a layout needs at least write-quorum active storage nodes".into())
-    } else {
-        None
-    };
-    if let Some(why) = bad {
-        return Err(CatalogError::Invalid(why));
+    if layout.version != 1 {
+        return Err(CatalogError::Invalid(
+            "the first layout is version 1".into(),
+        ));
     }
+    layout
+        .check()
+        .map_err(|e| CatalogError::Invalid(e.to_string()))?;
     put(tx, layout)
 }
 
@@ -65,7 +56,10 @@ pub(super) fn change(
 ) -> Result<Response, CatalogError> {
     admin(u)?;
     let current: Layout = tx
-        .get_json(keys::LAYOUT_CURRENT)?
+        .get_json::<u64>(keys::LAYOUT_CURRENT)?
+        .map(|v| tx.get_json(&keys::layout_version(v)))
+        .transpose()?
+        .flatten()
         .ok_or_else(|| CatalogError::Invalid("the cluster has no layout yet".into()))?;
     if let Some(v) = expect {
         if v != current.version {

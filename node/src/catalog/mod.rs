@@ -285,10 +285,14 @@ impl Catalog<'_> {
         &self,
         v: Option<u64>,
     ) -> Result<Option<mirage_cluster_config::Layout>, CatalogError> {
-        let key = match v {
-            Some(v) => keys::layout_version(v),
-            None => keys::LAYOUT_CURRENT.to_vec(),
+        let v = match v {
+            Some(v) => v,
+            None => match self.view().get(keys::LAYOUT_CURRENT)? {
+                Some(b) => apply::decode(keys::LAYOUT_CURRENT, &b)?,
+                None => return Ok(None),
+            },
         };
+        let key = keys::layout_version(v);
         self.view()
             .get(&key)?
             .map(|b| apply::decode(&key, &b))
