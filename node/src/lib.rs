@@ -10,9 +10,10 @@ pub mod catalog;
 pub mod index;
 pub mod keys;
 pub mod raft;
+pub mod shard;
 pub mod store;
 
 pub use store::{
-    CompactOptions, CompactReport, PendingPut, PutOutcome, ReadOptions, ReadStats, Stats, Store,
-    StoreError, StoreOptions, VerifyReport,
+    CompactOptions, CompactReport, PartitionSummary, PendingPut, PutOutcome, ReadOptions,
+    ReadStats, Stats, Store, StoreError, StoreOptions, VerifyReport,
 };

@@ -33,10 +33,27 @@ impl Closures {
             return Ok(c.clone());
         }
         let (c, complete) = closure(store, image)?;
+        Ok(self.keep(image, c, complete))
+    }
+
+    /// [`Closures::of`] on a cluster node: the walk crosses the nodes that hold the items.
+    pub async fn of_cluster(
+        &self,
+        shard: &crate::shard::Shard,
+        image: &Digest,
+    ) -> Result<Closure, String> {
+        if let Some(c) = self.inner.lock().0.get(image) {
+            return Ok(c.clone());
+        }
+        let (c, complete) = shard.closure(*image).await?;
+        Ok(self.keep(image, c, complete))
+    }
+
+    fn keep(&self, image: &Digest, c: HashSet<Digest>, complete: bool) -> Closure {
         let c = Arc::new(c);
         if !complete {
             // Items still arriving (or held elsewhere): answer from what is here, keep nothing.
-            return Ok(c);
+            return c;
         }
         let mut g = self.inner.lock();
         let (map, order) = &mut *g;
@@ -48,7 +65,7 @@ impl Closures {
                 }
             }
         }
-        Ok(c)
+        c
     }
 }
 

@@ -195,11 +195,10 @@ async fn authorize(
     ds: Vec<Digest>,
 ) -> Result<Vec<Digest>, ApiError> {
     let store = st.store.clone();
-    let closures = st.closures.clone();
-    super::blocking(move || -> Result<Vec<Digest>, ApiError> {
+    let admin = super::blocking(move || -> Result<bool, ApiError> {
         let c = store.catalog();
         if c.user(&caller)?.is_some_and(|u| u.admin) {
-            return Ok(ds);
+            return Ok(true);
         }
         let image = image.ok_or_else(|| ApiError {
             status: StatusCode::FORBIDDEN,
@@ -210,20 +209,34 @@ async fn authorize(
         // may see; any other digest — a subtree of some image, an unnamed upload — is refused
         // like a hidden name, so a digest learned once is no key to an image later hidden.
         match c.image(&image)? {
-            Some(rec) if c.may_see(&caller, &rec)? => {}
-            _ => return Err(CatalogError::NotFound(image.to_text()).into()),
+            Some(rec) if c.may_see(&caller, &rec)? => Ok(false),
+            _ => Err(CatalogError::NotFound(image.to_text()).into()),
         }
-        let closure = closures.of(&store, &image)?;
-        if let Some(d) = ds.iter().find(|d| !closure.contains(d)) {
-            return Err(ApiError {
-                status: StatusCode::FORBIDDEN,
-                code: "denied",
-                message: format!("{} is not part of image {}", d.to_text(), image.to_text()),
-            });
-        }
-        Ok(ds)
     })
-    .await?
+    .await??;
+    let Some(image) = image.filter(|_| !admin) else {
+        return Ok(ds);
+    };
+    let closure = match &st.cluster {
+        // A cluster node holds only its partitions: the walk crosses the nodes.
+        Some(c) => st
+            .closures
+            .of_cluster(&c.shard, &image)
+            .await
+            .map_err(ApiError::internal)?,
+        None => {
+            let (store, closures) = (st.store.clone(), st.closures.clone());
+            super::blocking(move || closures.of(&store, &image)).await??
+        }
+    };
+    if let Some(d) = ds.iter().find(|d| !closure.contains(d)) {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "denied",
+            message: format!("{} is not part of image {}", d.to_text(), image.to_text()),
+        });
+    }
+    Ok(ds)
 }
 
 pub(super) async fn get(
@@ -245,19 +258,36 @@ pub(super) async fn get(
         }
         Err(e) => return Err(e),
     };
+    Ok(serve(&st, ds, context, req.verify, false))
+}
+
+/// Streams the items `ds` as the store reads them (see `docs/API.md`, `POST /v1/items/get`),
+/// counted as served to a client or (`peer`) to another node.
+pub(super) fn serve(
+    st: &AppState,
+    ds: Vec<Digest>,
+    context: Option<Digest>,
+    verify: bool,
+    peer: bool,
+) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let store = st.store.clone();
     let metrics = st.metrics.clone();
     let opts = ReadOptions {
-        verify_digest: req.verify,
+        verify_digest: verify,
         ..Default::default()
     };
     tokio::task::spawn_blocking(move || {
         let r = store.get_many(&ds, context.as_ref(), opts, |d, r| {
             let f = match r {
                 Ok(bytes) => {
-                    metrics.items_served.fetch_add(1, Ordering::Relaxed);
-                    metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    let (items, out) = if peer {
+                        (&metrics.peer_items_served, &metrics.peer_bytes_out)
+                    } else {
+                        (&metrics.items_served, &metrics.bytes_out)
+                    };
+                    items.fetch_add(1, Ordering::Relaxed);
+                    out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     frame(TAG_ITEM, &bytes)
                 }
                 Err(e) => {
@@ -281,11 +311,11 @@ pub(super) async fn get(
         }
     });
     let stream = tokio_stream(rx);
-    Ok((
+    (
         [(header::CONTENT_TYPE, "application/vnd.mirage.frames")],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 fn tokio_stream(

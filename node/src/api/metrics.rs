@@ -22,6 +22,10 @@ pub struct Metrics {
     pub items_served: AtomicU64,
     /// Item bytes served.
     pub bytes_out: AtomicU64,
+    /// Items served to other nodes (`/v1/peer/items/get`: repair, scrub, rebalance).
+    pub peer_items_served: AtomicU64,
+    /// Item bytes served to other nodes.
+    pub peer_bytes_out: AtomicU64,
     /// Requests answered with an error.
     pub errors: AtomicU64,
 }
@@ -56,7 +60,21 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
         "Items served.",
         &m.items_served,
     );
-    counter("mirage_bytes_out_total", "Item bytes served.", &m.bytes_out);
+    counter(
+        "mirage_bytes_out_total",
+        "Item bytes served to clients.",
+        &m.bytes_out,
+    );
+    counter(
+        "mirage_peer_items_served_total",
+        "Items served to other nodes (repair, scrub, rebalance).",
+        &m.peer_items_served,
+    );
+    counter(
+        "mirage_peer_bytes_out_total",
+        "Item bytes served to other nodes.",
+        &m.peer_bytes_out,
+    );
     counter(
         "mirage_request_errors_total",
         "Requests answered with an error.",

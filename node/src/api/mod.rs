@@ -10,6 +10,7 @@ mod error;
 mod items;
 mod metrics;
 mod raft;
+mod shard;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct Cluster {
     pub node: CatalogNode,
     /// The secret nodes present to each other.
     pub secret: Arc<str>,
+    /// This node's part of the sharded CAS.
+    pub shard: Arc<crate::shard::Shard>,
 }
 
 /// Runs blocking work (RocksDB, files) off the async threads.
@@ -58,7 +61,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Every route, as `METHOD PATH` (checked against `docs/API.md` by a test).
-pub const ROUTES: [&str; 19] = [
+pub const ROUTES: [&str; 26] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -78,6 +81,13 @@ pub const ROUTES: [&str; 19] = [
     "POST /v1/admin/raft/promote",
     "POST /v1/admin/raft/remove",
     "GET /v1/whoami",
+    "POST /v1/peer/summaries",
+    "POST /v1/peer/digests",
+    "POST /v1/peer/items/get",
+    "POST /v1/peer/items/refs",
+    "GET /v1/admin/node",
+    "POST /v1/admin/repair",
+    "POST /v1/admin/scrub",
 ];
 
 /// The router of a standalone node (`cluster: None`) or a cluster node.
@@ -108,6 +118,13 @@ pub fn router(store: Store, cluster: Option<Cluster>) -> Router {
         .route("/v1/admin/raft/promote", post(raft::promote))
         .route("/v1/admin/raft/remove", post(raft::remove))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/peer/summaries", post(shard::summaries))
+        .route("/v1/peer/digests", post(shard::digests))
+        .route("/v1/peer/items/get", post(shard::get))
+        .route("/v1/peer/items/refs", post(shard::refs))
+        .route("/v1/admin/node", get(shard::node))
+        .route("/v1/admin/repair", post(shard::repair))
+        .route("/v1/admin/scrub", post(shard::scrub))
         .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(state)
 }

@@ -18,7 +18,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 
-fn cluster(st: &AppState) -> Result<&Cluster, ApiError> {
+pub(super) fn cluster(st: &AppState) -> Result<&Cluster, ApiError> {
     st.cluster.as_ref().ok_or_else(|| ApiError {
         status: StatusCode::NOT_FOUND,
         code: "not_clustered",
@@ -84,7 +84,7 @@ pub(super) async fn forward(
     Ok(Json(c.node.execute(op).await))
 }
 
-async fn require_admin(st: &AppState, caller: &str) -> Result<(), ApiError> {
+pub(super) async fn require_admin(st: &AppState, caller: &str) -> Result<(), ApiError> {
     if let Some(c) = &st.cluster {
         c.node.read_barrier().await?;
     }

@@ -168,6 +168,16 @@ fn scan_visits_in_digest_order_and_stops(ix: &impl Index) {
     })
     .expect("scan");
     assert_eq!(n, 5, "scan did not stop when asked");
+    // From a key in the middle: exactly the items at or after it, in order.
+    let from = seen[17].0.key_bytes();
+    let mut tail = Vec::new();
+    ix.scan_from(&from, &mut |d, _| {
+        tail.push(d);
+        true
+    })
+    .expect("scan_from");
+    let want: Vec<Digest> = seen[17..].iter().map(|(d, _)| *d).collect();
+    assert_eq!(tail, want, "scan_from did not start at its key");
 }
 
 #[cfg(test)]
@@ -232,8 +242,12 @@ mod tests {
             }
             Ok(())
         }
-        fn scan(&self, f: &mut dyn FnMut(Digest, Location) -> bool) -> Result<(), IndexError> {
-            for (k, l) in self.items.read().iter() {
+        fn scan_from(
+            &self,
+            from: &[u8],
+            f: &mut dyn FnMut(Digest, Location) -> bool,
+        ) -> Result<(), IndexError> {
+            for (k, l) in self.items.read().range(from.to_vec()..) {
                 if !f(Digest::from_key_bytes(k).expect("key"), *l) {
                     break;
                 }

@@ -75,5 +75,14 @@ pub trait Index: Send + Sync + std::fmt::Debug {
         f: &mut dyn FnMut(Digest, LocationTable) -> bool,
     ) -> Result<(), IndexError>;
     /// Visits every item in digest order until `f` returns false.
-    fn scan(&self, f: &mut dyn FnMut(Digest, Location) -> bool) -> Result<(), IndexError>;
+    fn scan(&self, f: &mut dyn FnMut(Digest, Location) -> bool) -> Result<(), IndexError> {
+        self.scan_from(&[], f)
+    }
+    /// Visits, in digest order, the items whose key bytes (`Digest::key_bytes`) are at or after
+    /// `from`, until `f` returns false (a partition is one such run: see `Store::partition`).
+    fn scan_from(
+        &self,
+        from: &[u8],
+        f: &mut dyn FnMut(Digest, Location) -> bool,
+    ) -> Result<(), IndexError>;
 }

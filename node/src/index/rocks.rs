@@ -316,10 +316,15 @@ impl Index for RocksIndex {
         Ok(())
     }
 
-    fn scan(&self, f: &mut dyn FnMut(Digest, Location) -> bool) -> Result<(), IndexError> {
-        let it = self
-            .db
-            .iterator_cf(self.cf(CF_ITEMS)?, rocksdb::IteratorMode::Start);
+    fn scan_from(
+        &self,
+        from: &[u8],
+        f: &mut dyn FnMut(Digest, Location) -> bool,
+    ) -> Result<(), IndexError> {
+        let it = self.db.iterator_cf(
+            self.cf(CF_ITEMS)?,
+            rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
+        );
         for kv in it {
             let (k, v) = kv.map_err(engine)?;
             let d = Digest::from_key_bytes(&k).ok_or_else(|| IndexError::Corrupt {

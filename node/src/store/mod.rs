@@ -8,6 +8,7 @@
 
 mod compact;
 mod location;
+mod partition;
 mod read;
 pub mod record;
 mod recover;
@@ -23,6 +24,7 @@ use std::thread::JoinHandle;
 pub use compact::{CompactOptions, CompactReport};
 pub use location::{Compression, Location, LocationTable};
 use mirage_format::{Algorithm, DecodeError, Digest, DigestError};
+pub use partition::PartitionSummary;
 pub use read::{ReadOptions, ReadStats};
 pub use verify::{Counts, Damage, Stats, VerifyReport};
 pub use write::{PendingPut, PutOutcome};
@@ -137,6 +139,10 @@ pub struct StoreOptions {
     pub max_group_bytes: usize,
     /// Index checkpoint after this many appended bytes.
     pub checkpoint_bytes: u64,
+    /// The store holds one node's shard of a cluster's items: an item's references may live
+    /// on other nodes, so the closure check (on writes and in recovery) is the cluster
+    /// writer's, not this store's (`docs/CLUSTER.md`, "Data path").
+    pub shard: bool,
 }
 
 impl Default for StoreOptions {
@@ -148,6 +154,7 @@ impl Default for StoreOptions {
             zstd_level: 1,
             max_group_bytes: 32 << 20,
             checkpoint_bytes: 256 << 20,
+            shard: false,
         }
     }
 }

@@ -343,6 +343,7 @@ fn recover_volume(sh: &Shared, id: u32) -> Result<u64, StoreError> {
 /// Indexes recovered records whose references are all present (in the index or among the
 /// records accepted here), repeating until nothing changes: a crash in the middle of a group
 /// can keep a parent's bytes and lose a child's, and such a parent was never acknowledged.
+/// A shard store indexes every valid record (its references may live on other nodes).
 fn index_closed(
     sh: &Shared,
     id: u32,
@@ -355,7 +356,7 @@ fn index_closed(
         let mut rest = Vec::new();
         for (d, loc, refs) in pending {
             let mut complete = true;
-            for r in &refs {
+            for r in refs.iter().filter(|_| !sh.opts.shard) {
                 if !accepted.contains_key(r) && sh.index.get(r)?.is_none() {
                     complete = false;
                     break;

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use mirage_cluster_config::Topology;
 use mirage_node::api::Cluster;
 use mirage_node::raft::node::{CatalogNode, Tuning};
+use mirage_node::shard::{Shard, ShardTuning};
 use mirage_node::{Store, StoreOptions};
 
 /// Mirage storage node.
@@ -54,6 +55,16 @@ enum Cmd {
         /// snapshot once the log written since the last one is larger than it and 64 MiB.
         #[arg(long)]
         raft_snapshot_every: Option<u64>,
+        /// Seconds between anti-entropy rounds (cluster mode: compare partition summaries with
+        /// the other nodes, pull what this node lacks, hand off what it no longer owns).
+        #[arg(long, default_value_t = 30)]
+        repair_every: u64,
+        /// Seconds between background scrub passes (re-hash every stored item).
+        #[arg(long, default_value_t = 86400)]
+        scrub_every: u64,
+        /// Most MB per second a background scrub reads.
+        #[arg(long, default_value_t = 32)]
+        scrub_rate_mb: u64,
     },
     /// Start a local cluster of N nodes (real processes on loopback) and print how to use it.
     Playground(playground::Args),
@@ -155,18 +166,21 @@ async fn serve(
     listen: Option<SocketAddr>,
     cluster: Option<(PathBuf, u64)>,
     init: bool,
-    tuning: Tuning,
+    (tuning, shard_tuning): (Tuning, ShardTuning),
 ) -> Result<()> {
     let setup = match &cluster {
         Some((file, id)) => Some(load_cluster(file, *id)?),
         None => None,
     };
     let dir = store_dir.clone();
+    let sharded = setup.is_some();
     let st = tokio::task::spawn_blocking(move || {
         Store::open(
             &dir,
             StoreOptions {
                 create: true,
+                // A cluster node holds a shard: references may live on other nodes.
+                shard: sharded,
                 ..Default::default()
             },
         )
@@ -211,9 +225,12 @@ async fn serve(
                 tuning,
             )
             .await?;
+            let shard = Shard::new(s.node_id, st.clone(), &s.secret, shard_tuning);
+            shard.spawn();
             Some(Cluster {
                 node,
                 secret: Arc::from(s.secret.as_str()),
+                shard,
             })
         }
     };
@@ -297,6 +314,9 @@ fn main() -> Result<()> {
             id,
             init,
             raft_snapshot_every,
+            repair_every,
+            scrub_every,
+            scrub_rate_mb,
         } => {
             let cluster = match (cluster, id) {
                 (Some(f), Some(i)) => Some((f, i)),
@@ -307,7 +327,12 @@ fn main() -> Result<()> {
                 snapshot_every: raft_snapshot_every,
                 ..Tuning::default()
             };
-            rt.block_on(serve(store, listen, cluster, init, tuning))
+            let shard = ShardTuning {
+                repair_every: Duration::from_secs(repair_every.max(1)),
+                scrub_every: Duration::from_secs(scrub_every.max(1)),
+                scrub_rate: scrub_rate_mb << 20,
+            };
+            rt.block_on(serve(store, listen, cluster, init, (tuning, shard)))
         }
         Cmd::Playground(args) => rt.block_on(playground::run(args)),
         Cmd::Bench {

@@ -1,0 +1,127 @@
+//! A node's items by cluster partition: compact summaries that replicas compare
+//! (anti-entropy), the digests of one partition, and the replacement of a damaged copy with a
+//! good one from another replica (scrub). A partition is a contiguous run of the item index,
+//! since partitions are the top bits of the digest (`mirage_cluster_config::partition_of`).
+
+use std::sync::mpsc;
+
+use mirage_cluster_config::placement::partition_of;
+use mirage_format::item::peek;
+use mirage_format::{Digest, Item};
+
+use super::write::{Msg, Prepared};
+use super::{Store, StoreError};
+use crate::index::{Index, IndexBatch};
+
+/// What a node holds of one partition: equal summaries mean equal digest sets (up to a
+/// 2^-256 chance), so replicas exchange digest lists only where summaries differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionSummary {
+    /// Items held.
+    pub items: u64,
+    /// Bytes of their records.
+    pub bytes: u64,
+    /// XOR of their digests.
+    pub xor: [u8; 32],
+}
+
+impl PartitionSummary {
+    fn add(&mut self, d: &Digest, bytes: u64) {
+        self.items += 1;
+        self.bytes += bytes;
+        for (x, b) in self.xor.iter_mut().zip(d.as_bytes()) {
+            *x ^= b;
+        }
+    }
+}
+
+/// First index key of partition `p` of `partitions` for digests of `d`'s algorithm.
+fn first_key(code: u8, partitions: u32, p: u32) -> Vec<u8> {
+    let bits = partitions.max(1).trailing_zeros();
+    let prefix: u64 = if bits == 0 {
+        0
+    } else {
+        u64::from(p) << (64 - bits)
+    };
+    let mut k = vec![code];
+    k.extend_from_slice(&prefix.to_be_bytes());
+    k
+}
+
+impl Store {
+    /// One summary per partition of `partitions` (a power of two), from one index scan.
+    pub fn partition_summaries(
+        &self,
+        partitions: u32,
+    ) -> Result<Vec<PartitionSummary>, StoreError> {
+        let mut out = vec![PartitionSummary::default(); partitions.max(1) as usize];
+        self.shared().index.scan(&mut |d, l| {
+            if let Some(s) = out.get_mut(partition_of(&d, partitions) as usize) {
+                s.add(&d, l.record_len());
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// The digests this store holds in partition `p` of `partitions`, in digest order.
+    pub fn partition_digests(&self, partitions: u32, p: u32) -> Result<Vec<Digest>, StoreError> {
+        let sh = self.shared();
+        let from = first_key(sh.alg.code(), partitions, p);
+        let mut out = Vec::new();
+        sh.index.scan_from(&from, &mut |d, _| {
+            if d.algorithm() != sh.alg || partition_of(&d, partitions) != p {
+                return false;
+            }
+            out.push(d);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Removes `ds` from the index (their records become garbage for compaction): a node's
+    /// copies of a partition it no longer owns, once every owner holds them. Answers how many
+    /// were indexed.
+    pub fn forget(&self, ds: &[Digest]) -> Result<u64, StoreError> {
+        let sh = self.shared();
+        let present = sh.index.get_many(ds)?;
+        let gone: Vec<Digest> = ds
+            .iter()
+            .zip(present)
+            .filter(|(_, l)| l.is_some())
+            .map(|(d, _)| *d)
+            .collect();
+        let n = gone.len() as u64;
+        let mut counts = sh.counts.lock();
+        *counts = None;
+        sh.index.write(
+            IndexBatch {
+                remove: gone,
+                ..Default::default()
+            },
+            false,
+        )?;
+        Ok(n)
+    }
+
+    /// Stores `encoded` as a new copy of an item whose stored copy is damaged, and points the
+    /// index at it. The bytes are validated and hashed here; the answer is their digest.
+    pub fn replace(&self, encoded: Vec<u8>) -> Result<Digest, StoreError> {
+        let alg = self.algorithm();
+        let item = Item::decode(&encoded)
+            .map_err(|source| StoreError::InvalidItem { index: 0, source })?;
+        drop(item);
+        let (kind, _) =
+            peek(&encoded).map_err(|source| StoreError::InvalidItem { index: 0, source })?;
+        let d =
+            Digest::of(alg, &encoded).map_err(|source| StoreError::Digest { index: 0, source })?;
+        let level = self.shared().opts.zstd_level;
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Msg::Relocate(
+            vec![Prepared::relocated(d, kind, encoded, level)],
+            tx,
+        ))?;
+        rx.recv().map_err(|_| StoreError::Closed)??;
+        Ok(d)
+    }
+}
