@@ -29,6 +29,20 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// Run an anti-entropy round now on every storage node (or one): each compares partition
+    /// summaries with the others, pulls what it lacks, hands off what it no longer owns.
+    Repair {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<u64>,
+    },
+    /// Run a scrub pass now on every storage node (or one): re-hash every stored item and
+    /// replace damaged copies from other replicas.
+    Scrub {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<u64>,
+    },
 }
 
 /// Changes to the storage nodes of the layout.
@@ -181,6 +195,90 @@ pub fn run(remote: &Remote, cmd: &AdminCmd, json: bool) -> Result<()> {
         AdminCmd::Cluster {
             cmd: ClusterCmd::Status,
         } => status(remote, json),
+        AdminCmd::Repair { node } => each_node(remote, *node, "/v1/admin/repair", json),
+        AdminCmd::Scrub { node } => each_node(remote, *node, "/v1/admin/scrub", json),
+    }
+}
+
+/// The storage nodes of the current layout and of the one before (a removed node may still
+/// hold items), by id.
+fn storage_nodes(remote: &Remote, now: &Layout) -> Result<BTreeMap<u64, String>> {
+    let mut out: BTreeMap<u64, String> = now
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.address.clone()))
+        .collect();
+    if let Some(v) = now.version.checked_sub(1).filter(|v| *v > 0) {
+        for n in layout(remote, Some(v))?.iter().flat_map(|l| &l.nodes) {
+            out.entry(n.id).or_insert_with(|| n.address.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// POSTs `path` to every storage node (or `only`) in turn and prints each answer.
+fn each_node(remote: &Remote, only: Option<u64>, path: &str, json: bool) -> Result<()> {
+    let Some(now) = layout(remote, None)? else {
+        bail!("the cluster has no layout yet (mirage admin cluster init TOPOLOGY)");
+    };
+    let mut answers = BTreeMap::new();
+    let mut failed = 0;
+    for (id, address) in storage_nodes(remote, &now)? {
+        if only.is_some_and(|o| o != id) {
+            continue;
+        }
+        let r = remote
+            .at(&format!("http://{address}"))
+            .and_then(|n| n.post_json::<_, serde_json::Value>(path, &serde_json::json!({})));
+        match r {
+            Ok(v) => {
+                if !json {
+                    println!("node {id}: {}", report_line(&v));
+                }
+                answers.insert(id, v);
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("node {id} ({address}): {e:#}");
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answers)?);
+    }
+    if failed > 0 {
+        bail!("{failed} node(s) did not answer");
+    }
+    Ok(())
+}
+
+/// One line for a repair or scrub report.
+fn report_line(v: &serde_json::Value) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let len = |k: &str| v[k].as_array().map_or(0, Vec::len);
+    if v.get("partitions_owned").is_some() {
+        format!(
+            "layout {}, {} partitions owned, {} pulled ({} bytes), {} handed off, {} behind, \
+             {} handing off, {} unreachable, {} ms",
+            n("layout_version"),
+            n("partitions_owned"),
+            n("items_pulled"),
+            n("bytes_pulled"),
+            n("items_handed_off"),
+            len("partitions_behind"),
+            len("partitions_handing_off"),
+            len("unreachable"),
+            n("millis")
+        )
+    } else {
+        format!(
+            "{} items ({} bytes) re-hashed, {} damaged, {} replaced, {} ms",
+            n("items"),
+            n("bytes"),
+            len("damaged"),
+            len("repaired"),
+            n("millis")
+        )
     }
 }
 
@@ -207,8 +305,44 @@ fn status(remote: &Remote, json: bool) -> Result<()> {
         Some(v) => layout(remote, Some(v))?.map(|prev| now.moved_partitions(&prev).len()),
         None => None,
     };
+    // What each node says: items, bytes, and its last anti-entropy round.
+    let mut nodes: BTreeMap<u64, serde_json::Value> = BTreeMap::new();
+    let mut unsettled: std::collections::BTreeSet<u64> = Default::default();
+    let mut settled = true;
+    for (id, address) in storage_nodes(remote, &now)? {
+        let v = remote
+            .at(&format!("http://{address}"))
+            .and_then(|n| n.get_json::<serde_json::Value>("/v1/admin/node"))
+            .unwrap_or_else(|e| serde_json::json!({"error": format!("{e:#}")}));
+        let last = &v["repair"]["last"];
+        if v.get("error").is_some() || last["layout_version"].as_u64() != Some(now.version) {
+            settled = false;
+        }
+        for k in ["partitions_behind", "partitions_handing_off"] {
+            for p in last[k].as_array().into_iter().flatten() {
+                if let Some(p) = p.as_u64() {
+                    unsettled.insert(p);
+                }
+            }
+        }
+        nodes.insert(id, v);
+    }
+    let rebalance = if settled && unsettled.is_empty() {
+        "complete".to_string()
+    } else if settled {
+        format!("in progress: {} partitions out of step", unsettled.len())
+    } else {
+        "in progress: not every node has run a round under this layout yet".to_string()
+    };
     if json {
-        let out = serde_json::json!({"layout": now, "partitions": partitions, "moved_by_last_change": moved});
+        let out = serde_json::json!({
+            "layout": now,
+            "partitions": partitions,
+            "moved_by_last_change": moved,
+            "nodes": nodes,
+            "partitions_out_of_step": unsettled,
+            "rebalance": rebalance,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -230,6 +364,25 @@ fn status(remote: &Remote, json: bool) -> Result<()> {
     if let Some(m) = moved {
         println!("the last change moved {m} of {} partitions", now.partitions);
     }
+    println!("storage:");
+    for (id, v) in &nodes {
+        if let Some(e) = v["error"].as_str() {
+            println!("  {id:>4}  unreachable: {e}");
+            continue;
+        }
+        let last = &v["repair"]["last"];
+        println!(
+            "  {id:>4}  {:>9} items {:>14} bytes  last round: {}",
+            v["items"].as_u64().unwrap_or(0),
+            v["bytes"].as_u64().unwrap_or(0),
+            if last.is_null() {
+                "none yet".to_string()
+            } else {
+                report_line(last)
+            }
+        );
+    }
+    println!("rebalance and repair: {rebalance}");
     Ok(())
 }
 

@@ -41,6 +41,10 @@ struct Cli {
         value_name = "TOKEN"
     )]
     token: Option<String>,
+    /// Your zone in the cluster (--cluster): items are read from storage nodes in this zone
+    /// first, other zones only when they fail or time out.
+    #[arg(long, global = true, env = "MIRAGE_ZONE", value_name = "ZONE")]
+    zone: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -331,6 +335,15 @@ fn store_dir(cli: &Cli) -> PathBuf {
     }
 }
 
+/// Releases an upload lease; a failure only costs the lease running to its end.
+fn release_lease(r: &mirage_client::remote::Remote, id: Option<&str>) {
+    if let Some(id) = id {
+        if let Err(e) = r.release(id) {
+            tracing::warn!("releasing upload lease {id}: {e:#}");
+        }
+    }
+}
+
 /// The cluster of `--cluster`, if any.
 fn remote(cli: &Cli) -> Result<Option<mirage_client::remote::Remote>> {
     match &cli.cluster {
@@ -340,7 +353,9 @@ fn remote(cli: &Cli) -> Result<Option<mirage_client::remote::Remote>> {
                 .token
                 .as_deref()
                 .context("--cluster needs --token (or MIRAGE_TOKEN)")?;
-            Ok(Some(mirage_client::remote::Remote::new(url, token)?))
+            Ok(Some(
+                mirage_client::remote::Remote::new(url, token)?.with_zone(cli.zone.clone()),
+            ))
         }
     }
 }
@@ -566,11 +581,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Err(e) = mirage_client::inventory::of_image(&store, &root) {
                 tracing::warn!("package inventory of {}: {e:#}", root.to_text());
             }
+            // Remote: the items go out under an upload lease, released once the image is
+            // committed to the catalog (or the push failed).
+            let lease = match &remote {
+                Some(r) => Some(r.lease(&[root])?),
+                None => None,
+            };
             let pushed = match &remote {
-                Some(r) => Some(
-                    mirage_client::remote::sync::push(&store, r, &root)
-                        .with_context(|| format!("sending {} to {}", root.to_text(), r.url()))?,
-                ),
+                Some(r) => {
+                    let p = mirage_client::remote::sync::push(&store, r, &root)
+                        .with_context(|| format!("sending {} to {}", root.to_text(), r.url()));
+                    if p.is_err() {
+                        release_lease(r, lease.as_deref());
+                    }
+                    Some(p?)
+                }
                 None => None,
             };
             let registered = match name {
@@ -585,6 +610,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ),
                 None => None,
             };
+            if let Some(r) = &remote {
+                release_lease(r, lease.as_deref());
+            }
             if cli.json {
                 print_json(
                     &serde_json::json!({"image": root, "stats": stats, "catalog": registered, "pushed": pushed}),

@@ -4,6 +4,7 @@
 //! cache store with [`sync`] — checkin indexes into the cache and pushes what the cluster
 //! lacks, read verbs pull what the cache lacks and then run exactly as on an embedded store.
 
+pub mod shard;
 pub mod sync;
 
 use std::time::Duration;
@@ -25,6 +26,11 @@ pub struct Remote {
     bases: Vec<String>,
     current: std::sync::atomic::AtomicUsize,
     http: reqwest::blocking::Client,
+    token: String,
+    /// The client's zone: reads go to replicas there first.
+    zone: Option<String>,
+    /// The storage nodes, once the layout was read (`None`: no layout, a standalone node).
+    shards: std::sync::OnceLock<Option<shard::Shards>>,
 }
 
 /// The error body the node sends.
@@ -82,7 +88,31 @@ impl Remote {
             bases,
             current: Default::default(),
             http,
+            token: token.trim().to_string(),
+            zone: None,
+            shards: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The same client, reading from storage nodes in `zone` first.
+    pub fn with_zone(mut self, zone: Option<String>) -> Self {
+        self.zone = zone;
+        self
+    }
+
+    /// A client of the one node at `url`, with the same token.
+    pub fn at(&self, url: &str) -> Result<Remote> {
+        Remote::new(url, &self.token)
+    }
+
+    /// The cluster's storage nodes and placement, read from the catalog's layout once; `None`
+    /// when the catalog has no layout (a standalone node holds every item itself).
+    pub fn shards(&self) -> Result<Option<&shard::Shards>> {
+        if let Some(s) = self.shards.get() {
+            return Ok(s.as_ref());
+        }
+        let s = shard::Shards::connect(self, self.zone.clone())?;
+        Ok(self.shards.get_or_init(|| s).as_ref())
     }
 
     /// The URL of the node requests go to now.
@@ -161,6 +191,31 @@ impl Remote {
     /// Applies a catalog command as the token's user.
     pub fn command(&self, cmd: &Command) -> Result<CommandAnswer> {
         self.post_json("/v1/catalog/command", cmd)
+    }
+
+    /// Takes an upload lease on `roots` for an hour: the items being sent are protected from
+    /// garbage collection until the image is committed (or the lease ends). Answers its id.
+    pub fn lease(&self, roots: &[Digest]) -> Result<String> {
+        // A random id: the hash of a fresh random token, shortened.
+        let id = mirage_node::auth::new_token().1[..24].to_string();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.command(&Command::Lease {
+            id: id.clone(),
+            roots: roots.to_vec(),
+            expires: mirage_node::catalog::Time {
+                secs: now.as_secs() as i64 + 3600,
+                nanos: 0,
+            },
+        })?;
+        Ok(id)
+    }
+
+    /// Releases a lease taken with [`Remote::lease`].
+    pub fn release(&self, id: &str) -> Result<()> {
+        self.command(&Command::ReleaseLease { id: id.into() })?;
+        Ok(())
     }
 
     /// Runs a catalog query as the token's user.

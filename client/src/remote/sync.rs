@@ -33,7 +33,7 @@ pub struct SyncStats {
 }
 
 /// Inner items waiting for their children: digest → (encoded bytes, references).
-type Inner = HashMap<Digest, (Vec<u8>, Vec<Digest>)>;
+pub(super) type Inner = HashMap<Digest, (Vec<u8>, Vec<Digest>)>;
 
 /// `inner`'s items reachable from `root`, children before parents.
 fn post_order(root: &Digest, inner: &Inner) -> Vec<Digest> {
@@ -66,7 +66,7 @@ fn post_order(root: &Digest, inner: &Inner) -> Vec<Digest> {
 
 /// Records an item read during a walk: a blob goes to `blobs`, an inner item to `inner`
 /// with its references queued on `next`.
-fn route(
+pub(super) fn route(
     d: Digest,
     bytes: Vec<u8>,
     seen: &mut HashSet<Digest>,
@@ -92,7 +92,7 @@ fn route(
 }
 
 /// Hands `inner`'s items to `sink` in batches, children before parents.
-fn finish(
+pub(super) fn finish(
     root: &Digest,
     mut inner: Inner,
     mut sink: impl FnMut(&mut Vec<Vec<u8>>) -> Result<()>,
@@ -110,7 +110,7 @@ fn finish(
 }
 
 /// The digests of `frontier` whose presence answer is false.
-fn absent(frontier: &[Digest], present: Vec<bool>) -> Vec<Digest> {
+pub(super) fn absent(frontier: &[Digest], present: Vec<bool>) -> Vec<Digest> {
     frontier
         .iter()
         .zip(present)
@@ -123,8 +123,13 @@ fn batch_bytes(b: &[Vec<u8>]) -> usize {
     b.iter().map(Vec::len).sum()
 }
 
-/// Sends `root`'s closure from `local` to `remote`, skipping what the node holds.
+/// Sends `root`'s closure from `local` to `remote`, skipping what the nodes hold: to the
+/// replicas the layout places each item on (`shard.rs`), or to the one node of a cluster
+/// without a layout.
 pub fn push(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> {
+    if let Some(shards) = remote.shards()? {
+        return shards.push(local, root);
+    }
     let mut stats = SyncStats::default();
     let mut seen = HashSet::from([*root]);
     let mut frontier = vec![*root];
@@ -182,8 +187,13 @@ pub fn push(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
     Ok(stats)
 }
 
-/// Fetches `root`'s closure from `remote` into `local`, skipping what `local` holds.
+/// Fetches `root`'s closure from `remote` into `local`, skipping what `local` holds: from the
+/// nearest replica of each item (`shard.rs`), or from the one node of a cluster without a
+/// layout.
 pub fn pull(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> {
+    if let Some(shards) = remote.shards()? {
+        return shards.pull(local, root);
+    }
     let alg = local.algorithm();
     let mut stats = SyncStats::default();
     let mut seen = HashSet::from([*root]);

@@ -119,6 +119,17 @@ impl Shard {
         }
     }
 
+    /// The layout before the current one, if any (its nodes may still hold items that a
+    /// rebalance has not moved yet).
+    pub(crate) async fn previous_layout(&self, current: &Layout) -> Option<Layout> {
+        let v = current.version.checked_sub(1).filter(|v| *v > 0)?;
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.catalog().layout(Some(v))).await {
+            Ok(Ok(l)) => l,
+            _ => None,
+        }
+    }
+
     /// Starts the background rounds and scrubs (on the current tokio runtime).
     pub fn spawn(self: &Arc<Self>) {
         let me = self.clone();

@@ -104,7 +104,16 @@ impl Shard {
                 Ok(v) => v.into_iter().map(WireSummary::from).collect(),
                 Err(e) => return rep.error(format!("summaries of this node: {e}")),
             };
-        let others: Vec<_> = layout.nodes.iter().filter(|n| n.id != self.id).collect();
+        // Every node of this layout and of the one before: a node just removed may still hold
+        // the only copies a rebalance has not moved yet.
+        let previous = self.previous_layout(layout).await;
+        let mut others: Vec<&mirage_cluster_config::LayoutNode> =
+            layout.nodes.iter().filter(|n| n.id != self.id).collect();
+        for n in previous.iter().flat_map(|p| &p.nodes) {
+            if n.id != self.id && !others.iter().any(|o| o.id == n.id) {
+                others.push(n);
+            }
+        }
         let answers = join_all(
             others
                 .iter()

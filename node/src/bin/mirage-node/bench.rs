@@ -203,6 +203,9 @@ pub async fn run(args: Args) -> Result<()> {
         zones: 1,
         dir: args.dir.clone(),
         detach: false,
+        replication: None,
+        write_quorum: None,
+        repair_every: 30,
     })
     .await?;
     // The baseline: what the disk under the nodes gives one synced writer. Every catalog

@@ -26,6 +26,16 @@ pub struct Args {
     /// pids are in DIR/pids).
     #[arg(long)]
     pub detach: bool,
+    /// Replicas of each item (N; default: the node count, at most 3).
+    #[arg(long)]
+    pub replication: Option<usize>,
+    /// Replicas that must hold an item durably before it counts as stored (W; default: a
+    /// majority of N).
+    #[arg(long)]
+    pub write_quorum: Option<usize>,
+    /// Seconds between each node's anti-entropy rounds.
+    #[arg(long, default_value_t = 30)]
+    pub repair_every: u64,
 }
 
 struct Nodes(Vec<Child>);
@@ -52,7 +62,8 @@ fn free_port() -> Result<u16> {
 
 fn topology(args: &Args, ports: &[u16], secret_file: &Path) -> String {
     let n = args.nodes;
-    let replication = n.min(3);
+    let replication = args.replication.unwrap_or(n.min(3) as usize);
+    let quorum = args.write_quorum.unwrap_or(replication / 2 + 1);
     // Catalog voters must be odd: with an even count the last node only stores.
     let voters = if n % 2 == 0 { n - 1 } else { n };
     let mut t = String::new();
@@ -60,7 +71,7 @@ fn topology(args: &Args, ports: &[u16], secret_file: &Path) -> String {
         t,
         "# mirage-node playground\n[cluster]\nname = \"playground\"\nreplication = {replication}\n\
          write_quorum = {}\npartitions = 256\nsecret_file = {:?}\n",
-        replication / 2 + 1,
+        quorum,
         secret_file.display().to_string()
     );
     for (i, port) in ports.iter().enumerate() {
@@ -177,6 +188,8 @@ pub async fn start(args: &Args) -> Result<Running> {
             .arg(&config)
             .arg("--id")
             .arg(id.to_string())
+            .arg("--repair-every")
+            .arg(args.repair_every.to_string())
             .stdout(log.try_clone()?)
             .stderr(log);
         if id == 1 {

@@ -1,0 +1,575 @@
+//! The client's side of the sharded CAS (DESIGN.md §4, `docs/CLUSTER.md` "Data path"): items
+//! go to and come from the storage nodes the catalog's layout places them on.
+//!
+//! **Writes** walk the image top-down, asking each item's replica nodes whether they hold it
+//! (an item held by any replica had its whole subtree stored at the write quorum before it was
+//! sent, so the walk never descends below it), and send each item to the replicas that lack
+//! it: blobs as they are read, inner items afterwards in levels by height, each level only once
+//! every item of the level below is durable on W replicas. An item that fewer than W replicas
+//! acknowledge fails the push, naming the nodes that failed; a replica that missed an item is
+//! repaired later by anti-entropy.
+//!
+//! **Reads** ask, for each item, its replicas in the client's zone first, then the other
+//! replicas, then the replicas of the previous layout (a rebalance may not have moved it yet),
+//! then every other node; reads are grouped per node (the node reads them in (volume, offset)
+//! order) and run against all nodes in parallel, so a large file's chunks come from several
+//! nodes at once. Every item is hashed and must be one that was asked for.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::mpsc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use mirage_cluster_config::{Layout, Placement};
+use mirage_format::item::{peek, ItemKind};
+use mirage_format::{Digest, Item};
+use mirage_node::catalog::{Query, QueryAnswer};
+use mirage_node::{ReadOptions, Store};
+use parking_lot::Mutex;
+
+use super::sync::SyncStats;
+use super::Remote;
+
+/// Bytes per upload request to one node.
+const PUT_BYTES: usize = 8 << 20;
+/// Digests per download request to one node.
+const GET_DIGESTS: usize = 512;
+
+/// The storage nodes of a cluster and where items live on them.
+#[derive(Debug)]
+pub struct Shards {
+    layout: Layout,
+    placement: Placement,
+    previous: Option<Placement>,
+    nodes: BTreeMap<u64, Remote>,
+    zones: BTreeMap<u64, String>,
+    zone: Option<String>,
+}
+
+fn layout_of(remote: &Remote, version: Option<u64>) -> Result<Option<Layout>> {
+    match remote.query(&Query::Layout { version })? {
+        QueryAnswer::Layout(l) => Ok(l),
+        other => bail!("unexpected answer to a layout query: {other:?}"),
+    }
+}
+
+impl Shards {
+    /// The cluster's storage nodes as its catalog's current layout places items, or `None`
+    /// when the catalog has no layout (a standalone node: it holds everything itself).
+    pub fn connect(remote: &Remote, zone: Option<String>) -> Result<Option<Shards>> {
+        let Some(layout) = layout_of(remote, None)? else {
+            return Ok(None);
+        };
+        let previous = match layout.version {
+            v if v > 1 => layout_of(remote, Some(v - 1))?,
+            _ => None,
+        };
+        let mut nodes = BTreeMap::new();
+        let mut zones = BTreeMap::new();
+        for n in layout
+            .nodes
+            .iter()
+            .chain(previous.iter().flat_map(|p| &p.nodes))
+        {
+            if nodes.contains_key(&n.id) {
+                continue;
+            }
+            nodes.insert(n.id, remote.at(&format!("http://{}", n.address))?);
+            zones.insert(n.id, n.zone.clone());
+        }
+        if let Some(z) = &zone {
+            if !zones.values().any(|v| v == z) {
+                tracing::warn!("zone {z:?} has no storage node; reading from any zone");
+            }
+        }
+        Ok(Some(Shards {
+            placement: layout.placement(),
+            previous: previous.as_ref().map(Layout::placement),
+            layout,
+            nodes,
+            zones,
+            zone,
+        }))
+    }
+
+    /// The layout in use.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The nodes that should hold `d`.
+    pub fn replicas(&self, d: &Digest) -> &[u64] {
+        self.placement.nodes_for(d)
+    }
+
+    fn in_zone(&self, id: u64) -> bool {
+        self.zone
+            .as_deref()
+            .is_some_and(|z| self.zones.get(&id).map(String::as_str) == Some(z))
+    }
+
+    /// Nodes to read `d` from, best first: its replicas in the client's zone, its other
+    /// replicas, the previous layout's replicas, then every other node (each group zone
+    /// first).
+    pub fn read_order(&self, d: &Digest) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        let add = |ids: &mut dyn Iterator<Item = u64>, out: &mut Vec<u64>| {
+            let mut group: Vec<u64> = ids.filter(|i| !out.contains(i)).collect();
+            group.sort_by_key(|i| !self.in_zone(*i));
+            out.extend(group);
+        };
+        add(&mut self.replicas(d).iter().copied(), &mut out);
+        if let Some(p) = &self.previous {
+            add(&mut p.nodes_for(d).iter().copied(), &mut out);
+        }
+        add(&mut self.nodes.keys().copied(), &mut out);
+        out
+    }
+
+    fn node(&self, id: u64) -> Result<&Remote> {
+        self.nodes
+            .get(&id)
+            .ok_or_else(|| anyhow!("node {id} is not in the layout"))
+    }
+
+    /// Which nodes of each digest's replicas hold it.
+    fn holders(&self, ds: &[Digest]) -> Result<HashMap<Digest, Vec<u64>>> {
+        let mut ask: BTreeMap<u64, Vec<Digest>> = BTreeMap::new();
+        for d in ds {
+            for n in self.replicas(d) {
+                ask.entry(*n).or_default().push(*d);
+            }
+        }
+        let answers: Vec<(u64, Vec<Digest>, Result<Vec<bool>>)> = std::thread::scope(|s| {
+            let jobs: Vec<_> = ask
+                .into_iter()
+                .map(|(n, ds)| {
+                    s.spawn(move || {
+                        let r = self.node(n).and_then(|r| r.has(&ds));
+                        (n, ds, r)
+                    })
+                })
+                .collect();
+            jobs.into_iter()
+                .map(|j| j.join().unwrap_or_else(|_| (0, Vec::new(), Err(anyhow!("panicked")))))
+                .collect()
+        });
+        let mut out: HashMap<Digest, Vec<u64>> = HashMap::new();
+        for (n, ds, r) in answers {
+            match r {
+                Ok(present) => {
+                    for (d, p) in ds.into_iter().zip(present) {
+                        if p {
+                            out.entry(d).or_default().push(n);
+                        }
+                    }
+                }
+                // A node that does not answer holds nothing as far as this write knows; the
+                // quorum decides whether the write can still succeed.
+                Err(e) => tracing::warn!("node {n}: {e:#}"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Uploads to the nodes, one worker thread per node; counts durable copies per item.
+struct Senders<'s> {
+    queues: BTreeMap<u64, mpsc::SyncSender<Job>>,
+    pending: BTreeMap<u64, Vec<(Digest, Vec<u8>)>>,
+    failed: &'s Mutex<BTreeMap<u64, String>>,
+    stats: &'s Mutex<SyncStats>,
+}
+
+enum Job {
+    Put(Vec<(Digest, Vec<u8>)>),
+    Barrier(mpsc::SyncSender<()>),
+}
+
+impl<'s> Senders<'s> {
+    fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, 's>,
+        shards: &'s Shards,
+        copies: &'s Mutex<HashMap<Digest, usize>>,
+        failed: &'s Mutex<BTreeMap<u64, String>>,
+        stats: &'s Mutex<SyncStats>,
+    ) -> Senders<'s> {
+        let mut queues = BTreeMap::new();
+        for (&id, remote) in &shards.nodes {
+            let (tx, rx) = mpsc::sync_channel::<Job>(2);
+            queues.insert(id, tx);
+            scope.spawn(move || {
+                for job in rx {
+                    match job {
+                        Job::Barrier(done) => {
+                            let _ = done.send(());
+                        }
+                        Job::Put(batch) => {
+                            if failed.lock().contains_key(&id) {
+                                continue;
+                            }
+                            let items: Vec<Vec<u8>> =
+                                batch.iter().map(|(_, b)| b.clone()).collect();
+                            match remote.put(&items) {
+                                Ok(_) => {
+                                    let mut c = copies.lock();
+                                    for (d, _) in &batch {
+                                        *c.entry(*d).or_default() += 1;
+                                    }
+                                    let mut s = stats.lock();
+                                    s.items += batch.len() as u64;
+                                    s.bytes += items.iter().map(|i| i.len() as u64).sum::<u64>();
+                                }
+                                Err(e) => {
+                                    tracing::warn!("node {id}: {e:#}");
+                                    failed.lock().insert(id, format!("{e:#}"));
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Senders {
+            queues,
+            pending: BTreeMap::new(),
+            failed,
+            stats,
+        }
+    }
+
+    fn send(&mut self, node: u64, d: Digest, bytes: Vec<u8>) {
+        let q = self.pending.entry(node).or_default();
+        q.push((d, bytes));
+        if q.iter().map(|(_, b)| b.len()).sum::<usize>() >= PUT_BYTES {
+            let batch = std::mem::take(q);
+            self.dispatch(node, batch);
+        }
+    }
+
+    fn dispatch(&self, node: u64, batch: Vec<(Digest, Vec<u8>)>) {
+        if let Some(q) = self.queues.get(&node) {
+            if q.send(Job::Put(batch)).is_err() {
+                self.failed.lock().insert(node, "upload worker stopped".into());
+            }
+        }
+    }
+
+    /// Sends everything queued and waits until every node has answered.
+    fn barrier(&mut self) {
+        for (node, batch) in std::mem::take(&mut self.pending) {
+            if !batch.is_empty() {
+                self.dispatch(node, batch);
+            }
+        }
+        let waits: Vec<mpsc::Receiver<()>> = self
+            .queues
+            .values()
+            .filter_map(|q| {
+                let (tx, rx) = mpsc::sync_channel(1);
+                q.send(Job::Barrier(tx)).ok().map(|()| rx)
+            })
+            .collect();
+        for w in waits {
+            let _ = w.recv();
+        }
+    }
+
+    fn close(self) {
+        drop(self.queues);
+        let _ = self.stats;
+    }
+}
+
+/// Heights of inner items (an item whose references are all outside `inner` has height 0).
+fn heights(inner: &HashMap<Digest, (Vec<u8>, Vec<Digest>, Vec<u64>)>) -> HashMap<Digest, usize> {
+    let mut h: HashMap<Digest, usize> = HashMap::with_capacity(inner.len());
+    for start in inner.keys() {
+        if h.contains_key(start) {
+            continue;
+        }
+        // Iterative post-order.
+        let mut stack = vec![(*start, false)];
+        while let Some((d, expanded)) = stack.pop() {
+            if h.contains_key(&d) {
+                continue;
+            }
+            let refs = &inner[&d].1;
+            if expanded {
+                let v = refs
+                    .iter()
+                    .filter_map(|r| h.get(r).map(|x| x + 1))
+                    .max()
+                    .unwrap_or(0);
+                h.insert(d, v);
+                continue;
+            }
+            stack.push((d, true));
+            for r in refs {
+                if inner.contains_key(r) && !h.contains_key(r) {
+                    stack.push((*r, false));
+                }
+            }
+        }
+    }
+    h
+}
+
+impl Shards {
+    /// Checks that every item of `ds` is on at least W replicas (present before, or
+    /// acknowledged since).
+    fn check_quorum(
+        &self,
+        ds: impl Iterator<Item = Digest>,
+        before: &HashMap<Digest, Vec<u64>>,
+        copies: &Mutex<HashMap<Digest, usize>>,
+        failed: &Mutex<BTreeMap<u64, String>>,
+    ) -> Result<()> {
+        let w = self.layout.write_quorum;
+        let copies = copies.lock();
+        for d in ds {
+            let n = before.get(&d).map_or(0, Vec::len) + copies.get(&d).copied().unwrap_or(0);
+            if n < w {
+                let why: Vec<String> = failed
+                    .lock()
+                    .iter()
+                    .map(|(id, e)| format!("node {id}: {e}"))
+                    .collect();
+                bail!(
+                    "{} is durable on {n} of its replicas, fewer than the write quorum {w} \
+                     (failed: {})",
+                    d.to_text(),
+                    if why.is_empty() {
+                        "none".to_string()
+                    } else {
+                        why.join("; ")
+                    }
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `root`'s closure from `local` to the nodes that should hold it.
+    pub fn push(&self, local: &Store, root: &Digest) -> Result<SyncStats> {
+        let copies = Mutex::new(HashMap::new());
+        let failed = Mutex::new(BTreeMap::new());
+        let stats = Mutex::new(SyncStats::default());
+        std::thread::scope(|s| -> Result<()> {
+            let mut tx = Senders::start(s, self, &copies, &failed, &stats);
+            let r = self.push_walk(local, root, &mut tx, &copies, &failed, &stats);
+            tx.barrier();
+            tx.close();
+            r
+        })?;
+        let out = *stats.lock();
+        Ok(out)
+    }
+
+    fn push_walk(
+        &self,
+        local: &Store,
+        root: &Digest,
+        tx: &mut Senders<'_>,
+        copies: &Mutex<HashMap<Digest, usize>>,
+        failed: &Mutex<BTreeMap<u64, String>>,
+        stats: &Mutex<SyncStats>,
+    ) -> Result<()> {
+        let mut seen = HashSet::from([*root]);
+        let mut frontier = vec![*root];
+        let mut before: HashMap<Digest, Vec<u64>> = HashMap::new();
+        let mut blobs: Vec<Digest> = Vec::new();
+        // digest → (bytes, references, nodes to send to)
+        let mut inner: HashMap<Digest, (Vec<u8>, Vec<Digest>, Vec<u64>)> = HashMap::new();
+        while !frontier.is_empty() {
+            stats.lock().checked += frontier.len() as u64;
+            let holders = self.holders(&frontier)?;
+            let mut read = Vec::new();
+            for d in &frontier {
+                let h = holders.get(d).cloned().unwrap_or_default();
+                if h.len() < self.replicas(d).len() {
+                    read.push(*d);
+                }
+                before.insert(*d, h);
+            }
+            let mut next = Vec::new();
+            let mut failure = None;
+            let mut count = 0usize;
+            local.get_many(&read, None, ReadOptions::default(), |d, r| {
+                if failure.is_some() {
+                    return;
+                }
+                count += 1;
+                let bytes = match r {
+                    Ok(b) => b,
+                    Err(e) => {
+                        failure = Some(anyhow::Error::new(e).context(format!("reading {}", d.to_text())));
+                        return;
+                    }
+                };
+                let held = &before[&d];
+                let targets: Vec<u64> = self
+                    .replicas(&d)
+                    .iter()
+                    .copied()
+                    .filter(|n| !held.contains(n))
+                    .collect();
+                match peek(&bytes) {
+                    Ok((ItemKind::Blob, _)) => {
+                        blobs.push(d);
+                        for n in targets {
+                            tx.send(n, d, bytes.clone());
+                        }
+                    }
+                    Ok(_) => match Item::decode(&bytes) {
+                        Ok(item) => {
+                            let refs = item.refs();
+                            // Held somewhere: its subtree was stored before it was.
+                            if held.is_empty() {
+                                for r in &refs {
+                                    if seen.insert(*r) {
+                                        next.push(*r);
+                                    }
+                                }
+                            }
+                            inner.insert(d, (bytes, refs, targets));
+                        }
+                        Err(e) => failure = Some(anyhow!("item {}: {e}", d.to_text())),
+                    },
+                    Err(e) => failure = Some(anyhow!("item {}: {e}", d.to_text())),
+                }
+            })?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if count != read.len() {
+                bail!(
+                    "the local store lacks {} items of {} (it is incomplete; check it in again)",
+                    read.len() - count,
+                    root.to_text()
+                );
+            }
+            frontier = next;
+        }
+        tx.barrier();
+        self.check_quorum(blobs.into_iter(), &before, copies, failed)?;
+        let h = heights(&inner);
+        let mut levels: BTreeMap<usize, Vec<Digest>> = BTreeMap::new();
+        for (d, v) in &h {
+            levels.entry(*v).or_default().push(*d);
+        }
+        for (_, level) in levels {
+            for d in &level {
+                if let Some((bytes, _, targets)) = inner.remove(d) {
+                    for n in targets {
+                        tx.send(n, *d, bytes.clone());
+                    }
+                }
+            }
+            tx.barrier();
+            self.check_quorum(level.into_iter(), &before, copies, failed)?;
+        }
+        Ok(())
+    }
+
+    /// Fetches `root`'s closure from the nodes into `local`, skipping what `local` holds.
+    pub fn pull(&self, local: &Store, root: &Digest) -> Result<SyncStats> {
+        let alg = local.algorithm();
+        let mut stats = SyncStats::default();
+        let mut seen = HashSet::from([*root]);
+        let mut frontier = vec![*root];
+        let mut inner: super::sync::Inner = HashMap::new();
+        let mut blobs: Vec<Vec<u8>> = Vec::new();
+        let mut down: BTreeMap<u64, String> = BTreeMap::new();
+        while !frontier.is_empty() {
+            stats.checked += frontier.len() as u64;
+            let mut pending: Vec<Digest> = super::sync::absent(&frontier, local.has_many(&frontier)?);
+            let mut tried: HashMap<Digest, usize> = HashMap::new();
+            let mut next = Vec::new();
+            while !pending.is_empty() {
+                // Each item to the best node not yet tried for it and not known down.
+                let mut plan: BTreeMap<u64, Vec<Digest>> = BTreeMap::new();
+                for d in pending.drain(..) {
+                    let order = self.read_order(&d);
+                    let k = tried.entry(d).or_default();
+                    while *k < order.len() && down.contains_key(&order[*k]) {
+                        *k += 1;
+                    }
+                    let Some(n) = order.get(*k) else {
+                        let why: Vec<String> =
+                            down.iter().map(|(i, e)| format!("node {i}: {e}")).collect();
+                        bail!(
+                            "no node could serve {} of {} (unreachable: {})",
+                            d.to_text(),
+                            root.to_text(),
+                            if why.is_empty() { "none".into() } else { why.join("; ") }
+                        );
+                    };
+                    *k += 1;
+                    plan.entry(*n).or_default().push(d);
+                }
+                let (itx, irx) = mpsc::sync_channel::<Vec<u8>>(64);
+                let wanted: HashSet<Digest> = plan.values().flatten().copied().collect();
+                let mut got: HashSet<Digest> = HashSet::with_capacity(wanted.len());
+                let mut failure: Option<anyhow::Error> = None;
+                let results: Vec<(u64, Result<()>)> = std::thread::scope(|s| {
+                    let jobs: Vec<_> = plan
+                        .iter()
+                        .map(|(&n, ds)| {
+                            let itx = itx.clone();
+                            s.spawn(move || {
+                                let r = self.node(n).and_then(|remote| {
+                                    for chunk in ds.chunks(GET_DIGESTS) {
+                                        remote.get_each(chunk, Some(root), None, |bytes| {
+                                            itx.send(bytes).map_err(|_| anyhow!("stopped"))
+                                        })?;
+                                    }
+                                    Ok(())
+                                });
+                                (n, r)
+                            })
+                        })
+                        .collect();
+                    drop(itx);
+                    for bytes in irx {
+                        if failure.is_some() {
+                            continue;
+                        }
+                        let r = (|| -> Result<()> {
+                            let d = Digest::of(alg, &bytes)?;
+                            if !wanted.contains(&d) || !got.insert(d) {
+                                bail!("a node sent {}, which was not asked for", d.to_text());
+                            }
+                            stats.items += 1;
+                            stats.bytes += bytes.len() as u64;
+                            super::sync::route(d, bytes, &mut seen, &mut next, &mut inner, &mut blobs)?;
+                            if blobs.iter().map(Vec::len).sum::<usize>() >= PUT_BYTES {
+                                local.put_many(std::mem::take(&mut blobs))?;
+                            }
+                            Ok(())
+                        })();
+                        failure = r.err();
+                    }
+                    jobs.into_iter()
+                        .map(|j| j.join().unwrap_or_else(|_| (0, Err(anyhow!("panicked")))))
+                        .collect()
+                });
+                if let Some(e) = failure {
+                    return Err(e);
+                }
+                for (n, r) in results {
+                    if let Err(e) = r {
+                        tracing::warn!("node {n}: {e:#}; reading from other replicas");
+                        down.insert(n, format!("{e:#}"));
+                    }
+                }
+                pending = wanted.into_iter().filter(|d| !got.contains(d)).collect();
+            }
+            frontier = next;
+        }
+        local.put_many(std::mem::take(&mut blobs))?;
+        super::sync::finish(root, inner, |b| {
+            local.put_many(std::mem::take(b)).map(|_| ()).context("storing")
+        })?;
+        Ok(stats)
+    }
+}
