@@ -150,7 +150,10 @@ impl Shards {
                 })
                 .collect();
             jobs.into_iter()
-                .map(|j| j.join().unwrap_or_else(|_| (0, Vec::new(), Err(anyhow!("panicked")))))
+                .map(|j| {
+                    j.join()
+                        .unwrap_or_else(|_| (0, Vec::new(), Err(anyhow!("panicked"))))
+                })
                 .collect()
         });
         let mut out: HashMap<Digest, Vec<u64>> = HashMap::new();
@@ -249,7 +252,9 @@ impl<'s> Senders<'s> {
     fn dispatch(&self, node: u64, batch: Vec<(Digest, Vec<u8>)>) {
         if let Some(q) = self.queues.get(&node) {
             if q.send(Job::Put(batch)).is_err() {
-                self.failed.lock().insert(node, "upload worker stopped".into());
+                self.failed
+                    .lock()
+                    .insert(node, "upload worker stopped".into());
             }
         }
     }
@@ -402,7 +407,8 @@ impl Shards {
                 let bytes = match r {
                     Ok(b) => b,
                     Err(e) => {
-                        failure = Some(anyhow::Error::new(e).context(format!("reading {}", d.to_text())));
+                        failure =
+                            Some(anyhow::Error::new(e).context(format!("reading {}", d.to_text())));
                         return;
                     }
                 };
@@ -482,7 +488,8 @@ impl Shards {
         let mut down: BTreeMap<u64, String> = BTreeMap::new();
         while !frontier.is_empty() {
             stats.checked += frontier.len() as u64;
-            let mut pending: Vec<Digest> = super::sync::absent(&frontier, local.has_many(&frontier)?);
+            let mut pending: Vec<Digest> =
+                super::sync::absent(&frontier, local.has_many(&frontier)?);
             let mut tried: HashMap<Digest, usize> = HashMap::new();
             let mut next = Vec::new();
             while !pending.is_empty() {
@@ -501,7 +508,11 @@ impl Shards {
                             "no node could serve {} of {} (unreachable: {})",
                             d.to_text(),
                             root.to_text(),
-                            if why.is_empty() { "none".into() } else { why.join("; ") }
+                            if why.is_empty() {
+                                "none".into()
+                            } else {
+                                why.join("; ")
+                            }
                         );
                     };
                     *k += 1;
@@ -541,7 +552,9 @@ impl Shards {
                             }
                             stats.items += 1;
                             stats.bytes += bytes.len() as u64;
-                            super::sync::route(d, bytes, &mut seen, &mut next, &mut inner, &mut blobs)?;
+                            super::sync::route(
+                                d, bytes, &mut seen, &mut next, &mut inner, &mut blobs,
+                            )?;
                             if blobs.iter().map(Vec::len).sum::<usize>() >= PUT_BYTES {
                                 local.put_many(std::mem::take(&mut blobs))?;
                             }
@@ -568,7 +581,10 @@ impl Shards {
         }
         local.put_many(std::mem::take(&mut blobs))?;
         super::sync::finish(root, inner, |b| {
-            local.put_many(std::mem::take(b)).map(|_| ()).context("storing")
+            local
+                .put_many(std::mem::take(b))
+                .map(|_| ())
+                .context("storing")
         })?;
         Ok(stats)
     }

@@ -1,0 +1,486 @@
+//! The sharded data path on real processes: playground clusters of `mirage-node` on loopback
+//! and the `mirage` CLI against them. Copies of every item are counted on every node
+//! (`POST /v1/items/has`), nodes are SIGKILLed and restarted, removed and added, a stored copy
+//! is corrupted on disk, and zones are checked with the nodes' own byte counters.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mirage_format::Digest;
+use serde_json::{json, Value};
+
+fn bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_mirage"))
+        .parent()
+        .unwrap()
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace (cargo build --workspace) first",
+        p.display()
+    );
+    p
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A playground cluster; every node process is killed when it is dropped.
+struct Pg {
+    dir: tempfile::TempDir,
+    urls: Vec<String>,
+    token: String,
+    pids: Vec<Option<u32>>,
+    /// Nodes this test started (restarts, new nodes), by id.
+    children: Vec<(usize, Child)>,
+    http: reqwest::blocking::Client,
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        for pid in self.pids.iter().flatten() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Pg {
+    fn start(nodes: u64, zones: u64, replication: usize, quorum: usize) -> Pg {
+        let dir = tempfile::tempdir().unwrap();
+        let out = ok(Command::new(bin("mirage-node"))
+            .args(["playground", "--detach", "--repair-every", "3600"])
+            .args(["--nodes", &nodes.to_string(), "--zones", &zones.to_string()])
+            .args(["--replication", &replication.to_string()])
+            .args(["--write-quorum", &quorum.to_string()])
+            .arg("--dir")
+            .arg(dir.path())
+            .env("MIRAGE_LOG", "warn")
+            .output()
+            .unwrap());
+        let urls: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("node "))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(String::from)
+            .collect();
+        let token = out
+            .lines()
+            .find_map(|l| l.strip_prefix("export MIRAGE_TOKEN="))
+            .unwrap()
+            .to_string();
+        let pids = std::fs::read_to_string(dir.path().join("pids"))
+            .unwrap()
+            .lines()
+            .map(|p| Some(p.parse().unwrap()))
+            .collect();
+        assert_eq!(urls.len() as u64, nodes, "{out}");
+        Pg {
+            dir,
+            urls,
+            token,
+            pids,
+            children: Vec::new(),
+            http: reqwest::blocking::Client::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `mirage` against the cluster as the admin, with `cache` as its local store.
+    fn mirage(&self, cache: &str, args: &[&str]) -> Output {
+        self.mirage_as(&self.token.clone(), cache, args)
+    }
+
+    fn mirage_as(&self, token: &str, cache: &str, args: &[&str]) -> Output {
+        Command::new(bin("mirage"))
+            .arg("--cluster")
+            .arg(self.urls.join(","))
+            .args(["--token", token, "--store"])
+            .arg(self.path(cache))
+            .args(args)
+            .env_remove("MIRAGE_ZONE")
+            .env("MIRAGE_LOG", "error")
+            .output()
+            .unwrap()
+    }
+
+    fn post(&self, node: usize, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.urls[node - 1]))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .timeout(Duration::from_secs(300))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().unwrap()
+    }
+
+    fn metric(&self, node: usize, name: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.urls[node - 1]))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Which of `ds` node `node` holds.
+    fn has(&self, node: usize, ds: &[Digest]) -> Vec<bool> {
+        let mut out = Vec::new();
+        for chunk in ds.chunks(1000) {
+            let texts: Vec<String> = chunk.iter().map(Digest::to_text).collect();
+            let v = self.post(node, "/v1/items/has", json!({ "digests": texts }));
+            out.extend(
+                v["present"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_bool().unwrap()),
+            );
+        }
+        out
+    }
+
+    /// Copies of each of `ds` over `nodes`.
+    fn copies(&self, nodes: &[usize], ds: &[Digest]) -> Vec<usize> {
+        let mut n = vec![0; ds.len()];
+        for &node in nodes {
+            for (c, h) in n.iter_mut().zip(self.has(node, ds)) {
+                *c += usize::from(h);
+            }
+        }
+        n
+    }
+
+    fn kill(&mut self, node: usize) {
+        if let Some(pid) = self.pids[node - 1].take() {
+            ok(Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .output()
+                .unwrap());
+        }
+        if let Some(i) = self.children.iter().position(|(id, _)| *id == node) {
+            let (_, mut c) = self.children.remove(i);
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        // Reaped by init (the playground detached it): wait until the port is free.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .http
+            .get(format!("{}/healthz", self.urls[node - 1]))
+            .send()
+            .is_ok()
+        {
+            assert!(Instant::now() < deadline, "node {node} still answers");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts node `id` with the topology `config` (its store under the playground).
+    fn serve(&mut self, id: usize, config: &Path) {
+        let log = std::fs::File::create(self.path(&format!("node{id}.restart.log"))).unwrap();
+        let mut child = Command::new(bin("mirage-node"))
+            .arg("serve")
+            .arg("--store")
+            .arg(self.path(&format!("node{id}")))
+            .arg("--cluster")
+            .arg(config)
+            .args(["--id", &id.to_string(), "--repair-every", "3600"])
+            .env("MIRAGE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("listening on"), "{line:?}");
+        self.children.push((id, child));
+    }
+}
+
+/// Every digest a local (cache) store holds: the closure of what was checked in or read.
+fn digests_in(store: &Path) -> Vec<Digest> {
+    let s = mirage_node::Store::open(store, mirage_node::StoreOptions::default()).unwrap();
+    s.partition_digests(1, 0).unwrap()
+}
+
+/// A small ext4 disk image with a generated tree (`seed` varies its files).
+fn image(dir: &Path, name: &str, seed: u64) -> PathBuf {
+    let tree = dir.join(format!("{name}-tree"));
+    let gen = mirage_client::demo::generate(&tree, seed, 1).unwrap();
+    let img = dir.join(format!("{name}.img"));
+    mirage_client::demo::build_disk_image(&tree, &img, gen.bytes).unwrap();
+    img
+}
+
+fn sha(path: &Path) -> Digest {
+    Digest::of(
+        mirage_format::Algorithm::Sha256,
+        &std::fs::read(path).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn three_nodes_keep_n_copies_through_a_kill_a_restart_and_a_corrupt_copy() {
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (image(work.path(), "a", 1), image(work.path(), "b", 2));
+    let mut pg = Pg::start(3, 1, 3, 2);
+    ok(pg.mirage("ca", &["checkin", a.to_str().unwrap(), "--name", "a"]));
+    let items_a = digests_in(&pg.path("ca"));
+    assert!(items_a.len() > 50, "{} items", items_a.len());
+    assert!(
+        pg.copies(&[1, 2, 3], &items_a).iter().all(|&c| c == 3),
+        "every item of a has exactly 3 copies"
+    );
+    let out0 = work.path().join("a0.img");
+    ok(pg.mirage("r0", &["checkout", "a", "-o", out0.to_str().unwrap()]));
+
+    // Node 3 dies: reads and writes (W = 2) go on.
+    pg.kill(3);
+    let out1 = work.path().join("a1.img");
+    ok(pg.mirage("r1", &["checkout", "a", "-o", out1.to_str().unwrap()]));
+    assert_eq!(sha(&out0), sha(&out1));
+    ok(pg.mirage("cb", &["checkin", b.to_str().unwrap(), "--name", "b"]));
+    let items_b = digests_in(&pg.path("cb"));
+    let new_b: Vec<Digest> = items_b
+        .iter()
+        .filter(|d| !items_a.contains(d))
+        .copied()
+        .collect();
+    assert!(!new_b.is_empty());
+    assert!(pg.copies(&[1, 2], &items_b).iter().all(|&c| c == 2));
+
+    // It returns; one repair round brings every item back to 3 copies.
+    let config = pg.path("cluster.toml");
+    pg.serve(3, &config);
+    assert!(pg.has(3, &new_b).iter().all(|h| !h), "node 3 missed b");
+    let round = pg.post(3, "/v1/admin/repair", json!({}));
+    assert_eq!(
+        round["items_pulled"].as_u64().unwrap(),
+        new_b.len() as u64,
+        "{round}"
+    );
+    assert!(pg.copies(&[1, 2, 3], &items_b).iter().all(|&c| c == 3));
+
+    // A copy damaged on disk is found by scrub and replaced from another replica.
+    let victim = *items_b.iter().max_by_key(|d| d.as_bytes()[0]).unwrap();
+    pg.kill(3);
+    {
+        let s = mirage_node::Store::open(&pg.path("node3"), mirage_node::StoreOptions::default())
+            .unwrap();
+        let loc = s.location(&victim).unwrap().unwrap();
+        let vol = pg.path(&format!("node3/volumes/{:08}.vol", loc.volume));
+        let mut bytes = std::fs::read(&vol).unwrap();
+        let at = (loc.offset + loc.record_len() - 1) as usize;
+        bytes[at] ^= 0xff;
+        std::fs::write(&vol, bytes).unwrap();
+    }
+    pg.serve(3, &config);
+    let scrub = pg.post(3, "/v1/admin/scrub", json!({}));
+    let victim_text = json!(victim.to_text());
+    assert_eq!(scrub["damaged"], json!([victim_text]), "{scrub}");
+    assert_eq!(scrub["repaired"], json!([victim_text]), "{scrub}");
+    let again = pg.post(3, "/v1/admin/scrub", json!({}));
+    assert_eq!(again["damaged"], json!([]), "{again}");
+    assert_eq!(
+        again["items"].as_u64().unwrap(),
+        scrub["items"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn removing_and_adding_nodes_rebalances_to_n_copies_without_a_failed_read() {
+    let work = tempfile::tempdir().unwrap();
+    let a = image(work.path(), "a", 3);
+    let mut pg = Pg::start(4, 1, 2, 2);
+    ok(pg.mirage("ca", &["checkin", a.to_str().unwrap(), "--name", "a"]));
+    let items = digests_in(&pg.path("ca"));
+    assert!(pg.copies(&[1, 2, 3, 4], &items).iter().all(|&c| c == 2));
+
+    // Readers run through the whole rebalance.
+    let stop = AtomicBool::new(false);
+    let (reads, failures) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let cache = format!("reader{i}");
+                let o = pg.mirage(&cache, &["ls", "a", "/", "--json"]);
+                reads.fetch_add(1, Ordering::Relaxed);
+                if !o.status.success() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("read failed: {}", String::from_utf8_lossy(&o.stderr));
+                }
+                let _ = std::fs::remove_dir_all(pg.path(&cache));
+            }
+        });
+        ok(pg.mirage("adm", &["admin", "node", "remove", "4"]));
+        let mut settled = false;
+        for _ in 0..5 {
+            for n in [1, 2, 3, 4] {
+                pg.post(n, "/v1/admin/repair", json!({}));
+            }
+            let on_3 = pg.copies(&[1, 2, 3], &items);
+            let on_4 = pg.has(4, &items).iter().filter(|h| **h).count();
+            if on_3.iter().all(|&c| c == 2) && on_4 == 0 {
+                settled = true;
+                break;
+            }
+        }
+        assert!(
+            settled,
+            "the rebalance after removing node 4 did not settle"
+        );
+        // Let the readers see the settled layout too.
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(reads.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "a read failed during the rebalance"
+    );
+    pg.kill(4);
+
+    // A new node 5 joins the catalog group and the layout, and takes about 1/n of the copies.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut topo = std::fs::read_to_string(pg.path("cluster.toml")).unwrap();
+    topo += &format!(
+        "\n[[node]]\nid = 5\naddress = \"{addr}\"\nzone = \"z1\"\ncapacity_gb = 100\n\
+         roles = [\"storage\"]\n"
+    );
+    let config5 = pg.path("cluster5.toml");
+    std::fs::write(&config5, topo).unwrap();
+    pg.serve(5, &config5);
+    pg.urls.push(String::new());
+    pg.urls[4] = format!("http://{addr}");
+    ok(pg.mirage("adm", &["admin", "raft", "add-learner", "5", &addr]));
+    ok(pg.mirage(
+        "adm",
+        &[
+            "admin",
+            "node",
+            "add",
+            "5",
+            "--address",
+            &addr,
+            "--zone",
+            "z1",
+            "--capacity-gb",
+            "100",
+        ],
+    ));
+    let mut settled = false;
+    for _ in 0..5 {
+        for n in [5, 1, 2, 3] {
+            pg.post(n, "/v1/admin/repair", json!({}));
+        }
+        if pg.copies(&[1, 2, 3, 5], &items).iter().all(|&c| c == 2) {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "the rebalance after adding node 5 did not settle");
+    let on_5 = pg.has(5, &items).iter().filter(|h| **h).count() as f64;
+    let share = on_5 / (2.0 * items.len() as f64);
+    assert!(
+        (0.15..=0.35).contains(&share),
+        "node 5 holds {share:.2} of the copies, expected about 1/4"
+    );
+    let status = ok(pg.mirage("adm", &["admin", "cluster", "status", "--json"]));
+    let v: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["rebalance"], json!("complete"), "{status}");
+}
+
+#[test]
+fn a_client_in_zone_a_reads_nothing_from_other_zones() {
+    let work = tempfile::tempdir().unwrap();
+    let a = image(work.path(), "a", 4);
+    let pg = Pg::start(6, 3, 3, 2);
+    // A user who is not an admin: every download is authorized by walking the image's
+    // closure across the nodes.
+    let out = ok(pg.mirage("adm", &["--json", "user", "add", "bob"]));
+    let bob: Value = serde_json::from_str(&out).unwrap();
+    let bob = bob["token"].as_str().unwrap().to_string();
+    ok(pg.mirage_as(
+        &bob,
+        "cb",
+        &["checkin", a.to_str().unwrap(), "--name", "bobs"],
+    ));
+    let zone_of = |n: usize| (n - 1) % 3 + 1;
+    let before: Vec<u64> = (1..=6)
+        .map(|n| pg.metric(n, "mirage_bytes_out_total"))
+        .collect();
+    let out = work.path().join("a.out");
+    ok(pg.mirage_as(
+        &bob,
+        "rb",
+        &[
+            "--zone",
+            "z1",
+            "checkout",
+            "bobs",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    ));
+    let served: Vec<u64> = (1..=6)
+        .map(|n| pg.metric(n, "mirage_bytes_out_total") - before[n - 1])
+        .collect();
+    for n in 1..=6 {
+        if zone_of(n) == 1 {
+            continue;
+        }
+        assert_eq!(
+            served[n - 1],
+            0,
+            "node {n} (zone z{}) served bytes: {served:?}",
+            zone_of(n)
+        );
+    }
+    assert!(served[0] + served[3] > 0, "{served:?}");
+    // The image checks out identical to what was checked in: check it in again.
+    let again = ok(pg.mirage_as(&bob, "cb2", &["checkin", out.to_str().unwrap()]));
+    let first = ok(pg.mirage_as(&bob, "cb", &["show", "bobs", "--json"]));
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert!(
+        first.to_string().contains(again.trim()),
+        "checked-out image has another serial number: {again}"
+    );
+}
