@@ -285,8 +285,11 @@ impl<'s> Senders<'s> {
     }
 }
 
+/// Inner items waiting to be sent: digest → (encoded bytes, references, nodes to send to).
+type Pending = HashMap<Digest, (Vec<u8>, Vec<Digest>, Vec<u64>)>;
+
 /// Heights of inner items (an item whose references are all outside `inner` has height 0).
-fn heights(inner: &HashMap<Digest, (Vec<u8>, Vec<Digest>, Vec<u64>)>) -> HashMap<Digest, usize> {
+fn heights(inner: &Pending) -> HashMap<Digest, usize> {
     let mut h: HashMap<Digest, usize> = HashMap::with_capacity(inner.len());
     for start in inner.keys() {
         if h.contains_key(start) {
@@ -383,8 +386,7 @@ impl Shards {
         let mut frontier = vec![*root];
         let mut before: HashMap<Digest, Vec<u64>> = HashMap::new();
         let mut blobs: Vec<Digest> = Vec::new();
-        // digest → (bytes, references, nodes to send to)
-        let mut inner: HashMap<Digest, (Vec<u8>, Vec<Digest>, Vec<u64>)> = HashMap::new();
+        let mut inner = Pending::new();
         while !frontier.is_empty() {
             stats.lock().checked += frontier.len() as u64;
             let holders = self.holders(&frontier)?;
