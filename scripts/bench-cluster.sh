@@ -89,14 +89,19 @@ sleep 1
 "$M" --cluster "$CL" --token "$TOK" admin node add 4 --address "127.0.0.1:$PORT" --zone z1 --capacity-gb 100 >/dev/null
 t0=$(now)
 pulled=0
+items=0
 for round in 1 2 3; do
     out=$("$M" --cluster "$CL" --token "$TOK" --json admin repair)
     pulled=$((pulled + $(echo "$out" | python3 -c 'import json,sys; print(sum(v["bytes_pulled"] for v in json.load(sys.stdin).values()))')))
+    items=$((items + $(echo "$out" | python3 -c 'import json,sys; print(sum(v["items_pulled"] for v in json.load(sys.stdin).values()))')))
     st=$("$M" --cluster "$CL" --token "$TOK" --json admin cluster status)
     if echo "$st" | grep -q '"rebalance": "complete"'; then break; fi
 done
 t1=$(now)
 held=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^mirage_store_bytes /{print $2}')
+held_items=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^mirage_store_items /{print $2}')
+echo "items pulled by all nodes: $items; items node 4 holds (the minimum): $held_items"
+echo "(bytes pulled are encoded item bytes; bytes held are compressed records)"
 echo "$st" | python3 -c 'import json,sys; v=json.load(sys.stdin); print("moved by the change:", v["moved_by_last_change"], "partitions; rebalance:", v["rebalance"])'
 printf 'rebalance: %.2f s, %d bytes pulled; node 4 holds %d bytes (the minimum): ratio %.3f\n' \
     "$(secs $t0 $t1)" "$pulled" "$held" "$(echo "$pulled/$held" | bc -l)"
