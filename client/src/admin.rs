@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use mirage_cluster_config::{Layout, LayoutChange, Topology};
-use mirage_node::catalog::{Command, Query, QueryAnswer};
+use mirage_node::catalog::Command;
 use mirage_node::raft::node::GroupStatus;
 
 use crate::remote::Remote;
@@ -195,51 +195,48 @@ pub fn run(remote: &Remote, cmd: &AdminCmd, json: bool) -> Result<()> {
         AdminCmd::Cluster {
             cmd: ClusterCmd::Status,
         } => status(remote, json),
-        AdminCmd::Repair { node } => each_node(remote, *node, "/v1/admin/repair", json),
-        AdminCmd::Scrub { node } => each_node(remote, *node, "/v1/admin/scrub", json),
+        AdminCmd::Repair { node } => each_node(remote, *node, "/v1/admin/repair", round_line, json),
+        AdminCmd::Scrub { node } => each_node(remote, *node, "/v1/admin/scrub", scrub_line, json),
     }
 }
 
-/// The storage nodes of the current layout and of the one before (a removed node may still
-/// hold items), by id.
-fn storage_nodes(remote: &Remote, now: &Layout) -> Result<BTreeMap<u64, String>> {
-    let mut out: BTreeMap<u64, String> = now
-        .nodes
-        .iter()
-        .map(|n| (n.id, n.address.clone()))
-        .collect();
-    if let Some(v) = now.version.checked_sub(1).filter(|v| *v > 0) {
-        for n in layout(remote, Some(v))?.iter().flat_map(|l| &l.nodes) {
-            out.entry(n.id).or_insert_with(|| n.address.clone());
-        }
-    }
-    Ok(out)
+/// The current layout and the one before it; an error if the cluster has none.
+fn layouts(remote: &Remote) -> Result<(Layout, Option<Layout>)> {
+    remote.layouts()?.ok_or_else(|| {
+        anyhow!("the cluster has no layout yet (mirage admin cluster init TOPOLOGY)")
+    })
 }
 
-/// POSTs `path` to every storage node (or `only`) in turn and prints each answer.
-fn each_node(remote: &Remote, only: Option<u64>, path: &str, json: bool) -> Result<()> {
-    let Some(now) = layout(remote, None)? else {
-        bail!("the cluster has no layout yet (mirage admin cluster init TOPOLOGY)");
-    };
+/// POSTs `path` to every storage node (or `only`) in turn — the nodes of the current layout,
+/// then those of the previous one it lacks (a removed node may still hold items) — and prints
+/// each answer with `line`.
+fn each_node(
+    remote: &Remote,
+    only: Option<u64>,
+    path: &str,
+    line: fn(&serde_json::Value) -> String,
+    json: bool,
+) -> Result<()> {
+    let (now, before) = layouts(remote)?;
     let mut answers = BTreeMap::new();
     let mut failed = 0;
-    for (id, address) in storage_nodes(remote, &now)? {
-        if only.is_some_and(|o| o != id) {
+    for n in now.nodes_with(before.as_ref()) {
+        if only.is_some_and(|o| o != n.id) {
             continue;
         }
         let r = remote
-            .at(&format!("http://{address}"))
-            .and_then(|n| n.post_json::<_, serde_json::Value>(path, &serde_json::json!({})));
+            .at(&format!("http://{}", n.address))
+            .and_then(|r| r.post_json::<_, serde_json::Value>(path, &serde_json::json!({})));
         match r {
             Ok(v) => {
                 if !json {
-                    println!("node {id}: {}", report_line(&v));
+                    println!("node {}: {}", n.id, line(&v));
                 }
-                answers.insert(id, v);
+                answers.insert(n.id, v);
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("node {id} ({address}): {e:#}");
+                eprintln!("node {} ({}): {e:#}", n.id, n.address);
             }
         }
     }
@@ -252,48 +249,42 @@ fn each_node(remote: &Remote, only: Option<u64>, path: &str, json: bool) -> Resu
     Ok(())
 }
 
-/// One line for a repair or scrub report.
-fn report_line(v: &serde_json::Value) -> String {
+/// One line for an anti-entropy round's report.
+fn round_line(v: &serde_json::Value) -> String {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let len = |k: &str| v[k].as_array().map_or(0, Vec::len);
-    if v.get("partitions_owned").is_some() {
-        format!(
-            "layout {}, {} partitions owned, {} pulled ({} bytes), {} handed off, {} behind, \
-             {} handing off, {} unreachable, {} ms",
-            n("layout_version"),
-            n("partitions_owned"),
-            n("items_pulled"),
-            n("bytes_pulled"),
-            n("items_handed_off"),
-            len("partitions_behind"),
-            len("partitions_handing_off"),
-            len("unreachable"),
-            n("millis")
-        )
-    } else {
-        format!(
-            "{} items ({} bytes) re-hashed, {} damaged, {} replaced, {} ms",
-            n("items"),
-            n("bytes"),
-            len("damaged"),
-            len("repaired"),
-            n("millis")
-        )
-    }
+    format!(
+        "layout {}, {} partitions owned, {} pulled ({} bytes), {} handed off, {} behind, \
+         {} handing off, {} unreachable, {} ms",
+        n("layout_version"),
+        n("partitions_owned"),
+        n("items_pulled"),
+        n("bytes_pulled"),
+        n("items_handed_off"),
+        len("partitions_behind"),
+        len("partitions_handing_off"),
+        len("unreachable"),
+        n("millis")
+    )
 }
 
-fn layout(remote: &Remote, version: Option<u64>) -> Result<Option<Layout>> {
-    match remote.query(&Query::Layout { version })? {
-        QueryAnswer::Layout(l) => Ok(l),
-        other => bail!("unexpected answer to a layout query: {other:?}"),
-    }
+/// One line for a scrub pass's report.
+fn scrub_line(v: &serde_json::Value) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let len = |k: &str| v[k].as_array().map_or(0, Vec::len);
+    format!(
+        "{} items ({} bytes) re-hashed, {} damaged, {} replaced, {} ms",
+        n("items"),
+        n("bytes"),
+        len("damaged"),
+        len("repaired"),
+        n("millis")
+    )
 }
 
 /// `mirage admin cluster status`.
 fn status(remote: &Remote, json: bool) -> Result<()> {
-    let Some(now) = layout(remote, None)? else {
-        bail!("the cluster has no layout yet (mirage admin cluster init TOPOLOGY)");
-    };
+    let (now, before) = layouts(remote)?;
     let placement = now.placement();
     let mut partitions: BTreeMap<u64, u32> = BTreeMap::new();
     for p in 0..now.partitions {
@@ -301,15 +292,13 @@ fn status(remote: &Remote, json: bool) -> Result<()> {
             *partitions.entry(*id).or_default() += 1;
         }
     }
-    let moved = match now.version.checked_sub(1).filter(|v| *v > 0) {
-        Some(v) => layout(remote, Some(v))?.map(|prev| now.moved_partitions(&prev).len()),
-        None => None,
-    };
+    let moved = before.as_ref().map(|prev| now.moved_partitions(prev).len());
     // What each node says: items, bytes, and its last anti-entropy round.
     let mut nodes: BTreeMap<u64, serde_json::Value> = BTreeMap::new();
     let mut unsettled: std::collections::BTreeSet<u64> = Default::default();
     let mut settled = true;
-    for (id, address) in storage_nodes(remote, &now)? {
+    for n in now.nodes_with(before.as_ref()) {
+        let (id, address) = (n.id, &n.address);
         let v = remote
             .at(&format!("http://{address}"))
             .and_then(|n| n.get_json::<serde_json::Value>("/v1/admin/node"))
@@ -378,7 +367,7 @@ fn status(remote: &Remote, json: bool) -> Result<()> {
             if last.is_null() {
                 "none yet".to_string()
             } else {
-                report_line(last)
+                round_line(last)
             }
         );
     }

@@ -336,11 +336,9 @@ fn store_dir(cli: &Cli) -> PathBuf {
 }
 
 /// Releases an upload lease; a failure only costs the lease running to its end.
-fn release_lease(r: &mirage_client::remote::Remote, id: Option<&str>) {
-    if let Some(id) = id {
-        if let Err(e) = r.release(id) {
-            tracing::warn!("releasing upload lease {id}: {e:#}");
-        }
+fn release_lease(r: &mirage_client::remote::Remote, id: &str) {
+    if let Err(e) = r.release(id) {
+        tracing::warn!("releasing upload lease {id}: {e:#}");
     }
 }
 
@@ -587,32 +585,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(r) => Some(r.lease(&[root])?),
                 None => None,
             };
-            let pushed = match &remote {
-                Some(r) => {
-                    let p = mirage_client::remote::sync::push(&store, r, &root)
-                        .with_context(|| format!("sending {} to {}", root.to_text(), r.url()));
-                    if p.is_err() {
-                        release_lease(r, lease.as_deref());
-                    }
-                    Some(p?)
-                }
-                None => None,
-            };
-            let registered = match name {
-                Some(n) => Some(
-                    ctx.submit(mirage_node::catalog::Command::Checkin {
-                        name: n.clone(),
-                        image: root,
-                        parent,
-                        description: description.clone(),
-                    })?
-                    .response,
-                ),
-                None => None,
-            };
-            if let Some(r) = &remote {
-                release_lease(r, lease.as_deref());
+            let sent = (|| -> Result<_> {
+                let pushed = match &remote {
+                    Some(r) => Some(
+                        mirage_client::remote::sync::push(&store, r, &root).with_context(|| {
+                            format!("sending {} to {}", root.to_text(), r.url())
+                        })?,
+                    ),
+                    None => None,
+                };
+                let registered = match name {
+                    Some(n) => Some(
+                        ctx.submit(mirage_node::catalog::Command::Checkin {
+                            name: n.clone(),
+                            image: root,
+                            parent,
+                            description: description.clone(),
+                        })?
+                        .response,
+                    ),
+                    None => None,
+                };
+                Ok((pushed, registered))
+            })();
+            if let (Some(r), Some(id)) = (&remote, &lease) {
+                release_lease(r, id);
             }
+            let (pushed, registered) = sent?;
             if cli.json {
                 print_json(
                     &serde_json::json!({"image": root, "stats": stats, "catalog": registered, "pushed": pushed}),

@@ -199,6 +199,19 @@ impl Layout {
         Ok(())
     }
 
+    /// Every node of this layout, then the nodes of `previous` that are not in it (a node
+    /// just removed may still hold items a rebalance has not moved yet): the nodes a reader
+    /// or a repair asks.
+    pub fn nodes_with<'a>(&'a self, previous: Option<&'a Layout>) -> Vec<&'a LayoutNode> {
+        let mut out: Vec<&LayoutNode> = self.nodes.iter().collect();
+        for n in previous.iter().flat_map(|p| &p.nodes) {
+            if self.node(n.id).is_none() {
+                out.push(n);
+            }
+        }
+        out
+    }
+
     /// The nodes that take partitions.
     pub fn active(&self) -> impl Iterator<Item = &LayoutNode> {
         self.nodes.iter().filter(|n| n.state == NodeState::Active)

@@ -10,5 +10,5 @@ pub mod placement;
 pub mod topology;
 
 pub use layout::{Layout, LayoutChange, LayoutError, LayoutNode, NodeState};
-pub use placement::{partition_of, Placement};
+pub use placement::{partition_of, partition_start, Placement};
 pub use topology::{ConfigError, Node, Role, Topology};

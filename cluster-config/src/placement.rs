@@ -29,6 +29,15 @@ pub fn partition_of(d: &Digest, partitions: u32) -> u32 {
     (u64::from_be_bytes(x) >> (64 - bits)) as u32
 }
 
+/// The first 64 bits of the smallest digest in partition `p` of `partitions`: partitions are
+/// contiguous runs of digests, so a store lists one by scanning from here.
+pub fn partition_start(p: u32, partitions: u32) -> u64 {
+    match partitions.max(1).trailing_zeros() {
+        0 => 0,
+        bits => u64::from(p) << (64 - bits),
+    }
+}
+
 /// `log2(x)` in Q32 fixed point, for `x > 0`.
 fn log2_q32(x: u64) -> u64 {
     let lz = x.leading_zeros();
@@ -155,5 +164,24 @@ mod tests {
         assert!((l3 - 1.584_962_500_721_156).abs() < 1e-8, "{l3}");
         let lmax = log2_q32(u64::MAX) as f64 / (1u64 << 32) as f64;
         assert!((lmax - 64.0).abs() < 1e-8, "{lmax}");
+    }
+
+    #[test]
+    fn a_partition_starts_where_partition_of_says_it_does() {
+        for parts in [1u32, 2, 256, 1024] {
+            for p in [0, parts / 2, parts - 1] {
+                let mut b = [0u8; 32];
+                b[..8].copy_from_slice(&partition_start(p, parts).to_be_bytes());
+                let d = Digest::from_bytes(Algorithm::Sha256, &b).unwrap();
+                assert_eq!(partition_of(&d, parts), p, "{p} of {parts}");
+                if p > 0 {
+                    let before = partition_start(p, parts) - 1;
+                    b[..8].copy_from_slice(&before.to_be_bytes());
+                    b[8..].fill(0xff);
+                    let d = Digest::from_bytes(Algorithm::Sha256, &b).unwrap();
+                    assert_eq!(partition_of(&d, parts), p - 1);
+                }
+            }
+        }
     }
 }

@@ -111,3 +111,15 @@ fn layouts_round_trip_as_json() {
     let back: Layout = serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
     assert_eq!(back, l);
 }
+
+#[test]
+fn readers_ask_the_current_nodes_then_the_removed_ones_of_the_previous_version() {
+    let v1 = three_nodes();
+    let v2 = v1.change(&add(4, "rack1")).unwrap();
+    let v3 = v2.change(&LayoutChange::Remove { id: 2 }).unwrap();
+    let ids =
+        |ns: Vec<&mirage_cluster_config::LayoutNode>| ns.iter().map(|n| n.id).collect::<Vec<_>>();
+    assert_eq!(ids(v3.nodes_with(Some(&v2))), vec![1, 3, 4, 2]);
+    assert_eq!(ids(v3.nodes_with(None)), vec![1, 3, 4]);
+    assert_eq!(ids(v2.nodes_with(Some(&v1))), vec![1, 2, 3, 4]);
+}

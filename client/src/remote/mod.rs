@@ -218,6 +218,34 @@ impl Remote {
         Ok(())
     }
 
+    /// The cluster's data layout: the current version, or version `v` (`None`: the catalog
+    /// has none).
+    pub fn layout(&self, v: Option<u64>) -> Result<Option<mirage_cluster_config::Layout>> {
+        match self.query(&Query::Layout { version: v })? {
+            QueryAnswer::Layout(l) => Ok(l),
+            other => bail!("unexpected answer to a layout query: {other:?}"),
+        }
+    }
+
+    /// The current layout and the one before it, if any.
+    pub fn layouts(
+        &self,
+    ) -> Result<
+        Option<(
+            mirage_cluster_config::Layout,
+            Option<mirage_cluster_config::Layout>,
+        )>,
+    > {
+        let Some(now) = self.layout(None)? else {
+            return Ok(None);
+        };
+        let before = match now.version.checked_sub(1).filter(|v| *v > 0) {
+            Some(v) => self.layout(Some(v))?,
+            None => None,
+        };
+        Ok(Some((now, before)))
+    }
+
     /// Runs a catalog query as the token's user.
     pub fn query(&self, q: &Query) -> Result<QueryAnswer> {
         self.post_json("/v1/catalog/query", q)

@@ -20,13 +20,11 @@ use std::sync::mpsc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use mirage_cluster_config::{Layout, Placement};
-use mirage_format::item::{peek, ItemKind};
-use mirage_format::{Digest, Item};
-use mirage_node::catalog::{Query, QueryAnswer};
-use mirage_node::{ReadOptions, Store};
+use mirage_format::Digest;
+use mirage_node::Store;
 use parking_lot::Mutex;
 
-use super::sync::SyncStats;
+use super::sync::{accept, descend, read_local, refs_of, SyncStats};
 use super::Remote;
 
 /// Bytes per upload request to one node.
@@ -45,34 +43,28 @@ pub struct Shards {
     zone: Option<String>,
 }
 
-fn layout_of(remote: &Remote, version: Option<u64>) -> Result<Option<Layout>> {
-    match remote.query(&Query::Layout { version })? {
-        QueryAnswer::Layout(l) => Ok(l),
-        other => bail!("unexpected answer to a layout query: {other:?}"),
+/// The failures of `nodes`, for an error message.
+fn describe(failed: &BTreeMap<u64, String>) -> String {
+    if failed.is_empty() {
+        return "none".into();
     }
+    let why: Vec<String> = failed
+        .iter()
+        .map(|(id, e)| format!("node {id}: {e}"))
+        .collect();
+    why.join("; ")
 }
 
 impl Shards {
     /// The cluster's storage nodes as its catalog's current layout places items, or `None`
     /// when the catalog has no layout (a standalone node: it holds everything itself).
     pub fn connect(remote: &Remote, zone: Option<String>) -> Result<Option<Shards>> {
-        let Some(layout) = layout_of(remote, None)? else {
+        let Some((layout, previous)) = remote.layouts()? else {
             return Ok(None);
-        };
-        let previous = match layout.version {
-            v if v > 1 => layout_of(remote, Some(v - 1))?,
-            _ => None,
         };
         let mut nodes = BTreeMap::new();
         let mut zones = BTreeMap::new();
-        for n in layout
-            .nodes
-            .iter()
-            .chain(previous.iter().flat_map(|p| &p.nodes))
-        {
-            if nodes.contains_key(&n.id) {
-                continue;
-            }
+        for n in layout.nodes_with(previous.as_ref()) {
             nodes.insert(n.id, remote.at(&format!("http://{}", n.address))?);
             zones.insert(n.id, n.zone.clone());
         }
@@ -89,11 +81,6 @@ impl Shards {
             zones,
             zone,
         }))
-    }
-
-    /// The layout in use.
-    pub fn layout(&self) -> &Layout {
-        &self.layout
     }
 
     /// The nodes that should hold `d`.
@@ -337,20 +324,11 @@ impl Shards {
         for d in ds {
             let n = before.get(&d).map_or(0, Vec::len) + copies.get(&d).copied().unwrap_or(0);
             if n < w {
-                let why: Vec<String> = failed
-                    .lock()
-                    .iter()
-                    .map(|(id, e)| format!("node {id}: {e}"))
-                    .collect();
                 bail!(
                     "{} is durable on {n} of its replicas, fewer than the write quorum {w} \
                      (failed: {})",
                     d.to_text(),
-                    if why.is_empty() {
-                        "none".to_string()
-                    } else {
-                        why.join("; ")
-                    }
+                    describe(&failed.lock())
                 );
             }
         }
@@ -399,21 +377,7 @@ impl Shards {
                 before.insert(*d, h);
             }
             let mut next = Vec::new();
-            let mut failure = None;
-            let mut count = 0usize;
-            local.get_many(&read, None, ReadOptions::default(), |d, r| {
-                if failure.is_some() {
-                    return;
-                }
-                count += 1;
-                let bytes = match r {
-                    Ok(b) => b,
-                    Err(e) => {
-                        failure =
-                            Some(anyhow::Error::new(e).context(format!("reading {}", d.to_text())));
-                        return;
-                    }
-                };
+            read_local(local, root, &read, |d, bytes| {
                 let held = &before[&d];
                 let targets: Vec<u64> = self
                     .replicas(&d)
@@ -421,41 +385,23 @@ impl Shards {
                     .copied()
                     .filter(|n| !held.contains(n))
                     .collect();
-                match peek(&bytes) {
-                    Ok((ItemKind::Blob, _)) => {
+                match refs_of(&d, &bytes)? {
+                    None => {
                         blobs.push(d);
                         for n in targets {
                             tx.send(n, d, bytes.clone());
                         }
                     }
-                    Ok(_) => match Item::decode(&bytes) {
-                        Ok(item) => {
-                            let refs = item.refs();
-                            // Held somewhere: its subtree was stored before it was.
-                            if held.is_empty() {
-                                for r in &refs {
-                                    if seen.insert(*r) {
-                                        next.push(*r);
-                                    }
-                                }
-                            }
-                            inner.insert(d, (bytes, refs, targets));
+                    Some(refs) => {
+                        // Held somewhere: its subtree was stored before it was.
+                        if held.is_empty() {
+                            descend(&refs, &mut seen, &mut next);
                         }
-                        Err(e) => failure = Some(anyhow!("item {}: {e}", d.to_text())),
-                    },
-                    Err(e) => failure = Some(anyhow!("item {}: {e}", d.to_text())),
+                        inner.insert(d, (bytes, refs, targets));
+                    }
                 }
+                Ok(())
             })?;
-            if let Some(e) = failure {
-                return Err(e);
-            }
-            if count != read.len() {
-                bail!(
-                    "the local store lacks {} items of {} (it is incomplete; check it in again)",
-                    read.len() - count,
-                    root.to_text()
-                );
-            }
             frontier = next;
         }
         tx.barrier();
@@ -504,17 +450,11 @@ impl Shards {
                         *k += 1;
                     }
                     let Some(n) = order.get(*k) else {
-                        let why: Vec<String> =
-                            down.iter().map(|(i, e)| format!("node {i}: {e}")).collect();
                         bail!(
                             "no node could serve {} of {} (unreachable: {})",
                             d.to_text(),
                             root.to_text(),
-                            if why.is_empty() {
-                                "none".into()
-                            } else {
-                                why.join("; ")
-                            }
+                            describe(&down)
                         );
                     };
                     *k += 1;
@@ -548,10 +488,7 @@ impl Shards {
                             continue;
                         }
                         let r = (|| -> Result<()> {
-                            let d = Digest::of(alg, &bytes)?;
-                            if !wanted.contains(&d) || !got.insert(d) {
-                                bail!("a node sent {}, which was not asked for", d.to_text());
-                            }
+                            let d = accept(alg, &bytes, &wanted, &mut got)?;
                             stats.items += 1;
                             stats.bytes += bytes.len() as u64;
                             super::sync::route(

@@ -64,6 +64,25 @@ fn post_order(root: &Digest, inner: &Inner) -> Vec<Digest> {
     out
 }
 
+/// The references of an encoded item, `None` for a blob (which has none and is not decoded).
+pub(super) fn refs_of(d: &Digest, bytes: &[u8]) -> Result<Option<Vec<Digest>>> {
+    let (kind, _) = peek(bytes).with_context(|| format!("item {}", d.to_text()))?;
+    if kind == ItemKind::Blob {
+        return Ok(None);
+    }
+    let item = Item::decode(bytes).with_context(|| format!("item {}", d.to_text()))?;
+    Ok(Some(item.refs()))
+}
+
+/// Queues each of `refs` not seen yet on `next`.
+pub(super) fn descend(refs: &[Digest], seen: &mut HashSet<Digest>, next: &mut Vec<Digest>) {
+    for r in refs {
+        if seen.insert(*r) {
+            next.push(*r);
+        }
+    }
+}
+
 /// Records an item read during a walk: a blob goes to `blobs`, an inner item to `inner`
 /// with its references queued on `next`.
 pub(super) fn route(
@@ -74,21 +93,62 @@ pub(super) fn route(
     inner: &mut Inner,
     blobs: &mut Vec<Vec<u8>>,
 ) -> Result<()> {
-    let (kind, _) = peek(&bytes).with_context(|| format!("item {}", d.to_text()))?;
-    if kind == ItemKind::Blob {
-        blobs.push(bytes);
-        return Ok(());
-    }
-    let refs = Item::decode(&bytes)
-        .with_context(|| format!("item {}", d.to_text()))?
-        .refs();
-    for r in &refs {
-        if seen.insert(*r) {
-            next.push(*r);
+    match refs_of(&d, &bytes)? {
+        None => blobs.push(bytes),
+        Some(refs) => {
+            descend(&refs, seen, next);
+            inner.insert(d, (bytes, refs));
         }
     }
-    inner.insert(d, (bytes, refs));
     Ok(())
+}
+
+/// Reads `ds` from the local store and hands each to `f` (in the store's read order); fails
+/// on the first error of `f` or of a read, and when the store lacks some of them.
+pub(super) fn read_local(
+    local: &Store,
+    root: &Digest,
+    ds: &[Digest],
+    mut f: impl FnMut(Digest, Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    let mut failure = None;
+    let mut count = 0usize;
+    local.get_many(ds, None, ReadOptions::default(), |d, r| {
+        if failure.is_some() {
+            return;
+        }
+        count += 1;
+        failure = match r {
+            Ok(bytes) => f(d, bytes).err(),
+            Err(e) => Some(anyhow::Error::new(e).context(format!("reading {}", d.to_text()))),
+        };
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if count != ds.len() {
+        bail!(
+            "the local store lacks {} items of {} (it is incomplete; check it in again)",
+            ds.len() - count,
+            root.to_text()
+        );
+    }
+    Ok(())
+}
+
+/// Hashes an item a node sent and checks that it was asked for (`wanted`) and not sent before
+/// (`got`, which it joins).
+pub(super) fn accept(
+    alg: mirage_format::Algorithm,
+    bytes: &[u8],
+    wanted: &HashSet<Digest>,
+    got: &mut HashSet<Digest>,
+) -> Result<Digest> {
+    let d = Digest::of(alg, bytes)?;
+    if !wanted.contains(&d) || !got.insert(d) {
+        bail!("a node sent {}, which was not asked for", d.to_text());
+    }
+    Ok(d)
 }
 
 /// Hands `inner`'s items to `sink` in batches, children before parents.
@@ -149,37 +209,13 @@ pub fn push(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
         stats.checked += frontier.len() as u64;
         let missing = absent(&frontier, remote.has(&frontier)?);
         let mut next = Vec::new();
-        let mut failure = None;
-        let mut count = 0usize;
-        local.get_many(&missing, None, ReadOptions::default(), |d, r| {
-            if failure.is_some() {
-                return;
+        read_local(local, root, &missing, |d, bytes| {
+            route(d, bytes, &mut seen, &mut next, &mut inner, &mut blobs)?;
+            if batch_bytes(&blobs) >= BATCH_BYTES {
+                send(&mut blobs, &mut stats)?;
             }
-            count += 1;
-            match r {
-                Ok(bytes) => {
-                    if let Err(e) = route(d, bytes, &mut seen, &mut next, &mut inner, &mut blobs) {
-                        failure = Some(e);
-                    } else if batch_bytes(&blobs) >= BATCH_BYTES {
-                        failure = send(&mut blobs, &mut stats).err();
-                    }
-                }
-                Err(e) => {
-                    failure =
-                        Some(anyhow::Error::new(e).context(format!("reading {}", d.to_text())))
-                }
-            }
+            Ok(())
         })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        if count != missing.len() {
-            bail!(
-                "the local store lacks {} items of {} (it is incomplete; check it in again)",
-                missing.len() - count,
-                root.to_text()
-            );
-        }
         frontier = next;
     }
     send(&mut blobs, &mut stats)?;
@@ -216,10 +252,7 @@ pub fn pull(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
         let mut got: HashSet<Digest> = HashSet::with_capacity(missing.len());
         let mut next = Vec::new();
         remote.get_each(&missing, Some(root), None, |bytes| {
-            let d = Digest::of(alg, &bytes)?;
-            if !wanted.contains(&d) || !got.insert(d) {
-                bail!("the node sent {}, which was not asked for", d.to_text());
-            }
+            let d = accept(alg, &bytes, &wanted, &mut got)?;
             route(d, bytes, &mut seen, &mut next, &mut inner, &mut blobs)?;
             if batch_bytes(&blobs) >= BATCH_BYTES {
                 store(&mut blobs, &mut stats)?;

@@ -7,17 +7,15 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
-use mirage_format::item::peek;
-use mirage_format::{Item, ItemKind};
 use serde::Serialize;
 
 use super::raft::{cluster, require_admin};
 use super::{blocking, ApiError, AppState, Caller, Peer};
 use crate::shard::peer::{
-    DigestList, DigestsAnswer, DigestsRequest, ItemRefs, RefsAnswer, SummariesAnswer,
-    SummariesRequest, WireSummary,
+    DigestList, DigestsAnswer, DigestsRequest, RefsAnswer, SummariesAnswer, SummariesRequest,
+    WireSummary,
 };
-use crate::shard::{RepairTotals, RoundReport, ScrubReport, ScrubTotals, Shard};
+use crate::shard::{local_refs, RepairTotals, RoundReport, ScrubReport, ScrubTotals, Shard};
 
 /// Partition counts a request may name (a power of two up to 2^16).
 fn check_partitions(n: u32) -> Result<u32, ApiError> {
@@ -79,39 +77,7 @@ pub(super) async fn refs(
     Json(r): Json<DigestList>,
 ) -> Result<Json<RefsAnswer>, ApiError> {
     let store = st.store.clone();
-    let items = blocking(move || -> Result<Vec<Option<ItemRefs>>, ApiError> {
-        let locs = r
-            .digests
-            .iter()
-            .map(|d| store.location(d))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut out = Vec::with_capacity(locs.len());
-        for (d, l) in r.digests.iter().zip(locs) {
-            let Some(l) = l else {
-                out.push(None);
-                continue;
-            };
-            if l.kind == ItemKind::Blob {
-                out.push(Some(ItemRefs {
-                    kind: l.kind.name().into(),
-                    refs: Vec::new(),
-                }));
-                continue;
-            }
-            out.push(match store.get(d)? {
-                Some(bytes) => {
-                    let kind = peek(&bytes).map(|(k, _)| k).unwrap_or(l.kind);
-                    Item::decode(&bytes).ok().map(|i| ItemRefs {
-                        kind: kind.name().into(),
-                        refs: i.refs(),
-                    })
-                }
-                None => None,
-            });
-        }
-        Ok(out)
-    })
-    .await??;
+    let items = blocking(move || local_refs(&store, &r.digests)).await??;
     Ok(Json(RefsAnswer { items }))
 }
 

@@ -79,7 +79,7 @@ pub trait Index: Send + Sync + std::fmt::Debug {
         self.scan_from(&[], f)
     }
     /// Visits, in digest order, the items whose key bytes (`Digest::key_bytes`) are at or after
-    /// `from`, until `f` returns false (a partition is one such run: see `Store::partition`).
+    /// `from`, until `f` returns false (a partition is one such run: see `Store::partition_digests`).
     fn scan_from(
         &self,
         from: &[u8],

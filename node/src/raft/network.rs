@@ -35,16 +35,23 @@ pub struct Network {
 impl Network {
     /// A network whose requests carry `secret`.
     pub fn new(secret: &str) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
         Network {
-            client,
+            client: node_client(None),
             secret: secret.into(),
         }
     }
+}
+
+/// The HTTP client a node uses to reach the other nodes (Raft and the data path): a short
+/// connect timeout, so an unreachable node is noticed quickly, and `timeout` per request.
+pub fn node_client(timeout: Option<Duration>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(30));
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    b.build().unwrap_or_default()
 }
 
 /// A connection to one node.

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use mirage_format::{Digest, Item, ItemKind};
+use mirage_format::Digest;
 
 use super::peer::ItemRefs;
 use super::Shard;
@@ -17,45 +17,27 @@ impl Shard {
     /// Every digest reachable from `image` (itself included), and whether the walk found every
     /// inner item (false while an upload is still arriving, or while nodes are unreachable).
     pub async fn closure(&self, image: Digest) -> Result<(HashSet<Digest>, bool), String> {
-        let layout = self.layout().await;
+        // The nodes of the current layout and the previous one's it lacks: the items may not
+        // have moved yet.
+        let nodes = self
+            .layout_and_nodes()
+            .await
+            .map(|(_, n)| n)
+            .unwrap_or_default();
         let mut seen = HashSet::from([image]);
         let mut frontier = vec![image];
         let mut complete = true;
         while !frontier.is_empty() {
             let batch = std::mem::take(&mut frontier);
             let b = batch.clone();
-            let local: Vec<Option<ItemRefs>> = self
-                .blocking(move |s| {
-                    let mut out = Vec::with_capacity(b.len());
-                    for d in &b {
-                        out.push(match s.location(d)? {
-                            None => None,
-                            Some(l) if l.kind == ItemKind::Blob => Some(ItemRefs {
-                                kind: l.kind.name().into(),
-                                refs: Vec::new(),
-                            }),
-                            Some(l) => s.get(d)?.and_then(|bytes| {
-                                Item::decode(&bytes).ok().map(|i| ItemRefs {
-                                    kind: l.kind.name().into(),
-                                    refs: i.refs(),
-                                })
-                            }),
-                        });
-                    }
-                    Ok(out)
-                })
-                .await?;
+            let local = self.blocking(move |s| super::local_refs(s, &b)).await?;
             let mut known: Vec<(Digest, Option<ItemRefs>)> = batch.into_iter().zip(local).collect();
             let pos: std::collections::HashMap<Digest, usize> = known
                 .iter()
                 .enumerate()
                 .map(|(i, (d, _))| (*d, i))
                 .collect();
-            for n in layout
-                .iter()
-                .flat_map(|l| &l.nodes)
-                .filter(|n| n.id != self.id)
-            {
+            for n in nodes.iter().filter(|n| n.id != self.id) {
                 let unresolved: Vec<Digest> = known
                     .iter()
                     .filter(|(_, r)| r.is_none())
@@ -65,8 +47,7 @@ impl Shard {
                     break;
                 }
                 for chunk in unresolved.chunks(BATCH) {
-                    let Ok(answers) = self.peers.refs(n.id, &n.address, chunk.to_vec()).await
-                    else {
+                    let Ok(answers) = self.peers.refs(n, chunk.to_vec()).await else {
                         break;
                     };
                     for (d, a) in chunk.iter().zip(answers) {
@@ -79,13 +60,7 @@ impl Shard {
             for (_, r) in known {
                 match r {
                     None => complete = false,
-                    Some(r) => {
-                        for c in r.refs {
-                            if seen.insert(c) {
-                                frontier.push(c);
-                            }
-                        }
-                    }
+                    Some(r) => frontier.extend(r.refs.into_iter().filter(|c| seen.insert(*c))),
                 }
             }
         }

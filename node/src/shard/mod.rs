@@ -15,15 +15,16 @@ mod scrub;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirage_cluster_config::Layout;
+use mirage_cluster_config::{Layout, LayoutNode};
+use mirage_format::{Digest, Item, ItemKind};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-pub use peer::{PeerError, Peers};
+pub use peer::{ItemRefs, PeerError, Peers};
 pub use repair::RoundReport;
 pub use scrub::ScrubReport;
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// How often and how fast the background work runs.
 #[derive(Clone, Copy, Debug)]
@@ -106,10 +107,22 @@ impl Shard {
         })
     }
 
-    /// The current layout as this node's catalog replica has it.
-    pub(crate) async fn layout(&self) -> Option<Layout> {
+    /// Runs store work off the async threads.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, String> {
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.catalog().layout(None)).await {
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The current layout (or version `v`) as this node's catalog replica has it.
+    pub(crate) async fn layout(&self, v: Option<u64>) -> Option<Layout> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.catalog().layout(v)).await {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "reading the layout");
@@ -119,15 +132,20 @@ impl Shard {
         }
     }
 
-    /// The layout before the current one, if any (its nodes may still hold items that a
-    /// rebalance has not moved yet).
-    pub(crate) async fn previous_layout(&self, current: &Layout) -> Option<Layout> {
-        let v = current.version.checked_sub(1).filter(|v| *v > 0)?;
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.catalog().layout(Some(v))).await {
-            Ok(Ok(l)) => l,
-            _ => None,
-        }
+    /// The current layout, and its nodes followed by those of the previous version that it
+    /// no longer has (they may still hold items a rebalance has not moved yet).
+    pub(crate) async fn layout_and_nodes(&self) -> Option<(Layout, Vec<LayoutNode>)> {
+        let now = self.layout(None).await?;
+        let before = match now.version.checked_sub(1).filter(|v| *v > 0) {
+            Some(v) => self.layout(Some(v)).await,
+            None => None,
+        };
+        let nodes = now
+            .nodes_with(before.as_ref())
+            .into_iter()
+            .cloned()
+            .collect();
+        Some((now, nodes))
     }
 
     /// Starts the background rounds and scrubs (on the current tokio runtime).
@@ -157,14 +175,26 @@ impl Shard {
     pub fn scrub_totals(&self) -> ScrubTotals {
         self.scrub.lock().clone()
     }
+}
 
-    /// The node's store.
-    pub fn store(&self) -> &Store {
-        &self.store
+/// What this store knows of each of `ds` for a closure walk: its kind and references, `None`
+/// where it does not hold it (or holds it damaged). Blobs are answered from the index alone.
+pub fn local_refs(store: &Store, ds: &[Digest]) -> Result<Vec<Option<ItemRefs>>, StoreError> {
+    let mut out = Vec::with_capacity(ds.len());
+    for d in ds {
+        out.push(match store.location(d)? {
+            None => None,
+            Some(l) if l.kind == ItemKind::Blob => Some(ItemRefs {
+                kind: l.kind.name().into(),
+                refs: Vec::new(),
+            }),
+            Some(l) => store.get(d)?.and_then(|bytes| {
+                Item::decode(&bytes).ok().map(|i| ItemRefs {
+                    kind: l.kind.name().into(),
+                    refs: i.refs(),
+                })
+            }),
+        });
     }
-
-    /// The peer client.
-    pub fn peers(&self) -> &Peers {
-        &self.peers
-    }
+    Ok(out)
 }

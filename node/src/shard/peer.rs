@@ -8,7 +8,9 @@ use futures_util::StreamExt;
 use mirage_format::Digest;
 use serde::{Deserialize, Serialize};
 
-use crate::raft::network::SECRET_HEADER;
+use mirage_cluster_config::LayoutNode;
+
+use crate::raft::network::{node_client, SECRET_HEADER};
 use crate::store::PartitionSummary;
 
 /// Why a request to another node failed.
@@ -118,160 +120,128 @@ pub struct Peers {
     secret: Arc<str>,
 }
 
+fn unreachable(n: &LayoutNode, why: impl std::fmt::Display) -> PeerError {
+    PeerError::Unreachable {
+        node: n.id,
+        address: n.address.clone(),
+        why: why.to_string(),
+    }
+}
+
+fn refused(n: &LayoutNode, why: impl std::fmt::Display) -> PeerError {
+    PeerError::Refused {
+        node: n.id,
+        address: n.address.clone(),
+        why: why.to_string(),
+    }
+}
+
+/// Refuses an answer with another number of entries than asked for.
+fn expect_len<T>(
+    n: &LayoutNode,
+    got: Vec<T>,
+    want: usize,
+    what: &str,
+) -> Result<Vec<T>, PeerError> {
+    if got.len() == want {
+        Ok(got)
+    } else {
+        Err(refused(n, format!("{} {what} for {want} asked", got.len())))
+    }
+}
+
 impl Peers {
     /// Requests carrying `secret`.
     pub fn new(secret: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(120))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
         Peers {
-            http,
+            http: node_client(Some(Duration::from_secs(120))),
             secret: secret.into(),
         }
     }
 
     async fn post(
         &self,
-        node: u64,
-        address: &str,
+        n: &LayoutNode,
         path: &str,
         body: &impl Serialize,
     ) -> Result<reqwest::Response, PeerError> {
-        let unreachable = |e: reqwest::Error| PeerError::Unreachable {
-            node,
-            address: address.to_string(),
-            why: e.to_string(),
-        };
         let r = self
             .http
-            .post(format!("http://{address}{path}"))
+            .post(format!("http://{}{path}", n.address))
             .header(SECRET_HEADER, &*self.secret)
             .json(body)
             .send()
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| unreachable(n, e))?;
         if !r.status().is_success() {
             let status = r.status();
             let text = r.text().await.unwrap_or_default();
-            return Err(PeerError::Refused {
-                node,
-                address: address.to_string(),
-                why: format!("{status}: {}", text.chars().take(300).collect::<String>()),
-            });
+            let text: String = text.chars().take(300).collect();
+            return Err(refused(n, format!("{status}: {text}")));
         }
         Ok(r)
     }
 
     async fn json<T: serde::de::DeserializeOwned>(
         &self,
-        node: u64,
-        address: &str,
+        n: &LayoutNode,
         path: &str,
         body: &impl Serialize,
     ) -> Result<T, PeerError> {
-        let r = self.post(node, address, path, body).await?;
-        r.json().await.map_err(|e| PeerError::Refused {
-            node,
-            address: address.to_string(),
-            why: e.to_string(),
-        })
+        let r = self.post(n, path, body).await?;
+        r.json().await.map_err(|e| refused(n, e))
     }
 
     /// A node's summaries of every partition.
     pub async fn summaries(
         &self,
-        node: u64,
-        address: &str,
+        n: &LayoutNode,
         partitions: u32,
     ) -> Result<Vec<WireSummary>, PeerError> {
         let a: SummariesAnswer = self
-            .json(
-                node,
-                address,
-                "/v1/peer/summaries",
-                &SummariesRequest { partitions },
-            )
+            .json(n, "/v1/peer/summaries", &SummariesRequest { partitions })
             .await?;
-        if a.summaries.len() != partitions as usize {
-            return Err(PeerError::Refused {
-                node,
-                address: address.into(),
-                why: format!(
-                    "{} summaries for {partitions} partitions",
-                    a.summaries.len()
-                ),
-            });
-        }
-        Ok(a.summaries)
+        expect_len(n, a.summaries, partitions as usize, "summaries")
     }
 
     /// The digests a node holds in one partition.
     pub async fn digests(
         &self,
-        node: u64,
-        address: &str,
+        n: &LayoutNode,
         partitions: u32,
         partition: u32,
     ) -> Result<Vec<Digest>, PeerError> {
-        let a: DigestsAnswer = self
-            .json(
-                node,
-                address,
-                "/v1/peer/digests",
-                &DigestsRequest {
-                    partitions,
-                    partition,
-                },
-            )
-            .await?;
+        let body = DigestsRequest {
+            partitions,
+            partition,
+        };
+        let a: DigestsAnswer = self.json(n, "/v1/peer/digests", &body).await?;
         Ok(a.digests)
     }
 
     /// The kinds and references of items a node holds.
     pub async fn refs(
         &self,
-        node: u64,
-        address: &str,
+        n: &LayoutNode,
         digests: Vec<Digest>,
     ) -> Result<Vec<Option<ItemRefs>>, PeerError> {
-        let n = digests.len();
+        let want = digests.len();
         let a: RefsAnswer = self
-            .json(
-                node,
-                address,
-                "/v1/peer/items/refs",
-                &DigestList { digests },
-            )
+            .json(n, "/v1/peer/items/refs", &DigestList { digests })
             .await?;
-        if a.items.len() != n {
-            return Err(PeerError::Refused {
-                node,
-                address: address.into(),
-                why: format!("{} answers for {n} digests", a.items.len()),
-            });
-        }
-        Ok(a.items)
+        expect_len(n, a.items, want, "answers")
     }
 
     /// Items a node holds, as it sends them (encoded bytes, unverified: the caller hashes
     /// each). Items the node lacks or holds damaged are left out.
     pub async fn get(
         &self,
-        node: u64,
-        address: &str,
+        n: &LayoutNode,
         digests: Vec<Digest>,
     ) -> Result<Vec<Vec<u8>>, PeerError> {
         let r = self
-            .post(node, address, "/v1/peer/items/get", &DigestList { digests })
+            .post(n, "/v1/peer/items/get", &DigestList { digests })
             .await?;
-        let broken = |why: String| PeerError::Unreachable {
-            node,
-            address: address.to_string(),
-            why,
-        };
         let mut stream = r.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         let mut out = Vec::new();
@@ -282,7 +252,7 @@ impl Peers {
                     u32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]])
                         as usize;
                 if len > mirage_format::item::MAX_ITEM + 1024 {
-                    return Err(broken(format!("a frame of {len} bytes")));
+                    return Err(unreachable(n, format!("a frame of {len} bytes")));
                 }
                 if buf.len() - pos - 5 < len {
                     break;
@@ -295,12 +265,12 @@ impl Peers {
             buf.drain(..pos);
             match stream.next().await {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(broken(e.to_string())),
+                Some(Err(e)) => return Err(unreachable(n, e)),
                 None => break,
             }
         }
         if !buf.is_empty() {
-            return Err(broken("the answer ends inside a frame".into()));
+            return Err(unreachable(n, "the answer ends inside a frame"));
         }
         Ok(out)
     }

@@ -9,6 +9,8 @@ use futures_util::future::join_all;
 use mirage_format::Digest;
 use serde::Serialize;
 
+use mirage_cluster_config::{Layout, LayoutNode};
+
 use super::peer::WireSummary;
 use super::plan::{missing, plan};
 use super::Shard;
@@ -64,17 +66,6 @@ fn now_unix() -> u64 {
 }
 
 impl Shard {
-    pub(super) async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
-    ) -> Result<T, String> {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || f(&store)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
     /// Runs one anti-entropy round now (waiting for a round in progress first).
     pub async fn repair_round(&self) -> RoundReport {
         let _one = self.round.lock().await;
@@ -83,8 +74,8 @@ impl Shard {
             started_unix: now_unix(),
             ..Default::default()
         };
-        if let Some(layout) = self.layout().await {
-            self.round_under(&layout, &mut rep).await;
+        if let Some((layout, nodes)) = self.layout_and_nodes().await {
+            self.round_under(&layout, &nodes, &mut rep).await;
         }
         rep.millis = t0.elapsed().as_millis() as u64;
         let mut t = self.repair.lock();
@@ -96,7 +87,9 @@ impl Shard {
         rep
     }
 
-    async fn round_under(&self, layout: &mirage_cluster_config::Layout, rep: &mut RoundReport) {
+    /// A round under `layout`, with every node of `nodes` (this layout's and the previous
+    /// one's) as a peer.
+    async fn round_under(&self, layout: &Layout, nodes: &[LayoutNode], rep: &mut RoundReport) {
         rep.layout_version = layout.version;
         let parts = layout.partitions;
         let ours: Vec<WireSummary> =
@@ -104,22 +97,8 @@ impl Shard {
                 Ok(v) => v.into_iter().map(WireSummary::from).collect(),
                 Err(e) => return rep.error(format!("summaries of this node: {e}")),
             };
-        // Every node of this layout and of the one before: a node just removed may still hold
-        // the only copies a rebalance has not moved yet.
-        let previous = self.previous_layout(layout).await;
-        let mut others: Vec<&mirage_cluster_config::LayoutNode> =
-            layout.nodes.iter().filter(|n| n.id != self.id).collect();
-        for n in previous.iter().flat_map(|p| &p.nodes) {
-            if n.id != self.id && !others.iter().any(|o| o.id == n.id) {
-                others.push(n);
-            }
-        }
-        let answers = join_all(
-            others
-                .iter()
-                .map(|n| self.peers.summaries(n.id, &n.address, parts)),
-        )
-        .await;
+        let others: Vec<&LayoutNode> = nodes.iter().filter(|n| n.id != self.id).collect();
+        let answers = join_all(others.iter().map(|n| self.peers.summaries(n, parts))).await;
         let mut theirs = BTreeMap::new();
         for (n, a) in others.iter().zip(answers) {
             match a {
@@ -134,26 +113,27 @@ impl Shard {
         }
         let plan = plan(self.id, layout, &ours, &theirs);
         rep.partitions_owned = plan.owned.len();
-        let address = |id: u64| {
-            layout
-                .node(id)
-                .map(|n| n.address.clone())
-                .unwrap_or_default()
-        };
-        let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        // Every peer named by the plan answered, so it is one of `others`.
+        let node = |id: u64| others.iter().copied().find(|n| n.id == id);
+        let mut by_partition: BTreeMap<u32, Vec<&LayoutNode>> = BTreeMap::new();
         for (p, peer) in &plan.pulls {
-            by_partition.entry(*p).or_default().push(*peer);
+            by_partition.entry(*p).or_default().extend(node(*peer));
         }
         rep.partitions_compared = by_partition.len();
         for (p, peers) in by_partition {
-            if !self.pull_partition(parts, p, &peers, &address, rep).await {
+            if !self.pull_partition(parts, p, &peers, rep).await {
                 rep.partitions_behind.push(p);
             }
         }
         for (p, owners) in &plan.handoffs {
-            let mine = &ours[*p as usize];
-            self.hand_off(parts, *p, owners, mine, &theirs, &address, rep)
-                .await;
+            let owners: Vec<&LayoutNode> = owners.iter().filter_map(|o| node(*o)).collect();
+            let same: Vec<bool> = owners
+                .iter()
+                .map(|o| {
+                    theirs.get(&o.id).and_then(|s| s.get(*p as usize)) == ours.get(*p as usize)
+                })
+                .collect();
+            self.hand_off(parts, *p, &owners, &same, rep).await;
         }
     }
 
@@ -163,8 +143,7 @@ impl Shard {
         &self,
         parts: u32,
         p: u32,
-        peers: &[u64],
-        address: &impl Fn(u64) -> String,
+        peers: &[&LayoutNode],
         rep: &mut RoundReport,
     ) -> bool {
         let mut have: BTreeSet<Digest> =
@@ -177,8 +156,7 @@ impl Shard {
             };
         let mut complete = true;
         for &peer in peers {
-            let addr = address(peer);
-            let theirs = match self.peers.digests(peer, &addr, parts, p).await {
+            let theirs = match self.peers.digests(peer, parts, p).await {
                 Ok(v) => v,
                 Err(e) => {
                     rep.error(e);
@@ -191,7 +169,7 @@ impl Shard {
             sorted.sort();
             let want = missing(&ours, &sorted);
             for batch in want.chunks(PULL_BATCH) {
-                match self.pull_batch(peer, &addr, batch, rep).await {
+                match self.pull_batch(peer, batch, rep).await {
                     Ok(got) => {
                         if got.len() != batch.len() {
                             complete = false;
@@ -211,16 +189,15 @@ impl Shard {
 
     /// Downloads `batch` from a peer, keeps each item that hashes to a digest asked for, and
     /// stores them; answers the digests stored.
-    pub(crate) async fn pull_batch(
+    async fn pull_batch(
         &self,
-        peer: u64,
-        addr: &str,
+        peer: &LayoutNode,
         batch: &[Digest],
         rep: &mut RoundReport,
     ) -> Result<Vec<Digest>, String> {
         let items = self
             .peers
-            .get(peer, addr, batch.to_vec())
+            .get(peer, batch.to_vec())
             .await
             .map_err(|e| e.to_string())?;
         let wanted: HashSet<Digest> = batch.iter().copied().collect();
@@ -233,7 +210,10 @@ impl Shard {
                     digests.push(d);
                     good.push(bytes);
                 }
-                _ => rep.error(format!("node {peer} sent an item that was not asked for")),
+                _ => rep.error(format!(
+                    "node {} sent an item that was not asked for",
+                    peer.id
+                )),
             }
         }
         let bytes: u64 = good.iter().map(|b| b.len() as u64).sum();
@@ -247,29 +227,25 @@ impl Shard {
     }
 
     /// Drops this node's copies of partition `p` (which it does not own) that every owner
-    /// holds.
-    #[allow(clippy::too_many_arguments)]
+    /// holds; `same[i]` says the summary of `owners[i]` equals this node's (the same set).
     async fn hand_off(
         &self,
         parts: u32,
         p: u32,
-        owners: &[u64],
-        mine: &WireSummary,
-        theirs: &BTreeMap<u64, Vec<WireSummary>>,
-        address: &impl Fn(u64) -> String,
+        owners: &[&LayoutNode],
+        same: &[bool],
         rep: &mut RoundReport,
     ) {
         let ours = match self.blocking(move |s| s.partition_digests(parts, p)).await {
             Ok(v) => v,
             Err(e) => return rep.error(format!("partition {p} here: {e}")),
         };
-        let mut keep: BTreeSet<Digest> = ours.iter().copied().collect();
-        let mut droppable: BTreeSet<Digest> = keep.clone();
-        for &o in owners {
-            if theirs.get(&o).and_then(|s| s.get(p as usize)) == Some(mine) {
-                continue; // the same set
+        let mut droppable: BTreeSet<Digest> = ours.iter().copied().collect();
+        for (o, same) in owners.iter().zip(same) {
+            if *same {
+                continue;
             }
-            match self.peers.digests(o, &address(o), parts, p).await {
+            match self.peers.digests(o, parts, p).await {
                 Ok(list) => {
                     let at: HashSet<Digest> = list.into_iter().collect();
                     droppable.retain(|d| at.contains(d));
@@ -281,8 +257,7 @@ impl Shard {
                 }
             }
         }
-        keep.retain(|d| !droppable.contains(d));
-        if !keep.is_empty() {
+        if droppable.len() < ours.len() {
             rep.partitions_handing_off.push(p);
         }
         if droppable.is_empty() {

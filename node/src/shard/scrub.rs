@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use mirage_cluster_config::placement::partition_of;
+use mirage_cluster_config::LayoutNode;
 use mirage_format::Digest;
 use serde::Serialize;
 
@@ -45,7 +46,7 @@ impl Shard {
                 .map_or(0, |d| d.as_secs()),
             ..Default::default()
         };
-        let layout = self.layout().await;
+        let layout = self.layout(None).await;
         let parts = layout.as_ref().map_or(1, |l| l.partitions);
         for p in 0..parts {
             let ds = match self.blocking(move |s| s.partition_digests(parts, p)).await {
@@ -120,18 +121,12 @@ impl Shard {
             .placement()
             .partition(partition_of(d, layout.partitions))
             .to_vec();
-        let mut order: Vec<u64> = owners.into_iter().filter(|o| *o != self.id).collect();
-        let rest: Vec<u64> = layout
-            .nodes
-            .iter()
-            .map(|n| n.id)
-            .filter(|i| *i != self.id && !order.contains(i))
-            .collect();
-        order.extend(rest);
+        // The owners of its partition first, then every other node.
+        let mut order: Vec<&LayoutNode> = layout.nodes.iter().filter(|n| n.id != self.id).collect();
+        order.sort_by_key(|n| !owners.contains(&n.id));
         let mut why = String::from("no other node holds it");
-        for id in order {
-            let Some(n) = layout.node(id) else { continue };
-            let got = match self.peers.get(id, &n.address, vec![*d]).await {
+        for n in order {
+            let got = match self.peers.get(n, vec![*d]).await {
                 Ok(items) => items,
                 Err(e) => {
                     why = e.to_string();
@@ -144,10 +139,10 @@ impl Shard {
                 .find(|b| Digest::of(alg, b).ok().as_ref() == Some(d))
             {
                 self.blocking(move |s| s.replace(bytes)).await?;
-                tracing::info!(item = %d, from = id, "scrub: damaged copy replaced");
+                tracing::info!(item = %d, from = n.id, "scrub: damaged copy replaced");
                 return Ok(());
             }
-            why = format!("node {id} sent no good copy");
+            why = format!("node {} sent no good copy", n.id);
         }
         Err(why)
     }

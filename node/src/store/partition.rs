@@ -5,11 +5,10 @@
 
 use std::sync::mpsc;
 
-use mirage_cluster_config::placement::partition_of;
-use mirage_format::item::peek;
-use mirage_format::{Digest, Item};
+use mirage_cluster_config::placement::{partition_of, partition_start};
+use mirage_format::Digest;
 
-use super::write::{Msg, Prepared};
+use super::write::{check_item, Msg, Prepared};
 use super::{Store, StoreError};
 use crate::index::{Index, IndexBatch};
 
@@ -35,19 +34,6 @@ impl PartitionSummary {
     }
 }
 
-/// First index key of partition `p` of `partitions` for digests of `d`'s algorithm.
-fn first_key(code: u8, partitions: u32, p: u32) -> Vec<u8> {
-    let bits = partitions.max(1).trailing_zeros();
-    let prefix: u64 = if bits == 0 {
-        0
-    } else {
-        u64::from(p) << (64 - bits)
-    };
-    let mut k = vec![code];
-    k.extend_from_slice(&prefix.to_be_bytes());
-    k
-}
-
 impl Store {
     /// One summary per partition of `partitions` (a power of two), from one index scan.
     pub fn partition_summaries(
@@ -67,7 +53,9 @@ impl Store {
     /// The digests this store holds in partition `p` of `partitions`, in digest order.
     pub fn partition_digests(&self, partitions: u32, p: u32) -> Result<Vec<Digest>, StoreError> {
         let sh = self.shared();
-        let from = first_key(sh.alg.code(), partitions, p);
+        // The index key of a digest is its algorithm's code, then its bytes.
+        let mut from = vec![sh.alg.code()];
+        from.extend_from_slice(&partition_start(p, partitions).to_be_bytes());
         let mut out = Vec::new();
         sh.index.scan_from(&from, &mut |d, _| {
             if d.algorithm() != sh.alg || partition_of(&d, partitions) != p {
@@ -107,14 +95,7 @@ impl Store {
     /// Stores `encoded` as a new copy of an item whose stored copy is damaged, and points the
     /// index at it. The bytes are validated and hashed here; the answer is their digest.
     pub fn replace(&self, encoded: Vec<u8>) -> Result<Digest, StoreError> {
-        let alg = self.algorithm();
-        let item = Item::decode(&encoded)
-            .map_err(|source| StoreError::InvalidItem { index: 0, source })?;
-        drop(item);
-        let (kind, _) =
-            peek(&encoded).map_err(|source| StoreError::InvalidItem { index: 0, source })?;
-        let d =
-            Digest::of(alg, &encoded).map_err(|source| StoreError::Digest { index: 0, source })?;
+        let (d, kind, _) = check_item(self.algorithm(), 0, &encoded, None)?;
         let level = self.shared().opts.zstd_level;
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Msg::Relocate(

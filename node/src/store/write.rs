@@ -141,49 +141,10 @@ impl Store {
         if let Some(why) = sh.failed.lock().clone() {
             return Err(StoreError::WritesDisabled(why));
         }
-        let alg = sh.alg;
         let mut digests = Vec::with_capacity(encoded.len());
         let mut metas = Vec::with_capacity(encoded.len());
         for (index, bytes) in encoded.iter().enumerate() {
-            let (kind, _) =
-                peek(bytes).map_err(|source| StoreError::InvalidItem { index, source })?;
-            let refs = if kind.has_refs() {
-                let item = Item::decode(bytes)
-                    .map_err(|source| StoreError::InvalidItem { index, source })?;
-                let refs = item.refs();
-                if let Some(r) = refs.iter().find(|r| r.algorithm() != alg) {
-                    return Err(StoreError::WrongAlgorithm {
-                        index,
-                        found: r.algorithm(),
-                        store: alg,
-                    });
-                }
-                refs
-            } else {
-                if bytes.len() > mirage_format::item::MAX_ITEM {
-                    return Err(StoreError::InvalidItem {
-                        index,
-                        source: mirage_format::DecodeError::TooLong {
-                            field: "blob",
-                            len: bytes.len() as u64,
-                            limit: mirage_format::item::MAX_ITEM as u64,
-                        },
-                    });
-                }
-                Vec::new()
-            };
-            let d = match known[index] {
-                Some(d) if d.algorithm() == alg => d,
-                Some(d) => {
-                    return Err(StoreError::WrongAlgorithm {
-                        index,
-                        found: d.algorithm(),
-                        store: alg,
-                    })
-                }
-                None => mirage_format::Digest::of(alg, bytes)
-                    .map_err(|source| StoreError::Digest { index, source })?,
-            };
+            let (d, kind, refs) = check_item(sh.alg, index, bytes, known[index])?;
             digests.push(d);
             metas.push((kind, refs));
         }
@@ -493,6 +454,55 @@ fn relocate(
     *counts = None;
     sh.index.write(batch, false)?;
     Ok(appended)
+}
+
+/// Decodes and validates item #`index` of a batch for a store using `alg`: its kind, its
+/// references (all of `alg`), the blob size limit, and its digest (`known` when it was made in
+/// this process, else computed).
+pub(crate) fn check_item(
+    alg: mirage_format::Algorithm,
+    index: usize,
+    bytes: &[u8],
+    known: Option<Digest>,
+) -> Result<(Digest, ItemKind, Vec<Digest>), StoreError> {
+    let (kind, _) = peek(bytes).map_err(|source| StoreError::InvalidItem { index, source })?;
+    let refs = if kind.has_refs() {
+        let item =
+            Item::decode(bytes).map_err(|source| StoreError::InvalidItem { index, source })?;
+        let refs = item.refs();
+        if let Some(r) = refs.iter().find(|r| r.algorithm() != alg) {
+            return Err(StoreError::WrongAlgorithm {
+                index,
+                found: r.algorithm(),
+                store: alg,
+            });
+        }
+        refs
+    } else {
+        if bytes.len() > mirage_format::item::MAX_ITEM {
+            return Err(StoreError::InvalidItem {
+                index,
+                source: mirage_format::DecodeError::TooLong {
+                    field: "blob",
+                    len: bytes.len() as u64,
+                    limit: mirage_format::item::MAX_ITEM as u64,
+                },
+            });
+        }
+        Vec::new()
+    };
+    let d = match known {
+        Some(d) if d.algorithm() == alg => d,
+        Some(d) => {
+            return Err(StoreError::WrongAlgorithm {
+                index,
+                found: d.algorithm(),
+                store: alg,
+            })
+        }
+        None => Digest::of(alg, bytes).map_err(|source| StoreError::Digest { index, source })?,
+    };
+    Ok((d, kind, refs))
 }
 
 /// Indexes items that are new to the store, keeping [`Shared::counts`] in step (under its
