@@ -61,9 +61,14 @@ impl Drop for Pg {
 
 impl Pg {
     fn start(nodes: u64, zones: u64, replication: usize, quorum: usize) -> Pg {
+        Pg::start_with(nodes, zones, replication, quorum, &[])
+    }
+
+    fn start_with(nodes: u64, zones: u64, replication: usize, quorum: usize, extra: &[&str]) -> Pg {
         let dir = tempfile::tempdir().unwrap();
         let out = ok(Command::new(bin("mirage-node"))
             .args(["playground", "--detach", "--repair-every", "3600"])
+            .args(extra)
             .args(["--nodes", &nodes.to_string(), "--zones", &zones.to_string()])
             .args(["--replication", &replication.to_string()])
             .args(["--write-quorum", &quorum.to_string()])
@@ -426,6 +431,70 @@ fn removing_and_adding_nodes_rebalances_to_n_copies_without_a_failed_read() {
     let status = ok(pg.mirage("adm", &["admin", "cluster", "status", "--json"]));
     let v: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(v["rebalance"], json!("complete"), "{status}");
+}
+
+/// The state of node `id` in the current layout, as `mirage admin cluster status` says.
+fn node_state(pg: &Pg, id: u64) -> String {
+    let status = ok(pg.mirage("adm", &["admin", "cluster", "status", "--json"]));
+    let v: Value = serde_json::from_str(&status).unwrap();
+    v["layout"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == json!(id))
+        .map(|n| n["state"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+fn wait_for_state(pg: &Pg, id: u64, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node_state(pg, id) != want {
+        assert!(Instant::now() < deadline, "node {id} never became {want}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Repair rounds on `nodes` until every item has `n` copies on them.
+fn repair_until(pg: &Pg, nodes: &[usize], items: &[Digest], n: usize) {
+    for _ in 0..5 {
+        for &node in nodes {
+            pg.post(node, "/v1/admin/repair", json!({}));
+        }
+        if pg.copies(nodes, items).iter().all(|&c| c == n) {
+            return;
+        }
+    }
+    panic!("repair on {nodes:?} did not settle at {n} copies");
+}
+
+#[test]
+fn a_node_silent_past_the_timeout_is_declared_dead_and_its_copies_made_again() {
+    let work = tempfile::tempdir().unwrap();
+    let a = image(work.path(), "a", 4);
+    let mut pg = Pg::start_with(4, 1, 2, 1, &["--dead-after", "2"]);
+    ok(pg.mirage("ca", &["checkin", a.to_str().unwrap(), "--name", "a"]));
+    let items = digests_in(&pg.path("ca"));
+    assert!(pg.copies(&[1, 2, 3, 4], &items).iter().all(|&c| c == 2));
+    let on_4 = pg.has(4, &items).iter().filter(|h| **h).count();
+    assert!(on_4 > 0);
+    let out0 = work.path().join("a0.img");
+    ok(pg.mirage("r0", &["checkout", "a", "-o", out0.to_str().unwrap()]));
+
+    // Node 4 goes silent: the leader declares it dead on its own, and repair rounds (on a
+    // timer in a deployment, asked for here) copy its partitions back to 2 replicas.
+    pg.kill(4);
+    wait_for_state(&pg, 4, "dead");
+    repair_until(&pg, &[1, 2, 3], &items, 2);
+    let out1 = work.path().join("a1.img");
+    ok(pg.mirage("r1", &["checkout", "a", "-o", out1.to_str().unwrap()]));
+    assert_eq!(sha(&out0), sha(&out1));
+
+    // It comes back: alive again, and the copies settle at exactly 2 over all four nodes.
+    let config = pg.path("cluster.toml");
+    pg.serve(4, &config);
+    wait_for_state(&pg, 4, "active");
+    repair_until(&pg, &[4, 1, 2, 3], &items, 2);
+    assert!(pg.has(4, &items).iter().any(|h| *h));
 }
 
 #[test]

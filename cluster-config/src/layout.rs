@@ -19,6 +19,10 @@ pub enum NodeState {
     /// Keeps serving what it holds but is given no partitions: a rebalance moves them away,
     /// then it can be removed.
     Draining,
+    /// Declared dead: unreachable for longer than the cluster's timeout. It is given no
+    /// partitions, so the other nodes copy its partitions back to N replicas; when it answers
+    /// again it is made active again (its copies are then reconciled by anti-entropy).
+    Dead,
 }
 
 /// A storage node in a layout.
@@ -81,6 +85,23 @@ pub enum LayoutChange {
         /// The node.
         id: u64,
     },
+    /// Declare an active node dead (it stops taking partitions until it is alive again).
+    Dead {
+        /// The node.
+        id: u64,
+    },
+    /// Make a dead node active again.
+    Alive {
+        /// The node.
+        id: u64,
+    },
+}
+
+impl LayoutChange {
+    /// Whether the cluster's own failure detector may make this change (no admin needed).
+    pub fn is_liveness(&self) -> bool {
+        matches!(self, LayoutChange::Dead { .. } | LayoutChange::Alive { .. })
+    }
 }
 
 /// Why a layout change is refused.
@@ -169,6 +190,26 @@ impl Layout {
                 }
                 next.nodes.retain(|n| n.id != *id);
                 next.retired.insert(*id);
+            }
+            LayoutChange::Dead { id } | LayoutChange::Alive { id } => {
+                let dead = matches!(change, LayoutChange::Dead { .. });
+                let (from, to) = if dead {
+                    (NodeState::Active, NodeState::Dead)
+                } else {
+                    (NodeState::Dead, NodeState::Active)
+                };
+                let n = next
+                    .nodes
+                    .iter_mut()
+                    .find(|n| n.id == *id)
+                    .ok_or(LayoutError::NoSuchNode(*id))?;
+                if n.state != from {
+                    return Err(LayoutError::Invalid(format!(
+                        "node {id} is {:?}, not {from:?}",
+                        n.state
+                    )));
+                }
+                n.state = to;
             }
         }
         next.check()?;

@@ -123,3 +123,27 @@ fn readers_ask_the_current_nodes_then_the_removed_ones_of_the_previous_version()
     assert_eq!(ids(v3.nodes_with(None)), vec![1, 3, 4]);
     assert_eq!(ids(v2.nodes_with(Some(&v1))), vec![1, 2, 3, 4]);
 }
+
+#[test]
+fn a_dead_node_loses_its_partitions_and_gets_them_back_when_alive() {
+    let l = three_nodes().change(&add(4, "rack1")).unwrap();
+    let dead = l.change(&LayoutChange::Dead { id: 4 }).unwrap();
+    assert_eq!(dead.node(4).unwrap().state, NodeState::Dead);
+    let p = dead.placement();
+    assert!((0..dead.partitions).all(|i| !p.partition(i).contains(&4)));
+    assert!(!dead.moved_partitions(&l).is_empty());
+    // Only an active node can die, only a dead one come back.
+    assert!(matches!(
+        dead.change(&LayoutChange::Dead { id: 4 }),
+        Err(LayoutError::Invalid(_))
+    ));
+    assert!(matches!(
+        l.change(&LayoutChange::Alive { id: 4 }),
+        Err(LayoutError::Invalid(_))
+    ));
+    let alive = dead.change(&LayoutChange::Alive { id: 4 }).unwrap();
+    assert_eq!(alive.placement(), l.placement());
+    assert_eq!(alive.version, l.version + 2);
+    assert!(LayoutChange::Dead { id: 4 }.is_liveness());
+    assert!(!LayoutChange::Drain { id: 4 }.is_liveness());
+}

@@ -654,8 +654,14 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
             super::layout::init(&mut tx, &u, layout)?
         }
         Command::ChangeLayout { expect, change } => {
-            let u = user(&tx, &e.caller)?;
-            super::layout::change(&mut tx, &u, *expect, change)?
+            // The failure detector declares nodes dead or alive as the cluster itself.
+            let system = e.caller == super::SYSTEM_CALLER && change.is_liveness();
+            let u = if system {
+                None
+            } else {
+                Some(user(&tx, &e.caller)?)
+            };
+            super::layout::change(&mut tx, u.as_ref(), *expect, change)?
         }
         Command::Acl {
             name,

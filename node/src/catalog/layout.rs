@@ -48,13 +48,16 @@ pub(super) fn init(tx: &mut Tx<'_>, u: &User, layout: &Layout) -> Result<Respons
 
 /// Makes the next layout version with `change`; if `expect` is given, only if the current
 /// version is that one (so an administrator changes the layout they looked at).
+/// `u` is `None` for the cluster itself (the failure detector; liveness changes only).
 pub(super) fn change(
     tx: &mut Tx<'_>,
-    u: &User,
+    u: Option<&User>,
     expect: Option<u64>,
     change: &LayoutChange,
 ) -> Result<Response, CatalogError> {
-    admin(u)?;
+    if let Some(u) = u {
+        admin(u)?;
+    }
     let current: Layout = tx
         .get_json::<u64>(keys::LAYOUT_CURRENT)?
         .map(|v| tx.get_json(&keys::layout_version(v)))

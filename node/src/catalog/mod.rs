@@ -75,6 +75,11 @@ impl Store {
     }
 }
 
+/// The caller name of the cluster's own proposals (the failure detector's layout changes).
+/// No user can have it: user names never contain '@', and nodes propose it only over the
+/// secret-authenticated node-to-node channel.
+pub const SYSTEM_CALLER: &str = "@cluster";
+
 /// The wall clock as a catalog time.
 pub(crate) fn now() -> Time {
     let d = std::time::SystemTime::now()

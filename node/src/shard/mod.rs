@@ -7,6 +7,7 @@
 //! timer with a rate limit and can be started by an admin (`/v1/admin/repair`, `/scrub`).
 
 mod closure;
+pub mod liveness;
 pub mod peer;
 pub mod plan;
 mod repair;
@@ -35,6 +36,9 @@ pub struct ShardTuning {
     pub scrub_every: Duration,
     /// Bytes per second a background scrub reads at most.
     pub scrub_rate: u64,
+    /// How long a node may fail every probe before the catalog leader declares it dead
+    /// (`None`: never).
+    pub dead_after: Option<Duration>,
 }
 
 impl Default for ShardTuning {
@@ -43,6 +47,7 @@ impl Default for ShardTuning {
             repair_every: Duration::from_secs(30),
             scrub_every: Duration::from_secs(24 * 3600),
             scrub_rate: 32 << 20,
+            dead_after: Some(Duration::from_secs(300)),
         }
     }
 }

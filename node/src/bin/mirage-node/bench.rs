@@ -206,6 +206,7 @@ pub async fn run(args: Args) -> Result<()> {
         replication: None,
         write_quorum: None,
         repair_every: 30,
+        dead_after: 0,
     })
     .await?;
     // The baseline: what the disk under the nodes gives one synced writer. Every catalog

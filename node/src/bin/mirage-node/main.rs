@@ -65,6 +65,10 @@ enum Cmd {
         /// Most MB per second a background scrub reads.
         #[arg(long, default_value_t = 32)]
         scrub_rate_mb: u64,
+        /// Seconds a storage node may fail every probe of the catalog leader before it is
+        /// declared dead and its partitions are re-replicated on the other nodes (0: never).
+        #[arg(long, default_value_t = 300)]
+        dead_after: u64,
     },
     /// Start a local cluster of N nodes (real processes on loopback) and print how to use it.
     Playground(playground::Args),
@@ -227,6 +231,13 @@ async fn serve(
             .await?;
             let shard = Shard::new(s.node_id, st.clone(), &s.secret, shard_tuning);
             shard.spawn();
+            if let Some(t) = shard_tuning.dead_after {
+                tokio::spawn(mirage_node::shard::liveness::watch(
+                    shard.clone(),
+                    node.clone(),
+                    t,
+                ));
+            }
             Some(Cluster {
                 node,
                 secret: Arc::from(s.secret.as_str()),
@@ -317,6 +328,7 @@ fn main() -> Result<()> {
             repair_every,
             scrub_every,
             scrub_rate_mb,
+            dead_after,
         } => {
             let cluster = match (cluster, id) {
                 (Some(f), Some(i)) => Some((f, i)),
@@ -331,6 +343,7 @@ fn main() -> Result<()> {
                 repair_every: Duration::from_secs(repair_every.max(1)),
                 scrub_every: Duration::from_secs(scrub_every.max(1)),
                 scrub_rate: scrub_rate_mb << 20,
+                dead_after: (dead_after > 0).then(|| Duration::from_secs(dead_after)),
             };
             rt.block_on(serve(store, listen, cluster, init, (tuning, shard)))
         }

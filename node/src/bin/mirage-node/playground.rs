@@ -36,6 +36,9 @@ pub struct Args {
     /// Seconds between each node's anti-entropy rounds.
     #[arg(long, default_value_t = 30)]
     pub repair_every: u64,
+    /// Seconds a node may fail every probe before it is declared dead (0: never).
+    #[arg(long, default_value_t = 300)]
+    pub dead_after: u64,
 }
 
 struct Nodes(Vec<Child>);
@@ -190,6 +193,8 @@ pub async fn start(args: &Args) -> Result<Running> {
             .arg(id.to_string())
             .arg("--repair-every")
             .arg(args.repair_every.to_string())
+            .arg("--dead-after")
+            .arg(args.dead_after.to_string())
             .stdout(log.try_clone()?)
             .stderr(log);
         if id == 1 {
