@@ -532,7 +532,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let bytes = match &remote {
                 Some(r) => {
                     let mut got = None;
-                    r.get_each(&[d], None, None, |b| {
+                    r.get_each(&[d], None, &Default::default(), |b| {
                         got = Some(b);
                         Ok(())
                     })?;

@@ -477,8 +477,36 @@ fn a_node_silent_past_the_timeout_is_declared_dead_and_its_copies_made_again() {
     assert!(pg.copies(&[1, 2, 3, 4], &items).iter().all(|&c| c == 2));
     let on_4 = pg.has(4, &items).iter().filter(|h| **h).count();
     assert!(on_4 > 0);
+    // Every item but the root is read through its parent's location table, though parents
+    // and children live on different nodes; without tables every item is an index lookup.
+    let reads = |pg: &Pg| -> (u64, u64) {
+        (1..=4).fold((0, 0), |(t, i), n| {
+            (
+                t + pg.metric(n, "mirage_read_table_hits_total"),
+                i + pg.metric(n, "mirage_read_index_lookups_total"),
+            )
+        })
+    };
     let out0 = work.path().join("a0.img");
+    let before = reads(&pg);
     ok(pg.mirage("r0", &["checkout", "a", "-o", out0.to_str().unwrap()]));
+    let after = reads(&pg);
+    let n = items.len() as u64;
+    assert_eq!((after.0 - before.0, after.1 - before.1), (n - 1, 1));
+    let untabled = work.path().join("a-untabled.img");
+    let o = Command::new(bin("mirage"))
+        .arg("--cluster")
+        .arg(pg.urls.join(","))
+        .args(["--token", &pg.token, "--store"])
+        .arg(pg.path("r-untabled"))
+        .args(["checkout", "a", "-o", untabled.to_str().unwrap()])
+        .env("MIRAGE_LOCATION_TABLES", "0")
+        .output()
+        .unwrap();
+    ok(o);
+    let last = reads(&pg);
+    assert_eq!((last.0 - after.0, last.1 - after.1), (0, n));
+    assert_eq!(sha(&out0), sha(&untabled));
 
     // Node 4 goes silent: the leader declares it dead on its own, and repair rounds (on a
     // timer in a deployment, asked for here) copy its partitions back to 2 replicas.

@@ -296,24 +296,54 @@ impl Remote {
         Ok(v["new"].as_u64().unwrap_or(0))
     }
 
+    /// Records on this node where it holds the given children of each parent (location
+    /// tables for parents stored elsewhere; see `docs/CLUSTER.md`). Returns entries added.
+    pub fn tables(&self, tables: &[(Digest, Vec<Digest>)]) -> Result<u64> {
+        let body = serde_json::json!({
+            "tables": tables
+                .iter()
+                .map(|(p, cs)| serde_json::json!({
+                    "parent": p.to_text(),
+                    "children": cs.iter().map(Digest::to_text).collect::<Vec<_>>(),
+                }))
+                .collect::<Vec<_>>(),
+        });
+        let r = self.send("POST /v1/items/tables", |b| {
+            self.http.post(format!("{b}/v1/items/tables")).json(&body)
+        })?;
+        let v: serde_json::Value = self.check(r)?.json()?;
+        Ok(v["added"].as_u64().unwrap_or(0))
+    }
+
     /// Downloads items of `image` (which a user other than an admin must name; see
-    /// `docs/API.md`), in the context of `context`'s location table if given, streaming:
-    /// `f` gets each encoded item as it arrives. Digests the node does not hold are skipped
-    /// (the caller notices what is missing); a damaged copy on the node is an error.
+    /// `docs/API.md`), streaming: `f` gets each encoded item as it arrives. Each batch is
+    /// read in the context of its items' parents (`parents`: child → a parent that refers to
+    /// it), so the node finds them in the parents' location tables instead of its index
+    /// (unless `MIRAGE_LOCATION_TABLES=0`, a switch for benchmarks). Digests the node does
+    /// not hold are skipped (the caller notices what is missing); a damaged copy on the node
+    /// is an error.
     pub fn get_each(
         &self,
         ds: &[Digest],
         image: Option<&Digest>,
-        context: Option<&Digest>,
+        parents: &sync::Parents,
         mut f: impl FnMut(Vec<u8>) -> Result<()>,
     ) -> Result<()> {
         use std::io::Read;
+        let tables = std::env::var("MIRAGE_LOCATION_TABLES").map_or(true, |v| v != "0");
         for batch in ds.chunks(BATCH_DIGESTS) {
             let texts: Vec<String> = batch.iter().map(Digest::to_text).collect();
+            let mut contexts: Vec<Digest> = if tables {
+                batch.iter().filter_map(|d| parents.get(d)).copied().collect()
+            } else {
+                Vec::new()
+            };
+            contexts.sort_unstable();
+            contexts.dedup();
             let body = serde_json::json!({
                 "digests": texts,
                 "image": image.map(Digest::to_text),
-                "context": context.map(Digest::to_text),
+                "contexts": contexts.iter().map(Digest::to_text).collect::<Vec<_>>(),
             });
             let r = self.send("POST /v1/items/get", |b| {
                 self.http.post(format!("{b}/v1/items/get")).json(&body)

@@ -31,6 +31,8 @@ use super::Remote;
 const PUT_BYTES: usize = 8 << 20;
 /// Digests per download request to one node.
 const GET_DIGESTS: usize = 512;
+/// Children per `POST /v1/items/tables` request.
+const TABLE_CHILDREN: usize = 8192;
 
 /// The storage nodes of a cluster and where items live on them.
 #[derive(Debug)]
@@ -340,13 +342,14 @@ impl Shards {
         let copies = Mutex::new(HashMap::new());
         let failed = Mutex::new(BTreeMap::new());
         let stats = Mutex::new(SyncStats::default());
-        std::thread::scope(|s| -> Result<()> {
+        std::thread::scope(|s| -> Result<Vec<(Digest, Vec<Digest>)>> {
             let mut tx = Senders::start(s, self, &copies, &failed, &stats);
             let r = self.push_walk(local, root, &mut tx, &copies, &failed, &stats);
             tx.barrier();
             tx.close();
             r
-        })?;
+        })
+        .map(|new_parents| self.send_tables(&new_parents))?;
         let out = *stats.lock();
         Ok(out)
     }
@@ -359,8 +362,9 @@ impl Shards {
         copies: &Mutex<HashMap<Digest, usize>>,
         failed: &Mutex<BTreeMap<u64, String>>,
         stats: &Mutex<SyncStats>,
-    ) -> Result<()> {
+    ) -> Result<Vec<(Digest, Vec<Digest>)>> {
         let mut seen = HashSet::from([*root]);
+        let mut new_parents = Vec::new();
         let mut frontier = vec![*root];
         let mut before: HashMap<Digest, Vec<u64>> = HashMap::new();
         let mut blobs: Vec<Digest> = Vec::new();
@@ -396,6 +400,7 @@ impl Shards {
                         // Held somewhere: its subtree was stored before it was.
                         if held.is_empty() {
                             descend(&refs, &mut seen, &mut next);
+                            new_parents.push((d, refs.clone()));
                         }
                         inner.insert(d, (bytes, refs, targets));
                     }
@@ -422,7 +427,50 @@ impl Shards {
             tx.barrier();
             self.check_quorum(level.into_iter(), &before, copies, failed)?;
         }
-        Ok(())
+        Ok(new_parents)
+    }
+
+    /// Tells every node which children of the new parents it holds, so that reads in a
+    /// parent's context find them in a location table (`POST /v1/items/tables`). Tables are
+    /// hints: a node that misses them serves from its index, so a failure is only logged.
+    fn send_tables(&self, parents: &[(Digest, Vec<Digest>)]) {
+        let mut per_node: BTreeMap<u64, Vec<(Digest, Vec<Digest>)>> = BTreeMap::new();
+        for (p, refs) in parents {
+            let mut mine: BTreeMap<u64, Vec<Digest>> = BTreeMap::new();
+            for r in refs {
+                for n in self.replicas(r) {
+                    mine.entry(*n).or_default().push(*r);
+                }
+            }
+            for (n, cs) in mine {
+                per_node.entry(n).or_default().push((*p, cs));
+            }
+        }
+        std::thread::scope(|s| {
+            for (n, tables) in &per_node {
+                s.spawn(move || {
+                    let r = self.node(*n).and_then(|remote| {
+                        let mut batch: Vec<(Digest, Vec<Digest>)> = Vec::new();
+                        let mut children = 0;
+                        for t in tables {
+                            children += t.1.len();
+                            batch.push(t.clone());
+                            if children >= TABLE_CHILDREN {
+                                remote.tables(&std::mem::take(&mut batch))?;
+                                children = 0;
+                            }
+                        }
+                        if !batch.is_empty() {
+                            remote.tables(&batch)?;
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = r {
+                        tracing::warn!("node {n}: location tables not recorded: {e:#}");
+                    }
+                });
+            }
+        });
     }
 
     /// Fetches `root`'s closure from the nodes into `local`, skipping what `local` holds.
@@ -432,6 +480,7 @@ impl Shards {
         let mut seen = HashSet::from([*root]);
         let mut frontier = vec![*root];
         let mut inner: super::sync::Inner = HashMap::new();
+        let mut parents = super::sync::Parents::new();
         let mut blobs: Vec<Vec<u8>> = Vec::new();
         let mut down: BTreeMap<u64, String> = BTreeMap::new();
         while !frontier.is_empty() {
@@ -440,6 +489,7 @@ impl Shards {
                 super::sync::absent(&frontier, local.has_many(&frontier)?);
             let mut tried: HashMap<Digest, usize> = HashMap::new();
             let mut next = Vec::new();
+            let mut new_parents = super::sync::Parents::new();
             while !pending.is_empty() {
                 // Each item to the best node not yet tried for it and not known down.
                 let mut plan: BTreeMap<u64, Vec<Digest>> = BTreeMap::new();
@@ -468,11 +518,11 @@ impl Shards {
                     let jobs: Vec<_> = plan
                         .iter()
                         .map(|(&n, ds)| {
-                            let itx = itx.clone();
+                            let (itx, parents) = (itx.clone(), &parents);
                             s.spawn(move || {
                                 let r = self.node(n).and_then(|remote| {
                                     for chunk in ds.chunks(GET_DIGESTS) {
-                                        remote.get_each(chunk, Some(root), None, |bytes| {
+                                        remote.get_each(chunk, Some(root), parents, |bytes| {
                                             itx.send(bytes).map_err(|_| anyhow!("stopped"))
                                         })?;
                                     }
@@ -492,7 +542,13 @@ impl Shards {
                             stats.items += 1;
                             stats.bytes += bytes.len() as u64;
                             super::sync::route(
-                                d, bytes, &mut seen, &mut next, &mut inner, &mut blobs,
+                                d,
+                                bytes,
+                                &mut seen,
+                                &mut next,
+                                &mut new_parents,
+                                &mut inner,
+                                &mut blobs,
                             )?;
                             if blobs.iter().map(Vec::len).sum::<usize>() >= PUT_BYTES {
                                 local.put_many(std::mem::take(&mut blobs))?;
@@ -517,6 +573,7 @@ impl Shards {
                 pending = wanted.into_iter().filter(|d| !got.contains(d)).collect();
             }
             frontier = next;
+            parents = new_parents;
         }
         local.put_many(std::mem::take(&mut blobs))?;
         super::sync::finish(root, inner, |b| {

@@ -35,6 +35,10 @@ pub struct SyncStats {
 /// Inner items waiting for their children: digest → (encoded bytes, references).
 pub(super) type Inner = HashMap<Digest, (Vec<u8>, Vec<Digest>)>;
 
+/// Items found during a download walk → the parent they were found in (whose location table
+/// tells the node where they are).
+pub type Parents = HashMap<Digest, Digest>;
+
 /// `inner`'s items reachable from `root`, children before parents.
 fn post_order(root: &Digest, inner: &Inner) -> Vec<Digest> {
     let mut out = Vec::with_capacity(inner.len());
@@ -90,13 +94,18 @@ pub(super) fn route(
     bytes: Vec<u8>,
     seen: &mut HashSet<Digest>,
     next: &mut Vec<Digest>,
+    parents: &mut Parents,
     inner: &mut Inner,
     blobs: &mut Vec<Vec<u8>>,
 ) -> Result<()> {
     match refs_of(&d, &bytes)? {
         None => blobs.push(bytes),
         Some(refs) => {
+            let from = next.len();
             descend(&refs, seen, next);
+            for r in &next[from..] {
+                parents.insert(*r, d);
+            }
             inner.insert(d, (bytes, refs));
         }
     }
@@ -210,7 +219,8 @@ pub fn push(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
         let missing = absent(&frontier, remote.has(&frontier)?);
         let mut next = Vec::new();
         read_local(local, root, &missing, |d, bytes| {
-            route(d, bytes, &mut seen, &mut next, &mut inner, &mut blobs)?;
+            let parents = &mut Parents::new();
+            route(d, bytes, &mut seen, &mut next, parents, &mut inner, &mut blobs)?;
             if batch_bytes(&blobs) >= BATCH_BYTES {
                 send(&mut blobs, &mut stats)?;
             }
@@ -235,6 +245,7 @@ pub fn pull(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
     let mut seen = HashSet::from([*root]);
     let mut frontier = vec![*root];
     let mut inner = Inner::new();
+    let mut parents = Parents::new();
     let mut blobs: Vec<Vec<u8>> = Vec::new();
     let store = |batch: &mut Vec<Vec<u8>>, stats: &mut SyncStats| -> Result<()> {
         if batch.is_empty() {
@@ -251,9 +262,11 @@ pub fn pull(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
         let wanted: HashSet<Digest> = missing.iter().copied().collect();
         let mut got: HashSet<Digest> = HashSet::with_capacity(missing.len());
         let mut next = Vec::new();
-        remote.get_each(&missing, Some(root), None, |bytes| {
+        let mut next_parents = Parents::new();
+        remote.get_each(&missing, Some(root), &parents, |bytes| {
             let d = accept(alg, &bytes, &wanted, &mut got)?;
-            route(d, bytes, &mut seen, &mut next, &mut inner, &mut blobs)?;
+            let p = &mut next_parents;
+            route(d, bytes, &mut seen, &mut next, p, &mut inner, &mut blobs)?;
             if batch_bytes(&blobs) >= BATCH_BYTES {
                 store(&mut blobs, &mut stats)?;
             }
@@ -273,6 +286,7 @@ pub fn pull(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
             );
         }
         frontier = next;
+        parents = next_parents;
     }
     store(&mut blobs, &mut stats)?;
     finish(root, inner, |b| store(b, &mut stats))?;

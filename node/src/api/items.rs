@@ -165,6 +165,9 @@ pub(super) struct GetRequest {
     digests: Vec<String>,
     /// Read in the context of this item (its location table).
     context: Option<String>,
+    /// Read in the context of these items (their location tables together).
+    #[serde(default)]
+    contexts: Vec<String>,
     /// The image the items belong to (required unless the caller is an admin).
     #[serde(default)]
     image: Option<String>,
@@ -245,7 +248,8 @@ pub(super) async fn get(
     Json(req): Json<GetRequest>,
 ) -> Result<Response, ApiError> {
     let ds = parse_digests(&req.digests)?;
-    let context = req.context.as_deref().map(parse_digest).transpose()?;
+    let mut contexts = parse_digests(&req.contexts)?;
+    contexts.extend(req.context.as_deref().map(parse_digest).transpose()?);
     let image = req.image.as_deref().map(parse_digest).transpose()?;
     let ds = match authorize(&st, caller.clone(), image, ds.clone()).await {
         Ok(ds) => ds,
@@ -258,7 +262,7 @@ pub(super) async fn get(
         }
         Err(e) => return Err(e),
     };
-    Ok(serve(&st, ds, context, req.verify, false))
+    Ok(serve(&st, ds, contexts, req.verify, false))
 }
 
 /// Streams the items `ds` as the store reads them (see `docs/API.md`, `POST /v1/items/get`),
@@ -266,7 +270,7 @@ pub(super) async fn get(
 pub(super) fn serve(
     st: &AppState,
     ds: Vec<Digest>,
-    context: Option<Digest>,
+    contexts: Vec<Digest>,
     verify: bool,
     peer: bool,
 ) -> Response {
@@ -278,7 +282,7 @@ pub(super) fn serve(
         ..Default::default()
     };
     tokio::task::spawn_blocking(move || {
-        let r = store.get_many(&ds, context.as_ref(), opts, |d, r| {
+        let r = store.get_many_in(&ds, &contexts, opts, |d, r| {
             let f = match r {
                 Ok(bytes) => {
                     let (items, out) = if peer {
@@ -300,6 +304,12 @@ pub(super) fn serve(
         });
         match r {
             Ok(stats) => {
+                let m = &metrics;
+                m.read_table_hits
+                    .fetch_add(stats.table_hits, Ordering::Relaxed);
+                m.read_index_lookups
+                    .fetch_add(stats.index_lookups, Ordering::Relaxed);
+                m.read_ops.fetch_add(stats.read_ops, Ordering::Relaxed);
                 for m in stats.missing {
                     let _ = tx.blocking_send(Ok(frame(TAG_MISSING, m.to_text().as_bytes())));
                 }
@@ -322,6 +332,46 @@ fn tokio_stream(
     mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Body of `POST /v1/items/tables`: for each parent, children the node should hold.
+#[derive(Debug, Deserialize)]
+pub(super) struct TablesRequest {
+    tables: Vec<TableRequest>,
+}
+
+/// One parent and some of its children.
+#[derive(Debug, Deserialize)]
+pub(super) struct TableRequest {
+    parent: String,
+    children: Vec<String>,
+}
+
+/// Answer of `POST /v1/items/tables`.
+#[derive(Debug, Serialize)]
+pub(super) struct TablesResponse {
+    /// Entries added (children held and not in their parent's table yet).
+    added: u64,
+}
+
+/// Records where this node holds children of parents stored elsewhere (see
+/// `store/tables.rs`).
+pub(super) async fn tables(
+    State(st): State<AppState>,
+    _: Caller,
+    Json(req): Json<TablesRequest>,
+) -> Result<Json<TablesResponse>, ApiError> {
+    let tables = req
+        .tables
+        .iter()
+        .map(|t| Ok((parse_digest(&t.parent)?, parse_digests(&t.children)?)))
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let store = st.store.clone();
+    let added = super::blocking(move || store.add_tables(&tables)).await??;
+    st.metrics
+        .table_entries_added
+        .fetch_add(added, Ordering::Relaxed);
+    Ok(Json(TablesResponse { added }))
 }
 
 /// Body of `POST /v1/items/locations`.

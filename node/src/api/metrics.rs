@@ -26,6 +26,14 @@ pub struct Metrics {
     pub peer_items_served: AtomicU64,
     /// Item bytes served to other nodes.
     pub peer_bytes_out: AtomicU64,
+    /// Item locations a download found in location tables.
+    pub read_table_hits: AtomicU64,
+    /// Item locations a download looked up in the index.
+    pub read_index_lookups: AtomicU64,
+    /// Volume reads of downloads (nearby records are merged into one read).
+    pub read_ops: AtomicU64,
+    /// Location-table entries recorded by `POST /v1/items/tables`.
+    pub table_entries_added: AtomicU64,
     /// Requests answered with an error.
     pub errors: AtomicU64,
 }
@@ -74,6 +82,26 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
         "mirage_peer_bytes_out_total",
         "Item bytes served to other nodes.",
         &m.peer_bytes_out,
+    );
+    counter(
+        "mirage_read_table_hits_total",
+        "Item locations downloads found in location tables.",
+        &m.read_table_hits,
+    );
+    counter(
+        "mirage_read_index_lookups_total",
+        "Item locations downloads looked up in the index.",
+        &m.read_index_lookups,
+    );
+    counter(
+        "mirage_read_ops_total",
+        "Volume reads of downloads (nearby records merged into one).",
+        &m.read_ops,
+    );
+    counter(
+        "mirage_table_entries_added_total",
+        "Location-table entries recorded for parents (POST /v1/items/tables).",
+        &m.table_entries_added,
     );
     counter(
         "mirage_request_errors_total",

@@ -61,7 +61,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Every route, as `METHOD PATH` (checked against `docs/API.md` by a test).
-pub const ROUTES: [&str; 26] = [
+pub const ROUTES: [&str; 27] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -69,6 +69,7 @@ pub const ROUTES: [&str; 26] = [
     "POST /v1/items/has",
     "POST /v1/items/get",
     "POST /v1/items/locations",
+    "POST /v1/items/tables",
     "POST /v1/catalog/command",
     "POST /v1/catalog/query",
     "POST /v1/raft/append",
@@ -106,6 +107,7 @@ pub fn router(store: Store, cluster: Option<Cluster>) -> Router {
         .route("/v1/items/has", post(items::has))
         .route("/v1/items/get", post(items::get))
         .route("/v1/items/locations", post(items::locations))
+        .route("/v1/items/tables", post(items::tables))
         .route("/v1/catalog/command", post(catalog::command))
         .route("/v1/catalog/query", post(catalog::query))
         .route("/v1/raft/append", post(raft::append))

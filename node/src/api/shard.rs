@@ -68,7 +68,7 @@ pub(super) async fn get(
     _: Peer,
     Json(r): Json<DigestList>,
 ) -> Result<Response, ApiError> {
-    Ok(super::items::serve(&st, r.digests, None, false, true))
+    Ok(super::items::serve(&st, r.digests, Vec::new(), false, true))
 }
 
 pub(super) async fn refs(

@@ -12,6 +12,7 @@ mod partition;
 mod read;
 pub mod record;
 mod recover;
+mod tables;
 mod verify;
 mod volume;
 mod write;

@@ -38,6 +38,8 @@ pub struct ReadStats {
     pub served: u64,
     /// Requested digests the store does not hold.
     pub missing: Vec<Digest>,
+    /// Location tables read.
+    pub tables_read: u64,
     /// Locations found in the location table.
     pub table_hits: u64,
     /// Locations looked up in the index.
@@ -71,6 +73,18 @@ impl Store {
         wanted: &[Digest],
         context: Option<&Digest>,
         opts: ReadOptions,
+        f: impl FnMut(Digest, Result<Vec<u8>, StoreError>),
+    ) -> Result<ReadStats, StoreError> {
+        self.get_many_in(wanted, context.map_or(&[], std::slice::from_ref), opts, f)
+    }
+
+    /// [`Store::get_many`] in the context of several items: their location tables together
+    /// (the items of one level of a walk have many parents).
+    pub fn get_many_in(
+        &self,
+        wanted: &[Digest],
+        contexts: &[Digest],
+        opts: ReadOptions,
         mut f: impl FnMut(Digest, Result<Vec<u8>, StoreError>),
     ) -> Result<ReadStats, StoreError> {
         let sh = self.shared();
@@ -78,20 +92,21 @@ impl Store {
         // (digest, location, came from the location table)
         let mut located: Vec<(Digest, Location, bool)> = Vec::with_capacity(wanted.len());
         let mut lookup: Vec<Digest> = Vec::new();
-        match context.map(|c| sh.index.table(c)).transpose()?.flatten() {
-            Some(table) => {
-                let map: HashMap<Digest, Location> = table.entries.into_iter().collect();
-                for d in wanted {
-                    match map.get(d) {
-                        Some(l) => {
-                            stats.table_hits += 1;
-                            located.push((*d, *l, true));
-                        }
-                        None => lookup.push(*d),
-                    }
-                }
+        let mut map: HashMap<Digest, Location> = HashMap::new();
+        for c in contexts {
+            if let Some(table) = sh.index.table(c)? {
+                stats.tables_read += 1;
+                map.extend(table.entries);
             }
-            None => lookup.extend_from_slice(wanted),
+        }
+        for d in wanted {
+            match map.get(d) {
+                Some(l) => {
+                    stats.table_hits += 1;
+                    located.push((*d, *l, true));
+                }
+                None => lookup.push(*d),
+            }
         }
         if !lookup.is_empty() {
             stats.index_lookups += lookup.len() as u64;
