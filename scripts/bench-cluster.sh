@@ -4,7 +4,10 @@
 #      (N=3, W=2), each with a fresh client cache;
 #   2. aggregate checkout throughput with 1, 4 and 8 concurrent clients: 3-node vs 1-node;
 #   3. rebalance after adding a 4th node to a 3-node N=2 cluster: time and bytes pulled vs the
-#      bytes the new node must hold (the minimum any rebalance moves).
+#      bytes the new node must hold (the minimum any rebalance moves);
+#   4. location-table reads vs index lookups: checkouts of base from a 4-node N=2 cluster
+#      with and without location tables (MIRAGE_LOCATION_TABLES=0), alternating, with the
+#      nodes' table hits, index lookups and volume reads.
 # Usage: scripts/bench-cluster.sh [WORKDIR]   (release binaries; corpus in ~/.cache/mirage-corpus)
 set -euo pipefail
 BIN=${CARGO_TARGET_DIR:-$HOME/.cache/mirage-target}/release
@@ -12,7 +15,7 @@ M=$BIN/mirage
 N=$BIN/mirage-node
 IMG=${MIRAGE_CORPUS:-$HOME/.cache/mirage-corpus}/images
 W=${1:-/tmp/mirage-bench-cluster}
-PARTS=${PARTS:-123} # which parts to run
+PARTS=${PARTS:-1234} # which parts to run
 FAMILY=(base derived-1 derived-2 derived-3)
 rm -rf "$W" && mkdir -p "$W"
 export MIRAGE_LOG=warn
@@ -106,4 +109,31 @@ echo "$st" | python3 -c 'import json,sys; v=json.load(sys.stdin); print("moved b
 printf 'rebalance: %.2f s, %d bytes pulled; node 4 holds %d bytes (the minimum): ratio %.3f\n' \
     "$(secs $t0 $t1)" "$pulled" "$held" "$(echo "$pulled/$held" | bc -l)"
 stop r
+fi
+
+if [[ $PARTS == *4* ]]; then
+echo "== 4. location-table reads vs index lookups (4 nodes, N=2; checkout of base, cold caches)"
+playground t 4 2 2
+"$M" --cluster "$CL" --token "$TOK" --store "$W/cache-t" checkin "$IMG/base.img" --name base >/dev/null
+counters() { # sum over the nodes: table hits, index lookups, volume reads
+    for u in ${CL//,/ }; do curl -s "$u/metrics"; done | awk '
+        /^mirage_read_table_hits_total /{t+=$2} /^mirage_read_index_lookups_total /{i+=$2}
+        /^mirage_read_ops_total /{r+=$2} END{print t, i, r}'
+}
+for run in 1 2 3; do
+    for tables in 1 0; do
+        rm -rf "$W/ct" "$W/ct.img"
+        read -r t0h t0i t0r < <(counters)
+        t0=$(now)
+        MIRAGE_LOCATION_TABLES=$tables "$M" --cluster "$CL" --token "$TOK" --store "$W/ct" \
+            checkout base -o "$W/ct.img" >/dev/null
+        t1=$(now)
+        read -r t1h t1i t1r < <(counters)
+        printf 'run %d, tables %s: %6.2f s; table hits %d, index lookups %d, volume reads %d\n' \
+            "$run" "$([ $tables = 1 ] && echo on || echo off)" "$(secs $t0 $t1)" \
+            $((t1h - t0h)) $((t1i - t0i)) $((t1r - t0r))
+    done
+done
+rm -rf "$W/ct" "$W/ct.img"
+stop t
 fi

@@ -580,4 +580,33 @@ fn a_client_in_zone_a_reads_nothing_from_other_zones() {
         first.to_string().contains(again.trim()),
         "checked-out image has another serial number: {again}"
     );
+
+    // A node of the client's zone hangs (SIGSTOP): after the node timeout (8 s here; longer
+    // than the 5 s the other nodes' closure walks give it) its items come from the other
+    // replicas, and the image is the same.
+    let pid = pg.pids[3].unwrap().to_string();
+    ok(Command::new("kill").args(["-STOP", &pid]).output().unwrap());
+    let hung = work.path().join("a.hung");
+    let t0 = Instant::now();
+    let o = Command::new(bin("mirage"))
+        .arg("--cluster")
+        .arg(pg.urls.join(","))
+        .args(["--token", &bob, "--store"])
+        .arg(pg.path("rb-hung"))
+        .args([
+            "--zone",
+            "z1",
+            "checkout",
+            "bobs",
+            "-o",
+            hung.to_str().unwrap(),
+        ])
+        .env("MIRAGE_NODE_TIMEOUT", "8")
+        .env("MIRAGE_LOG", "error")
+        .output()
+        .unwrap();
+    ok(Command::new("kill").args(["-CONT", &pid]).output().unwrap());
+    ok(o);
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    assert_eq!(sha(&out), sha(&hung));
 }

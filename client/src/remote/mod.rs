@@ -31,6 +31,8 @@ pub struct Remote {
     zone: Option<String>,
     /// The storage nodes, once the layout was read (`None`: no layout, a standalone node).
     shards: std::sync::OnceLock<Option<shard::Shards>>,
+    /// Longest wait for a response to start, and between two reads of its body.
+    timeout: Duration,
 }
 
 /// The error body the node sends.
@@ -91,7 +93,15 @@ impl Remote {
             token: token.trim().to_string(),
             zone: None,
             shards: std::sync::OnceLock::new(),
+            timeout: Duration::from_secs(600),
         })
+    }
+
+    /// The same client, giving up on a node that sends nothing for `t` (a storage node that
+    /// hangs is then skipped for another replica).
+    pub fn with_timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
     }
 
     /// The same client, reading from storage nodes in `zone` first.
@@ -134,7 +144,7 @@ impl Remote {
         for k in 0..self.bases.len() {
             let i = (start + k) % self.bases.len();
             let base = &self.bases[i];
-            match build(base).send() {
+            match build(base).timeout(self.timeout).send() {
                 Ok(r) => {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(r);
@@ -334,7 +344,11 @@ impl Remote {
         for batch in ds.chunks(BATCH_DIGESTS) {
             let texts: Vec<String> = batch.iter().map(Digest::to_text).collect();
             let mut contexts: Vec<Digest> = if tables {
-                batch.iter().filter_map(|d| parents.get(d)).copied().collect()
+                batch
+                    .iter()
+                    .filter_map(|d| parents.get(d))
+                    .copied()
+                    .collect()
             } else {
                 Vec::new()
             };

@@ -57,6 +57,17 @@ fn describe(failed: &BTreeMap<u64, String>) -> String {
     why.join("; ")
 }
 
+/// How long a storage node may keep a transfer waiting before its items are asked of the
+/// next replica: `MIRAGE_NODE_TIMEOUT` seconds, default 30.
+fn node_timeout() -> std::time::Duration {
+    let secs = std::env::var("MIRAGE_NODE_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(30);
+    std::time::Duration::from_secs(secs)
+}
+
 impl Shards {
     /// The cluster's storage nodes as its catalog's current layout places items, or `None`
     /// when the catalog has no layout (a standalone node: it holds everything itself).
@@ -67,7 +78,8 @@ impl Shards {
         let mut nodes = BTreeMap::new();
         let mut zones = BTreeMap::new();
         for n in layout.nodes_with(previous.as_ref()) {
-            nodes.insert(n.id, remote.at(&format!("http://{}", n.address))?);
+            let node = remote.at(&format!("http://{}", n.address))?;
+            nodes.insert(n.id, node.with_timeout(node_timeout()));
             zones.insert(n.id, n.zone.clone());
         }
         if let Some(z) = &zone {

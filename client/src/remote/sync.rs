@@ -220,7 +220,9 @@ pub fn push(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
         let mut next = Vec::new();
         read_local(local, root, &missing, |d, bytes| {
             let parents = &mut Parents::new();
-            route(d, bytes, &mut seen, &mut next, parents, &mut inner, &mut blobs)?;
+            route(
+                d, bytes, &mut seen, &mut next, parents, &mut inner, &mut blobs,
+            )?;
             if batch_bytes(&blobs) >= BATCH_BYTES {
                 send(&mut blobs, &mut stats)?;
             }

@@ -117,6 +117,9 @@ pub struct RefsAnswer {
 #[derive(Clone, Debug)]
 pub struct Peers {
     http: reqwest::Client,
+    /// For the small requests a reader waits on (closure walks): a node that hangs is given
+    /// up on quickly, and the items asked of another.
+    quick: reqwest::Client,
     secret: Arc<str>,
 }
 
@@ -155,18 +158,19 @@ impl Peers {
     pub fn new(secret: &str) -> Self {
         Peers {
             http: node_client(Some(Duration::from_secs(120))),
+            quick: node_client(Some(Duration::from_secs(5))),
             secret: secret.into(),
         }
     }
 
     async fn post(
         &self,
+        http: &reqwest::Client,
         n: &LayoutNode,
         path: &str,
         body: &impl Serialize,
     ) -> Result<reqwest::Response, PeerError> {
-        let r = self
-            .http
+        let r = http
             .post(format!("http://{}{path}", n.address))
             .header(SECRET_HEADER, &*self.secret)
             .json(body)
@@ -184,11 +188,12 @@ impl Peers {
 
     async fn json<T: serde::de::DeserializeOwned>(
         &self,
+        http: &reqwest::Client,
         n: &LayoutNode,
         path: &str,
         body: &impl Serialize,
     ) -> Result<T, PeerError> {
-        let r = self.post(n, path, body).await?;
+        let r = self.post(http, n, path, body).await?;
         r.json().await.map_err(|e| refused(n, e))
     }
 
@@ -199,7 +204,12 @@ impl Peers {
         partitions: u32,
     ) -> Result<Vec<WireSummary>, PeerError> {
         let a: SummariesAnswer = self
-            .json(n, "/v1/peer/summaries", &SummariesRequest { partitions })
+            .json(
+                &self.http,
+                n,
+                "/v1/peer/summaries",
+                &SummariesRequest { partitions },
+            )
             .await?;
         expect_len(n, a.summaries, partitions as usize, "summaries")
     }
@@ -215,7 +225,7 @@ impl Peers {
             partitions,
             partition,
         };
-        let a: DigestsAnswer = self.json(n, "/v1/peer/digests", &body).await?;
+        let a: DigestsAnswer = self.json(&self.http, n, "/v1/peer/digests", &body).await?;
         Ok(a.digests)
     }
 
@@ -227,7 +237,12 @@ impl Peers {
     ) -> Result<Vec<Option<ItemRefs>>, PeerError> {
         let want = digests.len();
         let a: RefsAnswer = self
-            .json(n, "/v1/peer/items/refs", &DigestList { digests })
+            .json(
+                &self.quick,
+                n,
+                "/v1/peer/items/refs",
+                &DigestList { digests },
+            )
             .await?;
         expect_len(n, a.items, want, "answers")
     }
@@ -240,7 +255,7 @@ impl Peers {
         digests: Vec<Digest>,
     ) -> Result<Vec<Vec<u8>>, PeerError> {
         let r = self
-            .post(n, "/v1/peer/items/get", &DigestList { digests })
+            .post(&self.http, n, "/v1/peer/items/get", &DigestList { digests })
             .await?;
         let mut stream = r.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
