@@ -255,15 +255,15 @@ fn sha(path: &Path) -> Digest {
 }
 
 #[test]
-fn three_nodes_keep_n_copies_through_a_kill_a_restart_and_a_corrupt_copy() {
+fn n_copies_through_a_kill_hinted_handoff_a_restart_and_a_corrupt_copy() {
     let work = tempfile::tempdir().unwrap();
     let (a, b) = (image(work.path(), "a", 1), image(work.path(), "b", 2));
-    let mut pg = Pg::start(3, 1, 3, 2);
+    let mut pg = Pg::start(4, 1, 3, 2);
     ok(pg.mirage("ca", &["checkin", a.to_str().unwrap(), "--name", "a"]));
     let items_a = digests_in(&pg.path("ca"));
     assert!(items_a.len() > 50, "{} items", items_a.len());
     assert!(
-        pg.copies(&[1, 2, 3], &items_a).iter().all(|&c| c == 3),
+        pg.copies(&[1, 2, 3, 4], &items_a).iter().all(|&c| c == 3),
         "every item of a has exactly 3 copies"
     );
     let out0 = work.path().join("a0.img");
@@ -282,22 +282,39 @@ fn three_nodes_keep_n_copies_through_a_kill_a_restart_and_a_corrupt_copy() {
         .copied()
         .collect();
     assert!(!new_b.is_empty());
-    assert!(pg.copies(&[1, 2], &items_b).iter().all(|&c| c == 2));
+    // Hinted handoff: the copies of b's new items that node 3 missed went to node 4, so
+    // they have 3 copies anyway.
+    assert!(pg.copies(&[1, 2, 4], &new_b).iter().all(|&c| c == 3));
 
-    // It returns; one repair round brings every item back to 3 copies.
+    // It returns; its repair round pulls exactly what it missed (from the fallback among
+    // others), and the fallback hands its hints off: exactly 3 copies of everything, on
+    // every item's own replicas.
     let config = pg.path("cluster.toml");
     pg.serve(3, &config);
+    let placement = layout(&pg).placement();
+    let missed: Vec<Digest> = new_b
+        .iter()
+        .filter(|d| placement.nodes_for(d).contains(&3))
+        .copied()
+        .collect();
+    assert!(!missed.is_empty());
     assert!(pg.has(3, &new_b).iter().all(|h| !h), "node 3 missed b");
     let round = pg.post(3, "/v1/admin/repair", json!({}));
     assert_eq!(
         round["items_pulled"].as_u64().unwrap(),
-        new_b.len() as u64,
+        missed.len() as u64,
         "{round}"
     );
-    assert!(pg.copies(&[1, 2, 3], &items_b).iter().all(|&c| c == 3));
+    repair_until(&pg, &[1, 2, 3, 4], &items_b, 3);
 
     // A copy damaged on disk is found by scrub and replaced from another replica.
-    let victim = *items_b.iter().max_by_key(|d| d.as_bytes()[0]).unwrap();
+    let victim = *items_b
+        .iter()
+        .zip(pg.has(3, &items_b))
+        .filter(|(_, on_3)| *on_3)
+        .map(|(d, _)| d)
+        .max_by_key(|d| d.as_bytes()[0])
+        .unwrap();
     pg.kill(3);
     {
         let s = mirage_node::Store::open(&pg.path("node3"), mirage_node::StoreOptions::default())
@@ -433,17 +450,22 @@ fn removing_and_adding_nodes_rebalances_to_n_copies_without_a_failed_read() {
     assert_eq!(v["rebalance"], json!("complete"), "{status}");
 }
 
-/// The state of node `id` in the current layout, as `mirage admin cluster status` says.
-fn node_state(pg: &Pg, id: u64) -> String {
+/// The current layout, as `mirage admin cluster status` shows it.
+fn layout(pg: &Pg) -> mirage_cluster_config::Layout {
     let status = ok(pg.mirage("adm", &["admin", "cluster", "status", "--json"]));
     let v: Value = serde_json::from_str(&status).unwrap();
-    v["layout"]["nodes"]
-        .as_array()
+    serde_json::from_value(v["layout"].clone()).unwrap()
+}
+
+/// The state of node `id` in the current layout.
+fn node_state(pg: &Pg, id: u64) -> String {
+    let l = layout(pg);
+    let n = l.node(id).unwrap();
+    serde_json::to_value(n.state)
         .unwrap()
-        .iter()
-        .find(|n| n["id"] == json!(id))
-        .map(|n| n["state"].as_str().unwrap().to_string())
+        .as_str()
         .unwrap()
+        .to_string()
 }
 
 fn wait_for_state(pg: &Pg, id: u64, want: &str) {

@@ -4,6 +4,7 @@
 //! cache store with [`sync`] — checkin indexes into the cache and pushes what the cluster
 //! lacks, read verbs pull what the cache lacks and then run exactly as on an embedded store.
 
+mod handoff;
 pub mod shard;
 pub mod sync;
 

@@ -37,11 +37,11 @@ const TABLE_CHILDREN: usize = 8192;
 /// The storage nodes of a cluster and where items live on them.
 #[derive(Debug)]
 pub struct Shards {
-    layout: Layout,
+    pub(super) layout: Layout,
     placement: Placement,
     previous: Option<Placement>,
     nodes: BTreeMap<u64, Remote>,
-    zones: BTreeMap<u64, String>,
+    pub(super) zones: BTreeMap<u64, String>,
     zone: Option<String>,
 }
 
@@ -177,7 +177,7 @@ impl Shards {
 }
 
 /// Uploads to the nodes, one worker thread per node; counts durable copies per item.
-struct Senders<'s> {
+pub(super) struct Senders<'s> {
     queues: BTreeMap<u64, mpsc::SyncSender<Job>>,
     pending: BTreeMap<u64, Vec<(Digest, Vec<u8>)>>,
     failed: &'s Mutex<BTreeMap<u64, String>>,
@@ -241,7 +241,7 @@ impl<'s> Senders<'s> {
         }
     }
 
-    fn send(&mut self, node: u64, d: Digest, bytes: Vec<u8>) {
+    pub(super) fn send(&mut self, node: u64, d: Digest, bytes: Vec<u8>) {
         let q = self.pending.entry(node).or_default();
         q.push((d, bytes));
         if q.iter().map(|(_, b)| b.len()).sum::<usize>() >= PUT_BYTES {
@@ -261,7 +261,7 @@ impl<'s> Senders<'s> {
     }
 
     /// Sends everything queued and waits until every node has answered.
-    fn barrier(&mut self) {
+    pub(super) fn barrier(&mut self) {
         for (node, batch) in std::mem::take(&mut self.pending) {
             if !batch.is_empty() {
                 self.dispatch(node, batch);
@@ -380,6 +380,7 @@ impl Shards {
         let mut frontier = vec![*root];
         let mut before: HashMap<Digest, Vec<u64>> = HashMap::new();
         let mut blobs: Vec<Digest> = Vec::new();
+        let mut blobs_sent: Vec<(Digest, Vec<u64>)> = Vec::new();
         let mut inner = Pending::new();
         while !frontier.is_empty() {
             stats.lock().checked += frontier.len() as u64;
@@ -404,8 +405,11 @@ impl Shards {
                 match refs_of(&d, &bytes)? {
                     None => {
                         blobs.push(d);
-                        for n in targets {
-                            tx.send(n, d, bytes.clone());
+                        for n in &targets {
+                            tx.send(*n, d, bytes.clone());
+                        }
+                        if !targets.is_empty() {
+                            blobs_sent.push((d, targets));
                         }
                     }
                     Some(refs) => {
@@ -423,22 +427,27 @@ impl Shards {
         }
         tx.barrier();
         self.check_quorum(blobs.into_iter(), &before, copies, failed)?;
+        let mut hinted = self.hint(local, root, tx, &blobs_sent, failed)?;
         let h = heights(&inner);
         let mut levels: BTreeMap<usize, Vec<Digest>> = BTreeMap::new();
         for (d, v) in &h {
             levels.entry(*v).or_default().push(*d);
         }
         for (_, level) in levels {
+            let mut sent = Vec::with_capacity(level.len());
             for d in &level {
                 if let Some((bytes, _, targets)) = inner.remove(d) {
-                    for n in targets {
-                        tx.send(n, *d, bytes.clone());
+                    for n in &targets {
+                        tx.send(*n, *d, bytes.clone());
                     }
+                    sent.push((*d, targets));
                 }
             }
             tx.barrier();
             self.check_quorum(level.into_iter(), &before, copies, failed)?;
+            hinted += self.hint(local, root, tx, &sent, failed)?;
         }
+        stats.lock().hinted += hinted;
         Ok(new_parents)
     }
 

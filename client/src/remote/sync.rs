@@ -30,6 +30,9 @@ pub struct SyncStats {
     pub items: u64,
     /// Encoded bytes sent.
     pub bytes: u64,
+    /// Of the items sent, copies written to another node for a replica that was down
+    /// (hinted handoff; cluster pushes only).
+    pub hinted: u64,
 }
 
 /// Inner items waiting for their children: digest → (encoded bytes, references).

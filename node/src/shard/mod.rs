@@ -36,6 +36,8 @@ pub struct ShardTuning {
     pub scrub_every: Duration,
     /// Bytes per second a background scrub reads at most.
     pub scrub_rate: u64,
+    /// Bytes per second background anti-entropy rounds pull at most.
+    pub repair_rate: u64,
     /// How long a node may fail every probe before the catalog leader declares it dead
     /// (`None`: never).
     pub dead_after: Option<Duration>,
@@ -47,6 +49,7 @@ impl Default for ShardTuning {
             repair_every: Duration::from_secs(30),
             scrub_every: Duration::from_secs(24 * 3600),
             scrub_rate: 32 << 20,
+            repair_rate: 64 << 20,
             dead_after: Some(Duration::from_secs(300)),
         }
     }
@@ -159,7 +162,7 @@ impl Shard {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(me.tuning.repair_every).await;
-                me.repair_round().await;
+                me.repair_round(Some(me.tuning.repair_rate)).await;
             }
         });
         let me = self.clone();
@@ -179,6 +182,35 @@ impl Shard {
     /// Scrub totals.
     pub fn scrub_totals(&self) -> ScrubTotals {
         self.scrub.lock().clone()
+    }
+}
+
+/// Keeps background work to a rate: after each step, waits until the bytes done so far are
+/// due at `rate` bytes per second since the start (`None` or 0: no limit).
+pub(crate) struct Pace {
+    start: std::time::Instant,
+    rate: Option<u64>,
+    bytes: u64,
+}
+
+impl Pace {
+    pub(crate) fn new(rate: Option<u64>) -> Pace {
+        Pace {
+            start: std::time::Instant::now(),
+            rate: rate.filter(|r| *r > 0),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `bytes` more done, and waits if they came early.
+    pub(crate) async fn done(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        if let Some(rate) = self.rate {
+            let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
     }
 }
 

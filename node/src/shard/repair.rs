@@ -66,8 +66,9 @@ fn now_unix() -> u64 {
 }
 
 impl Shard {
-    /// Runs one anti-entropy round now (waiting for a round in progress first).
-    pub async fn repair_round(&self) -> RoundReport {
+    /// Runs one anti-entropy round now (waiting for a round in progress first), pulling at
+    /// most `rate` bytes per second (`None`: as fast as the peers send).
+    pub async fn repair_round(&self, rate: Option<u64>) -> RoundReport {
         let _one = self.round.lock().await;
         let t0 = Instant::now();
         let mut rep = RoundReport {
@@ -75,7 +76,8 @@ impl Shard {
             ..Default::default()
         };
         if let Some((layout, nodes)) = self.layout_and_nodes().await {
-            self.round_under(&layout, &nodes, &mut rep).await;
+            let mut pace = super::Pace::new(rate);
+            self.round_under(&layout, &nodes, &mut rep, &mut pace).await;
         }
         rep.millis = t0.elapsed().as_millis() as u64;
         let mut t = self.repair.lock();
@@ -89,7 +91,13 @@ impl Shard {
 
     /// A round under `layout`, with every node of `nodes` (this layout's and the previous
     /// one's) as a peer.
-    async fn round_under(&self, layout: &Layout, nodes: &[LayoutNode], rep: &mut RoundReport) {
+    async fn round_under(
+        &self,
+        layout: &Layout,
+        nodes: &[LayoutNode],
+        rep: &mut RoundReport,
+        pace: &mut super::Pace,
+    ) {
         rep.layout_version = layout.version;
         let parts = layout.partitions;
         let ours: Vec<WireSummary> =
@@ -121,7 +129,7 @@ impl Shard {
         }
         rep.partitions_compared = by_partition.len();
         for (p, peers) in by_partition {
-            if !self.pull_partition(parts, p, &peers, rep).await {
+            if !self.pull_partition(parts, p, &peers, rep, pace).await {
                 rep.partitions_behind.push(p);
             }
         }
@@ -145,6 +153,7 @@ impl Shard {
         p: u32,
         peers: &[&LayoutNode],
         rep: &mut RoundReport,
+        pace: &mut super::Pace,
     ) -> bool {
         let mut have: BTreeSet<Digest> =
             match self.blocking(move |s| s.partition_digests(parts, p)).await {
@@ -169,7 +178,7 @@ impl Shard {
             sorted.sort();
             let want = missing(&ours, &sorted);
             for batch in want.chunks(PULL_BATCH) {
-                match self.pull_batch(peer, batch, rep).await {
+                match self.pull_batch(peer, batch, rep, pace).await {
                     Ok(got) => {
                         if got.len() != batch.len() {
                             complete = false;
@@ -194,6 +203,7 @@ impl Shard {
         peer: &LayoutNode,
         batch: &[Digest],
         rep: &mut RoundReport,
+        pace: &mut super::Pace,
     ) -> Result<Vec<Digest>, String> {
         let items = self
             .peers
@@ -223,6 +233,7 @@ impl Shard {
         }
         rep.items_pulled += n;
         rep.bytes_pulled += bytes;
+        pace.done(bytes).await;
         Ok(digests)
     }
 

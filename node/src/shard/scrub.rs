@@ -2,7 +2,7 @@
 //! bounded rate; a damaged copy is replaced by a good one from another node (the owners of its
 //! partition first), verified by its digest before it is stored.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mirage_cluster_config::placement::partition_of;
 use mirage_cluster_config::LayoutNode;
@@ -40,6 +40,7 @@ impl Shard {
     pub async fn scrub_pass(&self, rate: Option<u64>) -> ScrubReport {
         let _one = self.scrubbing.lock().await;
         let t0 = Instant::now();
+        let mut pace = super::Pace::new(rate);
         let mut rep = ScrubReport {
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -81,14 +82,9 @@ impl Shard {
                         rep.items += n;
                         rep.bytes += bytes;
                         rep.damaged.extend(bad);
+                        pace.done(bytes).await;
                     }
                     Err(e) => rep.errors.push(e),
-                }
-                if let Some(rate) = rate.filter(|r| *r > 0) {
-                    let due = Duration::from_secs_f64(rep.bytes as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(t0.elapsed()) {
-                        tokio::time::sleep(wait).await;
-                    }
                 }
             }
         }

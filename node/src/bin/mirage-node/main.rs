@@ -65,6 +65,9 @@ enum Cmd {
         /// Most MB per second a background scrub reads.
         #[arg(long, default_value_t = 32)]
         scrub_rate_mb: u64,
+        /// Most MB per second background anti-entropy rounds pull (repair, rebalance).
+        #[arg(long, default_value_t = 64)]
+        repair_rate_mb: u64,
         /// Seconds a storage node may fail every probe of the catalog leader before it is
         /// declared dead and its partitions are re-replicated on the other nodes (0: never).
         #[arg(long, default_value_t = 300)]
@@ -328,6 +331,7 @@ fn main() -> Result<()> {
             repair_every,
             scrub_every,
             scrub_rate_mb,
+            repair_rate_mb,
             dead_after,
         } => {
             let cluster = match (cluster, id) {
@@ -343,6 +347,7 @@ fn main() -> Result<()> {
                 repair_every: Duration::from_secs(repair_every.max(1)),
                 scrub_every: Duration::from_secs(scrub_every.max(1)),
                 scrub_rate: scrub_rate_mb << 20,
+                repair_rate: repair_rate_mb << 20,
                 dead_after: (dead_after > 0).then(|| Duration::from_secs(dead_after)),
             };
             rt.block_on(serve(store, listen, cluster, init, (tuning, shard)))
