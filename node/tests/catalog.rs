@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use mirage_format::{Algorithm, Digest};
-use mirage_node::catalog::{apply, CatalogError, Command, ImageState, View};
+use mirage_node::catalog::{
+    apply, CatalogError, Command, ImageState, ImportedAcl, ImportedVersion, Time, View,
+};
 use mirage_node::{Store, StoreOptions};
 
 fn img(n: u8) -> Digest {
@@ -633,4 +635,116 @@ fn layout_versions_are_kept_and_only_admins_change_them() {
     assert_eq!(read(Some(1)).unwrap(), first);
     assert_eq!(read(Some(3)), None);
     assert!(!now.moved_partitions(&first).is_empty());
+}
+
+fn imported(image: Digest, deleted: bool, parent: Option<Digest>) -> ImportedVersion {
+    ImportedVersion {
+        image,
+        created: Time {
+            secs: 1_000 + i64::from(image.as_bytes()[0]),
+            nanos: 7,
+        },
+        creator: "alice@there".into(),
+        deleted,
+        parent,
+        description: format!("from {}", image.to_text()),
+    }
+}
+
+fn import(name: &str, versions: Vec<ImportedVersion>, default: u32, force: bool) -> Command {
+    Command::Import {
+        name: name.into(),
+        versions,
+        default,
+        acl: None,
+        force,
+    }
+}
+
+#[test]
+fn imports_keep_the_chain_grow_a_prefix_and_refuse_another_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path());
+    let c = s.catalog();
+    // A new name: exactly the source's chain, delete mark, times, creators and provenance.
+    let chain = vec![
+        imported(img(10), false, Some(img(9))),
+        imported(img(11), true, Some(img(10))),
+        imported(img(12), false, Some(img(10))),
+    ];
+    let r = c
+        .submit("writer", import("app", chain.clone(), 3, false))
+        .unwrap();
+    assert_eq!((r.version, r.image), (Some(3), Some(img(12))));
+    let n = c.named("writer", "app").unwrap();
+    assert_eq!(n.owner, "writer");
+    assert_eq!(n.default, 3);
+    let got: Vec<(Digest, bool, &str, Time)> = n
+        .versions
+        .iter()
+        .map(|v| (v.image, v.deleted, v.creator.as_str(), v.created))
+        .collect();
+    let want: Vec<(Digest, bool, &str, Time)> = chain
+        .iter()
+        .map(|v| (v.image, v.deleted, v.creator.as_str(), v.created))
+        .collect();
+    assert_eq!(got, want);
+    let rec = c.image(&img(12)).unwrap().unwrap();
+    assert_eq!((rec.parent, rec.state), (Some(img(10)), ImageState::Active));
+    assert_eq!(
+        c.image(&img(11)).unwrap().unwrap().state,
+        ImageState::Deleted
+    );
+
+    // The same history, grown there: a new version and a delete mark on version 1. Its
+    // default (version 1) is deleted, so here the default is the newest live version.
+    let mut grown = chain.clone();
+    grown[0].deleted = true;
+    grown.push(imported(img(13), false, Some(img(12))));
+    let r = c
+        .submit("writer", import("app", grown.clone(), 1, false))
+        .unwrap();
+    assert_eq!((r.version, r.image), (Some(4), Some(img(13))));
+    let n = c.named("writer", "app").unwrap();
+    assert_eq!(n.versions.len(), 4);
+    assert!(n.versions[0].deleted && n.versions[1].deleted && !n.versions[2].deleted);
+    // Importing it again changes nothing.
+    c.submit("writer", import("app", grown.clone(), 4, false))
+        .unwrap();
+    assert_eq!(c.named("writer", "app").unwrap(), n);
+
+    // Another history: refused with `conflict`, unless forced (appended, never replaced).
+    let other = vec![
+        imported(img(20), false, None),
+        imported(img(13), false, None),
+    ];
+    assert_eq!(
+        code(c.submit("writer", import("app", other.clone(), 2, false))),
+        "conflict"
+    );
+    assert_eq!(c.named("writer", "app").unwrap(), n);
+    let r = c.submit("writer", import("app", other, 2, true)).unwrap();
+    assert_eq!((r.version, r.image), (Some(5), Some(img(20))));
+
+    // ACLs: a reader may not import into the name; only an admin imports for another owner.
+    assert_eq!(
+        code(c.submit(
+            "reader",
+            import("web", vec![imported(img(1), false, None)], 1, false)
+        )),
+        "denied"
+    );
+    let acl = ImportedAcl {
+        owner: "owner".into(),
+        readers: ["reader".to_string()].into(),
+        writers: Default::default(),
+    };
+    let mut cmd = import("lib", vec![imported(img(30), false, None)], 1, false);
+    if let Command::Import { acl: a, .. } = &mut cmd {
+        *a = Some(acl);
+    }
+    assert_eq!(code(c.submit("writer", cmd.clone())), "denied");
+    c.submit("root", cmd).unwrap();
+    let lib = c.named("reader", "lib").unwrap();
+    assert_eq!(lib.owner, "owner");
 }

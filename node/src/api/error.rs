@@ -72,7 +72,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::NotFound(_)
             | CatalogError::NoSuchVersion { .. }
             | CatalogError::NoSuchUser(_) => StatusCode::NOT_FOUND,
-            CatalogError::Exists(_) => StatusCode::CONFLICT,
+            CatalogError::Exists(_) | CatalogError::Conflict(_) => StatusCode::CONFLICT,
             CatalogError::Denied(_) => StatusCode::FORBIDDEN,
             CatalogError::Locked { .. } => StatusCode::LOCKED,
             CatalogError::Deleted { .. } => StatusCode::GONE,

@@ -43,7 +43,7 @@ pub struct Applied {
 /// Reads through the writes of the entry being applied.
 pub(super) struct Tx<'a> {
     view: &'a dyn View,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pub(super) writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl Tx<'_> {
@@ -149,11 +149,11 @@ pub fn can_write(n: &Named, u: &User) -> bool {
     u.admin || n.owner == u.name || n.writers.contains(&u.name)
 }
 
-fn owner_or_admin(n: &Named, u: &User) -> bool {
+pub(super) fn owner_or_admin(n: &Named, u: &User) -> bool {
     u.admin || n.owner == u.name
 }
 
-fn user(tx: &Tx<'_>, name: &str) -> Result<User, CatalogError> {
+pub(super) fn user(tx: &Tx<'_>, name: &str) -> Result<User, CatalogError> {
     tx.get_json(&keys::user(name))?
         .ok_or_else(|| CatalogError::NoSuchUser(name.to_string()))
 }
@@ -179,7 +179,7 @@ fn free_name(tx: &Tx<'_>, name: &str, u: &User) -> Result<(), CatalogError> {
     }
 }
 
-fn unlocked(n: &Named) -> Result<(), CatalogError> {
+pub(super) fn unlocked(n: &Named) -> Result<(), CatalogError> {
     match &n.lock {
         Some(l) => Err(CatalogError::Locked {
             name: n.name.clone(),
@@ -223,12 +223,12 @@ fn live_version(tx: &Tx<'_>, n: &Named, number: u32) -> Result<Version, CatalogE
 }
 
 /// Writes `v` as a version of `n` (its own key; `n` must be of record version 2).
-fn put_version(tx: &mut Tx<'_>, n: &Named, v: &Version) -> Result<(), CatalogError> {
+pub(super) fn put_version(tx: &mut Tx<'_>, n: &Named, v: &Version) -> Result<(), CatalogError> {
     tx.put_json(keys::version(&n.name, v.number), v)
 }
 
 /// Moves the versions of a record of version 1 to their own keys (record version 2).
-fn upgrade(tx: &mut Tx<'_>, n: &mut Named) -> Result<(), CatalogError> {
+pub(super) fn upgrade(tx: &mut Tx<'_>, n: &mut Named) -> Result<(), CatalogError> {
     if !n.versions.is_empty() {
         n.count = n.versions.len() as u32;
         for v in std::mem::take(&mut n.versions) {
@@ -240,7 +240,7 @@ fn upgrade(tx: &mut Tx<'_>, n: &mut Named) -> Result<(), CatalogError> {
 }
 
 /// Stores `n` (record version 2: without its versions).
-fn put_named(tx: &mut Tx<'_>, n: &mut Named) -> Result<(), CatalogError> {
+pub(super) fn put_named(tx: &mut Tx<'_>, n: &mut Named) -> Result<(), CatalogError> {
     upgrade(tx, n)?;
     tx.put_json(keys::named(&n.name), n)
 }
@@ -278,7 +278,12 @@ fn add_ref(
 }
 
 /// Drops the reference of `name@version`; an image no live version refers to is marked deleted.
-fn drop_ref(tx: &mut Tx<'_>, image: Digest, name: &str, version: u32) -> Result<(), CatalogError> {
+pub(super) fn drop_ref(
+    tx: &mut Tx<'_>,
+    image: Digest,
+    name: &str,
+    version: u32,
+) -> Result<(), CatalogError> {
     tx.writes
         .insert(keys::image_ref(&image, name, version), None);
     if !tx.has_prefix(&keys::image_ref_prefix(&image))? {
@@ -653,6 +658,13 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
             let u = user(&tx, &e.caller)?;
             super::layout::init(&mut tx, &u, layout)?
         }
+        Command::Import {
+            name,
+            versions,
+            default,
+            acl,
+            force,
+        } => super::import::import(&mut tx, e, name, versions, *default, acl.as_ref(), *force)?,
         Command::ChangeLayout { expect, change } => {
             // The failure detector declares nodes dead or alive as the cluster itself.
             let system = e.caller == super::SYSTEM_CALLER && change.is_liveness();

@@ -6,6 +6,7 @@
 //! caller learns nothing about a named image it may not read.
 
 pub mod apply;
+mod import;
 mod layout;
 pub mod model;
 pub mod ops;
@@ -20,7 +21,9 @@ pub use apply::{apply, can_read, can_write, Applied, Pairs, View};
 pub use model::{
     DeltaRecord, ImageRecord, ImageState, Lease, LockInfo, Named, Time, User, Version,
 };
-pub use ops::{check_name, CatalogError, Command, LogEntry, Response};
+pub use ops::{
+    check_name, CatalogError, Command, ImportedAcl, ImportedVersion, LogEntry, Response,
+};
 pub use query::{Query, QueryAnswer};
 pub use replicated::{Pending, Replicated};
 

@@ -103,7 +103,26 @@ pub enum Command {
         /// Lease id.
         id: String,
     },
-    /// Changes the ACL (owner or admin).
+    /// Brings a named image's version chain from another library (push, pull, mirror; the
+    /// items of every live version must be stored first). A new name gets exactly these
+    /// versions. A name holding a prefix of the same chain gets the versions it lacks, the
+    /// source's delete marks and its default. A name with another history is refused
+    /// (`conflict`) unless `force`: then the source's versions it lacks (by image) are added
+    /// after its own and the newest becomes the default.
+    Import {
+        /// Name here.
+        name: String,
+        /// The source's chain, from version 1.
+        versions: Vec<ImportedVersion>,
+        /// The source's default version (0: none).
+        default: u32,
+        /// Set this ACL (owner or admin; new names: anyone creating it).
+        #[serde(default)]
+        acl: Option<ImportedAcl>,
+        /// Add to a name with another history instead of refusing.
+        #[serde(default)]
+        force: bool,
+    },
     /// Records the cluster's first data layout (admins; once).
     InitLayout {
         /// Version 1 of the layout.
@@ -117,6 +136,7 @@ pub enum Command {
         /// The change.
         change: LayoutChange,
     },
+    /// Changes the ACL (owner or admin).
     Acl {
         /// Name.
         name: String,
@@ -130,6 +150,36 @@ pub enum Command {
         #[serde(default)]
         revoke: Vec<String>,
     },
+}
+
+/// One version of a named image as another library holds it (`Command::Import`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedVersion {
+    /// The image.
+    pub image: Digest,
+    /// When it was added there.
+    pub created: Time,
+    /// Who added it there.
+    pub creator: String,
+    /// Marked deleted there (its items need not be stored).
+    pub deleted: bool,
+    /// The image's provenance there.
+    #[serde(default)]
+    pub parent: Option<Digest>,
+    /// The image's description there.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Who may do what with an imported name (a mirror carries ACLs across, users mapped).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedAcl {
+    /// Owner.
+    pub owner: String,
+    /// Readers.
+    pub readers: std::collections::BTreeSet<String>,
+    /// Writers.
+    pub writers: std::collections::BTreeSet<String>,
 }
 
 /// One entry of the catalog log.
@@ -208,6 +258,9 @@ pub enum CatalogError {
     /// The storage under the catalog failed.
     #[error("catalog storage: {0}")]
     Storage(String),
+    /// The name has another history than the one being imported.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl CatalogError {
@@ -223,6 +276,7 @@ impl CatalogError {
             CatalogError::NoSuchUser(_) => "no_such_user",
             CatalogError::Invalid(_) => "invalid",
             CatalogError::Storage(_) => "storage",
+            CatalogError::Conflict(_) => "conflict",
         }
     }
 }

@@ -68,6 +68,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::SetToken { .. } => "set_token",
         Command::InitLayout { .. } => "init_layout",
         Command::ChangeLayout { .. } => "change_layout",
+        Command::Import { .. } => "import",
     }
 }
 
