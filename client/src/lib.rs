@@ -24,5 +24,6 @@ pub mod paths;
 pub mod remote;
 pub mod restore;
 pub mod search;
+pub mod transfer;
 
 pub use mirage_image::{fs, image};

@@ -9,6 +9,7 @@ use mirage_client::context::Ctx;
 use mirage_client::{bench, ingest, library, paths, restore};
 
 mod cli_demo;
+mod cli_transfer;
 use cli_demo::run_demo;
 use mirage_format::{Algorithm, Digest, Item};
 use mirage_node::{Store, StoreOptions};
@@ -53,6 +54,8 @@ struct Cli {
 enum Cmd {
     #[command(flatten)]
     Library(library::LibraryCmd),
+    #[command(flatten)]
+    Transfer(cli_transfer::TransferCmd),
     /// Create a store.
     Init {
         /// Digest algorithm, fixed for the store's lifetime.
@@ -416,6 +419,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     };
     match &cli.cmd {
+        Cmd::Transfer(t) => {
+            use mirage_client::transfer::Library;
+            let here = match remote {
+                Some(r) => Library::cluster(r, &dir)?,
+                None => Library::dir(&dir, &caller, matches!(t, cli_transfer::TransferCmd::Pull { .. }))?,
+            };
+            cli_transfer::run(t, here, &caller, cli.json)?;
+        }
         Cmd::Admin { cmd } => {
             let r = remote
                 .as_ref()

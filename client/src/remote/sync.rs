@@ -202,6 +202,38 @@ pub fn push(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
     if let Some(shards) = remote.shards()? {
         return shards.push(local, root);
     }
+    push_to(local, remote, root)
+}
+
+/// Where a walk sends items: one node, or another local store.
+pub trait Sink {
+    /// Which of `ds` it holds.
+    fn has(&self, ds: &[Digest]) -> Result<Vec<bool>>;
+    /// Stores encoded items (children before parents), durably.
+    fn put(&self, items: &[Vec<u8>]) -> Result<()>;
+}
+
+impl Sink for Remote {
+    fn has(&self, ds: &[Digest]) -> Result<Vec<bool>> {
+        Remote::has(self, ds)
+    }
+    fn put(&self, items: &[Vec<u8>]) -> Result<()> {
+        Remote::put(self, items).map(|_| ())
+    }
+}
+
+impl Sink for Store {
+    fn has(&self, ds: &[Digest]) -> Result<Vec<bool>> {
+        Ok(self.has_many(ds)?)
+    }
+    fn put(&self, items: &[Vec<u8>]) -> Result<()> {
+        self.put_many(items.to_vec())?;
+        Ok(())
+    }
+}
+
+/// Sends `root`'s closure from `local` to `sink`, skipping every subtree it holds.
+pub fn push_to(local: &Store, sink: &dyn Sink, root: &Digest) -> Result<SyncStats> {
     let mut stats = SyncStats::default();
     let mut seen = HashSet::from([*root]);
     let mut frontier = vec![*root];
@@ -211,7 +243,7 @@ pub fn push(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
         if batch.is_empty() {
             return Ok(());
         }
-        remote.put(batch)?;
+        sink.put(batch)?;
         stats.items += batch.len() as u64;
         stats.bytes += batch_bytes(batch) as u64;
         batch.clear();
@@ -219,7 +251,7 @@ pub fn push(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
     };
     while !frontier.is_empty() {
         stats.checked += frontier.len() as u64;
-        let missing = absent(&frontier, remote.has(&frontier)?);
+        let missing = absent(&frontier, sink.has(&frontier)?);
         let mut next = Vec::new();
         read_local(local, root, &missing, |d, bytes| {
             let parents = &mut Parents::new();

@@ -1,0 +1,108 @@
+//! `mirage push` and `mirage pull`: names (with their whole version chains) or digests
+//! between this library (`--store`, or `--cluster`) and another one.
+
+use anyhow::Result;
+use clap::Subcommand;
+use mirage_client::transfer::{transfer, Library, Moved, Options};
+
+#[derive(Subcommand, Debug)]
+pub enum TransferCmd {
+    /// Copy named images (with their whole version chains, provenance and delete marks) or
+    /// image digests from this library to another: a store directory or a cluster URL.
+    /// Only what the other side lacks is sent; run it again to resume.
+    Push {
+        /// Names or digests.
+        #[arg(required = true)]
+        refs: Vec<String>,
+        /// The destination: a store directory (created if missing) or http(s)://… node URLs.
+        #[arg(long, value_name = "DIR|URL")]
+        to: String,
+        /// Bearer token at a destination cluster.
+        #[arg(long, env = "MIRAGE_TO_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        to_token: Option<String>,
+        #[command(flatten)]
+        opts: NameOpts,
+    },
+    /// Copy named images or digests from another library (a store directory or a cluster
+    /// URL) into this one. Only what this side lacks is fetched; run it again to resume.
+    Pull {
+        /// Names or digests.
+        #[arg(required = true)]
+        refs: Vec<String>,
+        /// The source: a store directory or http(s)://… node URLs.
+        #[arg(long, value_name = "DIR|URL")]
+        from: String,
+        /// Bearer token at a source cluster.
+        #[arg(long, env = "MIRAGE_FROM_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        from_token: Option<String>,
+        #[command(flatten)]
+        opts: NameOpts,
+    },
+}
+
+/// How a name is brought across.
+#[derive(clap::Args, Debug)]
+pub struct NameOpts {
+    /// Bring the (one) name across under this name.
+    #[arg(long, value_name = "NAME")]
+    rename: Option<String>,
+    /// When the name has another history at the destination, add these versions after its
+    /// own instead of refusing.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Runs a transfer with `here` (this library: `--store` or `--cluster`) as one side; `caller`
+/// is the user on a store-directory side.
+pub fn run(cmd: &TransferCmd, here: Library, caller: &str, json: bool) -> Result<()> {
+    let (src, dst, refs, o) = match cmd {
+        TransferCmd::Push {
+            refs,
+            to,
+            to_token,
+            opts,
+        } => {
+            let there = Library::open(to, to_token.as_deref(), caller, true)?;
+            (here, there, refs, opts)
+        }
+        TransferCmd::Pull {
+            refs,
+            from,
+            from_token,
+            opts,
+        } => {
+            let there = Library::open(from, from_token.as_deref(), caller, false)?;
+            (there, here, refs, opts)
+        }
+    };
+    let opts = Options {
+        rename: o.rename.clone(),
+        force: o.force,
+    };
+    let moved = transfer(&src, &dst, refs, &opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&moved)?);
+        return Ok(());
+    }
+    for m in &moved {
+        println!("{}", line(m, &src.label, &dst.label));
+    }
+    Ok(())
+}
+
+fn line(m: &Moved, from: &str, to: &str) -> String {
+    let what = match &m.name {
+        Some(n) if *n != m.source => format!("{} as {n} ({} versions)", m.source, m.versions),
+        Some(_) => format!("{} ({} versions)", m.source, m.versions),
+        None => m.source.clone(),
+    };
+    let default = m
+        .default
+        .map(|d| format!(", default version {d}"))
+        .unwrap_or_default();
+    format!(
+        "{what}: {from} -> {to}: {} items, {:.1} MB sent{default}",
+        m.items,
+        m.bytes as f64 / 1e6
+    )
+}

@@ -1,0 +1,280 @@
+//! Push and pull between libraries (`docs/TRANSFER.md`): an embedded store directory or a
+//! cluster on either side. Content moves by the walks of [`crate::remote::sync`] — top-down,
+//! asking the receiving side which digests it lacks, skipping every subtree it holds,
+//! sending children before parents, every item verified — so an interrupted transfer resumes
+//! with the same command without sending again what arrived. The catalog side moves as one
+//! `Import` command per name, submitted only once the content of every live version is
+//! complete at the destination: the destination never shows an incomplete image.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use mirage_format::Digest;
+use mirage_node::catalog::{CatalogError, Command, ImportedVersion, Named};
+use mirage_node::{Store, StoreOptions};
+use serde::Serialize;
+
+use crate::context::Ctx;
+use crate::remote::sync::{self, SyncStats};
+use crate::remote::{Remote, RemoteError};
+
+/// One side of a transfer: its content store (a cluster's: the local cache it stages
+/// through) and, for a cluster, the cluster.
+#[derive(Debug)]
+pub struct Library {
+    /// Where it is, for messages.
+    pub label: String,
+    store: Store,
+    remote: Option<Remote>,
+    caller: String,
+}
+
+impl Library {
+    /// An embedded store directory, as `caller`; created if `create` and missing.
+    pub fn dir(path: &Path, caller: &str, create: bool) -> Result<Library> {
+        let store = Store::open(
+            path,
+            StoreOptions {
+                create,
+                ..StoreOptions::default()
+            },
+        )
+        .with_context(|| format!("opening store {}", path.display()))?;
+        Ok(Library {
+            label: path.display().to_string(),
+            store,
+            remote: None,
+            caller: caller.to_string(),
+        })
+    }
+
+    /// A cluster, with `cache` as its local cache (created if missing).
+    pub fn cluster(remote: Remote, cache: &Path) -> Result<Library> {
+        let store = Store::open(
+            cache,
+            StoreOptions {
+                create: true,
+                ..StoreOptions::default()
+            },
+        )
+        .with_context(|| format!("opening cache store {}", cache.display()))?;
+        let caller = remote.whoami()?;
+        Ok(Library {
+            label: remote.url().to_string(),
+            store,
+            remote: Some(remote),
+            caller,
+        })
+    }
+
+    /// A side given on the command line: `http(s)://…` (a cluster, with `token`) or a store
+    /// directory.
+    pub fn open(spec: &str, token: Option<&str>, caller: &str, create: bool) -> Result<Library> {
+        if spec.starts_with("http://") || spec.starts_with("https://") {
+            let token = token.with_context(|| format!("{spec} needs a token"))?;
+            let remote = Remote::new(spec, token)?;
+            Library::cluster(remote, &crate::paths::default_cache(spec))
+        } else {
+            Library::dir(Path::new(spec), caller, create)
+        }
+    }
+
+    fn ctx(&self) -> Result<Ctx<'_>> {
+        Ok(match &self.remote {
+            Some(r) => Ctx {
+                store: &self.store,
+                remote: Some(r),
+                caller: self.caller.clone(),
+            },
+            None => Ctx::local(&self.store, &self.caller),
+        })
+    }
+}
+
+/// How names are brought across.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// The name at the destination (one name only).
+    pub rename: Option<String>,
+    /// Add to a destination name with another history instead of refusing.
+    pub force: bool,
+}
+
+/// What a transfer did for one name or digest.
+#[derive(Debug, Serialize)]
+pub struct Moved {
+    /// The name or digest given.
+    pub source: String,
+    /// The name at the destination (`None` for a digest).
+    pub name: Option<String>,
+    /// Versions in the source's chain.
+    pub versions: usize,
+    /// Live images whose content was brought across (or found there).
+    pub images: usize,
+    /// The destination's default version afterwards.
+    pub default: Option<u32>,
+    /// Items sent and their encoded bytes.
+    pub items: u64,
+    /// Encoded bytes sent.
+    pub bytes: u64,
+}
+
+fn code_of(e: &anyhow::Error) -> Option<&str> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<CatalogError>()
+            .map(CatalogError::code)
+            .or_else(|| c.downcast_ref::<RemoteError>().map(|r| r.code.as_str()))
+    })
+}
+
+/// The named image at `lib`, `None` if it has none the caller may see.
+fn named_at(ctx: &Ctx<'_>, name: &str) -> Result<Option<Named>> {
+    match ctx.named(name) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if code_of(&e) == Some("not_found") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies `root`'s closure from `src` to `dst`. A cluster source is read into its cache
+/// first (what the cache holds already is not read again).
+fn copy(src: &Library, dst: &Library, root: &Digest) -> Result<SyncStats> {
+    match (&src.remote, &dst.remote) {
+        (None, None) => sync::push_to(&src.store, &dst.store, root),
+        (None, Some(to)) => sync::push(&src.store, to, root),
+        (Some(from), None) => sync::pull(&dst.store, from, root),
+        (Some(from), Some(to)) => {
+            sync::pull(&src.store, from, root)?;
+            sync::push(&src.store, to, root)
+        }
+    }
+}
+
+/// The first version where two chains differ, if they do within the shorter one.
+fn diverges(ours: &Named, theirs: &Named) -> Option<usize> {
+    ours.versions
+        .iter()
+        .zip(&theirs.versions)
+        .position(|(a, b)| a.image != b.image)
+}
+
+/// Brings each of `refs` (names with their whole chains, or digests) from `src` to `dst`.
+pub fn transfer(
+    src: &Library,
+    dst: &Library,
+    refs: &[String],
+    opts: &Options,
+) -> Result<Vec<Moved>> {
+    if opts.rename.is_some() && refs.len() != 1 {
+        bail!("--rename takes one name at a time");
+    }
+    let (sctx, dctx) = (src.ctx()?, dst.ctx()?);
+    let mut out = Vec::new();
+    for r in refs {
+        if let Ok(d) = r.parse::<Digest>() {
+            sctx.images(Some(d))?; // refused like an unknown name if the caller may not see it
+            let s = with_lease(dst, &[d], || copy(src, dst, &d))?;
+            out.push(Moved {
+                source: r.clone(),
+                name: None,
+                versions: 0,
+                images: 1,
+                default: None,
+                items: s.items,
+                bytes: s.bytes,
+            });
+            continue;
+        }
+        if r.contains('@') || r.contains(':') {
+            bail!("{r:?}: give a name (it goes with its whole version chain) or a digest");
+        }
+        out.push(transfer_name(src, dst, &sctx, &dctx, r, opts)?);
+    }
+    Ok(out)
+}
+
+fn transfer_name(
+    src: &Library,
+    dst: &Library,
+    sctx: &Ctx<'_>,
+    dctx: &Ctx<'_>,
+    name: &str,
+    opts: &Options,
+) -> Result<Moved> {
+    let theirs = sctx
+        .named(name)
+        .with_context(|| format!("{name} at {}", src.label))?;
+    let to = opts.rename.clone().unwrap_or_else(|| name.to_string());
+    // Refuse a conflict before moving any content.
+    if let Some(ours) = named_at(dctx, &to)? {
+        if let Some(i) = diverges(&ours, &theirs).filter(|_| !opts.force) {
+            bail!(
+                "{to} has another history at {}: its version {} is {} there and {} here; \
+                 bring it under another name (--rename NEW) or add these versions after \
+                 its own (--force)",
+                dst.label,
+                i + 1,
+                ours.versions[i].image.to_text(),
+                theirs.versions[i].image.to_text()
+            );
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let live: Vec<Digest> = theirs
+        .versions
+        .iter()
+        .filter(|v| !v.deleted && seen.insert(v.image))
+        .map(|v| v.image)
+        .collect();
+    let mut versions = Vec::with_capacity(theirs.versions.len());
+    for v in &theirs.versions {
+        let rec = sctx.images(Some(v.image))?.into_iter().next();
+        versions.push(ImportedVersion {
+            image: v.image,
+            created: v.created,
+            creator: v.creator.clone(),
+            deleted: v.deleted,
+            parent: rec.as_ref().and_then(|r| r.parent),
+            description: rec.map(|r| r.description).unwrap_or_default(),
+        });
+    }
+    let mut moved = Moved {
+        source: name.to_string(),
+        name: Some(to.clone()),
+        versions: theirs.versions.len(),
+        images: live.len(),
+        default: None,
+        items: 0,
+        bytes: 0,
+    };
+    let answer = with_lease(dst, &live, || {
+        for d in &live {
+            let s = copy(src, dst, d)?;
+            moved.items += s.items;
+            moved.bytes += s.bytes;
+        }
+        dctx.submit(Command::Import {
+            name: to.clone(),
+            versions,
+            default: theirs.default,
+            acl: None,
+            force: opts.force,
+        })
+    })?;
+    moved.default = answer.response.version;
+    Ok(moved)
+}
+
+/// Runs `f` under an upload lease on `roots` when `dst` is a cluster (its garbage collection
+/// keeps what is in flight); the lease is released however `f` ends.
+fn with_lease<T>(dst: &Library, roots: &[Digest], f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let Some(r) = &dst.remote else {
+        return f();
+    };
+    let id = r.lease(roots)?;
+    let out = f();
+    if let Err(e) = r.release(&id) {
+        tracing::warn!("releasing upload lease {id}: {e:#}");
+    }
+    out
+}

@@ -1,0 +1,114 @@
+//! `mirage push` and `mirage pull` between store directories: whole version chains with
+//! provenance and delete marks, only what the other side lacks sent, conflicts refused unless
+//! renamed or forced, and the copy checking out byte for byte.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn mirage(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mirage"))
+        .arg("--store")
+        .arg(store)
+        .args(["--as", "alice"])
+        .args(args)
+        .env("MIRAGE_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn err(o: Output) -> String {
+    assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8(o.stderr).unwrap()
+}
+
+fn json(o: Output) -> Value {
+    serde_json::from_str(&ok(o)).unwrap()
+}
+
+/// A small ext4 disk image with a generated tree (`seed` varies its files).
+fn image(dir: &Path, name: &str, seed: u64) -> PathBuf {
+    let tree = dir.join(format!("{name}-tree"));
+    let gen = mirage_client::demo::generate(&tree, seed, 1).unwrap();
+    let img = dir.join(format!("{name}.img"));
+    mirage_client::demo::build_disk_image(&tree, &img, gen.bytes).unwrap();
+    img
+}
+
+fn versions(store: &Path, name: &str) -> Vec<(String, bool, String)> {
+    let v = json(mirage(store, &["--json", "versions", name]));
+    v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["image"].as_str().unwrap().to_string(),
+                x["deleted"].as_bool().unwrap(),
+                x["creator"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn sent(v: &Value) -> (u64, u64) {
+    (v[0]["items"].as_u64().unwrap(), v[0]["bytes"].as_u64().unwrap())
+}
+
+#[test]
+fn push_and_pull_move_whole_chains_and_only_what_is_missing() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let (a, b, c) = (image(w, "a", 1), image(w, "b", 2), image(w, "c", 3));
+    let (here, there) = (w.join("here"), w.join("there"));
+    for img in [&a, &b] {
+        ok(mirage(&here, &["checkin", img.to_str().unwrap(), "--name", "web"]));
+    }
+    ok(mirage(&here, &["delete", "web@1"]));
+
+    // The chain arrives whole: images, creators and the delete mark; content of the live
+    // version only (version 1 is deleted).
+    let there_s = there.to_str().unwrap();
+    let first = json(mirage(&here, &["--json", "push", "web", "--to", there_s]));
+    assert!(sent(&first).0 > 0);
+    assert_eq!(versions(&there, "web"), versions(&here, "web"));
+    let out_here = w.join("here.img");
+    let out_there = w.join("there.img");
+    ok(mirage(&here, &["checkout", "web", "-o", out_here.to_str().unwrap()]));
+    ok(mirage(&there, &["checkout", "web", "-o", out_there.to_str().unwrap()]));
+    assert_eq!(std::fs::read(&out_here).unwrap(), std::fs::read(&out_there).unwrap());
+
+    // Again: nothing to send. A new version: only its new items.
+    assert_eq!(sent(&json(mirage(&here, &["--json", "push", "web", "--to", there_s]))), (0, 0));
+    ok(mirage(&here, &["checkin", c.to_str().unwrap(), "--name", "web"]));
+    let third = json(mirage(&here, &["--json", "push", "web", "--to", there_s]));
+    assert!(sent(&third).0 > 0 && sent(&third).0 < sent(&first).0 * 2);
+    assert_eq!(versions(&there, "web"), versions(&here, "web"));
+    assert_eq!(third[0]["default"], 3);
+
+    // Pull works the other way round, into an empty store.
+    let back = w.join("back");
+    ok(mirage(&back, &["init"]));
+    ok(mirage(&back, &["pull", "web", "--from", there_s]));
+    assert_eq!(versions(&back, "web"), versions(&here, "web"));
+
+    // Another history under the same name: refused, nothing registered; --rename and
+    // --force say otherwise.
+    let other = w.join("other");
+    ok(mirage(&other, &["checkin", c.to_str().unwrap(), "--name", "web"]));
+    let e = err(mirage(&other, &["push", "web", "--to", there_s]));
+    assert!(e.contains("another history"), "{e}");
+    assert_eq!(versions(&there, "web").len(), 3);
+    ok(mirage(&other, &["push", "web", "--to", there_s, "--rename", "web-other"]));
+    assert_eq!(versions(&there, "web-other").len(), 1);
+    ok(mirage(&other, &["push", "web", "--to", there_s, "--force"]));
+    // c is version 3 there already: forcing adds nothing new.
+    assert_eq!(versions(&there, "web").len(), 3);
+}
