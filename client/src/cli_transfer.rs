@@ -18,7 +18,12 @@ pub enum TransferCmd {
         #[arg(long, value_name = "DIR|URL")]
         to: String,
         /// Bearer token at a destination cluster.
-        #[arg(long, env = "MIRAGE_TO_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        #[arg(
+            long,
+            env = "MIRAGE_TO_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN"
+        )]
         to_token: Option<String>,
         #[command(flatten)]
         opts: NameOpts,
@@ -33,7 +38,12 @@ pub enum TransferCmd {
         #[arg(long, value_name = "DIR|URL")]
         from: String,
         /// Bearer token at a source cluster.
-        #[arg(long, env = "MIRAGE_FROM_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        #[arg(
+            long,
+            env = "MIRAGE_FROM_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN"
+        )]
         from_token: Option<String>,
         #[command(flatten)]
         opts: NameOpts,
@@ -62,7 +72,7 @@ pub fn run(cmd: &TransferCmd, here: Library, caller: &str, json: bool) -> Result
             to_token,
             opts,
         } => {
-            let there = Library::open(to, to_token.as_deref(), caller, true)?;
+            let there = Library::open(to, to_token.as_deref(), caller, false)?;
             (here, there, refs, opts)
         }
         TransferCmd::Pull {
@@ -71,7 +81,7 @@ pub fn run(cmd: &TransferCmd, here: Library, caller: &str, json: bool) -> Result
             from_token,
             opts,
         } => {
-            let there = Library::open(from, from_token.as_deref(), caller, false)?;
+            let there = Library::open(from, from_token.as_deref(), caller, true)?;
             (there, here, refs, opts)
         }
     };

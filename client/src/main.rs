@@ -421,9 +421,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.cmd {
         Cmd::Transfer(t) => {
             use mirage_client::transfer::Library;
+            let pull = matches!(t, cli_transfer::TransferCmd::Pull { .. });
             let here = match remote {
-                Some(r) => Library::cluster(r, &dir)?,
-                None => Library::dir(&dir, &caller, matches!(t, cli_transfer::TransferCmd::Pull { .. }))?,
+                // A cluster is read through its cache when it is the source.
+                Some(r) => Library::cluster(r, (!pull).then_some(dir.as_path()))?,
+                None => Library::dir(&dir, &caller, pull)?,
             };
             cli_transfer::run(t, here, &caller, cli.json)?;
         }

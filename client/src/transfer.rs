@@ -10,21 +10,22 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use mirage_format::Digest;
-use mirage_node::catalog::{CatalogError, Command, ImportedVersion, Named};
+use mirage_node::catalog::{
+    CatalogError, Command, ImageRecord, ImportedVersion, Named, Query, QueryAnswer, Response,
+};
 use mirage_node::{Store, StoreOptions};
 use serde::Serialize;
 
-use crate::context::Ctx;
 use crate::remote::sync::{self, SyncStats};
 use crate::remote::{Remote, RemoteError};
 
-/// One side of a transfer: its content store (a cluster's: the local cache it stages
-/// through) and, for a cluster, the cluster.
+/// One side of a transfer: its content store (a cluster's: the local cache a source cluster
+/// is read through; a destination cluster needs none) and, for a cluster, the cluster.
 #[derive(Debug)]
 pub struct Library {
     /// Where it is, for messages.
     pub label: String,
-    store: Store,
+    store: Option<Store>,
     remote: Option<Remote>,
     caller: String,
 }
@@ -42,22 +43,26 @@ impl Library {
         .with_context(|| format!("opening store {}", path.display()))?;
         Ok(Library {
             label: path.display().to_string(),
-            store,
+            store: Some(store),
             remote: None,
             caller: caller.to_string(),
         })
     }
 
-    /// A cluster, with `cache` as its local cache (created if missing).
-    pub fn cluster(remote: Remote, cache: &Path) -> Result<Library> {
-        let store = Store::open(
-            cache,
-            StoreOptions {
-                create: true,
-                ..StoreOptions::default()
-            },
-        )
-        .with_context(|| format!("opening cache store {}", cache.display()))?;
+    /// A cluster; a source is read through the local cache `cache` (created if missing).
+    pub fn cluster(remote: Remote, cache: Option<&Path>) -> Result<Library> {
+        let store = cache
+            .map(|c| {
+                Store::open(
+                    c,
+                    StoreOptions {
+                        create: true,
+                        ..StoreOptions::default()
+                    },
+                )
+                .with_context(|| format!("opening cache store {}", c.display()))
+            })
+            .transpose()?;
         let caller = remote.whoami()?;
         Ok(Library {
             label: remote.url().to_string(),
@@ -68,26 +73,63 @@ impl Library {
     }
 
     /// A side given on the command line: `http(s)://…` (a cluster, with `token`) or a store
-    /// directory.
-    pub fn open(spec: &str, token: Option<&str>, caller: &str, create: bool) -> Result<Library> {
+    /// directory; a `source` cluster gets its default cache, a source directory must exist.
+    pub fn open(spec: &str, token: Option<&str>, caller: &str, source: bool) -> Result<Library> {
         if spec.starts_with("http://") || spec.starts_with("https://") {
             let token = token.with_context(|| format!("{spec} needs a token"))?;
             let remote = Remote::new(spec, token)?;
-            Library::cluster(remote, &crate::paths::default_cache(spec))
+            let cache = source.then(|| crate::paths::default_cache(spec));
+            Library::cluster(remote, cache.as_deref())
         } else {
-            Library::dir(Path::new(spec), caller, create)
+            Library::dir(Path::new(spec), caller, !source)
         }
     }
 
-    fn ctx(&self) -> Result<Ctx<'_>> {
-        Ok(match &self.remote {
-            Some(r) => Ctx {
-                store: &self.store,
-                remote: Some(r),
-                caller: self.caller.clone(),
-            },
-            None => Ctx::local(&self.store, &self.caller),
-        })
+    fn store(&self) -> Result<&Store> {
+        self.store
+            .as_ref()
+            .with_context(|| format!("{} has no local cache to read through", self.label))
+    }
+
+    /// Its catalog, as the caller.
+    fn query(&self, q: &Query) -> Result<QueryAnswer> {
+        match &self.remote {
+            Some(r) => r.query(q),
+            None => {
+                let store = self.store()?;
+                crate::library::ensure_caller(store, &self.caller)?;
+                Ok(store.catalog().query(&self.caller, q)?)
+            }
+        }
+    }
+
+    fn submit(&self, cmd: Command) -> Result<Response> {
+        match &self.remote {
+            Some(r) => Ok(r.command(&cmd)?.response),
+            None => {
+                let store = self.store()?;
+                crate::library::ensure_caller(store, &self.caller)?;
+                Ok(store.catalog().submit(&self.caller, cmd)?)
+            }
+        }
+    }
+
+    /// The named image, `None` if there is none the caller may see.
+    fn named(&self, name: &str) -> Result<Option<Named>> {
+        match self.query(&Query::Named { name: name.into() }) {
+            Ok(QueryAnswer::Named(n)) => Ok(Some(n)),
+            Ok(other) => bail!("unexpected catalog answer {other:?}"),
+            Err(e) if code_of(&e) == Some("not_found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The catalog's record of `image` (an error if the caller may not see it).
+    fn image(&self, image: Digest) -> Result<Option<ImageRecord>> {
+        match self.query(&Query::Images { image: Some(image) })? {
+            QueryAnswer::Images(v) => Ok(v.into_iter().next()),
+            other => bail!("unexpected catalog answer {other:?}"),
+        }
     }
 }
 
@@ -127,25 +169,16 @@ fn code_of(e: &anyhow::Error) -> Option<&str> {
     })
 }
 
-/// The named image at `lib`, `None` if it has none the caller may see.
-fn named_at(ctx: &Ctx<'_>, name: &str) -> Result<Option<Named>> {
-    match ctx.named(name) {
-        Ok(n) => Ok(Some(n)),
-        Err(e) if code_of(&e) == Some("not_found") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// Copies `root`'s closure from `src` to `dst`. A cluster source is read into its cache
 /// first (what the cache holds already is not read again).
 fn copy(src: &Library, dst: &Library, root: &Digest) -> Result<SyncStats> {
     match (&src.remote, &dst.remote) {
-        (None, None) => sync::push_to(&src.store, &dst.store, root),
-        (None, Some(to)) => sync::push(&src.store, to, root),
-        (Some(from), None) => sync::pull(&dst.store, from, root),
+        (None, None) => sync::push_to(src.store()?, dst.store()?, root),
+        (None, Some(to)) => sync::push(src.store()?, to, root),
+        (Some(from), None) => sync::pull(dst.store()?, from, root),
         (Some(from), Some(to)) => {
-            sync::pull(&src.store, from, root)?;
-            sync::push(&src.store, to, root)
+            sync::pull(src.store()?, from, root)?;
+            sync::push(src.store()?, to, root)
         }
     }
 }
@@ -168,11 +201,10 @@ pub fn transfer(
     if opts.rename.is_some() && refs.len() != 1 {
         bail!("--rename takes one name at a time");
     }
-    let (sctx, dctx) = (src.ctx()?, dst.ctx()?);
     let mut out = Vec::new();
     for r in refs {
         if let Ok(d) = r.parse::<Digest>() {
-            sctx.images(Some(d))?; // refused like an unknown name if the caller may not see it
+            src.image(d)?; // refused like an unknown name if the caller may not see it
             let s = with_lease(dst, &[d], || copy(src, dst, &d))?;
             out.push(Moved {
                 source: r.clone(),
@@ -188,25 +220,18 @@ pub fn transfer(
         if r.contains('@') || r.contains(':') {
             bail!("{r:?}: give a name (it goes with its whole version chain) or a digest");
         }
-        out.push(transfer_name(src, dst, &sctx, &dctx, r, opts)?);
+        out.push(transfer_name(src, dst, r, opts)?);
     }
     Ok(out)
 }
 
-fn transfer_name(
-    src: &Library,
-    dst: &Library,
-    sctx: &Ctx<'_>,
-    dctx: &Ctx<'_>,
-    name: &str,
-    opts: &Options,
-) -> Result<Moved> {
-    let theirs = sctx
-        .named(name)
-        .with_context(|| format!("{name} at {}", src.label))?;
+fn transfer_name(src: &Library, dst: &Library, name: &str, opts: &Options) -> Result<Moved> {
+    let theirs = src
+        .named(name)?
+        .with_context(|| format!("no image named {name:?} at {}", src.label))?;
     let to = opts.rename.clone().unwrap_or_else(|| name.to_string());
     // Refuse a conflict before moving any content.
-    if let Some(ours) = named_at(dctx, &to)? {
+    if let Some(ours) = dst.named(&to)? {
         if let Some(i) = diverges(&ours, &theirs).filter(|_| !opts.force) {
             bail!(
                 "{to} has another history at {}: its version {} is {} there and {} here; \
@@ -228,7 +253,7 @@ fn transfer_name(
         .collect();
     let mut versions = Vec::with_capacity(theirs.versions.len());
     for v in &theirs.versions {
-        let rec = sctx.images(Some(v.image))?.into_iter().next();
+        let rec = src.image(v.image)?;
         versions.push(ImportedVersion {
             image: v.image,
             created: v.created,
@@ -253,7 +278,7 @@ fn transfer_name(
             moved.items += s.items;
             moved.bytes += s.bytes;
         }
-        dctx.submit(Command::Import {
+        dst.submit(Command::Import {
             name: to.clone(),
             versions,
             default: theirs.default,
@@ -261,7 +286,7 @@ fn transfer_name(
             force: opts.force,
         })
     })?;
-    moved.default = answer.response.version;
+    moved.default = answer.version;
     Ok(moved)
 }
 

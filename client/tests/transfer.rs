@@ -25,7 +25,11 @@ fn ok(o: Output) -> String {
 }
 
 fn err(o: Output) -> String {
-    assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     String::from_utf8(o.stderr).unwrap()
 }
 
@@ -59,7 +63,10 @@ fn versions(store: &Path, name: &str) -> Vec<(String, bool, String)> {
 }
 
 fn sent(v: &Value) -> (u64, u64) {
-    (v[0]["items"].as_u64().unwrap(), v[0]["bytes"].as_u64().unwrap())
+    (
+        v[0]["items"].as_u64().unwrap(),
+        v[0]["bytes"].as_u64().unwrap(),
+    )
 }
 
 #[test]
@@ -69,7 +76,10 @@ fn push_and_pull_move_whole_chains_and_only_what_is_missing() {
     let (a, b, c) = (image(w, "a", 1), image(w, "b", 2), image(w, "c", 3));
     let (here, there) = (w.join("here"), w.join("there"));
     for img in [&a, &b] {
-        ok(mirage(&here, &["checkin", img.to_str().unwrap(), "--name", "web"]));
+        ok(mirage(
+            &here,
+            &["checkin", img.to_str().unwrap(), "--name", "web"],
+        ));
     }
     ok(mirage(&here, &["delete", "web@1"]));
 
@@ -81,13 +91,31 @@ fn push_and_pull_move_whole_chains_and_only_what_is_missing() {
     assert_eq!(versions(&there, "web"), versions(&here, "web"));
     let out_here = w.join("here.img");
     let out_there = w.join("there.img");
-    ok(mirage(&here, &["checkout", "web", "-o", out_here.to_str().unwrap()]));
-    ok(mirage(&there, &["checkout", "web", "-o", out_there.to_str().unwrap()]));
-    assert_eq!(std::fs::read(&out_here).unwrap(), std::fs::read(&out_there).unwrap());
+    ok(mirage(
+        &here,
+        &["checkout", "web", "-o", out_here.to_str().unwrap()],
+    ));
+    ok(mirage(
+        &there,
+        &["checkout", "web", "-o", out_there.to_str().unwrap()],
+    ));
+    assert_eq!(
+        std::fs::read(&out_here).unwrap(),
+        std::fs::read(&out_there).unwrap()
+    );
 
     // Again: nothing to send. A new version: only its new items.
-    assert_eq!(sent(&json(mirage(&here, &["--json", "push", "web", "--to", there_s]))), (0, 0));
-    ok(mirage(&here, &["checkin", c.to_str().unwrap(), "--name", "web"]));
+    assert_eq!(
+        sent(&json(mirage(
+            &here,
+            &["--json", "push", "web", "--to", there_s]
+        ))),
+        (0, 0)
+    );
+    ok(mirage(
+        &here,
+        &["checkin", c.to_str().unwrap(), "--name", "web"],
+    ));
     let third = json(mirage(&here, &["--json", "push", "web", "--to", there_s]));
     assert!(sent(&third).0 > 0 && sent(&third).0 < sent(&first).0 * 2);
     assert_eq!(versions(&there, "web"), versions(&here, "web"));
@@ -102,11 +130,17 @@ fn push_and_pull_move_whole_chains_and_only_what_is_missing() {
     // Another history under the same name: refused, nothing registered; --rename and
     // --force say otherwise.
     let other = w.join("other");
-    ok(mirage(&other, &["checkin", c.to_str().unwrap(), "--name", "web"]));
+    ok(mirage(
+        &other,
+        &["checkin", c.to_str().unwrap(), "--name", "web"],
+    ));
     let e = err(mirage(&other, &["push", "web", "--to", there_s]));
     assert!(e.contains("another history"), "{e}");
     assert_eq!(versions(&there, "web").len(), 3);
-    ok(mirage(&other, &["push", "web", "--to", there_s, "--rename", "web-other"]));
+    ok(mirage(
+        &other,
+        &["push", "web", "--to", there_s, "--rename", "web-other"],
+    ));
     assert_eq!(versions(&there, "web-other").len(), 1);
     ok(mirage(&other, &["push", "web", "--to", there_s, "--force"]));
     // c is version 3 there already: forcing adds nothing new.
