@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use mirage_client::transfer::{transfer, Library, Moved, Options};
+use mirage_client::transfer::{transfer, Library, Moved, Options, Progress};
 
 #[derive(Subcommand, Debug)]
 pub enum TransferCmd {
@@ -89,7 +89,10 @@ pub fn run(cmd: &TransferCmd, here: Library, caller: &str, json: bool) -> Result
         rename: o.rename.clone(),
         force: o.force,
     };
-    let moved = transfer(&src, &dst, refs, &opts)?;
+    let progress = Progress::start(json);
+    let moved = transfer(&src, &dst, refs, &opts);
+    drop(progress);
+    let moved = moved?;
     if json {
         println!("{}", serde_json::to_string_pretty(&moved)?);
         return Ok(());

@@ -303,3 +303,67 @@ fn with_lease<T>(dst: &Library, roots: &[Digest], f: impl FnOnce() -> Result<T>)
     }
     out
 }
+
+/// Reports the process's transfer counters on stderr while it lives: a line redrawn every
+/// second on a terminal, or (`json`) one JSON event per second
+/// (`{"event":"progress","items","bytes","seconds"}`) and a last one when it ends.
+#[derive(Debug)]
+pub struct Progress {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// Starts reporting (nothing on a stderr that is not a terminal, unless `json`).
+    pub fn start(json: bool) -> Progress {
+        use std::io::IsTerminal;
+        let tty = std::io::stderr().is_terminal();
+        if !json && !tty {
+            return Progress {
+                stop: None,
+                thread: None,
+            };
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t0 = std::time::Instant::now();
+        let thread = std::thread::spawn(move || loop {
+            let done = !matches!(
+                rx.recv_timeout(std::time::Duration::from_secs(1)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            );
+            let items = sync::MOVED.items.load(std::sync::atomic::Ordering::Relaxed);
+            let bytes = sync::MOVED.bytes.load(std::sync::atomic::Ordering::Relaxed);
+            let secs = t0.elapsed().as_secs_f64();
+            if json {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"event": "progress", "items": items, "bytes": bytes,
+                                       "seconds": (secs * 10.0).round() / 10.0, "done": done})
+                );
+            } else {
+                eprint!(
+                    "\r{items} items, {:.1} MB, {:.1} MB/s{}",
+                    bytes as f64 / 1e6,
+                    bytes as f64 / 1e6 / secs.max(0.001),
+                    if done { "\n" } else { "   " }
+                );
+            }
+            if done {
+                break;
+            }
+        });
+        Progress {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -86,8 +86,18 @@ fn push_and_pull_move_whole_chains_and_only_what_is_missing() {
     // The chain arrives whole: images, creators and the delete mark; content of the live
     // version only (version 1 is deleted).
     let there_s = there.to_str().unwrap();
-    let first = json(mirage(&here, &["--json", "push", "web", "--to", there_s]));
+    let o = mirage(&here, &["--json", "push", "web", "--to", there_s]);
+    // Progress events on stderr, the last one saying what was sent.
+    let last: Value = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "progress")
+        .last()
+        .unwrap();
+    let first = json(o);
     assert!(sent(&first).0 > 0);
+    assert_eq!(last["done"], true);
+    assert_eq!((last["items"].as_u64().unwrap(), last["bytes"].as_u64().unwrap()), sent(&first));
     assert_eq!(versions(&there, "web"), versions(&here, "web"));
     let out_here = w.join("here.img");
     let out_there = w.join("there.img");

@@ -219,9 +219,8 @@ impl<'s> Senders<'s> {
                                     for (d, _) in &batch {
                                         *c.entry(*d).or_default() += 1;
                                     }
-                                    let mut s = stats.lock();
-                                    s.items += batch.len() as u64;
-                                    s.bytes += items.iter().map(|i| i.len() as u64).sum::<u64>();
+                                    let bytes = items.iter().map(|i| i.len() as u64).sum();
+                                    stats.lock().add(batch.len() as u64, bytes);
                                 }
                                 Err(e) => {
                                     tracing::warn!("node {id}: {e:#}");
@@ -560,8 +559,7 @@ impl Shards {
                         }
                         let r = (|| -> Result<()> {
                             let d = accept(alg, &bytes, &wanted, &mut got)?;
-                            stats.items += 1;
-                            stats.bytes += bytes.len() as u64;
+                            stats.add(1, bytes.len() as u64);
                             super::sync::route(
                                 d,
                                 bytes,

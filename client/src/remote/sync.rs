@@ -9,6 +9,7 @@
 //! one that was asked for.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 use mirage_format::item::{peek, ItemKind};
@@ -34,6 +35,31 @@ pub struct SyncStats {
     /// (hinted handoff; cluster pushes only).
     pub hinted: u64,
 }
+
+impl SyncStats {
+    /// Counts items moved, here and in [`MOVED`].
+    pub fn add(&mut self, items: u64, bytes: u64) {
+        self.items += items;
+        self.bytes += bytes;
+        MOVED.items.fetch_add(items, Ordering::Relaxed);
+        MOVED.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Items and bytes this process has moved so far, for progress reports.
+#[derive(Debug, Default)]
+pub struct Moved {
+    /// Items sent or received.
+    pub items: AtomicU64,
+    /// Their encoded bytes.
+    pub bytes: AtomicU64,
+}
+
+/// The process's transfer counters.
+pub static MOVED: Moved = Moved {
+    items: AtomicU64::new(0),
+    bytes: AtomicU64::new(0),
+};
 
 /// Inner items waiting for their children: digest → (encoded bytes, references).
 pub(super) type Inner = HashMap<Digest, (Vec<u8>, Vec<Digest>)>;
@@ -244,8 +270,7 @@ pub fn push_to(local: &Store, sink: &dyn Sink, root: &Digest) -> Result<SyncStat
             return Ok(());
         }
         sink.put(batch)?;
-        stats.items += batch.len() as u64;
-        stats.bytes += batch_bytes(batch) as u64;
+        stats.add(batch.len() as u64, batch_bytes(batch) as u64);
         batch.clear();
         Ok(())
     };
@@ -288,8 +313,7 @@ pub fn pull(local: &Store, remote: &Remote, root: &Digest) -> Result<SyncStats> 
         if batch.is_empty() {
             return Ok(());
         }
-        stats.items += batch.len() as u64;
-        stats.bytes += batch_bytes(batch) as u64;
+        stats.add(batch.len() as u64, batch_bytes(batch) as u64);
         local.put_many(std::mem::take(batch))?;
         Ok(())
     };
