@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use mirage_client::mirror::MirrorOptions;
 use mirage_client::transfer::{transfer, Library, Moved, Options, Progress};
 
 #[derive(Subcommand, Debug)]
@@ -48,6 +49,77 @@ pub enum TransferCmd {
         #[command(flatten)]
         opts: NameOpts,
     },
+    /// Keep another library (a store directory or a cluster) in step with this one: new
+    /// versions, delete marks, default changes and (--acl) ACLs flow across; each pass
+    /// reports the lag it found.
+    Mirror(MirrorArgs),
+}
+
+/// Keep another library in step with this one.
+#[derive(clap::Args, Debug)]
+pub struct MirrorArgs {
+    /// The other library: a store directory or http(s)://… node URLs.
+    #[arg(long, value_name = "DIR|URL")]
+    to: String,
+    /// Bearer token at a destination cluster.
+    #[arg(long, env = "MIRAGE_TO_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    to_token: Option<String>,
+    /// Names to mirror (glob; repeat for more). Default: every name you may read.
+    #[arg(long = "names", value_name = "GLOB")]
+    names: Vec<String>,
+    /// Run a pass every S seconds until stopped (default: one pass).
+    #[arg(long, value_name = "S")]
+    interval: Option<u64>,
+    /// Carry ACLs across (owner, readers, writers), users mapped with --map-user; users
+    /// without a mapping are left out.
+    #[arg(long)]
+    acl: bool,
+    /// A user here and the user there who stands for them (repeat for more).
+    #[arg(long = "map-user", value_name = "HERE=THERE")]
+    map_user: Vec<String>,
+}
+
+/// Runs `mirage mirror` with `here` as the source.
+pub fn mirror(a: &MirrorArgs, here: Library, caller: &str, json: bool) -> Result<()> {
+    let there = Library::open(&a.to, a.to_token.as_deref(), caller, false)?;
+    let mut users = std::collections::BTreeMap::new();
+    for m in &a.map_user {
+        let (h, t) = m
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--map-user {m:?}: give HERE=THERE"))?;
+        users.insert(h.to_string(), t.to_string());
+    }
+    let opts = MirrorOptions {
+        names: a.names.clone(),
+        acl: a.acl,
+        users,
+    };
+    let interval = a.interval.map(|s| std::time::Duration::from_secs(s.max(1)));
+    mirage_client::mirror::run(&here, &there, &opts, interval, |p| {
+        if json {
+            println!("{}", serde_json::to_string(p).unwrap_or_default());
+        } else {
+            println!(
+                "{} -> {}: {} names, {} updated, {} versions and {} delete marks added, \
+                 {} items ({:.1} MB) sent; lag before the pass: {} versions, {} s{}",
+                here.label,
+                there.label,
+                p.names,
+                p.updated.len(),
+                p.versions_added,
+                p.deletes,
+                p.items,
+                p.bytes as f64 / 1e6,
+                p.behind_versions,
+                p.lag_seconds,
+                if p.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!("; not mirrored: {}", p.errors.join("; "))
+                }
+            );
+        }
+    })
 }
 
 /// How a name is brought across.
@@ -66,6 +138,7 @@ pub struct NameOpts {
 /// is the user on a store-directory side.
 pub fn run(cmd: &TransferCmd, here: Library, caller: &str, json: bool) -> Result<()> {
     let (src, dst, refs, o) = match cmd {
+        TransferCmd::Mirror(a) => return mirror(a, here, caller, json),
         TransferCmd::Push {
             refs,
             to,

@@ -20,6 +20,7 @@ pub mod indexer;
 pub mod ingest;
 pub mod inventory;
 pub mod library;
+pub mod mirror;
 pub mod paths;
 pub mod remote;
 pub mod restore;

@@ -11,7 +11,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use mirage_format::Digest;
 use mirage_node::catalog::{
-    CatalogError, Command, ImageRecord, ImportedVersion, Named, Query, QueryAnswer, Response,
+    CatalogError, Command, ImageRecord, ImportedAcl, ImportedVersion, Named, Query, QueryAnswer,
+    Response,
 };
 use mirage_node::{Store, StoreOptions};
 use serde::Serialize;
@@ -85,6 +86,11 @@ impl Library {
         }
     }
 
+    /// Who this side's catalog knows the caller as.
+    pub fn caller(&self) -> &str {
+        &self.caller
+    }
+
     fn store(&self) -> Result<&Store> {
         self.store
             .as_ref()
@@ -114,8 +120,16 @@ impl Library {
         }
     }
 
+    /// Every named image the caller may read, with its chain.
+    pub(crate) fn list(&self) -> Result<Vec<Named>> {
+        match self.query(&Query::List)? {
+            QueryAnswer::List(v) => Ok(v),
+            other => bail!("unexpected catalog answer {other:?}"),
+        }
+    }
+
     /// The named image, `None` if there is none the caller may see.
-    fn named(&self, name: &str) -> Result<Option<Named>> {
+    pub(crate) fn named(&self, name: &str) -> Result<Option<Named>> {
         match self.query(&Query::Named { name: name.into() }) {
             Ok(QueryAnswer::Named(n)) => Ok(Some(n)),
             Ok(other) => bail!("unexpected catalog answer {other:?}"),
@@ -220,12 +234,19 @@ pub fn transfer(
         if r.contains('@') || r.contains(':') {
             bail!("{r:?}: give a name (it goes with its whole version chain) or a digest");
         }
-        out.push(transfer_name(src, dst, r, opts)?);
+        out.push(transfer_name(src, dst, r, opts, None)?);
     }
     Ok(out)
 }
 
-fn transfer_name(src: &Library, dst: &Library, name: &str, opts: &Options) -> Result<Moved> {
+/// Brings `name` with its chain from `src` to `dst`, setting `acl` there if given.
+pub(crate) fn transfer_name(
+    src: &Library,
+    dst: &Library,
+    name: &str,
+    opts: &Options,
+    acl: Option<ImportedAcl>,
+) -> Result<Moved> {
     let theirs = src
         .named(name)?
         .with_context(|| format!("no image named {name:?} at {}", src.label))?;
@@ -282,7 +303,7 @@ fn transfer_name(src: &Library, dst: &Library, name: &str, opts: &Options) -> Re
             name: to.clone(),
             versions,
             default: theirs.default,
-            acl: None,
+            acl,
             force: opts.force,
         })
     })?;
