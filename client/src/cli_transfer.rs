@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use mirage_client::backup;
 use mirage_client::mirror::MirrorOptions;
 use mirage_client::transfer::{transfer, Library, Moved, Options, Progress};
 
@@ -49,6 +50,32 @@ pub enum TransferCmd {
         #[command(flatten)]
         opts: NameOpts,
     },
+    /// Copy the whole library (every name you may read, with chains, delete marks, defaults,
+    /// provenance and ACLs) to a store directory, then verify the copy: every item of every
+    /// live version read back and re-hashed. Run it again to bring the backup up to date.
+    Backup {
+        /// The backup store directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        to: std::path::PathBuf,
+        /// Only these names (glob; repeat for more).
+        #[arg(long = "names", value_name = "GLOB")]
+        names: Vec<String>,
+        /// Skip the verify step.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Verify a backup store directory, then copy its library into this one.
+    Restore {
+        /// The backup store directory.
+        #[arg(long, value_name = "DIR")]
+        from: std::path::PathBuf,
+        /// Only these names (glob; repeat for more).
+        #[arg(long = "names", value_name = "GLOB")]
+        names: Vec<String>,
+        /// Skip the verify step.
+        #[arg(long)]
+        no_verify: bool,
+    },
     /// Keep another library (a store directory or a cluster) in step with this one: new
     /// versions, delete marks, default changes and (--acl) ACLs flow across; each pass
     /// reports the lag it found.
@@ -62,7 +89,12 @@ pub struct MirrorArgs {
     #[arg(long, value_name = "DIR|URL")]
     to: String,
     /// Bearer token at a destination cluster.
-    #[arg(long, env = "MIRAGE_TO_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "MIRAGE_TO_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     to_token: Option<String>,
     /// Names to mirror (glob; repeat for more). Default: every name you may read.
     #[arg(long = "names", value_name = "GLOB")]
@@ -93,6 +125,7 @@ pub fn mirror(a: &MirrorArgs, here: Library, caller: &str, json: bool) -> Result
         names: a.names.clone(),
         acl: a.acl,
         users,
+        same_users: false,
     };
     let interval = a.interval.map(|s| std::time::Duration::from_secs(s.max(1)));
     mirage_client::mirror::run(&here, &there, &opts, interval, |p| {
@@ -122,6 +155,57 @@ pub fn mirror(a: &MirrorArgs, here: Library, caller: &str, json: bool) -> Result
     })
 }
 
+/// Copies a library to or from a backup directory, verifying the backup: after a backup,
+/// before a restore.
+fn backup_or_restore(
+    src: &Library,
+    dst: &Library,
+    names: &[String],
+    verify: bool,
+    restore: bool,
+    json: bool,
+) -> Result<()> {
+    let backup = if restore { src } else { dst };
+    let check = || -> Result<Option<backup::Verified>> {
+        if !verify {
+            return Ok(None);
+        }
+        let v = backup.verify()?;
+        Ok(Some(v))
+    };
+    let before = if restore { check()? } else { None };
+    let progress = Progress::start(json);
+    let copied = backup::copy_library(src, dst, names);
+    drop(progress);
+    let copied = copied?;
+    let verified = if restore { before } else { check()? };
+    if json {
+        let out = serde_json::json!({"copied": copied, "verified": verified});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{} -> {}: {} names, {} updated, {} versions added, {} items ({:.1} MB) sent",
+        src.label,
+        dst.label,
+        copied.names,
+        copied.updated.len(),
+        copied.versions_added,
+        copied.items,
+        copied.bytes as f64 / 1e6
+    );
+    if let Some(v) = verified {
+        println!(
+            "verified {}: {} live images, {} items ({:.1} MB) read back and re-hashed",
+            backup.label,
+            v.images,
+            v.items,
+            v.bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
 /// How a name is brought across.
 #[derive(clap::Args, Debug)]
 pub struct NameOpts {
@@ -139,6 +223,22 @@ pub struct NameOpts {
 pub fn run(cmd: &TransferCmd, here: Library, caller: &str, json: bool) -> Result<()> {
     let (src, dst, refs, o) = match cmd {
         TransferCmd::Mirror(a) => return mirror(a, here, caller, json),
+        TransferCmd::Backup {
+            to,
+            names,
+            no_verify,
+        } => {
+            let there = Library::dir(to, caller, true)?;
+            return backup_or_restore(&here, &there, names, !no_verify, false, json);
+        }
+        TransferCmd::Restore {
+            from,
+            names,
+            no_verify,
+        } => {
+            let there = Library::dir(from, caller, false)?;
+            return backup_or_restore(&there, &here, names, !no_verify, true, json);
+        }
         TransferCmd::Push {
             refs,
             to,

@@ -4,6 +4,7 @@
 //! here as [`image`] and [`fs`].
 
 pub mod admin;
+pub mod backup;
 pub mod batch;
 pub mod bench;
 pub mod bench_catalog;

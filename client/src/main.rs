@@ -420,8 +420,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     match &cli.cmd {
         Cmd::Transfer(t) => {
+            use cli_transfer::TransferCmd as T;
             use mirage_client::transfer::Library;
-            let pull = matches!(t, cli_transfer::TransferCmd::Pull { .. });
+            let pull = matches!(t, T::Pull { .. } | T::Restore { .. });
             let here = match remote {
                 // A cluster is read through its cache when it is the source.
                 Some(r) => Library::cluster(r, (!pull).then_some(dir.as_path()))?,

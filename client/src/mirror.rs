@@ -25,6 +25,8 @@ pub struct MirrorOptions {
     pub acl: bool,
     /// Users here → users there.
     pub users: BTreeMap<String, String>,
+    /// Every user stands for the user of the same name there (backup, restore).
+    pub same_users: bool,
 }
 
 /// One pass.
@@ -60,15 +62,16 @@ fn now_unix() -> u64 {
 
 /// The ACL `n` should have on the other side, users mapped.
 fn mapped_acl(n: &Named, opts: &MirrorOptions, mirror_user: &str) -> ImportedAcl {
-    let map = |set: &BTreeSet<String>| -> BTreeSet<String> {
-        set.iter().filter_map(|u| opts.users.get(u).cloned()).collect()
+    let one = |u: &String| -> Option<String> {
+        if opts.same_users {
+            Some(u.clone())
+        } else {
+            opts.users.get(u).cloned()
+        }
     };
+    let map = |set: &BTreeSet<String>| -> BTreeSet<String> { set.iter().filter_map(one).collect() };
     ImportedAcl {
-        owner: opts
-            .users
-            .get(&n.owner)
-            .cloned()
-            .unwrap_or_else(|| mirror_user.to_string()),
+        owner: one(&n.owner).unwrap_or_else(|| mirror_user.to_string()),
         readers: map(&n.readers),
         writers: map(&n.writers),
     }
@@ -82,7 +85,8 @@ fn in_step(ours: &Named, theirs: Option<&Named>, acl: Option<&ImportedAcl>) -> b
     let chain = |n: &Named| -> Vec<_> { n.versions.iter().map(|v| (v.image, v.deleted)).collect() };
     chain(ours) == chain(t)
         && ours.default == t.default
-        && acl.is_none_or(|a| a.owner == t.owner && a.readers == t.readers && a.writers == t.writers)
+        && acl
+            .is_none_or(|a| a.owner == t.owner && a.readers == t.readers && a.writers == t.writers)
 }
 
 /// One pass from `src` to `dst`.
@@ -126,7 +130,8 @@ pub fn pass(src: &Library, dst: &Library, opts: &MirrorOptions) -> Pass {
             let age = now_unix().saturating_sub(oldest.created.secs.max(0) as u64);
             p.lag_seconds = p.lag_seconds.max(age);
         }
-        let marks = |t: Option<&Named>| t.map_or(0, |t| t.versions.iter().filter(|v| v.deleted).count());
+        let marks =
+            |t: Option<&Named>| t.map_or(0, |t| t.versions.iter().filter(|v| v.deleted).count());
         let before = marks(theirs.as_ref());
         match transfer_name(src, dst, &n.name, &Options::default(), acl) {
             Ok(m) => {

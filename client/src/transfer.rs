@@ -86,6 +86,14 @@ impl Library {
         }
     }
 
+    /// Reads back and re-hashes every item of every live version (a store directory only).
+    pub fn verify(&self) -> Result<crate::backup::Verified> {
+        if self.remote.is_some() {
+            bail!("{}: only a store directory is verified here", self.label);
+        }
+        crate::backup::verify(self.store()?, &self.caller)
+    }
+
     /// Who this side's catalog knows the caller as.
     pub fn caller(&self) -> &str {
         &self.caller

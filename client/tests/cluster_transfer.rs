@@ -184,7 +184,10 @@ fn concurrent_pushes_of_overlapping_images_store_each_item_once() {
 
 /// The chain of `name` on a cluster: (image, deleted) per version, the default, the readers.
 fn chain(pg: &Pg, name: &str) -> Option<(Vec<(String, bool)>, u64, Vec<String>)> {
-    let o = pg.mirage(&format!("chain-{}", pg.urls[0].len()), &["--json", "versions", name]);
+    let o = pg.mirage(
+        &format!("chain-{}", pg.urls[0].len()),
+        &["--json", "versions", name],
+    );
     if !o.status.success() {
         return None;
     }
@@ -192,7 +195,12 @@ fn chain(pg: &Pg, name: &str) -> Option<(Vec<(String, bool)>, u64, Vec<String>)>
     let versions = v["versions"]
         .as_array()?
         .iter()
-        .map(|x| (x["image"].as_str().unwrap().to_string(), x["deleted"].as_bool().unwrap()))
+        .map(|x| {
+            (
+                x["image"].as_str().unwrap().to_string(),
+                x["deleted"].as_bool().unwrap(),
+            )
+        })
         .collect();
     let readers = v["readers"]
         .as_array()?
@@ -211,7 +219,10 @@ fn a_mirror_follows_twenty_versions_and_a_delete_across_restarts() {
     let mut b = Pg::start(3, 1, 2, 2);
     ok(a.mirage("ca", &["user", "add", "bob"]));
     ok(b.mirage("cb", &["user", "add", "robert"]));
-    ok(a.mirage("ca", &["checkin", imgs[0].to_str().unwrap(), "--name", "app"]));
+    ok(a.mirage(
+        "ca",
+        &["checkin", imgs[0].to_str().unwrap(), "--name", "app"],
+    ));
     ok(a.mirage("ca", &["acl", "app", "--grant-read", "bob"]));
     let log = std::fs::File::create(w.join("mirror.log")).unwrap();
     let mut mirror = Command::new(bin("mirage"))
@@ -219,7 +230,15 @@ fn a_mirror_follows_twenty_versions_and_a_delete_across_restarts() {
         .arg(a.urls.join(","))
         .args(["--token", &a.token, "--store"])
         .arg(a.path("cache-mirror"))
-        .args(["--json", "mirror", "--interval", "1", "--acl", "--map-user", "bob=robert"])
+        .args([
+            "--json",
+            "mirror",
+            "--interval",
+            "1",
+            "--acl",
+            "--map-user",
+            "bob=robert",
+        ])
         .arg("--to")
         .arg(b.urls.join(","))
         .env("MIRAGE_TO_TOKEN", &b.token)
@@ -228,7 +247,10 @@ fn a_mirror_follows_twenty_versions_and_a_delete_across_restarts() {
         .spawn()
         .unwrap();
     for i in 1..=20 {
-        ok(a.mirage("ca", &["checkin", imgs[i % 3].to_str().unwrap(), "--name", "app"]));
+        ok(a.mirage(
+            "ca",
+            &["checkin", imgs[i % 3].to_str().unwrap(), "--name", "app"],
+        ));
         if i == 10 {
             // The other side goes away and comes back; the mirror carries on.
             for n in 1..=3 {
@@ -250,7 +272,10 @@ fn a_mirror_follows_twenty_versions_and_a_delete_across_restarts() {
             assert_eq!(got.unwrap().2, vec!["robert".to_string()]);
             break;
         }
-        assert!(Instant::now() < deadline, "the mirror did not catch up: {got:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the mirror did not catch up: {got:?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     mirror.kill().unwrap();
@@ -260,8 +285,13 @@ fn a_mirror_follows_twenty_versions_and_a_delete_across_restarts() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(passes.iter().any(|p| p["behind_versions"].as_u64().unwrap() > 0));
+    assert!(passes
+        .iter()
+        .any(|p| p["behind_versions"].as_u64().unwrap() > 0));
     assert!(passes.iter().any(|p| p["deletes"].as_u64().unwrap() == 1));
-    let added: u64 = passes.iter().map(|p| p["versions_added"].as_u64().unwrap()).sum();
+    let added: u64 = passes
+        .iter()
+        .map(|p| p["versions_added"].as_u64().unwrap())
+        .sum();
     assert_eq!(added, 21);
 }

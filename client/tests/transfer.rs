@@ -97,7 +97,13 @@ fn push_and_pull_move_whole_chains_and_only_what_is_missing() {
     let first = json(o);
     assert!(sent(&first).0 > 0);
     assert_eq!(last["done"], true);
-    assert_eq!((last["items"].as_u64().unwrap(), last["bytes"].as_u64().unwrap()), sent(&first));
+    assert_eq!(
+        (
+            last["items"].as_u64().unwrap(),
+            last["bytes"].as_u64().unwrap()
+        ),
+        sent(&first)
+    );
     assert_eq!(versions(&there, "web"), versions(&here, "web"));
     let out_here = w.join("here.img");
     let out_there = w.join("there.img");
@@ -155,4 +161,74 @@ fn push_and_pull_move_whole_chains_and_only_what_is_missing() {
     ok(mirage(&other, &["push", "web", "--to", there_s, "--force"]));
     // c is version 3 there already: forcing adds nothing new.
     assert_eq!(versions(&there, "web").len(), 3);
+}
+
+#[test]
+fn a_backup_restores_into_an_empty_store_identical_and_a_damaged_one_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let (a, b, c) = (image(w, "a", 4), image(w, "b", 5), image(w, "c", 6));
+    let lib = w.join("lib");
+    for (img, name) in [(&a, "web"), (&b, "web"), (&c, "db")] {
+        ok(mirage(
+            &lib,
+            &["checkin", img.to_str().unwrap(), "--name", name],
+        ));
+    }
+    ok(mirage(&lib, &["delete", "web@1"]));
+    ok(mirage(&lib, &["user", "add", "bob"]));
+    ok(mirage(&lib, &["acl", "db", "--grant-read", "bob"]));
+
+    let backup = w.join("backup");
+    let out = json(mirage(
+        &lib,
+        &["--json", "backup", "--to", backup.to_str().unwrap()],
+    ));
+    assert_eq!(out["copied"]["names"], 2);
+    assert_eq!(out["verified"]["images"], 2, "{out}");
+
+    let restored = w.join("restored");
+    ok(mirage(&restored, &["init"]));
+    ok(mirage(
+        &restored,
+        &["restore", "--from", backup.to_str().unwrap()],
+    ));
+    for name in ["web", "db"] {
+        assert_eq!(versions(&restored, name), versions(&lib, name));
+        let (x, y) = (
+            w.join(format!("{name}-lib.img")),
+            w.join(format!("{name}-restored.img")),
+        );
+        ok(mirage(&lib, &["checkout", name, "-o", x.to_str().unwrap()]));
+        ok(mirage(
+            &restored,
+            &["checkout", name, "-o", y.to_str().unwrap()],
+        ));
+        assert_eq!(
+            std::fs::read(&x).unwrap(),
+            std::fs::read(&y).unwrap(),
+            "{name}"
+        );
+    }
+    let acl = json(mirage(&restored, &["--json", "acl", "db"]));
+    assert!(acl.to_string().contains("bob"), "{acl}");
+
+    // A damaged backup is refused before anything is restored.
+    let db: mirage_format::Digest = versions(&lib, "db")[0].0.parse().unwrap();
+    {
+        let s = mirage_node::Store::open(&backup, mirage_node::StoreOptions::default()).unwrap();
+        let loc = s.location(&db).unwrap().unwrap();
+        let vol = backup.join(format!("volumes/{:08}.vol", loc.volume));
+        let mut bytes = std::fs::read(&vol).unwrap();
+        bytes[(loc.offset + loc.record_len() - 1) as usize] ^= 0x55;
+        std::fs::write(&vol, bytes).unwrap();
+    }
+    let again = w.join("again");
+    ok(mirage(&again, &["init"]));
+    let e = err(mirage(
+        &again,
+        &["restore", "--from", backup.to_str().unwrap()],
+    ));
+    assert!(e.contains("damaged") || e.contains("integrity"), "{e}");
+    assert!(err(mirage(&again, &["versions", "web"])).contains("no image named"));
 }
