@@ -282,14 +282,24 @@ pub(crate) fn transfer_name(
         .collect();
     let mut versions = Vec::with_capacity(theirs.versions.len());
     for v in &theirs.versions {
-        let rec = src.image(v.image)?;
+        let rec = src.image(v.image)?.unwrap_or_else(|| ImageRecord {
+            v: 1,
+            digest: v.image,
+            state: mirage_node::catalog::ImageState::Active,
+            created: v.created,
+            parent: None,
+            creator: v.creator.clone(),
+            description: String::new(),
+            labels: Default::default(),
+        });
         versions.push(ImportedVersion {
             image: v.image,
             created: v.created,
             creator: v.creator.clone(),
             deleted: v.deleted,
-            parent: rec.as_ref().and_then(|r| r.parent),
-            description: rec.map(|r| r.description).unwrap_or_default(),
+            parent: rec.parent,
+            description: rec.description,
+            labels: rec.labels,
         });
     }
     let mut moved = Moved {

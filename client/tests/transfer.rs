@@ -9,10 +9,14 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 fn mirage(store: &Path, args: &[&str]) -> Output {
+    mirage_as(store, "alice", args)
+}
+
+fn mirage_as(store: &Path, user: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mirage"))
         .arg("--store")
         .arg(store)
-        .args(["--as", "alice"])
+        .args(["--as", user])
         .args(args)
         .env("MIRAGE_LOG", "error")
         .output()
@@ -136,6 +140,17 @@ fn push_and_pull_move_whole_chains_and_only_what_is_missing() {
     assert!(sent(&third).0 > 0 && sent(&third).0 < sent(&first).0 * 2);
     assert_eq!(versions(&there, "web"), versions(&here, "web"));
     assert_eq!(third[0]["default"], 3);
+
+    // Access: pushing needs read here and write there.
+    ok(mirage(&here, &["user", "add", "bob"]));
+    let e = err(mirage_as(&here, "bob", &["push", "web", "--to", there_s]));
+    assert!(e.contains("no image named"), "{e}");
+    ok(mirage(&here, &["acl", "web", "--grant-read", "bob"]));
+    ok(mirage(&there, &["user", "add", "bob"]));
+    let e = err(mirage_as(&here, "bob", &["push", "web", "--to", there_s]));
+    assert!(e.contains("not available"), "{e}");
+    ok(mirage(&there, &["acl", "web", "--grant-write", "bob"]));
+    ok(mirage_as(&here, "bob", &["push", "web", "--to", there_s]));
 
     // Pull works the other way round, into an empty store.
     let back = w.join("back");

@@ -648,6 +648,7 @@ fn imported(image: Digest, deleted: bool, parent: Option<Digest>) -> ImportedVer
         deleted,
         parent,
         description: format!("from {}", image.to_text()),
+        labels: [("os".to_string(), "debian".to_string())].into(),
     }
 }
 
@@ -691,6 +692,7 @@ fn imports_keep_the_chain_grow_a_prefix_and_refuse_another_history() {
     assert_eq!(got, want);
     let rec = c.image(&img(12)).unwrap().unwrap();
     assert_eq!((rec.parent, rec.state), (Some(img(10)), ImageState::Active));
+    assert_eq!(rec.labels["os"], "debian");
     assert_eq!(
         c.image(&img(11)).unwrap().unwrap().state,
         ImageState::Deleted

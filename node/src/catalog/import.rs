@@ -5,7 +5,7 @@
 //! its default; a name with another history is refused unless the import is forced, which
 //! appends.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use super::apply::{
     can_read, can_write, drop_ref, owner_or_admin, put_named, put_version, unlocked, upgrade, user,
@@ -200,7 +200,7 @@ fn append(
                 parent: v.parent,
                 creator: v.creator.clone(),
                 description: v.description.clone(),
-                labels: BTreeMap::new(),
+                labels: v.labels.clone(),
             },
         };
         tx.put_json(key, &rec)?;

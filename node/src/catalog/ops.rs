@@ -169,6 +169,9 @@ pub struct ImportedVersion {
     /// The image's description there.
     #[serde(default)]
     pub description: String,
+    /// The image's labels there.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Who may do what with an imported name (a mirror carries ACLs across, users mapped).
