@@ -182,8 +182,10 @@ fn concurrent_pushes_of_overlapping_images_store_each_item_once() {
     );
 }
 
-/// The chain of `name` on a cluster: (image, deleted) per version, the default, the readers.
-fn chain(pg: &Pg, name: &str) -> Option<(Vec<(String, bool)>, u64, Vec<String>)> {
+/// A name's chain on a cluster: (image, deleted) per version, the default, the readers.
+type Chain = (Vec<(String, bool)>, u64, Vec<String>);
+
+fn chain(pg: &Pg, name: &str) -> Option<Chain> {
     let o = pg.mirage(
         &format!("chain-{}", pg.urls[0].len()),
         &["--json", "versions", name],

@@ -94,9 +94,9 @@ fn push_and_pull_move_whole_chains_and_only_what_is_missing() {
     // Progress events on stderr, the last one saying what was sent.
     let last: Value = String::from_utf8_lossy(&o.stderr)
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == "progress")
-        .last()
+        .find(|v| v["event"] == "progress")
         .unwrap();
     let first = json(o);
     assert!(sent(&first).0 > 0);
