@@ -1,6 +1,6 @@
 //! `mirage push` to playground clusters (real processes on loopback): a derived image sends
-//! only its new content; a push killed midway — client and every node SIGKILLed — resumes
-//! with the same command and checks out identical; two clients pushing overlapping images at
+//! only its new content; a push cut midway — its client SIGKILLed, then every node of the
+//! destination — resumes with the same command and checks out identical; two clients pushing overlapping images at
 //! once store each item once per replica.
 #![allow(clippy::unwrap_used)]
 
@@ -93,29 +93,41 @@ fn a_push_killed_midway_resumes_and_checks_out_identical() {
         &["checkin", img.to_str().unwrap(), "--name", "big"],
     ));
     let mut pg = Pg::start(3, 1, 2, 2);
-    let base = bytes_in(&pg, 3);
+    let config = pg.path("cluster.toml");
+    // Starts a push and waits until `more` bytes have arrived since `from`.
+    let start = |pg: &Pg, from: u64, more: u64| {
+        let mut child = push_to(pg, &src, "big")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while bytes_in(pg, 3) < from + more {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the push ended before it was cut"
+            );
+            assert!(Instant::now() < deadline, "no content arrived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    };
 
-    // The client is killed once some content has arrived, then every node.
-    let mut child = push_to(&pg, &src, "big")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while bytes_in(&pg, 3) - base < 4 << 20 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the push ended before it was killed"
-        );
-        assert!(Instant::now() < deadline, "no content arrived");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // First the client is SIGKILLed midway.
+    let mut child = start(&pg, bytes_in(&pg, 3), 4 << 20);
     child.kill().unwrap();
     child.wait().unwrap();
-    let first = bytes_in(&pg, 3) - base;
+    // Then, during the next attempt, every node of the destination.
+    let sent_before = bytes_in(&pg, 3);
+    let mut child = start(&pg, sent_before, 4 << 20);
+    let first = bytes_in(&pg, 3);
     for n in 1..=3 {
         pg.kill(n);
     }
-    let config = pg.path("cluster.toml");
+    assert!(
+        !child.wait().unwrap().success(),
+        "the push survived its destination"
+    );
     for n in 1..=3 {
         pg.serve(n, &config);
     }
@@ -130,10 +142,10 @@ fn a_push_killed_midway_resumes_and_checks_out_identical() {
     let empty = w.join("empty");
     ok(local(&empty, &["init"]));
     let (_, total) = bytes_beyond(&src, &empty);
-    // Both attempts together send each item to its 2 replicas about once: at most the
-    // uploads in flight when the client died (8 MiB per node) go twice.
+    // The three attempts together send each item to its 2 replicas about once: at most the
+    // uploads in flight at each cut (8 MiB per node) go twice.
     assert!(first > 0 && resumed > 0);
-    let bound = 2.2 * total as f64 + 3.0 * 8.0 * 1048576.0;
+    let bound = 2.2 * total as f64 + 6.0 * 8.0 * 1048576.0;
     eprintln!("killed push: {first} bytes before, {resumed} after, content {total} x 2 replicas");
     assert!(
         (first + resumed) as f64 <= bound,
@@ -265,6 +277,7 @@ fn a_mirror_follows_twenty_versions_and_a_delete_across_restarts() {
         }
     }
     ok(a.mirage("ca", &["delete", "app@5"]));
+    ok(a.mirage("ca", &["default", "app", "7"]));
     let want = chain(&a, "app").unwrap();
     assert_eq!(want.0.len(), 21);
     let deadline = Instant::now() + Duration::from_secs(180);
