@@ -1,5 +1,5 @@
-//! `mirage push` and `mirage pull`: names (with their whole version chains) or digests
-//! between this library (`--store`, or `--cluster`) and another one.
+//! `mirage push`, `pull`, `mirror`, `backup` and `restore`: names (with their whole version
+//! chains) or digests between this library (`--store`, or `--cluster`) and another one.
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -13,9 +13,8 @@ pub enum TransferCmd {
     /// image digests from this library to another: a store directory or a cluster URL.
     /// Only what the other side lacks is sent; run it again to resume.
     Push {
-        /// Names or digests.
-        #[arg(required = true)]
-        refs: Vec<String>,
+        #[command(flatten)]
+        what: Refs,
         /// The destination: a store directory (created if missing) or http(s)://… node URLs.
         #[arg(long, value_name = "DIR|URL")]
         to: String,
@@ -27,15 +26,12 @@ pub enum TransferCmd {
             value_name = "TOKEN"
         )]
         to_token: Option<String>,
-        #[command(flatten)]
-        opts: NameOpts,
     },
     /// Copy named images or digests from another library (a store directory or a cluster
     /// URL) into this one. Only what this side lacks is fetched; run it again to resume.
     Pull {
-        /// Names or digests.
-        #[arg(required = true)]
-        refs: Vec<String>,
+        #[command(flatten)]
+        what: Refs,
         /// The source: a store directory or http(s)://… node URLs.
         #[arg(long, value_name = "DIR|URL")]
         from: String,
@@ -47,8 +43,6 @@ pub enum TransferCmd {
             value_name = "TOKEN"
         )]
         from_token: Option<String>,
-        #[command(flatten)]
-        opts: NameOpts,
     },
     /// Copy the whole library (every name you may read, with chains, delete marks, defaults,
     /// provenance and ACLs) to a store directory, then verify the copy: every item of every
@@ -57,24 +51,16 @@ pub enum TransferCmd {
         /// The backup store directory (created if missing).
         #[arg(long, value_name = "DIR")]
         to: std::path::PathBuf,
-        /// Only these names (glob; repeat for more).
-        #[arg(long = "names", value_name = "GLOB")]
-        names: Vec<String>,
-        /// Skip the verify step.
-        #[arg(long)]
-        no_verify: bool,
+        #[command(flatten)]
+        scope: Scope,
     },
     /// Verify a backup store directory, then copy its library into this one.
     Restore {
         /// The backup store directory.
         #[arg(long, value_name = "DIR")]
         from: std::path::PathBuf,
-        /// Only these names (glob; repeat for more).
-        #[arg(long = "names", value_name = "GLOB")]
-        names: Vec<String>,
-        /// Skip the verify step.
-        #[arg(long)]
-        no_verify: bool,
+        #[command(flatten)]
+        scope: Scope,
     },
     /// Keep another library (a store directory or a cluster) in step with this one: new
     /// versions, delete marks, default changes and (--acl) ACLs flow across; each pass
@@ -160,11 +146,11 @@ pub fn mirror(a: &MirrorArgs, here: Library, caller: &str, json: bool) -> Result
 fn backup_or_restore(
     src: &Library,
     dst: &Library,
-    names: &[String],
-    verify: bool,
+    scope: &Scope,
     restore: bool,
     json: bool,
 ) -> Result<()> {
+    let (names, verify) = (&scope.names, !scope.no_verify);
     let backup = if restore { src } else { dst };
     let check = || -> Result<Option<backup::Verified>> {
         if !verify {
@@ -206,6 +192,27 @@ fn backup_or_restore(
     Ok(())
 }
 
+/// What a push or pull brings across, and how.
+#[derive(clap::Args, Debug)]
+pub struct Refs {
+    /// Names or digests.
+    #[arg(required = true)]
+    refs: Vec<String>,
+    #[command(flatten)]
+    opts: NameOpts,
+}
+
+/// What a backup or restore copies.
+#[derive(clap::Args, Debug)]
+pub struct Scope {
+    /// Only these names (glob; repeat for more).
+    #[arg(long = "names", value_name = "GLOB")]
+    names: Vec<String>,
+    /// Skip the verify step.
+    #[arg(long)]
+    no_verify: bool,
+}
+
 /// How a name is brought across.
 #[derive(clap::Args, Debug)]
 pub struct NameOpts {
@@ -223,39 +230,25 @@ pub struct NameOpts {
 pub fn run(cmd: &TransferCmd, here: Library, caller: &str, json: bool) -> Result<()> {
     let (src, dst, refs, o) = match cmd {
         TransferCmd::Mirror(a) => return mirror(a, here, caller, json),
-        TransferCmd::Backup {
-            to,
-            names,
-            no_verify,
-        } => {
+        TransferCmd::Backup { to, scope } => {
             let there = Library::dir(to, caller, true)?;
-            return backup_or_restore(&here, &there, names, !no_verify, false, json);
+            return backup_or_restore(&here, &there, scope, false, json);
         }
-        TransferCmd::Restore {
-            from,
-            names,
-            no_verify,
-        } => {
+        TransferCmd::Restore { from, scope } => {
             let there = Library::dir(from, caller, false)?;
-            return backup_or_restore(&there, &here, names, !no_verify, true, json);
+            return backup_or_restore(&there, &here, scope, true, json);
         }
-        TransferCmd::Push {
-            refs,
-            to,
-            to_token,
-            opts,
-        } => {
+        TransferCmd::Push { what, to, to_token } => {
             let there = Library::open(to, to_token.as_deref(), caller, false)?;
-            (here, there, refs, opts)
+            (here, there, &what.refs, &what.opts)
         }
         TransferCmd::Pull {
-            refs,
+            what,
             from,
             from_token,
-            opts,
         } => {
             let there = Library::open(from, from_token.as_deref(), caller, true)?;
-            (there, here, refs, opts)
+            (there, here, &what.refs, &what.opts)
         }
     };
     let opts = Options {

@@ -3,9 +3,12 @@
 //! renamed or forced, and the copy checking out byte for byte.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
+use common::{err, image, ok};
 use serde_json::Value;
 
 fn mirage(store: &Path, args: &[&str]) -> Output {
@@ -23,31 +26,8 @@ fn mirage_as(store: &Path, user: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn err(o: Output) -> String {
-    assert!(
-        !o.status.success(),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8(o.stderr).unwrap()
-}
-
 fn json(o: Output) -> Value {
     serde_json::from_str(&ok(o)).unwrap()
-}
-
-/// A small ext4 disk image with a generated tree (`seed` varies its files).
-fn image(dir: &Path, name: &str, seed: u64) -> PathBuf {
-    let tree = dir.join(format!("{name}-tree"));
-    let gen = mirage_client::demo::generate(&tree, seed, 1).unwrap();
-    let img = dir.join(format!("{name}.img"));
-    mirage_client::demo::build_disk_image(&tree, &img, gen.bytes).unwrap();
-    img
 }
 
 fn versions(store: &Path, name: &str) -> Vec<(String, bool, String)> {

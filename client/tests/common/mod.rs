@@ -240,6 +240,16 @@ pub fn digests_in(store: &Path) -> Vec<Digest> {
     s.partition_digests(1, 0).unwrap()
 }
 
+/// The error output of a command that must fail.
+pub fn err(o: Output) -> String {
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8(o.stderr).unwrap()
+}
+
 /// A small ext4 disk image with a generated tree (`seed` varies its files).
 pub fn image(dir: &Path, name: &str, seed: u64) -> PathBuf {
     images(dir, name, seed, 1, 0).remove(0)

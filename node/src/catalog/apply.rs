@@ -179,6 +179,24 @@ fn free_name(tx: &Tx<'_>, name: &str, u: &User) -> Result<(), CatalogError> {
     }
 }
 
+/// Refuses `u` adding versions to the existing name `n`: as unavailable (saying nothing of it)
+/// if `u` may not read it, as denied if `u` may only read it, and while it is locked.
+pub(super) fn may_add_versions(n: &Named, u: &User) -> Result<(), CatalogError> {
+    if !can_read(n, u) {
+        return Err(CatalogError::Denied(format!(
+            "the name {:?} is not available",
+            n.name
+        )));
+    }
+    if !can_write(n, u) {
+        return Err(CatalogError::Denied(format!(
+            "{} may read {} but not add versions",
+            u.name, n.name
+        )));
+    }
+    unlocked(n)
+}
+
 pub(super) fn unlocked(n: &Named) -> Result<(), CatalogError> {
     match &n.lock {
         Some(l) => Err(CatalogError::Locked {
@@ -452,19 +470,8 @@ pub fn apply(view: &dyn View, e: &LogEntry) -> Result<Applied, CatalogError> {
                     new_named(&mut tx, name, &u.name, *image, e.time)?;
                     (1, *parent)
                 }
-                Some(n) if !can_read(&n, &u) => {
-                    return Err(CatalogError::Denied(format!(
-                        "the name {name:?} is not available"
-                    )))
-                }
                 Some(mut n) => {
-                    if !can_write(&n, &u) {
-                        return Err(CatalogError::Denied(format!(
-                            "{} may read {name} but not add versions",
-                            u.name
-                        )));
-                    }
-                    unlocked(&n)?;
+                    may_add_versions(&n, &u)?;
                     let parent = match parent {
                         Some(p) => Some(*p),
                         None => version_of(&tx, &n, n.default)?.map(|v| v.image),

@@ -8,8 +8,8 @@
 use std::collections::HashSet;
 
 use super::apply::{
-    can_read, can_write, drop_ref, owner_or_admin, put_named, put_version, unlocked, upgrade, user,
-    version_of, Tx,
+    drop_ref, may_add_versions, owner_or_admin, put_named, put_version, upgrade, user, version_of,
+    Tx,
 };
 use super::model::{ImageRecord, ImageState, Named, Version};
 use super::ops::{check_name, CatalogError, ImportedAcl, ImportedVersion, LogEntry, Response};
@@ -60,19 +60,8 @@ pub(super) fn import(
             n.default = default;
             n
         }
-        Some(n) if !can_read(&n, &u) => {
-            return Err(CatalogError::Denied(format!(
-                "the name {name:?} is not available"
-            )))
-        }
         Some(mut n) => {
-            if !can_write(&n, &u) {
-                return Err(CatalogError::Denied(format!(
-                    "{} may read {name} but not add versions",
-                    u.name
-                )));
-            }
-            unlocked(&n)?;
+            may_add_versions(&n, &u)?;
             upgrade(tx, &mut n)?;
             let mut ours = Vec::with_capacity(n.count as usize);
             for number in 1..=n.count {
