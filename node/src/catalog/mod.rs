@@ -25,7 +25,7 @@ pub use ops::{
     check_name, CatalogError, Command, ImportedAcl, ImportedVersion, LogEntry, Response,
 };
 pub use query::{Query, QueryAnswer};
-pub use replicated::{Pending, Replicated};
+pub use replicated::{apply_run, Pending, Replicated, RunOutcome};
 
 use crate::index::RocksIndex;
 use crate::keys::catalog as keys;

@@ -111,6 +111,108 @@ impl<V: View> Overlay<'_, V> {
     }
 }
 
+/// What applying a run computed, to be committed as one batch: each entry's answers (one per
+/// command), the catalog log entries of the applied commands (index, JSON `LogEntry`) and the
+/// state's writes (`None`: delete), the applied index (`m/applied`) included.
+#[derive(Debug, Default)]
+pub struct RunOutcome {
+    /// Each entry's answers, one per command.
+    pub answers: Vec<Vec<Result<Response, CatalogError>>>,
+    /// Catalog log entries of the commands applied.
+    pub log: Vec<(u64, Vec<u8>)>,
+    /// Key → new value, or `None` to delete.
+    pub writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+/// Applies `run` in order over the state `base` shows, without writing anything: the pure part
+/// of [`Catalog::apply_replicated`] (request-id dedup included), so that any storage — the
+/// store's RocksDB, or an in-memory map in a simulation — applies entries the same way. The
+/// error is a storage failure of `base`.
+pub fn apply_run<V: View>(base: &V, run: &[Replicated]) -> Result<RunOutcome, CatalogError> {
+    let mut overlay = Overlay {
+        base,
+        writes: BTreeMap::new(),
+    };
+    let mut applied = match overlay.get(keys::APPLIED)? {
+        Some(v) => u64::from_be_bytes(
+            <[u8; 8]>::try_from(v.as_slice()).map_err(|_| storage("applied index"))?,
+        ),
+        None => 0,
+    };
+    let mut log = Vec::new();
+    let mut answers = Vec::with_capacity(run.len());
+    for r in run {
+        let mut these = Vec::with_capacity(r.commands.len());
+        for p in &r.commands {
+            let seen = match &p.id {
+                Some(id) => overlay
+                    .get(&keys::request(p.time.secs, id))?
+                    .and_then(|v| serde_json::from_slice::<Remembered>(&v).ok()),
+                None => None,
+            };
+            if let Some(first) = seen {
+                these.push(first.answer);
+                continue;
+            }
+            let entry = LogEntry {
+                v: 1,
+                index: applied + 1,
+                time: p.time,
+                caller: p.caller.clone(),
+                command: p.command.clone(),
+            };
+            let revoked = match &p.token_sha256 {
+                Some(h) => overlay
+                    .get(&keys::user(&p.caller))?
+                    .and_then(|v| serde_json::from_slice::<super::User>(&v).ok())
+                    .is_none_or(|u| u.token_sha256.as_deref() != Some(h.as_str())),
+                None => false,
+            };
+            let answer = match apply(&overlay, &entry) {
+                _ if revoked => Err(CatalogError::Denied(
+                    "the token this request was made with is no longer valid".into(),
+                )),
+                Ok(done) => {
+                    applied += 1;
+                    log.push((entry.index, serde_json::to_vec(&entry).map_err(storage)?));
+                    overlay.writes.extend(done.writes);
+                    Ok(done.response)
+                }
+                Err(CatalogError::Storage(e)) => return Err(CatalogError::Storage(e)),
+                Err(refused) => Err(refused),
+            };
+            if let Some(id) = &p.id {
+                let remembered = Remembered {
+                    time: p.time,
+                    answer: answer.clone(),
+                };
+                overlay.writes.insert(
+                    keys::request(p.time.secs, id),
+                    Some(serde_json::to_vec(&remembered).map_err(storage)?),
+                );
+            }
+            these.push(answer);
+        }
+        if r.index % PRUNE_EVERY == 0 {
+            if let Some(p) = r.commands.last() {
+                overlay.prune(p.time)?;
+            }
+        }
+        for (k, v) in &r.meta {
+            overlay.writes.insert(k.to_vec(), Some(v.clone()));
+        }
+        answers.push(these);
+    }
+    overlay
+        .writes
+        .insert(keys::APPLIED.to_vec(), Some(applied.to_be_bytes().to_vec()));
+    Ok(RunOutcome {
+        answers,
+        log,
+        writes: overlay.writes,
+    })
+}
+
 impl Catalog<'_> {
     /// Applies `run` in order; returns each entry's answers, one per command. Applied
     /// commands are numbered on in the catalog log (`m/applied`), exactly as the embedded
@@ -124,86 +226,10 @@ impl Catalog<'_> {
         let sh = self.store.shared();
         let _serial = sh.catalog_lock.lock();
         let base = self.view();
-        let mut overlay = Overlay {
-            base: &base,
-            writes: BTreeMap::new(),
-        };
-        let mut applied = match overlay.get(keys::APPLIED)? {
-            Some(v) => u64::from_be_bytes(
-                <[u8; 8]>::try_from(v.as_slice()).map_err(|_| storage("applied index"))?,
-            ),
-            None => 0,
-        };
-        let mut log = Vec::new();
-        let mut answers = Vec::with_capacity(run.len());
-        for r in run {
-            let mut these = Vec::with_capacity(r.commands.len());
-            for p in &r.commands {
-                let seen = match &p.id {
-                    Some(id) => overlay
-                        .get(&keys::request(p.time.secs, id))?
-                        .and_then(|v| serde_json::from_slice::<Remembered>(&v).ok()),
-                    None => None,
-                };
-                if let Some(first) = seen {
-                    these.push(first.answer);
-                    continue;
-                }
-                let entry = LogEntry {
-                    v: 1,
-                    index: applied + 1,
-                    time: p.time,
-                    caller: p.caller.clone(),
-                    command: p.command.clone(),
-                };
-                let revoked = match &p.token_sha256 {
-                    Some(h) => overlay
-                        .get(&keys::user(&p.caller))?
-                        .and_then(|v| serde_json::from_slice::<super::User>(&v).ok())
-                        .is_none_or(|u| u.token_sha256.as_deref() != Some(h.as_str())),
-                    None => false,
-                };
-                let answer = match apply(&overlay, &entry) {
-                    _ if revoked => Err(CatalogError::Denied(
-                        "the token this request was made with is no longer valid".into(),
-                    )),
-                    Ok(done) => {
-                        applied += 1;
-                        log.push((entry.index, serde_json::to_vec(&entry).map_err(storage)?));
-                        overlay.writes.extend(done.writes);
-                        Ok(done.response)
-                    }
-                    Err(CatalogError::Storage(e)) => return Err(CatalogError::Storage(e)),
-                    Err(refused) => Err(refused),
-                };
-                if let Some(id) = &p.id {
-                    let remembered = Remembered {
-                        time: p.time,
-                        answer: answer.clone(),
-                    };
-                    overlay.writes.insert(
-                        keys::request(p.time.secs, id),
-                        Some(serde_json::to_vec(&remembered).map_err(storage)?),
-                    );
-                }
-                these.push(answer);
-            }
-            if r.index % PRUNE_EVERY == 0 {
-                if let Some(p) = r.commands.last() {
-                    overlay.prune(p.time)?;
-                }
-            }
-            for (k, v) in &r.meta {
-                overlay.writes.insert(k.to_vec(), Some(v.clone()));
-            }
-            answers.push(these);
-        }
-        overlay
-            .writes
-            .insert(keys::APPLIED.to_vec(), Some(applied.to_be_bytes().to_vec()));
+        let out = apply_run(&base, run)?;
         sh.index
-            .catalog_commit(&log, &overlay.writes, false)
+            .catalog_commit(&out.log, &out.writes, false)
             .map_err(storage)?;
-        Ok(answers)
+        Ok(out.answers)
     }
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod playground;
+mod watchdog;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -248,6 +249,11 @@ async fn serve(
             })
         }
     };
+    watchdog::spawn(
+        st.clone(),
+        store_dir.clone(),
+        cluster.as_ref().map(|c| c.node.raft.clone()),
+    );
     say(&format!("listening on http://{addr}"));
     if let Some(note) = note {
         say(&note);

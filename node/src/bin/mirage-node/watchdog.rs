@@ -1,0 +1,66 @@
+//! Restart in place after a storage failure. A store that failed a write (a full disk, an I/O
+//! error) refuses every later write, and a Raft log that failed stops the catalog replica:
+//! neither can tell which of its last bytes are whole. The node keeps serving reads; once its
+//! disk has room again it restarts itself in place (exec: the same pid and arguments), which
+//! the store sees as a crash: recovery at open re-scans the volume tails, re-indexes the
+//! durable records and drops torn ones, and the Raft replica catches up from the leader.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mirage_node::raft::CatalogRaft;
+use mirage_node::Store;
+use openraft::async_runtime::watch::WatchReceiver;
+
+/// Free bytes the disk needs before the node restarts to recover.
+const ROOM: u64 = 64 << 20;
+/// How often the store and the Raft replica are looked at.
+const EVERY: Duration = Duration::from_secs(2);
+
+/// Watches `store` (in `dir`) and, on a cluster node, its catalog replica.
+pub fn spawn(store: Store, dir: PathBuf, raft: Option<CatalogRaft>) {
+    tokio::spawn(async move {
+        let mut said = None::<Instant>;
+        loop {
+            tokio::time::sleep(EVERY).await;
+            let store_failed = !store.writable();
+            let raft_failed = raft
+                .as_ref()
+                .is_some_and(|r| r.metrics().borrow_watched().running_state.is_err());
+            if !store_failed && !raft_failed {
+                continue;
+            }
+            let room = rustix::fs::statvfs(&dir)
+                .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+                .unwrap_or(0);
+            if room < ROOM {
+                if said.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    tracing::error!(
+                        store_failed,
+                        raft_failed,
+                        free_bytes = room,
+                        "storage failure: serving reads only; restarting once {} has {} MiB free",
+                        dir.display(),
+                        ROOM >> 20
+                    );
+                    said = Some(Instant::now());
+                }
+                continue;
+            }
+            tracing::error!(
+                store_failed,
+                raft_failed,
+                "storage failure: restarting in place to recover"
+            );
+            let err = match std::env::current_exe() {
+                Ok(exe) => std::process::Command::new(exe)
+                    .args(std::env::args_os().skip(1))
+                    .exec(),
+                Err(e) => e,
+            };
+            tracing::error!(error = %err, "restart after a storage failure failed; exiting");
+            std::process::exit(75);
+        }
+    });
+}
