@@ -24,6 +24,19 @@ enum Cmd {
     /// Runs a cluster in network namespaces under a concurrent workload and a seeded fault
     /// schedule, then heals it and runs every checker (needs root).
     Run(RunArgs),
+    /// Runs the deterministic catalog simulation (turmoil) for a range of seeds; each seed's
+    /// configuration varies as in the CI test (`SimConfig::varied`).
+    Sim {
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Seeds to run (seed, seed+1, …).
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// Simulated seconds of faults and load per seed (default: the configuration's).
+        #[arg(long)]
+        secs: Option<u64>,
+    },
     /// Checks a recorded history for linearizability again.
     Check {
         /// history.jsonl of a run.
@@ -121,6 +134,28 @@ fn main() -> Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Cmd::Sim { seed, seeds, secs } => {
+            let mut failed = 0;
+            for s in seed..seed.saturating_add(seeds) {
+                let mut cfg = mirage_chaos_tests::sim::SimConfig::varied(s);
+                if let Some(secs) = secs {
+                    cfg.duration = Duration::from_secs(secs);
+                }
+                match mirage_chaos_tests::sim::run(s, &cfg) {
+                    Ok(r) => println!("{}", serde_json::to_string(&r)?),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("FAILED: {e}");
+                    }
+                }
+            }
+            eprintln!("{} seeds, {failed} failed", seeds);
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Run(a) => {
             if !harness::privileged() {

@@ -130,7 +130,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary, HarnessError> {
         write_quorum: cfg.write_quorum,
         bin_dir: cfg.bin_dir.clone(),
         dir: cfg.dir.join("cluster"),
-        disk_mb: 768,
+        disk_mb: 3072,
         repair_every: 5,
         dead_after: 60,
     })?;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mirage_node::catalog::{Command as Cmd, Query};
+use mirage_node::catalog::Query;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -121,8 +121,8 @@ impl Client {
         let seen = self.known.get(&name).copied().unwrap_or(0);
         let version = self.rng.gen_range(1..=seen + 1);
         let op = match roll {
-            _ if images == 0 || roll < 12 => return self.store(shared),
-            12..=21 => return self.checkout(shared),
+            _ if images == 0 || roll < 7 => return self.store(shared),
+            7..=21 => return self.checkout(shared),
             22..=46 => {
                 let pick = self.rng.gen_range(0..images);
                 let image = shared
@@ -183,7 +183,7 @@ impl Client {
                 "/v1/catalog/query",
                 serde_json::to_value(Query::Named { name: name.clone() }),
             ),
-            _ => ("/v1/catalog/command", serde_json::to_value(command(op))),
+            _ => ("/v1/catalog/command", serde_json::to_value(op.command())),
         };
         let Ok(body) = body else {
             return CatRet::Unknown;
@@ -356,39 +356,6 @@ impl Client {
     }
 }
 
-/// The catalog command of a write.
-fn command(op: &CatOp) -> Option<Cmd> {
-    Some(match op {
-        CatOp::Checkin { name, image } => Cmd::Checkin {
-            name: name.clone(),
-            image: image.parse().ok()?,
-            parent: None,
-            description: String::new(),
-        },
-        CatOp::SetDefault { name, version } => Cmd::SetDefault {
-            name: name.clone(),
-            version: *version,
-        },
-        CatOp::Delete { name, version } => Cmd::Delete {
-            name: name.clone(),
-            version: *version,
-        },
-        CatOp::Grant { name, user } => Cmd::Acl {
-            name: name.clone(),
-            grant_read: vec![user.clone()],
-            grant_write: Vec::new(),
-            revoke: Vec::new(),
-        },
-        CatOp::Revoke { name, user } => Cmd::Acl {
-            name: name.clone(),
-            grant_read: Vec::new(),
-            grant_write: Vec::new(),
-            revoke: vec![user.clone()],
-        },
-        CatOp::Read { .. } => return None,
-    })
-}
-
 /// A named image as a read shows it, from the node's JSON (`Named`).
 pub fn view(v: &Value) -> Option<NameView> {
     let versions = v["versions"]
@@ -428,9 +395,9 @@ fn pool_block(seed: u64, k: u64) -> Vec<u8> {
     b
 }
 
-/// A raw disk image of 1–3 MiB: zero runs, blocks from a shared pool and unique blocks.
+/// A raw disk image of 0.5–2 MiB: zero runs, blocks from a shared pool and unique blocks.
 fn raw_image(rng: &mut StdRng, seed: u64, path: &Path) -> std::io::Result<()> {
-    let blocks = rng.gen_range(16..=48);
+    let blocks = rng.gen_range(8..=32);
     let mut data = Vec::with_capacity(blocks * BLOCK);
     for _ in 0..blocks {
         match rng.gen_range(0..10) {

@@ -62,15 +62,16 @@ fn a_node_whose_disk_filled_up_stores_again_once_it_has_room() {
         .admin(2, "/v1/items/has", json!({ "digests": [a] }))
         .unwrap();
     assert_eq!(held["present"][0], false, "node 2 stored on a full disk?");
-    // Still serving while full.
+    // Still serving while full, but not ready for writes.
     c.get(2, "/v1/admin/raft").unwrap();
+    assert!(!c.ready(2));
     c.nodes[1].disk.free().unwrap();
     // It restarts in place (same pid) and recovers; then it stores again.
     let deadline = Instant::now() + Duration::from_secs(60);
     let log = c.log(2);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("restarting in place") && c.get(2, "/readyz").is_ok() {
+        if text.contains("restarting in place") && c.ready(2) {
             break;
         }
         assert!(Instant::now() < deadline, "node 2 did not restart:\n{text}");

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use mirage_node::catalog::Command;
 use serde::{Deserialize, Serialize};
 
 /// A catalog operation on one name.
@@ -63,6 +64,39 @@ impl CatOp {
             | CatOp::Revoke { name, .. }
             | CatOp::Read { name } => name,
         }
+    }
+
+    /// The catalog command of a write (`None` for a read, or an image that is no digest).
+    pub fn command(&self) -> Option<Command> {
+        Some(match self {
+            CatOp::Checkin { name, image } => Command::Checkin {
+                name: name.clone(),
+                image: image.parse().ok()?,
+                parent: None,
+                description: String::new(),
+            },
+            CatOp::SetDefault { name, version } => Command::SetDefault {
+                name: name.clone(),
+                version: *version,
+            },
+            CatOp::Delete { name, version } => Command::Delete {
+                name: name.clone(),
+                version: *version,
+            },
+            CatOp::Grant { name, user } => Command::Acl {
+                name: name.clone(),
+                grant_read: vec![user.clone()],
+                grant_write: Vec::new(),
+                revoke: Vec::new(),
+            },
+            CatOp::Revoke { name, user } => Command::Acl {
+                name: name.clone(),
+                grant_read: Vec::new(),
+                grant_write: Vec::new(),
+                revoke: vec![user.clone()],
+            },
+            CatOp::Read { .. } => return None,
+        })
     }
 
     /// Whether the operation changes state (reads do not).

@@ -311,21 +311,27 @@ impl Cluster {
         answer(&url, r)
     }
 
-    /// POST `body` to `path` on node `id` as the admin.
-    pub fn admin(&self, id: usize, path: &str, body: Value) -> Result<Value, HarnessError> {
-        let url = format!("{}{path}", self.nodes[id - 1].url);
-        let r = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.token)
-            .json(&body)
-            .timeout(Duration::from_secs(130))
+    /// Whether node `id` answers `/readyz` with 200 (it accepts writes).
+    pub fn ready(&self, id: usize) -> bool {
+        self.http
+            .get(format!("{}/readyz", self.nodes[id - 1].url))
             .send()
-            .map_err(|e| HarnessError::Setup(format!("POST {url}: {e}")))?;
-        answer(&url, r)
+            .is_ok_and(|r| r.status().is_success())
     }
 
-    /// POST `body` to `path` on node `id` as the admin; the raw answer.
+    /// POST `body` to `path` on node `id` as the admin; the JSON answer.
+    pub fn admin(&self, id: usize, path: &str, body: Value) -> Result<Value, HarnessError> {
+        let bytes = self.admin_bytes(id, path, body)?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            HarnessError::Setup(format!(
+                "{path} on node {id}: {e}: {}",
+                String::from_utf8_lossy(&bytes)
+            ))
+        })
+    }
+
+    /// POST `body` to `path` on node `id` as the admin; the raw answer (a refusal is an error
+    /// naming the status and the body).
     pub fn admin_bytes(&self, id: usize, path: &str, body: Value) -> Result<Vec<u8>, HarnessError> {
         let url = format!("{}{path}", self.nodes[id - 1].url);
         let r = self
@@ -333,7 +339,7 @@ impl Cluster {
             .post(&url)
             .bearer_auth(&self.token)
             .json(&body)
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_secs(130))
             .send()
             .map_err(|e| HarnessError::Setup(format!("POST {url}: {e}")))?;
         let status = r.status();

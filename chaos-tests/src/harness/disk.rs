@@ -28,7 +28,12 @@ impl Disk {
         let img = image.to_string_lossy();
         // No blocks reserved for root: the node runs as root and must see the disk full.
         sh("mkfs.ext4", &["-q", "-F", "-m", "0", &img])?;
-        sh("mount", &["-o", "loop", &img, &mount.to_string_lossy()])?;
+        // discard: blocks freed on it are freed in the backing file too (a filled and freed
+        // disk does not keep host space).
+        sh(
+            "mount",
+            &["-o", "loop,discard", &img, &mount.to_string_lossy()],
+        )?;
         Ok(Disk {
             image: image.to_path_buf(),
             mount: mount.to_path_buf(),
@@ -43,13 +48,17 @@ impl Disk {
 
     /// Takes every free block (a file holding them); answers the bytes taken.
     pub fn fill(&self) -> Result<u64, HarnessError> {
-        let free = rustix_free(&self.mount)?;
+        let free = free_bytes(&self.mount)?;
         if free == 0 {
             return Ok(0);
         }
-        // fallocate may refuse the last few blocks (metadata): back off until it fits.
+        // fallocate may refuse the last few blocks (the file's own extent blocks): back off a
+        // MiB at a time until it fits, so that less than a few MiB stay free.
         let mut want = free;
-        while want > 0 {
+        for _ in 0..256 {
+            if want == 0 {
+                break;
+            }
             let r = std::process::Command::new("fallocate")
                 .args(["-l", &want.to_string()])
                 .arg(&self.filler)
@@ -58,7 +67,7 @@ impl Disk {
             if r.status.success() {
                 return Ok(want);
             }
-            want = want.saturating_sub((want / 64).max(65536));
+            want = want.saturating_sub(1 << 20);
         }
         Ok(0)
     }
@@ -125,7 +134,7 @@ fn volume_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn rustix_free(path: &Path) -> Result<u64, HarnessError> {
+fn free_bytes(path: &Path) -> Result<u64, HarnessError> {
     let out = std::process::Command::new("df")
         .args(["-B1", "--output=avail"])
         .arg(path)

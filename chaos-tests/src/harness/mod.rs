@@ -68,11 +68,11 @@ pub(crate) fn sh(program: &str, args: &[&str]) -> Result<(), HarnessError> {
 
 /// Whether this process may create network namespaces and mount filesystems (root).
 pub fn privileged() -> bool {
-    rustix_uid() == 0
+    uid() == 0
 }
 
-fn rustix_uid() -> u32 {
-    // SAFETY-free: `id -u` keeps this crate free of unsafe code.
+/// The effective user id (from `id -u`: no unsafe code for `geteuid`).
+fn uid() -> u32 {
     Command::new("id")
         .arg("-u")
         .output()

@@ -207,7 +207,10 @@ async fn client(ctx: Arc<Ctx>, id: usize) {
             _ => Outcome::Ok,
         };
         ctx.count(kind(&op), outcome);
-        ctx.trace(format!("c{id} {op:?} -> {ret:?} [{call}..{done}]"));
+        ctx.trace(format!(
+            "c{id} {op:?} -> {ret:?} [{call}..{done}] via n{}",
+            c.node
+        ));
         guard(&ctx.history).push(Event {
             client: id,
             op,
@@ -252,43 +255,10 @@ fn pick_op(rng: &mut StdRng, name: &str, top: u32, seed: u64, client: usize, n: 
     }
 }
 
-/// The catalog command of a write.
-fn command(op: &CatOp) -> Option<Command> {
-    Some(match op {
-        CatOp::Checkin { name, image } => Command::Checkin {
-            name: name.clone(),
-            image: image.parse().ok()?,
-            parent: None,
-            description: String::new(),
-        },
-        CatOp::SetDefault { name, version } => Command::SetDefault {
-            name: name.clone(),
-            version: *version,
-        },
-        CatOp::Delete { name, version } => Command::Delete {
-            name: name.clone(),
-            version: *version,
-        },
-        CatOp::Grant { name, user } => Command::Acl {
-            name: name.clone(),
-            grant_read: vec![user.clone()],
-            grant_write: Vec::new(),
-            revoke: Vec::new(),
-        },
-        CatOp::Revoke { name, user } => Command::Acl {
-            name: name.clone(),
-            grant_read: Vec::new(),
-            grant_write: Vec::new(),
-            revoke: vec![user.clone()],
-        },
-        CatOp::Read { .. } => return None,
-    })
-}
-
 async fn perform(c: &mut Caller, op: &CatOp) -> CatRet {
     let msg = match op {
         CatOp::Read { name } => Msg::Read { name: name.clone() },
-        write => match command(write) {
+        write => match write.command() {
             Some(cmd) => Msg::Write(c.proposal(cmd)),
             None => return CatRet::Err("invalid".into()),
         },

@@ -1,6 +1,6 @@
 //! The faults of a run: a schedule drawn from the seed before the run starts (two tracks: the
 //! network — partitions, the leader isolated, message loss, messages held — one episode at a
-//! time, and crashes of a minority of nodes, now and then of all of them), applied between simulation steps, and healed
+//! time, and crashes — of a minority of nodes, of the leader, now and then of all of them), applied between simulation steps, and healed
 //! all at once when the fault phase ends.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,8 +41,14 @@ pub struct FaultRates {
     pub hold: u32,
     /// Chance that a message starts a loss burst on a link during a loss episode.
     pub loss_rate: f64,
-    /// Chance that a crash episode crashes every node (else a minority).
+    /// Chance that a crash episode crashes every node.
     pub crash_all: f64,
+    /// Chance that a crash episode that does not crash every node crashes the leader (else a
+    /// random minority).
+    pub crash_leader: f64,
+    /// How long a crashed leader stays cut off from the other nodes after its restart (its
+    /// clients still reach it).
+    pub rejoin_late: Duration,
 }
 
 impl Default for FaultRates {
@@ -58,6 +64,8 @@ impl Default for FaultRates {
             hold: 2,
             loss_rate: 0.1,
             crash_all: 0.15,
+            crash_leader: 0.35,
+            rejoin_late: Duration::from_millis(1500),
         }
     }
 }
@@ -75,6 +83,9 @@ pub enum Fault {
     Hold(u64),
     /// These nodes crash, and restart when the episode ends.
     Crash(Vec<u64>),
+    /// Whichever node leads when the episode starts crashes, and restarts when it ends, cut
+    /// off from the other nodes for a while longer ([`FaultRates::rejoin_late`]).
+    CrashLeader,
 }
 
 impl Fault {
@@ -86,6 +97,7 @@ impl Fault {
             Fault::Loss => "loss",
             Fault::Hold(_) => "hold",
             Fault::Crash(_) => "crash",
+            Fault::CrashLeader => "crash_leader",
         }
     }
 }
@@ -111,12 +123,15 @@ pub fn plan(seed: u64, cfg: &SimConfig) -> Vec<Episode> {
     let mut rng = StdRng::seed_from_u64(mix(seed, 7));
     let r = &cfg.faults;
     let ids: Vec<u64> = (1..=cfg.nodes as u64).collect();
-    let minority = (cfg.nodes - 1) / 2;
+    let minority = cfg.nodes.saturating_sub(1) / 2;
     let mut out = Vec::new();
     let weights = [r.partition, r.isolate_leader, r.loss, r.hold];
     let total: u32 = weights.iter().sum();
+    if total == 0 || ids.is_empty() {
+        return out;
+    }
     let mut t = cfg.warmup;
-    while total > 0 && !ids.is_empty() {
+    loop {
         t += between(&mut rng, Duration::ZERO, r.network_gap * 2);
         let until = (t + between(&mut rng, r.min_length, r.max_length)).min(cfg.duration);
         if t >= until {
@@ -124,8 +139,11 @@ pub fn plan(seed: u64, cfg: &SimConfig) -> Vec<Episode> {
         }
         let mut x = rng.gen_range(0..total);
         let mut which = 0;
-        while x >= weights[which] {
-            x -= weights[which];
+        for w in weights {
+            if x < w {
+                break;
+            }
+            x -= w;
             which += 1;
         }
         let fault = match which {
@@ -135,7 +153,7 @@ pub fn plan(seed: u64, cfg: &SimConfig) -> Vec<Episode> {
             }
             1 => Fault::IsolateLeader,
             2 => Fault::Loss,
-            _ => Fault::Hold(ids[rng.gen_range(0..ids.len())]),
+            _ => Fault::Hold(ids.choose(&mut rng).copied().unwrap_or(1)),
         };
         out.push(Episode {
             at: t,
@@ -144,31 +162,43 @@ pub fn plan(seed: u64, cfg: &SimConfig) -> Vec<Episode> {
         });
         t = until;
     }
-    let mut t = cfg.warmup;
-    while minority > 0 && r.crash_gap > Duration::ZERO {
-        t += between(&mut rng, r.crash_gap / 2, r.crash_gap * 3 / 2);
-        let until = (t + between(&mut rng, r.min_length, r.max_length)).min(cfg.duration);
-        if t >= until {
-            break;
-        }
-        // Mostly a minority; now and then every node at once (recovery from the durable log
-        // and snapshots alone).
-        let k = if rng.gen_bool(r.crash_all) {
-            ids.len()
-        } else {
-            rng.gen_range(1..=minority)
-        };
-        let mut who: Vec<u64> = ids.choose_multiple(&mut rng, k).copied().collect();
-        who.sort_unstable();
-        out.push(Episode {
-            at: t,
-            until,
-            fault: Fault::Crash(who),
-        });
-        t = until;
+    if minority > 0 && r.crash_gap > Duration::ZERO {
+        crashes(&mut rng, cfg, &ids, &mut out);
     }
     out.sort_by_key(|e| e.at);
     out
+}
+
+/// The crash track: a minority of the nodes, now and then all of them.
+fn crashes(rng: &mut StdRng, cfg: &SimConfig, ids: &[u64], out: &mut Vec<Episode>) {
+    let r = &cfg.faults;
+    let minority = ids.len().saturating_sub(1) / 2;
+    let mut t = cfg.warmup;
+    loop {
+        t += between(rng, r.crash_gap / 2, r.crash_gap * 3 / 2);
+        let until = (t + between(rng, r.min_length, r.max_length)).min(cfg.duration);
+        if t >= until {
+            break;
+        }
+        // A random minority, or the leader, or now and then every node at once (recovery from
+        // the durable log and snapshots alone).
+        let fault = if rng.gen_bool(r.crash_all) {
+            Fault::Crash(ids.to_vec())
+        } else if rng.gen_bool(r.crash_leader) {
+            Fault::CrashLeader
+        } else {
+            let k = rng.gen_range(1..=minority);
+            let mut who: Vec<u64> = ids.choose_multiple(rng, k).copied().collect();
+            who.sort_unstable();
+            Fault::Crash(who)
+        };
+        out.push(Episode {
+            at: t,
+            until,
+            fault,
+        });
+        t = until;
+    }
 }
 
 /// Applies a schedule to a simulation.
@@ -178,8 +208,18 @@ pub struct Injector {
     /// Started episodes with the nodes they concern (resolved at start), by end time.
     active: Vec<(Duration, Fault, Vec<u64>)>,
     crashed: BTreeSet<u64>,
+    healing: bool,
     /// Episodes started, by kind.
     pub counts: BTreeMap<String, u64>,
+}
+
+/// The running node that leads in the highest term, as published.
+fn leader(ctx: &Ctx) -> Option<u64> {
+    ctx.statuses()
+        .iter()
+        .filter(|(_, s)| s.running && s.state == "leader")
+        .max_by_key(|(_, s)| s.term)
+        .map(|(id, _)| *id)
 }
 
 fn pairs(a: &[u64], b: &[u64]) -> Vec<(String, String)> {
@@ -201,6 +241,7 @@ impl Injector {
             pending: plan,
             active: Vec::new(),
             crashed: BTreeSet::new(),
+            healing: false,
             counts: BTreeMap::new(),
         }
     }
@@ -227,6 +268,7 @@ impl Injector {
 
     /// Ends every fault: links repaired and released, loss off, crashed nodes restarted.
     pub fn heal(&mut self, sim: &mut Sim<'_>, ctx: &Ctx, now: Duration) {
+        self.healing = true;
         for (_, fault, who) in std::mem::take(&mut self.active) {
             self.end(sim, ctx, &fault, &who, now);
         }
@@ -257,14 +299,13 @@ impl Injector {
         let ids = ctx.ids();
         let who = match fault {
             Fault::Partition(minority) => minority.clone(),
-            Fault::IsolateLeader => {
-                let st = ctx.statuses();
-                let leader = st
-                    .iter()
-                    .filter(|(_, s)| s.running && s.state == "leader")
-                    .max_by_key(|(_, s)| s.term)
-                    .map(|(id, _)| *id)?;
-                vec![leader]
+            Fault::IsolateLeader => vec![leader(ctx)?],
+            Fault::CrashLeader => {
+                let l = leader(ctx)?;
+                if self.crashed.contains(&l) {
+                    return None;
+                }
+                vec![l]
             }
             Fault::Loss => Vec::new(),
             Fault::Hold(n) => vec![*n],
@@ -295,7 +336,7 @@ impl Injector {
                     sim.hold(a.as_str(), b.as_str());
                 }
             }
-            Fault::Crash(_) => {
+            Fault::Crash(_) | Fault::CrashLeader => {
                 if who.is_empty() {
                     return None;
                 }
@@ -334,7 +375,7 @@ impl Injector {
                     sim.release(a.as_str(), b.as_str());
                 }
             }
-            Fault::Crash(_) => {
+            Fault::Crash(_) | Fault::CrashLeader => {
                 for n in who {
                     if self.crashed.remove(n) {
                         sim.bounce(host_name(*n));
@@ -343,5 +384,15 @@ impl Injector {
             }
         }
         ctx.trace_at(now, format!("fault end: {} {who:?}", fault.kind()));
+        if *fault == Fault::CrashLeader && !self.healing && !who.is_empty() {
+            // Restarted, it rejoins late: a partition that ends on its own.
+            for (a, b) in pairs(who, &rest) {
+                sim.partition(a.as_str(), b.as_str());
+            }
+            let until = now + ctx.cfg.faults.rejoin_late;
+            self.active
+                .push((until, Fault::Partition(who.to_vec()), who.to_vec()));
+            ctx.trace_at(now, format!("fault start: rejoin late {who:?}"));
+        }
     }
 }

@@ -130,6 +130,8 @@ pub struct SimReport {
     pub nodes: usize,
     /// Catalog clients.
     pub clients: usize,
+    /// The configuration run.
+    pub config: SimConfig,
     /// Client operations by kind and outcome.
     pub ops: BTreeMap<String, Outcomes>,
     /// Client operations in all.
@@ -146,7 +148,8 @@ pub struct SimReport {
     pub linearizability: CheckStats,
     /// Acknowledged writes found on every node.
     pub acked_writes_checked: usize,
-    /// Simulated time from the heal to convergence.
+    /// Simulated time from the heal to convergence (the moment the group had stayed converged
+    /// for 600 ms).
     pub converged_after_ms: u64,
     /// The bound on that.
     pub converge_limit_ms: u64,
@@ -267,6 +270,24 @@ fn check_config(cfg: &SimConfig) -> Result<(), FailureKind> {
     Ok(())
 }
 
+/// How long the group must stay converged (more than a heartbeat, so that a commit index on
+/// its way to a follower is seen).
+const SETTLE: Duration = Duration::from_millis(600);
+
+/// Each node's last log index and applied index, from its disk.
+fn disk_indexes(ctx: &Ctx) -> BTreeMap<u64, (Option<u64>, Option<u64>)> {
+    ctx.disks
+        .iter()
+        .map(|(id, d)| {
+            let d = storage::lock(d);
+            (
+                *id,
+                (d.last_log_index(), d.state().applied.map(|l| l.index)),
+            )
+        })
+        .collect()
+}
+
 fn drive(ctx: &Arc<Ctx>) -> Result<SimReport, FailureKind> {
     let cfg = &ctx.cfg;
     check_config(cfg)?;
@@ -289,6 +310,8 @@ fn drive(ctx: &Arc<Ctx>) -> Result<SimReport, FailureKind> {
     let mut injector = faults::Injector::new(faults::plan(ctx.seed, cfg));
     let sim_err = |e: Box<dyn std::error::Error>| FailureKind::Simulator(e.to_string());
     let mut healed = false;
+    // The index last seen converged, and since when: convergence must hold for `SETTLE`.
+    let mut stable: Option<(u64, Duration)> = None;
     let (converged_at, last_index) = loop {
         let t = sim.elapsed();
         if t < heal_at {
@@ -302,8 +325,18 @@ fn drive(ctx: &Arc<Ctx>) -> Result<SimReport, FailureKind> {
             return Err(FailureKind::Setup(e));
         }
         if healed && clients_done {
-            if let Some(i) = verify::converged(&ctx.statuses()) {
-                break (sim.elapsed(), i);
+            let now = sim.elapsed();
+            match (
+                verify::converged(&ctx.statuses(), &disk_indexes(ctx)),
+                stable,
+            ) {
+                (Some(i), Some((j, since))) if i == j => {
+                    if now >= since + SETTLE {
+                        break (now, i);
+                    }
+                }
+                (Some(i), _) => stable = Some((i, now)),
+                (None, _) => stable = None,
             }
         }
         if sim.elapsed() > limit {
@@ -321,7 +354,14 @@ fn drive(ctx: &Arc<Ctx>) -> Result<SimReport, FailureKind> {
     for (id, s) in &states {
         acked += verify::acked_present(&history, *id, s).map_err(FailureKind::LostWrite)?;
     }
-    verify::same_state(&states).map_err(FailureKind::Diverged)?;
+    verify::same_state(&states).map_err(|e| {
+        let disks: Vec<String> = ctx
+            .disks
+            .values()
+            .map(|d| storage::lock(d).summary())
+            .collect();
+        FailureKind::Diverged(format!("{e}\n  {}", disks.join("\n  ")))
+    })?;
     let Some(state) = states.values().next() else {
         return Err(FailureKind::Config("no nodes".into()));
     };
@@ -342,6 +382,7 @@ fn drive(ctx: &Arc<Ctx>) -> Result<SimReport, FailureKind> {
         seed: ctx.seed,
         nodes: cfg.nodes,
         clients: cfg.clients,
+        config: cfg.clone(),
         ops_total: ops.values().map(|o| o.ok + o.refused + o.unknown).sum(),
         ops,
         faults: injector.counts.clone(),

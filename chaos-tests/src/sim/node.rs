@@ -13,7 +13,7 @@ use mirage_cluster_config::Layout;
 use mirage_node::catalog::apply::decode;
 use mirage_node::catalog::{Named, Version};
 use mirage_node::keys::catalog as keys;
-use mirage_node::raft::node::{ForwardAnswer, Forwarded};
+use mirage_node::raft::node::{raft_config, ForwardAnswer, Forwarded, Tuning};
 use mirage_node::raft::{Proposal, Proposals};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
@@ -86,17 +86,14 @@ async fn run(ctx: Arc<Ctx>, id: u64) -> turmoil::Result {
         .cloned()
         .ok_or_else(|| format!("no disk for node {id}"))?;
     lock(&disk).restart()?;
+    // The real node's configuration, with the simulation's timing.
     let cfg = &ctx.cfg;
-    let config = openraft::Config {
-        cluster_name: "mirage-catalog-sim".into(),
-        heartbeat_interval: cfg.heartbeat.as_millis() as u64,
-        election_timeout_min: cfg.election.0.as_millis() as u64,
-        election_timeout_max: cfg.election.1.as_millis() as u64,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every.max(1)),
-        max_in_snapshot_log_to_keep: cfg.snapshot_every / 4,
-        ..Default::default()
+    let tuning = Tuning {
+        heartbeat: cfg.heartbeat,
+        election: cfg.election,
+        snapshot_every: Some(cfg.snapshot_every),
     };
-    let config = Arc::new(config.validate()?);
+    let config = Arc::new(raft_config(&tuning).validate()?);
     let raft = SimRaft::new(
         id,
         config,

@@ -142,6 +142,24 @@ impl Disk {
             .or(self.purged.map(|l| l.index))
     }
 
+    /// One line about the disk: vote, log range, committed index, applied index, snapshot.
+    pub fn summary(&self) -> String {
+        let idx = |l: &Option<LogId>| l.map(|l| format!("{}-{}", l.leader_id, l.index));
+        format!(
+            "n{}: vote {:?}, log {:?}..={:?} (purged {:?}), committed {:?} (synced {:?}), \
+             applied {:?}, snapshot {:?}",
+            self.node,
+            self.vote.map(|v| v.to_string()),
+            self.log.keys().next(),
+            self.log.keys().next_back(),
+            idx(&self.purged),
+            idx(&self.committed),
+            idx(&self.committed_synced),
+            idx(&self.sm.applied),
+            self.snapshot.as_ref().map(|(m, _)| idx(&m.last_log_id)),
+        )
+    }
+
     fn sync(&mut self) {
         self.committed_synced = self.committed;
     }

@@ -15,23 +15,27 @@ use super::node::{layout_version, name_view};
 use super::storage::{MemView, SmState};
 use crate::check::linear::{CatOp, CatRet, Event, NameView};
 
-/// Whether the group has converged: every node runs and follows the same leader in the same
-/// term, and has applied exactly the leader's last log index. Returns that index.
-pub fn converged(st: &BTreeMap<u64, NodeStatus>) -> Option<u64> {
+/// Whether the group has converged, as of this instant: every node runs and follows the same
+/// leader in the same term (as they last published it), and every node's disk holds the same
+/// last log index and has applied exactly it. Returns that index. (`disks`: each node's last
+/// log index and applied index, read now.)
+pub fn converged(
+    st: &BTreeMap<u64, NodeStatus>,
+    disks: &BTreeMap<u64, (Option<u64>, Option<u64>)>,
+) -> Option<u64> {
     let (lid, l) = st
         .iter()
         .filter(|(_, s)| s.running && s.state == "leader")
         .max_by_key(|(_, s)| s.term)?;
-    let last = l.last_log?;
-    st.values()
-        .all(|s| {
-            s.running
-                && s.leader == Some(*lid)
-                && s.term == l.term
-                && s.last_log == Some(last)
-                && s.applied == Some(last)
-        })
-        .then_some(last)
+    let agreed = st
+        .values()
+        .all(|s| s.running && s.leader == Some(*lid) && s.term == l.term);
+    let (last, _) = disks.get(lid)?;
+    let last = (*last)?;
+    let caught_up = disks
+        .values()
+        .all(|(log, applied)| *log == Some(last) && *applied == Some(last));
+    (agreed && caught_up).then_some(last)
 }
 
 /// Compares every node's state machine with the first one's; names the first difference.

@@ -63,6 +63,31 @@ impl Default for Tuning {
     }
 }
 
+/// The openraft configuration of the catalog group (not yet validated).
+///
+/// A leader that restarts must be elected again before it serves anything
+/// (`enable_leader_restore` off): neither the state machine's writes nor the committed index
+/// are synced (the Raft log is), so after a power loss a restarted leader may hold a state
+/// machine and a committed index older than what it acknowledged. Restored as leader without
+/// an election, it would answer read-index requests with that stale committed index, and
+/// linearizable reads would miss acknowledged writes; elected again, it first commits an entry
+/// of its new term, which the read index then covers.
+pub fn raft_config(tuning: &Tuning) -> openraft::Config {
+    openraft::Config {
+        cluster_name: "mirage-catalog".into(),
+        heartbeat_interval: tuning.heartbeat.as_millis() as u64,
+        election_timeout_min: tuning.election.0.as_millis() as u64,
+        election_timeout_max: tuning.election.1.as_millis() as u64,
+        snapshot_policy: match tuning.snapshot_every {
+            Some(n) => openraft::SnapshotPolicy::LogsSinceLast(n.max(1)),
+            None => openraft::SnapshotPolicy::Never,
+        },
+        max_in_snapshot_log_to_keep: tuning.snapshot_every.unwrap_or(1000).min(1000),
+        enable_leader_restore: Some(false),
+        ..Default::default()
+    }
+}
+
 /// An operation that only the leader performs; followers forward it
 /// (`POST /v1/raft/forward`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -200,19 +225,7 @@ impl CatalogNode {
         let log = RocksLogStore::open(&dir.join("log")).map_err(raft_err)?;
         let appended = log.appended_bytes();
         let sm = CatalogStateMachine::new(store, &dir.join("snapshots")).map_err(raft_err)?;
-        let config = openraft::Config {
-            cluster_name: "mirage-catalog".into(),
-            heartbeat_interval: tuning.heartbeat.as_millis() as u64,
-            election_timeout_min: tuning.election.0.as_millis() as u64,
-            election_timeout_max: tuning.election.1.as_millis() as u64,
-            snapshot_policy: match tuning.snapshot_every {
-                Some(n) => openraft::SnapshotPolicy::LogsSinceLast(n.max(1)),
-                None => openraft::SnapshotPolicy::Never,
-            },
-            max_in_snapshot_log_to_keep: tuning.snapshot_every.unwrap_or(1000).min(1000),
-            ..Default::default()
-        };
-        let config = Arc::new(config.validate().map_err(raft_err)?);
+        let config = Arc::new(raft_config(&tuning).validate().map_err(raft_err)?);
         let raft = CatalogRaft::new(id, config, Network::new(secret), log, sm)
             .await
             .map_err(raft_err)?;
