@@ -308,5 +308,8 @@ fn a_mirror_follows_twenty_versions_and_a_delete_across_restarts() {
         .iter()
         .map(|p| p["versions_added"].as_u64().unwrap())
         .sum();
-    assert_eq!(added, 21);
+    // A pass whose report was lost (the mirror killed right after the destination committed,
+    // or a destination killed after committing but before answering) added versions it never
+    // reported; none is ever added twice (the chains are equal above).
+    assert!((1..=21).contains(&added), "{added} versions reported added");
 }
