@@ -180,16 +180,6 @@ fn stale_reads_are_caught() {
     assert!(caught, "no seed caught a stale read");
 }
 
-fn ev(client: usize, op: CatOp, ret: CatRet, call: u64, done: u64) -> Event {
-    Event {
-        client,
-        op,
-        ret,
-        call,
-        done,
-    }
-}
-
 fn checkin(image: &str) -> CatOp {
     CatOp::Checkin {
         name: "img-0".into(),
@@ -204,8 +194,8 @@ fn broken_histories_are_caught() {
         name: "img-0".into(),
     };
     let h = vec![
-        ev(0, checkin("x"), CatRet::Version(1), 0, 10),
-        ev(1, read.clone(), CatRet::Named(None), 20, 30),
+        Event::new(0, checkin("x"), CatRet::Version(1), 0, 10),
+        Event::new(1, read.clone(), CatRet::Named(None), 20, 30),
     ];
     assert!(linear::check(&h).is_err());
     // The same checkin applied twice (a retry not recognised).
@@ -216,12 +206,12 @@ fn broken_histories_are_caught() {
         writers: BTreeSet::new(),
     };
     let h = vec![
-        ev(0, checkin("x"), CatRet::Version(1), 0, 10),
-        ev(1, read, CatRet::Named(Some(view)), 20, 30),
+        Event::new(0, checkin("x"), CatRet::Version(1), 0, 10),
+        Event::new(1, read, CatRet::Named(Some(view)), 20, 30),
     ];
     assert!(linear::check(&h).is_err());
     // An acknowledged checkin missing from a node's final state.
-    let h = vec![ev(0, checkin("x"), CatRet::Version(1), 0, 10)];
+    let h = vec![Event::new(0, checkin("x"), CatRet::Version(1), 0, 10)];
     let err = verify::acked_present(&h, 3, &SmState::default()).unwrap_err();
     assert!(err.starts_with("n3 lost an acknowledged write"), "{err}");
 }

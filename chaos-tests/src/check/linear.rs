@@ -30,6 +30,19 @@ pub struct Event {
     pub done: u64,
 }
 
+impl Event {
+    /// An operation of `client`, invoked at `call` and completed at `done`.
+    pub fn new(client: usize, op: CatOp, ret: CatRet, call: u64, done: u64) -> Event {
+        Event {
+            client,
+            op,
+            ret,
+            call,
+            done,
+        }
+    }
+}
+
 /// What a successful check covered.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckStats {
@@ -295,15 +308,6 @@ fn search(name: &str, ops: &[&Event], budget: u64) -> Result<u64, Violation> {
 mod tests {
     use super::*;
 
-    fn ev(client: usize, op: CatOp, ret: CatRet, call: u64, done: u64) -> Event {
-        Event {
-            client,
-            op,
-            ret,
-            call,
-            done,
-        }
-    }
     fn ck(image: &str) -> CatOp {
         CatOp::Checkin {
             name: "a".into(),
@@ -324,9 +328,9 @@ mod tests {
     #[test]
     fn concurrent_checkins_may_be_ordered_either_way() {
         let h = vec![
-            ev(0, ck("x"), CatRet::Version(2), 0, 10),
-            ev(1, ck("y"), CatRet::Version(1), 1, 9),
-            ev(2, read(), view(&["y", "x"], 2), 11, 12),
+            Event::new(0, ck("x"), CatRet::Version(2), 0, 10),
+            Event::new(1, ck("y"), CatRet::Version(1), 1, 9),
+            Event::new(2, read(), view(&["y", "x"], 2), 11, 12),
         ];
         let s = check(&h).unwrap();
         assert_eq!((s.names, s.ops), (1, 3));
@@ -335,10 +339,10 @@ mod tests {
     #[test]
     fn a_stale_read_is_caught() {
         let h = vec![
-            ev(0, ck("x"), CatRet::Version(1), 0, 1),
-            ev(0, ck("y"), CatRet::Version(2), 2, 3),
+            Event::new(0, ck("x"), CatRet::Version(1), 0, 1),
+            Event::new(0, ck("y"), CatRet::Version(2), 2, 3),
             // Invoked after the second checkin completed, yet shows only the first.
-            ev(1, read(), view(&["x"], 1), 4, 5),
+            Event::new(1, read(), view(&["x"], 1), 4, 5),
         ];
         let e = check(&h).unwrap_err();
         assert!(
@@ -350,8 +354,8 @@ mod tests {
     #[test]
     fn a_lost_acknowledged_write_is_caught() {
         let h = vec![
-            ev(0, ck("x"), CatRet::Version(1), 0, 1),
-            ev(1, read(), CatRet::Named(None), 2, 3),
+            Event::new(0, ck("x"), CatRet::Version(1), 0, 1),
+            Event::new(1, read(), CatRet::Named(None), 2, 3),
         ];
         assert!(check(&h).is_err());
     }
@@ -360,8 +364,8 @@ mod tests {
     fn a_write_applied_twice_is_caught() {
         // One checkin, answered once, but the name shows it twice (a retry applied again).
         let h = vec![
-            ev(0, ck("x"), CatRet::Version(1), 0, 1),
-            ev(1, read(), view(&["x", "x"], 2), 2, 3),
+            Event::new(0, ck("x"), CatRet::Version(1), 0, 1),
+            Event::new(1, read(), view(&["x", "x"], 2), 2, 3),
         ];
         assert!(check(&h).is_err());
     }
@@ -369,24 +373,24 @@ mod tests {
     #[test]
     fn an_unanswered_write_may_have_happened_or_not() {
         let took = vec![
-            ev(0, ck("x"), CatRet::Version(1), 0, 1),
-            ev(0, ck("y"), CatRet::Unknown, 2, u64::MAX),
-            ev(1, read(), view(&["x", "y"], 2), 5, 6),
+            Event::new(0, ck("x"), CatRet::Version(1), 0, 1),
+            Event::new(0, ck("y"), CatRet::Unknown, 2, u64::MAX),
+            Event::new(1, read(), view(&["x", "y"], 2), 5, 6),
         ];
         check(&took).unwrap();
         let did_not = vec![
-            ev(0, ck("x"), CatRet::Version(1), 0, 1),
-            ev(0, ck("y"), CatRet::Unknown, 2, u64::MAX),
-            ev(1, read(), view(&["x"], 1), 5, 6),
-            ev(1, read(), view(&["x", "y"], 2), 7, 8),
+            Event::new(0, ck("x"), CatRet::Version(1), 0, 1),
+            Event::new(0, ck("y"), CatRet::Unknown, 2, u64::MAX),
+            Event::new(1, read(), view(&["x"], 1), 5, 6),
+            Event::new(1, read(), view(&["x", "y"], 2), 7, 8),
         ];
         check(&did_not).unwrap();
         // But once seen, it cannot disappear again.
         let flicker = vec![
-            ev(0, ck("x"), CatRet::Version(1), 0, 1),
-            ev(0, ck("y"), CatRet::Unknown, 2, u64::MAX),
-            ev(1, read(), view(&["x", "y"], 2), 5, 6),
-            ev(1, read(), view(&["x"], 1), 7, 8),
+            Event::new(0, ck("x"), CatRet::Version(1), 0, 1),
+            Event::new(0, ck("y"), CatRet::Unknown, 2, u64::MAX),
+            Event::new(1, read(), view(&["x", "y"], 2), 5, 6),
+            Event::new(1, read(), view(&["x"], 1), 7, 8),
         ];
         assert!(check(&flicker).is_err());
     }
@@ -408,10 +412,10 @@ mod tests {
             version: 1,
         };
         let h = vec![
-            ev(0, ck("x"), CatRet::Version(1), 0, 1),
-            ev(1, ck("x"), CatRet::Unknown, 0, u64::MAX),
-            ev(2, ck("y"), CatRet::Unknown, 0, u64::MAX),
-            ev(3, del, CatRet::Unknown, 0, u64::MAX),
+            Event::new(0, ck("x"), CatRet::Version(1), 0, 1),
+            Event::new(1, ck("x"), CatRet::Unknown, 0, u64::MAX),
+            Event::new(2, ck("y"), CatRet::Unknown, 0, u64::MAX),
+            Event::new(3, del, CatRet::Unknown, 0, u64::MAX),
         ];
         // Only one x at the end (the acknowledged one), no y, version 1 not deleted.
         let mut e = h.clone();
@@ -431,9 +435,9 @@ mod tests {
             image: "z".into(),
         };
         let h = vec![
-            ev(0, ck("x"), CatRet::Version(1), 0, 1),
-            ev(1, other, CatRet::Version(1), 0, 1),
-            ev(2, read(), view(&["x"], 1), 2, 3),
+            Event::new(0, ck("x"), CatRet::Version(1), 0, 1),
+            Event::new(1, other, CatRet::Version(1), 0, 1),
+            Event::new(2, read(), view(&["x"], 1), 2, 3),
         ];
         assert_eq!(check(&h).unwrap().names, 2);
     }
@@ -450,14 +454,20 @@ mod tests {
                 let img = format!("i{round}-{c}");
                 images.push(img.clone());
                 let n = (base + c + 1) as u32;
-                h.push(ev(c, ck(&img), CatRet::Version(n), t, t + 10));
+                h.push(Event::new(c, ck(&img), CatRet::Version(n), t, t + 10));
             }
             for c in 4..8 {
-                h.push(ev(c, read(), CatRet::Unknown, t, u64::MAX));
+                h.push(Event::new(c, read(), CatRet::Unknown, t, u64::MAX));
             }
             t += 11;
             let all: Vec<&str> = images.iter().map(String::as_str).collect();
-            h.push(ev(8, read(), view(&all, all.len() as u32), t, t + 1));
+            h.push(Event::new(
+                8,
+                read(),
+                view(&all, all.len() as u32),
+                t,
+                t + 1,
+            ));
             t += 2;
         }
         let s = check(&h).unwrap();
