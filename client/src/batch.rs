@@ -9,7 +9,7 @@ use mirage_node::{PendingPut, Store, StoreError};
 
 const BATCH_BYTES: usize = 8 << 20;
 const BATCH_ITEMS: usize = 1024;
-const IN_FLIGHT: usize = 3;
+const IN_FLIGHT: usize = 4;
 
 /// Items sent, items new to the store, and encoded bytes of the new ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -23,6 +23,8 @@ pub struct CheckinBenchOptions {
     pub threads: usize,
     /// After the last run, compact its store at this zstd level and report the size (0: no).
     pub compact_level: i32,
+    /// How the store compresses during checkin.
+    pub codec: mirage_node::Codec,
 }
 
 fn allocated(p: &Path) -> Result<u64> {
@@ -74,6 +76,7 @@ pub fn bench_checkin(
                 &dir,
                 StoreOptions {
                     create: true,
+                    codec: o.codec,
                     ..StoreOptions::default()
                 },
             )?;
@@ -128,7 +131,7 @@ pub fn bench_checkin(
     let summary = serde_json::json!({
         "images": o.images, "store_bytes": stored, "allocated_image_bytes": alloc_total,
         "store_vs_allocated": stored as f64 / alloc_total.max(1) as f64,
-        "compact_level": o.compact_level,
+        "compact_level": o.compact_level, "codec": o.codec.to_string(),
         "compacted_store_bytes": compacted.map(|c| c.0),
         "compact_seconds": compacted.map(|c| c.1),
     });

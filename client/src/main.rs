@@ -208,6 +208,9 @@ struct ImageBenchArgs {
     /// (0: skip).
     #[arg(long, default_value_t = 19)]
     compact_level: i32,
+    /// checkin only: how the store compresses what it writes: none, lz4, zstd or zstd:LEVEL.
+    #[arg(long, default_value_t = StoreOptions::default().codec)]
+    codec: mirage_node::Codec,
 }
 
 impl ImageBenchArgs {
@@ -218,6 +221,7 @@ impl ImageBenchArgs {
             runs: self.runs.max(1),
             threads: self.threads,
             compact_level: self.compact_level,
+            codec: self.codec,
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::io::Read;
 
 use crate::digest::{Algorithm, Digest, DigestError};
-use crate::item::{blob_digest, encode_blob, Item};
+use crate::item::{blob_digest, encode_blob, Item, BLOB_HEADER};
 use crate::manifest::{ChunkList, Extent};
 
 /// Smallest chunk.
@@ -70,6 +70,25 @@ impl EncodedItem {
         })
     }
 
+    /// The blob holding the next `size` bytes of `reader`, read straight into its encoding
+    /// (no second copy); an error if the reader ends first.
+    pub fn read_blob(alg: Algorithm, reader: impl Read, size: u64) -> std::io::Result<Self> {
+        let want = usize::try_from(size).map_err(std::io::Error::other)?;
+        let mut bytes = Vec::with_capacity(BLOB_HEADER.len() + want);
+        bytes.extend_from_slice(&BLOB_HEADER);
+        reader.take(size).read_to_end(&mut bytes)?;
+        let got = bytes.len() - BLOB_HEADER.len();
+        if got != want {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("content shorter than its size: {got} of {size} bytes"),
+            ));
+        }
+        // A blob's digest is the hash of its encoding (`blob_digest`).
+        let digest = Digest::of(alg, &bytes).map_err(std::io::Error::other)?;
+        Ok(EncodedItem { digest, bytes })
+    }
+
     /// A blob, hashed once.
     pub fn blob(alg: Algorithm, data: &[u8]) -> Result<Self, DigestError> {
         Ok(EncodedItem {
@@ -79,42 +98,89 @@ impl EncodedItem {
     }
 }
 
+/// Bytes of the window [`chunk_stream`] reads ahead into (a few chunks).
+const WINDOW: usize = 4 * CHUNK_MAX;
+
+thread_local! {
+    /// [`chunk_stream`]'s window, kept between calls (taken out while in use).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Cuts `reader` into content-defined chunks starting at logical offset `base`. Each non-zero
 /// chunk goes to `sink` as a Blob; all-zero chunks are skipped (they become holes). Returns the
 /// extents in order and the number of bytes read.
 pub fn chunk_stream<R: Read, E: std::error::Error + 'static>(
-    reader: R,
+    mut reader: R,
     base: u64,
     alg: Algorithm,
     mut sink: impl FnMut(EncodedItem) -> Result<(), E>,
 ) -> Result<(Vec<Extent>, u64), ChunkError<E>> {
+    use fastcdc::v2020::{cut, select_masks, Normalization};
+    // The same cut points as `fastcdc::v2020::StreamCDC` (the cut of a window of at least
+    // CHUNK_MAX bytes, or of what is left at the end), without its two copies per chunk: the
+    // window slides over a buffer several chunks long that is refilled only when less than
+    // CHUNK_MAX bytes remain, and each chunk is copied once, into its encoding.
+    let (mask_s, mask_l) = select_masks(CHUNK_AVG, Normalization::Level1);
+    let mut buf = SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    buf.resize(WINDOW, 0);
     let mut extents = Vec::new();
     let mut total = 0u64;
-    for chunk in fastcdc::v2020::StreamCDC::new(reader, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
-        let chunk = chunk.map_err(|e| match e {
-            fastcdc::v2020::Error::IoError(io) => ChunkError::Io(io),
-            other => ChunkError::Io(std::io::Error::other(other.to_string())),
-        })?;
-        let len = chunk.length as u64;
-        total += len;
-        if chunk.data.iter().all(|b| *b == 0) {
+    let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+    let result: Result<(), ChunkError<E>> = 'chunks: loop {
+        if end - start < CHUNK_MAX && !eof {
+            buf.copy_within(start..end, 0);
+            (start, end) = (0, end - start);
+            while end < buf.len() && !eof {
+                match reader.read(&mut buf[end..]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => end += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break 'chunks Err(ChunkError::Io(e)),
+                }
+            }
+        }
+        if start == end {
+            break Ok(());
+        }
+        let window = &buf[start..end];
+        let (_, n) = cut(
+            window,
+            CHUNK_MIN,
+            CHUNK_AVG,
+            CHUNK_MAX,
+            mask_s,
+            mask_l,
+            mask_s << 1,
+            mask_l << 1,
+        );
+        let data = &window[..n.clamp(1, window.len())];
+        let offset = base + total;
+        total += data.len() as u64;
+        start += data.len();
+        if data.iter().all(|b| *b == 0) {
             continue;
         }
-        let item = EncodedItem::blob(alg, &chunk.data)?;
+        let item = match EncodedItem::blob(alg, data) {
+            Ok(i) => i,
+            Err(e) => break Err(e.into()),
+        };
         extents.push(Extent {
-            offset: base + chunk.offset,
-            len,
+            offset,
+            len: data.len() as u64,
             digest: item.digest,
         });
-        sink(item).map_err(ChunkError::Sink)?;
-    }
-    Ok((extents, total))
+        if let Err(e) = sink(item) {
+            break Err(ChunkError::Sink(e));
+        }
+    };
+    SCRATCH.with(|b| *b.borrow_mut() = buf);
+    result.map(|()| (extents, total))
 }
 
 /// Stores the content of a file of `size` bytes read from `reader`: `None` when empty, a Blob
 /// when small, otherwise a ChunkList (whose chunks go to `sink` first, then the list itself).
 pub fn store_content<R: Read, E: std::error::Error + 'static>(
-    mut reader: R,
+    reader: R,
     size: u64,
     alg: Algorithm,
     mut sink: impl FnMut(EncodedItem) -> Result<(), E>,
@@ -123,18 +189,7 @@ pub fn store_content<R: Read, E: std::error::Error + 'static>(
         return Ok(None);
     }
     if size <= INLINE_MAX {
-        let mut data = Vec::with_capacity(size as usize);
-        (&mut reader).take(size).read_to_end(&mut data)?;
-        if data.len() as u64 != size {
-            return Err(ChunkError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!(
-                    "content shorter than its size: {} of {size} bytes",
-                    data.len()
-                ),
-            )));
-        }
-        let item = EncodedItem::blob(alg, &data)?;
+        let item = EncodedItem::read_blob(alg, reader, size)?;
         let d = item.digest;
         sink(item).map_err(ChunkError::Sink)?;
         return Ok(Some(d));
@@ -201,6 +256,54 @@ mod tests {
     }
 
     const GOLDEN_BOUNDARIES: [u64; 4] = [325_267, 961_221, 1_453_140, 2_314_116];
+
+    /// Hands out at most `step` bytes per read, cycling through a few sizes.
+    struct Dribble<'a> {
+        data: &'a [u8],
+        steps: &'a [usize],
+        k: usize,
+    }
+
+    impl Read for Dribble<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let step = self.steps[self.k % self.steps.len()];
+            self.k += 1;
+            let n = step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// The window over a reused buffer cuts exactly where fastcdc's own `StreamCDC` does,
+        /// whatever the read sizes, with zero runs and at every length around the limits.
+        #[test]
+        fn cuts_match_fastcdc_stream(
+            len in 0usize..(6 << 20),
+            seed in 1u64..u64::MAX,
+            zeros in 0usize..(3 << 20),
+            steps in proptest::collection::vec(1usize..(3 << 20), 1..4),
+        ) {
+            let mut data = pseudo_random(len, seed);
+            let z = zeros.min(data.len());
+            data[..z].fill(0);
+            let want: Vec<(u64, u64)> =
+                fastcdc::v2020::StreamCDC::new(&data[..], CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
+                    .map(|c| c.unwrap())
+                    .filter(|c| c.data.iter().any(|b| *b != 0))
+                    .map(|c| (c.offset, c.length as u64))
+                    .collect();
+            let r = Dribble { data: &data, steps: &steps, k: 0 };
+            let (got, read) =
+                chunk_stream::<_, std::convert::Infallible>(r, 0, Algorithm::Sha256, |_| Ok(()))
+                    .unwrap();
+            let got: Vec<(u64, u64)> = got.iter().map(|e| (e.offset, e.len)).collect();
+            proptest::prop_assert_eq!(read, len as u64);
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn zero_chunks_are_holes_and_sizes_round_trip() {

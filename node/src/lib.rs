@@ -14,6 +14,6 @@ pub mod shard;
 pub mod store;
 
 pub use store::{
-    CompactOptions, CompactReport, PartitionSummary, PendingPut, PutOutcome, ReadOptions,
+    Codec, CompactOptions, CompactReport, PartitionSummary, PendingPut, PutOutcome, ReadOptions,
     ReadStats, Stats, Store, StoreError, StoreOptions, VerifyReport,
 };

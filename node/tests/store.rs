@@ -16,35 +16,54 @@ fn volume_path(dir: &std::path::Path, id: u32) -> std::path::PathBuf {
 }
 
 #[test]
-fn items_round_trip_and_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let alg = Algorithm::Sha256;
-    let blobs: Vec<_> = (0..40).map(|i| blob(alg, i)).collect();
-    let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());
-    {
-        let s = open(dir.path());
-        let mut batch: Vec<Vec<u8>> = blobs.iter().map(|b| b.bytes().to_vec()).collect();
-        batch.push(tree.bytes().to_vec());
-        let out = s.put_many(batch).unwrap();
-        assert!(out.iter().all(|o| o.new));
-        assert_eq!(out.last().unwrap().digest, tree.digest());
-        // Storing again stores nothing.
-        assert!(s.put(tree.bytes().to_vec()).map(|o| !o.new).unwrap());
+fn items_round_trip_and_survive_reopen_with_every_codec() {
+    use mirage_node::Codec;
+    for codec in [Codec::None, Codec::Lz4, Codec::Zstd(1), Codec::Zstd(-3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let alg = Algorithm::Sha256;
+        let mut blobs: Vec<_> = (0..40).map(|i| blob(alg, i)).collect();
+        // Text that every codec compresses (the others are noise LZ4 cannot shrink).
+        let text = b"mirage stores disk images as files. ".repeat(20_000);
+        blobs.push(mirage_format::chunking::EncodedItem::blob(alg, &text).unwrap());
+        let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());
+        let opts = StoreOptions {
+            codec,
+            ..StoreOptions::default()
+        };
+        {
+            let s = open_with(dir.path(), opts.clone());
+            let mut batch: Vec<Vec<u8>> = blobs.iter().map(|b| b.bytes().to_vec()).collect();
+            batch.push(tree.bytes().to_vec());
+            let out = s.put_many(batch).unwrap();
+            assert!(out.iter().all(|o| o.new));
+            assert_eq!(out.last().unwrap().digest, tree.digest());
+            // Storing again stores nothing.
+            assert!(s.put(tree.bytes().to_vec()).map(|o| !o.new).unwrap());
+        }
+        // Reopened with another codec: records say how they were written.
+        let s = open_with(
+            dir.path(),
+            StoreOptions {
+                codec: Codec::None,
+                ..opts
+            },
+        );
+        for b in &blobs {
+            assert_eq!(read_ok(&s, &b.digest()), b.bytes(), "{codec}");
+        }
+        assert_eq!(read_ok(&s, &tree.digest()), tree.bytes());
+        let st = s.stats().unwrap();
+        assert_eq!(st.items, 42);
+        let compressed = codec != Codec::None;
+        assert_eq!(
+            st.stored_bytes < st.logical_bytes,
+            compressed,
+            "{codec}: {st:?}"
+        );
+        let report = s.verify(|_| {}).unwrap();
+        assert!(report.damaged.is_empty(), "{:?}", report.damaged);
+        assert_eq!(report.items_ok, 42);
     }
-    let s = open(dir.path());
-    for b in &blobs {
-        assert_eq!(read_ok(&s, &b.digest()), b.bytes());
-    }
-    assert_eq!(read_ok(&s, &tree.digest()), tree.bytes());
-    let st = s.stats().unwrap();
-    assert_eq!(st.items, 41);
-    assert!(
-        st.stored_bytes < st.logical_bytes,
-        "compression never paid: {st:?}"
-    );
-    let report = s.verify(|_| {}).unwrap();
-    assert!(report.damaged.is_empty(), "{:?}", report.damaged);
-    assert_eq!(report.items_ok, 41);
 }
 
 #[test]
@@ -470,7 +489,7 @@ fn compaction_recompresses_drops_old_volumes_and_keeps_tables_and_bytes() {
     let opts = StoreOptions {
         create: true,
         max_volume_size: 512 << 10,
-        zstd_level: 0,
+        codec: mirage_node::Codec::None,
         ..StoreOptions::default()
     };
     let s = open_with(dir.path(), opts.clone());
@@ -550,7 +569,7 @@ fn counts_follow_writes_rotations_and_compaction() {
         StoreOptions {
             create: true,
             max_volume_size: 512 << 10,
-            zstd_level: 0,
+            codec: mirage_node::Codec::None,
             ..StoreOptions::default()
         },
     );

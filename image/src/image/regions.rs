@@ -198,14 +198,12 @@ pub fn store_region<E: std::error::Error + 'static>(
 ) -> Result<EncodedItem, RegionError<E>> {
     let mut chunks: Vec<Extent> = Vec::new();
     for (s, e) in segments(src, start, end)? {
-        let reader = std::io::BufReader::with_capacity(
-            1 << 20,
-            SourceReader {
-                src,
-                pos: s,
-                end: e,
-            },
-        );
+        // Unbuffered: the chunker reads ahead in windows of several chunks.
+        let reader = SourceReader {
+            src,
+            pos: s,
+            end: e,
+        };
         let (mut ext, _) =
             chunk_stream(reader, s - start, alg, &mut sink).map_err(RegionError::Chunk)?;
         chunks.append(&mut ext);

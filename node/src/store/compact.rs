@@ -16,7 +16,7 @@ use std::sync::mpsc;
 
 use mirage_format::Digest;
 
-use super::location::{Location, LocationTable};
+use super::location::{Codec, Location, LocationTable};
 use super::record::{RecordHeader, VOLUME_HEADER_LEN};
 use super::recover::{open_record, Scanned, Scanner};
 use super::volume::sync_dir;
@@ -149,7 +149,12 @@ impl Store {
                             .iter()
                             .map(|(h, rec)| match open_record(h, rec) {
                                 Ok(bytes) => {
-                                    Some(Prepared::relocated(h.digest, h.kind, bytes, opts.level))
+                                    Some(Prepared::relocated(
+                                        h.digest,
+                                        h.kind,
+                                        bytes,
+                                        Codec::Zstd(opts.level),
+                                    ))
                                 }
                                 Err(why) => {
                                     tracing::error!(item = %h.digest, %why, "damaged record kept in place");

@@ -12,6 +12,7 @@ mod partition;
 mod read;
 pub mod record;
 mod recover;
+mod sync;
 mod tables;
 mod verify;
 mod volume;
@@ -23,7 +24,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 pub use compact::{CompactOptions, CompactReport};
-pub use location::{Compression, Location, LocationTable};
+pub use location::{Codec, Compression, Location, LocationTable};
 use mirage_format::{Algorithm, DecodeError, Digest, DigestError};
 pub use partition::PartitionSummary;
 pub use read::{ReadOptions, ReadStats};
@@ -134,8 +135,8 @@ pub struct StoreOptions {
     pub create: bool,
     /// A volume is sealed and a new one started beyond this size.
     pub max_volume_size: u64,
-    /// zstd level for payloads (0 disables compression; negative levels are zstd's fast modes).
-    pub zstd_level: i32,
+    /// How payloads are compressed as they are written.
+    pub codec: Codec,
     /// Most bytes one group commit appends.
     pub max_group_bytes: usize,
     /// Index checkpoint after this many appended bytes.
@@ -152,7 +153,7 @@ impl Default for StoreOptions {
             algorithm: None,
             create: false,
             max_volume_size: 1 << 30,
-            zstd_level: 1,
+            codec: Codec::Lz4,
             max_group_bytes: 32 << 20,
             checkpoint_bytes: 256 << 20,
             shard: false,

@@ -96,10 +96,10 @@ impl Store {
     /// index at it. The bytes are validated and hashed here; the answer is their digest.
     pub fn replace(&self, encoded: Vec<u8>) -> Result<Digest, StoreError> {
         let (d, kind, _) = check_item(self.algorithm(), 0, &encoded, None)?;
-        let level = self.shared().opts.zstd_level;
+        let codec = self.shared().opts.codec;
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Msg::Relocate(
-            vec![Prepared::relocated(d, kind, encoded, level)],
+            vec![Prepared::relocated(d, kind, encoded, codec)],
             tx,
         ))?;
         rx.recv().map_err(|_| StoreError::Closed)??;

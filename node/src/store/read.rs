@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use mirage_format::Digest;
 
-use super::location::{Compression, Location};
+use super::location::Location;
 use super::record::{check_crc, parse_header};
 use super::{Store, StoreError};
 use crate::index::Index;
@@ -220,17 +220,8 @@ impl Store {
         }
         check_crc(rec).map_err(|f| integrity(d, loc, f.to_string()))?;
         let payload = &rec[super::record::HEADER_LEN..];
-        let bytes = match h.compression {
-            Compression::None => payload.to_vec(),
-            Compression::Zstd => {
-                let out = super::record::zstd_decompress(payload, h.raw_len as usize)
-                    .map_err(|e| integrity(d, loc, format!("zstd: {e}")))?;
-                if out.len() != h.raw_len as usize {
-                    return Err(integrity(d, loc, "decompressed length differs".into()));
-                }
-                out
-            }
-        };
+        let bytes = super::record::decompress(h.compression, payload, h.raw_len as usize)
+            .map_err(|why| integrity(d, loc, why))?;
         if bytes.first() != Some(&h.kind.code()) {
             return Err(integrity(
                 d,

@@ -214,6 +214,7 @@ mod tests {
 }
 
 thread_local! {
+    static LZ4_OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
     static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
@@ -232,6 +233,45 @@ pub(crate) fn zstd_decompress(payload: &[u8], raw_len: usize) -> std::io::Result
             Some(d) => d.decompress(payload, raw_len),
             None => Err(std::io::Error::other("no zstd context")),
         }
+    })
+}
+
+/// The encoded item a record's payload holds: decompressed as its header says, and exactly
+/// `raw_len` bytes long.
+pub(crate) fn decompress(
+    compression: Compression,
+    payload: &[u8],
+    raw_len: usize,
+) -> Result<Vec<u8>, String> {
+    let out = match compression {
+        Compression::None => payload.to_vec(),
+        Compression::Zstd => zstd_decompress(payload, raw_len).map_err(|e| format!("zstd: {e}"))?,
+        Compression::Lz4 => {
+            let mut out = vec![0u8; raw_len];
+            let n = lz4_flex::block::decompress_into(payload, &mut out)
+                .map_err(|e| format!("lz4: {e}"))?;
+            out.truncate(n);
+            out
+        }
+    };
+    if out.len() != raw_len {
+        return Err("decompressed length differs from the header".into());
+    }
+    Ok(out)
+}
+
+/// LZ4 block compression (`None` if it fails, which a worst-case buffer rules out). The
+/// output goes through a per-thread buffer sized for the worst case, so that only the
+/// compressed bytes are allocated for each call.
+pub(crate) fn lz4_compress(bytes: &[u8]) -> Option<Vec<u8>> {
+    LZ4_OUT.with(|cell| {
+        let mut out = cell.borrow_mut();
+        let bound = lz4_flex::block::get_maximum_output_size(bytes.len());
+        if out.len() < bound {
+            out.resize(bound, 0);
+        }
+        let n = lz4_flex::block::compress_into(bytes, &mut out[..]).ok()?;
+        Some(out[..n].to_vec())
     })
 }
 

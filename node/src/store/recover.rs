@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 
 use mirage_format::{Digest, Item};
 
-use super::location::{Compression, Location};
+use super::location::Location;
 use super::record::{
     check_crc, parse_header, parse_volume_header, RecordFault, RecordHeader, HEADER_LEN,
     VOLUME_HEADER_LEN,
@@ -155,14 +155,7 @@ impl Scanner {
 /// Decompresses and checks a CRC-valid record: the encoded item, or why it is damaged.
 pub(crate) fn open_record(header: &RecordHeader, rec: &[u8]) -> Result<Vec<u8>, String> {
     let payload = &rec[HEADER_LEN..];
-    let bytes = match header.compression {
-        Compression::None => payload.to_vec(),
-        Compression::Zstd => super::record::zstd_decompress(payload, header.raw_len as usize)
-            .map_err(|e| format!("zstd: {e}"))?,
-    };
-    if bytes.len() != header.raw_len as usize {
-        return Err("length differs from the header".into());
-    }
+    let bytes = super::record::decompress(header.compression, payload, header.raw_len as usize)?;
     if bytes.first() != Some(&header.kind.code()) {
         return Err("item kind differs from the header".into());
     }
@@ -387,7 +380,8 @@ fn index_closed(
         for (d, refs) in chunk {
             b.items.push((*d, accepted[d]));
             if !refs.is_empty() {
-                b.tables.push((*d, build_table(sh, &accepted, refs)));
+                b.tables
+                    .push((*d, build_table(sh, &|d| accepted.get(d).copied(), refs)));
             }
         }
         sh.index.write(b, false)?;

@@ -104,9 +104,11 @@ impl Volumes {
 #[derive(Debug)]
 pub(crate) struct ActiveVolume {
     pub(crate) id: u32,
-    pub(crate) file: File,
+    /// Shared with the syncer, which makes what the committer appended durable.
+    pub(crate) file: Arc<File>,
     pub(crate) path: PathBuf,
-    /// Bytes durably written (the next record starts here).
+    /// Bytes written (the next record starts here); durable once the syncer says so, except
+    /// while a group is pipelined (`store::sync`).
     pub(crate) len: u64,
 }
 
@@ -120,7 +122,7 @@ impl ActiveVolume {
             .map_err(io_err("open for append", &path))?;
         Ok(ActiveVolume {
             id,
-            file,
+            file: Arc::new(file),
             path,
             len,
         })
@@ -142,7 +144,7 @@ impl ActiveVolume {
         vols.forget(id);
         Ok(ActiveVolume {
             id,
-            file,
+            file: Arc::new(file),
             path,
             len: VOLUME_HEADER_LEN,
         })
@@ -151,6 +153,15 @@ impl ActiveVolume {
     /// Appends `buf` at the end and makes it durable. On failure the file is cut back to its
     /// previous length where possible, and the error is returned.
     pub(crate) fn append_durable(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        self.write(buf, true)
+    }
+
+    /// Appends `buf` at the end without waiting for the disk (the syncer makes it durable).
+    pub(crate) fn append(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        self.write(buf, false)
+    }
+
+    fn write(&mut self, buf: &[u8], durable: bool) -> Result<(), StoreError> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -159,6 +170,9 @@ impl ActiveVolume {
             .write_all_at(buf, self.len)
             .map_err(io_err("append to", &self.path))
             .and_then(|()| {
+                if !durable {
+                    return Ok(());
+                }
                 self.file
                     .sync_data()
                     .map_err(io_err("fdatasync", &self.path))

@@ -9,8 +9,9 @@ use mirage_format::chunking::EncodedItem;
 use mirage_format::item::peek;
 use mirage_format::{Digest, Item, ItemKind};
 
-use super::location::{Compression, Location, LocationTable};
+use super::location::{Codec, Compression, Location, LocationTable};
 use super::record::{append_record, HEADER_LEN, VOLUME_HEADER_LEN};
+use super::sync::{Appended, Pipe, SyncMsg, Unsynced};
 use super::volume::ActiveVolume;
 use super::{Shared, Store, StoreError};
 use crate::index::{Index, IndexBatch};
@@ -66,10 +67,10 @@ impl Prepared {
         header_digest: Digest,
         kind: ItemKind,
         encoded: Vec<u8>,
-        level: i32,
+        codec: Codec,
     ) -> Self {
         let raw_len = encoded.len() as u32;
-        let (compression, payload) = compress(encoded, level);
+        let (compression, payload) = compress(encoded, codec);
         Prepared {
             digest: header_digest,
             kind,
@@ -81,7 +82,7 @@ impl Prepared {
     }
 }
 
-type Reply = mpsc::SyncSender<Result<Vec<bool>, StoreError>>;
+pub(crate) type Reply = mpsc::SyncSender<Result<Vec<bool>, StoreError>>;
 
 /// Messages to the committer.
 #[derive(Debug)]
@@ -151,6 +152,7 @@ impl Store {
         let present = sh.index.get_many(&digests)?;
         let mut prepared = Vec::new();
         let mut slots = Vec::new();
+        let codec = sh.opts.codec;
         for (i, (((bytes, d), (kind, refs)), here)) in encoded
             .into_iter()
             .zip(&digests)
@@ -163,7 +165,7 @@ impl Store {
             }
             slots.push(i);
             let raw_len = bytes.len() as u32;
-            let (compression, payload) = compress(bytes, sh.opts.zstd_level);
+            let (compression, payload) = compress(bytes, codec);
             prepared.push(Prepared {
                 digest: *d,
                 kind,
@@ -191,19 +193,47 @@ impl Store {
     }
 }
 
-pub(crate) fn compress(bytes: Vec<u8>, level: i32) -> (Compression, Vec<u8>) {
-    if level == 0 || bytes.len() < 128 {
+pub(crate) fn compress(bytes: Vec<u8>, codec: Codec) -> (Compression, Vec<u8>) {
+    if bytes.len() < 128 {
         return (Compression::None, bytes);
     }
-    match super::record::zstd_compress(&bytes, level) {
+    let (compression, packed) = match codec {
+        Codec::None => return (Compression::None, bytes),
+        Codec::Lz4 => (Compression::Lz4, super::record::lz4_compress(&bytes)),
+        Codec::Zstd(level) => (
+            Compression::Zstd,
+            super::record::zstd_compress(&bytes, level).ok(),
+        ),
+    };
+    match packed {
         // Keep the compressed form only when it saves at least an eighth.
-        Ok(c) if c.len() + bytes.len() / 8 <= bytes.len() => (Compression::Zstd, c),
+        Some(c) if c.len() + bytes.len() / 8 <= bytes.len() => (compression, c),
         _ => (Compression::None, bytes),
     }
 }
 
-/// The committer thread.
-pub(crate) fn committer(sh: Arc<Shared>, rx: mpsc::Receiver<Msg>, mut active: ActiveVolume) {
+/// The committer thread; it runs the syncer (`store::sync`) beside it.
+pub(crate) fn committer(sh: Arc<Shared>, rx: mpsc::Receiver<Msg>, active: ActiveVolume) {
+    let unsynced = Unsynced::default();
+    let (stx, srx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name("mirage-syncer".into())
+            .spawn_scoped(s, || super::sync::syncer(&sh, srx, &unsynced));
+        if let Err(e) = spawned {
+            fail(&sh, &StoreError::Closed);
+            tracing::error!(error = %e, "cannot start the syncer thread");
+        }
+        let pipe = Pipe {
+            tx: stx,
+            unsynced: &unsynced,
+        };
+        commit_loop(&sh, &rx, active, &pipe);
+        // Dropping the pipe ends the syncer; the scope joins it.
+    });
+}
+
+fn commit_loop(sh: &Shared, rx: &mpsc::Receiver<Msg>, mut active: ActiveVolume, pipe: &Pipe) {
     let mut since_checkpoint = 0u64;
     let mut pending: Option<Msg> = None;
     loop {
@@ -211,40 +241,47 @@ pub(crate) fn committer(sh: Arc<Shared>, rx: mpsc::Receiver<Msg>, mut active: Ac
             Some(m) => m,
             None => match rx.recv() {
                 Ok(m) => m,
-                Err(_) => return,
+                Err(_) => {
+                    pipe.barrier();
+                    return;
+                }
             },
         };
         match first {
             Msg::Shutdown(done) => {
-                if let Err(e) = checkpoint(&sh, &active) {
+                pipe.barrier();
+                if let Err(e) = checkpoint(sh, &active) {
                     tracing::error!(error = %e, "final checkpoint failed");
                 }
                 let _ = done.send(());
                 return;
             }
             Msg::Checkpoint(reply) => {
-                let r = checkpoint(&sh, &active);
+                pipe.barrier();
+                let r = checkpoint(sh, &active);
                 if r.is_ok() {
                     since_checkpoint = 0;
                 }
                 let _ = reply.send(r);
             }
             Msg::Seal(reply) => {
+                pipe.barrier();
                 let r = if active.len > VOLUME_HEADER_LEN {
-                    rotate(&sh, &mut active)
+                    rotate(sh, &mut active)
                 } else {
                     Ok(())
                 };
                 if let Err(e) = &r {
-                    fail(&sh, e);
+                    fail(sh, e);
                 }
                 let _ = reply.send(r.map(|()| active.id));
             }
             Msg::Relocate(items, reply) => {
-                let r = relocate(&sh, &mut active, items);
+                pipe.barrier();
+                let r = relocate(sh, &mut active, items);
                 match &r {
                     Ok(n) => since_checkpoint += n,
-                    Err(e) => fail(&sh, e),
+                    Err(e) => fail(sh, e),
                 }
                 let _ = reply.send(r.map(|_| ()));
             }
@@ -264,10 +301,11 @@ pub(crate) fn committer(sh: Arc<Shared>, rx: mpsc::Receiver<Msg>, mut active: Ac
                         Err(_) => break,
                     }
                 }
-                let appended = commit_group(&sh, &mut active, group);
+                let appended = commit_group(sh, &mut active, group, pipe);
                 since_checkpoint += appended;
                 if since_checkpoint >= sh.opts.checkpoint_bytes {
-                    match checkpoint(&sh, &active) {
+                    pipe.barrier();
+                    match checkpoint(sh, &active) {
                         Ok(()) => since_checkpoint = 0,
                         Err(e) => tracing::warn!(error = %e, "index checkpoint failed; will retry"),
                     }
@@ -297,10 +335,16 @@ fn checkpoint(sh: &Shared, active: &ActiveVolume) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Appends one group; returns bytes appended. Every request gets its answer: `Ok` only when
-/// every byte of the group is durable and indexed. A request never straddles two volumes, so a
-/// crash can never leave half of a request (a parent without its references) durable.
-fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared>, Reply)>) -> u64 {
+/// Appends one group and hands it to the syncer; returns bytes appended. Every request gets
+/// its answer: `Ok` only when every byte of the group is durable and indexed. A request never
+/// straddles two volumes, so a crash can never leave half of a request (a parent without its
+/// references) durable.
+fn commit_group(
+    sh: &Shared,
+    active: &mut ActiveVolume,
+    group: Vec<(Vec<Prepared>, Reply)>,
+    pipe: &Pipe,
+) -> u64 {
     // Sized once: growing it would copy every record again.
     let mut buf: Vec<u8> = Vec::with_capacity(
         group
@@ -319,17 +363,19 @@ fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared
             answers.push((reply, Ok(Vec::new())));
             continue;
         }
-        if let Err(e) = admit(sh, &new_locs, &items) {
+        if let Err(e) = admit(sh, &new_locs, pipe, &items) {
             answers.push((reply, Err(e)));
             continue;
         }
-        // Dedup against the index and this group; duplicates inside the request count once.
+        // Dedup against the index, the pipeline and this group; duplicates inside the request
+        // count once.
         let mut fresh = Vec::with_capacity(items.len());
         let mut flags = Vec::with_capacity(items.len());
         let mut seen = HashSet::new();
         for p in items {
             let known = new_locs.contains_key(&p.digest)
                 || !seen.insert(p.digest)
+                || pipe.get(&p.digest).is_some()
                 || matches!(sh.index.get(&p.digest), Ok(Some(_)));
             flags.push(!known);
             if !known {
@@ -342,8 +388,10 @@ fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared
             .sum();
         let used = active.len + buf.len() as u64;
         if used > VOLUME_HEADER_LEN && used + req_bytes > sh.opts.max_volume_size {
-            // Seal the volume between requests: make what is buffered durable, index it (before
-            // the checkpoint that says the sealed volume is fully indexed), then start the next.
+            // Seal the volume between requests: once the syncer has settled what it holds,
+            // make what is buffered durable, index it (before the checkpoint that says the
+            // sealed volume is fully indexed), then start the next.
+            pipe.barrier();
             let sealed = IndexBatch {
                 items: std::mem::take(&mut batch.items),
                 ..Default::default()
@@ -382,29 +430,49 @@ fn commit_group(sh: &Shared, active: &mut ActiveVolume, group: Vec<(Vec<Prepared
         }
         answers.push((reply, Ok(flags)));
     }
-    if let Err(e) = flush(sh, active, &mut buf, &mut appended) {
-        fail(sh, &e);
+    if sh.failed.lock().is_none() && !buf.is_empty() {
+        match active.append(&buf) {
+            Ok(()) => appended += buf.len() as u64,
+            Err(e) => fail(sh, &e),
+        }
     }
     if sh.failed.lock().is_none() {
         for (parent, refs) in with_refs {
-            let table = build_table(sh, &new_locs, &refs);
+            let table = build_table(
+                sh,
+                &|d| new_locs.get(d).copied().or_else(|| pipe.get(d)),
+                &refs,
+            );
             batch.tables.push((parent, table));
         }
-        if let Err(e) = write_new_items(sh, batch) {
-            // The bytes are durable and recovery re-indexes them; this process cannot serve them.
-            fail(sh, &e);
-        }
-    }
-    // Nothing of a failed group is acknowledged.
-    let failed = sh.failed.lock().clone();
-    for (reply, ans) in answers {
-        let ans = match (&failed, ans) {
-            (Some(why), Ok(_)) => Err(StoreError::WritesDisabled(why.clone())),
-            (_, a) => a,
+        pipe.unsynced.lock().extend(new_locs);
+        let group = Appended {
+            file: active.file.clone(),
+            path: active.path.clone(),
+            batch,
+            answers,
         };
-        let _ = reply.send(ans);
+        if let Err(mpsc::SendError(SyncMsg::Group(g))) = pipe.tx.send(SyncMsg::Group(group)) {
+            // No syncer: nothing can be made durable.
+            fail(sh, &StoreError::Closed);
+            answers_failed(sh, g.answers);
+        }
+    } else {
+        answers_failed(sh, answers);
     }
     appended
+}
+
+/// Answers the requests of a group that failed: errors for all of them.
+fn answers_failed(sh: &Shared, answers: Vec<(Reply, Result<Vec<bool>, StoreError>)>) {
+    let why = sh
+        .failed
+        .lock()
+        .clone()
+        .unwrap_or_else(|| "storage failure".into());
+    for (reply, ans) in answers {
+        let _ = reply.send(ans.and(Err(StoreError::WritesDisabled(why.clone()))));
+    }
 }
 
 /// Appends copies of items the store holds and points the index at them (compaction). The
@@ -507,7 +575,7 @@ pub(crate) fn check_item(
 
 /// Indexes items that are new to the store, keeping [`Shared::counts`] in step (under its
 /// lock, so a first count's scan sees either none or all of them).
-fn write_new_items(sh: &Shared, batch: IndexBatch) -> Result<(), StoreError> {
+pub(crate) fn write_new_items(sh: &Shared, batch: IndexBatch) -> Result<(), StoreError> {
     let items = batch.items.len() as u64;
     let bytes: u64 = batch.items.iter().map(|(_, l)| l.record_len()).sum();
     let mut counts = sh.counts.lock();
@@ -528,6 +596,7 @@ fn write_new_items(sh: &Shared, batch: IndexBatch) -> Result<(), StoreError> {
 fn admit(
     sh: &Shared,
     new_locs: &HashMap<Digest, Location>,
+    pipe: &Pipe,
     items: &[Prepared],
 ) -> Result<(), StoreError> {
     if sh.opts.shard {
@@ -538,7 +607,7 @@ fn admit(
         let unknown: Vec<Digest> = p
             .refs
             .iter()
-            .filter(|r| !in_req.contains(r) && !new_locs.contains_key(r))
+            .filter(|r| !in_req.contains(r) && !new_locs.contains_key(r) && pipe.get(r).is_none())
             .copied()
             .collect();
         if unknown.is_empty() {
@@ -561,14 +630,16 @@ fn admit(
     Ok(())
 }
 
+/// The location table of a parent with references `refs`: each found in `known` (items not
+/// yet indexed) or else in the index.
 pub(crate) fn build_table(
     sh: &Shared,
-    new_locs: &HashMap<Digest, Location>,
+    known: &dyn Fn(&Digest) -> Option<Location>,
     refs: &[Digest],
 ) -> LocationTable {
     let lookups: Vec<Digest> = refs
         .iter()
-        .filter(|r| !new_locs.contains_key(r))
+        .filter(|r| known(r).is_none())
         .copied()
         .collect();
     let mut found: HashMap<Digest, Location> = HashMap::new();
@@ -582,7 +653,7 @@ pub(crate) fn build_table(
     LocationTable {
         entries: refs
             .iter()
-            .filter_map(|r| new_locs.get(r).or_else(|| found.get(r)).map(|l| (*r, *l)))
+            .filter_map(|r| known(r).or_else(|| found.get(r).copied()).map(|l| (*r, l)))
             .collect(),
     }
 }
@@ -613,7 +684,7 @@ fn rotate(sh: &Shared, active: &mut ActiveVolume) -> Result<(), StoreError> {
 }
 
 /// A storage failure stops all writes: the node must not acknowledge anything it may lose.
-fn fail(sh: &Shared, e: &StoreError) {
+pub(crate) fn fail(sh: &Shared, e: &StoreError) {
     let mut f = sh.failed.lock();
     if f.is_none() {
         tracing::error!(error = %e, "storage failure: refusing all further writes");

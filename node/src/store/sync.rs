@@ -1,0 +1,138 @@
+//! The second stage of the write pipeline. The committer appends each group of requests to
+//! the active volume without waiting for the disk and hands it here; the syncer makes
+//! everything appended so far durable with one fdatasync, then indexes each group and answers
+//! its requests, in order. While one fdatasync runs the committer appends the next groups, so
+//! under load one fdatasync covers many groups, and the disk is written in long runs (on the
+//! project machine 400 MB synced 4 MB at a time took 1.97 s, 32 MB at a time 0.93 s).
+//!
+//! Nothing is answered before its bytes are durable and indexed. Items appended and not yet
+//! indexed are listed in [`Unsynced`], which the committer consults wherever it would ask the
+//! index (dedup, the closure check, location tables); an item leaves it only after the index
+//! holds it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+
+use mirage_format::Digest;
+
+use super::location::Location;
+use super::write::{fail, write_new_items, Reply};
+use super::{io_err, Shared, StoreError};
+use crate::index::IndexBatch;
+
+/// Items appended by the committer and not yet indexed by the syncer.
+pub(crate) type Unsynced = parking_lot::Mutex<HashMap<Digest, Location>>;
+
+/// A group appended to a volume, waiting to be made durable, indexed and answered.
+pub(crate) struct Appended {
+    pub(crate) file: Arc<File>,
+    pub(crate) path: PathBuf,
+    pub(crate) batch: IndexBatch,
+    pub(crate) answers: Vec<(Reply, Result<Vec<bool>, StoreError>)>,
+}
+
+/// Messages to the syncer.
+pub(crate) enum SyncMsg {
+    Group(Appended),
+    /// Answered once every group sent before it is indexed and answered.
+    Barrier(mpsc::SyncSender<()>),
+}
+
+/// The committer's handle on the syncer.
+pub(crate) struct Pipe<'a> {
+    pub(crate) tx: mpsc::Sender<SyncMsg>,
+    pub(crate) unsynced: &'a Unsynced,
+}
+
+impl Pipe<'_> {
+    /// Waits until every group sent so far is durable, indexed and answered.
+    pub(crate) fn barrier(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.tx.send(SyncMsg::Barrier(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    /// Where an item appended but not yet indexed lives.
+    pub(crate) fn get(&self, d: &Digest) -> Option<Location> {
+        self.unsynced.lock().get(d).copied()
+    }
+}
+
+/// The syncer thread: runs until the committer drops its sender.
+pub(crate) fn syncer(sh: &Shared, rx: mpsc::Receiver<SyncMsg>, unsynced: &Unsynced) {
+    let mut next: Option<SyncMsg> = None;
+    loop {
+        let first = match next.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+        };
+        let mut groups = Vec::new();
+        let mut barrier = None;
+        match first {
+            SyncMsg::Group(g) => groups.push(g),
+            SyncMsg::Barrier(b) => barrier = Some(b),
+        }
+        // Everything already appended goes into the same fdatasync; a barrier ends the run.
+        while barrier.is_none() {
+            match rx.try_recv() {
+                Ok(SyncMsg::Group(g)) => groups.push(g),
+                Ok(SyncMsg::Barrier(b)) => barrier = Some(b),
+                Err(_) => break,
+            }
+        }
+        if !groups.is_empty() {
+            settle(sh, groups, unsynced);
+        }
+        if let Some(b) = barrier {
+            let _ = b.send(());
+        }
+    }
+}
+
+/// Makes `groups` durable (one fdatasync per file), indexes them and answers them, in order.
+fn settle(sh: &Shared, groups: Vec<Appended>, unsynced: &Unsynced) {
+    let mut synced: Vec<&Arc<File>> = Vec::new();
+    for g in &groups {
+        if sh.failed.lock().is_some() {
+            break;
+        }
+        if synced.iter().any(|f| Arc::ptr_eq(f, &g.file)) {
+            continue;
+        }
+        match g.file.sync_data().map_err(io_err("fdatasync", &g.path)) {
+            Ok(()) => synced.push(&g.file),
+            Err(e) => fail(sh, &e),
+        }
+    }
+    for g in groups {
+        let digests: Vec<Digest> = g.batch.items.iter().map(|(d, _)| *d).collect();
+        if sh.failed.lock().is_none() {
+            if let Err(e) = write_new_items(sh, g.batch) {
+                // The bytes are durable and recovery re-indexes them; this process cannot
+                // serve them.
+                fail(sh, &e);
+            }
+        }
+        {
+            let mut u = unsynced.lock();
+            for d in &digests {
+                u.remove(d);
+            }
+        }
+        // Nothing of a failed group is acknowledged.
+        let failed = sh.failed.lock().clone();
+        for (reply, ans) in g.answers {
+            let ans = match (&failed, ans) {
+                (Some(why), Ok(_)) => Err(StoreError::WritesDisabled(why.clone())),
+                (_, a) => a,
+            };
+            let _ = reply.send(ans);
+        }
+    }
+}
