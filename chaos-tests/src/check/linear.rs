@@ -307,13 +307,8 @@ fn search(name: &str, ops: &[&Event], budget: u64) -> Result<u64, Violation> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::check::model::tests::ck;
 
-    fn ck(image: &str) -> CatOp {
-        CatOp::Checkin {
-            name: "a".into(),
-            image: image.into(),
-        }
-    }
     fn read() -> CatOp {
         CatOp::Read { name: "a".into() }
     }

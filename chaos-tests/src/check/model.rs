@@ -208,10 +208,12 @@ pub fn step(state: &mut State, op: &CatOp) -> CatRet {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ck(image: &str) -> CatOp {
+    /// A checkin of `image` as a new version of the name "a" (also the linearizability
+    /// checker's tests' operation).
+    pub(crate) fn ck(image: &str) -> CatOp {
         CatOp::Checkin {
             name: "a".into(),
             image: image.into(),

@@ -125,14 +125,19 @@ fn settle(sh: &Shared, groups: Vec<Appended>, unsynced: &Unsynced) {
                 u.remove(d);
             }
         }
-        // Nothing of a failed group is acknowledged.
-        let failed = sh.failed.lock().clone();
-        for (reply, ans) in g.answers {
-            let ans = match (&failed, ans) {
-                (Some(why), Ok(_)) => Err(StoreError::WritesDisabled(why.clone())),
-                (_, a) => a,
-            };
-            let _ = reply.send(ans);
-        }
+        answer(sh, g.answers);
+    }
+}
+
+/// Sends each request its answer; once the store has failed, nothing is acknowledged: an `Ok`
+/// becomes `WritesDisabled`.
+pub(crate) fn answer(sh: &Shared, answers: Vec<(Reply, Result<Vec<bool>, StoreError>)>) {
+    let failed = sh.failed.lock().clone();
+    for (reply, ans) in answers {
+        let ans = match (&failed, ans) {
+            (Some(why), Ok(_)) => Err(StoreError::WritesDisabled(why.clone())),
+            (_, a) => a,
+        };
+        let _ = reply.send(ans);
     }
 }

@@ -11,7 +11,7 @@ use mirage_format::{Digest, Item, ItemKind};
 
 use super::location::{Codec, Compression, Location, LocationTable};
 use super::record::{append_record, HEADER_LEN, VOLUME_HEADER_LEN};
-use super::sync::{Appended, Pipe, SyncMsg, Unsynced};
+use super::sync::{answer, Appended, Pipe, SyncMsg, Unsynced};
 use super::volume::ActiveVolume;
 use super::{Shared, Store, StoreError};
 use crate::index::{Index, IndexBatch};
@@ -455,24 +455,12 @@ fn commit_group(
         if let Err(mpsc::SendError(SyncMsg::Group(g))) = pipe.tx.send(SyncMsg::Group(group)) {
             // No syncer: nothing can be made durable.
             fail(sh, &StoreError::Closed);
-            answers_failed(sh, g.answers);
+            answer(sh, g.answers);
         }
     } else {
-        answers_failed(sh, answers);
+        answer(sh, answers);
     }
     appended
-}
-
-/// Answers the requests of a group that failed: errors for all of them.
-fn answers_failed(sh: &Shared, answers: Vec<(Reply, Result<Vec<bool>, StoreError>)>) {
-    let why = sh
-        .failed
-        .lock()
-        .clone()
-        .unwrap_or_else(|| "storage failure".into());
-    for (reply, ans) in answers {
-        let _ = reply.send(ans.and(Err(StoreError::WritesDisabled(why.clone()))));
-    }
 }
 
 /// Appends copies of items the store holds and points the index at them (compaction). The
@@ -637,23 +625,29 @@ pub(crate) fn build_table(
     known: &dyn Fn(&Digest) -> Option<Location>,
     refs: &[Digest],
 ) -> LocationTable {
-    let lookups: Vec<Digest> = refs
+    let mut entries: Vec<(Digest, Option<Location>)> =
+        refs.iter().map(|r| (*r, known(r))).collect();
+    let lookups: Vec<Digest> = entries
         .iter()
-        .filter(|r| known(r).is_none())
-        .copied()
+        .filter(|(_, l)| l.is_none())
+        .map(|(r, _)| *r)
         .collect();
-    let mut found: HashMap<Digest, Location> = HashMap::new();
     if let Ok(locs) = sh.index.get_many(&lookups) {
-        for (d, l) in lookups.into_iter().zip(locs) {
-            if let Some(l) = l {
-                found.insert(d, l);
+        let found: HashMap<Digest, Location> = lookups
+            .into_iter()
+            .zip(locs)
+            .filter_map(|(d, l)| Some((d, l?)))
+            .collect();
+        for (r, l) in &mut entries {
+            if l.is_none() {
+                *l = found.get(r).copied();
             }
         }
     }
     LocationTable {
-        entries: refs
-            .iter()
-            .filter_map(|r| known(r).or_else(|| found.get(r).copied()).map(|l| (*r, l)))
+        entries: entries
+            .into_iter()
+            .filter_map(|(r, l)| Some((r, l?)))
             .collect(),
     }
 }
