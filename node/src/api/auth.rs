@@ -39,9 +39,12 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .ok_or_else(unauthorized)?;
         let h = token_hash(token);
-        let lookup = |h: String| {
+        let lookup = |h: String| async move {
+            if let Some(found) = st.store.catalog().user_by_token_cached(&h) {
+                return Ok(found);
+            }
             let store = st.store.clone();
-            super::blocking(move || store.catalog().user_by_token(&h))
+            super::blocking(move || store.catalog().user_by_token(&h)).await
         };
         if let Some(u) = lookup(h.clone()).await?? {
             return Ok(Caller(u.name, h));

@@ -6,6 +6,7 @@
 //! caller learns nothing about a named image it may not read.
 
 pub mod apply;
+mod cache;
 mod import;
 mod layout;
 pub mod model;
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use mirage_format::Digest;
 
 pub use apply::{apply, can_read, can_write, Applied, Pairs, View};
+pub(crate) use cache::{StateCache, DEFAULT_CAP as STATE_CACHE_KEYS};
 pub use model::{
     DeltaRecord, ImageRecord, ImageState, Lease, LockInfo, Named, Time, User, Version,
 };
@@ -31,7 +33,11 @@ use crate::index::RocksIndex;
 use crate::keys::catalog as keys;
 use crate::store::Store;
 
-pub(crate) struct RocksView<'a>(&'a RocksIndex);
+/// The stored state, read through the state cache.
+pub(crate) struct RocksView<'a> {
+    index: &'a RocksIndex,
+    cache: &'a StateCache,
+}
 
 pub(crate) fn storage(e: impl std::fmt::Display) -> CatalogError {
     CatalogError::Storage(e.to_string())
@@ -39,15 +45,43 @@ pub(crate) fn storage(e: impl std::fmt::Display) -> CatalogError {
 
 impl View for RocksView<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError> {
-        self.0.catalog_get(key).map_err(storage)
+        match self.cache.lookup(key) {
+            Ok(v) => Ok(v),
+            Err(epoch) => {
+                let v = self.index.catalog_get(key).map_err(storage)?;
+                self.cache.fill(epoch, key, &v);
+                Ok(v)
+            }
+        }
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, CatalogError> {
-        self.0.catalog_scan(prefix, None).map_err(storage)
+        self.index.catalog_scan(prefix, None).map_err(storage)
     }
 
     fn scan_range(&self, prefix: &[u8], end: &[u8]) -> Result<Pairs, CatalogError> {
-        self.0.catalog_scan(prefix, Some(end)).map_err(storage)
+        self.index.catalog_scan(prefix, Some(end)).map_err(storage)
+    }
+}
+
+/// Writes a batch of catalog log entries and state writes (the caller holds the catalog
+/// lock), and brings the state cache up to date with it.
+pub(crate) fn commit(
+    sh: &crate::store::Shared,
+    log: &[(u64, Vec<u8>)],
+    writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    sync: bool,
+) -> Result<(), CatalogError> {
+    match sh.index.catalog_commit(log, writes, sync) {
+        Ok(()) => {
+            sh.catalog_cache.committed(writes);
+            Ok(())
+        }
+        Err(e) => {
+            // A failed synced write may still have reached the memtable: trust nothing cached.
+            sh.catalog_cache.clear();
+            Err(storage(e))
+        }
     }
 }
 
@@ -96,7 +130,11 @@ pub(crate) fn now() -> Time {
 
 impl Catalog<'_> {
     pub(crate) fn view(&self) -> RocksView<'_> {
-        RocksView(&self.store.shared().index)
+        let sh = self.store.shared();
+        RocksView {
+            index: &sh.index,
+            cache: &sh.catalog_cache,
+        }
     }
 
     /// Applies a command as `caller`; returns once it is durable.
@@ -124,9 +162,7 @@ impl Catalog<'_> {
             keys::APPLIED.to_vec(),
             Some(entry.index.to_be_bytes().to_vec()),
         );
-        sh.index
-            .catalog_commit(&[(entry.index, bytes)], &writes, true)
-            .map_err(storage)?;
+        commit(sh, &[(entry.index, bytes)], &writes, true)?;
         Ok(done.response)
     }
 
@@ -155,7 +191,9 @@ impl Catalog<'_> {
     ) -> Result<(), CatalogError> {
         let sh = self.store.shared();
         let _serial = sh.catalog_lock.lock();
-        sh.index.catalog_replace(state, log).map_err(storage)
+        let done = sh.index.catalog_replace(state, log).map_err(storage);
+        sh.catalog_cache.clear();
+        done
     }
 
     /// A value of the catalog's state (`m/` keys included).
@@ -201,6 +239,26 @@ impl Catalog<'_> {
             }
             None => Ok(None),
         }
+    }
+
+    /// [`Catalog::user_by_token`] answered from the state cache alone, without reading
+    /// RocksDB (so an async task may ask it): `None` when a record it needs is not cached.
+    pub fn user_by_token_cached(
+        &self,
+        sha256_hex: &str,
+    ) -> Option<Result<Option<User>, CatalogError>> {
+        let cache = &self.store.shared().catalog_cache;
+        let key = keys::token(sha256_hex);
+        let Some(v) = cache.lookup(&key).ok()? else {
+            return Some(Ok(None));
+        };
+        let name: String = match apply::decode(&key, &v) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        let ukey = keys::user(&name);
+        let u = cache.lookup(&ukey).ok()?;
+        Some(u.map(|v| apply::decode(&ukey, &v)).transpose())
     }
 
     /// Every user.

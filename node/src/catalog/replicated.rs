@@ -227,9 +227,7 @@ impl Catalog<'_> {
         let _serial = sh.catalog_lock.lock();
         let base = self.view();
         let out = apply_run(&base, run)?;
-        sh.index
-            .catalog_commit(&out.log, &out.writes, false)
-            .map_err(storage)?;
+        super::commit(sh, &out.log, &out.writes, false)?;
         Ok(out.answers)
     }
 }

@@ -173,6 +173,8 @@ pub(crate) struct Shared {
     pub(crate) closing: AtomicBool,
     /// Serialises catalog commands (one log, applied in order).
     pub(crate) catalog_lock: parking_lot::Mutex<()>,
+    /// The catalog's hot state keys (see `catalog::StateCache`).
+    pub(crate) catalog_cache: crate::catalog::StateCache,
     /// Items and stored bytes the index holds: counted by one scan when first asked for
     /// ([`Store::counts`]), then kept up to date by the committer under this lock; `None`
     /// until then, and again after a write the committer cannot account for.
@@ -276,6 +278,7 @@ impl Store {
             volumes,
             failed: parking_lot::Mutex::new(None),
             catalog_lock: parking_lot::Mutex::new(()),
+            catalog_cache: crate::catalog::StateCache::new(crate::catalog::STATE_CACHE_KEYS),
             closing: AtomicBool::new(false),
             counts: parking_lot::Mutex::new(None),
         });

@@ -7,6 +7,7 @@ mod watchdog;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,7 +91,8 @@ enum BenchCmd {
     Catalog(bench::Args),
 }
 
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM, after setting `stopping`.
+async fn shutdown_signal(stopping: Arc<AtomicBool>) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -107,6 +109,7 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+    stopping.store(true, Ordering::SeqCst);
     tracing::info!("shutting down");
 }
 
@@ -249,10 +252,12 @@ async fn serve(
             })
         }
     };
+    let stopping = Arc::new(AtomicBool::new(false));
     watchdog::spawn(
         st.clone(),
         store_dir.clone(),
         cluster.as_ref().map(|c| c.node.raft.clone()),
+        stopping.clone(),
     );
     say(&format!("listening on http://{addr}"));
     if let Some(note) = note {
@@ -262,7 +267,7 @@ async fn serve(
         listener,
         st.clone(),
         cluster.clone(),
-        shutdown_signal(),
+        shutdown_signal(stopping),
     ));
     if let (true, Some(c), Some(layout)) = (init, &cluster, layout) {
         init_group(&c.node, &store_dir, layout).await?;

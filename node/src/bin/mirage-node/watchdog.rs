@@ -7,6 +7,8 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mirage_node::raft::CatalogRaft;
@@ -22,16 +24,23 @@ fn room_needed(size: u64) -> u64 {
 /// How often the store and the Raft replica are looked at.
 const EVERY: Duration = Duration::from_secs(2);
 
-/// Watches `store` (in `dir`) and, on a cluster node, its catalog replica.
-pub fn spawn(store: Store, dir: PathBuf, raft: Option<CatalogRaft>) {
+/// Watches `store` (in `dir`) and, on a cluster node, its catalog replica, until `stopping`
+/// is set (a node shutting down stops its replica: that is no failure to restart from).
+pub fn spawn(store: Store, dir: PathBuf, raft: Option<CatalogRaft>, stopping: Arc<AtomicBool>) {
     tokio::spawn(async move {
         let mut said = None::<Instant>;
         loop {
             tokio::time::sleep(EVERY).await;
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
             let store_failed = !store.writable();
-            let raft_failed = raft
-                .as_ref()
-                .is_some_and(|r| r.metrics().borrow_watched().running_state.is_err());
+            let raft_failed = raft.as_ref().is_some_and(|r| {
+                matches!(
+                    r.metrics().borrow_watched().running_state,
+                    Err(ref f) if !matches!(f, openraft::errors::Fatal::Stopped)
+                )
+            });
             if !store_failed && !raft_failed {
                 continue;
             }
@@ -56,6 +65,9 @@ pub fn spawn(store: Store, dir: PathBuf, raft: Option<CatalogRaft>) {
                     said = Some(Instant::now());
                 }
                 continue;
+            }
+            if stopping.load(Ordering::SeqCst) {
+                return;
             }
             tracing::error!(
                 store_failed,
