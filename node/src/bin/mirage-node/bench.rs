@@ -55,6 +55,33 @@ pub struct Run {
     pub p99_ms: f64,
     /// Failed operations.
     pub errors: u64,
+    /// CPU time (user + system) the nodes spent per operation, µs.
+    pub node_cpu_us_per_op: f64,
+    /// CPU time the load generator spent per operation, µs.
+    pub client_cpu_us_per_op: f64,
+}
+
+/// CPU time (user + system) `pid` has used so far (`None`: its own process), in clock ticks;
+/// 0 if it cannot be read (the process is gone).
+fn cpu_ticks(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3, the state;
+    // utime and stime are fields 14 and 15.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+/// Clock ticks of the CPU counters in microseconds.
+fn tick_us() -> f64 {
+    1e6 / rustix::param::clock_ticks_per_second().max(1) as f64
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -72,7 +99,10 @@ async fn measure(
     urls: Arc<Vec<String>>,
     token: Arc<str>,
     new_names: bool,
+    pids: &[u32],
 ) -> Result<Run> {
+    let nodes_cpu = || pids.iter().map(|&p| cpu_ticks(Some(p))).sum::<u64>();
+    let (nodes_before, client_before) = (nodes_cpu(), cpu_ticks(None));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients.max(1))
         .build()?;
@@ -138,6 +168,9 @@ async fn measure(
         all.extend(l);
         errors += e;
     }
+    let per_op = |ticks: u64| ticks as f64 * tick_us() / all.len().max(1) as f64;
+    let node_cpu_us_per_op = per_op(nodes_cpu().saturating_sub(nodes_before));
+    let client_cpu_us_per_op = per_op(cpu_ticks(None).saturating_sub(client_before));
     all.sort_unstable();
     Ok(Run {
         op,
@@ -147,6 +180,8 @@ async fn measure(
         p50_ms: percentile(&all, 0.50),
         p99_ms: percentile(&all, 0.99),
         errors,
+        node_cpu_us_per_op,
+        client_cpu_us_per_op,
     })
 }
 
@@ -220,6 +255,7 @@ pub async fn run(args: Args) -> Result<()> {
         );
     }
     let urls = Arc::new(p.urls.clone());
+    let pids = p.pids();
     let token: Arc<str> = Arc::from(p.token.as_str());
     let mut runs = Vec::new();
     for &c in &args.clients {
@@ -231,12 +267,14 @@ pub async fn run(args: Args) -> Result<()> {
                 urls.clone(),
                 token.clone(),
                 args.workload == "names",
+                &pids,
             )
             .await?;
             if !args.json {
                 println!(
-                    "catalog {:<6} {:>3} clients: {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ops, {} errors)",
-                    r.op, r.clients, r.per_sec, r.p50_ms, r.p99_ms, r.ops, r.errors
+                    "catalog {:<6} {:>3} clients: {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ops, {} errors)  CPU/op: nodes {:.0} µs, clients {:.0} µs",
+                    r.op, r.clients, r.per_sec, r.p50_ms, r.p99_ms, r.ops, r.errors,
+                    r.node_cpu_us_per_op, r.client_cpu_us_per_op
                 );
             }
             runs.push(r);

@@ -128,6 +128,13 @@ pub struct Running {
     pub dir: PathBuf,
 }
 
+impl Running {
+    /// Process ids of the nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.0.iter().map(Child::id).collect()
+    }
+}
+
 /// Runs the playground.
 pub async fn run(args: Args) -> Result<()> {
     let p = start(&args).await?;
@@ -152,8 +159,9 @@ pub async fn run(args: Args) -> Result<()> {
         std::mem::forget(p.nodes);
         return Ok(());
     }
-    println!("Ctrl-C stops the cluster.");
-    let _ = tokio::signal::ctrl_c().await;
+    println!("Ctrl-C (or SIGTERM) stops the cluster.");
+    // SIGTERM too: a playground killed without stopping its nodes would leave them running.
+    crate::shutdown_signal(Default::default()).await;
     drop(p);
     Ok(())
 }
