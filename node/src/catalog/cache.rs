@@ -56,11 +56,12 @@ impl Generations {
 impl StateCache {
     /// An empty cache holding up to `cap` keys per generation.
     pub(crate) fn new(cap: usize) -> Self {
+        let cap = cap.max(1);
         StateCache {
             inner: Mutex::new(Generations {
                 epoch: 0,
-                cap: cap.max(1),
-                young: HashMap::with_capacity(cap.max(1)),
+                cap,
+                young: HashMap::with_capacity(cap),
                 old: HashMap::new(),
             }),
         }

@@ -85,6 +85,34 @@ pub(crate) fn commit(
     }
 }
 
+/// Why a lookup in the state cache alone gave no answer.
+enum NotCached {
+    /// A record it needs is not cached.
+    Yes,
+    /// A cached record did not decode.
+    Failed(CatalogError),
+}
+
+impl From<CatalogError> for NotCached {
+    fn from(e: CatalogError) -> Self {
+        NotCached::Failed(e)
+    }
+}
+
+/// The user a token hash belongs to (token record, then user record), read through `get`.
+fn token_user<E: From<CatalogError>>(
+    sha256_hex: &str,
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, E>,
+) -> Result<Option<User>, E> {
+    let key = keys::token(sha256_hex);
+    let Some(v) = get(&key)? else {
+        return Ok(None);
+    };
+    let name: String = apply::decode(&key, &v)?;
+    let ukey = keys::user(&name);
+    Ok(get(&ukey)?.map(|v| apply::decode(&ukey, &v)).transpose()?)
+}
+
 /// The whole catalog: state, log, and the values of the keys asked for.
 pub(crate) type Export = (Pairs, Vec<(u64, Vec<u8>)>, Vec<Option<Vec<u8>>>);
 
@@ -231,14 +259,8 @@ impl Catalog<'_> {
 
     /// The user whose bearer token hashes to `sha256_hex`.
     pub fn user_by_token(&self, sha256_hex: &str) -> Result<Option<User>, CatalogError> {
-        let key = keys::token(sha256_hex);
-        match self.view().get(&key)? {
-            Some(v) => {
-                let name: String = apply::decode(&key, &v)?;
-                self.user(&name)
-            }
-            None => Ok(None),
-        }
+        let view = self.view();
+        token_user(sha256_hex, |k| view.get(k))
     }
 
     /// [`Catalog::user_by_token`] answered from the state cache alone, without reading
@@ -248,17 +270,11 @@ impl Catalog<'_> {
         sha256_hex: &str,
     ) -> Option<Result<Option<User>, CatalogError>> {
         let cache = &self.store.shared().catalog_cache;
-        let key = keys::token(sha256_hex);
-        let Some(v) = cache.lookup(&key).ok()? else {
-            return Some(Ok(None));
-        };
-        let name: String = match apply::decode(&key, &v) {
-            Ok(n) => n,
-            Err(e) => return Some(Err(e)),
-        };
-        let ukey = keys::user(&name);
-        let u = cache.lookup(&ukey).ok()?;
-        Some(u.map(|v| apply::decode(&ukey, &v)).transpose())
+        match token_user(sha256_hex, |k| cache.lookup(k).map_err(|_| NotCached::Yes)) {
+            Ok(u) => Some(Ok(u)),
+            Err(NotCached::Yes) => None,
+            Err(NotCached::Failed(e)) => Some(Err(e)),
+        }
     }
 
     /// Every user.
