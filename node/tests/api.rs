@@ -289,3 +289,77 @@ async fn upload_children_then(
         .await
         .unwrap()
 }
+
+/// `POST /v1/catalog/commands` on a standalone node: each command answered in order, a
+/// refused one (with the single route's code) not stopping the next; new tokens made by the
+/// node; an empty or oversized batch refused as a whole with nothing applied.
+#[test]
+fn a_batch_of_commands_is_applied_in_order_and_answered_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let token = mirage_node::api::bootstrap_admin(&store).unwrap().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let base = serve(store).await;
+        let http = http_client(&token);
+        let url = format!("{base}/v1/catalog/commands");
+        let image = |b: &str| format!("sha256:{}", b.repeat(32));
+        let v = post_json(
+            &http,
+            url.clone(),
+            &serde_json::json!({"commands": [
+                {"op": "checkin", "name": "web", "image": image("b1"), "parent": null},
+                {"op": "checkin", "name": "bad:name", "image": image("b2"), "parent": null},
+                {"op": "checkin", "name": "web", "image": image("b3"), "parent": null},
+                {"op": "add_user", "name": "carol", "admin": false, "token_sha256": "f".repeat(64)},
+                {"op": "set_default", "name": "web", "version": 9},
+            ]}),
+        )
+        .await;
+        let a = v["answers"].as_array().unwrap();
+        assert_eq!(a.len(), 5, "{v}");
+        assert_eq!(a[0]["ok"]["version"].as_u64(), Some(1), "{v}");
+        assert_eq!(a[1]["error"]["code"].as_str(), Some("invalid"), "{v}");
+        assert_eq!(a[2]["ok"]["version"].as_u64(), Some(2), "{v}");
+        assert_eq!(a[4]["error"]["code"].as_str(), Some("no_such_version"), "{v}");
+        // The node made carol's token (the hash the client sent is ignored), and it works.
+        let carol = a[3]["ok"]["token"].as_str().unwrap().to_string();
+        let me = post_json(
+            &http_client(&carol),
+            format!("{base}/v1/catalog/query"),
+            &serde_json::json!({"q": "whoami"}),
+        )
+        .await;
+        assert_eq!(me["user"]["name"].as_str(), Some("carol"), "{me}");
+        let resolved = post_json(
+            &http,
+            format!("{base}/v1/catalog/query"),
+            &serde_json::json!({"q": "resolve", "reference": "web@2"}),
+        )
+        .await;
+        assert_eq!(resolved["resolved"]["image"].as_str(), Some(image("b3").as_str()));
+
+        // Empty and oversized batches: 400 bad_batch, nothing applied.
+        let too_many: Vec<_> = (0..=mirage_node::api::catalog::MAX_BATCH)
+            .map(|_| serde_json::json!({"op": "checkin", "name": "big", "image": image("b4"), "parent": null}))
+            .collect();
+        for commands in [Vec::new(), too_many] {
+            let r = http
+                .post(url.clone())
+                .json(&serde_json::json!({ "commands": commands }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400);
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"].as_str(), Some("bad_batch"), "{body}");
+        }
+        let big = post_json(
+            &http,
+            format!("{base}/v1/catalog/query"),
+            &serde_json::json!({"q": "resolve", "reference": "big"}),
+        )
+        .await;
+        assert_eq!(big["error"]["code"].as_str(), Some("not_found"), "{big}");
+    });
+}

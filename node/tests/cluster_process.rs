@@ -271,6 +271,41 @@ fn catalog_group_of_three_processes_survives_losing_its_leader() {
             "{v}"
         );
 
+        // Several commands in one request through the other follower: applied in order, each
+        // answered on its own (a refused one does not stop the next), visible on node 2 at once.
+        let (image2, image3) = (
+            format!("sha256:{}", "a2".repeat(32)),
+            format!("sha256:{}", "a3".repeat(32)),
+        );
+        let (s, v) = post(
+            &admin,
+            format!("{b3}/v1/catalog/commands"),
+            json!({"commands": [
+                {"op": "checkin", "name": "web", "image": image2, "parent": null},
+                {"op": "set_default", "name": "nope", "version": 1},
+                {"op": "checkin", "name": "web", "image": image3, "parent": null},
+            ]}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let a = &v["answers"];
+        assert_eq!(a[0]["ok"]["version"].as_u64(), Some(2), "{v}");
+        assert_eq!(a[1]["error"]["code"].as_str(), Some("not_found"), "{v}");
+        assert_eq!(a[2]["ok"]["version"].as_u64(), Some(3), "{v}");
+        for (reference, image) in [("web@2", &image2), ("web@3", &image3)] {
+            let (s, v) = post(
+                &admin,
+                format!("{b2}/v1/catalog/query"),
+                json!({"q": "resolve", "reference": reference}),
+            )
+            .await;
+            assert_eq!(
+                (s, v["resolved"]["image"].as_str()),
+                (200, Some(image.as_str())),
+                "{reference}: {v}"
+            );
+        }
+
         // Credentials: a new user's token works on another node at once; no or a wrong token
         // is 401; a user doing an admin's job is 403; node routes need the cluster secret.
         let bob = add_user(&admin, &b2, "bob").await;

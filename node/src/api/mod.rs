@@ -61,7 +61,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Every route, as `METHOD PATH` (checked against `docs/API.md` by a test).
-pub const ROUTES: [&str; 27] = [
+pub const ROUTES: [&str; 28] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -71,6 +71,7 @@ pub const ROUTES: [&str; 27] = [
     "POST /v1/items/locations",
     "POST /v1/items/tables",
     "POST /v1/catalog/command",
+    "POST /v1/catalog/commands",
     "POST /v1/catalog/query",
     "POST /v1/raft/append",
     "POST /v1/raft/vote",
@@ -109,6 +110,7 @@ pub fn router(store: Store, cluster: Option<Cluster>) -> Router {
         .route("/v1/items/locations", post(items::locations))
         .route("/v1/items/tables", post(items::tables))
         .route("/v1/catalog/command", post(catalog::command))
+        .route("/v1/catalog/commands", post(catalog::commands))
         .route("/v1/catalog/query", post(catalog::query))
         .route("/v1/raft/append", post(raft::append))
         .route("/v1/raft/vote", post(raft::vote))

@@ -163,11 +163,15 @@ pub struct GroupStatus {
     pub snapshot: Option<u64>,
 }
 
-/// A write waiting for the next group commit, and where its answer goes.
-type Queued = (Proposal, oneshot::Sender<Result<Response, ClusterError>>);
+/// Writes (one request's, kept together and in order) waiting for the next group commit,
+/// and where their answers go.
+type Queued = (
+    Vec<Proposal>,
+    oneshot::Sender<Result<Vec<Result<Response, ClusterError>>, ClusterError>>,
+);
 
 /// Most commands in one entry.
-const MAX_GROUP: usize = 512;
+pub const MAX_GROUP: usize = 512;
 
 /// Most groups of one node in flight at once.
 const IN_FLIGHT: usize = 4;
@@ -267,10 +271,14 @@ impl CatalogNode {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
+            let mut commands = first.0.len();
             let mut group = vec![first];
-            while group.len() < MAX_GROUP {
+            while commands < MAX_GROUP {
                 match rx.try_recv() {
-                    Ok(q) => group.push(q),
+                    Ok(q) => {
+                        commands += q.0.len();
+                        group.push(q);
+                    }
                     Err(_) => break,
                 }
             }
@@ -284,16 +292,12 @@ impl CatalogNode {
 
     /// Proposes one group and answers each of its writers.
     async fn propose_group(&self, group: Vec<Queued>) {
-        let proposals = group.iter().map(|(p, _)| p.clone()).collect();
-        let result = match self.lead(Forwarded::Write { proposals }).await {
-            Ok(ForwardAnswer::Answers(a)) if a.len() == group.len() => Ok(a),
-            Ok(other) => Err(raft_err(format!("unexpected answer {other:?}"))),
-            Err(e) => Err(e),
-        };
-        match result {
+        let proposals: Vec<Proposal> = group.iter().flat_map(|(p, _)| p.clone()).collect();
+        match self.propose(proposals).await {
             Ok(answers) => {
-                for ((_, tx), a) in group.into_iter().zip(answers) {
-                    let _ = tx.send(a.0.map_err(ClusterError::from));
+                let mut answers = answers.into_iter();
+                for (p, tx) in group {
+                    let _ = tx.send(Ok(answers.by_ref().take(p.len()).collect()));
                 }
             }
             Err(e) => {
@@ -301,6 +305,21 @@ impl CatalogNode {
                     let _ = tx.send(Err(e.clone()));
                 }
             }
+        }
+    }
+
+    /// Proposes `proposals` as one entry through the leader; one answer each, in order.
+    async fn propose(
+        &self,
+        proposals: Vec<Proposal>,
+    ) -> Result<Vec<Result<Response, ClusterError>>, ClusterError> {
+        let n = proposals.len();
+        match self.lead(Forwarded::Write { proposals }).await? {
+            ForwardAnswer::Answers(a) if a.len() == n => Ok(a
+                .into_iter()
+                .map(|a| a.0.map_err(ClusterError::from))
+                .collect()),
+            other => Err(raft_err(format!("unexpected answer {other:?}"))),
         }
     }
 
@@ -334,32 +353,54 @@ impl CatalogNode {
         token_sha256: Option<String>,
         command: Command,
     ) -> Result<Response, ClusterError> {
-        let id: [u8; 16] = rand::random();
-        let proposal = Proposal {
-            v: 1,
-            caller: caller.to_string(),
-            time: now(),
-            command,
-            id: Some(hex::encode(id)),
-            token_sha256,
-        };
+        self.write_many_as(caller, token_sha256, vec![command])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(raft_err("no answer")))
+    }
+
+    /// [`CatalogNode::write_as`] for several commands at once: they are proposed together,
+    /// applied in order (in one log entry, with what other writers queued meanwhile), each
+    /// with its own answer. The outer error means none of them is known to be applied.
+    pub async fn write_many_as(
+        &self,
+        caller: &str,
+        token_sha256: Option<String>,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Result<Response, ClusterError>>, ClusterError> {
+        let time = now();
+        let proposals: Vec<Proposal> = commands
+            .into_iter()
+            .map(|command| {
+                let id: [u8; 16] = rand::random();
+                Proposal {
+                    v: 1,
+                    caller: caller.to_string(),
+                    time,
+                    command,
+                    id: Some(hex::encode(id)),
+                    token_sha256: token_sha256.clone(),
+                }
+            })
+            .collect();
+        self.enqueue(proposals).await
+    }
+
+    /// Queues `proposals` (kept together, in order) for the next group commit; proposes them
+    /// at once on the group commit task's own handle, which has no queue.
+    async fn enqueue(
+        &self,
+        proposals: Vec<Proposal>,
+    ) -> Result<Vec<Result<Response, ClusterError>>, ClusterError> {
         match &self.queue {
             Some(q) => {
                 let (tx, rx) = oneshot::channel();
-                q.send((proposal, tx))
+                q.send((proposals, tx))
                     .map_err(|_| raft_err("the node is shutting down"))?;
                 rx.await
                     .map_err(|_| raft_err("the node is shutting down"))?
             }
-            None => match self
-                .lead(Forwarded::Write {
-                    proposals: vec![proposal],
-                })
-                .await?
-            {
-                ForwardAnswer::Answers(mut a) if a.len() == 1 => Ok(a.remove(0).0?),
-                other => Err(raft_err(format!("unexpected answer {other:?}"))),
-            },
+            None => self.propose(proposals).await,
         }
     }
 

@@ -36,6 +36,21 @@ pub struct Args {
     /// named image per write).
     #[arg(long, default_value = "versions", value_parser = ["versions", "names"])]
     workload: String,
+    /// Writes per request: above 1, each client sends its writes N at a time through
+    /// `POST /v1/catalog/commands` (latencies are then per request).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+}
+
+/// What every client of a run does.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    /// How long, seconds.
+    seconds: f64,
+    /// Each write a new name (`names`) rather than a new version of the client's name.
+    new_names: bool,
+    /// Writes per request.
+    batch: usize,
 }
 
 /// One measured run.
@@ -59,6 +74,8 @@ pub struct Run {
     pub node_cpu_us_per_op: f64,
     /// CPU time the load generator spent per operation, µs.
     pub client_cpu_us_per_op: f64,
+    /// Catalog log entries the run added (writes: each entry is one group commit).
+    pub log_entries: u64,
 }
 
 /// CPU time (user + system) `pid` has used so far (`None`: its own process), in clock ticks;
@@ -95,17 +112,22 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn measure(
     op: &'static str,
     clients: usize,
-    seconds: f64,
+    load: Load,
     urls: Arc<Vec<String>>,
     token: Arc<str>,
-    new_names: bool,
     pids: &[u32],
 ) -> Result<Run> {
     let nodes_cpu = || pids.iter().map(|&p| cpu_ticks(Some(p))).sum::<u64>();
-    let (nodes_before, client_before) = (nodes_cpu(), cpu_ticks(None));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients.max(1))
         .build()?;
+    let log_before = last_log_index(&http, &urls[0]).await;
+    let (nodes_before, client_before) = (nodes_cpu(), cpu_ticks(None));
+    let Load {
+        seconds,
+        new_names,
+        batch,
+    } = load;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -114,23 +136,30 @@ async fn measure(
             let base = &urls[c % urls.len()];
             let name = format!("bench/{clients}-{c}");
             let mut lat = Vec::new();
-            let mut errors = 0u64;
+            let (mut ops, mut errors) = (0u64, 0u64);
             let mut i = 0u64;
-            while Instant::now() < deadline {
+            let mut write = || {
                 i += 1;
-                let (path, body) = if op == "writes" {
-                    let image = Digest::of(Algorithm::Sha256, format!("{name}/{i}").as_bytes())
-                        .unwrap_or_else(|_| unreachable_digest());
-                    let target = if new_names {
-                        format!("{name}/{i}")
-                    } else {
-                        name.clone()
-                    };
+                let image = Digest::of(Algorithm::Sha256, format!("{name}/{i}").as_bytes())
+                    .unwrap_or_else(|_| unreachable_digest());
+                let target = if new_names {
+                    format!("{name}/{i}")
+                } else {
+                    name.clone()
+                };
+                serde_json::json!({"op": "checkin", "name": target, "image": image,
+                                   "parent": null, "description": ""})
+            };
+            while Instant::now() < deadline {
+                let (path, body, n) = if op == "writes" && batch > 1 {
+                    let commands: Vec<_> = (0..batch).map(|_| write()).collect();
                     (
-                        "/v1/catalog/command",
-                        serde_json::json!({"op": "checkin", "name": target, "image": image,
-                                           "parent": null, "description": ""}),
+                        "/v1/catalog/commands",
+                        serde_json::json!({ "commands": commands }),
+                        batch as u64,
                     )
+                } else if op == "writes" {
+                    ("/v1/catalog/command", write(), 1)
                 } else {
                     // The writes run before made this name (names: its first one).
                     let target = if new_names {
@@ -141,6 +170,7 @@ async fn measure(
                     (
                         "/v1/catalog/query",
                         serde_json::json!({"q": "resolve", "reference": target}),
+                        1,
                     )
                 };
                 let t = Instant::now();
@@ -152,37 +182,69 @@ async fn measure(
                     .await;
                 match r {
                     Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
+                        let bytes = r.bytes().await.unwrap_or_default();
                         lat.push(t.elapsed());
+                        // A batch answers each command on its own: count the refused ones.
+                        let refused = if n > 1 {
+                            serde_json::from_slice::<serde_json::Value>(&bytes)
+                                .ok()
+                                .and_then(|v| {
+                                    v["answers"].as_array().map(|a| {
+                                        a.iter().filter(|x| x.get("ok").is_none()).count() as u64
+                                    })
+                                })
+                                .unwrap_or(n)
+                        } else {
+                            0
+                        };
+                        ops += n - refused;
+                        errors += refused;
                     }
-                    _ => errors += 1,
+                    _ => errors += n,
                 }
             }
-            (lat, errors)
+            (lat, ops, errors)
         }));
     }
     let mut all = Vec::new();
-    let mut errors = 0;
+    let (mut ops, mut errors) = (0, 0);
     for t in tasks {
-        let (l, e) = t.await?;
+        let (l, n, e) = t.await?;
         all.extend(l);
+        ops += n;
         errors += e;
     }
-    let per_op = |ticks: u64| ticks as f64 * tick_us() / all.len().max(1) as f64;
+    let per_op = |ticks: u64| ticks as f64 * tick_us() / ops.max(1) as f64;
     let node_cpu_us_per_op = per_op(nodes_cpu().saturating_sub(nodes_before));
     let client_cpu_us_per_op = per_op(cpu_ticks(None).saturating_sub(client_before));
+    let log_entries = last_log_index(&http, &urls[0])
+        .await
+        .saturating_sub(log_before);
     all.sort_unstable();
     Ok(Run {
         op,
         clients,
-        ops: all.len() as u64,
-        per_sec: all.len() as f64 / seconds,
+        ops,
+        per_sec: ops as f64 / seconds,
         p50_ms: percentile(&all, 0.50),
         p99_ms: percentile(&all, 0.99),
         errors,
         node_cpu_us_per_op,
         client_cpu_us_per_op,
+        log_entries,
     })
+}
+
+/// The node's last catalog log index, from its `/metrics` (0 if it cannot be read).
+async fn last_log_index(http: &reqwest::Client, base: &str) -> u64 {
+    let Ok(r) = http.get(format!("{base}/metrics")).send().await else {
+        return 0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("mirage_raft_last_log_index "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn unreachable_digest() -> Digest {
@@ -260,21 +322,22 @@ pub async fn run(args: Args) -> Result<()> {
     let mut runs = Vec::new();
     for &c in &args.clients {
         for op in ["writes", "reads"] {
-            let r = measure(
-                op,
-                c,
-                args.seconds,
-                urls.clone(),
-                token.clone(),
-                args.workload == "names",
-                &pids,
-            )
-            .await?;
+            let load = Load {
+                seconds: args.seconds,
+                new_names: args.workload == "names",
+                batch: args.batch.max(1),
+            };
+            let r = measure(op, c, load, urls.clone(), token.clone(), &pids).await?;
             if !args.json {
                 println!(
-                    "catalog {:<6} {:>3} clients: {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ops, {} errors)  CPU/op: nodes {:.0} µs, clients {:.0} µs",
+                    "catalog {:<6} {:>3} clients: {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ops, {} errors)  CPU/op: nodes {:.0} µs, clients {:.0} µs{}",
                     r.op, r.clients, r.per_sec, r.p50_ms, r.p99_ms, r.ops, r.errors,
-                    r.node_cpu_us_per_op, r.client_cpu_us_per_op
+                    r.node_cpu_us_per_op, r.client_cpu_us_per_op,
+                    if r.op == "writes" && r.log_entries > 0 {
+                        format!("  ({:.1} writes per log entry)", r.ops as f64 / r.log_entries as f64)
+                    } else {
+                        String::new()
+                    }
                 );
             }
             runs.push(r);
