@@ -34,6 +34,17 @@ async fn serve(store: mirage_node::Store) -> String {
     base
 }
 
+/// A new store with its first admin, served on a port the OS picks by the returned runtime
+/// (for as long as it lives): (its directory, the runtime, the base URL, the admin's token).
+fn served_with_admin() -> (tempfile::TempDir, tokio::runtime::Runtime, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let token = mirage_node::api::bootstrap_admin(&store).unwrap().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = rt.block_on(serve(store));
+    (dir, rt, base, token)
+}
+
 #[test]
 fn items_round_trip_over_http_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -193,12 +204,8 @@ fn every_route_is_documented_and_every_documented_route_exists() {
 /// says nothing more.
 #[test]
 fn every_route_refuses_missing_and_wrong_credentials() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let token = mirage_node::api::bootstrap_admin(&store).unwrap().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_dir, rt, base, token) = served_with_admin();
     rt.block_on(async {
-        let base = serve(store).await;
         let open = ["GET /healthz", "GET /readyz", "GET /metrics"];
         let mut checked = 0;
         for route in ROUTES {
@@ -238,15 +245,11 @@ fn every_route_refuses_missing_and_wrong_credentials() {
 /// A parent's location table over HTTP: every child, with its kind and where it is.
 #[test]
 fn location_tables_are_served_for_an_items_children() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let token = mirage_node::api::bootstrap_admin(&store).unwrap().unwrap();
+    let (_dir, rt, base, token) = served_with_admin();
     let alg = Algorithm::Sha256;
     let blobs: Vec<_> = (0..12).map(|i| blob(alg, 500 + i)).collect();
     let tree = tree_of(alg, &blobs.iter().collect::<Vec<_>>());
-    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let base = serve(store).await;
         let http = http_client(&token);
         let r = upload_children_then(&http, &base, &blobs, &tree).await;
         assert_eq!(r.status(), 200);
@@ -295,12 +298,8 @@ async fn upload_children_then(
 /// node; an empty or oversized batch refused as a whole with nothing applied.
 #[test]
 fn a_batch_of_commands_is_applied_in_order_and_answered_one_by_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let token = mirage_node::api::bootstrap_admin(&store).unwrap().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_dir, rt, base, token) = served_with_admin();
     rt.block_on(async {
-        let base = serve(store).await;
         let http = http_client(&token);
         let url = format!("{base}/v1/catalog/commands");
         let image = |b: &str| format!("sha256:{}", b.repeat(32));
