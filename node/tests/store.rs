@@ -371,13 +371,15 @@ fn opening_a_directory_without_a_store_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let err = mirage_node::Store::open(dir.path(), StoreOptions::default()).unwrap_err();
     assert!(err.to_string().contains("mirage init"), "{err}");
-    // A volume whose header is garbage is refused, not overwritten.
+    // A volume whose header is garbage, with no valid record after it, is refused, not
+    // overwritten (an empty volume's damaged header is rewritten: it holds nothing).
     drop(open(dir.path()));
     let f = OpenOptions::new()
         .write(true)
         .open(volume_path(dir.path(), 1))
         .unwrap();
-    f.write_all_at(b"NOTAVOLUME", 0).unwrap();
+    f.write_all_at(&[b"NOTAVOLUME".as_slice(), &[7u8; 90]].concat(), 0)
+        .unwrap();
     let err = mirage_node::Store::open(dir.path(), StoreOptions::default()).unwrap_err();
     assert!(err.to_string().contains("volume header"), "{err}");
 }
@@ -595,4 +597,58 @@ fn counts_follow_writes_rotations_and_compaction() {
     })
     .unwrap();
     assert_eq!(matches_stats(&s), 41);
+}
+
+/// A flipped byte in a volume's header (magic, version or id) does not keep the store from
+/// opening when the records after it are intact: the header is rewritten and every item is
+/// served. A file whose header is damaged and holds no valid record is refused, named.
+#[test]
+fn a_damaged_volume_header_is_rewritten_when_its_records_are_intact() {
+    let alg = Algorithm::Sha256;
+    let items: Vec<_> = (0..20).map(|i| blob(alg, 700 + i)).collect();
+    for at in [0u64, 5, 9, 13] {
+        let dir = tempfile::tempdir().unwrap();
+        let volume;
+        {
+            let s = open(dir.path());
+            s.put_many(items.iter().map(|i| i.bytes().to_vec()).collect())
+                .unwrap();
+            volume = s.location(&items[0].digest()).unwrap().unwrap().volume;
+        }
+        let path = volume_path(dir.path(), volume);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x5a], at).unwrap();
+        drop(f);
+        let s = open(dir.path());
+        for i in &items {
+            assert_eq!(read_ok(&s, &i.digest()), i.bytes(), "flip at {at}");
+        }
+        drop(s);
+        // Rewritten: a second open finds nothing to mend.
+        let head = std::fs::read(&path).unwrap();
+        assert_eq!(
+            mirage_node::store::record::parse_volume_header(&head[..16]),
+            Ok(volume),
+            "flip at {at}"
+        );
+    }
+    // Garbage from the header on: refused, naming the file, and left as it is.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let path = volume_path(dir.path(), 1);
+    let garbage = bytes(9, 4096);
+    std::fs::write(&path, &garbage).unwrap();
+    let e = mirage_node::Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("00000001.vol") && msg.contains("no valid record"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), garbage);
 }

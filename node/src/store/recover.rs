@@ -11,8 +11,8 @@ use mirage_format::{Digest, Item};
 
 use super::location::Location;
 use super::record::{
-    check_crc, parse_header, parse_volume_header, RecordFault, RecordHeader, HEADER_LEN,
-    VOLUME_HEADER_LEN,
+    check_crc, parse_header, parse_volume_header, volume_header, RecordFault, RecordHeader,
+    HEADER_LEN, VOLUME_HEADER_LEN,
 };
 use super::volume::{sync_dir, ActiveVolume};
 use super::write::build_table;
@@ -184,6 +184,19 @@ pub(crate) fn recover(sh: &Shared) -> Result<ActiveVolume, StoreError> {
     ActiveVolume::open(&sh.volumes, last, last_len)
 }
 
+/// Whether a valid record (magic, layout version, CRC) follows the volume header anywhere.
+fn first_record(file: File) -> std::io::Result<bool> {
+    let mut scanner = Scanner::open(file, VOLUME_HEADER_LEN)?;
+    while let Some(step) = scanner.next()? {
+        match step {
+            Scanned::Record { .. } => return Ok(true),
+            Scanned::Fault { resume: None, .. } => return Ok(false),
+            Scanned::Fault { .. } => {}
+        }
+    }
+    Ok(false)
+}
+
 fn recover_volume(sh: &Shared, id: u32) -> Result<u64, StoreError> {
     let path = sh.volumes.path(id);
     let file = std::fs::OpenOptions::new()
@@ -202,20 +215,28 @@ fn recover_volume(sh: &Shared, id: u32) -> Result<u64, StoreError> {
     let mut head = [0u8; VOLUME_HEADER_LEN as usize];
     file.read_exact_at(&mut head, 0)
         .map_err(io_err("read", &path))?;
-    match parse_volume_header(&head) {
-        Ok(found) if found == id => {}
-        Ok(found) => {
+    let damaged = match parse_volume_header(&head) {
+        Ok(found) if found == id => None,
+        Ok(found) => Some(format!("volume header names volume {found}")),
+        Err(why) => Some(format!("volume header: {why}")),
+    };
+    if let Some(why) = damaged {
+        // A damaged header in front of intact records (a flipped bit) must not keep the
+        // store from opening: the records carry their own checks, the file name the id.
+        // Without one valid record after it, the file is not ours to rewrite.
+        let ours = len == VOLUME_HEADER_LEN
+            || first_record(file.try_clone().map_err(io_err("open", &path))?)
+                .map_err(io_err("scan", &path))?;
+        if !ours {
             return Err(StoreError::BadStore {
                 path: path.clone(),
-                why: format!("volume header names volume {found}"),
+                why: format!("{why}, and no valid record follows it"),
             });
         }
-        Err(why) => {
-            return Err(StoreError::BadStore {
-                path: path.clone(),
-                why: format!("volume header: {why}"),
-            })
-        }
+        tracing::error!(volume = id, %why, "damaged volume header rewritten; its records are intact");
+        file.write_all_at(&volume_header(id), 0)
+            .map_err(io_err("write", &path))?;
+        file.sync_data().map_err(io_err("fdatasync", &path))?;
     }
     let ckpt = sh
         .index
