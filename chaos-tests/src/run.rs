@@ -310,9 +310,14 @@ fn watch(c: &mut Cluster, h: &History, exits: &mut Vec<(usize, String)>, ms: u64
     let until = Instant::now() + Duration::from_millis(ms);
     while Instant::now() < until {
         for (id, status) in c.exited() {
-            h.nemesis("node-exit", &format!("node {id} exited: {status}"));
-            tracing::warn!("node {id} exited on its own: {status}");
-            exits.push((id, status));
+            // Its last words: why it stopped (the working directory may be gone by the time
+            // a failed run is read).
+            let text = std::fs::read_to_string(c.log(id)).unwrap_or_default();
+            let last: Vec<&str> = text.lines().rev().take(3).collect();
+            let said = last.into_iter().rev().collect::<Vec<_>>().join(" | ");
+            h.nemesis("node-exit", &format!("node {id} exited: {status}: {said}"));
+            tracing::warn!("node {id} exited on its own: {status}; its log ends: {said}");
+            exits.push((id, format!("{status}: {said}")));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
