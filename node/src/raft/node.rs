@@ -383,15 +383,8 @@ impl CatalogNode {
                 }
             })
             .collect();
-        self.enqueue(proposals).await
-    }
-
-    /// Queues `proposals` (kept together, in order) for the next group commit; proposes them
-    /// at once on the group commit task's own handle, which has no queue.
-    async fn enqueue(
-        &self,
-        proposals: Vec<Proposal>,
-    ) -> Result<Vec<Result<Response, ClusterError>>, ClusterError> {
+        // Queued together for the next group commit; the group commit task's own handle has
+        // no queue and proposes at once.
         match &self.queue {
             Some(q) => {
                 let (tx, rx) = oneshot::channel();

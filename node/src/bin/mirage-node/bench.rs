@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use mirage_format::{Algorithm, Digest};
+use mirage_node::api::catalog::{BatchAnswer, BatchItem};
 use serde::Serialize;
 
 use crate::playground;
@@ -186,14 +187,12 @@ async fn measure(
                         lat.push(t.elapsed());
                         // A batch answers each command on its own: count the refused ones.
                         let refused = if n > 1 {
-                            serde_json::from_slice::<serde_json::Value>(&bytes)
-                                .ok()
-                                .and_then(|v| {
-                                    v["answers"].as_array().map(|a| {
-                                        a.iter().filter(|x| x.get("ok").is_none()).count() as u64
-                                    })
-                                })
-                                .unwrap_or(n)
+                            serde_json::from_slice::<BatchAnswer>(&bytes).map_or(n, |b| {
+                                b.answers
+                                    .iter()
+                                    .filter(|a| matches!(a, BatchItem::Error { .. }))
+                                    .count() as u64
+                            })
                         } else {
                             0
                         };
