@@ -33,6 +33,46 @@ fn allocated(p: &Path) -> Result<u64> {
 }
 
 /// Per image: checkin time vs cp time (medians); then store size against the images.
+/// Runs both sides of run `run` and returns (mirage, baseline) times: the baseline first in
+/// even runs, mirage first in odd ones, so that neither side always meets the memory and disk
+/// state the other leaves behind (on a VM, freshly backed page-cache memory is slow to touch).
+fn side_by_side(
+    run: usize,
+    mut mirage: impl FnMut() -> Result<f64>,
+    mut baseline: impl FnMut() -> Result<f64>,
+) -> Result<(f64, f64)> {
+    if run % 2 == 0 {
+        let b = baseline()?;
+        Ok((mirage()?, b))
+    } else {
+        let m = mirage()?;
+        Ok((m, baseline()?))
+    }
+}
+
+/// `cp --sparse=always IMG` into the scratch directory, then `sync`: seconds taken (the copy
+/// is deleted and synced away afterwards).
+fn timed_cp(img: &Path, work: &Path) -> Result<f64> {
+    let copy = work.join("cp-copy.img");
+    let _ = std::fs::remove_file(&copy);
+    sync()?;
+    let t = Instant::now();
+    if !Command::new("cp")
+        .arg("--sparse=always")
+        .arg(img)
+        .arg(&copy)
+        .status()?
+        .success()
+    {
+        bail!("cp failed");
+    }
+    sync()?;
+    let took = t.elapsed().as_secs_f64();
+    std::fs::remove_file(&copy)?;
+    sync()?;
+    Ok(took)
+}
+
 pub fn bench_checkin(
     o: &CheckinBenchOptions,
     mut say: impl FnMut(&str),
@@ -55,36 +95,26 @@ pub fn bench_checkin(
         for (k, img) in o.images.iter().enumerate() {
             // Warm the image in the page cache once for both sides.
             std::io::copy(&mut std::fs::File::open(img)?, &mut std::io::sink())?;
-            let copy = o.work.join("cp-copy.img");
-            let _ = std::fs::remove_file(&copy);
-            sync()?;
-            let t = Instant::now();
-            let st = Command::new("cp")
-                .arg("--sparse=always")
-                .arg(img)
-                .arg(&copy)
-                .status()?;
-            if !st.success() {
-                bail!("cp failed");
-            }
-            sync()?;
-            cp_t[k].push(t.elapsed().as_secs_f64());
-            std::fs::remove_file(&copy)?;
-            sync()?;
-            let t = Instant::now();
-            let store = Store::open(
-                &dir,
-                StoreOptions {
-                    create: true,
-                    codec: o.codec,
-                    ..StoreOptions::default()
-                },
-            )?;
-            let (_, stats) = crate::indexer::checkin(&store, img, o.threads)?;
-            store.checkpoint()?;
-            drop(store);
-            mirage_t[k].push(t.elapsed().as_secs_f64());
-            new_bytes[k] = stats.new_bytes;
+            let mut checkin = || -> Result<f64> {
+                sync()?;
+                let t = Instant::now();
+                let store = Store::open(
+                    &dir,
+                    StoreOptions {
+                        create: true,
+                        codec: o.codec,
+                        ..StoreOptions::default()
+                    },
+                )?;
+                let (_, stats) = crate::indexer::checkin(&store, img, o.threads)?;
+                store.checkpoint()?;
+                drop(store);
+                new_bytes[k] = stats.new_bytes;
+                Ok(t.elapsed().as_secs_f64())
+            };
+            let (m, b) = side_by_side(run, &mut checkin, || timed_cp(img, &o.work))?;
+            mirage_t[k].push(m);
+            cp_t[k].push(b);
             say(&format!(
                 "run {run} {}: cp {:.2} s, checkin {:.2} s",
                 img.display(),
@@ -159,30 +189,20 @@ pub fn bench_checkout(o: &CheckinBenchOptions, mut say: impl FnMut(&str)) -> Res
         let (mut m, mut b) = (Vec::new(), Vec::new());
         for run in 0..o.runs {
             std::io::copy(&mut std::fs::File::open(img)?, &mut std::io::sink())?;
-            let copy = o.work.join("cp-copy.img");
-            let _ = std::fs::remove_file(&copy);
-            sync()?;
-            let t = Instant::now();
-            if !Command::new("cp")
-                .arg("--sparse=always")
-                .arg(img)
-                .arg(&copy)
-                .status()?
-                .success()
-            {
-                bail!("cp failed");
-            }
-            sync()?;
-            b.push(t.elapsed().as_secs_f64());
-            std::fs::remove_file(&copy)?;
-            let out = o.work.join("checkout.img");
-            let _ = std::fs::remove_file(&out);
-            sync()?;
-            let t = Instant::now();
-            crate::checkout::checkout(&store, d, &out, Default::default())?;
-            sync()?;
-            m.push(t.elapsed().as_secs_f64());
-            std::fs::remove_file(&out)?;
+            let checkout = || -> Result<f64> {
+                let out = o.work.join("checkout.img");
+                let _ = std::fs::remove_file(&out);
+                sync()?;
+                let t = Instant::now();
+                crate::checkout::checkout(&store, d, &out, Default::default())?;
+                sync()?;
+                let took = t.elapsed().as_secs_f64();
+                std::fs::remove_file(&out)?;
+                Ok(took)
+            };
+            let (tm, tb) = side_by_side(run, checkout, || timed_cp(img, &o.work))?;
+            m.push(tm);
+            b.push(tb);
             say(&format!(
                 "run {run} {}: cp {:.2} s, checkout {:.2} s",
                 img.display(),
