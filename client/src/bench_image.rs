@@ -32,7 +32,6 @@ fn allocated(p: &Path) -> Result<u64> {
     Ok(std::fs::metadata(p)?.blocks() * 512)
 }
 
-/// Per image: checkin time vs cp time (medians); then store size against the images.
 /// Runs both sides of run `run` and returns (mirage, baseline) times: the baseline first in
 /// even runs, mirage first in odd ones, so that neither side always meets the memory and disk
 /// state the other leaves behind (on a VM, freshly backed page-cache memory is slow to touch).
@@ -73,6 +72,7 @@ fn timed_cp(img: &Path, work: &Path) -> Result<f64> {
     Ok(took)
 }
 
+/// Per image: checkin time vs cp time (medians); then store size against the images.
 pub fn bench_checkin(
     o: &CheckinBenchOptions,
     mut say: impl FnMut(&str),
