@@ -375,3 +375,26 @@ fn hostile_ext4_images_give_clear_errors() {
     }
     assert!(hits > 3, "damage was never detected ({hits})");
 }
+
+#[test]
+fn filesystems_with_features_the_reader_lacks_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (feature, extra, named) in [
+        (
+            "bigalloc",
+            &["-C", "65536"][..],
+            "feature bigalloc (clusters of 65536 bytes)",
+        ),
+        ("encrypt", &[][..], "incompatible feature encrypt"),
+    ] {
+        let img = dir.path().join(format!("{feature}.img"));
+        run(Command::new("mke2fs")
+            .args(["-q", "-t", "ext4", "-b", "4096", "-O", feature])
+            .args(extra)
+            .arg(&img)
+            .arg("32M"));
+        let s: Arc<dyn BlockSource> = Arc::from(image::open(&img).unwrap());
+        let e = Ext4::open(s.clone(), 0, s.len()).err().unwrap().to_string();
+        assert!(e.contains(named), "{feature}: {e}");
+    }
+}

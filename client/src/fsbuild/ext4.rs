@@ -22,6 +22,7 @@ use mirage_format::{EntryKind, Filesystem, Item, Param, Timestamp, TreeEntry};
 use mirage_node::Store;
 
 use crate::browse::item;
+use crate::fs::ext4::features::{COMPAT, INCOMPAT, RO_COMPAT};
 use crate::fs::ext4::Ext4;
 use crate::fs::FsReader;
 use crate::image::BlockSource;
@@ -41,48 +42,6 @@ const USER_FLAGS: u64 = 0x1
     | 0x20000
     | 0x80_0000
     | 0x2000_0000;
-
-const COMPAT: &[(u32, &str)] = &[
-    (0x1, "dir_prealloc"),
-    (0x2, "imagic_inodes"),
-    (0x4, "has_journal"),
-    (0x8, "ext_attr"),
-    (0x10, "resize_inode"),
-    (0x20, "dir_index"),
-    (0x200, "sparse_super2"),
-    (0x400, "fast_commit"),
-    (0x800, "stable_inodes"),
-    (0x1000, "orphan_file"),
-];
-const INCOMPAT: &[(u32, &str)] = &[
-    (0x2, "filetype"),
-    (0x10, "meta_bg"),
-    (0x40, "extent"),
-    (0x80, "64bit"),
-    (0x100, "mmp"),
-    (0x200, "flex_bg"),
-    (0x400, "ea_inode"),
-    (0x1000, "dirdata"),
-    (0x2000, "metadata_csum_seed"),
-    (0x4000, "large_dir"),
-    (0x8000, "inline_data"),
-    (0x20000, "casefold"),
-];
-const RO_COMPAT: &[(u32, &str)] = &[
-    (0x1, "sparse_super"),
-    (0x2, "large_file"),
-    (0x8, "huge_file"),
-    (0x10, "uninit_bg"),
-    (0x20, "dir_nlink"),
-    (0x40, "extra_isize"),
-    (0x100, "quota"),
-    (0x200, "bigalloc"),
-    (0x400, "metadata_csum"),
-    (0x1000, "read-only"),
-    (0x2000, "project"),
-    (0x8000, "verity"),
-    (0x10000, "orphan_present"),
-];
 
 fn p_u64(fs: &Filesystem, key: &str) -> Result<u64> {
     match fs.params.get(key) {

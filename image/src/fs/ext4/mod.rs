@@ -4,6 +4,7 @@
 //! e2fsck on a copy first).
 
 mod blocks;
+pub mod features;
 mod inode;
 pub mod skeleton;
 
@@ -24,6 +25,7 @@ const INCOMPAT_META_BG: u32 = 0x10;
 const INCOMPAT_64BIT: u32 = 0x80;
 const INCOMPAT_ENCRYPT: u32 = 0x10000;
 const INCOMPAT_COMPRESSION: u32 = 0x1;
+const RO_COMPAT_BIGALLOC: u32 = 0x200;
 /// Incompatible features this reader understands.
 const INCOMPAT_KNOWN: u32 = 0x2
     | INCOMPAT_RECOVER
@@ -167,6 +169,33 @@ impl Ext4 {
         let corrupt = |what: String| FsError::Corrupt { fs: "ext4", what };
         let unsupported = |what: String| FsError::Unsupported { fs: "ext4", what };
         let bs = 1024u64 << sb.log_block_size;
+        // Features first: a feature this reader does not handle is named as such, not taken
+        // for damage in the geometry it changes (bigalloc's groups, say).
+        let inc = sb.feature_incompat;
+        if inc & INCOMPAT_RECOVER != 0 {
+            return Err(unsupported(
+                "the journal needs recovery (run e2fsck on a copy of the image first)".into(),
+            ));
+        }
+        let refused = inc & (INCOMPAT_JOURNAL_DEV | INCOMPAT_ENCRYPT | INCOMPAT_COMPRESSION)
+            | inc & !INCOMPAT_KNOWN;
+        if refused != 0 {
+            return Err(unsupported(format!(
+                "incompatible feature {} ({refused:#x})",
+                features::names(refused, features::INCOMPAT)
+            )));
+        }
+        if inc & INCOMPAT_META_BG != 0 {
+            return Err(unsupported(
+                "feature meta_bg (group descriptor layout)".into(),
+            ));
+        }
+        if sb.feature_ro_compat & RO_COMPAT_BIGALLOC != 0 {
+            return Err(unsupported(format!(
+                "feature bigalloc (clusters of {} bytes)",
+                1024u64 << le32(&sb.raw, 0x1C).min(32)
+            )));
+        }
         if sb.blocks_count == 0 || sb.blocks_count.checked_mul(bs).is_none_or(|b| b > len) {
             return Err(corrupt(format!(
                 "superblock: {} blocks of {bs} bytes exceed the {len}-byte region",
@@ -196,19 +225,6 @@ impl Ext4 {
             )));
         }
         let inc = sb.feature_incompat;
-        if inc & INCOMPAT_RECOVER != 0 {
-            return Err(unsupported(
-                "the journal needs recovery (run e2fsck on a copy of the image first)".into(),
-            ));
-        }
-        if inc & (INCOMPAT_JOURNAL_DEV | INCOMPAT_ENCRYPT | INCOMPAT_COMPRESSION) != 0
-            || inc & !INCOMPAT_KNOWN != 0
-        {
-            return Err(unsupported(format!("incompatible features {inc:#x}")));
-        }
-        if inc & INCOMPAT_META_BG != 0 {
-            return Err(unsupported("meta_bg group descriptor layout".into()));
-        }
         if sb.desc_size < 32
             || (inc & INCOMPAT_64BIT != 0 && sb.desc_size < 64)
             || u64::from(sb.desc_size) > bs
