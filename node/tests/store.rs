@@ -634,7 +634,7 @@ fn a_damaged_volume_header_is_rewritten_when_its_records_are_intact() {
         let head = std::fs::read(&path).unwrap();
         assert_eq!(
             mirage_node::store::record::parse_volume_header(&head[..16]),
-            Ok(volume),
+            Ok((volume, mirage_node::store::record::VOLUME_VERSION)),
             "flip at {at}"
         );
     }

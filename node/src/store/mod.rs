@@ -7,6 +7,7 @@
 //! rebuilt from the volume tails after a crash, so it never needs its own fsync per write.
 
 mod compact;
+mod group;
 mod location;
 mod partition;
 mod read;

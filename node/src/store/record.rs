@@ -1,7 +1,9 @@
 //! Volume file and record layout (see `docs/FORMAT.md`, "Volumes").
 //!
 //! A volume starts with a 16-byte header (`MIRAGEVL`, layout version u32 LE, volume id u32 LE),
-//! then holds records back to back. A record is a 52-byte header and its payload:
+//! then holds records back to back. From layout version 2 a run of zero bytes from an offset
+//! that is not a multiple of [`ALIGN`] up to the next multiple may stand between records (the
+//! writer pads around groups it writes with direct I/O); readers skip it. A record is a 52-byte header and its payload:
 //!
 //! | off | len | field                                               |
 //! |-----|-----|-----------------------------------------------------|
@@ -21,8 +23,13 @@ use crate::store::location::Compression;
 
 /// Volume file magic.
 pub const VOLUME_MAGIC: &[u8; 8] = b"MIRAGEVL";
-/// Volume layout version.
-pub const VOLUME_VERSION: u32 = 1;
+/// Volume layout version written by this build (1: records back to back; 2: zero padding up
+/// to an [`ALIGN`] boundary may stand between records).
+pub const VOLUME_VERSION: u32 = 2;
+/// Oldest volume layout version this build reads.
+pub const VOLUME_VERSION_MIN: u32 = 1;
+/// Alignment of directly written groups (offset, length and memory).
+pub const ALIGN: u64 = 4096;
 /// Volume header length.
 pub const VOLUME_HEADER_LEN: u64 = 16;
 /// Record magic.
@@ -43,18 +50,25 @@ pub fn volume_header(id: u32) -> [u8; VOLUME_HEADER_LEN as usize] {
     h
 }
 
-/// Checks a volume header; returns the volume id, or why the header is not usable.
-pub fn parse_volume_header(h: &[u8]) -> Result<u32, String> {
+/// Checks a volume header; returns the volume id and layout version, or why the header is not
+/// usable.
+pub fn parse_volume_header(h: &[u8]) -> Result<(u32, u32), String> {
     if h.len() < VOLUME_HEADER_LEN as usize || &h[..8] != VOLUME_MAGIC {
         return Err("not a Mirage volume (bad magic)".into());
     }
     let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    if version != VOLUME_VERSION {
+    if !(VOLUME_VERSION_MIN..=VOLUME_VERSION).contains(&version) {
         return Err(format!(
-            "unsupported volume version {version} (this build reads {VOLUME_VERSION})"
+            "unsupported volume version {version} (this build reads \
+             {VOLUME_VERSION_MIN} to {VOLUME_VERSION})"
         ));
     }
-    Ok(u32::from_le_bytes([h[12], h[13], h[14], h[15]]))
+    Ok((u32::from_le_bytes([h[12], h[13], h[14], h[15]]), version))
+}
+
+/// `n` rounded up to a multiple of [`ALIGN`].
+pub fn align_up(n: u64) -> u64 {
+    n.div_ceil(ALIGN) * ALIGN
 }
 
 /// A parsed record header.

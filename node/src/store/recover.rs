@@ -11,8 +11,8 @@ use mirage_format::{Digest, Item};
 
 use super::location::Location;
 use super::record::{
-    check_crc, parse_header, parse_volume_header, volume_header, RecordFault, RecordHeader,
-    HEADER_LEN, VOLUME_HEADER_LEN,
+    align_up, check_crc, parse_header, parse_volume_header, volume_header, RecordFault,
+    RecordHeader, HEADER_LEN, VOLUME_HEADER_LEN,
 };
 use super::volume::{sync_dir, ActiveVolume};
 use super::write::build_table;
@@ -42,11 +42,19 @@ pub(crate) struct Scanner {
     reader: BufReader<File>,
     pos: u64,
     len: u64,
+    /// Whether zero padding may stand between records (layout version 2 on; also assumed when
+    /// the header is damaged, since padding is a superset and records carry their own checks).
+    padded: bool,
 }
 
 impl Scanner {
     pub(crate) fn open(file: File, from: u64) -> std::io::Result<Self> {
         let len = file.metadata()?.len();
+        let mut head = [0u8; VOLUME_HEADER_LEN as usize];
+        let padded = match file.read_exact_at(&mut head, 0) {
+            Ok(()) => parse_volume_header(&head).map_or(true, |(_, version)| version >= 2),
+            Err(_) => true,
+        };
         let mut clone = file.try_clone()?;
         clone.seek(SeekFrom::Start(from))?;
         Ok(Scanner {
@@ -54,7 +62,20 @@ impl Scanner {
             reader: BufReader::with_capacity(1 << 20, clone),
             pos: from,
             len,
+            padded,
         })
+    }
+
+    /// Where the zero padding starting at `offset` ends, if there is padding there: `offset`
+    /// is not aligned and every byte from it to the next boundary (or the end) is zero.
+    fn padding_end(&self, offset: u64) -> std::io::Result<Option<u64>> {
+        let end = align_up(offset).min(self.len);
+        if !self.padded || end == offset {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf.iter().all(|b| *b == 0).then_some(end))
     }
 
     fn seek(&mut self, to: u64) -> std::io::Result<()> {
@@ -100,13 +121,21 @@ impl Scanner {
         Ok(None)
     }
 
-    /// The next record or fault; `None` at the end of the volume.
+    /// The next record or fault; `None` at the end of the volume. Zero padding is skipped
+    /// silently.
     pub(crate) fn next(&mut self) -> std::io::Result<Option<Scanned>> {
         if self.pos >= self.len {
             return Ok(None);
         }
         let offset = self.pos;
-        let fault = match self.read_record() {
+        let first = self.read_record();
+        if first.is_err() || matches!(first, Ok(None)) {
+            if let Some(end) = self.padding_end(offset)? {
+                self.seek(end)?;
+                return self.next();
+            }
+        }
+        let fault = match first {
             Ok(Some((header, rec))) => {
                 self.pos += rec.len() as u64;
                 return Ok(Some(Scanned::Record {
@@ -216,8 +245,8 @@ fn recover_volume(sh: &Shared, id: u32) -> Result<u64, StoreError> {
     file.read_exact_at(&mut head, 0)
         .map_err(io_err("read", &path))?;
     let damaged = match parse_volume_header(&head) {
-        Ok(found) if found == id => None,
-        Ok(found) => Some(format!("volume header names volume {found}")),
+        Ok((found, _)) if found == id => None,
+        Ok((found, _)) => Some(format!("volume header names volume {found}")),
         Err(why) => Some(format!("volume header: {why}")),
     };
     if let Some(why) = damaged {

@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::record::{volume_header, VOLUME_HEADER_LEN};
+use super::record::{parse_volume_header, volume_header, VOLUME_HEADER_LEN};
 use super::{io_err, StoreError};
 
 /// File name of volume `id`.
@@ -110,6 +110,24 @@ pub(crate) struct ActiveVolume {
     /// Bytes written (the next record starts here); durable once the syncer says so, except
     /// while a group is pipelined (`store::sync`).
     pub(crate) len: u64,
+    /// A second handle opened with `O_DIRECT`, for large groups: only on a volume of layout
+    /// version 2 or later (which may hold padding) and a filesystem that supports it.
+    pub(crate) direct: Option<File>,
+}
+
+/// Opens `path` for direct writes, if its filesystem allows it (tmpfs does not).
+fn open_direct(path: &Path) -> Option<File> {
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "no direct I/O; volume appends stay buffered");
+            None
+        }
+    }
 }
 
 impl ActiveVolume {
@@ -117,14 +135,20 @@ impl ActiveVolume {
     pub(crate) fn open(vols: &Volumes, id: u32, len: u64) -> Result<Self, StoreError> {
         let path = vols.path(id);
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(io_err("open for append", &path))?;
+        let mut head = [0u8; VOLUME_HEADER_LEN as usize];
+        let padded = file.read_exact_at(&mut head, 0).is_ok()
+            && parse_volume_header(&head).is_ok_and(|(_, version)| version >= 2);
+        let direct = if padded { open_direct(&path) } else { None };
         Ok(ActiveVolume {
             id,
             file: Arc::new(file),
             path,
             len,
+            direct,
         })
     }
 
@@ -142,44 +166,66 @@ impl ActiveVolume {
         file.sync_all().map_err(io_err("fsync", &path))?;
         sync_dir(vols.dir())?;
         vols.forget(id);
+        let direct = open_direct(&path);
         Ok(ActiveVolume {
             id,
             file: Arc::new(file),
             path,
             len: VOLUME_HEADER_LEN,
+            direct,
         })
     }
 
     /// Appends `buf` at the end and makes it durable. On failure the file is cut back to its
     /// previous length where possible, and the error is returned.
     pub(crate) fn append_durable(&mut self, buf: &[u8]) -> Result<(), StoreError> {
-        self.write(buf, true)
+        self.write_at(buf, self.len, true, false)
     }
 
-    /// Appends `buf` at the end without waiting for the disk (the syncer makes it durable).
-    pub(crate) fn append(&mut self, buf: &[u8]) -> Result<(), StoreError> {
-        self.write(buf, false)
-    }
-
-    fn write(&mut self, buf: &[u8], durable: bool) -> Result<(), StoreError> {
+    /// Writes `buf` at `offset` (at or past the end; the gap reads as zeros, which readers of
+    /// a padded volume skip) and moves the end past it. With `direct`, `buf`, `offset` and the
+    /// length must be aligned for `O_DIRECT`; if the direct write fails, it is done again
+    /// through the page cache (and the volume stops using direct I/O). On failure the file is
+    /// cut back to its previous length where possible.
+    pub(crate) fn write_at(
+        &mut self,
+        buf: &[u8],
+        offset: u64,
+        durable: bool,
+        direct: bool,
+    ) -> Result<(), StoreError> {
         if buf.is_empty() {
             return Ok(());
         }
-        let res = self
-            .file
-            .write_all_at(buf, self.len)
-            .map_err(io_err("append to", &self.path))
-            .and_then(|()| {
-                if !durable {
-                    return Ok(());
+        debug_assert!(offset >= self.len);
+        let mut written = false;
+        if let (true, Some(d)) = (direct, &self.direct) {
+            match d.write_all_at(buf, offset) {
+                Ok(()) => written = true,
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "direct write failed; writing through the page cache from now on");
+                    self.direct = None;
                 }
-                self.file
-                    .sync_data()
-                    .map_err(io_err("fdatasync", &self.path))
-            });
+            }
+        }
+        let res = if written {
+            Ok(())
+        } else {
+            self.file
+                .write_all_at(buf, offset)
+                .map_err(io_err("append to", &self.path))
+        };
+        let res = res.and_then(|()| {
+            if !durable {
+                return Ok(());
+            }
+            self.file
+                .sync_data()
+                .map_err(io_err("fdatasync", &self.path))
+        });
         match res {
             Ok(()) => {
-                self.len += buf.len() as u64;
+                self.len = offset + buf.len() as u64;
                 Ok(())
             }
             Err(e) => {

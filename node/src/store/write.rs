@@ -9,6 +9,7 @@ use mirage_format::chunking::EncodedItem;
 use mirage_format::item::peek;
 use mirage_format::{Digest, Item, ItemKind};
 
+use super::group::GroupBuf;
 use super::location::{Codec, Compression, Location, LocationTable};
 use super::record::{append_record, HEADER_LEN, VOLUME_HEADER_LEN};
 use super::sync::{answer, Appended, Pipe, SyncMsg, Unsynced};
@@ -236,6 +237,7 @@ pub(crate) fn committer(sh: Arc<Shared>, rx: mpsc::Receiver<Msg>, active: Active
 fn commit_loop(sh: &Shared, rx: &mpsc::Receiver<Msg>, mut active: ActiveVolume, pipe: &Pipe) {
     let mut since_checkpoint = 0u64;
     let mut pending: Option<Msg> = None;
+    let mut gbuf = GroupBuf::default();
     loop {
         let first = match pending.take() {
             Some(m) => m,
@@ -301,7 +303,7 @@ fn commit_loop(sh: &Shared, rx: &mpsc::Receiver<Msg>, mut active: ActiveVolume, 
                         Err(_) => break,
                     }
                 }
-                let appended = commit_group(sh, &mut active, group, pipe);
+                let appended = commit_group(sh, &mut active, &mut gbuf, group, pipe);
                 since_checkpoint += appended;
                 if since_checkpoint >= sh.opts.checkpoint_bytes {
                     pipe.barrier();
@@ -342,17 +344,17 @@ fn checkpoint(sh: &Shared, active: &ActiveVolume) -> Result<(), StoreError> {
 fn commit_group(
     sh: &Shared,
     active: &mut ActiveVolume,
+    buf: &mut GroupBuf,
     group: Vec<(Vec<Prepared>, Reply)>,
     pipe: &Pipe,
 ) -> u64 {
     // Sized once: growing it would copy every record again.
-    let mut buf: Vec<u8> = Vec::with_capacity(
-        group
-            .iter()
-            .flat_map(|(items, _)| items)
-            .map(|p| HEADER_LEN + p.payload.len())
-            .sum(),
-    );
+    let estimate: usize = group
+        .iter()
+        .flat_map(|(items, _)| items)
+        .map(|p| HEADER_LEN + p.payload.len())
+        .sum();
+    buf.begin(active, estimate);
     let mut new_locs: HashMap<Digest, Location> = HashMap::new();
     let mut batch = IndexBatch::default();
     let mut answers: Vec<(Reply, Result<Vec<bool>, StoreError>)> = Vec::new();
@@ -386,7 +388,7 @@ fn commit_group(
             .iter()
             .map(|p| (HEADER_LEN + p.payload.len()) as u64)
             .sum();
-        let used = active.len + buf.len() as u64;
+        let used = buf.next_offset();
         if used > VOLUME_HEADER_LEN && used + req_bytes > sh.opts.max_volume_size {
             // Seal the volume between requests: once the syncer has settled what it holds,
             // make what is buffered durable, index it (before the checkpoint that says the
@@ -396,26 +398,31 @@ fn commit_group(
                 items: std::mem::take(&mut batch.items),
                 ..Default::default()
             };
-            let r = flush(sh, active, &mut buf, &mut appended)
-                .and_then(|()| write_new_items(sh, sealed))
+            let r = buf
+                .write(active, true)
+                .and_then(|n| {
+                    appended += n;
+                    write_new_items(sh, sealed)
+                })
                 .and_then(|()| rotate(sh, active));
             if let Err(e) = r {
                 fail(sh, &e);
                 answers.push((reply, Ok(Vec::new())));
                 continue;
             }
+            buf.begin(active, estimate);
         }
         for p in fresh {
             let loc = Location {
                 volume: active.id,
-                offset: active.len + buf.len() as u64,
+                offset: buf.next_offset(),
                 stored_len: p.payload.len() as u32,
                 raw_len: p.raw_len,
                 kind: p.kind,
                 compression: p.compression,
             };
             append_record(
-                &mut buf,
+                buf.records(),
                 &p.digest,
                 p.kind,
                 p.compression,
@@ -430,11 +437,13 @@ fn commit_group(
         }
         answers.push((reply, Ok(flags)));
     }
-    if sh.failed.lock().is_none() && !buf.is_empty() {
-        match active.append(&buf) {
-            Ok(()) => appended += buf.len() as u64,
+    if sh.failed.lock().is_none() {
+        match buf.write(active, false) {
+            Ok(n) => appended += n,
             Err(e) => fail(sh, &e),
         }
+    } else {
+        buf.discard();
     }
     if sh.failed.lock().is_none() {
         for (parent, refs) in with_refs {
