@@ -94,7 +94,7 @@ impl Pair {
     }
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -117,6 +117,22 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// Flushes every dirty page to disk.
 pub(crate) fn sync() -> Result<()> {
     run(&mut Command::new("sync"))
+}
+
+/// CPU seconds (user and system, all threads) this process has used so far, from
+/// `/proc/self/stat`; 0 where that cannot be read.
+pub(crate) fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): state is the first; utime and
+    // stime are the 12th and 13th, in clock ticks.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
 /// Drops the page cache when allowed (root); returns whether it did.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use mirage_node::{Store, StoreOptions};
 
-use crate::bench::{sync, Pair};
+use crate::bench::{cpu_seconds, median, sync, Pair};
 
 /// Options.
 #[derive(Clone, Debug)]
@@ -86,6 +86,7 @@ pub fn bench_checkin(
     let n = o.images.len();
     let mut mirage_t = vec![Vec::new(); n];
     let mut cp_t = vec![Vec::new(); n];
+    let mut cpu_t: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut stored = 0u64;
     let mut compacted: Option<(u64, f64)> = None;
     let mut new_bytes = vec![0u64; n];
@@ -97,6 +98,7 @@ pub fn bench_checkin(
             std::io::copy(&mut std::fs::File::open(img)?, &mut std::io::sink())?;
             let mut checkin = || -> Result<f64> {
                 sync()?;
+                let cpu = cpu_seconds();
                 let t = Instant::now();
                 let store = Store::open(
                     &dir,
@@ -110,16 +112,19 @@ pub fn bench_checkin(
                 store.checkpoint()?;
                 drop(store);
                 new_bytes[k] = stats.new_bytes;
-                Ok(t.elapsed().as_secs_f64())
+                let took = t.elapsed().as_secs_f64();
+                cpu_t[k].push(cpu_seconds() - cpu);
+                Ok(took)
             };
             let (m, b) = side_by_side(run, &mut checkin, || timed_cp(img, &o.work))?;
             mirage_t[k].push(m);
             cp_t[k].push(b);
             say(&format!(
-                "run {run} {}: cp {:.2} s, checkin {:.2} s",
+                "run {run} {}: cp {:.2} s, checkin {:.2} s ({:.2} s of CPU)",
                 img.display(),
                 cp_t[k][run],
-                mirage_t[k][run]
+                mirage_t[k][run],
+                cpu_t[k][run],
             ));
         }
         let store = Store::open(&dir, StoreOptions::default())?;
@@ -155,7 +160,11 @@ pub fn bench_checkin(
             &mirage_t[k],
             &cp_t[k],
             alloc,
-            format!("{:.1} MB new", new_bytes[k] as f64 / 1e6),
+            format!(
+                "{:.1} MB new, {:.2} s of CPU",
+                new_bytes[k] as f64 / 1e6,
+                median(&cpu_t[k])
+            ),
         ));
     }
     let summary = serde_json::json!({

@@ -77,12 +77,19 @@ impl Probe {
     /// The whole-content checksum, reading the rest from `rest` (positioned at [`Probe::read`])
     /// through `scratch`.
     pub fn finish(self, rest: impl Read, scratch: &mut [u8]) -> std::io::Result<u128> {
-        let mut c = Checksummed {
-            inner: rest,
-            state: self.whole,
-        };
+        let mut c = self.rest(rest);
         while c.read(scratch)? > 0 {}
         Ok(c.checksum())
+    }
+
+    /// A reader of the rest of the file (`rest`, positioned at [`Probe::read`]) that carries
+    /// the whole-content checksum on: chained after the prefix the probe read, it yields the
+    /// whole file and its checksum without reading the prefix again.
+    pub fn rest<R: Read>(self, rest: R) -> Checksummed<R> {
+        Checksummed {
+            inner: rest,
+            state: self.whole,
+        }
     }
 }
 
@@ -160,13 +167,9 @@ pub fn checksum_of(r: impl Read, seed: u64, buf_len: usize) -> std::io::Result<u
     Ok(c.checksum())
 }
 
-/// The content digest the hint under `key` gives, if there is one, the store still holds that
-/// content, and the whole content (`whole()`: its checksum, computed only when needed) matches.
-pub fn check(
-    store: &Store,
-    key: &[u8; 32],
-    whole: impl FnOnce() -> std::io::Result<u128>,
-) -> Result<Option<Digest>, StoreError> {
+/// The hint under `key`, if there is one and the store still holds its content: the content
+/// digest and the whole-content checksum a file must have to be that content.
+pub fn lookup(store: &Store, key: &[u8; 32]) -> Result<Option<(Digest, u128)>, StoreError> {
     let Some(Some(v)) = store.hints(&[*key])?.pop() else {
         return Ok(None);
     };
@@ -176,10 +179,7 @@ pub fn check(
     if !store.has(&d)? {
         return Ok(None);
     }
-    match whole() {
-        Ok(got) if got == want => Ok(Some(d)),
-        _ => Ok(None),
-    }
+    Ok(Some((d, want)))
 }
 
 #[cfg(test)]

@@ -206,33 +206,43 @@ impl Job<'_> {
                     let read_err = |e: std::io::Error| {
                         CheckinError::Content(format!("partition {part}, inode {id}: {e}"))
                     };
-                    let mut key = None;
-                    let mut known = None;
-                    if let Some(seed) = seed {
-                        let probe = hints::Probe::new(reader(), size, seed, &mut scratch)
-                            .map_err(read_err)?;
-                        let k = probe.key;
-                        let from = probe.read();
-                        known = hints::check(store, &k, || {
-                            let mut rest = reader();
-                            rest.pos = from;
-                            probe.finish(rest, &mut scratch)
-                        })?;
-                        key = Some(k);
-                    }
-                    if let Some(d) = known {
-                        hinted += 1;
-                        Some(d)
-                    } else {
-                        // Unbuffered: a small file is read in one call into its own buffer,
-                        // a large one in chunk-sized reads by the chunker.
-                        let mut r = hints::Checksummed::new(reader(), seed.unwrap_or(0));
-                        let d = store_content(&mut r, size, alg, |i| wb.push(i))
-                            .map_err(content_err)?;
-                        if let (Some(k), Some(d)) = (key, d) {
-                            new_hints.push((k, hints::encode(&d, r.checksum())));
+                    match seed {
+                        // No hints (`--rehash`): chunk and hash every file.
+                        None => store_content(reader(), size, alg, |i| wb.push(i))
+                            .map_err(content_err)?,
+                        Some(seed) => {
+                            let probe = hints::Probe::new(reader(), size, seed, &mut scratch)
+                                .map_err(read_err)?;
+                            let (k, from) = (probe.key, probe.read());
+                            let rest = || {
+                                let mut r = reader();
+                                r.pos = from;
+                                r
+                            };
+                            let mut r = match hints::lookup(store, &k)? {
+                                Some((d, want)) => {
+                                    let got =
+                                        probe.finish(rest(), &mut scratch).map_err(read_err)?;
+                                    if got == want {
+                                        hinted += 1;
+                                        content.lock().insert(id, Some(d));
+                                        continue;
+                                    }
+                                    // The same key, other content: read it all again.
+                                    (&scratch[..0]).chain(hints::Checksummed::new(reader(), seed))
+                                }
+                                // New content: the prefix the probe read is not read again.
+                                // Unbuffered: a small file lands in one call in its own
+                                // buffer, a large one in chunk-sized reads by the chunker.
+                                None => (&scratch[..from as usize]).chain(probe.rest(rest())),
+                            };
+                            let d = store_content(&mut r, size, alg, |i| wb.push(i))
+                                .map_err(content_err)?;
+                            if let Some(d) = d {
+                                new_hints.push((k, hints::encode(&d, r.get_ref().1.checksum())));
+                            }
+                            d
                         }
-                        d
                     }
                 }
             };
