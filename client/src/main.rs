@@ -208,7 +208,8 @@ struct ImageBenchArgs {
     /// (0: skip).
     #[arg(long, default_value_t = 19)]
     compact_level: i32,
-    /// checkin only: how the store compresses what it writes: none, lz4, zstd or zstd:LEVEL.
+    /// checkin only: how the store compresses what it writes: auto, none, lz4, zstd or
+    /// zstd:LEVEL.
     #[arg(long, default_value_t = StoreOptions::default().codec)]
     codec: mirage_node::Codec,
 }

@@ -36,10 +36,15 @@ impl Compression {
 /// so a store reads records of every codec whatever it writes now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {
+    /// The default: batches are stored as is while the disk keeps up with the writers, with
+    /// LZ4 while it does not (most of the time is spent writing and syncing; see
+    /// `store::auto`). Compression at write time only saves disk bandwidth: `mirage store
+    /// compact` recompresses everything with zstd later, so CPU is spent on it at write time
+    /// only when the disk is the bottleneck.
+    Auto,
     /// Stored as is.
     None,
-    /// LZ4 (the default: about twice zstd level 1's speed, a third larger output);
-    /// `mirage store compact` recompresses everything with zstd later.
+    /// LZ4: about twice zstd level 1's speed, a third larger output.
     Lz4,
     /// zstd at this level (negative levels are zstd's fast modes).
     Zstd(i32),
@@ -48,16 +53,17 @@ pub enum Codec {
 impl std::str::FromStr for Codec {
     type Err = String;
 
-    /// `none`, `lz4`, `zstd` (level 1) or `zstd:N`.
+    /// `auto`, `none`, `lz4`, `zstd` (level 1) or `zstd:N`.
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(Codec::Auto),
             "none" => Ok(Codec::None),
             "lz4" => Ok(Codec::Lz4),
             "zstd" => Ok(Codec::Zstd(1)),
             _ => match s.strip_prefix("zstd:").map(str::parse::<i32>) {
                 Some(Ok(l)) if (-7..=22).contains(&l) && l != 0 => Ok(Codec::Zstd(l)),
                 _ => Err(format!(
-                    "unknown codec {s:?}: expected none, lz4, zstd or zstd:LEVEL (-7..=22, not 0)"
+                    "unknown codec {s:?}: expected auto, none, lz4, zstd or zstd:LEVEL (-7..=22, not 0)"
                 )),
             },
         }
@@ -67,6 +73,7 @@ impl std::str::FromStr for Codec {
 impl std::fmt::Display for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Codec::Auto => f.write_str("auto"),
             Codec::None => f.write_str("none"),
             Codec::Lz4 => f.write_str("lz4"),
             Codec::Zstd(l) => write!(f, "zstd:{l}"),
@@ -217,6 +224,7 @@ mod codec_tests {
     #[test]
     fn codecs_parse_and_print() {
         for c in [
+            Codec::Auto,
             Codec::None,
             Codec::Lz4,
             Codec::Zstd(1),
@@ -228,7 +236,7 @@ mod codec_tests {
         assert_eq!("zstd".parse::<Codec>(), Ok(Codec::Zstd(1)));
         for bad in ["", "gzip", "zstd:0", "zstd:23", "zstd:x", "LZ4"] {
             let e = bad.parse::<Codec>().unwrap_err();
-            assert!(e.contains("expected none, lz4"), "{e}");
+            assert!(e.contains("expected auto, none, lz4"), "{e}");
         }
     }
 

@@ -6,6 +6,7 @@
 //! threads first. Nothing is acknowledged before its volume bytes are durable; the index is
 //! rebuilt from the volume tails after a crash, so it never needs its own fsync per write.
 
+mod auto;
 mod compact;
 mod group;
 mod location;
@@ -20,7 +21,7 @@ mod volume;
 mod write;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
@@ -154,7 +155,7 @@ impl Default for StoreOptions {
             algorithm: None,
             create: false,
             max_volume_size: 1 << 30,
-            codec: Codec::Lz4,
+            codec: Codec::Auto,
             max_group_bytes: 32 << 20,
             checkpoint_bytes: 256 << 20,
             shard: false,
@@ -180,6 +181,42 @@ pub(crate) struct Shared {
     /// ([`Store::counts`]), then kept up to date by the committer under this lock; `None`
     /// until then, and again after a write the committer cannot account for.
     pub(crate) counts: parking_lot::Mutex<Option<Counts>>,
+    /// Nanoseconds spent writing to volumes and syncing them, since `epoch`.
+    pub(crate) io_busy: AtomicU64,
+    /// Bytes written to volumes since `epoch`.
+    pub(crate) io_written: AtomicU64,
+    /// Record bytes submitted by writers since `epoch`, before compression.
+    pub(crate) submitted_raw: AtomicU64,
+    pub(crate) epoch: std::time::Instant,
+    /// [`Codec::Auto`]'s state.
+    pub(crate) auto: parking_lot::Mutex<auto::AutoCodec>,
+}
+
+impl Shared {
+    /// Counts the time since `t` as spent on volume I/O that wrote `bytes`.
+    pub(crate) fn io_done(&self, t: std::time::Instant, bytes: u64) {
+        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.io_busy.fetch_add(ns, Ordering::Relaxed);
+        self.io_written.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The codec for the batch being prepared now.
+    pub(crate) fn codec_now(&self) -> Codec {
+        if self.opts.codec != Codec::Auto {
+            return self.opts.codec;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let totals = auto::Totals {
+            busy: self.io_busy.load(Ordering::Relaxed),
+            written: self.io_written.load(Ordering::Relaxed),
+            raw: self.submitted_raw.load(Ordering::Relaxed),
+        };
+        if self.auto.lock().compress(now, totals) {
+            Codec::Lz4
+        } else {
+            Codec::None
+        }
+    }
 }
 
 /// An open store. Cheap to clone; the last clone dropped shuts the committer down cleanly.
@@ -282,6 +319,11 @@ impl Store {
             catalog_cache: crate::catalog::StateCache::new(crate::catalog::STATE_CACHE_KEYS),
             closing: AtomicBool::new(false),
             counts: parking_lot::Mutex::new(None),
+            io_busy: AtomicU64::new(0),
+            io_written: AtomicU64::new(0),
+            submitted_raw: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+            auto: parking_lot::Mutex::new(auto::AutoCodec::default()),
         });
         let active = recover::recover(&shared)?;
         let (tx, rx) = mpsc::channel();

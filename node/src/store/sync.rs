@@ -105,7 +105,10 @@ fn settle(sh: &Shared, groups: Vec<Appended>, unsynced: &Unsynced) {
         if synced.iter().any(|f| Arc::ptr_eq(f, &g.file)) {
             continue;
         }
-        match g.file.sync_data().map_err(io_err("fdatasync", &g.path)) {
+        let t = std::time::Instant::now();
+        let synced_now = g.file.sync_data().map_err(io_err("fdatasync", &g.path));
+        sh.io_done(t, 0);
+        match synced_now {
             Ok(()) => synced.push(&g.file),
             Err(e) => fail(sh, &e),
         }

@@ -3,6 +3,7 @@
 //! then acknowledges.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
 use mirage_format::chunking::EncodedItem;
@@ -153,7 +154,7 @@ impl Store {
         let present = sh.index.get_many(&digests)?;
         let mut prepared = Vec::new();
         let mut slots = Vec::new();
-        let codec = sh.opts.codec;
+        let codec = sh.codec_now();
         for (i, (((bytes, d), (kind, refs)), here)) in encoded
             .into_iter()
             .zip(&digests)
@@ -187,6 +188,11 @@ impl Store {
             None
         } else {
             let (rtx, rrx) = mpsc::sync_channel(1);
+            let raw: usize = prepared
+                .iter()
+                .map(|p| HEADER_LEN + p.raw_len as usize)
+                .sum();
+            sh.submitted_raw.fetch_add(raw as u64, Ordering::Relaxed);
             self.send(Msg::Write(prepared, rtx))?;
             Some(rrx)
         };
@@ -194,12 +200,17 @@ impl Store {
     }
 }
 
+/// Bytes `items` take as records.
+fn record_bytes(items: &[Prepared]) -> usize {
+    items.iter().map(|p| HEADER_LEN + p.payload.len()).sum()
+}
+
 pub(crate) fn compress(bytes: Vec<u8>, codec: Codec) -> (Compression, Vec<u8>) {
     if bytes.len() < 128 {
         return (Compression::None, bytes);
     }
     let (compression, packed) = match codec {
-        Codec::None => return (Compression::None, bytes),
+        Codec::None | Codec::Auto => return (Compression::None, bytes),
         Codec::Lz4 => (Compression::Lz4, super::record::lz4_compress(&bytes)),
         Codec::Zstd(level) => (
             Compression::Zstd,
@@ -349,11 +360,7 @@ fn commit_group(
     pipe: &Pipe,
 ) -> u64 {
     // Sized once: growing it would copy every record again.
-    let estimate: usize = group
-        .iter()
-        .flat_map(|(items, _)| items)
-        .map(|p| HEADER_LEN + p.payload.len())
-        .sum();
+    let estimate: usize = group.iter().map(|(items, _)| record_bytes(items)).sum();
     buf.begin(active, estimate);
     let mut new_locs: HashMap<Digest, Location> = HashMap::new();
     let mut batch = IndexBatch::default();
@@ -398,8 +405,10 @@ fn commit_group(
                 items: std::mem::take(&mut batch.items),
                 ..Default::default()
             };
+            let t = std::time::Instant::now();
             let r = buf
                 .write(active, true)
+                .inspect(|n| sh.io_done(t, *n))
                 .and_then(|n| {
                     appended += n;
                     write_new_items(sh, sealed)
@@ -438,7 +447,10 @@ fn commit_group(
         answers.push((reply, Ok(flags)));
     }
     if sh.failed.lock().is_none() {
-        match buf.write(active, false) {
+        let t = std::time::Instant::now();
+        let written = buf.write(active, false);
+        sh.io_done(t, *written.as_ref().unwrap_or(&0));
+        match written {
             Ok(n) => appended += n,
             Err(e) => fail(sh, &e),
         }
@@ -671,7 +683,9 @@ fn flush(
         buf.clear();
         return Err(StoreError::WritesDisabled(why));
     }
+    let t = std::time::Instant::now();
     let r = active.append_durable(buf);
+    sh.io_done(t, buf.len() as u64);
     if r.is_ok() {
         *appended += buf.len() as u64;
     }
