@@ -109,6 +109,16 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    /// Totals of `busy` ms of I/O, and bytes written and submitted as many as ns in `written`
+    /// and `raw` ms.
+    fn ms(busy: u64, written: u64, raw: u64) -> Totals {
+        Totals {
+            busy: busy * MS,
+            written: written * MS,
+            raw: raw * MS,
+        }
+    }
+
     /// Totals after `t_ms` at a disk of 1 byte per ns busy (1 GB/s) and writers submitting
     /// `load` times what that disk takes in the same wall time, the disk busy `busy` of it.
     fn window(prev: Totals, load: f64, busy: f64) -> Totals {
@@ -162,31 +172,20 @@ mod tests {
         // what it wrote took 4 ns a byte against writers making 0.6 bytes a ns.
         let mut a = AutoCodec::default();
         assert!(a.compress(0, Totals::default()));
-        let slow = Totals {
-            busy: 20 * MS,
-            written: 5 * MS,
-            raw: 60 * MS,
-        };
-        assert!(a.compress(100 * MS, slow), "load 2.4: keep compressing");
+        assert!(
+            a.compress(100 * MS, ms(20, 5, 60)),
+            "load 2.4: keep compressing"
+        );
         // A fast disk (1.7 GB/s) equally idle: load 0.35: store raw.
         let mut a = AutoCodec::default();
         assert!(a.compress(0, Totals::default()));
-        let fast = Totals {
-            busy: 20 * MS,
-            written: 34 * MS,
-            raw: 60 * MS,
-        };
-        assert!(!a.compress(100 * MS, fast));
+        assert!(!a.compress(100 * MS, ms(20, 34, 60)));
     }
 
     #[test]
     fn a_window_is_judged_only_once_over_and_only_if_it_saw_writes() {
         let mut a = AutoCodec::default();
-        let t = |busy_ms: u64, raw_ms: u64| Totals {
-            busy: busy_ms * MS,
-            written: busy_ms * MS,
-            raw: raw_ms * MS,
-        };
+        let t = |busy: u64, raw: u64| ms(busy, busy, raw);
         // Startup: 300 ms before the first batch: not a verdict.
         assert!(a.compress(300 * MS, t(0, 0)));
         assert!(a.compress(350 * MS, t(10, 30)));
@@ -204,11 +203,7 @@ mod tests {
     #[test]
     fn a_clock_or_counter_that_goes_back_does_not_panic() {
         let mut a = AutoCodec::default();
-        let t = |n: u64| Totals {
-            busy: n * MS,
-            written: n * MS,
-            raw: n * MS,
-        };
+        let t = |n: u64| ms(n, n, n);
         assert!(a.compress(0, t(0)));
         assert!(a.compress(200 * MS, t(200)));
         assert!(a.compress(100 * MS, t(50)));

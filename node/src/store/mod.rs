@@ -181,10 +181,6 @@ pub(crate) struct Shared {
     /// ([`Store::counts`]), then kept up to date by the committer under this lock; `None`
     /// until then, and again after a write the committer cannot account for.
     pub(crate) counts: parking_lot::Mutex<Option<Counts>>,
-    /// Nanoseconds spent writing to volumes and syncing them, since `epoch`.
-    pub(crate) io_busy: AtomicU64,
-    /// Bytes written to volumes since `epoch`.
-    pub(crate) io_written: AtomicU64,
     /// Record bytes submitted by writers since `epoch`, before compression.
     pub(crate) submitted_raw: AtomicU64,
     pub(crate) epoch: std::time::Instant,
@@ -193,22 +189,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Counts the time since `t` as spent on volume I/O that wrote `bytes`.
-    pub(crate) fn io_done(&self, t: std::time::Instant, bytes: u64) {
-        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.io_busy.fetch_add(ns, Ordering::Relaxed);
-        self.io_written.fetch_add(bytes, Ordering::Relaxed);
-    }
-
     /// The codec for the batch being prepared now.
     pub(crate) fn codec_now(&self) -> Codec {
         if self.opts.codec != Codec::Auto {
             return self.opts.codec;
         }
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let (busy, written) = self.volumes.io.totals();
         let totals = auto::Totals {
-            busy: self.io_busy.load(Ordering::Relaxed),
-            written: self.io_written.load(Ordering::Relaxed),
+            busy,
+            written,
             raw: self.submitted_raw.load(Ordering::Relaxed),
         };
         if self.auto.lock().compress(now, totals) {
@@ -319,8 +309,6 @@ impl Store {
             catalog_cache: crate::catalog::StateCache::new(crate::catalog::STATE_CACHE_KEYS),
             closing: AtomicBool::new(false),
             counts: parking_lot::Mutex::new(None),
-            io_busy: AtomicU64::new(0),
-            io_written: AtomicU64::new(0),
             submitted_raw: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             auto: parking_lot::Mutex::new(auto::AutoCodec::default()),

@@ -14,7 +14,7 @@ use super::record::{
     align_up, check_crc, parse_header, parse_volume_header, volume_header, RecordFault,
     RecordHeader, HEADER_LEN, VOLUME_HEADER_LEN,
 };
-use super::volume::{sync_dir, ActiveVolume};
+use super::volume::{layout_version, sync_dir, ActiveVolume};
 use super::write::build_table;
 use super::{io_err, Shared, StoreError};
 use crate::index::{Index, IndexBatch};
@@ -50,11 +50,7 @@ pub(crate) struct Scanner {
 impl Scanner {
     pub(crate) fn open(file: File, from: u64) -> std::io::Result<Self> {
         let len = file.metadata()?.len();
-        let mut head = [0u8; VOLUME_HEADER_LEN as usize];
-        let padded = match file.read_exact_at(&mut head, 0) {
-            Ok(()) => parse_volume_header(&head).map_or(true, |(_, version)| version >= 2),
-            Err(_) => true,
-        };
+        let padded = layout_version(&file).is_none_or(|v| v >= 2);
         let mut clone = file.try_clone()?;
         clone.seek(SeekFrom::Start(from))?;
         Ok(Scanner {

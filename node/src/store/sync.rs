@@ -107,7 +107,7 @@ fn settle(sh: &Shared, groups: Vec<Appended>, unsynced: &Unsynced) {
         }
         let t = std::time::Instant::now();
         let synced_now = g.file.sync_data().map_err(io_err("fdatasync", &g.path));
-        sh.io_done(t, 0);
+        sh.volumes.io.record(t, 0);
         match synced_now {
             Ok(()) => synced.push(&g.file),
             Err(e) => fail(sh, &e),

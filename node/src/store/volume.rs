@@ -5,7 +5,9 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::RwLock;
 
@@ -26,11 +28,44 @@ pub(crate) fn parse_volume_name(name: &str) -> Option<u32> {
     stem.parse().ok()
 }
 
+/// Time spent writing and syncing volumes and the bytes written (`Codec::Auto` reads them).
+#[derive(Debug, Default)]
+pub(crate) struct IoMeter {
+    busy_ns: AtomicU64,
+    written: AtomicU64,
+}
+
+impl IoMeter {
+    /// Counts the time since `t` as volume I/O that wrote `bytes`.
+    pub(crate) fn record(&self, t: Instant, bytes: u64) {
+        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        self.written.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Nanoseconds of volume I/O and bytes written so far.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        (
+            self.busy_ns.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The layout version in the header of the volume `file`, if the header is readable and valid.
+pub(crate) fn layout_version(file: &File) -> Option<u32> {
+    let mut head = [0u8; VOLUME_HEADER_LEN as usize];
+    file.read_exact_at(&mut head, 0).ok()?;
+    parse_volume_header(&head).ok().map(|(_, version)| version)
+}
+
 /// Read handles of every volume.
 #[derive(Debug)]
 pub(crate) struct Volumes {
     dir: PathBuf,
     files: RwLock<BTreeMap<u32, Arc<File>>>,
+    /// Shared with the active volume and the syncer.
+    pub(crate) io: Arc<IoMeter>,
 }
 
 impl Volumes {
@@ -38,6 +73,7 @@ impl Volumes {
         Volumes {
             dir,
             files: RwLock::new(BTreeMap::new()),
+            io: Arc::default(),
         }
     }
 
@@ -113,6 +149,7 @@ pub(crate) struct ActiveVolume {
     /// A second handle opened with `O_DIRECT`, for large groups: only on a volume of layout
     /// version 2 or later (which may hold padding) and a filesystem that supports it.
     pub(crate) direct: Option<File>,
+    io: Arc<IoMeter>,
 }
 
 /// Opens `path` for direct writes, if its filesystem allows it (tmpfs does not).
@@ -139,9 +176,7 @@ impl ActiveVolume {
             .write(true)
             .open(&path)
             .map_err(io_err("open for append", &path))?;
-        let mut head = [0u8; VOLUME_HEADER_LEN as usize];
-        let padded = file.read_exact_at(&mut head, 0).is_ok()
-            && parse_volume_header(&head).is_ok_and(|(_, version)| version >= 2);
+        let padded = layout_version(&file).is_some_and(|v| v >= 2);
         let direct = if padded { open_direct(&path) } else { None };
         Ok(ActiveVolume {
             id,
@@ -149,6 +184,7 @@ impl ActiveVolume {
             path,
             len,
             direct,
+            io: vols.io.clone(),
         })
     }
 
@@ -173,6 +209,7 @@ impl ActiveVolume {
             path,
             len: VOLUME_HEADER_LEN,
             direct,
+            io: vols.io.clone(),
         })
     }
 
@@ -198,6 +235,7 @@ impl ActiveVolume {
             return Ok(());
         }
         debug_assert!(offset >= self.len);
+        let t = Instant::now();
         let mut written = false;
         if let (true, Some(d)) = (direct, &self.direct) {
             match d.write_all_at(buf, offset) {
@@ -223,6 +261,8 @@ impl ActiveVolume {
                 .sync_data()
                 .map_err(io_err("fdatasync", &self.path))
         });
+        self.io
+            .record(t, if res.is_ok() { buf.len() as u64 } else { 0 });
         match res {
             Ok(()) => {
                 self.len = offset + buf.len() as u64;

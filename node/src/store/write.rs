@@ -391,10 +391,7 @@ fn commit_group(
                 fresh.push(p);
             }
         }
-        let req_bytes: u64 = fresh
-            .iter()
-            .map(|p| (HEADER_LEN + p.payload.len()) as u64)
-            .sum();
+        let req_bytes = record_bytes(&fresh) as u64;
         let used = buf.next_offset();
         if used > VOLUME_HEADER_LEN && used + req_bytes > sh.opts.max_volume_size {
             // Seal the volume between requests: once the syncer has settled what it holds,
@@ -405,10 +402,8 @@ fn commit_group(
                 items: std::mem::take(&mut batch.items),
                 ..Default::default()
             };
-            let t = std::time::Instant::now();
             let r = buf
                 .write(active, true)
-                .inspect(|n| sh.io_done(t, *n))
                 .and_then(|n| {
                     appended += n;
                     write_new_items(sh, sealed)
@@ -447,10 +442,7 @@ fn commit_group(
         answers.push((reply, Ok(flags)));
     }
     if sh.failed.lock().is_none() {
-        let t = std::time::Instant::now();
-        let written = buf.write(active, false);
-        sh.io_done(t, *written.as_ref().unwrap_or(&0));
-        match written {
+        match buf.write(active, false) {
             Ok(n) => appended += n,
             Err(e) => fail(sh, &e),
         }
@@ -683,9 +675,7 @@ fn flush(
         buf.clear();
         return Err(StoreError::WritesDisabled(why));
     }
-    let t = std::time::Instant::now();
     let r = active.append_durable(buf);
-    sh.io_done(t, buf.len() as u64);
     if r.is_ok() {
         *appended += buf.len() as u64;
     }
