@@ -177,7 +177,50 @@ pub fn bench_checkin(
     Ok((pairs, summary))
 }
 
-/// Per image: checkout to raw vs `cp --sparse=always` of the original raw image (+ `sync`).
+/// Whether a run starts with its input in the page cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cache {
+    /// The image (for cp) and the store (for the checkout) were just read.
+    Warm,
+    /// Neither is in the page cache.
+    Cold,
+}
+
+/// The regular files at `path` (itself, or everything under a directory).
+fn files_at(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    if path.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            files_at(&e?.path(), out)?;
+        }
+    } else if path.is_file() {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Puts `path` into the page cache (Warm) or takes it out (Cold, after a sync: dirty pages
+/// cannot be dropped). Unprivileged: `posix_fadvise` on files the caller can open.
+fn set_cache(path: &Path, cache: Cache) -> Result<()> {
+    let mut files = Vec::new();
+    files_at(path, &mut files)?;
+    if cache == Cache::Cold {
+        sync()?;
+    }
+    for p in files {
+        let mut f = std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+        match cache {
+            Cache::Warm => {
+                std::io::copy(&mut f, &mut std::io::sink())?;
+            }
+            Cache::Cold => rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed)?,
+        }
+    }
+    Ok(())
+}
+
+/// Per image: checkout to raw vs `cp --sparse=always` of the original raw image (+ `sync`),
+/// once with both inputs in the page cache (the image for cp, the store for the checkout) and
+/// once with neither.
 pub fn bench_checkout(o: &CheckinBenchOptions, mut say: impl FnMut(&str)) -> Result<Vec<Pair>> {
     std::fs::create_dir_all(&o.work)?;
     let dir = o.work.join("checkout-store");
@@ -186,6 +229,7 @@ pub fn bench_checkout(o: &CheckinBenchOptions, mut say: impl FnMut(&str)) -> Res
         &dir,
         StoreOptions {
             create: true,
+            codec: o.codec,
             ..StoreOptions::default()
         },
     )?;
@@ -194,43 +238,50 @@ pub fn bench_checkout(o: &CheckinBenchOptions, mut say: impl FnMut(&str)) -> Res
         digests.push(crate::indexer::checkin(&store, img, o.threads)?.0);
     }
     let mut pairs = Vec::new();
-    for (img, d) in o.images.iter().zip(&digests) {
-        let (mut m, mut b) = (Vec::new(), Vec::new());
-        for run in 0..o.runs {
-            std::io::copy(&mut std::fs::File::open(img)?, &mut std::io::sink())?;
-            let checkout = || -> Result<f64> {
-                let out = o.work.join("checkout.img");
-                let _ = std::fs::remove_file(&out);
-                sync()?;
-                let t = Instant::now();
-                crate::checkout::checkout(&store, d, &out, Default::default())?;
-                sync()?;
-                let took = t.elapsed().as_secs_f64();
-                std::fs::remove_file(&out)?;
-                Ok(took)
-            };
-            let (tm, tb) = side_by_side(run, checkout, || timed_cp(img, &o.work))?;
-            m.push(tm);
-            b.push(tb);
-            say(&format!(
-                "run {run} {}: cp {:.2} s, checkout {:.2} s",
-                img.display(),
-                b[run],
-                m[run]
+    for cache in [Cache::Warm, Cache::Cold] {
+        let label = if cache == Cache::Warm { "warm" } else { "cold" };
+        for (img, d) in o.images.iter().zip(&digests) {
+            let (mut m, mut b) = (Vec::new(), Vec::new());
+            for run in 0..o.runs {
+                let checkout = || -> Result<f64> {
+                    let out = o.work.join("checkout.img");
+                    let _ = std::fs::remove_file(&out);
+                    set_cache(&dir, cache)?;
+                    sync()?;
+                    let t = Instant::now();
+                    crate::checkout::checkout(&store, d, &out, Default::default())?;
+                    sync()?;
+                    let took = t.elapsed().as_secs_f64();
+                    std::fs::remove_file(&out)?;
+                    Ok(took)
+                };
+                let cp = || -> Result<f64> {
+                    set_cache(img, cache)?;
+                    timed_cp(img, &o.work)
+                };
+                let (tm, tb) = side_by_side(run, checkout, cp)?;
+                m.push(tm);
+                b.push(tb);
+                say(&format!(
+                    "run {run} {} ({label}): cp {:.2} s, checkout {:.2} s",
+                    img.display(),
+                    b[run],
+                    m[run]
+                ));
+            }
+            let name = img
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            pairs.push(Pair::new(
+                &format!("checkout {name} to raw ({label})"),
+                "cp --sparse=always + sync",
+                &m,
+                &b,
+                allocated(img)?,
+                String::new(),
             ));
         }
-        let name = img
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        pairs.push(Pair::new(
-            &format!("checkout {name} to raw"),
-            "cp --sparse=always + sync",
-            &m,
-            &b,
-            allocated(img)?,
-            String::new(),
-        ));
     }
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);

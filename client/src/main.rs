@@ -208,8 +208,7 @@ struct ImageBenchArgs {
     /// (0: skip).
     #[arg(long, default_value_t = 19)]
     compact_level: i32,
-    /// checkin only: how the store compresses what it writes: auto, none, lz4, zstd or
-    /// zstd:LEVEL.
+    /// How the bench's store compresses what it writes: auto, none, lz4, zstd or zstd:LEVEL.
     #[arg(long, default_value_t = StoreOptions::default().codec)]
     codec: mirage_node::Codec,
 }

@@ -175,3 +175,61 @@ fn zeros_between_records_are_damage_in_a_version_1_volume_and_padding_in_version
         }
     }
 }
+
+/// Drops every volume of the store at `dir` from the page cache.
+fn evict_volumes(dir: &std::path::Path) {
+    for e in std::fs::read_dir(dir.join("volumes")).unwrap() {
+        let f = std::fs::File::open(e.unwrap().path()).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    }
+}
+
+#[test]
+fn batch_reads_go_past_the_page_cache_only_for_what_it_does_not_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let direct = direct_io_works(dir.path());
+    let alg = Algorithm::Sha256;
+    let s = open(dir.path());
+    // Large groups, and small items (unaligned, written through the page cache) among them.
+    let mut items = big_blobs(0, 30);
+    for i in 0..12 {
+        let small = blob(alg, 1000 + i);
+        put(&s, std::slice::from_ref(&small));
+        items.push(small);
+    }
+    items.extend(big_blobs(200, 30));
+    put(&s, &items[42..]);
+    put(&s, &items[..30]);
+    let digests: Vec<_> = items.iter().map(|i| i.digest()).collect();
+    let read_all = |s: &mirage_node::Store| {
+        let mut got = std::collections::HashMap::new();
+        let st = s
+            .get_many(
+                &digests,
+                None,
+                mirage_node::ReadOptions::default(),
+                |d, r| {
+                    got.insert(d, r.unwrap());
+                },
+            )
+            .unwrap();
+        for i in &items {
+            assert_eq!(got[&i.digest()], i.bytes(), "every item intact");
+        }
+        assert!(st.missing.is_empty());
+        st
+    };
+    evict_volumes(dir.path());
+    let cold = read_all(&s);
+    if direct {
+        assert!(cold.direct_reads > 0, "cold long spans go direct: {cold:?}");
+    }
+    // Direct reads leave the page cache as it was: the next batch goes direct again.
+    assert_eq!(read_all(&s).direct_reads, cold.direct_reads);
+    // Once the cache holds the volume, every span is read from there.
+    for e in std::fs::read_dir(dir.path().join("volumes")).unwrap() {
+        std::fs::read(e.unwrap().path()).unwrap();
+    }
+    assert_eq!(read_all(&s).direct_reads, 0);
+}

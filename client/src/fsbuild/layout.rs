@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use mirage_format::chunking::INLINE_MAX;
 use mirage_format::{Digest, EntryKind, Filesystem, Item, Tree};
 use mirage_image::fs::ext4::Ext4;
 use mirage_image::fs::vfat::Vfat;
@@ -78,6 +79,7 @@ pub fn recreate(
     let t1 = std::time::Instant::now();
     let jobs = walk(store, fs, reader, &mut stats)?;
     let t2 = std::time::Instant::now();
+    let units = units(&jobs);
     let next = AtomicUsize::new(0);
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let results: Vec<Result<LayoutStats>> = std::thread::scope(|s| {
@@ -98,8 +100,8 @@ pub fn recreate(
             .map(|_| {
                 s.spawn(|| {
                     let mut st = LayoutStats::default();
-                    while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        write_file(store, &f, image, reader, job, verify, &mut st)?;
+                    while let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        fill(store, &f, image, reader, unit, verify, &mut st)?;
                     }
                     Ok(st)
                 })
@@ -128,6 +130,34 @@ pub fn recreate(
         "filesystem laid out"
     );
     Ok(stats)
+}
+
+/// Files of at most this size are read in batches (their contents are single blobs).
+const BATCH_BYTES: u64 = 4 << 20;
+/// Most files in one batch.
+const BATCH_FILES: usize = 512;
+
+/// Runs of small files, read together (one sorted, coalesced read of the store per batch), and
+/// large files (chunk lists), one at a time: what each content worker takes next.
+fn units(jobs: &[Job]) -> Vec<&[Job]> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < jobs.len() {
+        let mut j = i;
+        let mut bytes = 0;
+        while j < jobs.len()
+            && jobs[j].size <= INLINE_MAX
+            && j - i < BATCH_FILES
+            && bytes + jobs[j].size <= BATCH_BYTES
+        {
+            bytes += jobs[j].size;
+            j += 1;
+        }
+        let j = j.max(i + 1);
+        out.push(&jobs[i..j]);
+        i = j;
+    }
+    out
 }
 
 /// One file to fill: its inode, size and content.
@@ -242,30 +272,73 @@ fn put_mapped(f: &File, path: &Path, ext: &[FileExtent], data: &[u8], logical: u
     Ok(())
 }
 
+/// Fills the files of one unit: reads their contents in one batch and puts each where its
+/// file's extents say.
+fn fill(
+    store: &Store,
+    f: &File,
+    path: &Path,
+    reader: &dyn FsReader,
+    unit: &[Job],
+    verify: bool,
+    stats: &mut LayoutStats,
+) -> Result<()> {
+    let mut by_content: HashMap<Digest, Vec<&Job>> = HashMap::new();
+    for job in unit {
+        // Content inside the inode is in the skeleton already.
+        if reader.inline_data(job.ino)?.is_none() {
+            by_content.entry(job.content).or_default().push(job);
+        }
+    }
+    let wanted: Vec<Digest> = by_content.keys().copied().collect();
+    let opts = ReadOptions {
+        verify_digest: verify,
+        ..Default::default()
+    };
+    let mut failure: Option<anyhow::Error> = None;
+    let read = store.get_many(&wanted, None, opts, |d, bytes| {
+        if failure.is_some() {
+            return;
+        }
+        let r = bytes.map_err(anyhow::Error::from).and_then(|bytes| {
+            by_content[&d]
+                .iter()
+                .try_for_each(|job| write_file(store, f, path, reader, job, &bytes, verify, stats))
+        });
+        if let Err(e) = r {
+            failure = Some(e);
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(m) = read.missing.first() {
+        bail!("{} is not in the store", m.to_text());
+    }
+    Ok(())
+}
+
+/// Puts the content `bytes` (the encoded item) of one file into its extents.
+#[allow(clippy::too_many_arguments)]
 fn write_file(
     store: &Store,
     f: &File,
     path: &Path,
     reader: &dyn FsReader,
     job: &Job,
+    bytes: &[u8],
     verify: bool,
     stats: &mut LayoutStats,
 ) -> Result<()> {
-    if reader.inline_data(job.ino)?.is_some() {
-        return Ok(()); // the content is inside the inode, which the skeleton holds
-    }
     let ext = reader
         .extents(job.ino)
         .map_err(|e| Mismatch(e.to_string()))?;
     stats.items += 1;
-    let bytes = store
-        .get_with(&job.content, verify)?
-        .with_context(|| format!("{} is not in the store", job.content.to_text()))?;
     let opts = ReadOptions {
         verify_digest: verify,
         ..Default::default()
     };
-    match Item::decode(&bytes)? {
+    match Item::decode(bytes)? {
         Item::Blob { data } => {
             put_mapped(f, path, &ext, &data, 0)?;
             stats.bytes += data.len() as u64;

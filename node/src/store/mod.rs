@@ -8,6 +8,7 @@
 
 mod auto;
 mod compact;
+mod direct_read;
 mod group;
 mod location;
 mod partition;

@@ -48,6 +48,8 @@ pub struct ReadStats {
     pub read_ops: u64,
     /// Bytes read from volume files.
     pub bytes_read: u64,
+    /// Reads that went past the page cache (long spans it did not hold).
+    pub direct_reads: u64,
 }
 
 impl Store {
@@ -89,7 +91,55 @@ impl Store {
     ) -> Result<ReadStats, StoreError> {
         let sh = self.shared();
         let mut stats = ReadStats::default();
-        // (digest, location, came from the location table)
+        let located = self.locate(wanted, contexts, &mut stats)?;
+        for span in spans(&located, opts.coalesce_gap, opts.max_read) {
+            stats.read_ops += 1;
+            stats.bytes_read += span.end - span.start;
+            let merged = match sh
+                .volumes
+                .read_span(span.volume, span.start, span.end - span.start)
+            {
+                Ok((buf, direct)) => {
+                    stats.direct_reads += u64::from(direct);
+                    Some(buf)
+                }
+                Err(_) => None,
+            };
+            for (d, l, from_table) in &located[span.items.clone()] {
+                stats.served += 1;
+                let res = match &merged {
+                    Some(buf) => {
+                        let from = (l.offset - span.start) as usize;
+                        self.decode_record(
+                            d,
+                            l,
+                            &buf[from..from + l.record_len() as usize],
+                            opts.verify_digest,
+                        )
+                    }
+                    // One bad record must not fail its neighbours: read each on its own.
+                    None => self.read_one(d, l, opts.verify_digest),
+                };
+                let res = match res {
+                    Err(e) if *from_table => self.retry_from_index(d, l, e, opts.verify_digest),
+                    other => other,
+                };
+                f(*d, res);
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Locates `wanted` through the location tables of `contexts`, then the index; returns them
+    /// in (volume, offset) order, each with whether its location came from a table. Digests the
+    /// store does not hold go to `stats.missing`.
+    fn locate(
+        &self,
+        wanted: &[Digest],
+        contexts: &[Digest],
+        stats: &mut ReadStats,
+    ) -> Result<Vec<(Digest, Location, bool)>, StoreError> {
+        let sh = self.shared();
         let mut located: Vec<(Digest, Location, bool)> = Vec::with_capacity(wanted.len());
         let mut lookup: Vec<Digest> = Vec::new();
         let mut map: HashMap<Digest, Location> = HashMap::new();
@@ -119,50 +169,7 @@ impl Store {
         }
         located.sort_by_key(|(_, l, _)| (l.volume, l.offset));
         located.dedup_by_key(|(d, _, _)| *d);
-        let mut i = 0;
-        while i < located.len() {
-            // Merge a run of nearby records in one volume into one sequential read.
-            let (vol, start) = (located[i].1.volume, located[i].1.offset);
-            let mut end = located[i].1.end();
-            let mut j = i + 1;
-            while j < located.len() {
-                let l = &located[j].1;
-                if l.volume != vol
-                    || l.offset > end + opts.coalesce_gap
-                    || l.end() - start > opts.max_read
-                {
-                    break;
-                }
-                end = end.max(l.end());
-                j += 1;
-            }
-            stats.read_ops += 1;
-            stats.bytes_read += end - start;
-            let merged = sh.volumes.read_at(vol, start, end - start).ok();
-            for (d, l, from_table) in &located[i..j] {
-                stats.served += 1;
-                let res = match &merged {
-                    Some(buf) => {
-                        let from = (l.offset - start) as usize;
-                        self.decode_record(
-                            d,
-                            l,
-                            &buf[from..from + l.record_len() as usize],
-                            opts.verify_digest,
-                        )
-                    }
-                    // One bad record must not fail its neighbours: read each on its own.
-                    None => self.read_one(d, l, opts.verify_digest),
-                };
-                let res = match res {
-                    Err(e) if *from_table => self.retry_from_index(d, l, e, opts.verify_digest),
-                    other => other,
-                };
-                f(*d, res);
-            }
-            i = j;
-        }
-        Ok(stats)
+        Ok(located)
     }
 
     /// Reads and checks the record at `loc`; a failed read is an integrity error of the item.
@@ -246,5 +253,93 @@ fn integrity(d: &Digest, l: &Location, reason: String) -> StoreError {
         volume: l.volume,
         offset: l.offset,
         reason,
+    }
+}
+
+/// Records of one volume read with one I/O: bytes `start..end` of `volume`, holding
+/// `located[items]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Span {
+    volume: u32,
+    start: u64,
+    end: u64,
+    items: std::ops::Range<usize>,
+}
+
+/// Merges runs of records (sorted by volume and offset) that lie within `gap` bytes of each
+/// other in one volume into spans of at most `max` bytes (a single larger record is a span of
+/// its own).
+fn spans(located: &[(Digest, Location, bool)], gap: u64, max: u64) -> Vec<Span> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < located.len() {
+        let (volume, start) = (located[i].1.volume, located[i].1.offset);
+        let mut end = located[i].1.end();
+        let mut j = i + 1;
+        while let Some((_, l, _)) = located.get(j) {
+            if l.volume != volume || l.offset > end.saturating_add(gap) || l.end() - start > max {
+                break;
+            }
+            end = end.max(l.end());
+            j += 1;
+        }
+        out.push(Span {
+            volume,
+            start,
+            end,
+            items: i..j,
+        });
+        i = j;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirage_format::Algorithm;
+
+    fn at(n: u8, volume: u32, offset: u64, stored_len: u32) -> (Digest, Location, bool) {
+        let d = Digest::of(Algorithm::Sha256, &[n]).unwrap();
+        let l = Location {
+            volume,
+            offset,
+            stored_len,
+            raw_len: stored_len,
+            kind: mirage_format::ItemKind::Blob,
+            compression: super::super::Compression::None,
+        };
+        (d, l, false)
+    }
+
+    #[test]
+    fn spans_merge_neighbours_and_split_on_gap_volume_and_size() {
+        let rec = |n, v, o| at(n, v, o, 1000);
+        let len = rec(0, 0, 0).1.record_len();
+        let located = vec![
+            rec(0, 1, 0),
+            rec(1, 1, len + 10),           // within the gap: merged
+            rec(2, 1, 2 * len + 10 + 500), // beyond a 100-byte gap: new span
+            rec(3, 2, 0),                  // another volume
+            rec(4, 2, len),
+            rec(5, 2, 2 * len), // would make the span longer than max
+        ];
+        let s = spans(&located, 100, 2 * len + 10);
+        let got: Vec<_> = s
+            .iter()
+            .map(|s| (s.volume, s.start, s.end, s.items.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, 0, 2 * len + 10, 0..2),
+                (1, 2 * len + 510, 3 * len + 510, 2..3),
+                (2, 0, 2 * len, 3..5),
+                (2, 2 * len, 3 * len, 5..6),
+            ]
+        );
+        assert!(spans(&[], 100, 100).is_empty());
+        // A record larger than `max` still gets a span.
+        assert_eq!(spans(&located[..1], 0, 1)[0].items, 0..1);
     }
 }

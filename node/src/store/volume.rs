@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use parking_lot::RwLock;
 
+use super::direct_read::{fully_cached, read_direct, ReadBuf, DIRECT_READ_MIN};
 use super::record::{parse_volume_header, volume_header, VOLUME_HEADER_LEN};
 use super::{io_err, StoreError};
 
@@ -64,6 +65,8 @@ pub(crate) fn layout_version(file: &File) -> Option<u32> {
 pub(crate) struct Volumes {
     dir: PathBuf,
     files: RwLock<BTreeMap<u32, Arc<File>>>,
+    /// Direct-I/O read handles (`None`: the filesystem refuses them).
+    direct: RwLock<BTreeMap<u32, Option<Arc<File>>>>,
     /// Shared with the active volume and the syncer.
     pub(crate) io: Arc<IoMeter>,
 }
@@ -73,6 +76,7 @@ impl Volumes {
         Volumes {
             dir,
             files: RwLock::new(BTreeMap::new()),
+            direct: RwLock::new(BTreeMap::new()),
             io: Arc::default(),
         }
     }
@@ -108,9 +112,38 @@ impl Volumes {
         Ok(f)
     }
 
+    fn direct_handle(&self, id: u32) -> Option<Arc<File>> {
+        if let Some(f) = self.direct.read().get(&id) {
+            return f.clone();
+        }
+        let f = open_direct(&self.path(id), false).map(Arc::new);
+        self.direct.write().insert(id, f.clone());
+        f
+    }
+
     /// Forgets cached handles (after truncation or recreation).
     pub(crate) fn forget(&self, id: u32) {
         self.files.write().remove(&id);
+        self.direct.write().remove(&id);
+    }
+
+    /// Reads exactly `len` bytes at `offset` of volume `id`, a long span past the page cache
+    /// unless the cache holds all of it (`store::direct_read`); says whether it went direct.
+    pub(crate) fn read_span(
+        &self,
+        id: u32,
+        offset: u64,
+        len: u64,
+    ) -> Result<(ReadBuf, bool), StoreError> {
+        if len >= DIRECT_READ_MIN && !fully_cached(&*self.handle(id)?, offset, len) {
+            if let Some(b) = self
+                .direct_handle(id)
+                .and_then(|d| read_direct(&d, offset, len))
+            {
+                return Ok((b, true));
+            }
+        }
+        Ok((self.read_at(id, offset, len)?.into(), false))
     }
 
     /// Reads exactly `len` bytes at `offset` of volume `id`.
@@ -152,16 +185,17 @@ pub(crate) struct ActiveVolume {
     io: Arc<IoMeter>,
 }
 
-/// Opens `path` for direct writes, if its filesystem allows it (tmpfs does not).
-fn open_direct(path: &Path) -> Option<File> {
+/// Opens `path` for direct writes or reads, if its filesystem allows it (tmpfs does not).
+fn open_direct(path: &Path, write: bool) -> Option<File> {
     match OpenOptions::new()
-        .write(true)
+        .read(!write)
+        .write(write)
         .custom_flags(libc::O_DIRECT)
         .open(path)
     {
         Ok(f) => Some(f),
         Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "no direct I/O; volume appends stay buffered");
+            tracing::debug!(path = %path.display(), error = %e, write, "no direct I/O; volume I/O stays buffered");
             None
         }
     }
@@ -177,7 +211,11 @@ impl ActiveVolume {
             .open(&path)
             .map_err(io_err("open for append", &path))?;
         let padded = layout_version(&file).is_some_and(|v| v >= 2);
-        let direct = if padded { open_direct(&path) } else { None };
+        let direct = if padded {
+            open_direct(&path, true)
+        } else {
+            None
+        };
         Ok(ActiveVolume {
             id,
             file: Arc::new(file),
@@ -202,7 +240,7 @@ impl ActiveVolume {
         file.sync_all().map_err(io_err("fsync", &path))?;
         sync_dir(vols.dir())?;
         vols.forget(id);
-        let direct = open_direct(&path);
+        let direct = open_direct(&path, true);
         Ok(ActiveVolume {
             id,
             file: Arc::new(file),
