@@ -8,7 +8,8 @@
 //! them (bytes written per second of volume I/O). That is the share of wall time the disk would
 //! be busy if every byte were written raw, whatever is being done now, and it does not depend
 //! on how full the write pipeline happens to be. Smoothed over windows (each new one weighs
-//! half; it starts at [`LOAD_ON`]), at or above [`LOAD_ON`] the disk is what holds the writers
+//! a quarter, so that one stalled window does not switch; the first, [`FIRST_WINDOW_NS`]
+//! long, counts alone), at or above [`LOAD_ON`] the disk is what holds the writers
 //! back, and batches are compressed (LZ4); below [`LOAD_OFF`] they are stored as
 //! they are; in between the choice stays. A window with no batch or no completed write, or
 //! that an idle spell stretched past two window lengths, says nothing and is not judged. On a
@@ -21,6 +22,8 @@
 
 /// Length of a measurement window.
 pub(crate) const WINDOW_NS: u64 = 100_000_000;
+/// Length of the first window, judged on its own.
+pub(crate) const FIRST_WINDOW_NS: u64 = 50_000_000;
 /// Raw load at or above which batches are compressed.
 pub(crate) const LOAD_ON: f64 = 0.9;
 /// Raw load below which they are stored raw again.
@@ -44,21 +47,24 @@ pub(crate) struct AutoCodec {
     at_start: Totals,
     /// Batches prepared in the current window.
     batches: u32,
-    /// The raw load, smoothed over windows (each window weighs half).
+    /// The raw load, smoothed over windows (each window weighs a quarter).
     load: f64,
+    /// Whether a window has been judged yet.
+    judged: bool,
     compress: bool,
 }
 
 impl Default for AutoCodec {
-    /// Compressing until a window shows the disk keeping up: on a fast disk that costs one
-    /// window of compression; starting raw on a slow one would cost a window's worth of
-    /// uncompressed bytes queued behind the disk.
+    /// Compressing until the first (short) window shows the disk keeping up: on a fast disk
+    /// that costs 50 ms of compression; starting raw on a slow one would cost a window's worth
+    /// of uncompressed bytes queued behind the disk.
     fn default() -> Self {
         AutoCodec {
             window_start: 0,
             at_start: Totals::default(),
             batches: 0,
             load: LOAD_ON,
+            judged: false,
             compress: true,
         }
     }
@@ -69,7 +75,12 @@ impl AutoCodec {
     /// clock), given the store's running totals.
     pub(crate) fn compress(&mut self, now: u64, totals: Totals) -> bool {
         let elapsed = now.saturating_sub(self.window_start);
-        if elapsed >= WINDOW_NS {
+        let window = if self.judged {
+            WINDOW_NS
+        } else {
+            FIRST_WINDOW_NS
+        };
+        if elapsed >= window {
             let d = |f: fn(&Totals) -> u64| f(&totals).saturating_sub(f(&self.at_start));
             let (busy, written, raw) = (d(|t| t.busy), d(|t| t.written), d(|t| t.raw));
             if self.batches > 0 && elapsed < 2 * WINDOW_NS && busy > 0 && written > 0 {
@@ -86,7 +97,13 @@ impl AutoCodec {
 
     fn judge(&mut self, window_load: f64) {
         let was = self.compress;
-        self.load = (self.load + window_load) / 2.0;
+        self.load = if self.judged {
+            0.75 * self.load + 0.25 * window_load
+        } else {
+            window_load
+        };
+        self.judged = true;
+        tracing::trace!(window_load, load = self.load, "auto codec window");
         if self.load >= LOAD_ON {
             self.compress = true;
         } else if self.load < LOAD_OFF {
@@ -149,20 +166,28 @@ mod tests {
             a.compress(0, tot),
             "compressing until a window says otherwise"
         );
-        // Smoothed: 0.85, 0.725, 0.6625, 0.78, 0.94, 0.87, 0.685, 1.49.
+        // The first window alone, then smoothed: 0.8, 0.725, 0.669, 0.627, 0.970, 1.228,
+        // 1.046, 0.909, 0.807, 0.730.
         assert_eq!(
             run(
                 &mut a,
                 &mut t,
                 &mut tot,
-                &[0.8, 0.6, 0.6, 0.9, 1.1, 0.8, 0.5, 2.3]
+                &[0.8, 0.5, 0.5, 0.5, 2.0, 2.0, 0.5, 0.5, 0.5, 0.5]
             ),
-            [true, false, false, false, true, true, false, true]
+            [true, false, false, false, true, true, true, true, true, false]
         );
-        // One light window after a heavy one is not enough to stop (0.895), two are.
+    }
+
+    #[test]
+    fn one_stalled_window_does_not_switch() {
+        let (mut a, mut t, mut tot) = (AutoCodec::default(), 0, Totals::default());
+        assert!(a.compress(0, tot));
+        // A fast disk (0.3), one window at 1.8 (0.675), then fast again (0.581, 0.511); a
+        // lasting change does switch (0.883, 1.162).
         assert_eq!(
-            run(&mut a, &mut t, &mut tot, &[0.3, 0.3, 0.89]),
-            [true, false, false]
+            run(&mut a, &mut t, &mut tot, &[0.3, 1.8, 0.3, 0.3, 2.0, 2.0]),
+            [false, false, false, false, false, true]
         );
     }
 
@@ -188,16 +213,19 @@ mod tests {
         let t = |busy: u64, raw: u64| ms(busy, busy, raw);
         // Startup: 300 ms before the first batch: not a verdict.
         assert!(a.compress(300 * MS, t(0, 0)));
-        assert!(a.compress(350 * MS, t(10, 30)));
-        // Writers at 0.3 of what the disk takes: stored raw from now.
-        assert!(!a.compress(400 * MS, t(20, 30)));
+        assert!(a.compress(340 * MS, t(10, 30)));
+        // The first window is 50 ms long and judged alone: writers at 0.6 of what the disk
+        // takes: stored raw from now.
+        assert!(!a.compress(350 * MS, t(10, 30)));
+        // Later windows are 100 ms long.
+        assert!(!a.compress(400 * MS, t(10, 30)));
         // Batches but no write completed in the window: no verdict.
-        assert!(!a.compress(500 * MS, t(20, 130)));
-        // Writers at twice the disk's rate: compressing again.
-        assert!(a.compress(600 * MS, t(70, 330)));
+        assert!(!a.compress(450 * MS, t(10, 130)));
+        // Writers at twice the disk's rate: compressing again (smoothed 0.95).
+        assert!(a.compress(550 * MS, t(60, 330)));
         // A long idle stretch (no batch) keeps the decision: it says nothing about the disk.
-        assert!(a.compress(10_000 * MS, t(70, 330)));
-        assert!(!a.compress(10_100 * MS, t(80, 340)));
+        assert!(a.compress(10_000 * MS, t(60, 330)));
+        assert!(!a.compress(10_100 * MS, t(70, 340)));
     }
 
     #[test]
