@@ -125,6 +125,40 @@ pub fn encode_record(
     rec
 }
 
+/// The header of a record up to its CRC.
+fn header_fields(
+    digest: &Digest,
+    kind: ItemKind,
+    compression: Compression,
+    raw_len: u32,
+    stored_len: usize,
+) -> [u8; HEADER_LEN - 4] {
+    let mut h = [0u8; HEADER_LEN - 4];
+    h[..4].copy_from_slice(RECORD_MAGIC);
+    h[4] = RECORD_VERSION;
+    h[5] = kind.code();
+    h[6] = compression.code();
+    h[7] = digest.algorithm().code();
+    h[8..8 + digest.as_bytes().len()].copy_from_slice(digest.as_bytes());
+    h[40..44].copy_from_slice(&raw_len.to_le_bytes());
+    h[44..48].copy_from_slice(&(stored_len as u32).to_le_bytes());
+    h
+}
+
+/// The CRC32C a record of these fields and `payload` carries (it covers the header fields
+/// and the payload, not the record's place, so writers compute it before the committer
+/// places the record).
+pub fn record_crc(
+    digest: &Digest,
+    kind: ItemKind,
+    compression: Compression,
+    raw_len: u32,
+    payload: &[u8],
+) -> u32 {
+    let h = header_fields(digest, kind, compression, raw_len, payload.len());
+    crc32c::crc32c_append(crc32c::crc32c(&h), payload)
+}
+
 /// Appends a complete record (header and payload) to `out`: one copy of the payload.
 pub fn append_record(
     out: &mut Vec<u8>,
@@ -134,19 +168,28 @@ pub fn append_record(
     raw_len: u32,
     payload: &[u8],
 ) {
-    let start = out.len();
+    let crc = record_crc(digest, kind, compression, raw_len, payload);
+    append_record_with_crc(out, digest, kind, compression, raw_len, payload, crc);
+}
+
+/// [`append_record`] with its CRC computed beforehand by [`record_crc`].
+pub fn append_record_with_crc(
+    out: &mut Vec<u8>,
+    digest: &Digest,
+    kind: ItemKind,
+    compression: Compression,
+    raw_len: u32,
+    payload: &[u8],
+    crc: u32,
+) {
     out.reserve(HEADER_LEN + payload.len());
-    out.extend_from_slice(RECORD_MAGIC);
-    out.push(RECORD_VERSION);
-    out.push(kind.code());
-    out.push(compression.code());
-    out.push(digest.algorithm().code());
-    let mut d = [0u8; 32];
-    d[..digest.as_bytes().len()].copy_from_slice(digest.as_bytes());
-    out.extend_from_slice(&d);
-    out.extend_from_slice(&raw_len.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..]), payload);
+    out.extend_from_slice(&header_fields(
+        digest,
+        kind,
+        compression,
+        raw_len,
+        payload.len(),
+    ));
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
 }

@@ -12,7 +12,7 @@ use mirage_format::{Digest, Item, ItemKind};
 
 use super::group::GroupBuf;
 use super::location::{Codec, Compression, Location, LocationTable};
-use super::record::{append_record, HEADER_LEN, VOLUME_HEADER_LEN};
+use super::record::{append_record_with_crc, record_crc, HEADER_LEN, VOLUME_HEADER_LEN};
 use super::sync::{answer, Appended, Pipe, SyncMsg, Unsynced};
 use super::volume::ActiveVolume;
 use super::{Shared, Store, StoreError};
@@ -61,9 +61,31 @@ pub(crate) struct Prepared {
     raw_len: u32,
     compression: Compression,
     payload: Vec<u8>,
+    /// The record's CRC, computed by the writer's thread (the committer is one thread).
+    crc: u32,
 }
 
 impl Prepared {
+    fn new(
+        digest: Digest,
+        kind: ItemKind,
+        refs: Vec<Digest>,
+        raw_len: u32,
+        compression: Compression,
+        payload: Vec<u8>,
+    ) -> Self {
+        let crc = record_crc(&digest, kind, compression, raw_len, &payload);
+        Prepared {
+            digest,
+            kind,
+            refs,
+            raw_len,
+            compression,
+            payload,
+            crc,
+        }
+    }
+
     /// A copy of a stored item for compaction (no references to check: it is already in).
     pub(crate) fn relocated(
         header_digest: Digest,
@@ -73,14 +95,14 @@ impl Prepared {
     ) -> Self {
         let raw_len = encoded.len() as u32;
         let (compression, payload) = compress(encoded, codec);
-        Prepared {
-            digest: header_digest,
+        Prepared::new(
+            header_digest,
             kind,
-            refs: Vec::new(),
+            Vec::new(),
             raw_len,
             compression,
             payload,
-        }
+        )
     }
 }
 
@@ -168,14 +190,7 @@ impl Store {
             slots.push(i);
             let raw_len = bytes.len() as u32;
             let (compression, payload) = compress(bytes, codec);
-            prepared.push(Prepared {
-                digest: *d,
-                kind,
-                refs,
-                raw_len,
-                compression,
-                payload,
-            });
+            prepared.push(Prepared::new(*d, kind, refs, raw_len, compression, payload));
         }
         let out: Vec<PutOutcome> = digests
             .iter()
@@ -425,13 +440,14 @@ fn commit_group(
                 kind: p.kind,
                 compression: p.compression,
             };
-            append_record(
+            append_record_with_crc(
                 buf.records(),
                 &p.digest,
                 p.kind,
                 p.compression,
                 p.raw_len,
                 &p.payload,
+                p.crc,
             );
             new_locs.insert(p.digest, loc);
             batch.items.push((p.digest, loc));
@@ -505,13 +521,14 @@ fn relocate(
             kind: p.kind,
             compression: p.compression,
         };
-        append_record(
+        append_record_with_crc(
             &mut buf,
             &p.digest,
             p.kind,
             p.compression,
             p.raw_len,
             &p.payload,
+            p.crc,
         );
         batch.items.push((p.digest, loc));
     }
