@@ -96,7 +96,9 @@ pub fn recreate(
                 }
             }
         });
-        let workers: Vec<_> = (0..threads.max(1))
+        // Twice as many workers as threads: a worker waiting for its read from a cold store
+        // leaves its core to one that is copying (measured: PERFORMANCE.md, checkout).
+        let workers: Vec<_> = (0..2 * threads.max(1))
             .map(|_| {
                 s.spawn(|| {
                     let mut st = LayoutStats::default();
@@ -133,7 +135,7 @@ pub fn recreate(
 }
 
 /// Files of at most this size are read in batches (their contents are single blobs).
-const BATCH_BYTES: u64 = 4 << 20;
+const BATCH_BYTES: u64 = 8 << 20;
 /// Most files in one batch.
 const BATCH_FILES: usize = 512;
 
