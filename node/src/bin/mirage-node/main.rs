@@ -5,6 +5,10 @@ mod bench;
 mod playground;
 mod watchdog;
 
+/// mimalloc, as in the `mirage` CLI: request threads allocate the payloads the committer frees.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
