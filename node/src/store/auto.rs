@@ -31,6 +31,9 @@ pub(crate) const FIRST_WINDOW_NS: u64 = 50_000_000;
 pub(crate) const LOAD_ON: f64 = 1.5;
 /// Raw load below which they are stored raw again.
 pub(crate) const LOAD_OFF: f64 = 1.25;
+/// A window's load counts as at most this much: a disk stall (a window at ten times the
+/// usual load) must not switch compression on alone; two heavy windows in a row do.
+pub(crate) const LOAD_CAP: f64 = 3.0;
 
 /// Running totals the store keeps (all monotonic).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,6 +103,7 @@ impl AutoCodec {
 
     fn judge(&mut self, window_load: f64) {
         let was = self.compress;
+        let window_load = window_load.min(LOAD_CAP);
         self.load = if self.judged {
             0.75 * self.load + 0.25 * window_load
         } else {
@@ -169,16 +173,16 @@ mod tests {
             a.compress(0, tot),
             "compressing until a window says otherwise"
         );
-        // The first window alone, then smoothed: 1.0, 1.0, 1.0, 1.625, 2.094, 1.820, 1.615,
-        // 1.461, 1.346, 1.259, 1.195.
+        // The first window alone, then smoothed: 0.5, 0.5, 0.5, 1.125, 1.594, 1.945, 1.584,
+        // 1.313, 1.110, 0.957.
         assert_eq!(
             run(
                 &mut a,
                 &mut t,
                 &mut tot,
-                &[1.0, 1.0, 1.0, 3.5, 3.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+                &[0.5, 0.5, 0.5, 3.0, 3.0, 3.0, 0.5, 0.5, 0.5, 0.5]
             ),
-            [false, false, false, true, true, true, true, true, true, true, false]
+            [false, false, false, false, true, true, true, true, false, false]
         );
     }
 
@@ -186,11 +190,11 @@ mod tests {
     fn one_stalled_window_does_not_switch() {
         let (mut a, mut t, mut tot) = (AutoCodec::default(), 0, Totals::default());
         assert!(a.compress(0, tot));
-        // A fast disk (0.5), one window at 3.0 (1.125), then fast again (0.969, 0.852); a
-        // lasting change does switch (1.514).
+        // A fast disk (0.5), one stalled window at 10 (counted as 3: 1.125), then fast again
+        // (0.969, 0.852); a lasting change does switch (1.389, 1.792).
         assert_eq!(
-            run(&mut a, &mut t, &mut tot, &[0.5, 3.0, 0.5, 0.5, 3.5]),
-            [false, false, false, false, true]
+            run(&mut a, &mut t, &mut tot, &[0.5, 10.0, 0.5, 0.5, 3.5, 3.5]),
+            [false, false, false, false, false, true]
         );
     }
 
@@ -224,13 +228,15 @@ mod tests {
         assert!(!a.compress(400 * MS, t(10, 30)));
         // Batches but no write completed in the window: no verdict.
         assert!(!a.compress(450 * MS, t(10, 130)));
-        // Writers at six times the disk's rate: compressing again (smoothed 1.95).
-        assert!(a.compress(550 * MS, t(60, 730)));
+        // Writers at six, then ten times the disk's rate (each counted as 3): compressing
+        // again after the second (1.2, 1.65).
+        assert!(!a.compress(550 * MS, t(60, 730)));
+        assert!(a.compress(650 * MS, t(110, 1230)));
         // A long idle stretch (no batch) keeps the decision: it says nothing about the disk.
-        assert!(a.compress(10_000 * MS, t(60, 730)));
-        // One light window (0.1) is not enough to stop (1.49), two are (1.14).
-        assert!(a.compress(10_100 * MS, t(70, 740)));
-        assert!(!a.compress(10_200 * MS, t(80, 750)));
+        assert!(a.compress(10_000 * MS, t(110, 1230)));
+        // One light window (0.1) is not enough to stop (1.26), two are (0.97).
+        assert!(a.compress(10_100 * MS, t(120, 1240)));
+        assert!(!a.compress(10_200 * MS, t(130, 1250)));
     }
 
     #[test]
