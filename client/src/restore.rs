@@ -164,41 +164,29 @@ pub fn restore_tree_with(
             }
         }
         let keys: Vec<Digest> = wanted.keys().copied().collect();
-        let mut failure: Option<RestoreError> = None;
-        let read = store.get_many(&keys, Some(&digest), opts, |d, r| {
-            if failure.is_some() {
-                return;
-            }
-            let res = r.map_err(RestoreError::from).and_then(|bytes| {
-                stats.items += 1;
-                for &i in &wanted[&d] {
-                    let e = &tree.entries[i];
-                    let path = dir.join(std::ffi::OsStr::from_bytes(&e.name));
-                    if e.kind == EntryKind::Dir {
-                        std::fs::create_dir(&path).map_err(io(&path))?;
-                        queue.push_back((d, decode_tree(&d, &bytes)?, path.clone()));
-                        dir_meta.push((path, e.clone()));
-                        stats.dirs += 1;
-                    } else {
-                        stats.bytes +=
-                            write_file(store, &d, &bytes, &path, e, &mut stats.items, staging)?;
-                        stats.files += 1;
-                    }
-                }
-                Ok(())
-            });
-            if let Err(e) = res {
-                failure = Some(e);
-            }
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        if let Some(m) = read.missing.first() {
-            return Err(RestoreError::Structure(format!(
+        let missing = |m: &Digest| {
+            RestoreError::Structure(format!(
                 "{m:#} referenced by {digest:#} is not in the store"
-            )));
-        }
+            ))
+        };
+        get_each(store, &keys, Some(&digest), opts, missing, |d, bytes| {
+            stats.items += 1;
+            for &i in &wanted[&d] {
+                let e = &tree.entries[i];
+                let path = dir.join(std::ffi::OsStr::from_bytes(&e.name));
+                if e.kind == EntryKind::Dir {
+                    std::fs::create_dir(&path).map_err(io(&path))?;
+                    queue.push_back((d, decode_tree(&d, &bytes)?, path.clone()));
+                    dir_meta.push((path, e.clone()));
+                    stats.dirs += 1;
+                } else {
+                    stats.bytes +=
+                        write_file(store, &d, &bytes, &path, e, &mut stats.items, staging)?;
+                    stats.files += 1;
+                }
+            }
+            Ok(())
+        })?;
     }
     for (g, path) in &pending_links {
         std::fs::hard_link(&links[g], path).map_err(io(path))?;
@@ -230,6 +218,34 @@ pub(crate) fn write_chunks(
     })
 }
 
+/// [`Store::get_many`] with a callback that can fail: items stop being handed over at the first
+/// error, from the store or from `f`, which is returned; a digest the store does not hold is
+/// the error `missing` makes of it.
+pub(crate) fn get_each<E: From<StoreError>>(
+    store: &Store,
+    wanted: &[Digest],
+    context: Option<&Digest>,
+    opts: ReadOptions,
+    missing: impl FnOnce(&Digest) -> E,
+    mut f: impl FnMut(Digest, Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut failure = None;
+    let read = store.get_many(wanted, context, opts, |d, r| {
+        if failure.is_none() {
+            if let Err(e) = r.map_err(E::from).and_then(|bytes| f(d, bytes)) {
+                failure = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    match read.missing.first() {
+        Some(m) => Err(missing(m)),
+        None => Ok(()),
+    }
+}
+
 /// Reads the chunks of the ChunkList `list` (digest `d`) in the context of the list (its
 /// location table, in volume order) and hands each one's bytes to `put` at each of its
 /// offsets. Returns the chunks read and the bytes handed over.
@@ -246,34 +262,19 @@ pub(crate) fn for_each_chunk(
         at.entry(c.digest).or_default().push(c.offset);
     }
     let (mut items, mut bytes) = (0u64, 0u64);
-    let mut err: Option<RestoreError> = None;
-    let r = store.get_many(&want, Some(d), opts, |cd, r| {
-        if err.is_some() {
-            return;
-        }
+    let missing =
+        |m: &Digest| RestoreError::Structure(format!("chunk {m:#} of {d:#} is not in the store"));
+    get_each(store, &want, Some(d), opts, missing, |cd, chunk| {
         items += 1;
-        let res = r.map_err(RestoreError::from).and_then(|chunk| {
-            let data = chunk
-                .get(2..)
-                .ok_or_else(|| RestoreError::Structure(format!("chunk {cd:#} is empty")))?;
-            for off in &at[&cd] {
-                put(data, *off)?;
-                bytes += data.len() as u64;
-            }
-            Ok(())
-        });
-        if let Err(e) = res {
-            err = Some(e);
+        let data = chunk
+            .get(2..)
+            .ok_or_else(|| RestoreError::Structure(format!("chunk {cd:#} is empty")))?;
+        for off in &at[&cd] {
+            put(data, *off)?;
+            bytes += data.len() as u64;
         }
+        Ok(())
     })?;
-    if let Some(e) = err {
-        return Err(e);
-    }
-    if let Some(m) = r.missing.first() {
-        return Err(RestoreError::Structure(format!(
-            "chunk {m:#} of {d:#} is not in the store"
-        )));
-    }
     Ok((items, bytes))
 }
 

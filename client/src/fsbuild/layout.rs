@@ -26,7 +26,7 @@ use mirage_node::{ReadOptions, Store};
 
 use crate::browse::item;
 use crate::indexer::entry_of;
-use crate::restore::{for_each_chunk, RestoreError};
+use crate::restore::{for_each_chunk, get_each, RestoreError};
 
 /// The skeleton written does not describe the stored tree.
 #[derive(Debug, thiserror::Error)]
@@ -297,26 +297,12 @@ fn fill(
         verify_digest: verify,
         ..Default::default()
     };
-    let mut failure: Option<anyhow::Error> = None;
-    let read = store.get_many(&wanted, None, opts, |d, bytes| {
-        if failure.is_some() {
-            return;
-        }
-        let r = bytes.map_err(anyhow::Error::from).and_then(|bytes| {
-            by_content[&d]
-                .iter()
-                .try_for_each(|job| write_file(store, f, path, reader, job, &bytes, verify, stats))
-        });
-        if let Err(e) = r {
-            failure = Some(e);
-        }
+    let missing = |m: &Digest| anyhow::anyhow!("{} is not in the store", m.to_text());
+    get_each(store, &wanted, None, opts, missing, |d, bytes| {
+        by_content[&d]
+            .iter()
+            .try_for_each(|job| write_file(store, f, path, reader, job, &bytes, verify, stats))
     })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    if let Some(m) = read.missing.first() {
-        bail!("{} is not in the store", m.to_text());
-    }
     Ok(())
 }
 

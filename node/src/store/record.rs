@@ -121,7 +121,8 @@ pub fn encode_record(
     payload: &[u8],
 ) -> Vec<u8> {
     let mut rec = Vec::with_capacity(HEADER_LEN + payload.len());
-    append_record(&mut rec, digest, kind, compression, raw_len, payload);
+    let crc = record_crc(digest, kind, compression, raw_len, payload);
+    append_record(&mut rec, digest, kind, compression, raw_len, payload, crc);
     rec
 }
 
@@ -159,21 +160,9 @@ pub fn record_crc(
     crc32c::crc32c_append(crc32c::crc32c(&h), payload)
 }
 
-/// Appends a complete record (header and payload) to `out`: one copy of the payload.
+/// Appends a complete record (header and payload, its CRC computed beforehand by
+/// [`record_crc`]) to `out`: one copy of the payload.
 pub fn append_record(
-    out: &mut Vec<u8>,
-    digest: &Digest,
-    kind: ItemKind,
-    compression: Compression,
-    raw_len: u32,
-    payload: &[u8],
-) {
-    let crc = record_crc(digest, kind, compression, raw_len, payload);
-    append_record_with_crc(out, digest, kind, compression, raw_len, payload, crc);
-}
-
-/// [`append_record`] with its CRC computed beforehand by [`record_crc`].
-pub fn append_record_with_crc(
     out: &mut Vec<u8>,
     digest: &Digest,
     kind: ItemKind,

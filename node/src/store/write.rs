@@ -12,7 +12,7 @@ use mirage_format::{Digest, Item, ItemKind};
 
 use super::group::GroupBuf;
 use super::location::{Codec, Compression, Location, LocationTable};
-use super::record::{append_record_with_crc, record_crc, HEADER_LEN, VOLUME_HEADER_LEN};
+use super::record::{append_record, record_crc, HEADER_LEN, VOLUME_HEADER_LEN};
 use super::sync::{answer, Appended, Pipe, SyncMsg, Unsynced};
 use super::volume::ActiveVolume;
 use super::{Shared, Store, StoreError};
@@ -440,7 +440,7 @@ fn commit_group(
                 kind: p.kind,
                 compression: p.compression,
             };
-            append_record_with_crc(
+            append_record(
                 buf.records(),
                 &p.digest,
                 p.kind,
@@ -521,7 +521,7 @@ fn relocate(
             kind: p.kind,
             compression: p.compression,
         };
-        append_record_with_crc(
+        append_record(
             &mut buf,
             &p.digest,
             p.kind,
