@@ -201,6 +201,7 @@ impl Shared {
             busy,
             written,
             raw: self.submitted_raw.load(Ordering::Relaxed),
+            cpu: process_cpu_ns(),
         };
         if self.auto.lock().compress(now, totals) {
             Codec::Lz4
@@ -208,6 +209,12 @@ impl Shared {
             Codec::None
         }
     }
+}
+
+/// CPU time the whole process has used, in nanoseconds.
+fn process_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
 /// An open store. Cheap to clone; the last clone dropped shuts the committer down cleanly.
