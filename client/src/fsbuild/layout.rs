@@ -134,7 +134,7 @@ pub fn recreate(
     Ok(stats)
 }
 
-/// Files of at most this size are read in batches (their contents are single blobs).
+/// File bytes in one batch of small files (at most `INLINE_MAX` each: single blobs).
 const BATCH_BYTES: u64 = 8 << 20;
 /// Most files in one batch.
 const BATCH_FILES: usize = 512;

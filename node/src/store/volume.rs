@@ -135,7 +135,10 @@ impl Volumes {
         offset: u64,
         len: u64,
     ) -> Result<(ReadBuf, bool), StoreError> {
-        if len >= DIRECT_READ_MIN && !fully_cached(&*self.handle(id)?, offset, len) {
+        // (A length beyond what `read_at` accepts goes there to be refused.)
+        if (DIRECT_READ_MIN..=1 << 31).contains(&len)
+            && !fully_cached(&*self.handle(id)?, offset, len)
+        {
             if let Some(b) = self
                 .direct_handle(id)
                 .and_then(|d| read_direct(&d, offset, len))
