@@ -66,14 +66,17 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// Compresses the encoded item with `codec` and computes its record's CRC (on the
+    /// writer's thread, not the committer's).
     fn new(
         digest: Digest,
         kind: ItemKind,
         refs: Vec<Digest>,
-        raw_len: u32,
-        compression: Compression,
-        payload: Vec<u8>,
+        encoded: Vec<u8>,
+        codec: Codec,
     ) -> Self {
+        let raw_len = encoded.len() as u32;
+        let (compression, payload) = compress(encoded, codec);
         let crc = record_crc(&digest, kind, compression, raw_len, &payload);
         Prepared {
             digest,
@@ -93,16 +96,7 @@ impl Prepared {
         encoded: Vec<u8>,
         codec: Codec,
     ) -> Self {
-        let raw_len = encoded.len() as u32;
-        let (compression, payload) = compress(encoded, codec);
-        Prepared::new(
-            header_digest,
-            kind,
-            Vec::new(),
-            raw_len,
-            compression,
-            payload,
-        )
+        Prepared::new(header_digest, kind, Vec::new(), encoded, codec)
     }
 }
 
@@ -188,9 +182,7 @@ impl Store {
                 continue;
             }
             slots.push(i);
-            let raw_len = bytes.len() as u32;
-            let (compression, payload) = compress(bytes, codec);
-            prepared.push(Prepared::new(*d, kind, refs, raw_len, compression, payload));
+            prepared.push(Prepared::new(*d, kind, refs, bytes, codec));
         }
         let out: Vec<PutOutcome> = digests
             .iter()
