@@ -6,11 +6,14 @@
 //! version 2 skip that padding. Small groups (single manifests, catalog-driven puts) are
 //! written through the page cache where they stand, so they waste no space.
 //!
-//! The buffer is kept from group to group: its pages stay mapped, so a long checkin does not
-//! fault in (and zero) a fresh buffer for every group.
+//! The committer fills one buffer while the syncer writes the previous one (`store::sync`);
+//! the two buffers go back and forth between them ([`Pool`]), so their pages stay mapped and a
+//! long checkin does not fault in (and zero) a fresh buffer for every group.
 
 use super::record::{align_up, ALIGN};
-use super::volume::ActiveVolume;
+use std::sync::mpsc;
+
+use super::volume::{ActiveVolume, VolumeWriter};
 use super::StoreError;
 
 /// Groups of at least this many bytes are written directly.
@@ -37,7 +40,7 @@ impl GroupBuf {
             self.mem = Vec::new();
         }
         self.mem.clear();
-        self.direct = estimate >= DIRECT_MIN && active.direct.is_some();
+        self.direct = estimate >= DIRECT_MIN && active.writer.direct_usable();
         if self.direct {
             // Room for the memory alignment in front and the padding behind.
             self.mem.reserve(estimate + 2 * ALIGN as usize);
@@ -67,26 +70,39 @@ impl GroupBuf {
         &mut self.mem
     }
 
-    /// Writes the group at its place (durably if asked) and empties the buffer; returns the
-    /// bytes the volume grew by (padding included).
+    /// Ends the group: a direct one is padded to the alignment. Returns the volume offset
+    /// just past it, `None` when it holds no records.
+    pub(crate) fn close(&mut self) -> Option<u64> {
+        if self.len() == 0 {
+            return None;
+        }
+        if self.direct {
+            let padded = align_up(self.len() as u64) as usize;
+            self.mem.resize(self.start + padded, 0);
+            // The estimate bounds the group, so the buffer never moved; should it have, the
+            // bytes go through the page cache at the same (aligned) place.
+            self.direct = self.mem[self.start..].as_ptr().align_offset(ALIGN as usize) == 0;
+        }
+        Some(self.next_offset())
+    }
+
+    /// Writes a closed group at its place (not durably; the syncer's part).
+    pub(crate) fn write_out(&self, w: &VolumeWriter) -> Result<(), StoreError> {
+        w.write(&self.mem[self.start..], self.base, self.direct)
+    }
+
+    /// Writes the group at its place now (durably if asked) and empties the buffer; returns
+    /// the bytes the volume grew by (padding included). Only while nothing is pipelined.
     pub(crate) fn write(
         &mut self,
         active: &mut ActiveVolume,
         durable: bool,
     ) -> Result<u64, StoreError> {
-        if self.len() == 0 {
+        if self.close().is_none() {
             return Ok(0);
         }
         let before = active.len;
-        let mut direct = self.direct;
-        if direct {
-            let padded = align_up(self.len() as u64) as usize;
-            self.mem.resize(self.start + padded, 0);
-            // The estimate bounds the group, so the buffer never moved; should it have, the
-            // bytes go through the page cache at the same (aligned) place.
-            direct = self.mem[self.start..].as_ptr().align_offset(ALIGN as usize) == 0;
-        }
-        let r = active.write_at(&self.mem[self.start..], self.base, durable, direct);
+        let r = active.write_at(&self.mem[self.start..], self.base, durable, self.direct);
         self.mem.clear();
         self.start = 0;
         self.base = active.len;
@@ -97,5 +113,77 @@ impl GroupBuf {
     pub(crate) fn discard(&mut self) {
         self.mem.clear();
         self.start = 0;
+    }
+}
+
+/// Group buffers: at most two, one being filled by the committer while the syncer writes the
+/// other; the syncer sends each back once written.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    spare: Vec<GroupBuf>,
+    back: mpsc::Receiver<GroupBuf>,
+    made: usize,
+}
+
+impl Pool {
+    /// A pool whose buffers come back through `back`.
+    pub(crate) fn new(back: mpsc::Receiver<GroupBuf>) -> Self {
+        Pool {
+            spare: Vec::new(),
+            back,
+            made: 0,
+        }
+    }
+
+    /// A buffer: a spare one, one the syncer has written, a new one (up to two), or else the
+    /// next the syncer sends back.
+    pub(crate) fn get(&mut self) -> GroupBuf {
+        if let Some(b) = self.spare.pop() {
+            return b;
+        }
+        if let Ok(b) = self.back.try_recv() {
+            return b;
+        }
+        if self.made < 2 {
+            self.made += 1;
+            return GroupBuf::default();
+        }
+        // No syncer (it failed to start or has ended): a fresh buffer.
+        self.back.recv().unwrap_or_default()
+    }
+
+    /// Returns a buffer that was not handed to the syncer.
+    pub(crate) fn put(&mut self, b: GroupBuf) {
+        self.spare.push(b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_makes_two_buffers_then_waits_for_one_back() {
+        let (tx, rx) = mpsc::channel();
+        let mut pool = Pool::new(rx);
+        let mut a = pool.get();
+        a.mem.reserve(4096);
+        let b = pool.get();
+        assert_eq!(pool.made, 2);
+        // A buffer not handed on comes back first.
+        pool.put(b);
+        assert_eq!(pool.get().mem.capacity(), 0);
+        // The third buffer is the one the syncer sends back, pages and all.
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            tx.send(a).unwrap();
+            tx
+        });
+        assert!(pool.get().mem.capacity() >= 4096);
+        assert_eq!(pool.made, 2);
+        // With the syncer gone, a fresh one.
+        drop(sender.join().unwrap());
+        let _ = pool.get();
+        assert_eq!(pool.made, 2);
     }
 }

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -176,16 +176,80 @@ impl Volumes {
 #[derive(Debug)]
 pub(crate) struct ActiveVolume {
     pub(crate) id: u32,
-    /// Shared with the syncer, which makes what the committer appended durable.
-    pub(crate) file: Arc<File>,
-    pub(crate) path: PathBuf,
-    /// Bytes written (the next record starts here); durable once the syncer says so, except
-    /// while a group is pipelined (`store::sync`).
+    /// Its write side, shared with the syncer, which writes the committer's groups and makes
+    /// them durable.
+    pub(crate) writer: Arc<VolumeWriter>,
+    /// Bytes appended (the next record starts here): handed to the syncer, not always written
+    /// yet; durable once the syncer says so (`store::sync`).
     pub(crate) len: u64,
+}
+
+/// A volume's write handles.
+#[derive(Debug)]
+pub(crate) struct VolumeWriter {
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
     /// A second handle opened with `O_DIRECT`, for large groups: only on a volume of layout
     /// version 2 or later (which may hold padding) and a filesystem that supports it.
-    pub(crate) direct: Option<File>,
+    direct: Option<File>,
+    /// Set when a direct write failed: the volume is then written through the page cache.
+    direct_failed: AtomicBool,
     io: Arc<IoMeter>,
+}
+
+impl VolumeWriter {
+    fn new(file: File, path: PathBuf, direct: Option<File>, io: Arc<IoMeter>) -> Self {
+        VolumeWriter {
+            file,
+            path,
+            direct,
+            direct_failed: AtomicBool::new(false),
+            io,
+        }
+    }
+
+    /// Whether aligned groups can be written with direct I/O.
+    pub(crate) fn direct_usable(&self) -> bool {
+        self.direct.is_some() && !self.direct_failed.load(Ordering::Relaxed)
+    }
+
+    /// Writes `buf` at `offset`, not durably. With `direct`, `buf`, `offset` and the length
+    /// must be aligned for `O_DIRECT`; if the direct write fails, it is done again through the
+    /// page cache (and the volume stops using direct I/O).
+    pub(crate) fn write(&self, buf: &[u8], offset: u64, direct: bool) -> Result<(), StoreError> {
+        let t = Instant::now();
+        let mut written = false;
+        if let (true, Some(d)) = (direct && self.direct_usable(), &self.direct) {
+            match d.write_all_at(buf, offset) {
+                Ok(()) => written = true,
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "direct write failed; writing through the page cache from now on");
+                    self.direct_failed.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let res = if written {
+            Ok(())
+        } else {
+            self.file
+                .write_all_at(buf, offset)
+                .map_err(io_err("append to", &self.path))
+        };
+        self.io
+            .record(t, if res.is_ok() { buf.len() as u64 } else { 0 });
+        res
+    }
+
+    /// Makes everything written so far durable (fdatasync).
+    pub(crate) fn sync(&self) -> Result<(), StoreError> {
+        let t = Instant::now();
+        let r = self
+            .file
+            .sync_data()
+            .map_err(io_err("fdatasync", &self.path));
+        self.io.record(t, 0);
+        r
+    }
 }
 
 /// Opens `path` for direct writes or reads, if its filesystem allows it (tmpfs does not).
@@ -221,11 +285,8 @@ impl ActiveVolume {
         };
         Ok(ActiveVolume {
             id,
-            file: Arc::new(file),
-            path,
+            writer: Arc::new(VolumeWriter::new(file, path, direct, vols.io.clone())),
             len,
-            direct,
-            io: vols.io.clone(),
         })
     }
 
@@ -246,11 +307,8 @@ impl ActiveVolume {
         let direct = open_direct(&path, true);
         Ok(ActiveVolume {
             id,
-            file: Arc::new(file),
-            path,
+            writer: Arc::new(VolumeWriter::new(file, path, direct, vols.io.clone())),
             len: VOLUME_HEADER_LEN,
-            direct,
-            io: vols.io.clone(),
         })
     }
 
@@ -261,10 +319,10 @@ impl ActiveVolume {
     }
 
     /// Writes `buf` at `offset` (at or past the end; the gap reads as zeros, which readers of
-    /// a padded volume skip) and moves the end past it. With `direct`, `buf`, `offset` and the
-    /// length must be aligned for `O_DIRECT`; if the direct write fails, it is done again
-    /// through the page cache (and the volume stops using direct I/O). On failure the file is
-    /// cut back to its previous length where possible.
+    /// a padded volume skip), durably if asked, and moves the end past it (see
+    /// [`VolumeWriter::write`] for `direct`). Only while nothing is pipelined (the syncer has
+    /// written everything handed to it). On failure the file is cut back to its previous
+    /// length where possible.
     pub(crate) fn write_at(
         &mut self,
         buf: &[u8],
@@ -276,41 +334,20 @@ impl ActiveVolume {
             return Ok(());
         }
         debug_assert!(offset >= self.len);
-        let t = Instant::now();
-        let mut written = false;
-        if let (true, Some(d)) = (direct, &self.direct) {
-            match d.write_all_at(buf, offset) {
-                Ok(()) => written = true,
-                Err(e) => {
-                    tracing::warn!(path = %self.path.display(), error = %e, "direct write failed; writing through the page cache from now on");
-                    self.direct = None;
-                }
+        let res = self.writer.write(buf, offset, direct).and_then(|()| {
+            if durable {
+                self.writer.sync()
+            } else {
+                Ok(())
             }
-        }
-        let res = if written {
-            Ok(())
-        } else {
-            self.file
-                .write_all_at(buf, offset)
-                .map_err(io_err("append to", &self.path))
-        };
-        let res = res.and_then(|()| {
-            if !durable {
-                return Ok(());
-            }
-            self.file
-                .sync_data()
-                .map_err(io_err("fdatasync", &self.path))
         });
-        self.io
-            .record(t, if res.is_ok() { buf.len() as u64 } else { 0 });
         match res {
             Ok(()) => {
                 self.len = offset + buf.len() as u64;
                 Ok(())
             }
             Err(e) => {
-                let _ = self.file.set_len(self.len);
+                let _ = self.writer.file.set_len(self.len);
                 Err(e)
             }
         }

@@ -10,7 +10,7 @@ use mirage_format::chunking::EncodedItem;
 use mirage_format::item::peek;
 use mirage_format::{Digest, Item, ItemKind};
 
-use super::group::GroupBuf;
+use super::group::Pool;
 use super::location::{Codec, Compression, Location, LocationTable};
 use super::record::{append_record, record_crc, HEADER_LEN, VOLUME_HEADER_LEN};
 use super::sync::{answer, Appended, Pipe, SyncMsg, Unsynced};
@@ -235,27 +235,31 @@ pub(crate) fn compress(bytes: Vec<u8>, codec: Codec) -> (Compression, Vec<u8>) {
 pub(crate) fn committer(sh: Arc<Shared>, rx: mpsc::Receiver<Msg>, active: ActiveVolume) {
     let unsynced = Unsynced::default();
     let (stx, srx) = mpsc::channel();
+    let (back_tx, back_rx) = mpsc::channel();
     std::thread::scope(|s| {
+        let (shr, unsynced) = (&sh, &unsynced);
         let spawned = std::thread::Builder::new()
             .name("mirage-syncer".into())
-            .spawn_scoped(s, || super::sync::syncer(&sh, srx, &unsynced));
+            .spawn_scoped(s, move || super::sync::syncer(shr, srx, unsynced, &back_tx));
         if let Err(e) = spawned {
             fail(&sh, &StoreError::Closed);
             tracing::error!(error = %e, "cannot start the syncer thread");
         }
-        let pipe = Pipe {
-            tx: stx,
-            unsynced: &unsynced,
-        };
-        commit_loop(&sh, &rx, active, &pipe);
+        let pipe = Pipe { tx: stx, unsynced };
+        commit_loop(&sh, &rx, active, &pipe, Pool::new(back_rx));
         // Dropping the pipe ends the syncer; the scope joins it.
     });
 }
 
-fn commit_loop(sh: &Shared, rx: &mpsc::Receiver<Msg>, mut active: ActiveVolume, pipe: &Pipe) {
+fn commit_loop(
+    sh: &Shared,
+    rx: &mpsc::Receiver<Msg>,
+    mut active: ActiveVolume,
+    pipe: &Pipe,
+    mut pool: Pool,
+) {
     let mut since_checkpoint = 0u64;
     let mut pending: Option<Msg> = None;
-    let mut gbuf = GroupBuf::default();
     loop {
         let first = match pending.take() {
             Some(m) => m,
@@ -321,7 +325,7 @@ fn commit_loop(sh: &Shared, rx: &mpsc::Receiver<Msg>, mut active: ActiveVolume, 
                         Err(_) => break,
                     }
                 }
-                let appended = commit_group(sh, &mut active, &mut gbuf, group, pipe);
+                let appended = commit_group(sh, &mut active, &mut pool, group, pipe);
                 since_checkpoint += appended;
                 if since_checkpoint >= sh.opts.checkpoint_bytes {
                     pipe.barrier();
@@ -355,17 +359,19 @@ fn checkpoint(sh: &Shared, active: &ActiveVolume) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Appends one group and hands it to the syncer; returns bytes appended. Every request gets
-/// its answer: `Ok` only when every byte of the group is durable and indexed. A request never
+/// Lays out one group at the end of the active volume and hands it to the syncer, which writes
+/// it; returns bytes appended. Every request gets its answer: `Ok` only when every byte of the
+/// group is durable and indexed. A request never
 /// straddles two volumes, so a crash can never leave half of a request (a parent without its
 /// references) durable.
 fn commit_group(
     sh: &Shared,
     active: &mut ActiveVolume,
-    buf: &mut GroupBuf,
+    pool: &mut Pool,
     group: Vec<(Vec<Prepared>, Reply)>,
     pipe: &Pipe,
 ) -> u64 {
+    let mut buf = pool.get();
     // Sized once: growing it would copy every record again.
     let estimate: usize = group.iter().map(|(items, _)| record_bytes(items)).sum();
     buf.begin(active, estimate);
@@ -449,13 +455,17 @@ fn commit_group(
         }
         answers.push((reply, Ok(flags)));
     }
-    if sh.failed.lock().is_none() {
-        match buf.write(active, false) {
-            Ok(n) => appended += n,
-            Err(e) => fail(sh, &e),
+    let mut records = None;
+    match buf.close() {
+        Some(end) if sh.failed.lock().is_none() => {
+            appended += end - active.len;
+            active.len = end;
+            records = Some(buf);
         }
-    } else {
-        buf.discard();
+        _ => {
+            buf.discard();
+            pool.put(buf);
+        }
     }
     if sh.failed.lock().is_none() {
         for (parent, refs) in with_refs {
@@ -468,8 +478,8 @@ fn commit_group(
         }
         pipe.unsynced.lock().extend(new_locs);
         let group = Appended {
-            file: active.file.clone(),
-            path: active.path.clone(),
+            writer: active.writer.clone(),
+            records,
             batch,
             answers,
         };
@@ -477,9 +487,11 @@ fn commit_group(
             // No syncer: nothing can be made durable.
             fail(sh, &StoreError::Closed);
             answer(sh, g.answers);
+            pool.put(g.records.unwrap_or_default());
         }
     } else {
         answer(sh, answers);
+        pool.put(records.unwrap_or_default());
     }
     appended
 }
