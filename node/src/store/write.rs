@@ -415,6 +415,10 @@ fn commit_group(
                 items: std::mem::take(&mut batch.items),
                 ..Default::default()
             };
+            // Once indexed they are found there; they must not linger in the syncer's map.
+            for (d, _) in &sealed.items {
+                new_locs.remove(d);
+            }
             let r = buf
                 .write(active, true)
                 .and_then(|n| {
