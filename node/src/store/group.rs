@@ -108,12 +108,6 @@ impl GroupBuf {
         self.base = active.len;
         r.map(|()| active.len - before)
     }
-
-    /// Drops the records gathered so far (the group failed before being written).
-    pub(crate) fn discard(&mut self) {
-        self.mem.clear();
-        self.start = 0;
-    }
 }
 
 /// Group buffers: at most two, one being filled by the committer while the syncer writes the

@@ -361,9 +361,8 @@ fn checkpoint(sh: &Shared, active: &ActiveVolume) -> Result<(), StoreError> {
 
 /// Lays out one group at the end of the active volume and hands it to the syncer, which writes
 /// it; returns bytes appended. Every request gets its answer: `Ok` only when every byte of the
-/// group is durable and indexed. A request never
-/// straddles two volumes, so a crash can never leave half of a request (a parent without its
-/// references) durable.
+/// group is durable and indexed. A request never straddles two volumes, so a crash can never
+/// leave half of a request (a parent without its references) durable.
 fn commit_group(
     sh: &Shared,
     active: &mut ActiveVolume,
@@ -466,10 +465,8 @@ fn commit_group(
             active.len = end;
             records = Some(buf);
         }
-        _ => {
-            buf.discard();
-            pool.put(buf);
-        }
+        // Not handed on: back to the pool (`begin` clears it).
+        _ => pool.put(buf),
     }
     if sh.failed.lock().is_none() {
         for (parent, refs) in with_refs {
@@ -483,7 +480,7 @@ fn commit_group(
         pipe.unsynced.lock().extend(new_locs);
         let group = Appended {
             writer: active.writer.clone(),
-            records,
+            records: records.take(),
             batch,
             answers,
         };
@@ -491,11 +488,13 @@ fn commit_group(
             // No syncer: nothing can be made durable.
             fail(sh, &StoreError::Closed);
             answer(sh, g.answers);
-            pool.put(g.records.unwrap_or_default());
+            records = g.records;
         }
     } else {
         answer(sh, answers);
-        pool.put(records.unwrap_or_default());
+    }
+    if let Some(b) = records {
+        pool.put(b);
     }
     appended
 }
