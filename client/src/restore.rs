@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use mirage_format::{Digest, EntryKind, Item, Timestamp, Tree, TreeEntry};
 use mirage_node::{ReadOptions, Store, StoreError};
 
@@ -254,7 +255,7 @@ pub(crate) fn for_each_chunk(
     d: &Digest,
     list: &mirage_format::ChunkList,
     opts: ReadOptions,
-    mut put: impl FnMut(&[u8], u64) -> Result<(), RestoreError>,
+    mut put: impl FnMut(&Bytes, u64) -> Result<(), RestoreError>,
 ) -> Result<(u64, u64), RestoreError> {
     let want: Vec<Digest> = list.chunks.iter().map(|c| c.digest).collect();
     let mut at: HashMap<Digest, Vec<u64>> = HashMap::new();
@@ -266,11 +267,12 @@ pub(crate) fn for_each_chunk(
         |m: &Digest| RestoreError::Structure(format!("chunk {m:#} of {d:#} is not in the store"));
     get_each(store, &want, Some(d), opts, missing, |cd, chunk| {
         items += 1;
-        let data = chunk
-            .get(2..)
-            .ok_or_else(|| RestoreError::Structure(format!("chunk {cd:#} is empty")))?;
+        if chunk.len() < 2 {
+            return Err(RestoreError::Structure(format!("chunk {cd:#} is empty")));
+        }
+        let data = Bytes::from(chunk).slice(2..);
         for off in &at[&cd] {
-            put(data, *off)?;
+            put(&data, *off)?;
             bytes += data.len() as u64;
         }
         Ok(())

@@ -9,14 +9,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use mirage_format::chunking::INLINE_MAX;
-use mirage_format::{Digest, EntryKind, Filesystem, Item, Tree};
+use mirage_format::item::peek;
+use mirage_format::{Digest, EntryKind, Filesystem, Item, ItemKind, Tree};
 use mirage_image::fs::ext4::Ext4;
 use mirage_image::fs::vfat::Vfat;
 use mirage_image::fs::{FileExtent, FsReader};
@@ -24,6 +25,7 @@ use mirage_image::image::raw::RawFile;
 use mirage_image::image::BlockSource;
 use mirage_node::{ReadOptions, Store};
 
+use super::output::{with_output, Output};
 use crate::browse::item;
 use crate::indexer::entry_of;
 use crate::restore::{for_each_chunk, get_each, RestoreError};
@@ -86,39 +88,34 @@ pub fn recreate(
         // Write back while the workers fill the page cache, so that the final fsync finds
         // little left to do and the disk works alongside the CPU. Dropping `stop` ends it.
         let file = &f;
-        s.spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(std::time::Duration::from_millis(40))
-            {
-                if let Err(e) = file.sync_data() {
-                    tracing::debug!("early writeback: {e}");
-                    break;
-                }
-            }
+        s.spawn(move || early_writeback(file, stopped));
+        let r = with_output(&f, image, |out| {
+            // Twice as many workers as threads: a worker waiting for its read from a cold
+            // store leaves its core to one that is copying (measured: PERFORMANCE.md).
+            Ok(std::thread::scope(|s| {
+                let workers: Vec<_> = (0..2 * threads.max(1))
+                    .map(|_| {
+                        s.spawn(|| {
+                            let mut st = LayoutStats::default();
+                            while let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) {
+                                fill(store, out, reader, unit, verify, &mut st)?;
+                            }
+                            Ok(st)
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| {
+                        w.join()
+                            .unwrap_or_else(|_| bail!("a checkout worker panicked"))
+                    })
+                    .collect()
+            }))
         });
-        // Twice as many workers as threads: a worker waiting for its read from a cold store
-        // leaves its core to one that is copying (measured: PERFORMANCE.md, checkout).
-        let workers: Vec<_> = (0..2 * threads.max(1))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut st = LayoutStats::default();
-                    while let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        fill(store, &f, image, reader, unit, verify, &mut st)?;
-                    }
-                    Ok(st)
-                })
-            })
-            .collect();
-        let r = workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| bail!("a checkout worker panicked"))
-            })
-            .collect();
         drop(stop);
         r
-    });
+    })?;
     for r in results {
         let st = r?;
         stats.items += st.items;
@@ -132,6 +129,61 @@ pub fn recreate(
         "filesystem laid out"
     );
     Ok(stats)
+}
+
+/// Bytes this process has had read from storage devices (`read_bytes` of `/proc/self/io`).
+fn device_read_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("read_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads from the device below this many bytes per round do not hold a flush back.
+const READS_IDLE: u64 = 1 << 20;
+
+/// Whether the device was read between two samples of [`device_read_bytes`] (unknown: no).
+fn reading(before: Option<u64>, now: Option<u64>) -> bool {
+    match (before, now) {
+        (Some(a), Some(b)) => b.saturating_sub(a) >= READS_IDLE,
+        _ => false,
+    }
+}
+
+/// The early writeback, every 40 ms until `stopped` says stop. While the store is being read
+/// from the device, it only starts writing what is dirty (`sync_file_range`, no flush): a flush
+/// holds up every read queued behind it. Otherwise it flushes (fdatasync), so that the disk
+/// writes alongside the CPU and the final fsync finds little left (PERFORMANCE.md, checkout).
+fn early_writeback(f: &File, stopped: std::sync::mpsc::Receiver<()>) {
+    let mut last = device_read_bytes();
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stopped.recv_timeout(std::time::Duration::from_millis(40))
+    {
+        let now = device_read_bytes();
+        let r = if reading(last, now) {
+            start_writeback(f)
+        } else {
+            f.sync_data()
+        };
+        last = now;
+        if let Err(e) = r {
+            tracing::debug!("early writeback: {e}");
+            return;
+        }
+    }
+}
+
+/// Starts writing the dirty pages of `f` without waiting for them or flushing the disk.
+fn start_writeback(f: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    #[allow(unsafe_code)]
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open.
+    let rc = unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// File bytes in one batch of small files (at most `INLINE_MAX` each: single blobs).
@@ -243,9 +295,10 @@ fn check_names(tree: &Tree, on_disk: &[(Vec<u8>, u64)], path: &str) -> Result<()
 
 /// Puts `data`, which belongs at `logical` in a file, into the file's extents; bytes that fall
 /// in holes must be zero.
-fn put_mapped(f: &File, path: &Path, ext: &[FileExtent], data: &[u8], logical: u64) -> Result<()> {
+fn put_mapped(out: &Output, ext: &[FileExtent], data: &Bytes, logical: u64) -> Result<()> {
     let end = logical + data.len() as u64;
-    let slice = |s: u64, e: u64| &data[(s - logical) as usize..(e - logical) as usize];
+    let range = |s: u64, e: u64| (s - logical) as usize..(e - logical) as usize;
+    let slice = |s: u64, e: u64| &data[range(s, e)];
     let zero = |s: u64, e: u64| -> Result<()> {
         if slice(s, e).iter().any(|b| *b != 0) {
             return Err(Mismatch(format!("content at file offset {s} falls in a hole")).into());
@@ -261,9 +314,7 @@ fn put_mapped(f: &File, path: &Path, ext: &[FileExtent], data: &[u8], logical: u
         }
         let stop = end.min(e.logical + e.len);
         match e.physical {
-            Some(p) => f
-                .write_all_at(slice(pos, stop), p + (pos - e.logical))
-                .with_context(|| format!("writing {}", path.display()))?,
+            Some(p) => out.put(data.slice(range(pos, stop)), p + (pos - e.logical))?,
             None => zero(pos, stop)?,
         }
         pos = stop;
@@ -278,8 +329,7 @@ fn put_mapped(f: &File, path: &Path, ext: &[FileExtent], data: &[u8], logical: u
 /// file's extents say.
 fn fill(
     store: &Store,
-    f: &File,
-    path: &Path,
+    out: &Output,
     reader: &dyn FsReader,
     unit: &[Job],
     verify: bool,
@@ -299,9 +349,10 @@ fn fill(
     };
     let missing = |m: &Digest| anyhow::anyhow!("{} is not in the store", m.to_text());
     get_each(store, &wanted, None, opts, missing, |d, bytes| {
+        let bytes = Bytes::from(bytes);
         by_content[&d]
             .iter()
-            .try_for_each(|job| write_file(store, f, path, reader, job, &bytes, verify, stats))
+            .try_for_each(|job| write_file(store, out, reader, job, &bytes, verify, stats))
     })?;
     Ok(())
 }
@@ -310,11 +361,10 @@ fn fill(
 #[allow(clippy::too_many_arguments)]
 fn write_file(
     store: &Store,
-    f: &File,
-    path: &Path,
+    out: &Output,
     reader: &dyn FsReader,
     job: &Job,
-    bytes: &[u8],
+    bytes: &Bytes,
     verify: bool,
     stats: &mut LayoutStats,
 ) -> Result<()> {
@@ -326,11 +376,15 @@ fn write_file(
         verify_digest: verify,
         ..Default::default()
     };
+    // A blob's content is its encoding after the kind and version: no copy.
+    if peek(bytes)?.0 == ItemKind::Blob {
+        let data = bytes.slice(2..);
+        put_mapped(out, &ext, &data, 0)?;
+        stats.bytes += data.len() as u64;
+        return Ok(());
+    }
+    let len = bytes.len().saturating_sub(2) as u64;
     match Item::decode(bytes)? {
-        Item::Blob { data } => {
-            put_mapped(f, path, &ext, &data, 0)?;
-            stats.bytes += data.len() as u64;
-        }
         Item::ChunkList(list) => {
             if list.size != job.size {
                 bail!(
@@ -342,7 +396,7 @@ fn write_file(
             }
             let mut failure: Option<anyhow::Error> = None;
             let (n, b) = for_each_chunk(store, &job.content, &list, opts, |data, off| {
-                put_mapped(f, path, &ext, data, off).map_err(|e| {
+                put_mapped(out, &ext, data, off).map_err(|e| {
                     let msg = e.to_string();
                     failure = Some(e);
                     RestoreError::Structure(msg)
@@ -352,6 +406,10 @@ fn write_file(
             stats.items += n;
             stats.bytes += b;
         }
+        Item::Blob { data } => {
+            put_mapped(out, &ext, &Bytes::from(data), 0)?;
+            stats.bytes += len;
+        }
         other => bail!(
             "{} is a {}, expected file content",
             job.content.to_text(),
@@ -359,4 +417,24 @@ fn write_file(
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_early_writeback_flushes_only_while_the_device_is_not_being_read() {
+        assert!(!reading(Some(5), Some(5)));
+        assert!(!reading(Some(5), Some(5 + READS_IDLE - 1)));
+        assert!(reading(Some(5), Some(5 + READS_IDLE)));
+        // Unknown or going backwards (another process's counter): not reading.
+        assert!(!reading(None, Some(1 << 30)));
+        assert!(!reading(Some(1 << 30), None));
+        assert!(!reading(Some(7 << 20), Some(3)));
+        assert!(
+            device_read_bytes().is_some(),
+            "/proc/self/io has read_bytes"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod ext4;
 pub mod layout;
+mod output;
 pub mod vfat;
 
 use std::path::Path;

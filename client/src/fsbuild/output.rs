@@ -1,0 +1,196 @@
+//! The checkout's output writer. Content workers hand it `(bytes, offset)` pieces and go on
+//! reading and decoding while it writes them; at most [`BUDGET`] bytes wait.
+//!
+//! Why a separate writer: a write into the output file can block for as long as a flush of the
+//! disk takes (the write needs a journal handle, and the filesystem's journal commit waits for
+//! the flush). Writing from the content workers stopped every worker, and with them the reads
+//! of the store, for each flush of the early writeback (measured: PERFORMANCE.md, checkout,
+//! ninth session). The writer blocks alone.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+
+/// Bytes handed over and not written yet, at most (a piece larger than this waits until the
+/// queue is empty).
+pub(crate) const BUDGET: u64 = 128 << 20;
+
+#[derive(Default)]
+struct State {
+    pending: VecDeque<(Bytes, u64)>,
+    bytes: u64,
+    closed: bool,
+    /// The first write that failed; nothing is accepted after it.
+    failed: Option<String>,
+}
+
+/// A queue of writes into one file, drained by [`Output::run`].
+pub(crate) struct Output<'a> {
+    file: &'a File,
+    path: &'a Path,
+    state: Mutex<State>,
+    /// Signalled when a piece is queued or the queue closes.
+    ready: Condvar,
+    /// Signalled when queued bytes were written (or the writer failed).
+    space: Condvar,
+}
+
+impl<'a> Output<'a> {
+    pub(crate) fn new(file: &'a File, path: &'a Path) -> Self {
+        Output {
+            file,
+            path,
+            state: Mutex::new(State::default()),
+            ready: Condvar::new(),
+            space: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `data` to be written at `at`; waits while the queue holds [`BUDGET`] bytes. Fails
+    /// once a write has failed.
+    pub(crate) fn put(&self, data: Bytes, at: u64) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let len = data.len() as u64;
+        let mut st = self.lock();
+        while st.failed.is_none() && st.bytes > 0 && st.bytes + len > BUDGET {
+            st = self.space.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(e) = &st.failed {
+            return Err(anyhow!("{e}"));
+        }
+        st.bytes += len;
+        st.pending.push_back((data, at));
+        drop(st);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// No more pieces: [`Output::run`] returns once the queue is written.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// Writes queued pieces until the queue is closed and empty; returns the first failure
+    /// (after which queued pieces are dropped and [`Output::put`] fails).
+    pub(crate) fn run(&self) -> Result<()> {
+        loop {
+            let batch: Vec<(Bytes, u64)> = {
+                let mut st = self.lock();
+                while st.pending.is_empty() && !st.closed {
+                    st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                if st.pending.is_empty() {
+                    return Ok(());
+                }
+                st.pending.drain(..).collect()
+            };
+            let mut done = 0u64;
+            for (data, at) in &batch {
+                if let Err(e) = self.file.write_all_at(data, *at) {
+                    let e =
+                        anyhow::Error::new(e).context(format!("writing {}", self.path.display()));
+                    let mut st = self.lock();
+                    st.failed = Some(format!("{e:#}"));
+                    st.pending.clear();
+                    st.bytes = 0;
+                    drop(st);
+                    self.space.notify_all();
+                    return Err(e);
+                }
+                done += data.len() as u64;
+            }
+            self.lock().bytes -= done;
+            self.space.notify_all();
+        }
+    }
+}
+
+/// Runs `work` with an [`Output`] on `file` drained by a writer thread; returns `work`'s result,
+/// or the writer's failure if `work` succeeded.
+pub(crate) fn with_output<T>(
+    file: &File,
+    path: &Path,
+    work: impl FnOnce(&Output) -> Result<T>,
+) -> Result<T> {
+    let out = Output::new(file, path);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| out.run());
+        let r = work(&out);
+        out.close();
+        let w = writer
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the output writer panicked")))
+            .with_context(|| format!("writing {}", path.display()));
+        let v = r?;
+        w?;
+        Ok(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn pieces_land_at_their_offsets_whatever_their_order_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let f = File::create(&path).unwrap();
+        // More than the budget in total, one piece larger than the budget on its own.
+        let big = (BUDGET + 4096) as usize;
+        let pieces: Vec<(u64, u8, usize)> = vec![
+            (big as u64 + 10, 2, 1000),
+            (0, 1, big),
+            (big as u64 + 5000, 3, 70_000),
+        ];
+        with_output(&f, &path, |out| {
+            std::thread::scope(|s| {
+                for (at, byte, len) in &pieces {
+                    s.spawn(|| out.put(Bytes::from(vec![*byte; *len]), *at).unwrap());
+                }
+            });
+            Ok(())
+        })
+        .unwrap();
+        let mut got = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut got).unwrap();
+        for (at, byte, len) in pieces {
+            let at = at as usize;
+            assert!(
+                got[at..at + len].iter().all(|b| *b == byte),
+                "piece at {at}"
+            );
+        }
+        assert!(got[big..big + 10].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn a_failed_write_fails_the_writers_and_the_run_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        std::fs::write(&path, b"x").unwrap();
+        // Opened read-only: every write fails.
+        let f = File::open(&path).unwrap();
+        let r = with_output(&f, &path, |out| {
+            for i in 0..1000u64 {
+                out.put(Bytes::from(vec![7u8; 1 << 20]), i << 20)?;
+            }
+            Ok(())
+        });
+        let e = r.unwrap_err();
+        assert!(format!("{e:#}").contains("writing"), "{e:#}");
+    }
+}
