@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Condvar, Mutex};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use bytes::Bytes;
 
 /// Bytes handed over and not written yet, at most (a piece larger than this waits until the
@@ -55,19 +55,26 @@ impl<'a> Output<'a> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `data` to be written at `at`; waits while the queue holds [`BUDGET`] bytes. Fails
-    /// once a write has failed.
+    /// Queues `data` to be written at `at`. Waits while the bytes queued and not yet written
+    /// would go past [`BUDGET`] with it (a larger piece waits until nothing is). Fails once a
+    /// write has failed or the queue is closed.
     pub(crate) fn put(&self, data: Bytes, at: u64) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
         let len = data.len() as u64;
         let mut st = self.lock();
-        while st.failed.is_none() && st.bytes > 0 && st.bytes + len > BUDGET {
+        while st.failed.is_none() && !st.closed && st.bytes > 0 && st.bytes + len > BUDGET {
             st = self.space.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         if let Some(e) = &st.failed {
             return Err(anyhow!("{e}"));
+        }
+        if st.closed {
+            return Err(anyhow!(
+                "writing {}: the output is closed",
+                self.path.display()
+            ));
         }
         st.bytes += len;
         st.pending.push_back((data, at));
@@ -80,11 +87,32 @@ impl<'a> Output<'a> {
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
+        self.space.notify_all();
+    }
+
+    /// Marks the output failed: queued pieces are dropped, waiting and later puts fail.
+    fn fail(&self, why: String) {
+        let mut st = self.lock();
+        st.failed.get_or_insert(why);
+        st.pending.clear();
+        st.bytes = 0;
+        drop(st);
+        self.space.notify_all();
     }
 
     /// Writes queued pieces until the queue is closed and empty; returns the first failure
     /// (after which queued pieces are dropped and [`Output::put`] fails).
     pub(crate) fn run(&self) -> Result<()> {
+        // Should the writer unwind, nobody must wait for it.
+        struct Unwinding<'o, 'a>(&'o Output<'a>);
+        impl Drop for Unwinding<'_, '_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.fail("the output writer panicked".into());
+                }
+            }
+        }
+        let _guard = Unwinding(self);
         loop {
             let batch: Vec<(Bytes, u64)> = {
                 let mut st = self.lock();
@@ -96,23 +124,19 @@ impl<'a> Output<'a> {
                 }
                 st.pending.drain(..).collect()
             };
-            let mut done = 0u64;
             for (data, at) in &batch {
                 if let Err(e) = self.file.write_all_at(data, *at) {
                     let e =
                         anyhow::Error::new(e).context(format!("writing {}", self.path.display()));
-                    let mut st = self.lock();
-                    st.failed = Some(format!("{e:#}"));
-                    st.pending.clear();
-                    st.bytes = 0;
-                    drop(st);
-                    self.space.notify_all();
+                    self.fail(format!("{e:#}"));
                     return Err(e);
                 }
-                done += data.len() as u64;
+                // Room is made piece by piece: a write that waits holds back only its own.
+                let mut st = self.lock();
+                st.bytes = st.bytes.saturating_sub(data.len() as u64);
+                drop(st);
+                self.space.notify_all();
             }
-            self.lock().bytes -= done;
-            self.space.notify_all();
         }
     }
 }
@@ -124,15 +148,23 @@ pub(crate) fn with_output<T>(
     path: &Path,
     work: impl FnOnce(&Output) -> Result<T>,
 ) -> Result<T> {
+    /// Closes the queue however `work` ends (unwinding included), so that the writer returns.
+    struct Closing<'o, 'a>(&'o Output<'a>);
+    impl Drop for Closing<'_, '_> {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
     let out = Output::new(file, path);
     std::thread::scope(|s| {
         let writer = s.spawn(|| out.run());
-        let r = work(&out);
-        out.close();
+        let r = {
+            let _closing = Closing(&out);
+            work(&out)
+        };
         let w = writer
             .join()
-            .unwrap_or_else(|_| Err(anyhow!("the output writer panicked")))
-            .with_context(|| format!("writing {}", path.display()));
+            .unwrap_or_else(|_| Err(anyhow!("the output writer panicked")));
         let v = r?;
         w?;
         Ok(v)
@@ -190,7 +222,33 @@ mod tests {
             }
             Ok(())
         });
-        let e = r.unwrap_err();
-        assert!(format!("{e:#}").contains("writing"), "{e:#}");
+        let e = format!("{:#}", r.unwrap_err());
+        assert_eq!(e.matches("writing").count(), 1, "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn nothing_is_accepted_after_close_and_a_panicking_producer_does_not_hang_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let f = File::create(&path).unwrap();
+        let out = Output::new(&f, &path);
+        out.put(Bytes::from_static(b"abc"), 0).unwrap();
+        out.close();
+        assert!(out.put(Bytes::from_static(b"def"), 3).is_err());
+        out.run().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abc");
+
+        let r = std::panic::catch_unwind(|| {
+            with_output(&f, &path, |out| -> Result<()> {
+                out.put(Bytes::from_static(b"xyz"), 0)?;
+                panic!("a producer panics");
+            })
+        });
+        assert!(
+            r.is_err(),
+            "the panic comes through, after the writer returned"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"xyz");
     }
 }
