@@ -210,25 +210,32 @@ pub fn checkout(
         disk_bytes: disk.size,
         ..Default::default()
     };
-    let result = (|| -> Result<()> {
+    // Raw regions and raw partitions, byte for byte (in one thread beside the filesystems).
+    let raw = |f: &File| -> Result<CheckoutStats> {
+        let mut st = CheckoutStats::default();
         for r in &disk.regions {
-            write_chunklist(store, &f, &raw_path, r.offset, &r.digest, &mut stats)?;
+            write_chunklist(store, f, &raw_path, r.offset, &r.digest, &mut st)?;
         }
         for p in &disk.partitions {
             match &p.content {
                 PartitionContent::Raw { digest } => {
-                    write_chunklist(store, &f, &raw_path, p.start, digest, &mut stats)?
+                    write_chunklist(store, f, &raw_path, p.start, digest, &mut st)?
                 }
                 PartitionContent::Swap {
                     uuid,
                     label,
                     params,
-                } => write_swap(&f, p.start, p.size, uuid, label, params)?,
+                } => write_swap(f, p.start, p.size, uuid, label, params)?,
                 PartitionContent::Empty | PartitionContent::Filesystem { .. } => {}
             }
         }
-        // Filesystems occupy disjoint partitions: they are written side by side.
+        Ok(st)
+    };
+    let result = (|| -> Result<()> {
+        // Regions, raw partitions and filesystems occupy disjoint byte ranges: they are
+        // written side by side.
         let results: Vec<Result<CheckoutStats>> = std::thread::scope(|s| {
+            let raw_job = s.spawn(|| raw(&f));
             let jobs: Vec<_> = filesystems
                 .iter()
                 .map(|(start, size, fs)| {
@@ -245,10 +252,11 @@ pub fn checkout(
                     })
                 })
                 .collect();
-            jobs.into_iter()
+            std::iter::once(raw_job)
+                .chain(jobs)
                 .map(|j| {
                     j.join()
-                        .unwrap_or_else(|_| bail!("a filesystem writer panicked"))
+                        .unwrap_or_else(|_| bail!("a checkout writer panicked"))
                 })
                 .collect()
         });
