@@ -137,6 +137,28 @@ pub fn digest_encoded(alg: Algorithm, encoded: &[u8]) -> Result<Digest, DigestEr
     Digest::of(alg, encoded)
 }
 
+/// The content of an encoded blob, without copying it; `None` for any other kind of item.
+/// Checked as [`Item::decode`] checks a blob (length limit, kind, version).
+pub fn blob_data(encoded: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
+    check_len(encoded)?;
+    match peek(encoded)? {
+        (ItemKind::Blob, _) => Ok(encoded.get(BLOB_HEADER.len()..)),
+        _ => Ok(None),
+    }
+}
+
+/// An encoded item may not be longer than [`MAX_ITEM`].
+fn check_len(encoded: &[u8]) -> Result<(), DecodeError> {
+    if encoded.len() > MAX_ITEM {
+        return Err(DecodeError::TooLong {
+            field: "item",
+            len: encoded.len() as u64,
+            limit: MAX_ITEM as u64,
+        });
+    }
+    Ok(())
+}
+
 /// Kind and version of an encoded item, without decoding the payload.
 pub fn peek(encoded: &[u8]) -> Result<(ItemKind, u8), DecodeError> {
     let mut r = Reader::new(encoded);
@@ -190,13 +212,7 @@ impl Item {
     /// Decodes and validates an encoded item. Hostile input gives an error, never a panic,
     /// and allocation stays proportional to the input.
     pub fn decode(encoded: &[u8]) -> Result<Item, DecodeError> {
-        if encoded.len() > MAX_ITEM {
-            return Err(DecodeError::TooLong {
-                field: "item",
-                len: encoded.len() as u64,
-                limit: MAX_ITEM as u64,
-            });
-        }
+        check_len(encoded)?;
         let (kind, _version) = peek(encoded)?;
         let mut r = Reader::new(&encoded[2..]);
         let item = match kind {

@@ -627,3 +627,27 @@ fn json_view_is_readable() {
         .starts_with("sha256:"));
     assert_eq!(serde_json::to_value(&items[0].1).unwrap()["size"], 14);
 }
+
+proptest! {
+    #[test]
+    fn blob_data_is_a_blobs_content_and_none_for_other_items(item in arb_item()) {
+        let encoded = item.encode();
+        match (&item, item::blob_data(&encoded).unwrap()) {
+            (Item::Blob { data }, Some(got)) => prop_assert_eq!(got, &data[..]),
+            (Item::Blob { .. }, None) => prop_assert!(false, "a blob without content"),
+            (_, got) => prop_assert!(got.is_none()),
+        }
+    }
+}
+
+#[test]
+fn blob_data_refuses_what_decode_refuses() {
+    let mut unknown_version = item::encode_blob(b"abc");
+    unknown_version[1] = 9;
+    assert!(item::blob_data(&unknown_version).is_err());
+    assert!(Item::decode(&unknown_version).is_err());
+    assert!(item::blob_data(&[]).is_err());
+    let too_long = item::encode_blob(&vec![0u8; item::MAX_ITEM]);
+    assert!(item::blob_data(&too_long).is_err());
+    assert!(Item::decode(&too_long).is_err());
+}

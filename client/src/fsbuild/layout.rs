@@ -16,8 +16,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use mirage_format::chunking::INLINE_MAX;
-use mirage_format::item::{peek, MAX_ITEM};
-use mirage_format::{Digest, EntryKind, Filesystem, Item, ItemKind, Tree};
+use mirage_format::item::blob_data;
+use mirage_format::{Digest, EntryKind, Filesystem, Item, Tree};
 use mirage_image::fs::ext4::Ext4;
 use mirage_image::fs::vfat::Vfat;
 use mirage_image::fs::{FileExtent, FsReader};
@@ -383,23 +383,18 @@ fn write_file(
             job.size
         )
     };
-    match peek(bytes)?.0 {
-        // A blob's content is its encoding after the kind and version: written without a copy.
-        ItemKind::Blob => {
-            if bytes.len() > MAX_ITEM {
-                bail!("{} is larger than an item can be", job.content.to_text());
-            }
-            let data = bytes.slice(2..);
-            if data.len() as u64 != job.size {
-                return Err(wrong_size(data.len() as u64));
-            }
-            put_mapped(out, &ext, &data, 0)?;
-            stats.bytes += data.len() as u64;
+    // A blob's content is written without a copy.
+    if let Some(data) = blob_data(bytes)? {
+        let data = bytes.slice_ref(data);
+        if data.len() as u64 != job.size {
+            return Err(wrong_size(data.len() as u64));
         }
-        ItemKind::ChunkList => {
-            let Item::ChunkList(list) = Item::decode(bytes)? else {
-                bail!("{} is not a chunk list", job.content.to_text());
-            };
+        put_mapped(out, &ext, &data, 0)?;
+        stats.bytes += data.len() as u64;
+        return Ok(());
+    }
+    match Item::decode(bytes)? {
+        Item::ChunkList(list) => {
             if list.size != job.size {
                 return Err(wrong_size(list.size));
             }
@@ -416,8 +411,9 @@ fn write_file(
             stats.bytes += b;
         }
         other => bail!(
-            "{} is a {other}, expected file content",
-            job.content.to_text()
+            "{} is a {}, expected file content",
+            job.content.to_text(),
+            other.kind()
         ),
     }
     Ok(())
