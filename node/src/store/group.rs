@@ -19,6 +19,11 @@ use super::StoreError;
 /// Groups of at least this many bytes are written directly.
 pub(crate) const DIRECT_MIN: usize = 1 << 20;
 
+/// The least capacity of a group buffer: a default group (`StoreOptions::max_group_bytes`)
+/// with its alignment fits, so a checkin's buffers are allocated once. Pages never written
+/// are never faulted in, so a small group costs no more than its size.
+const GROUP_MIN: usize = (32 << 20) + 2 * ALIGN as usize;
+
 /// A buffer larger than this is given back after its group.
 const KEEP_MAX: usize = 256 << 20;
 
@@ -40,16 +45,20 @@ impl GroupBuf {
             self.mem = Vec::new();
         }
         self.mem.clear();
+        let want = estimate + 2 * ALIGN as usize;
+        if self.mem.capacity() < want {
+            // A new buffer, not a grown one: `reserve` would reallocate, and the allocator
+            // copies the whole old capacity (stale records) into fresh pages.
+            self.mem = Vec::with_capacity(want.max(2 * self.mem.capacity()).max(GROUP_MIN));
+        }
         self.direct = estimate >= DIRECT_MIN && active.writer.direct_usable();
+        // The capacity holds the memory alignment in front and the padding behind.
         if self.direct {
-            // Room for the memory alignment in front and the padding behind.
-            self.mem.reserve(estimate + 2 * ALIGN as usize);
             let skip = self.mem.as_ptr().align_offset(ALIGN as usize);
             self.mem.resize(skip, 0);
             self.start = skip;
             self.base = align_up(active.len);
         } else {
-            self.mem.reserve(estimate);
             self.start = 0;
             self.base = active.len;
         }
@@ -155,6 +164,32 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_buffer_is_allocated_once_for_default_groups_and_replaced_not_grown() {
+        let dir = tempfile::tempdir().unwrap();
+        let vols = super::super::volume::Volumes::new(dir.path().to_path_buf());
+        let active = ActiveVolume::create(&vols, 1).unwrap();
+        let mut g = GroupBuf::default();
+        g.begin(&active, 100);
+        assert!(g.mem.capacity() >= GROUP_MIN);
+        let first = g.mem.as_ptr();
+        // Groups up to the default size, small or direct, reuse the same allocation.
+        for estimate in [8 << 20, 50, 32 << 20, DIRECT_MIN] {
+            g.begin(&active, estimate);
+            assert_eq!(g.mem.as_ptr(), first, "estimate {estimate}");
+            assert!(g.mem.capacity() - g.start >= estimate + ALIGN as usize);
+        }
+        // A larger group gets a new buffer (at least double), its records laid out as before.
+        g.begin(&active, 40 << 20);
+        assert!(g.mem.capacity() >= 2 * GROUP_MIN);
+        assert!(g.mem.capacity() - g.start >= (40 << 20) + ALIGN as usize);
+        g.records().extend_from_slice(&[1; 1000]);
+        assert_eq!(g.len(), 1000);
+        // Padded to the alignment when written directly (not on a filesystem without O_DIRECT).
+        let end = g.base + if g.direct { ALIGN } else { 1000 };
+        assert_eq!(g.close(), Some(end));
+    }
 
     #[test]
     fn the_pool_makes_two_buffers_then_waits_for_one_back() {
