@@ -19,11 +19,6 @@ use super::StoreError;
 /// Groups of at least this many bytes are written directly.
 pub(crate) const DIRECT_MIN: usize = 1 << 20;
 
-/// The least capacity of a group buffer: a default group (`StoreOptions::max_group_bytes`)
-/// with its alignment fits, so a checkin's buffers are allocated once. Pages never written
-/// are never faulted in, so a small group costs no more than its size.
-const GROUP_MIN: usize = (32 << 20) + 2 * ALIGN as usize;
-
 /// A buffer larger than this is given back after its group.
 const KEEP_MAX: usize = 256 << 20;
 
@@ -40,16 +35,20 @@ pub(crate) struct GroupBuf {
 
 impl GroupBuf {
     /// Starts a group of about `estimate` bytes (records with headers) to append to `active`.
-    pub(crate) fn begin(&mut self, active: &ActiveVolume, estimate: usize) {
+    /// A new buffer has room for at least `group_bytes` (the store's usual group size,
+    /// `StoreOptions::max_group_bytes`), so a checkin's buffers are allocated once; pages
+    /// never written are never faulted in, so a small group costs no more than its size.
+    pub(crate) fn begin(&mut self, active: &ActiveVolume, estimate: usize, group_bytes: usize) {
         if self.mem.capacity() > KEEP_MAX {
             self.mem = Vec::new();
         }
         self.mem.clear();
-        let want = estimate + 2 * ALIGN as usize;
-        if self.mem.capacity() < want {
+        let slack = 2 * ALIGN as usize;
+        if self.mem.capacity() < estimate + slack {
             // A new buffer, not a grown one: `reserve` would reallocate, and the allocator
             // copies the whole old capacity (stale records) into fresh pages.
-            self.mem = Vec::with_capacity(want.max(2 * self.mem.capacity()).max(GROUP_MIN));
+            let least = estimate.max(group_bytes) + slack;
+            self.mem = Vec::with_capacity(least.max(2 * self.mem.capacity()));
         }
         self.direct = estimate >= DIRECT_MIN && active.writer.direct_usable();
         // The capacity holds the memory alignment in front and the padding behind.
@@ -170,19 +169,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vols = super::super::volume::Volumes::new(dir.path().to_path_buf());
         let active = ActiveVolume::create(&vols, 1).unwrap();
+        let group_bytes = 32 << 20;
+        let least = group_bytes + 2 * ALIGN as usize;
         let mut g = GroupBuf::default();
-        g.begin(&active, 100);
-        assert!(g.mem.capacity() >= GROUP_MIN);
+        g.begin(&active, 100, group_bytes);
+        assert!(g.mem.capacity() >= least);
         let first = g.mem.as_ptr();
         // Groups up to the default size, small or direct, reuse the same allocation.
         for estimate in [8 << 20, 50, 32 << 20, DIRECT_MIN] {
-            g.begin(&active, estimate);
+            g.begin(&active, estimate, group_bytes);
             assert_eq!(g.mem.as_ptr(), first, "estimate {estimate}");
             assert!(g.mem.capacity() - g.start >= estimate + ALIGN as usize);
         }
         // A larger group gets a new buffer (at least double), its records laid out as before.
-        g.begin(&active, 40 << 20);
-        assert!(g.mem.capacity() >= 2 * GROUP_MIN);
+        g.begin(&active, 40 << 20, group_bytes);
+        assert!(g.mem.capacity() >= 2 * least);
         assert!(g.mem.capacity() - g.start >= (40 << 20) + ALIGN as usize);
         g.records().extend_from_slice(&[1; 1000]);
         assert_eq!(g.len(), 1000);

@@ -373,7 +373,7 @@ fn commit_group(
     let mut buf = pool.get();
     // Sized once: growing it would copy every record again.
     let estimate: usize = group.iter().map(|(items, _)| record_bytes(items)).sum();
-    buf.begin(active, estimate);
+    buf.begin(active, estimate, sh.opts.max_group_bytes);
     let mut new_locs: HashMap<Digest, Location> = HashMap::new();
     let mut batch = IndexBatch::default();
     let mut answers: Vec<(Reply, Result<Vec<bool>, StoreError>)> = Vec::new();
@@ -430,7 +430,7 @@ fn commit_group(
                 answers.push((reply, Ok(Vec::new())));
                 continue;
             }
-            buf.begin(active, estimate);
+            buf.begin(active, estimate, sh.opts.max_group_bytes);
         }
         for p in fresh {
             let loc = Location {
