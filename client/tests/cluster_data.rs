@@ -156,11 +156,7 @@ fn removing_and_adding_nodes_rebalances_to_n_copies_without_a_failed_read() {
     pg.kill(4);
 
     // A new node 5 joins the catalog group and the layout, and takes about 1/n of the copies.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = mirage_node::ports::free_local_ports(1).unwrap()[0];
     let addr = format!("127.0.0.1:{port}");
     let mut topo = std::fs::read_to_string(pg.path("cluster.toml")).unwrap();
     topo += &format!(

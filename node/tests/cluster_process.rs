@@ -42,20 +42,12 @@ struct Cluster {
     nodes: Vec<Node>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Cluster {
     /// Writes a topology of `n` nodes (all catalog voters when started) and a secret.
     fn new(n: u64) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), "playground-secret-0123456789\n").unwrap();
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let ports = mirage_node::ports::free_local_ports(n as usize).unwrap();
         let mut t = "[cluster]\nname = \"t\"\nreplication = 1\nwrite_quorum = 1\n\
                      partitions = 16\nsecret_file = \"secret\"\n"
             .to_string();
@@ -529,6 +521,32 @@ fn playground_forms_a_three_node_group_and_prints_how_to_reach_it() {
         .collect();
     assert_eq!(ids, [&json!(1), &json!(2), &json!(3)], "{layout}");
     assert_eq!(pids.split_whitespace().count(), 3);
+}
+
+#[test]
+fn a_playground_whose_node_cannot_start_fails_at_once_with_that_nodes_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // Node 2's store path is a file: that node exits on start.
+    std::fs::write(dir.path().join("node2"), "not a store").unwrap();
+    let t0 = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_mirage-node"))
+        .args(["playground", "--nodes", "3", "--detach", "--dir"])
+        .arg(dir.path())
+        .env("MIRAGE_LOG", "error")
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    let pids = std::fs::read_to_string(dir.path().join("pids")).unwrap_or_default();
+    for p in pids.split_whitespace() {
+        let _ = Command::new("kill").arg(p).status();
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("node 2 exited"), "{err}");
+    assert!(err.contains("opening store"), "{err}");
+    assert!(pids.is_empty(), "a failed playground left nodes: {pids}");
+    // It waited for no timeout (the start's deadline is 60 s).
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
 }
 
 fn signal(c: &Cluster, id: u64, sig: &str) {

@@ -58,9 +58,16 @@ impl Drop for Nodes {
     }
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+/// What a node's log says last, for an error message: the error it exited with (without
+/// the backtrace that follows when RUST_BACKTRACE is set), else its last lines.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = match text.rfind("Error: ") {
+        Some(i) => text[i..].split("Stack backtrace:").next().unwrap_or_default(),
+        None => &text,
+    };
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 fn topology(args: &Args, ports: &[u16], secret_file: &Path) -> String {
@@ -115,6 +122,86 @@ async fn admin_call(
         );
     }
     Ok(())
+}
+
+enum Launch {
+    /// Every node listens and node 1 has initialized the group: its admin token.
+    Up(Nodes, String),
+    /// This node exited because another process took its port first.
+    PortTaken(u64),
+}
+
+/// Starts one process per node on `ports` and waits until each listens and node 1 has formed
+/// the group. A node that exits meanwhile fails the start with its log, at once.
+async fn launch(args: &Args, dir: &Path, ports: &[u16], secret_file: &Path) -> Result<Launch> {
+    let config = dir.join("cluster.toml");
+    std::fs::write(&config, topology(args, ports, secret_file))?;
+    let exe = std::env::current_exe()?;
+    let mut nodes = Nodes(Vec::new());
+    for id in 1..=args.nodes {
+        let store = dir.join(format!("node{id}"));
+        let log = std::fs::File::create(dir.join(format!("node{id}.log")))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve")
+            .arg("--store")
+            .arg(&store)
+            .arg("--cluster")
+            .arg(&config)
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--repair-every")
+            .arg(args.repair_every.to_string())
+            .arg("--dead-after")
+            .arg(args.dead_after.to_string())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if id == 1 {
+            cmd.arg("--init");
+        }
+        nodes.0.push(cmd.spawn().context("starting a node")?);
+    }
+    let token_file = dir.join("node1").join("admin.token");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut listening = 0;
+        for (i, child) in nodes.0.iter_mut().enumerate() {
+            let id = i as u64 + 1;
+            let log = dir.join(format!("node{id}.log"));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(status) = child.try_wait()? {
+                if text.contains("Address already in use") || text.contains("AddrInUse") {
+                    return Ok(Launch::PortTaken(id));
+                }
+                bail!(
+                    "node {id} exited ({status}) while the playground started; the end of {}:\n{}",
+                    log.display(),
+                    log_tail(&log)
+                );
+            }
+            if text.contains("listening on http://") {
+                listening += 1;
+            }
+        }
+        if listening == nodes.0.len() {
+            // The token is written as one line: a file without its newline is still being written.
+            match std::fs::read_to_string(&token_file) {
+                Ok(t) if t.ends_with('\n') => {
+                    return Ok(Launch::Up(nodes, t.trim().to_string()));
+                }
+                _ => {}
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let log = dir.join("node1.log");
+            bail!(
+                "the nodes did not all listen, or node 1 did not initialize the catalog, within \
+                 60 s; the end of {}:\n{}",
+                log.display(),
+                log_tail(&log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A running playground.
@@ -181,48 +268,28 @@ pub async fn start(args: &Args) -> Result<Running> {
         let bytes: [u8; 32] = rand::random();
         std::fs::write(&secret_file, format!("{}\n", hex::encode(bytes)))?;
     }
-    let ports = (0..args.nodes)
-        .map(|_| free_port())
-        .collect::<Result<Vec<_>>>()?;
-    let config = dir.join("cluster.toml");
-    std::fs::write(&config, topology(args, &ports, &secret_file))?;
-    let exe = std::env::current_exe()?;
-    let mut nodes = Nodes(Vec::new());
-    for id in 1..=args.nodes {
-        let store = dir.join(format!("node{id}"));
-        let log = std::fs::File::create(dir.join(format!("node{id}.log")))?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg("serve")
-            .arg("--store")
-            .arg(&store)
-            .arg("--cluster")
-            .arg(&config)
-            .arg("--id")
-            .arg(id.to_string())
-            .arg("--repair-every")
-            .arg(args.repair_every.to_string())
-            .arg("--dead-after")
-            .arg(args.dead_after.to_string())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        if id == 1 {
-            cmd.arg("--init");
+    // Node stores that exist already belong to an earlier playground in this directory; the
+    // ones made here are removed before a retry, so no node keeps a group formed on old ports.
+    let fresh: Vec<u64> = (1..=args.nodes)
+        .filter(|id| !dir.join(format!("node{id}")).exists())
+        .collect();
+    let mut attempt = 1;
+    let (nodes, ports, token) = loop {
+        let ports = mirage_node::ports::free_local_ports(args.nodes as usize)?;
+        match launch(args, &dir, &ports, &secret_file).await? {
+            Launch::Up(nodes, token) => break (nodes, ports, token),
+            Launch::PortTaken(id) if attempt < 3 => {
+                tracing::warn!("node {id}: its port was taken before it bound it; new ports");
+                for id in &fresh {
+                    let _ = std::fs::remove_dir_all(dir.join(format!("node{id}")));
+                }
+                attempt += 1;
+            }
+            Launch::PortTaken(id) => bail!(
+                "node {id} could not bind its port in {attempt} attempts (see {})",
+                dir.join(format!("node{id}.log")).display()
+            ),
         }
-        nodes.0.push(cmd.spawn().context("starting a node")?);
-    }
-    let token_file = dir.join("node1").join("admin.token");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let token = loop {
-        if let Ok(t) = std::fs::read_to_string(&token_file) {
-            break t.trim().to_string();
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "node 1 did not initialize the catalog within 60 s (see {})",
-                dir.join("node1.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", ports[0]);
