@@ -541,7 +541,11 @@ fn a_playground_whose_node_cannot_start_fails_at_once_with_that_nodes_error() {
         let _ = Command::new("kill").arg(p).status();
     }
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(err.contains("node 2 exited"), "{err}");
     assert!(err.contains("opening store"), "{err}");
     assert!(pids.is_empty(), "a failed playground left nodes: {pids}");

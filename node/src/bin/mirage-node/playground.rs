@@ -63,7 +63,10 @@ impl Drop for Nodes {
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let text = match text.rfind("Error: ") {
-        Some(i) => text[i..].split("Stack backtrace:").next().unwrap_or_default(),
+        Some(i) => text[i..]
+            .split("Stack backtrace:")
+            .next()
+            .unwrap_or_default(),
         None => &text,
     };
     let lines: Vec<&str> = text.trim_end().lines().collect();
