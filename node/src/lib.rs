@@ -9,6 +9,7 @@ pub mod auth;
 pub mod catalog;
 pub mod index;
 pub mod keys;
+pub mod memory;
 pub mod ports;
 pub mod raft;
 pub mod shard;
