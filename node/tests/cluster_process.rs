@@ -467,21 +467,30 @@ fn catalog_group_of_three_processes_survives_losing_its_leader() {
     });
 }
 
-#[test]
-fn playground_forms_a_three_node_group_and_prints_how_to_reach_it() {
-    let dir = tempfile::tempdir().unwrap();
+/// `mirage-node playground --nodes 3 --detach` in `dir`: its output and the pids it recorded.
+fn detached_playground(dir: &std::path::Path) -> (std::process::Output, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mirage-node"))
         .args(["playground", "--nodes", "3", "--detach", "--dir"])
-        .arg(dir.path())
+        .arg(dir)
         .env("MIRAGE_LOG", "error")
         .output()
         .unwrap();
-    let pids = std::fs::read_to_string(dir.path().join("pids")).unwrap_or_default();
-    let kill_all = || {
-        for p in pids.split_whitespace() {
-            let _ = Command::new("kill").arg(p).status();
-        }
-    };
+    let pids = std::fs::read_to_string(dir.join("pids")).unwrap_or_default();
+    (out, pids)
+}
+
+/// Sends SIGTERM to each pid of a whitespace-separated list.
+fn kill_each(pids: &str) {
+    for p in pids.split_whitespace() {
+        let _ = Command::new("kill").arg(p).status();
+    }
+}
+
+#[test]
+fn playground_forms_a_three_node_group_and_prints_how_to_reach_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, pids) = detached_playground(dir.path());
+    let kill_all = || kill_each(&pids);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
         kill_all();
@@ -529,17 +538,9 @@ fn a_playground_whose_node_cannot_start_fails_at_once_with_that_nodes_error() {
     // Node 2's store path is a file: that node exits on start.
     std::fs::write(dir.path().join("node2"), "not a store").unwrap();
     let t0 = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_mirage-node"))
-        .args(["playground", "--nodes", "3", "--detach", "--dir"])
-        .arg(dir.path())
-        .env("MIRAGE_LOG", "error")
-        .output()
-        .unwrap();
+    let (out, pids) = detached_playground(dir.path());
     let took = t0.elapsed();
-    let pids = std::fs::read_to_string(dir.path().join("pids")).unwrap_or_default();
-    for p in pids.split_whitespace() {
-        let _ = Command::new("kill").arg(p).status();
-    }
+    kill_each(&pids);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
