@@ -35,6 +35,11 @@ impl RocksIndex {
         // Background writes (flushes, compactions) go out a megabyte at a time instead of in
         // one burst at their final fsync, which would stall the synced appends behind it.
         opts.set_bytes_per_sync(1 << 20);
+        // Every open of a store (each CLI command) starts a new info log and keeps the old
+        // one: at the default level each holds RocksDB's 120 KB options dump, written line by
+        // line while the command waits. Warnings and errors only, and the last ten logs.
+        opts.set_log_level(rocksdb::LogLevel::Warn);
+        opts.set_keep_log_file_num(10);
         let mut items = Options::default();
         // Point lookups by digest dominate: a bloom filter avoids most disk reads for misses.
         let mut bbo = rocksdb::BlockBasedOptions::default();
