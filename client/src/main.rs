@@ -298,8 +298,6 @@ fn default_threads() -> usize {
 }
 
 fn main() -> ExitCode {
-    // Before any thread or large allocation (mirage_node::memory says why).
-    let thp = mirage_node::memory::disable_transparent_huge_pages();
     // `mirage ... | head`: a closed stdout ends the program quietly, like other Unix tools.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -321,10 +319,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = thp {
-        // Only slower, never wrong: an old kernel without the switch keeps its default.
-        tracing::debug!(error = %e, "transparent huge pages stay as the kernel has them");
-    }
+    // Before any thread or large allocation (mirage_node::memory says why).
+    mirage_node::memory::no_transparent_huge_pages();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -7,8 +7,17 @@
 //! went through the page cache, say) zeroing those huge pages took 0.7–1.2 s of system time
 //! per 640 MB image, against 0.2–0.3 s with 4 KiB pages (PERFORMANCE.md, twelfth session).
 
-/// Turns transparent huge pages off for this process (and the children it starts). Call it
-/// first thing in `main`, before threads and large allocations.
+/// Turns transparent huge pages off for this process (and the children it starts); a kernel
+/// without the switch keeps its default, which is only slower (logged at debug level). Call it
+/// at the start of `main`, before threads and large allocations (pages already faulted in keep
+/// their size; the setting applies to every later fault).
+pub fn no_transparent_huge_pages() {
+    if let Err(e) = disable_transparent_huge_pages() {
+        tracing::debug!(error = %e, "transparent huge pages stay as the kernel has them");
+    }
+}
+
+/// [`no_transparent_huge_pages`], reporting a failure.
 // prctl is not wrapped by the libraries in use.
 #[allow(unsafe_code)]
 pub fn disable_transparent_huge_pages() -> std::io::Result<()> {

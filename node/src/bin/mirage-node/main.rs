@@ -326,8 +326,6 @@ async fn init_group(
 }
 
 fn main() -> Result<()> {
-    // Before any thread or large allocation (mirage_node::memory says why).
-    let thp = mirage_node::memory::disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MIRAGE_LOG")
@@ -335,10 +333,8 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = thp {
-        // Only slower, never wrong: an old kernel without the switch keeps its default.
-        tracing::debug!(error = %e, "transparent huge pages stay as the kernel has them");
-    }
+    // Before any thread or large allocation (mirage_node::memory says why).
+    mirage_node::memory::no_transparent_huge_pages();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
     match cli.cmd {

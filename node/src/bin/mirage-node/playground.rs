@@ -73,6 +73,16 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// Node `id`'s store directory in the playground directory.
+fn node_store(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node{id}"))
+}
+
+/// Node `id`'s log (its stdout and stderr).
+fn node_log(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node{id}.log"))
+}
+
 fn topology(args: &Args, ports: &[u16], secret_file: &Path) -> String {
     let n = args.nodes;
     let replication = args.replication.unwrap_or(n.min(3) as usize);
@@ -142,8 +152,8 @@ async fn launch(args: &Args, dir: &Path, ports: &[u16], secret_file: &Path) -> R
     let exe = std::env::current_exe()?;
     let mut nodes = Nodes(Vec::new());
     for id in 1..=args.nodes {
-        let store = dir.join(format!("node{id}"));
-        let log = std::fs::File::create(dir.join(format!("node{id}.log")))?;
+        let store = node_store(dir, id);
+        let log = std::fs::File::create(node_log(dir, id))?;
         let mut cmd = Command::new(&exe);
         cmd.arg("serve")
             .arg("--store")
@@ -163,13 +173,13 @@ async fn launch(args: &Args, dir: &Path, ports: &[u16], secret_file: &Path) -> R
         }
         nodes.0.push(cmd.spawn().context("starting a node")?);
     }
-    let token_file = dir.join("node1").join("admin.token");
+    let token_file = node_store(dir, 1).join("admin.token");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let mut listening = 0;
         for (i, child) in nodes.0.iter_mut().enumerate() {
             let id = i as u64 + 1;
-            let log = dir.join(format!("node{id}.log"));
+            let log = node_log(dir, id);
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(status) = child.try_wait()? {
                 if text.contains("Address already in use") || text.contains("AddrInUse") {
@@ -195,7 +205,7 @@ async fn launch(args: &Args, dir: &Path, ports: &[u16], secret_file: &Path) -> R
             }
         }
         if std::time::Instant::now() > deadline {
-            let log = dir.join("node1.log");
+            let log = node_log(dir, 1);
             bail!(
                 "the nodes did not all listen, or node 1 did not initialize the catalog, within \
                  60 s; the end of {}:\n{}",
@@ -274,7 +284,7 @@ pub async fn start(args: &Args) -> Result<Running> {
     // Node stores that exist already belong to an earlier playground in this directory; the
     // ones made here are removed before a retry, so no node keeps a group formed on old ports.
     let fresh: Vec<u64> = (1..=args.nodes)
-        .filter(|id| !dir.join(format!("node{id}")).exists())
+        .filter(|&id| !node_store(&dir, id).exists())
         .collect();
     let mut attempt = 1;
     let (nodes, ports, token) = loop {
@@ -284,13 +294,13 @@ pub async fn start(args: &Args) -> Result<Running> {
             Launch::PortTaken(id) if attempt < 3 => {
                 tracing::warn!("node {id}: its port was taken before it bound it; new ports");
                 for id in &fresh {
-                    let _ = std::fs::remove_dir_all(dir.join(format!("node{id}")));
+                    let _ = std::fs::remove_dir_all(node_store(&dir, *id));
                 }
                 attempt += 1;
             }
             Launch::PortTaken(id) => bail!(
                 "node {id} could not bind its port in {attempt} attempts (see {})",
-                dir.join(format!("node{id}.log")).display()
+                node_log(&dir, id).display()
             ),
         }
     };
