@@ -156,7 +156,9 @@ pub fn checkin_with(
         let mut pb = Batcher::new(store);
         let mut st = CheckinStats::default();
         let c = partition_content(store, &src, p, opts, &mut pb, &mut st)?;
+        let t_flush = std::time::Instant::now();
         pb.flush()?;
+        tracing::info!(part = p.number, flush = ?t_flush.elapsed(), "partition durable");
         st.add(pb.counts);
         Ok((c, st))
     })?;

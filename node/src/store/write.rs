@@ -375,6 +375,8 @@ fn commit_group(
     let estimate: usize = group.iter().map(|(items, _)| record_bytes(items)).sum();
     buf.begin(active, estimate, sh.opts.max_group_bytes);
     let mut new_locs: HashMap<Digest, Location> = HashMap::new();
+    // References the closure check found in the index (their location tables reuse them).
+    let mut looked_up: HashMap<Digest, Location> = HashMap::new();
     let mut batch = IndexBatch::default();
     let mut answers: Vec<(Reply, Result<Vec<bool>, StoreError>)> = Vec::new();
     let mut with_refs: Vec<(Digest, Vec<Digest>)> = Vec::new();
@@ -384,7 +386,7 @@ fn commit_group(
             answers.push((reply, Ok(Vec::new())));
             continue;
         }
-        if let Err(e) = admit(sh, &new_locs, pipe, &items) {
+        if let Err(e) = admit(sh, &new_locs, pipe, &items, &mut looked_up) {
             answers.push((reply, Err(e)));
             continue;
         }
@@ -472,7 +474,13 @@ fn commit_group(
         for (parent, refs) in with_refs {
             let table = build_table(
                 sh,
-                &|d| new_locs.get(d).copied().or_else(|| pipe.get(d)),
+                &|d| {
+                    new_locs
+                        .get(d)
+                        .or_else(|| looked_up.get(d))
+                        .copied()
+                        .or_else(|| pipe.get(d))
+                },
                 &refs,
             );
             batch.tables.push((parent, table));
@@ -617,12 +625,15 @@ pub(crate) fn write_new_items(sh: &Shared, batch: IndexBatch) -> Result<(), Stor
 }
 
 /// Closure invariant: every reference of every item is in the store, earlier in this group,
-/// or in the same request. A shard store leaves the check to the cluster's writer.
+/// or in the same request. A shard store leaves the check to the cluster's writer. References
+/// found in the index go into `found`, so that the group's location tables need not look them
+/// up a second time.
 fn admit(
     sh: &Shared,
     new_locs: &HashMap<Digest, Location>,
     pipe: &Pipe,
     items: &[Prepared],
+    found: &mut HashMap<Digest, Location>,
 ) -> Result<(), StoreError> {
     if sh.opts.shard {
         return Ok(());
@@ -632,19 +643,27 @@ fn admit(
         let unknown: Vec<Digest> = p
             .refs
             .iter()
-            .filter(|r| !in_req.contains(r) && !new_locs.contains_key(r) && pipe.get(r).is_none())
+            .filter(|r| {
+                !in_req.contains(r)
+                    && !new_locs.contains_key(r)
+                    && !found.contains_key(r)
+                    && pipe.get(r).is_none()
+            })
             .copied()
             .collect();
         if unknown.is_empty() {
             continue;
         }
-        let found = sh.index.get_many(&unknown)?;
-        let missing: Vec<Digest> = unknown
-            .into_iter()
-            .zip(found)
-            .filter(|(_, l)| l.is_none())
-            .map(|(d, _)| d)
-            .collect();
+        let locs = sh.index.get_many(&unknown)?;
+        let mut missing = Vec::new();
+        for (d, l) in unknown.into_iter().zip(locs) {
+            match l {
+                Some(l) => {
+                    found.insert(d, l);
+                }
+                None => missing.push(d),
+            }
+        }
         if !missing.is_empty() {
             return Err(StoreError::MissingReferences {
                 digest: p.digest,
