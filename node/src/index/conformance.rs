@@ -6,7 +6,8 @@ use mirage_format::{Algorithm, Digest, ItemKind};
 use super::{Index, IndexBatch};
 use crate::store::{Compression, Location, LocationTable};
 
-fn digest(i: u32) -> Digest {
+/// The digest of test item `i`.
+pub(crate) fn digest(i: u32) -> Digest {
     Digest::of(Algorithm::Sha256, &i.to_le_bytes()).expect("sha256 never refuses")
 }
 
@@ -36,7 +37,8 @@ pub fn run<I: Index>(mut fresh: impl FnMut() -> I) {
     scan_visits_in_digest_order_and_stops(&fresh());
 }
 
-fn put(ix: &impl Index, range: std::ops::Range<u32>) {
+/// Writes test items `range` durably.
+pub(crate) fn put(ix: &impl Index, range: std::ops::Range<u32>) {
     let batch = IndexBatch {
         items: range.map(|i| (digest(i), loc(i))).collect(),
         ..IndexBatch::default()

@@ -47,6 +47,18 @@ impl Drop for RocksIndex {
     }
 }
 
+/// The files of `dir` named `*.{ext}` (none if it cannot be read).
+fn files(dir: &Path, ext: &str) -> Vec<std::fs::Metadata> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+        .filter_map(|e| e.metadata().ok())
+        .collect()
+}
+
 fn engine(e: rocksdb::Error) -> IndexError {
     IndexError::Engine(e.into_string())
 }
@@ -237,14 +249,7 @@ impl RocksIndex {
 
     /// Bytes of write-ahead log in the database directory.
     fn log_bytes(&self) -> u64 {
-        let Ok(dir) = std::fs::read_dir(self.db.path()) else {
-            return 0;
-        };
-        dir.filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum()
+        files(self.db.path(), "log").iter().map(|m| m.len()).sum()
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, IndexError> {
@@ -424,58 +429,22 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Compression, Location};
-    use mirage_format::{Algorithm, Digest, ItemKind};
-
-    fn tables(dir: &Path) -> usize {
-        std::fs::read_dir(dir)
-            .expect("index dir")
-            .filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sst"))
-            })
-            .count()
-    }
-
-    fn batch(range: std::ops::Range<u32>) -> (Vec<Digest>, IndexBatch) {
-        let ds: Vec<Digest> = range
-            .map(|i| Digest::of(Algorithm::Sha256, &i.to_le_bytes()).expect("sha256"))
-            .collect();
-        let items = ds
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let l = Location {
-                    volume: 1,
-                    offset: i as u64 * 64,
-                    stored_len: 60,
-                    raw_len: 60,
-                    kind: ItemKind::Blob,
-                    compression: Compression::None,
-                };
-                (*d, l)
-            })
-            .collect();
-        let b = IndexBatch {
-            items,
-            ..Default::default()
-        };
-        (ds, b)
-    }
+    use crate::index::conformance::{digest, put};
 
     #[test]
     fn an_open_replays_the_log_without_writing_tables_and_large_logs_are_flushed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (ds, b) = batch(0..2000);
-        {
-            let ix = RocksIndex::open(dir.path()).expect("open");
-            ix.write(b, true).expect("write");
-        }
-        for _ in 0..3 {
-            let ix = RocksIndex::open(dir.path()).expect("reopen");
-            assert_eq!(tables(dir.path()), 0, "an open flushed the replayed log");
+        let tables = || files(dir.path(), "sst").len();
+        let all_there = |ix: &RocksIndex, n: u32| {
+            let ds: Vec<Digest> = (0..n).map(digest).collect();
             let got = ix.get_many(&ds).expect("get_many");
             assert!(got.iter().all(Option::is_some), "an item was lost");
+        };
+        put(&RocksIndex::open(dir.path()).expect("open"), 0..2000);
+        for _ in 0..3 {
+            let ix = RocksIndex::open(dir.path()).expect("reopen");
+            assert_eq!(tables(), 0, "an open flushed the replayed log");
+            all_there(&ix, 2000);
         }
         // Short commands that each write a little: the one that leaves the logs past WAL_MAX
         // flushes at its close, so no open replays more than that.
@@ -483,20 +452,12 @@ mod tests {
         let rounds = (2 * WAL_MAX / (u64::from(per) * 60)) as u32 + 1;
         for r in 0..rounds {
             let ix = RocksIndex::open(dir.path()).expect("reopen");
-            let (_, b) = batch(10_000 + r * per..10_000 + (r + 1) * per);
-            ix.write(b, true).expect("write");
+            put(&ix, 2000 + r * per..2000 + (r + 1) * per);
         }
         let ix = RocksIndex::open(dir.path()).expect("reopen");
-        assert!(
-            tables(dir.path()) > 0,
-            "logs past WAL_MAX were never flushed"
-        );
+        assert!(tables() > 0, "logs past WAL_MAX were never flushed");
         let logs = ix.log_bytes();
         assert!(logs <= WAL_MAX, "{logs} bytes of log kept");
-        assert!(ix
-            .get_many(&ds)
-            .expect("get_many")
-            .iter()
-            .all(Option::is_some));
+        all_there(&ix, 2000 + rounds * per);
     }
 }
