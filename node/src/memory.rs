@@ -11,35 +11,15 @@
 /// without the switch keeps its default, which is only slower (logged at debug level). Call it
 /// at the start of `main`, before threads and large allocations (pages already faulted in keep
 /// their size; the setting applies to every later fault).
-pub fn no_transparent_huge_pages() {
-    if let Err(e) = disable_transparent_huge_pages() {
-        tracing::debug!(error = %e, "transparent huge pages stay as the kernel has them");
-    }
-}
-
-/// [`no_transparent_huge_pages`], reporting a failure.
 // prctl is not wrapped by the libraries in use.
 #[allow(unsafe_code)]
-pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+pub fn no_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments and changes only this process's
     // memory policy; no memory is passed to the kernel.
     let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Whether transparent huge pages are off for this process.
-#[allow(unsafe_code)]
-pub fn transparent_huge_pages_disabled() -> std::io::Result<bool> {
-    // SAFETY: as above; PR_GET_THP_DISABLE returns the flag.
-    let r = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r == 1)
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::debug!(error = %e, "transparent huge pages stay as the kernel has them");
     }
 }
 
@@ -47,9 +27,21 @@ pub fn transparent_huge_pages_disabled() -> std::io::Result<bool> {
 mod tests {
     use super::*;
 
+    /// Whether transparent huge pages are off for this process.
+    #[allow(unsafe_code)]
+    fn transparent_huge_pages_disabled() -> std::io::Result<bool> {
+        // SAFETY: as above; PR_GET_THP_DISABLE returns the flag.
+        let r = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r == 1)
+        }
+    }
+
     #[test]
     fn huge_pages_are_off_after_the_call_and_the_kernel_says_so() {
-        disable_transparent_huge_pages().unwrap();
+        no_transparent_huge_pages();
         assert!(transparent_huge_pages_disabled().unwrap());
         // The kernel's own view of this process (Linux 6.x prints "THP_enabled").
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
