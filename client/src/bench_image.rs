@@ -100,15 +100,27 @@ pub fn bench_checkin(
                 sync()?;
                 let cpu = cpu_seconds();
                 let t = Instant::now();
-                let store = Store::open(
-                    &dir,
-                    StoreOptions {
-                        create: true,
-                        codec: o.codec,
-                        ..StoreOptions::default()
+                // As `mirage checkin` does: the image is walked while the store opens.
+                let (store, prepared) = crate::indexer::prepare_while(
+                    || {
+                        Store::open(
+                            &dir,
+                            StoreOptions {
+                                create: true,
+                                codec: o.codec,
+                                ..StoreOptions::default()
+                            },
+                        )
                     },
-                )?;
-                let (_, stats) = crate::indexer::checkin(&store, img, o.threads)?;
+                    img,
+                    o.threads,
+                );
+                let store = store?;
+                let opts = crate::indexer::CheckinOptions {
+                    threads: o.threads,
+                    hints: true,
+                };
+                let (_, stats) = crate::indexer::checkin_prepared(&store, prepared?, opts)?;
                 store.checkpoint()?;
                 drop(store);
                 new_bytes[k] = stats.new_bytes;

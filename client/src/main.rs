@@ -583,7 +583,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             parent,
             description,
         } => {
-            let store = open_or_create(&dir)?;
+            // The image is read and its filesystems walked while the store opens.
+            let (store, prepared) =
+                mirage_client::indexer::prepare_while(|| open_or_create(&dir), image, *threads);
+            let store = store?;
             let ctx = ctx_of(&store)?;
             let parent = match (name, parent) {
                 (Some(_), Some(p)) => Some(ctx.image_of(p)?),
@@ -597,7 +600,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 threads: *threads,
                 hints: !*rehash,
             };
-            let (root, stats) = mirage_client::indexer::checkin_with(&store, image, opts)
+            let (root, stats) = prepared
+                .and_then(|p| mirage_client::indexer::checkin_prepared(&store, p, opts))
                 .with_context(|| format!("checking in {}", image.display()))?;
             // Package databases are read and kept now (cached by content), so inventory and
             // package searches never parse them on the query path.

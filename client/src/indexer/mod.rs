@@ -17,11 +17,12 @@ use mirage_node::{Store, StoreError};
 use crate::batch::{BatchCounts, Batcher};
 
 mod contents;
-use crate::fs::ext4::Ext4;
-use crate::fs::vfat::Vfat;
-use crate::fs::{FsError, FsReader, Node};
+mod walk;
+use crate::fs::{FsError, Node};
 use crate::image::regions::{store_region, Masked, RegionError};
-use crate::image::{self, table, BlockSource, ImageError};
+use crate::image::{table, BlockSource, ImageError};
+use walk::Walked;
+pub use walk::{prepare, prepare_while, Prepared};
 
 /// Checkin errors. Nothing is registered when one occurs.
 #[derive(Debug, thiserror::Error)]
@@ -120,42 +121,44 @@ pub fn checkin_with(
     path: &Path,
     opts: CheckinOptions,
 ) -> Result<(Digest, CheckinStats), CheckinError> {
-    let src: Arc<dyn BlockSource> = Arc::from(image::open(path)?);
+    checkin_prepared(store, prepare(path, opts.threads)?, opts)
+}
+
+/// Stores an image [`prepare`]d (or [`prepare_while`] the store opened).
+pub fn checkin_prepared(
+    store: &Store,
+    prepared: Prepared,
+    opts: CheckinOptions,
+) -> Result<(Digest, CheckinStats), CheckinError> {
+    let Prepared {
+        src,
+        table: t,
+        entries,
+        walks,
+    } = prepared;
     let mut stats = CheckinStats {
         format: src.format().into(),
         disk_bytes: src.len(),
         ..Default::default()
     };
-    let t = table::parse(src.as_ref())?;
     let alg = store.algorithm();
     let mut b = Batcher::new(store);
     let mut partitions = Vec::new();
     // (start, end) of every partition whose bytes are represented by its content.
     let mut covered: Vec<(u64, u64)> = Vec::new();
-    let entries: Vec<table::PartEntry> = if t.kind == TableType::None {
-        vec![table::PartEntry {
-            number: 1,
-            start: 0,
-            size: src.len(),
-            type_id: Vec::new(),
-            guid: Vec::new(),
-            name: Vec::new(),
-            attributes: 0,
-            params: Params::new(),
-            container: false,
-        }]
-    } else {
-        t.partitions.clone()
-    };
+    let parts: Vec<(&table::PartEntry, Option<&Walked>)> = entries
+        .iter()
+        .zip(walks.iter().map(Option::as_ref))
+        .collect();
     // Partitions are indexed side by side (a few at a time), each with its own batcher,
     // flushed (durable) before the disk that references them is stored.
-    let done = contents::parallel(&entries, opts.threads.clamp(1, 2), |p| {
+    let done = contents::parallel(&parts, opts.threads.clamp(1, 2), |&(p, walked)| {
         if p.container {
             return Ok((PartitionContent::Empty, CheckinStats::default()));
         }
         let mut pb = Batcher::new(store);
         let mut st = CheckinStats::default();
-        let c = partition_content(store, &src, p, opts, &mut pb, &mut st)?;
+        let c = partition_content(store, &src, p, walked, opts, &mut pb, &mut st)?;
         let t_flush = std::time::Instant::now();
         pb.flush()?;
         tracing::info!(part = p.number, flush = ?t_flush.elapsed(), "partition durable");
@@ -257,21 +260,13 @@ fn partition_content(
     store: &Store,
     src: &Arc<dyn BlockSource>,
     p: &table::PartEntry,
+    walked: Option<&Walked>,
     opts: CheckinOptions,
     b: &mut Batcher<'_>,
     stats: &mut CheckinStats,
 ) -> Result<PartitionContent, CheckinError> {
-    let fs_err = |source| CheckinError::Fs {
-        part: p.number,
-        source,
-    };
-    if crate::fs::ext4::probe(src.as_ref(), p.start, p.size) {
-        let fs = Ext4::open(src.clone(), p.start, p.size).map_err(fs_err)?;
-        return index_fs(store, src.as_ref(), &fs, p, opts, b, stats);
-    }
-    if crate::fs::vfat::probe(src.as_ref(), p.start, p.size) {
-        let fs = Vfat::open(src.clone(), p.start, p.size).map_err(fs_err)?;
-        return index_fs(store, src.as_ref(), &fs, p, opts, b, stats);
+    if let Some(w) = walked {
+        return index_fs(store, src.as_ref(), w, p, opts, b, stats);
     }
     if let Some(swap) = swap_identity(src.as_ref(), p.start, p.size)? {
         return Ok(swap);
@@ -343,74 +338,25 @@ pub(crate) fn entry_of(node: &Node, name: Vec<u8>) -> TreeEntry {
     e
 }
 
-/// Walks a filesystem and stores it: contents in parallel, then trees bottom-up.
+/// Stores a walked filesystem: contents in parallel, then trees bottom-up.
 fn index_fs(
     store: &Store,
     src: &dyn BlockSource,
-    fs: &dyn FsReader,
+    w: &Walked,
     p: &table::PartEntry,
     opts: CheckinOptions,
     b: &mut Batcher<'_>,
     stats: &mut CheckinStats,
 ) -> Result<PartitionContent, CheckinError> {
     let part = p.number;
+    let fs = w.fs.as_ref();
     let fs_err = |source| CheckinError::Fs { part, source };
     let alg = store.algorithm();
-    // Deterministic walk: directories in name order, depth first.
-    struct Dir {
-        id: u64,
-        children: Vec<(Vec<u8>, Node)>,
-    }
-    let t_walk = std::time::Instant::now();
-    let mut dirs: Vec<Dir> = Vec::new();
-    let mut stack = vec![fs.root()];
-    let mut seen_dirs = std::collections::HashSet::new();
-    while let Some(id) = stack.pop() {
-        if !seen_dirs.insert(id) {
-            return Err(fs_err(FsError::Corrupt {
-                fs: "filesystem",
-                what: format!("directory {id} is reachable twice (loop)"),
-            }));
-        }
-        let mut entries = fs.read_dir(id).map_err(fs_err)?;
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut children = Vec::with_capacity(entries.len());
-        for (name, child) in entries {
-            let node = fs.node(child).map_err(fs_err)?;
-            if node.kind == EntryKind::Dir {
-                stack.push(child);
-            }
-            children.push((name, node));
-        }
-        dirs.push(Dir { id, children });
-        if dirs.len() > 50_000_000 {
-            return Err(fs_err(FsError::Corrupt {
-                fs: "filesystem",
-                what: "too many directories".into(),
-            }));
-        }
-    }
-    let walk_time = t_walk.elapsed();
-    // Hard-link groups numbered in walk order; one content per inode.
-    let mut groups: HashMap<u64, u64> = HashMap::new();
-    let mut files: Vec<&Node> = Vec::new();
-    let mut first: std::collections::HashSet<u64> = std::collections::HashSet::new();
-    for d in &dirs {
-        for (_, n) in &d.children {
-            stats.objects += 1;
-            if n.kind != EntryKind::Dir && n.nlink > 1 {
-                let next = groups.len() as u64 + 1;
-                groups.entry(n.id).or_insert(next);
-            }
-            if n.kind == EntryKind::File && first.insert(n.id) {
-                files.push(n);
-                stats.file_bytes += n.size;
-            }
-        }
-    }
-    // Where each file's bytes are (inline files have no extents), found first so that the
-    // skeleton, which leaves file data out, can be stored alongside the file contents.
-    let layouts = contents::layouts(fs, &files, opts.threads, part)?;
+    let (dirs, groups, layouts) = (&w.dirs, &w.groups, &w.layouts);
+    let files = w.files();
+    stats.objects += w.objects;
+    stats.file_bytes += w.file_bytes;
+    let t_contents = std::time::Instant::now();
     let file_data: Vec<(u64, u64)> = layouts
         .iter()
         .flatten()
@@ -428,7 +374,7 @@ fn index_fs(
         fs,
         part,
         files: &files,
-        layouts: &layouts,
+        layouts,
         seed,
     };
     let (stored, skeleton) = std::thread::scope(|s| {
@@ -456,7 +402,7 @@ fn index_fs(
     stats.files_hinted += hinted;
     let (skeleton, sk_counts) = skeleton?;
     stats.add(sk_counts);
-    let content_time = t_walk.elapsed() - walk_time;
+    let content_time = t_contents.elapsed();
     // Trees, deepest first (the walk order reversed puts every child before its parent).
     let mut tree_of: HashMap<u64, Digest> = HashMap::new();
     for d in dirs.iter().rev() {
@@ -493,10 +439,10 @@ fn index_fs(
     let mut root_attrs = entry_of(&root_node, Vec::new());
     root_attrs.size = 0;
     let info = fs.info();
-    let trees_time = t_walk.elapsed() - walk_time - content_time;
+    let trees_time = t_contents.elapsed() - content_time;
     tracing::info!(
         part,
-        walk = ?walk_time,
+        walk = ?w.took,
         contents = ?content_time,
         trees = ?trees_time,
         "filesystem indexed"

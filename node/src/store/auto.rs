@@ -34,6 +34,8 @@ pub(crate) const LOAD_ON: f64 = 0.9;
 pub(crate) const LOAD_OFF: f64 = 0.75;
 /// Share of the cores the process may use for compression to be switched on.
 pub(crate) const CPU_ROOM: f64 = 0.7;
+/// How far into the first window the CPU is looked at once (see [`AutoCodec::compress`]).
+pub(crate) const FIRST_LOOK_NS: u64 = 25_000_000;
 
 /// Running totals the store keeps (all monotonic).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,6 +63,8 @@ pub(crate) struct AutoCodec {
     cpu: f64,
     cores: f64,
     compress: bool,
+    /// The first window's early look at the CPU is done (or a window was judged).
+    looked: bool,
 }
 
 impl Default for AutoCodec {
@@ -76,6 +80,7 @@ impl Default for AutoCodec {
             cpu: 0.0,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
             compress: true,
+            looked: false,
         }
     }
 }
@@ -83,20 +88,35 @@ impl Default for AutoCodec {
 impl AutoCodec {
     /// Whether to compress the batch being prepared at `now` (nanoseconds on a monotonic
     /// clock), given the store's running totals.
+    ///
+    /// Once, [`FIRST_LOOK_NS`] into the first window, the CPU alone is looked at: writers
+    /// that already keep [`CPU_ROOM`] of the cores busy switch compression off before any
+    /// write has told how fast the disk is (it could not be switched on with the CPU that
+    /// busy). A checkin hashing on every core then spends 25 ms, not a whole window, on LZ4
+    /// it cannot gain from (docs/PERFORMANCE.md, fourteenth session); on a slow disk the
+    /// writers soon wait, the CPU frees up, and the next window switches it back on.
     pub(crate) fn compress(&mut self, now: u64, totals: Totals) -> bool {
         let elapsed = now.saturating_sub(self.window_start);
+        let d = |f: fn(&Totals) -> u64| f(&totals).saturating_sub(f(&self.at_start));
+        let cpu = || d(|t| t.cpu) as f64 / (elapsed.max(1) as f64 * self.cores);
         if elapsed >= WINDOW_NS {
-            let d = |f: fn(&Totals) -> u64| f(&totals).saturating_sub(f(&self.at_start));
             let (busy, written, raw) = (d(|t| t.busy), d(|t| t.written), d(|t| t.raw));
             if self.batches > 0 && elapsed < 2 * WINDOW_NS && busy > 0 && written > 0 {
                 // (raw / elapsed) / (written / busy)
                 let load = raw as f64 * busy as f64 / (elapsed as f64 * written as f64);
-                let cpu = d(|t| t.cpu) as f64 / (elapsed as f64 * self.cores);
-                self.judge(load, cpu);
+                self.judge(load, cpu());
+                self.looked = true;
             }
             self.window_start = now;
             self.at_start = totals;
             self.batches = 0;
+        } else if !self.looked && self.batches > 0 && elapsed >= FIRST_LOOK_NS {
+            self.looked = true;
+            let cpu = cpu();
+            if self.compress && cpu >= CPU_ROOM {
+                self.compress = false;
+                tracing::debug!(cpu, "auto codec switched off: no CPU to spare");
+            }
         }
         self.batches = self.batches.saturating_add(1);
         self.compress
@@ -230,6 +250,43 @@ mod tests {
         assert!(a.compress(100 * MS, t(50)));
         assert!(a.compress(350 * MS, t(10)));
         assert!(!a.compress(450 * MS, t(20)));
+    }
+
+    #[test]
+    fn writers_that_fill_the_cores_stop_compressing_early_and_a_waiting_disk_restarts_it() {
+        let mut a = AutoCodec {
+            cores: 2.0,
+            ..AutoCodec::default()
+        };
+        let at = |cpu_ms: u64, raw_ms: u64| Totals {
+            cpu: cpu_ms * MS,
+            raw: raw_ms * MS,
+            ..Totals::default()
+        };
+        // The first batch opens the window; 10 ms in, too early to look.
+        assert!(a.compress(1_000 * MS, at(0, 0)));
+        assert!(a.compress(1_010 * MS, at(20, 10)));
+        // 30 ms in, both cores busy and no write finished yet: raw from now on.
+        assert!(!a.compress(1_030 * MS, at(58, 30)));
+        // The look is made once.
+        assert!(!a.compress(1_050 * MS, at(60, 50)));
+        // The writers then wait for a slow disk (raw load near 3, the cores 60 % busy):
+        // compressing again.
+        let slow = Totals {
+            busy: 90 * MS,
+            written: 45 * MS,
+            raw: 140 * MS,
+            cpu: 120 * MS,
+        };
+        assert!(a.compress(1_100 * MS, slow));
+        // Idle cores in the first look leave compression on.
+        let mut b = AutoCodec {
+            cores: 2.0,
+            ..AutoCodec::default()
+        };
+        assert!(b.compress(0, at(0, 0)));
+        assert!(b.compress(1, at(0, 0)));
+        assert!(b.compress(30 * MS, at(20, 30)));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use mirage_format::{EntryKind, Timestamp, Xattr};
 
-use super::{le16, le32, Ext4};
+use super::{itable, le16, le32, Ext4};
 use crate::fs::FsError;
 
 /// `EXT4_EXTENTS_FL`.
@@ -134,8 +134,26 @@ impl Ext4 {
             .map(|g| g.inode_table)
             .ok_or_else(|| self.corrupt(format!("inode {ino}: group {group} missing")))?;
         let isz = u64::from(self.sb.inode_size);
-        let off = table * self.block_size() + index * isz;
-        let raw = self.read_fs(off, isz, &format!("inode {ino}"))?;
+        // The page of the group's table that holds the inode, clipped to the table: inode
+        // sizes are powers of two, so an inode never straddles pages.
+        let table_len = u64::from(self.sb.inodes_per_group) * isz;
+        let page_size = itable::PAGE.max(isz);
+        let at = index * isz;
+        let page = at / page_size;
+        let page_start = page * page_size;
+        let page_len = page_size.min(table_len - page_start);
+        let bytes = self.itable.get(u64::from(group), page, || {
+            self.read_fs(
+                table * self.block_size() + page_start,
+                page_len,
+                &format!("inode table of group {group}"),
+            )
+        })?;
+        let within = (at - page_start) as usize;
+        let raw = bytes
+            .get(within..within + isz as usize)
+            .ok_or_else(|| self.corrupt(format!("inode {ino}: beyond its table page")))?
+            .to_vec();
         let mut block = [0u8; 60];
         block.copy_from_slice(&raw[0x28..0x28 + 60]);
         let extra_isize = if isz > 128 { le16(&raw, 0x80) } else { 0 };

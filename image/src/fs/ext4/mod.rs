@@ -6,6 +6,7 @@
 mod blocks;
 pub mod features;
 mod inode;
+mod itable;
 pub mod skeleton;
 
 use std::sync::Arc;
@@ -94,6 +95,8 @@ pub struct Ext4 {
     sb: Superblock,
     groups: Vec<Group>,
     info: FsInfo,
+    /// Inode-table pages read so far.
+    itable: itable::InodePages,
 }
 
 impl std::fmt::Debug for Ext4 {
@@ -287,6 +290,7 @@ impl Ext4 {
             sb,
             groups,
             info,
+            itable: itable::InodePages::new(),
         })
     }
 
