@@ -687,3 +687,40 @@ fn a_bare_fat_filesystem_is_not_mistaken_for_a_partition_table() {
         run(Command::new("fsck.fat").arg("-n").arg(&out));
     }
 }
+
+#[test]
+fn an_image_walked_while_the_store_opens_checks_in_the_same_and_failures_stay_apart() {
+    use mirage_client::indexer::{checkin_prepared, checkin_with, prepare_while, CheckinOptions};
+    use mirage_node::{Store, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let img = gpt_image(dir.path());
+    let open = |p: &Path| {
+        Store::open(
+            p,
+            StoreOptions {
+                create: true,
+                ..Default::default()
+            },
+        )
+    };
+    let opts = CheckinOptions {
+        threads: 2,
+        hints: true,
+    };
+    let (store, prepared) = prepare_while(|| open(&dir.path().join("a")), &img, 2);
+    let (beside, _) = checkin_prepared(&store.unwrap(), prepared.unwrap(), opts).unwrap();
+    let (after, _) = checkin_with(&open(&dir.path().join("b")).unwrap(), &img, opts).unwrap();
+    assert_eq!(beside, after);
+    // A store that cannot be opened (a file stands where its parent directory would be)
+    // leaves the image prepared; an image that cannot be read leaves the store open.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let (store, prepared) = prepare_while(|| open(&file.join("store")), &img, 2);
+    assert!(store.is_err());
+    assert!(prepared.is_ok());
+    let missing = dir.path().join("missing.img");
+    let (store, prepared) = prepare_while(|| open(&dir.path().join("c")), &missing, 2);
+    assert!(store.is_ok());
+    let err = prepared.unwrap_err().to_string();
+    assert!(err.contains("missing.img"), "{err}");
+}
