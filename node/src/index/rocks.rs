@@ -82,7 +82,7 @@ impl RocksIndex {
         // Tables flushed from the memtable (level 0, written while a command waits, at its
         // close when the log has grown past `WAL_MAX`) are not compressed: the keys are
         // digests, which do not compress, and zstd made the flush after a large checkin take
-        // 50 ms instead of 15. Compactions into the last level compress with zstd.
+        // 50 ms instead of about 12. Compactions into the last level compress with zstd.
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
         opts.set_max_background_jobs(2);
