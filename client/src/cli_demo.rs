@@ -91,7 +91,7 @@ pub(super) fn run_demo(
         );
         let grew = after.stored_bytes.saturating_sub(before.stored_bytes);
         println!(
-            "store grew   by {}: dedup, holes and zstd keep {:.1}% of the file bytes (store now {} items, {})",
+            "store grew   by {}: dedup, holes and compression keep {:.1}% of the file bytes (store now {} items, {})",
             mb(grew),
             100.0 * grew as f64 / gen.bytes.max(1) as f64,
             after.items,
