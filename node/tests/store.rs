@@ -89,6 +89,23 @@ fn missing_references_are_refused_and_batches_are_atomic() {
         .put_many(vec![c.bytes().to_vec(), lonely.bytes().to_vec()])
         .is_err());
     assert!(!s.has(&c.digest()).unwrap());
+    // Of several parents, the refusal names the first one with a missing reference, and only
+    // the references that are missing.
+    let fine = tree_of(alg, &[&a]);
+    let (d, e) = (blob(alg, 4), blob(alg, 5));
+    let short = tree_of(alg, &[&a, &d, &e]);
+    match s.put_many(vec![
+        fine.bytes().to_vec(),
+        e.bytes().to_vec(),
+        short.bytes().to_vec(),
+    ]) {
+        Err(StoreError::MissingReferences { digest, missing }) => {
+            assert_eq!(digest, short.digest());
+            assert_eq!(missing, vec![d.digest()]);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!s.has(&fine.digest()).unwrap());
     // References arriving in the same batch satisfy the closure, in any order.
     s.put_many(vec![tree.bytes().to_vec(), b.bytes().to_vec()])
         .unwrap();

@@ -72,7 +72,7 @@ pub(crate) fn commit(
     writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     sync: bool,
 ) -> Result<(), CatalogError> {
-    match sh.index.catalog_commit(log, writes, sync) {
+    match sh.index.inner().catalog_commit(log, writes, sync) {
         Ok(()) => {
             sh.catalog_cache.committed(writes);
             Ok(())
@@ -160,7 +160,7 @@ impl Catalog<'_> {
     pub(crate) fn view(&self) -> RocksView<'_> {
         let sh = self.store.shared();
         RocksView {
-            index: &sh.index,
+            index: sh.index.inner(),
             cache: &sh.catalog_cache,
         }
     }
@@ -202,6 +202,7 @@ impl Catalog<'_> {
         let sh = self.store.shared();
         let (mut state, log, values) = sh
             .index
+            .inner()
             .catalog_dump(meta, &sh.catalog_lock)
             .map_err(storage)?;
         // The keys asked for travel separately (a snapshot's metadata); everything else,
@@ -219,7 +220,11 @@ impl Catalog<'_> {
     ) -> Result<(), CatalogError> {
         let sh = self.store.shared();
         let _serial = sh.catalog_lock.lock();
-        let done = sh.index.catalog_replace(state, log).map_err(storage);
+        let done = sh
+            .index
+            .inner()
+            .catalog_replace(state, log)
+            .map_err(storage);
         sh.catalog_cache.clear();
         done
     }
@@ -234,6 +239,7 @@ impl Catalog<'_> {
         self.store
             .shared()
             .index
+            .inner()
             .catalog_log()
             .map_err(storage)?
             .into_iter()

@@ -275,6 +275,17 @@ mod tests {
     }
 
     #[test]
+    fn cached_rocks_index_conforms() {
+        let dirs = RwLock::new(Vec::new());
+        run(|| {
+            let d = tempfile::tempdir().expect("tempdir");
+            let ix = crate::index::Cached::new(RocksIndex::open(d.path()).expect("open"));
+            dirs.write().push(d);
+            ix
+        });
+    }
+
+    #[test]
     fn rocks_index_durable_writes_survive_reopen() {
         let d = tempfile::tempdir().expect("tempdir");
         {

@@ -1,9 +1,11 @@
 //! The node's item index behind a small trait, with one conformance suite that every
 //! implementation passes. The shipped implementation is [`RocksIndex`].
 
+mod cached;
 pub mod conformance;
 mod rocks;
 
+pub use cached::Cached;
 pub use rocks::RocksIndex;
 
 use mirage_format::Digest;

@@ -34,7 +34,7 @@ pub use read::{ReadOptions, ReadStats};
 pub use verify::{Counts, Damage, Stats, VerifyReport};
 pub use write::{PendingPut, PutOutcome};
 
-use crate::index::{Index, IndexError, RocksIndex};
+use crate::index::{Cached, Index, IndexError, RocksIndex};
 use crate::keys;
 use volume::Volumes;
 
@@ -170,7 +170,7 @@ pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     pub(crate) alg: Algorithm,
     pub(crate) opts: StoreOptions,
-    pub(crate) index: RocksIndex,
+    pub(crate) index: Cached<RocksIndex>,
     pub(crate) volumes: Volumes,
     pub(crate) failed: parking_lot::Mutex<Option<String>>,
     pub(crate) closing: AtomicBool,
@@ -310,7 +310,7 @@ impl Store {
             dir: dir.to_path_buf(),
             alg,
             opts,
-            index,
+            index: Cached::new(index),
             volumes,
             failed: parking_lot::Mutex::new(None),
             catalog_lock: parking_lot::Mutex::new(()),

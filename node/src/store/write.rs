@@ -392,14 +392,38 @@ fn commit_group(
         }
         // Dedup against the index, the pipeline and this group; duplicates inside the request
         // count once.
+        let mut seen = HashSet::new();
+        let mut known: Vec<bool> = items
+            .iter()
+            .map(|p| {
+                new_locs.contains_key(&p.digest)
+                    || !seen.insert(p.digest)
+                    || pipe.get(&p.digest).is_some()
+            })
+            .collect();
+        // The rest are looked up in the index in one batch.
+        let ask: Vec<Digest> = items
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| !**k)
+            .map(|(p, _)| p.digest)
+            .collect();
+        let present = if ask.is_empty() {
+            Vec::new()
+        } else {
+            match sh.index.get_many(&ask) {
+                Ok(v) => v.into_iter().map(|l| l.is_some()).collect(),
+                // An index that cannot answer: store the items again (a duplicate is harmless).
+                Err(_) => vec![false; ask.len()],
+            }
+        };
+        let mut present = present.into_iter();
+        for k in known.iter_mut().filter(|k| !**k) {
+            *k = present.next().unwrap_or(false);
+        }
         let mut fresh = Vec::with_capacity(items.len());
         let mut flags = Vec::with_capacity(items.len());
-        let mut seen = HashSet::new();
-        for p in items {
-            let known = new_locs.contains_key(&p.digest)
-                || !seen.insert(p.digest)
-                || pipe.get(&p.digest).is_some()
-                || matches!(sh.index.get(&p.digest), Ok(Some(_)));
+        for (p, known) in items.into_iter().zip(known) {
             flags.push(!known);
             if !known {
                 fresh.push(p);
@@ -639,31 +663,47 @@ fn admit(
         return Ok(());
     }
     let in_req: HashSet<Digest> = items.iter().map(|p| p.digest).collect();
-    for p in items {
-        let unknown: Vec<Digest> = p
-            .refs
-            .iter()
-            .filter(|r| {
-                !in_req.contains(r)
-                    && !new_locs.contains_key(r)
-                    && !found.contains_key(r)
-                    && pipe.get(r).is_none()
-            })
-            .copied()
-            .collect();
-        if unknown.is_empty() {
-            continue;
-        }
-        let locs = sh.index.get_many(&unknown)?;
-        let mut missing = Vec::new();
-        for (d, l) in unknown.into_iter().zip(locs) {
-            match l {
-                Some(l) => {
-                    found.insert(d, l);
-                }
-                None => missing.push(d),
+    // Every reference not otherwise known, looked up in one batch (one index call per request,
+    // not one per item: a request of trees names tens of thousands of contents).
+    let mut asked = HashSet::new();
+    let unknown: Vec<Digest> = items
+        .iter()
+        .flat_map(|p| p.refs.iter())
+        .filter(|r| {
+            !in_req.contains(r)
+                && !new_locs.contains_key(r)
+                && !found.contains_key(r)
+                && pipe.get(r).is_none()
+                && asked.insert(**r)
+        })
+        .copied()
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let locs = sh.index.get_many(&unknown)?;
+    let mut absent = HashSet::new();
+    for (d, l) in unknown.into_iter().zip(locs) {
+        match l {
+            Some(l) => {
+                found.insert(d, l);
+            }
+            None => {
+                absent.insert(d);
             }
         }
+    }
+    if absent.is_empty() {
+        return Ok(());
+    }
+    // The first item (in request order) that names a missing reference is the one refused.
+    for p in items {
+        let missing: Vec<Digest> = p
+            .refs
+            .iter()
+            .filter(|r| absent.contains(r))
+            .copied()
+            .collect();
         if !missing.is_empty() {
             return Err(StoreError::MissingReferences {
                 digest: p.digest,

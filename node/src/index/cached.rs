@@ -1,0 +1,281 @@
+//! A bounded cache of item locations in front of an [`Index`].
+//!
+//! The committer checks every reference of every item it writes (the closure invariant), and a
+//! checkin's directory trees name every file's content: tens of thousands of lookups, each a
+//! walk through RocksDB's memtable and tables, made by the one committer thread after the
+//! contents are stored (docs/PERFORMANCE.md, fifteenth session). Those contents were just
+//! looked up (a checkin hint is used only for content the store holds) or just indexed, so
+//! their locations are kept here.
+//!
+//! Only positive answers are kept, and the cache is coherent with the index it fronts:
+//! [`Index::write`] applies its batch to the index first, then bumps a generation and updates
+//! the cache (new locations in, removed ones out). A reader fills the cache with what it read
+//! only if no write began since it started reading (the generation, checked under the shard
+//! lock), so a location read before a concurrent write can never outlive that write's update.
+//! Every shard is bounded; a full one is emptied.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mirage_format::Digest;
+use parking_lot::Mutex;
+
+use super::{Index, IndexBatch, IndexError};
+use crate::store::{Location, LocationTable};
+
+/// Shards (by one digest byte), each with its own lock.
+const SHARDS: usize = 64;
+/// Locations a shard keeps (64 × 4,096 = 256 Ki locations, about 20 MB at most).
+const SHARD_MAX: usize = 4096;
+
+/// Hashes a digest by its first eight bytes: digests are uniformly distributed already.
+#[derive(Default)]
+struct PrefixHasher(u64);
+
+impl Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        match bytes.get(..8) {
+            Some(b) => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(b);
+                self.0 ^= u64::from_le_bytes(w);
+            }
+            None => {
+                for b in bytes {
+                    self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+                }
+            }
+        }
+    }
+}
+
+type Shard = HashMap<Digest, Location, BuildHasherDefault<PrefixHasher>>;
+
+/// An [`Index`] with a bounded, coherent cache of item locations.
+#[derive(Debug)]
+pub struct Cached<I> {
+    inner: I,
+    shards: Box<[Mutex<Shard>]>,
+    /// Bumped by every write, after the index has it and before the cache is updated.
+    generation: AtomicU64,
+}
+
+impl<I: Index> Cached<I> {
+    /// Fronts `inner`.
+    pub fn new(inner: I) -> Self {
+        Cached {
+            inner,
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The index behind the cache, for what is not an item location (the catalog's column
+    /// families). Item locations must be written through [`Index::write`] on the cache.
+    pub fn inner(&self) -> &I {
+        &self.inner
+    }
+
+    fn shard(&self, d: &Digest) -> &Mutex<Shard> {
+        // Not the bytes the in-shard hash uses.
+        &self.shards[usize::from(d.as_bytes()[8]) % SHARDS]
+    }
+
+    fn cached(&self, d: &Digest) -> Option<Location> {
+        self.shard(d).lock().get(d).copied()
+    }
+
+    /// Keeps locations read from the index when no write began since `generation` was read.
+    fn fill(&self, generation: u64, found: impl Iterator<Item = (Digest, Location)>) {
+        for (d, l) in found {
+            let mut s = self.shard(&d).lock();
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            if s.len() >= SHARD_MAX {
+                s.clear();
+            }
+            s.insert(d, l);
+        }
+    }
+}
+
+impl<I: Index> Index for Cached<I> {
+    fn get(&self, d: &Digest) -> Result<Option<Location>, IndexError> {
+        if let Some(l) = self.cached(d) {
+            return Ok(Some(l));
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let l = self.inner.get(d)?;
+        if let Some(l) = l {
+            self.fill(generation, std::iter::once((*d, l)));
+        }
+        Ok(l)
+    }
+
+    fn get_many(&self, ds: &[Digest]) -> Result<Vec<Option<Location>>, IndexError> {
+        let mut out: Vec<Option<Location>> = ds.iter().map(|d| self.cached(d)).collect();
+        let missing: Vec<Digest> = ds
+            .iter()
+            .zip(&out)
+            .filter(|(_, l)| l.is_none())
+            .map(|(d, _)| *d)
+            .collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let read = self.inner.get_many(&missing)?;
+        self.fill(
+            generation,
+            missing
+                .iter()
+                .zip(&read)
+                .filter_map(|(d, l)| Some((*d, (*l)?))),
+        );
+        let mut read = read.into_iter();
+        for l in out.iter_mut().filter(|l| l.is_none()) {
+            *l = read.next().flatten();
+        }
+        Ok(out)
+    }
+
+    fn table(&self, parent: &Digest) -> Result<Option<LocationTable>, IndexError> {
+        self.inner.table(parent)
+    }
+
+    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        self.inner.meta(key)
+    }
+
+    fn hints(&self, keys: &[[u8; 32]]) -> Result<Vec<Option<Vec<u8>>>, IndexError> {
+        self.inner.hints(keys)
+    }
+
+    fn write(&self, batch: IndexBatch, durable: bool) -> Result<(), IndexError> {
+        let (items, remove) = (batch.items.clone(), batch.remove.clone());
+        let r = self.inner.write(batch, durable);
+        // After the index has the batch (or may have it: a failed write is not known to have
+        // left nothing), before the cache is brought in step with it.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for d in &remove {
+            self.shard(d).lock().remove(d);
+        }
+        for (d, l) in items {
+            let mut s = self.shard(&d).lock();
+            if r.is_err() {
+                s.remove(&d);
+                continue;
+            }
+            if s.len() >= SHARD_MAX {
+                s.clear();
+            }
+            s.insert(d, l);
+        }
+        r
+    }
+
+    fn scan_tables(
+        &self,
+        f: &mut dyn FnMut(Digest, LocationTable) -> bool,
+    ) -> Result<(), IndexError> {
+        self.inner.scan_tables(f)
+    }
+
+    fn scan_from(
+        &self,
+        from: &[u8],
+        f: &mut dyn FnMut(Digest, Location) -> bool,
+    ) -> Result<(), IndexError> {
+        self.inner.scan_from(from, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::conformance::digest;
+    use crate::index::RocksIndex;
+    use crate::store::Compression;
+    use mirage_format::ItemKind;
+
+    fn at(volume: u32, offset: u64) -> Location {
+        Location {
+            volume,
+            offset,
+            stored_len: 10,
+            raw_len: 10,
+            kind: ItemKind::Blob,
+            compression: Compression::None,
+        }
+    }
+
+    fn write(ix: &impl Index, items: Vec<(Digest, Location)>, remove: Vec<Digest>) {
+        let batch = IndexBatch {
+            items,
+            remove,
+            ..Default::default()
+        };
+        ix.write(batch, false).expect("write");
+    }
+
+    #[test]
+    fn cached_locations_follow_moves_and_removals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ix = Cached::new(RocksIndex::open(dir.path()).expect("open"));
+        let (a, b) = (digest(1), digest(2));
+        write(&ix, vec![(a, at(1, 100)), (b, at(1, 200))], vec![]);
+        assert_eq!(ix.get(&a).expect("get"), Some(at(1, 100)));
+        assert_eq!(ix.cached(&a), Some(at(1, 100)), "a read location is kept");
+        // Compaction moves `a`; a collection removes `b`.
+        write(&ix, vec![(a, at(2, 64))], vec![b]);
+        assert_eq!(
+            ix.get_many(&[a, b]).expect("get_many"),
+            vec![Some(at(2, 64)), None]
+        );
+        assert_eq!(ix.inner().get(&a).expect("get"), Some(at(2, 64)));
+        assert_eq!(ix.cached(&b), None);
+    }
+
+    #[test]
+    fn a_read_that_a_write_overtook_is_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ix = Cached::new(RocksIndex::open(dir.path()).expect("open"));
+        let a = digest(1);
+        write(&ix, vec![(a, at(1, 100))], vec![]);
+        ix.shards.iter().for_each(|s| s.lock().clear());
+        // A reader starts, reads the old location, and is overtaken by a write that moves it.
+        let generation = ix.generation.load(Ordering::SeqCst);
+        let read = ix.inner().get(&a).expect("get").expect("present");
+        write(&ix, vec![(a, at(3, 0))], vec![]);
+        ix.fill(generation, std::iter::once((a, read)));
+        assert_eq!(ix.get(&a).expect("get"), Some(at(3, 0)));
+        // The same with a removal: the old location must not come back.
+        let generation = ix.generation.load(Ordering::SeqCst);
+        let read = ix.inner().get(&a).expect("get").expect("present");
+        write(&ix, vec![], vec![a]);
+        ix.fill(generation, std::iter::once((a, read)));
+        assert_eq!(ix.get(&a).expect("get"), None);
+    }
+
+    #[test]
+    fn a_full_shard_starts_over_and_answers_stay_right() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ix = Cached::new(RocksIndex::open(dir.path()).expect("open"));
+        let n = (SHARDS * SHARD_MAX * 2) as u32;
+        let items: Vec<(Digest, Location)> = (0..n).map(|i| (digest(i), at(1, i.into()))).collect();
+        write(&ix, items, vec![]);
+        let kept: usize = ix.shards.iter().map(|s| s.lock().len()).sum();
+        assert!(kept <= SHARDS * SHARD_MAX, "{kept} locations kept");
+        let ds: Vec<Digest> = (0..n).step_by(97).map(digest).collect();
+        let got = ix.get_many(&ds).expect("get_many");
+        for (i, l) in (0..n).step_by(97).zip(got) {
+            assert_eq!(l, Some(at(1, i.into())));
+        }
+    }
+}
