@@ -167,19 +167,29 @@ pub fn checksum_of(r: impl Read, seed: u64, buf_len: usize) -> std::io::Result<u
     Ok(c.checksum())
 }
 
-/// The hint under `key`, if there is one and the store still holds its content: the content
-/// digest and the whole-content checksum a file must have to be that content.
-pub fn lookup(store: &Store, key: &[u8; 32]) -> Result<Option<(Digest, u128)>, StoreError> {
-    let Some(Some(v)) = store.hints(&[*key])?.pop() else {
-        return Ok(None);
-    };
-    let Some((d, want)) = decode(&v) else {
-        return Ok(None);
-    };
-    if !store.has(&d)? {
-        return Ok(None);
+/// The hint under each key, if there is one and the store still holds its content: the
+/// content digest and the whole-content checksum a file must have to be that content. Two
+/// batched lookups, whatever the number of keys.
+pub fn lookup_many(
+    store: &Store,
+    keys: &[[u8; 32]],
+) -> Result<Vec<Option<(Digest, u128)>>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(Some((d, want)))
+    let mut found: Vec<Option<(Digest, u128)>> = store
+        .hints(keys)?
+        .into_iter()
+        .map(|v| decode(&v?))
+        .collect();
+    let named: Vec<Digest> = found.iter().flatten().map(|(d, _)| *d).collect();
+    let mut present = store.has_many(&named)?.into_iter();
+    for f in found.iter_mut().filter(|f| f.is_some()) {
+        if !present.next().unwrap_or(false) {
+            *f = None;
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -98,3 +98,29 @@ fn hints_skip_unchanged_files_and_miss_no_change() {
         .windows(36)
         .any(|w| w == b"changed behind the filesystem's back"));
 }
+
+#[test]
+fn hints_name_only_contents_the_store_holds_and_answer_in_key_order() {
+    use mirage_client::hints;
+    use mirage_format::chunking::EncodedItem;
+    use mirage_format::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let alg = s.algorithm();
+    let held = EncodedItem::blob(alg, b"held").unwrap();
+    s.put_encoded(vec![held.clone()]).unwrap();
+    let gone = Digest::of(alg, b"never stored").unwrap();
+    let (k1, k2, k3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    s.put_hints(vec![
+        (k1, hints::encode(&held.digest(), 11)),
+        (k2, hints::encode(&gone, 22)),
+        (k3, vec![9, 9, 9]),
+    ])
+    .unwrap();
+    // A hint whose content is gone, one this build cannot read, and a missing key are no
+    // hints; a key asked twice is answered twice.
+    let got = hints::lookup_many(&s, &[k2, k3, k1, [4u8; 32], k1]).unwrap();
+    let want = Some((held.digest(), 11));
+    assert_eq!(got, vec![None, None, want, None, want]);
+    assert!(hints::lookup_many(&s, &[]).unwrap().is_empty());
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mirage_format::chunking::{store_content, ChunkError};
 use mirage_format::Digest;
-use mirage_node::Store;
+use mirage_node::{Store, StoreError};
 
 use super::CheckinError;
 use crate::batch::{BatchCounts, Batcher};
@@ -21,7 +21,7 @@ const SCRATCH: usize = 256 << 10;
 /// Reads a file's content from its extents; holes read as zeros.
 pub(super) struct ExtentReader<'a> {
     src: &'a dyn BlockSource,
-    extents: Vec<FileExtent>,
+    extents: &'a [FileExtent],
     next: usize,
     pos: u64,
     size: u64,
@@ -131,6 +131,19 @@ pub(super) struct Job<'a> {
     pub(super) seed: Option<u64>,
 }
 
+/// Files a worker takes at a time (their hints are looked up together).
+const BLOCK: usize = 32;
+
+/// What a worker keeps between files.
+struct Worker<'a> {
+    wb: Batcher<'a>,
+    new_hints: Vec<([u8; 32], Vec<u8>)>,
+    hinted: u64,
+    scratch: Vec<u8>,
+    /// The first [`hints::PREFIX`] bytes of each file of a block.
+    heads: Vec<u8>,
+}
+
 /// Content digest per inode, counts of what was stored, files recognised by a hint.
 type Stored = (HashMap<u64, Option<Digest>>, BatchCounts, u64);
 
@@ -169,90 +182,154 @@ impl Job<'_> {
         next: &AtomicUsize,
         content: &parking_lot::Mutex<HashMap<u64, Option<Digest>>>,
     ) -> Result<(BatchCounts, u64), CheckinError> {
-        let (store, part, seed) = (self.store, self.part, self.seed);
-        let alg = store.algorithm();
-        let mut wb = Batcher::new(store);
-        let mut new_hints = Vec::new();
-        let mut hinted = 0u64;
-        // One read buffer per worker, sized to stay in the core's cache.
-        let mut scratch = vec![0u8; SCRATCH];
+        let mut w = Worker {
+            wb: Batcher::new(self.store),
+            new_hints: Vec::new(),
+            hinted: 0,
+            // One read buffer per worker, sized to stay in the core's cache, and room for
+            // the first bytes of a block's files.
+            scratch: vec![0u8; SCRATCH],
+            heads: Vec::new(),
+        };
         loop {
-            let k = next.fetch_add(1, Ordering::Relaxed);
-            let (Some(n), Some(layout)) = (self.files.get(k), self.layouts.get(k)) else {
+            let first = next.fetch_add(BLOCK, Ordering::Relaxed);
+            let end = (first + BLOCK).min(self.files.len().min(self.layouts.len()));
+            if first >= end {
                 break;
+            }
+            let stored = match self.seed {
+                Some(seed) => self.block(first..end, seed, &mut w)?,
+                // No hints (`--rehash`): chunk and hash every file.
+                None => (first..end)
+                    .map(|k| self.store_plain(k, &mut w.wb))
+                    .collect::<Result<Vec<_>, _>>()?,
             };
-            let (id, size) = (n.id, n.size);
-            let content_err = |e| match e {
-                ChunkError::Sink(s) => CheckinError::Store(s),
-                other => CheckinError::Content(format!("partition {part}, inode {id}: {other}")),
-            };
-            let d = match layout {
-                None => {
-                    let data = self
-                        .fs
-                        .inline_data(id)
-                        .map_err(fs_error(part))?
-                        .unwrap_or_default();
-                    store_content(&data[..], size, alg, |i| wb.push(i)).map_err(content_err)?
-                }
-                Some(extents) => {
-                    let reader = || ExtentReader {
-                        src: self.src,
-                        extents: extents.clone(),
-                        next: 0,
-                        pos: 0,
-                        size,
-                    };
-                    let read_err = |e: std::io::Error| {
-                        CheckinError::Content(format!("partition {part}, inode {id}: {e}"))
-                    };
-                    match seed {
-                        // No hints (`--rehash`): chunk and hash every file.
-                        None => store_content(reader(), size, alg, |i| wb.push(i))
-                            .map_err(content_err)?,
-                        Some(seed) => {
-                            let probe = hints::Probe::new(reader(), size, seed, &mut scratch)
-                                .map_err(read_err)?;
-                            let (k, from) = (probe.key, probe.read());
-                            let rest = || {
-                                let mut r = reader();
-                                r.pos = from;
-                                r
-                            };
-                            let mut r = match hints::lookup(store, &k)? {
-                                Some((d, want)) => {
-                                    let got =
-                                        probe.finish(rest(), &mut scratch).map_err(read_err)?;
-                                    if got == want {
-                                        hinted += 1;
-                                        content.lock().insert(id, Some(d));
-                                        continue;
-                                    }
-                                    // The same key, other content: read it all again.
-                                    (&scratch[..0]).chain(hints::Checksummed::new(reader(), seed))
-                                }
-                                // New content: the prefix the probe read is not read again.
-                                // Unbuffered: a small file lands in one call in its own
-                                // buffer, a large one in chunk-sized reads by the chunker.
-                                None => (&scratch[..from as usize]).chain(probe.rest(rest())),
-                            };
-                            let d = store_content(&mut r, size, alg, |i| wb.push(i))
-                                .map_err(content_err)?;
-                            if let Some(d) = d {
-                                new_hints.push((k, hints::encode(&d, r.get_ref().1.checksum())));
-                            }
-                            d
-                        }
-                    }
-                }
-            };
-            content.lock().insert(id, d);
+            let mut c = content.lock();
+            for (k, d) in (first..end).zip(stored) {
+                c.insert(self.files[k].id, d);
+            }
         }
-        wb.flush()?;
+        w.wb.flush()?;
         // Only now is every content these hints name durable in the store.
-        if !new_hints.is_empty() {
-            store.put_hints(new_hints)?;
+        if !w.new_hints.is_empty() {
+            self.store.put_hints(w.new_hints)?;
         }
-        Ok((wb.counts, hinted))
+        Ok((w.wb.counts, w.hinted))
+    }
+
+    fn content_err(&self, id: u64) -> impl Fn(ChunkError<StoreError>) -> CheckinError + '_ {
+        move |e| match e {
+            ChunkError::Sink(s) => CheckinError::Store(s),
+            other => CheckinError::Content(format!("partition {}, inode {id}: {other}", self.part)),
+        }
+    }
+
+    fn read_err(&self, id: u64) -> impl Fn(std::io::Error) -> CheckinError + '_ {
+        move |e| CheckinError::Content(format!("partition {}, inode {id}: {e}", self.part))
+    }
+
+    fn reader<'e>(&self, extents: &'e [FileExtent], size: u64, pos: u64) -> ExtentReader<'e>
+    where
+        Self: 'e,
+    {
+        ExtentReader {
+            src: self.src,
+            extents,
+            next: 0,
+            pos,
+            size,
+        }
+    }
+
+    /// Stores file `k` of the job without hints (inline data included).
+    fn store_plain(&self, k: usize, wb: &mut Batcher<'_>) -> Result<Option<Digest>, CheckinError> {
+        let (n, alg) = (self.files[k], self.store.algorithm());
+        match &self.layouts[k] {
+            None => self.store_inline(n, wb),
+            Some(extents) => {
+                store_content(self.reader(extents, n.size, 0), n.size, alg, |i| wb.push(i))
+                    .map_err(self.content_err(n.id))
+            }
+        }
+    }
+
+    fn store_inline(&self, n: &Node, wb: &mut Batcher<'_>) -> Result<Option<Digest>, CheckinError> {
+        let data = self
+            .fs
+            .inline_data(n.id)
+            .map_err(fs_error(self.part))?
+            .unwrap_or_default();
+        store_content(&data[..], n.size, self.store.algorithm(), |i| wb.push(i))
+            .map_err(self.content_err(n.id))
+    }
+
+    /// Stores files `ks` of the job, using checkin hints: every file's first bytes are read
+    /// first, so that the block's hints and their contents' presence are looked up in one
+    /// batch each (one lookup of each per file cost derived-2's checkin 90 ms of its two
+    /// workers' time; docs/PERFORMANCE.md, fifteenth session).
+    fn block(
+        &self,
+        ks: std::ops::Range<usize>,
+        seed: u64,
+        w: &mut Worker<'_>,
+    ) -> Result<Vec<Option<Digest>>, CheckinError> {
+        let (store, alg) = (self.store, self.store.algorithm());
+        let prefix = hints::PREFIX as usize;
+        w.heads.resize(ks.len() * prefix, 0);
+        let mut probes = Vec::with_capacity(ks.len());
+        for (slot, k) in ks.clone().enumerate() {
+            let n = self.files[k];
+            probes.push(match &self.layouts[k] {
+                Some(extents) => {
+                    let head = &mut w.heads[slot * prefix..(slot + 1) * prefix];
+                    let r = self.reader(extents, n.size, 0);
+                    Some(hints::Probe::new(r, n.size, seed, head).map_err(self.read_err(n.id))?)
+                }
+                None => None,
+            });
+        }
+        let keys: Vec<[u8; 32]> = probes.iter().flatten().map(|p| p.key).collect();
+        let mut found = hints::lookup_many(store, &keys)?.into_iter();
+        let mut out = Vec::with_capacity(ks.len());
+        for ((slot, k), probe) in ks.enumerate().zip(probes) {
+            let n = self.files[k];
+            let (Some(probe), Some(extents)) = (probe, &self.layouts[k]) else {
+                out.push(self.store_inline(n, &mut w.wb)?);
+                continue;
+            };
+            let hint = found.next().flatten();
+            let (key, from) = (probe.key, probe.read());
+            let head = &w.heads[slot * prefix..][..from as usize];
+            let rest = || self.reader(extents, n.size, from);
+            let mut r = match hint {
+                Some((d, want)) => {
+                    let got = probe
+                        .finish(rest(), &mut w.scratch)
+                        .map_err(self.read_err(n.id))?;
+                    if got == want {
+                        w.hinted += 1;
+                        out.push(Some(d));
+                        continue;
+                    }
+                    // The same key, other content: read it all again.
+                    head[..0].chain(hints::Checksummed::new(
+                        self.reader(extents, n.size, 0),
+                        seed,
+                    ))
+                }
+                // New content: the first bytes the probe read are not read again.
+                // Unbuffered: a small file lands in one call in its own buffer, a large one
+                // in chunk-sized reads by the chunker.
+                None => head.chain(probe.rest(rest())),
+            };
+            let d = store_content(&mut r, n.size, alg, |i| w.wb.push(i))
+                .map_err(self.content_err(n.id))?;
+            if let Some(d) = d {
+                w.new_hints
+                    .push((key, hints::encode(&d, r.get_ref().1.checksum())));
+            }
+            out.push(d);
+        }
+        Ok(out)
     }
 }

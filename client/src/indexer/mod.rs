@@ -3,20 +3,20 @@
 //! only; everything else — unknown partitions, boot code, gaps, table sectors — is kept byte
 //! for byte as raw ChunkLists with zero runs left out. Blocks no file reaches are not stored.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use mirage_format::chunking::{ChunkError, EncodedItem};
 use mirage_format::{
     Digest, Disk, EntryKind, Extent, Filesystem, Image, ImageDisk, Item, Param, Params, Partition,
-    PartitionContent, TableType, Tree, TreeEntry,
+    PartitionContent, TableType, TreeEntry,
 };
 use mirage_node::{Store, StoreError};
 
 use crate::batch::{BatchCounts, Batcher};
 
 mod contents;
+mod trees;
 mod walk;
 use crate::fs::{FsError, Node};
 use crate::image::regions::{store_region, Masked, RegionError};
@@ -352,7 +352,7 @@ fn index_fs(
     let fs = w.fs.as_ref();
     let fs_err = |source| CheckinError::Fs { part, source };
     let alg = store.algorithm();
-    let (dirs, groups, layouts) = (&w.dirs, &w.groups, &w.layouts);
+    let layouts = &w.layouts;
     let files = w.files();
     stats.objects += w.objects;
     stats.file_bytes += w.file_bytes;
@@ -403,29 +403,7 @@ fn index_fs(
     let (skeleton, sk_counts) = skeleton?;
     stats.add(sk_counts);
     let content_time = t_contents.elapsed();
-    // Trees, deepest first (the walk order reversed puts every child before its parent).
-    let mut tree_of: HashMap<u64, Digest> = HashMap::new();
-    for d in dirs.iter().rev() {
-        let mut entries = Vec::with_capacity(d.children.len());
-        for (name, n) in &d.children {
-            let mut e = entry_of(n, name.clone());
-            match n.kind {
-                EntryKind::Dir => e.content = tree_of.get(&n.id).copied(),
-                EntryKind::File => e.content = content.get(&n.id).copied().flatten(),
-                _ => {}
-            }
-            if n.kind != EntryKind::Dir {
-                e.link_group = groups.get(&n.id).copied();
-            }
-            entries.push(e);
-        }
-        let tree = Tree::new(entries).map_err(|e| {
-            CheckinError::Content(format!("partition {part}, directory {}: {e}", d.id))
-        })?;
-        let item = encode(store, &Item::Tree(tree))?;
-        tree_of.insert(d.id, item.digest());
-        b.push(item)?;
-    }
+    let tree_of = trees::store_trees(store, w, part, &content, opts.threads, b)?;
     let root = *tree_of
         .get(&fs.root())
         .ok_or_else(|| CheckinError::Content("no root directory".into()))?;
