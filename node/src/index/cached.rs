@@ -8,8 +8,9 @@
 //! their locations are kept here.
 //!
 //! Only positive answers are kept, and the cache is coherent with the index it fronts:
-//! [`Index::write`] applies its batch to the index first, then bumps a generation and updates
-//! the cache (new locations in, removed ones out). A reader fills the cache with what it read
+//! [`Index::write`] applies its batch to the index first, then bumps a generation (unless the
+//! batch only adds items new to the index) and updates the cache (new locations in, removed
+//! ones out). A reader fills the cache with what it read
 //! only if no write began since it started reading (the generation, checked under the shard
 //! lock), so a location read before a concurrent write can never outlive that write's update.
 //! Every shard is bounded; a full one is emptied.
@@ -159,10 +160,14 @@ impl<I: Index> Index for Cached<I> {
 
     fn write(&self, batch: IndexBatch, durable: bool) -> Result<(), IndexError> {
         let (items, remove) = (batch.items.clone(), batch.remove.clone());
+        let moves = !batch.items_are_new || !remove.is_empty();
         let r = self.inner.write(batch, durable);
         // After the index has the batch (or may have it: a failed write is not known to have
-        // left nothing), before the cache is brought in step with it.
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        // left nothing), before the cache is brought in step with it. Items new to the index
+        // move nothing a reader may have read (a checkin's writes, every few milliseconds).
+        if moves {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
         for d in &remove {
             self.shard(d).lock().remove(d);
         }
@@ -261,6 +266,39 @@ mod tests {
         write(&ix, vec![], vec![a]);
         ix.fill(generation, std::iter::once((a, read)));
         assert_eq!(ix.get(&a).expect("get"), None);
+    }
+
+    #[test]
+    fn new_items_written_meanwhile_keep_a_read_but_a_move_turns_it_away() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ix = Cached::new(RocksIndex::open(dir.path()).expect("open"));
+        let (a, b, c) = (digest(1), digest(2), digest(3));
+        write(&ix, vec![(a, at(1, 100))], vec![]);
+        ix.shards.iter().for_each(|s| s.lock().clear());
+        let generation = ix.generation.load(Ordering::SeqCst);
+        let read = ix.inner().get(&a).expect("get").expect("present");
+        let fresh = IndexBatch {
+            items: vec![(b, at(1, 200))],
+            items_are_new: true,
+            ..Default::default()
+        };
+        ix.write(fresh, false).expect("write");
+        ix.fill(generation, std::iter::once((a, read)));
+        assert_eq!(ix.cached(&a), Some(at(1, 100)), "a read was turned away");
+        assert_eq!(ix.cached(&b), Some(at(1, 200)));
+        // Flagged new but removing something: it moves, and a read made before is not kept.
+        ix.shards.iter().for_each(|s| s.lock().clear());
+        let generation = ix.generation.load(Ordering::SeqCst);
+        let read = ix.inner().get(&b).expect("get").expect("present");
+        let mixed = IndexBatch {
+            items: vec![(c, at(1, 300))],
+            remove: vec![b],
+            items_are_new: true,
+            ..Default::default()
+        };
+        ix.write(mixed, false).expect("write");
+        ix.fill(generation, std::iter::once((b, read)));
+        assert_eq!(ix.get(&b).expect("get"), None);
     }
 
     #[test]

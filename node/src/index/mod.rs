@@ -41,6 +41,9 @@ pub struct IndexBatch {
     pub meta: Vec<(Vec<u8>, Vec<u8>)>,
     /// Checkin hints (see [`crate::keys::CF_HINTS`]).
     pub hints: Vec<([u8; 32], Vec<u8>)>,
+    /// No item of `items` is in the index yet (none moves): a reader meanwhile finds each
+    /// either absent or where this batch puts it, so a cache need not turn its reads away.
+    pub items_are_new: bool,
 }
 
 impl IndexBatch {

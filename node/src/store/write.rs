@@ -377,7 +377,11 @@ fn commit_group(
     let mut new_locs: HashMap<Digest, Location> = HashMap::new();
     // References the closure check found in the index (their location tables reuse them).
     let mut looked_up: HashMap<Digest, Location> = HashMap::new();
-    let mut batch = IndexBatch::default();
+    // Every item the group indexes is new, unless the index could not say (below).
+    let mut batch = IndexBatch {
+        items_are_new: true,
+        ..Default::default()
+    };
     let mut answers: Vec<(Reply, Result<Vec<bool>, StoreError>)> = Vec::new();
     let mut with_refs: Vec<(Digest, Vec<Digest>)> = Vec::new();
     let mut appended = 0u64;
@@ -413,8 +417,12 @@ fn commit_group(
         } else {
             match sh.index.get_many(&ask) {
                 Ok(v) => v.into_iter().map(|l| l.is_some()).collect(),
-                // An index that cannot answer: store the items again (a duplicate is harmless).
-                Err(_) => vec![false; ask.len()],
+                // An index that cannot answer: store the items again (a duplicate is harmless,
+                // but its location replaces one a reader may have read).
+                Err(_) => {
+                    batch.items_are_new = false;
+                    vec![false; ask.len()]
+                }
             }
         };
         let mut present = present.into_iter();
@@ -438,6 +446,7 @@ fn commit_group(
             pipe.barrier();
             let sealed = IndexBatch {
                 items: std::mem::take(&mut batch.items),
+                items_are_new: batch.items_are_new,
                 ..Default::default()
             };
             // Once indexed they are found there; they must not linger in the syncer's map.
