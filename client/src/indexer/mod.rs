@@ -4,6 +4,7 @@
 //! for byte as raw ChunkLists with zero runs left out. Blocks no file reaches are not stored.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mirage_format::chunking::{ChunkError, EncodedItem};
@@ -152,13 +153,23 @@ pub fn checkin_prepared(
         .collect();
     // Partitions are indexed side by side (a few at a time), each with its own batcher,
     // flushed (durable) before the disk that references them is stored.
+    let run = Run {
+        store,
+        opts,
+        storing: AtomicUsize::new(
+            parts
+                .iter()
+                .filter(|(p, w)| !p.container && w.is_some())
+                .count(),
+        ),
+    };
     let done = contents::parallel(&parts, opts.threads.clamp(1, 2), |&(p, walked)| {
         if p.container {
             return Ok((PartitionContent::Empty, CheckinStats::default()));
         }
         let mut pb = Batcher::new(store);
         let mut st = CheckinStats::default();
-        let c = partition_content(store, &src, p, walked, opts, &mut pb, &mut st)?;
+        let c = partition_content(&run, &src, p, walked, &mut pb, &mut st)?;
         let t_flush = std::time::Instant::now();
         pb.flush()?;
         tracing::info!(part = p.number, flush = ?t_flush.elapsed(), "partition durable");
@@ -256,17 +267,25 @@ fn encode(store: &Store, item: &Item) -> Result<EncodedItem, CheckinError> {
     EncodedItem::new(store.algorithm(), item).map_err(|e| CheckinError::Content(e.to_string()))
 }
 
+/// What every partition of one checkin shares.
+struct Run<'a> {
+    store: &'a Store,
+    opts: CheckinOptions,
+    /// Filesystems whose contents are still being stored (see `index_fs`).
+    storing: AtomicUsize,
+}
+
 fn partition_content(
-    store: &Store,
+    run: &Run<'_>,
     src: &Arc<dyn BlockSource>,
     p: &table::PartEntry,
     walked: Option<&Walked>,
-    opts: CheckinOptions,
     b: &mut Batcher<'_>,
     stats: &mut CheckinStats,
 ) -> Result<PartitionContent, CheckinError> {
+    let store = run.store;
     if let Some(w) = walked {
-        return index_fs(store, src.as_ref(), w, p, opts, b, stats);
+        return index_fs(run, src.as_ref(), w, p, b, stats);
     }
     if let Some(swap) = swap_identity(src.as_ref(), p.start, p.size)? {
         return Ok(swap);
@@ -340,14 +359,14 @@ pub(crate) fn entry_of(node: &Node, name: Vec<u8>) -> TreeEntry {
 
 /// Stores a walked filesystem: contents in parallel, then trees bottom-up.
 fn index_fs(
-    store: &Store,
+    run: &Run<'_>,
     src: &dyn BlockSource,
     w: &Walked,
     p: &table::PartEntry,
-    opts: CheckinOptions,
     b: &mut Batcher<'_>,
     stats: &mut CheckinStats,
 ) -> Result<PartitionContent, CheckinError> {
+    let (store, opts) = (run.store, run.opts);
     let part = p.number;
     let fs = w.fs.as_ref();
     let fs_err = |source| CheckinError::Fs { part, source };
@@ -398,6 +417,12 @@ fn index_fs(
         (stored, skeleton)
     });
     let (content, counts, hinted) = stored?;
+    // The last filesystem's contents are in: while its trees are built on one core, RocksDB
+    // writes the index's memtables out on the other, which neither this store's close nor
+    // the next open then has to.
+    if run.storing.fetch_sub(1, Ordering::AcqRel) == 1 {
+        store.flush_index_soon();
+    }
     stats.add(counts);
     stats.files_hinted += hinted;
     let (skeleton, sk_counts) = skeleton?;

@@ -252,6 +252,32 @@ impl RocksIndex {
     }
 
     /// Bytes of write-ahead log in the database directory.
+    /// Starts writing the memtables to level-0 tables in the background when the log holds
+    /// more than `least` bytes; returns whether it did. A flush still running when the index
+    /// closes is dropped (the log keeps everything), so this is for a moment when a core is
+    /// free and the command has a little longer to run: the close then need not flush, nor
+    /// the next open replay what the flush wrote.
+    pub(crate) fn flush_in_background(&self, least: u64) -> bool {
+        let logs = self.log_bytes();
+        if logs <= least {
+            return false;
+        }
+        let mut fo = rocksdb::FlushOptions::default();
+        fo.set_wait(false);
+        let started = ALL_CFS
+            .iter()
+            .map(|n| self.cf(n))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|cfs| self.db.flush_cfs_opt(&cfs, &fo).map_err(engine));
+        match started {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, logs, "no background index flush");
+                false
+            }
+        }
+    }
+
     fn log_bytes(&self) -> u64 {
         files(self.db.path(), "log").iter().map(|m| m.len()).sum()
     }
@@ -434,6 +460,30 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::index::conformance::{digest, put};
+
+    #[test]
+    fn a_background_flush_starts_past_its_threshold_only_and_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tables = || files(dir.path(), "sst").len();
+        let ix = RocksIndex::open(dir.path()).expect("open");
+        put(&ix, 0..100);
+        assert!(!ix.flush_in_background(1 << 20), "a small log was flushed");
+        put(&ix, 100..30_000);
+        assert!(ix.log_bytes() > 1 << 20, "{} bytes of log", ix.log_bytes());
+        assert!(ix.flush_in_background(1 << 20));
+        for _ in 0..500 {
+            if tables() > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(tables() > 0, "no table was written");
+        drop(ix);
+        let ix = RocksIndex::open(dir.path()).expect("reopen");
+        let ds: Vec<Digest> = (0..30_000).map(digest).collect();
+        let got = ix.get_many(&ds).expect("get_many");
+        assert!(got.iter().all(Option::is_some), "an item was lost");
+    }
 
     #[test]
     fn an_open_replays_the_log_without_writing_tables_and_large_logs_are_flushed() {
