@@ -34,14 +34,7 @@ impl Drop for RocksIndex {
         if logs <= WAL_MAX {
             return;
         }
-        let mut fo = rocksdb::FlushOptions::default();
-        fo.set_wait(true);
-        let flushed = ALL_CFS
-            .iter()
-            .map(|n| self.cf(n))
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|cfs| self.db.flush_cfs_opt(&cfs, &fo).map_err(engine));
-        if let Err(e) = flushed {
+        if let Err(e) = self.flush_all(true) {
             tracing::warn!(error = %e, logs, "index flush at close failed; the next open replays the log");
         }
     }
@@ -262,20 +255,25 @@ impl RocksIndex {
         if logs <= least {
             return false;
         }
-        let mut fo = rocksdb::FlushOptions::default();
-        fo.set_wait(false);
-        let started = ALL_CFS
-            .iter()
-            .map(|n| self.cf(n))
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|cfs| self.db.flush_cfs_opt(&cfs, &fo).map_err(engine));
-        match started {
+        match self.flush_all(false) {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(error = %e, logs, "no background index flush");
                 false
             }
         }
+    }
+
+    /// Flushes every column family's memtable (all of them, so the log can go), waiting for
+    /// the tables to be written or only starting the flush.
+    fn flush_all(&self, wait: bool) -> Result<(), IndexError> {
+        let mut fo = rocksdb::FlushOptions::default();
+        fo.set_wait(wait);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|n| self.cf(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.db.flush_cfs_opt(&cfs, &fo).map_err(engine)
     }
 
     fn log_bytes(&self) -> u64 {
