@@ -229,10 +229,26 @@ mod tests {
         ix.write(batch, false).expect("write");
     }
 
-    #[test]
-    fn cached_locations_follow_moves_and_removals() {
+    /// A cached RocksDB index in a fresh directory (kept alive with it).
+    fn fresh() -> (tempfile::TempDir, Cached<RocksIndex>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let ix = Cached::new(RocksIndex::open(dir.path()).expect("open"));
+        (dir, ix)
+    }
+
+    /// A reader reads `d` past an empty cache, `batch` is written meanwhile, then the reader
+    /// tries to keep what it read.
+    fn read_overtaken_by(ix: &Cached<RocksIndex>, d: &Digest, batch: IndexBatch) {
+        ix.shards.iter().for_each(|s| s.lock().clear());
+        let generation = ix.generation.load(Ordering::SeqCst);
+        let read = ix.inner().get(d).expect("get").expect("present");
+        ix.write(batch, false).expect("write");
+        ix.fill(generation, std::iter::once((*d, read)));
+    }
+
+    #[test]
+    fn cached_locations_follow_moves_and_removals() {
+        let (_dir, ix) = fresh();
         let (a, b) = (digest(1), digest(2));
         write(&ix, vec![(a, at(1, 100)), (b, at(1, 200))], vec![]);
         assert_eq!(ix.get(&a).expect("get"), Some(at(1, 100)));
@@ -249,62 +265,52 @@ mod tests {
 
     #[test]
     fn a_read_that_a_write_overtook_is_not_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ix = Cached::new(RocksIndex::open(dir.path()).expect("open"));
+        let (_dir, ix) = fresh();
         let a = digest(1);
         write(&ix, vec![(a, at(1, 100))], vec![]);
-        ix.shards.iter().for_each(|s| s.lock().clear());
-        // A reader starts, reads the old location, and is overtaken by a write that moves it.
-        let generation = ix.generation.load(Ordering::SeqCst);
-        let read = ix.inner().get(&a).expect("get").expect("present");
-        write(&ix, vec![(a, at(3, 0))], vec![]);
-        ix.fill(generation, std::iter::once((a, read)));
+        // Overtaken by a write that moves it.
+        let moved = IndexBatch {
+            items: vec![(a, at(3, 0))],
+            ..Default::default()
+        };
+        read_overtaken_by(&ix, &a, moved);
         assert_eq!(ix.get(&a).expect("get"), Some(at(3, 0)));
         // The same with a removal: the old location must not come back.
-        let generation = ix.generation.load(Ordering::SeqCst);
-        let read = ix.inner().get(&a).expect("get").expect("present");
-        write(&ix, vec![], vec![a]);
-        ix.fill(generation, std::iter::once((a, read)));
+        let removed = IndexBatch {
+            remove: vec![a],
+            ..Default::default()
+        };
+        read_overtaken_by(&ix, &a, removed);
         assert_eq!(ix.get(&a).expect("get"), None);
     }
 
     #[test]
     fn new_items_written_meanwhile_keep_a_read_but_a_move_turns_it_away() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ix = Cached::new(RocksIndex::open(dir.path()).expect("open"));
+        let (_dir, ix) = fresh();
         let (a, b, c) = (digest(1), digest(2), digest(3));
         write(&ix, vec![(a, at(1, 100))], vec![]);
-        ix.shards.iter().for_each(|s| s.lock().clear());
-        let generation = ix.generation.load(Ordering::SeqCst);
-        let read = ix.inner().get(&a).expect("get").expect("present");
         let fresh = IndexBatch {
             items: vec![(b, at(1, 200))],
             items_are_new: true,
             ..Default::default()
         };
-        ix.write(fresh, false).expect("write");
-        ix.fill(generation, std::iter::once((a, read)));
+        read_overtaken_by(&ix, &a, fresh);
         assert_eq!(ix.cached(&a), Some(at(1, 100)), "a read was turned away");
         assert_eq!(ix.cached(&b), Some(at(1, 200)));
         // Flagged new but removing something: it moves, and a read made before is not kept.
-        ix.shards.iter().for_each(|s| s.lock().clear());
-        let generation = ix.generation.load(Ordering::SeqCst);
-        let read = ix.inner().get(&b).expect("get").expect("present");
         let mixed = IndexBatch {
             items: vec![(c, at(1, 300))],
             remove: vec![b],
             items_are_new: true,
             ..Default::default()
         };
-        ix.write(mixed, false).expect("write");
-        ix.fill(generation, std::iter::once((b, read)));
+        read_overtaken_by(&ix, &b, mixed);
         assert_eq!(ix.get(&b).expect("get"), None);
     }
 
     #[test]
     fn a_full_shard_starts_over_and_answers_stay_right() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ix = Cached::new(RocksIndex::open(dir.path()).expect("open"));
+        let (_dir, ix) = fresh();
         let n = (SHARDS * SHARD_MAX * 2) as u32;
         let items: Vec<(Digest, Location)> = (0..n).map(|i| (digest(i), at(1, i.into()))).collect();
         write(&ix, items, vec![]);
