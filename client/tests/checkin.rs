@@ -528,7 +528,7 @@ fn ext_filesystems_round_trip_through_checkout() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let src = rich_tree(dir.path());
-    // GPT: BIOS boot with bytes, ext4 root; MBR: ext3 and ext2 in logical partitions.
+    // GPT: BIOS boot with bytes, ext4 root; MBR: ext3 and ext2 (meta_bg) in logical partitions.
     let gpt = dir.path().join("gpt.img");
     std::fs::File::create(&gpt)
         .unwrap()
@@ -585,6 +585,12 @@ fn ext_filesystems_round_trip_through_checkout() {
             "-q",
             "-t",
             "ext2",
+            // Group descriptors a block per meta group (four of them), as online growth
+            // past the reserved table leaves them.
+            "-O",
+            "meta_bg,^resize_inode",
+            "-g",
+            "256",
             "-E",
             &format!("offset={}", 126976 * 512),
             "-d",

@@ -100,7 +100,7 @@ pub fn mke2fs_command(
     let feats = features(fs)?;
     if feats
         .split(',')
-        .any(|f| f == "bigalloc" || f == "meta_bg" || f == "casefold" || f == "dirdata")
+        .any(|f| f == "bigalloc" || f == "casefold" || f == "dirdata")
     {
         bail!(
             "recreating {} with {feats} is not supported yet",

@@ -5,6 +5,7 @@
 
 mod blocks;
 pub mod features;
+mod gdt;
 mod inode;
 mod itable;
 pub mod skeleton;
@@ -188,11 +189,6 @@ impl Ext4 {
                 features::names(refused, features::INCOMPAT)
             )));
         }
-        if inc & INCOMPAT_META_BG != 0 {
-            return Err(unsupported(
-                "feature meta_bg (group descriptor layout)".into(),
-            ));
-        }
         if sb.feature_ro_compat & RO_COMPAT_BIGALLOC != 0 {
             return Err(unsupported(format!(
                 "feature bigalloc (clusters of {} bytes)",
@@ -237,22 +233,36 @@ impl Ext4 {
                 sb.desc_size
             )));
         }
-        // Group descriptors follow the superblock's block.
-        let gdt_block = u64::from(sb.first_data_block) + 1;
+        // Group descriptors: a table after the superblock, or (meta_bg) a block per meta
+        // group; consecutive blocks are read at once.
         let dsz = u64::from(sb.desc_size);
-        let gdt_len = ngroups * dsz;
-        if gdt_block * bs + gdt_len > len {
-            return Err(corrupt(
-                "group descriptor table runs past the filesystem".into(),
-            ));
+        let layout =
+            gdt::Layout::new(&sb, ngroups).map_err(|w| corrupt(format!("superblock: {w}")))?;
+        let per_block = (bs / dsz) as usize;
+        let mut gdt = vec![0u8; (layout.desc_blocks() * bs) as usize];
+        let mut i = 0;
+        while i < layout.desc_blocks() {
+            let at = layout.desc_block(i);
+            let mut n = 1;
+            while i + n < layout.desc_blocks() && layout.desc_block(i + n) == at + n {
+                n += 1;
+            }
+            if (at + n) * bs > len {
+                return Err(corrupt(format!(
+                    "group descriptor block {at} lies past the filesystem"
+                )));
+            }
+            let buf = &mut gdt[(i * bs) as usize..((i + n) * bs) as usize];
+            src.read_at(buf, offset + at * bs)?;
+            i += n;
         }
-        let mut gdt = vec![0u8; gdt_len as usize];
-        src.read_at(&mut gdt, offset + gdt_block * bs)?;
         let mut groups = Vec::with_capacity(ngroups as usize);
         let itable_blocks =
             (u64::from(sb.inodes_per_group) * u64::from(sb.inode_size)).div_ceil(bs);
         for g in 0..ngroups as usize {
-            let d = &gdt[g * dsz as usize..(g + 1) * dsz as usize];
+            // Descriptors fill each block from its start (a block may end in unused bytes).
+            let at = (g / per_block) * bs as usize + (g % per_block) * dsz as usize;
+            let d = &gdt[at..at + dsz as usize];
             let mut table = u64::from(le32(d, 8));
             if dsz >= 64 {
                 table |= u64::from(le32(d, 0x28)) << 32;

@@ -4,14 +4,12 @@
 //! a checkin as a layout hint, it lets a checkout put the metadata back byte for byte and each
 //! file's content where it was, instead of rebuilding the filesystem.
 
-use super::{le16, le32, Ext4};
+use super::{le32, Ext4};
 use crate::fs::FsError;
 
 const INODE_UNINIT: u16 = 1;
 const BLOCK_UNINIT: u16 = 2;
 const COMPAT_HAS_JOURNAL: u32 = 0x4;
-const COMPAT_SPARSE_SUPER2: u32 = 0x200;
-const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
 const RO_COMPAT_GDT_CSUM: u32 = 0x10;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 
@@ -53,26 +51,7 @@ pub fn subtract_ranges(keep: &[(u64, u64)], cut: &[(u64, u64)]) -> Vec<(u64, u64
     out
 }
 
-fn is_power_of(mut g: u64, base: u64) -> bool {
-    while g > 1 && g % base == 0 {
-        g /= base;
-    }
-    g == 1
-}
-
 impl Ext4 {
-    /// True when group `g` holds a superblock backup (and the group descriptor table).
-    fn has_super(&self, g: u64) -> bool {
-        let raw = &self.sb.raw;
-        if self.sb.feature_compat & COMPAT_SPARSE_SUPER2 != 0 {
-            return g == 0 || g == u64::from(le32(raw, 0x24C)) || g == u64::from(le32(raw, 0x250));
-        }
-        if self.sb.feature_ro_compat & RO_COMPAT_SPARSE_SUPER == 0 {
-            return true;
-        }
-        g <= 1 || is_power_of(g, 3) || is_power_of(g, 5) || is_power_of(g, 7)
-    }
-
     /// Absolute byte ranges of the skeleton: blocks in use (block bitmaps, plus every group's
     /// own metadata), minus `file_data` (absolute byte ranges of regular-file content; each is
     /// widened to whole blocks) and minus the journal's blocks after its superblock.
@@ -82,9 +61,8 @@ impl Ext4 {
         let nblocks = sb.blocks_count;
         let bpg = u64::from(sb.blocks_per_group);
         let first = u64::from(sb.first_data_block);
-        let dsz = u64::from(sb.desc_size);
-        let gdt_blocks = (self.groups.len() as u64 * dsz).div_ceil(bs);
-        let reserved_gdt = u64::from(le16(&sb.raw, 0xCE));
+        let layout = super::gdt::Layout::new(sb, self.groups.len() as u64)
+            .map_err(|w| self.corrupt(format!("superblock: {w}")))?;
         let itable_blocks =
             (u64::from(sb.inodes_per_group) * u64::from(sb.inode_size)).div_ceil(bs);
         let uninit_valid =
@@ -124,8 +102,8 @@ impl Ext4 {
             used.push((grp.inode_table, grp.inode_table + table));
             // The block bitmap marks the whole table; its unused tail is cut below.
             unused_tables.push((grp.inode_table + table, grp.inode_table + itable_blocks));
-            if self.has_super(g as u64) {
-                used.push((start, (start + 1 + gdt_blocks + reserved_gdt).min(nblocks)));
+            for (s, e) in layout.metadata_of_group(g as u64) {
+                used.push((s.min(nblocks), e.min(nblocks)));
             }
             if uninit_valid && grp.flags & BLOCK_UNINIT != 0 {
                 continue;
@@ -196,6 +174,5 @@ mod tests {
         );
         assert_eq!(subtract_ranges(&keep, &[]), keep.to_vec());
         assert_eq!(subtract_ranges(&keep, &[(0, 100)]), vec![]);
-        assert!(is_power_of(27, 3) && is_power_of(125, 5) && !is_power_of(6, 3));
     }
 }
