@@ -100,6 +100,8 @@ impl EncodedItem {
 
 /// Bytes of the window [`chunk_stream`] reads ahead into (a few chunks).
 const WINDOW: usize = 4 * CHUNK_MAX;
+/// Bytes [`chunk_stream`] asks its reader for at a time.
+const READ_PIECE: usize = 256 << 10;
 
 thread_local! {
     /// [`chunk_stream`]'s window, kept between calls (taken out while in use).
@@ -131,7 +133,10 @@ pub fn chunk_stream<R: Read, E: std::error::Error + 'static>(
             buf.copy_within(start..end, 0);
             (start, end) = (0, end - start);
             while end < buf.len() && !eof {
-                match reader.read(&mut buf[end..]) {
+                // In pieces that stay in the cache while the reader's own pass (a checksum)
+                // looks at them.
+                let piece = (end + READ_PIECE).min(buf.len());
+                match reader.read(&mut buf[end..piece]) {
                     Ok(0) => eof = true,
                     Ok(n) => end += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
