@@ -528,7 +528,8 @@ fn ext_filesystems_round_trip_through_checkout() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let src = rich_tree(dir.path());
-    // GPT: BIOS boot with bytes, ext4 root; MBR: ext3 and ext2 (meta_bg) in logical partitions.
+    // GPT: BIOS boot with bytes, ext4 (bigalloc) root; MBR: ext3 and ext2 (meta_bg) in logical
+    // partitions.
     let gpt = dir.path().join("gpt.img");
     std::fs::File::create(&gpt)
         .unwrap()
@@ -545,6 +546,11 @@ fn ext_filesystems_round_trip_through_checkout() {
             "ext4",
             "-L",
             "root",
+            // Allocation in clusters of 16 blocks: the bitmaps count clusters.
+            "-O",
+            "bigalloc",
+            "-C",
+            "16384",
             "-E",
             "offset=2097152",
             "-d",

@@ -98,10 +98,7 @@ pub fn mke2fs_command(
 ) -> Result<Command> {
     let bs = p_u64(fs, "block_size")?;
     let feats = features(fs)?;
-    if feats
-        .split(',')
-        .any(|f| f == "bigalloc" || f == "casefold" || f == "dirdata")
-    {
+    if feats.split(',').any(|f| f == "casefold" || f == "dirdata") {
         bail!(
             "recreating {} with {feats} is not supported yet",
             fs.fs_type
@@ -115,12 +112,17 @@ pub fn mke2fs_command(
         "-I",
         &p_u64(fs, "inode_size")?.to_string(),
     ]);
-    c.args([
-        "-N",
-        &p_u64(fs, "inodes_count")?.to_string(),
-        "-g",
-        &p_u64(fs, "blocks_per_group")?.to_string(),
-    ]);
+    c.args(["-N", &p_u64(fs, "inodes_count")?.to_string()]);
+    if feats.split(',').any(|f| f == "bigalloc") {
+        // mke2fs takes the cluster size, and no block count per group beyond 8 per bitmap
+        // byte (a bigalloc group counts clusters there): its default.
+        c.args([
+            "-C",
+            &(1024u64 << p_u64(fs, "log_cluster_size")?.min(30)).to_string(),
+        ]);
+    } else {
+        c.args(["-g", &p_u64(fs, "blocks_per_group")?.to_string()]);
+    }
     c.args(["-m", "0", "-r", &p_u64(fs, "rev_level")?.to_string()]);
     if feats.split(',').any(|f| f == "flex_bg") {
         c.args([

@@ -19,6 +19,9 @@ fn is_power_of(mut g: u64, base: u64) -> bool {
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {
     first_data_block: u64,
+    /// The block holding the primary superblock (1 with 1 KiB blocks, else 0; `bigalloc`
+    /// makes `first_data_block` 0 even with 1 KiB blocks).
+    sb_block: u64,
     blocks_per_group: u64,
     /// Descriptors per block.
     per_block: u64,
@@ -56,6 +59,7 @@ impl Layout {
         };
         Ok(Layout {
             first_data_block: u64::from(sb.first_data_block),
+            sb_block: u64::from(bs == 1024),
             blocks_per_group: u64::from(sb.blocks_per_group),
             per_block,
             desc_blocks,
@@ -86,13 +90,21 @@ impl Layout {
         self.first_data_block + g * self.blocks_per_group
     }
 
+    /// The first block of group `g` after its superblock copy, if it has one.
+    fn super_end(&self, g: u64) -> u64 {
+        match g {
+            0 => self.sb_block + 1,
+            _ => self.group_start(g) + u64::from(self.has_super(g)),
+        }
+    }
+
     /// The block holding descriptor block `i` (descriptors of groups `i * per_block ..`).
     pub(crate) fn desc_block(&self, i: u64) -> u64 {
         if i < self.classic {
-            return self.first_data_block + 1 + i;
+            return self.sb_block + 1 + i;
         }
         let g = i * self.per_block;
-        self.group_start(g) + u64::from(self.has_super(g))
+        self.super_end(g)
     }
 
     /// Descriptor blocks in all.
@@ -105,9 +117,8 @@ impl Layout {
     pub(crate) fn metadata_of_group(&self, g: u64) -> Vec<(u64, u64)> {
         let start = self.group_start(g);
         let mut out = Vec::new();
-        let sup = self.has_super(g);
-        if sup {
-            out.push((start, start + 1 + self.classic + self.reserved));
+        if self.has_super(g) {
+            out.push((start, self.super_end(g) + self.classic + self.reserved));
         }
         let meta = g / self.per_block;
         let at = g % self.per_block;
@@ -115,7 +126,7 @@ impl Layout {
             && meta < self.desc_blocks
             && (at == 0 || at == 1 || at == self.per_block - 1)
         {
-            let b = start + u64::from(sup);
+            let b = self.super_end(g);
             out.push((b, b + 1));
         }
         out
@@ -187,5 +198,12 @@ mod tests {
         assert_eq!(l.desc_block(1), 128 * 32768);
         assert_eq!(l.metadata_of_group(0), [(0, 2)]);
         assert!(Layout::new(&sb(2, 32, true, 4), 300).is_err());
+        // bigalloc with 1 KiB blocks: the first data block is 0, the superblock still in
+        // block 1, the table from block 2.
+        let mut s = sb(0, 64, false, 0);
+        s.first_data_block = 0;
+        let l = Layout::new(&s, 2).unwrap();
+        assert_eq!(l.desc_block(0), 2);
+        assert_eq!(l.metadata_of_group(0), [(0, 3)]);
     }
 }

@@ -71,6 +71,21 @@ pub struct Superblock {
     pub raw: Vec<u8>,
 }
 
+impl Superblock {
+    /// Blocks per allocation cluster: 1 unless the filesystem has `bigalloc` (then a power of
+    /// two up to 2^16; larger claims read as 1 and are refused as corrupt by the open).
+    pub fn cluster_ratio(&self) -> u64 {
+        if self.feature_ro_compat & RO_COMPAT_BIGALLOC == 0 {
+            return 1;
+        }
+        let shift = le32(&self.raw, 0x1C).saturating_sub(self.log_block_size);
+        if shift > 16 {
+            return 0;
+        }
+        1 << shift
+    }
+}
+
 /// One block group's locations.
 #[derive(Clone, Copy, Debug)]
 pub struct Group {
@@ -189,11 +204,22 @@ impl Ext4 {
                 features::names(refused, features::INCOMPAT)
             )));
         }
+        // bigalloc: blocks are allocated in clusters, and the block bitmaps have a bit per
+        // cluster (what the skeleton reads); the rest of the format counts blocks.
+        let ratio = sb.cluster_ratio();
         if sb.feature_ro_compat & RO_COMPAT_BIGALLOC != 0 {
-            return Err(unsupported(format!(
-                "feature bigalloc (clusters of {} bytes)",
-                1024u64 << le32(&sb.raw, 0x1C).min(32)
-            )));
+            let log_cluster = le32(&sb.raw, 0x1C);
+            let per_group = le32(&sb.raw, 0x24);
+            if !(sb.log_block_size..=sb.log_block_size + 16).contains(&log_cluster)
+                || sb.first_data_block != 0
+                || u64::from(per_group) * ratio != u64::from(sb.blocks_per_group)
+                || u64::from(per_group) > 8 * bs
+            {
+                return Err(corrupt(format!(
+                    "superblock: bigalloc with clusters of 2^(10+{log_cluster}) bytes, {per_group} per group, {} blocks per group",
+                    sb.blocks_per_group
+                )));
+            }
         }
         if sb.blocks_count == 0 || sb.blocks_count.checked_mul(bs).is_none_or(|b| b > len) {
             return Err(corrupt(format!(
@@ -203,7 +229,7 @@ impl Ext4 {
         }
         if sb.blocks_per_group == 0
             || sb.inodes_per_group == 0
-            || u64::from(sb.blocks_per_group) > 8 * bs
+            || u64::from(sb.blocks_per_group) > 8 * bs * ratio
             || u64::from(sb.inodes_per_group) > 8 * bs
         {
             return Err(corrupt(format!(

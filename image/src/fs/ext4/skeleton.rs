@@ -60,6 +60,8 @@ impl Ext4 {
         let sb = &self.sb;
         let nblocks = sb.blocks_count;
         let bpg = u64::from(sb.blocks_per_group);
+        // With bigalloc, a bitmap bit stands for a cluster of `ratio` blocks.
+        let ratio = sb.cluster_ratio().max(1);
         let first = u64::from(sb.first_data_block);
         let layout = super::gdt::Layout::new(sb, self.groups.len() as u64)
             .map_err(|w| self.corrupt(format!("superblock: {w}")))?;
@@ -111,12 +113,13 @@ impl Ext4 {
             self.src
                 .read_at(&mut bitmap, self.offset + grp.block_bitmap * bs)?;
             let mut run: Option<u64> = None;
-            for i in 0..count {
+            let block = |i: u64| (start + i * ratio).min(start + count);
+            for i in 0..count.div_ceil(ratio) {
                 let set = bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0;
                 match (set, run) {
-                    (true, None) => run = Some(start + i),
+                    (true, None) => run = Some(block(i)),
                     (false, Some(s)) => {
-                        used.push((s, start + i));
+                        used.push((s, block(i)));
                         run = None;
                     }
                     _ => {}
