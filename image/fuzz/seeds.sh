@@ -10,6 +10,9 @@ for fs in ext2 ext3 ext4; do
   mke2fs -q -t "$fs" -b 1024 -N 32 -d "$t/src" "$t/$fs.img" 1024 2>/dev/null || mke2fs -q -t "$fs" -b 1024 -d "$t/src" "$t/$fs.img" 1024
   cp "$t/$fs.img" "corpus/ext4/$fs.img"
 done
+# Group descriptors a block per meta group; allocation in clusters.
+mke2fs -q -t ext4 -b 1024 -N 32 -O meta_bg,^resize_inode -g 256 -d "$t/src" corpus/ext4/meta_bg.img 2048
+mke2fs -q -t ext4 -b 1024 -N 32 -O bigalloc -C 4096 -d "$t/src" corpus/ext4/bigalloc.img 2048
 truncate -s 256K "$t/fat.img"; mkfs.fat -F 12 "$t/fat.img" >/dev/null
 MTOOLS_SKIP_CHECK=1 mcopy -s -i "$t/fat.img" "$t/src/d" "$t/src/big" ::/
 cp "$t/fat.img" corpus/vfat/fat12.img
