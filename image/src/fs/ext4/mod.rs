@@ -73,7 +73,7 @@ pub struct Superblock {
 
 impl Superblock {
     /// Blocks per allocation cluster: 1 unless the filesystem has `bigalloc` (then a power of
-    /// two up to 2^16; larger claims read as 1 and are refused as corrupt by the open).
+    /// two up to 2^16; a larger claim reads as 0, which the open refuses as corrupt).
     pub fn cluster_ratio(&self) -> u64 {
         if self.feature_ro_compat & RO_COMPAT_BIGALLOC == 0 {
             return 1;
@@ -109,6 +109,8 @@ pub struct Ext4 {
     /// Length of the region holding it.
     len: u64,
     sb: Superblock,
+    /// Where the superblock and group descriptor copies are.
+    layout: gdt::Layout,
     groups: Vec<Group>,
     info: FsInfo,
     /// Inode-table pages read so far.
@@ -324,6 +326,7 @@ impl Ext4 {
             offset,
             len,
             sb,
+            layout,
             groups,
             info,
             itable: itable::InodePages::new(),

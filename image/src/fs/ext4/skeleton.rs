@@ -63,8 +63,6 @@ impl Ext4 {
         // With bigalloc, a bitmap bit stands for a cluster of `ratio` blocks.
         let ratio = sb.cluster_ratio().max(1);
         let first = u64::from(sb.first_data_block);
-        let layout = super::gdt::Layout::new(sb, self.groups.len() as u64)
-            .map_err(|w| self.corrupt(format!("superblock: {w}")))?;
         let itable_blocks =
             (u64::from(sb.inodes_per_group) * u64::from(sb.inode_size)).div_ceil(bs);
         let uninit_valid =
@@ -104,7 +102,7 @@ impl Ext4 {
             used.push((grp.inode_table, grp.inode_table + table));
             // The block bitmap marks the whole table; its unused tail is cut below.
             unused_tables.push((grp.inode_table + table, grp.inode_table + itable_blocks));
-            for (s, e) in layout.metadata_of_group(g as u64) {
+            for (s, e) in self.layout.metadata_of_group(g as u64) {
                 used.push((s.min(nblocks), e.min(nblocks)));
             }
             if uninit_valid && grp.flags & BLOCK_UNINIT != 0 {
