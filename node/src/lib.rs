@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod catalog;
+pub mod digest_map;
 pub mod index;
 pub mod keys;
 pub mod memory;

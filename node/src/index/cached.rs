@@ -15,8 +15,6 @@
 //! lock), so a location read before a concurrent write can never outlive that write's update.
 //! Every shard is bounded; a full one is emptied.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mirage_format::Digest;
@@ -30,32 +28,7 @@ const SHARDS: usize = 64;
 /// Locations a shard keeps (64 × 4,096 = 256 Ki locations, about 20 MB at most).
 const SHARD_MAX: usize = 4096;
 
-/// Hashes a digest by its first eight bytes: digests are uniformly distributed already.
-#[derive(Default)]
-struct PrefixHasher(u64);
-
-impl Hasher for PrefixHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        match bytes.get(..8) {
-            Some(b) => {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(b);
-                self.0 ^= u64::from_le_bytes(w);
-            }
-            None => {
-                for b in bytes {
-                    self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-                }
-            }
-        }
-    }
-}
-
-type Shard = HashMap<Digest, Location, BuildHasherDefault<PrefixHasher>>;
+type Shard = crate::digest_map::DigestMap<Location>;
 
 /// An [`Index`] with a bounded, coherent cache of item locations.
 #[derive(Debug)]

@@ -11,7 +11,6 @@
 //! index (dedup, the closure check, location tables); an item leaves it only after the index
 //! holds it.
 
-use std::collections::HashMap;
 use std::sync::{mpsc, Arc};
 
 use mirage_format::Digest;
@@ -24,7 +23,7 @@ use super::{Shared, StoreError};
 use crate::index::IndexBatch;
 
 /// Items appended by the committer and not yet indexed by the syncer.
-pub(crate) type Unsynced = parking_lot::Mutex<HashMap<Digest, Location>>;
+pub(crate) type Unsynced = parking_lot::Mutex<crate::digest_map::DigestMap<Location>>;
 
 /// A group appended to a volume, waiting to be made durable, indexed and answered.
 pub(crate) struct Appended {

@@ -2,7 +2,7 @@
 //! the closure invariant, appends a whole group of requests, fsyncs once, indexes, and only
 //! then acknowledges.
 
-use std::collections::{HashMap, HashSet};
+use crate::digest_map::{DigestMap, DigestSet};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
@@ -374,9 +374,9 @@ fn commit_group(
     // Sized once: growing it would copy every record again.
     let estimate: usize = group.iter().map(|(items, _)| record_bytes(items)).sum();
     buf.begin(active, estimate, sh.opts.max_group_bytes);
-    let mut new_locs: HashMap<Digest, Location> = HashMap::new();
+    let mut new_locs: DigestMap<Location> = DigestMap::default();
     // References the closure check found in the index (their location tables reuse them).
-    let mut looked_up: HashMap<Digest, Location> = HashMap::new();
+    let mut looked_up: DigestMap<Location> = DigestMap::default();
     // Every item the group indexes is new, unless the index could not say (below).
     let mut batch = IndexBatch {
         items_are_new: true,
@@ -396,7 +396,7 @@ fn commit_group(
         }
         // Dedup against the index, the pipeline and this group; duplicates inside the request
         // count once.
-        let mut seen = HashSet::new();
+        let mut seen = DigestSet::default();
         let mut known: Vec<bool> = items
             .iter()
             .map(|p| {
@@ -663,18 +663,18 @@ pub(crate) fn write_new_items(sh: &Shared, batch: IndexBatch) -> Result<(), Stor
 /// up a second time.
 fn admit(
     sh: &Shared,
-    new_locs: &HashMap<Digest, Location>,
+    new_locs: &DigestMap<Location>,
     pipe: &Pipe,
     items: &[Prepared],
-    found: &mut HashMap<Digest, Location>,
+    found: &mut DigestMap<Location>,
 ) -> Result<(), StoreError> {
     if sh.opts.shard {
         return Ok(());
     }
-    let in_req: HashSet<Digest> = items.iter().map(|p| p.digest).collect();
+    let in_req: DigestSet = items.iter().map(|p| p.digest).collect();
     // Every reference not otherwise known, looked up in one batch (one index call per request,
     // not one per item: a request of trees names tens of thousands of contents).
-    let mut asked = HashSet::new();
+    let mut asked = DigestSet::default();
     let unknown: Vec<Digest> = items
         .iter()
         .flat_map(|p| p.refs.iter())
@@ -691,7 +691,7 @@ fn admit(
         return Ok(());
     }
     let locs = sh.index.get_many(&unknown)?;
-    let mut absent = HashSet::new();
+    let mut absent = DigestSet::default();
     for (d, l) in unknown.into_iter().zip(locs) {
         match l {
             Some(l) => {
@@ -738,7 +738,7 @@ pub(crate) fn build_table(
         .map(|(r, _)| *r)
         .collect();
     if let Ok(locs) = sh.index.get_many(&lookups) {
-        let found: HashMap<Digest, Location> = lookups
+        let found: DigestMap<Location> = lookups
             .into_iter()
             .zip(locs)
             .filter_map(|(d, l)| Some((d, l?)))
