@@ -98,7 +98,8 @@ pub fn mke2fs_command(
 ) -> Result<Command> {
     let bs = p_u64(fs, "block_size")?;
     let feats = features(fs)?;
-    if feats.split(',').any(|f| f == "casefold" || f == "dirdata") {
+    let has = |name: &str| feats.split(',').any(|f| f == name);
+    if has("casefold") || has("dirdata") {
         bail!(
             "recreating {} with {feats} is not supported yet",
             fs.fs_type
@@ -113,7 +114,7 @@ pub fn mke2fs_command(
         &p_u64(fs, "inode_size")?.to_string(),
     ]);
     c.args(["-N", &p_u64(fs, "inodes_count")?.to_string()]);
-    if feats.split(',').any(|f| f == "bigalloc") {
+    if has("bigalloc") {
         // mke2fs takes the cluster size, and no block count per group beyond 8 per bitmap
         // byte (a bigalloc group counts clusters there): its default.
         c.args([
@@ -124,13 +125,13 @@ pub fn mke2fs_command(
         c.args(["-g", &p_u64(fs, "blocks_per_group")?.to_string()]);
     }
     c.args(["-m", "0", "-r", &p_u64(fs, "rev_level")?.to_string()]);
-    if feats.split(',').any(|f| f == "flex_bg") {
+    if has("flex_bg") {
         c.args([
             "-G",
             &(1u64 << p_u64(fs, "log_groups_per_flex")?.min(31)).to_string(),
         ]);
     }
-    if feats.split(',').any(|f| f == "has_journal") {
+    if has("has_journal") {
         let jb = p_bytes(fs, "journal_blocks");
         if jb.len() == 68 {
             let size = u64::from(u32::from_le_bytes([jb[64], jb[65], jb[66], jb[67]]))

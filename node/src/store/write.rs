@@ -2,7 +2,6 @@
 //! the closure invariant, appends a whole group of requests, fsyncs once, indexes, and only
 //! then acknowledges.
 
-use crate::digest_map::{DigestMap, DigestSet};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
@@ -16,6 +15,7 @@ use super::record::{append_record, record_crc, HEADER_LEN, VOLUME_HEADER_LEN};
 use super::sync::{answer, Appended, Pipe, SyncMsg, Unsynced};
 use super::volume::ActiveVolume;
 use super::{Shared, Store, StoreError};
+use crate::digest_map::{DigestMap, DigestSet};
 use crate::index::{Index, IndexBatch};
 use crate::keys;
 

@@ -73,16 +73,16 @@ pub struct Superblock {
 
 impl Superblock {
     /// Blocks per allocation cluster: 1 unless the filesystem has `bigalloc` (then a power of
-    /// two up to 2^16; a larger claim reads as 0, which the open refuses as corrupt).
+    /// two up to 2^16; a cluster smaller than a block or larger than that reads as 0, which
+    /// the open refuses as corrupt).
     pub fn cluster_ratio(&self) -> u64 {
         if self.feature_ro_compat & RO_COMPAT_BIGALLOC == 0 {
             return 1;
         }
-        let shift = le32(&self.raw, 0x1C).saturating_sub(self.log_block_size);
-        if shift > 16 {
-            return 0;
+        match le32(&self.raw, 0x1C).checked_sub(self.log_block_size) {
+            Some(shift) if shift <= 16 => 1 << shift,
+            _ => 0,
         }
-        1 << shift
     }
 }
 
@@ -212,7 +212,7 @@ impl Ext4 {
         if sb.feature_ro_compat & RO_COMPAT_BIGALLOC != 0 {
             let log_cluster = le32(&sb.raw, 0x1C);
             let per_group = le32(&sb.raw, 0x24);
-            if !(sb.log_block_size..=sb.log_block_size + 16).contains(&log_cluster)
+            if ratio == 0
                 || sb.first_data_block != 0
                 || u64::from(per_group) * ratio != u64::from(sb.blocks_per_group)
                 || u64::from(per_group) > 8 * bs
