@@ -701,6 +701,53 @@ fn a_bare_fat_filesystem_is_not_mistaken_for_a_partition_table() {
 }
 
 #[test]
+fn inline_files_read_as_zeros_past_their_inline_bytes() {
+    // `mke2fs -d` with inline_data stores a sparse file as an inline inode whose size passes
+    // its (empty) inline bytes; the kernel and e2fsck read the rest as zeros.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let src = dir.path().join("tree");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/tiny"), b"inline\n").unwrap();
+    std::fs::write(src.join("in-xattr"), pseudo_random(3, 150)).unwrap();
+    std::fs::File::create(src.join("holes"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let img = dir.path().join("inline.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    run(Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-O", "inline_data", "-I", "512", "-d"])
+        .arg(&src)
+        .arg(&img));
+    let stat = run(Command::new("debugfs")
+        .args(["-R", "stat /holes"])
+        .arg(&img));
+    assert!(
+        String::from_utf8_lossy(&stat.stdout).contains("Size of inline data: 60"),
+        "the fixture has no short inline file"
+    );
+    let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
+        .trim()
+        .to_string();
+    let holes = mirage(&store, &["cat", &digest, "/holes"]);
+    assert!(holes.status.success());
+    assert_eq!(holes.stdout, vec![0u8; 1 << 20]);
+    assert_eq!(
+        mirage(&store, &["cat", &digest, "/in-xattr"]).stdout,
+        pseudo_random(3, 150)
+    );
+    for extra in [&[][..], &["--rebuild"][..]] {
+        let out = dir.path().join(format!("out{}.img", extra.len()));
+        round_trip(&store, &digest, &out, extra);
+        run(Command::new("e2fsck").arg("-fn").arg(&out));
+    }
+}
+
+#[test]
 fn an_image_walked_while_the_store_opens_checks_in_the_same_and_failures_stay_apart() {
     use mirage_client::indexer::{checkin_prepared, checkin_with, prepare_while, CheckinOptions};
     use mirage_node::{Store, StoreOptions};

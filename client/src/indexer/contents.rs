@@ -259,7 +259,9 @@ impl Job<'_> {
             .inline_data(n.id)
             .map_err(fs_error(self.part))?
             .unwrap_or_default();
-        store_content(&data[..], n.size, self.store.algorithm(), |i| wb.push(i))
+        // Inline bytes may end before the size: the rest reads as zeros (holes, not stored).
+        let padded = std::io::Read::chain(&data[..], std::io::repeat(0));
+        store_content(padded, n.size, self.store.algorithm(), |i| wb.push(i))
             .map_err(self.content_err(n.id))
     }
 

@@ -108,7 +108,8 @@ pub trait FsReader: Send + Sync {
     fn read_dir(&self, id: u64) -> Result<Vec<(Vec<u8>, u64)>, FsError>;
     /// Content extents of a regular file, sorted by logical offset; gaps are holes.
     fn extents(&self, id: u64) -> Result<Vec<FileExtent>, FsError>;
-    /// Content bytes stored inside the metadata (ext4 inline data), if any.
+    /// Content bytes stored inside the metadata (ext4 inline data), if any; past them, up to
+    /// the file's size, the file reads as zeros.
     fn inline_data(&self, _id: u64) -> Result<Option<Vec<u8>>, FsError> {
         Ok(None)
     }
