@@ -153,10 +153,16 @@ fn write_filesystem(
     }
     stats.rebuilt += 1;
     if fs.fs_type == "vfat" {
-        crate::fsbuild::vfat::recreate(store, fs, path, start, size)
+        crate::fsbuild::vfat::recreate(store, fs, path, start, size)?;
     } else {
-        crate::fsbuild::ext4::recreate(store, fs, path, start, size)
+        crate::fsbuild::ext4::recreate(store, fs, path, start, size)?;
     }
+    // The builders write through their own tools: count what the partition now holds.
+    use mirage_image::image::BlockSource;
+    let raw = mirage_image::image::raw::RawFile::open(File::open(path)?, path)?;
+    let ranges = raw.data_ranges(start, start.saturating_add(size))?;
+    stats.written_bytes += ranges.iter().map(|(a, b)| b - a).sum::<u64>();
+    Ok(())
 }
 
 /// Recreates the image `image` into `out` (which must not exist).
