@@ -58,6 +58,96 @@ fn qemu_convert(src: &Path, dst: &Path, extra: &[&str]) {
         .arg(dst));
 }
 
+/// Checks that the image at `p` reads as `expect` (samples, and zeros outside its data
+/// ranges); returns the digest of its bytes stored as one region.
+fn reads_like(p: &Path, expect: &[u8]) -> mirage_format::Digest {
+    let src = image::open(p).unwrap();
+    assert_eq!(src.len(), expect.len() as u64, "{p:?}");
+    let len = expect.len() as u64;
+    for (off, n) in [
+        (0u64, 4096usize),
+        ((5 << 20) - 100, 70_000),
+        ((40 << 20) + 700, 200_000),
+        (len - 4096, 4096),
+    ] {
+        let mut buf = vec![0u8; n];
+        src.read_at(&mut buf, off).unwrap();
+        assert!(
+            buf == expect[off as usize..off as usize + n],
+            "{p:?} differs at {off}"
+        );
+    }
+    // Everything outside the data ranges really is zero.
+    let ranges = src.data_ranges(0, src.len()).unwrap();
+    let mut pos = 0u64;
+    for (s, e) in ranges.iter().copied().chain([(src.len(), src.len())]) {
+        assert!(
+            expect[pos as usize..s as usize].iter().all(|b| *b == 0),
+            "{p:?}: data in a hole at {pos}..{s}"
+        );
+        pos = e;
+    }
+    regions::store_region::<std::convert::Infallible>(
+        src.as_ref(),
+        0,
+        src.len(),
+        Algorithm::Sha256,
+        |_| Ok(()),
+    )
+    .unwrap()
+    .digest()
+}
+
+#[test]
+fn qcow2_with_subclusters_reads_as_written() {
+    // Extended L2 entries: 32 subclusters per cluster, each allocated, zero or unallocated;
+    // the file may end inside its last cluster.
+    let dir = tempfile::tempdir().unwrap();
+    let raw = sparse_image(dir.path(), "expect.img", 64);
+    let writes: [(u64, u64, u8); 6] = [
+        (3 << 10, 2 << 10, 0x33),
+        ((5 << 20) - 50, 40_000, 0x44),
+        ((40 << 20) + 1000, 64 << 10, 0x55),
+        ((40 << 20) + (8 << 10), 6 << 10, 0),
+        ((40 << 20) + (100 << 10), 1 << 10, 0x66),
+        ((64 << 20) - (5 << 10), 5 << 10, 0x77),
+    ];
+    for cluster in ["64k", "2M"] {
+        let q = dir.path().join(format!("sub-{cluster}.qcow2"));
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            .arg(format!("extended_l2=on,cluster_size={cluster}"))
+            .arg(&q)
+            .arg("64M"));
+        let mut io = Command::new("qemu-io");
+        for (off, len, byte) in writes {
+            io.arg("-c").arg(if byte == 0 {
+                format!("write -z {off} {len}")
+            } else {
+                format!("write -P {byte} {off} {len}")
+            });
+        }
+        run(io.arg(&q));
+        let info = Command::new("qemu-img")
+            .arg("info")
+            .arg(&q)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&info.stdout).contains("extended l2: true"));
+        if cluster == "64k" {
+            for (off, len, byte) in writes {
+                write_at(&raw, off, &vec![byte; len as usize]);
+            }
+        }
+        let expect = std::fs::read(&raw).unwrap();
+        assert_eq!(
+            reads_like(&q, &expect),
+            reads_like(&raw, &expect),
+            "{cluster}"
+        );
+    }
+}
+
 #[test]
 fn qcow2_reads_like_its_raw_source_and_gives_the_same_region_digest() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,43 +167,10 @@ fn qcow2_reads_like_its_raw_source_and_gives_the_same_region_digest() {
     let r = image::open(&raw).unwrap();
     assert_eq!(r.format(), "raw");
     let expect = std::fs::read(&raw).unwrap();
-    let mut digests = Vec::new();
-    for p in [&raw, &plain, &deflate, &zstd, &small] {
-        let src = image::open(p).unwrap();
-        assert_eq!(src.len(), 64 << 20, "{p:?}");
-        for (off, len) in [
-            (0u64, 4096usize),
-            ((5 << 20) - 100, 70_000),
-            ((40 << 20) + 700, 200_000),
-            ((64 << 20) - 4096, 4096),
-        ] {
-            let mut buf = vec![0u8; len];
-            src.read_at(&mut buf, off).unwrap();
-            assert!(
-                buf == expect[off as usize..off as usize + len],
-                "{p:?} differs at {off}"
-            );
-        }
-        // Everything outside the data ranges really is zero.
-        let ranges = src.data_ranges(0, src.len()).unwrap();
-        let mut pos = 0u64;
-        for (s, e) in ranges.iter().copied().chain([(src.len(), src.len())]) {
-            assert!(
-                expect[pos as usize..s as usize].iter().all(|b| *b == 0),
-                "{p:?}: data in a hole at {pos}..{s}"
-            );
-            pos = e;
-        }
-        let list = regions::store_region::<std::convert::Infallible>(
-            src.as_ref(),
-            0,
-            src.len(),
-            Algorithm::Sha256,
-            |_| Ok(()),
-        )
-        .unwrap();
-        digests.push(list.digest());
-    }
+    let digests: Vec<_> = [&raw, &plain, &deflate, &zstd, &small]
+        .into_iter()
+        .map(|p| reads_like(p, &expect))
+        .collect();
     assert!(
         digests.windows(2).all(|w| w[0] == w[1]),
         "region digests differ: {digests:?}"

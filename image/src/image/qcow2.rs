@@ -1,8 +1,9 @@
 //! Native qcow2 reader (versions 2 and 3): L1/L2 tables, zero clusters, compressed clusters
-//! (deflate or zstd). Backing files, encryption, external data files and extended L2 entries
-//! are refused with a clear message (convert such images with `qemu-img convert` first).
+//! (deflate or zstd), extended L2 entries (32 subclusters per cluster). Backing files,
+//! encryption and external data files are refused with a clear message (convert such images
+//! with `qemu-img convert` first).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -21,6 +22,9 @@ const L2_COMPRESSED: u64 = 1 << 62;
 const L2_ZERO: u64 = 1;
 const MAX_L1_ENTRIES: u64 = 32 << 20;
 const L2_CACHE_TABLES: usize = 256;
+/// Inflated clusters kept: reads smaller than a cluster (file heads, metadata blocks) come in
+/// runs, and each would otherwise inflate the whole cluster again.
+const INFLATED_KEPT: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Codec {
@@ -28,12 +32,23 @@ enum Codec {
     Zstd,
 }
 
+/// Subclusters per cluster with extended L2 entries.
+const SUBCLUSTERS: u64 = 32;
+
 /// One guest cluster's mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cluster {
     Zero,
-    Data(u64),
-    Compressed { offset: u64, len: u64 },
+    /// Host offset, and which of its 32 subclusters hold data (all of them without extended
+    /// L2 entries; the others read as zeros).
+    Data {
+        host: u64,
+        sub: u32,
+    },
+    Compressed {
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// An open qcow2 image.
@@ -44,9 +59,13 @@ pub struct Qcow2 {
     file_len: u64,
     size: u64,
     cluster_bits: u32,
+    /// Extended L2 entries: 128 bits each, the second half a subcluster bitmap.
+    extended: bool,
     l1: Vec<u64>,
     codec: Codec,
     l2_cache: Mutex<HashMap<usize, Arc<Vec<u64>>>>,
+    /// The latest inflated clusters by guest cluster, newest last.
+    inflated: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {
@@ -107,6 +126,7 @@ impl Qcow2 {
         let l1_size = u64::from(be32(&h, 36));
         let l1_offset = be64(&h, 40);
         let mut codec = Codec::Deflate;
+        let mut extended = false;
         if version == 3 {
             if n < 104 {
                 return Err(malformed(format!("{path}: qcow2 v3 header truncated")));
@@ -120,11 +140,7 @@ impl Qcow2 {
                     "{path}: qcow2 external data file"
                 )));
             }
-            if incompat & 16 != 0 {
-                return Err(ImageError::Unsupported(format!(
-                    "{path}: qcow2 extended L2 entries"
-                )));
-            }
+            extended = incompat & 16 != 0;
             if incompat & !0b1_1111 != 0 {
                 return Err(ImageError::Unsupported(format!(
                     "{path}: unknown qcow2 incompatible features {incompat:#x}"
@@ -149,7 +165,12 @@ impl Qcow2 {
             }
         }
         let cluster = 1u64 << cluster_bits;
-        let l2_entries = cluster / 8;
+        if extended && cluster_bits < 14 {
+            return Err(malformed(format!(
+                "{path}: qcow2 extended L2 entries need clusters of 16 KiB or more"
+            )));
+        }
+        let l2_entries = cluster / if extended { 16 } else { 8 };
         let needed = size.div_ceil(cluster * l2_entries);
         if l1_size < needed || l1_size > MAX_L1_ENTRIES {
             return Err(malformed(format!(
@@ -171,9 +192,11 @@ impl Qcow2 {
             file_len,
             size,
             cluster_bits,
+            extended,
             l1,
             codec,
             l2_cache: Mutex::new(HashMap::new()),
+            inflated: Mutex::new(VecDeque::with_capacity(INFLATED_KEPT)),
         };
         for (i, e) in q.l1.iter().enumerate() {
             let off = e & OFFSET_MASK;
@@ -189,6 +212,11 @@ impl Qcow2 {
 
     fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
+    }
+
+    /// L2 entries per table.
+    fn per_l2(&self) -> u64 {
+        self.cluster_size() / if self.extended { 16 } else { 8 }
     }
 
     fn io(&self, source: std::io::Error) -> ImageError {
@@ -225,12 +253,16 @@ impl Qcow2 {
 
     /// Mapping of guest cluster `vc`.
     fn cluster(&self, vc: u64) -> Result<Cluster, ImageError> {
-        let per_l2 = self.cluster_size() / 8;
+        let per_l2 = self.per_l2();
         let (l1i, l2i) = ((vc / per_l2) as usize, (vc % per_l2) as usize);
         let Some(table) = self.l2(l1i)? else {
             return Ok(Cluster::Zero);
         };
-        let e = table[l2i];
+        let (e, bitmap) = if self.extended {
+            (table[2 * l2i], table[2 * l2i + 1])
+        } else {
+            (table[l2i], u64::from(u32::MAX))
+        };
         let cluster = self.cluster_size();
         if e & L2_COMPRESSED != 0 {
             let x = 62 - (self.cluster_bits - 8);
@@ -248,20 +280,38 @@ impl Qcow2 {
             return Ok(Cluster::Compressed { offset, len });
         }
         let off = e & OFFSET_MASK;
-        if e & L2_ZERO != 0 || off == 0 {
+        // Subclusters marked zero read as zeros whatever their allocation says.
+        let sub = (bitmap as u32) & !((bitmap >> 32) as u32);
+        if (!self.extended && e & L2_ZERO != 0) || off == 0 || sub == 0 {
             return Ok(Cluster::Zero);
         }
-        if off % cluster != 0
-            || off
-                .checked_add(cluster)
-                .is_none_or(|end| end > self.file_len)
-        {
+        // With subclusters, the file may end after the last allocated one.
+        let used = if self.extended {
+            u64::from(32 - sub.leading_zeros()) * (cluster / SUBCLUSTERS)
+        } else {
+            cluster
+        };
+        if off % cluster != 0 || off.checked_add(used).is_none_or(|end| end > self.file_len) {
             return Err(malformed(format!(
                 "{}: qcow2 L2 entry for cluster {vc} points to {off}, outside the {}-byte file",
                 self.path, self.file_len
             )));
         }
-        Ok(Cluster::Data(off))
+        Ok(Cluster::Data { host: off, sub })
+    }
+
+    /// Guest cluster `vc` inflated, from the cache of recent ones when it is there.
+    fn inflated(&self, vc: u64, offset: u64, len: u64) -> Result<Arc<Vec<u8>>, ImageError> {
+        if let Some((_, d)) = self.inflated.lock().iter().find(|(c, _)| *c == vc) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(self.inflate(vc, offset, len)?);
+        let mut kept = self.inflated.lock();
+        if kept.len() >= INFLATED_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((vc, d.clone()));
+        Ok(d)
     }
 
     fn inflate(&self, vc: u64, offset: u64, len: u64) -> Result<Vec<u8>, ImageError> {
@@ -328,12 +378,29 @@ impl BlockSource for Qcow2 {
             let dst = &mut buf[done..done + n];
             match self.cluster(vc)? {
                 Cluster::Zero => dst.fill(0),
-                Cluster::Data(host) => self
+                Cluster::Data { host, sub } if sub == u32::MAX => self
                     .file
                     .read_exact_at(dst, host + within)
                     .map_err(|e| self.io(e))?,
+                Cluster::Data { host, sub } => {
+                    let size = cluster / SUBCLUSTERS;
+                    let mut at = 0usize;
+                    while at < n {
+                        let w = within + at as u64;
+                        let m = ((size - w % size) as usize).min(n - at);
+                        let part = &mut dst[at..at + m];
+                        if sub & (1 << (w / size)) != 0 {
+                            self.file
+                                .read_exact_at(part, host + w)
+                                .map_err(|e| self.io(e))?;
+                        } else {
+                            part.fill(0);
+                        }
+                        at += m;
+                    }
+                }
                 Cluster::Compressed { offset: o, len } => {
-                    let data = self.inflate(vc, o, len)?;
+                    let data = self.inflated(vc, o, len)?;
                     dst.copy_from_slice(&data[within as usize..within as usize + n]);
                 }
             }
@@ -345,7 +412,7 @@ impl BlockSource for Qcow2 {
     fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>, ImageError> {
         let end = end.min(self.size);
         let cluster = self.cluster_size();
-        let per_l2 = cluster / 8;
+        let per_l2 = self.per_l2();
         let mut out = Vec::new();
         let mut vc = start / cluster;
         while vc * cluster < end {
@@ -354,9 +421,21 @@ impl BlockSource for Qcow2 {
                 vc = (vc / per_l2 + 1) * per_l2;
                 continue;
             }
-            if self.cluster(vc)? != Cluster::Zero {
-                let s = (vc * cluster).max(start);
-                out.push((s, ((vc + 1) * cluster).min(end)));
+            match self.cluster(vc)? {
+                Cluster::Zero => {}
+                Cluster::Data { sub, .. } if sub != u32::MAX => {
+                    let size = cluster / SUBCLUSTERS;
+                    for i in (0..SUBCLUSTERS).filter(|i| sub & (1 << i) != 0) {
+                        let s = vc * cluster + i * size;
+                        if s + size > start && s < end {
+                            out.push((s.max(start), (s + size).min(end)));
+                        }
+                    }
+                }
+                _ => {
+                    let s = (vc * cluster).max(start);
+                    out.push((s, ((vc + 1) * cluster).min(end)));
+                }
             }
             vc += 1;
         }
