@@ -7,7 +7,7 @@ use std::process::Command;
 
 use mirage_client::demo::pseudo_random;
 use mirage_client::image::{self, regions, table};
-use mirage_format::{Algorithm, TableType};
+use mirage_format::{Algorithm, Param, TableType};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
@@ -254,7 +254,11 @@ fn gpt_with_bios_boot_esp_and_linux_matches_sfdisk() {
         assert_eq!(name, q["name"].as_str().unwrap());
     }
     assert_eq!(t.partitions[2].attributes, 1 << 2);
-    // A damaged primary header falls back to the backup.
+    // A damaged primary entry array, then also a damaged primary header: the backup.
+    write_at(&img, 2 * 512 + 200, b"garbage");
+    let t1 = table::parse(image::open(&img).unwrap().as_ref()).unwrap();
+    assert_eq!(t1.partitions, t.partitions);
+    assert_eq!(t1.params["header_used"], Param::Text("backup".into()));
     write_at(&img, 512 + 60, b"garbage");
     let t2 = table::parse(image::open(&img).unwrap().as_ref()).unwrap();
     assert_eq!(t2.partitions, t.partitions);
@@ -264,7 +268,8 @@ fn gpt_with_bios_boot_esp_and_linux_matches_sfdisk() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("primary header unusable") && err.contains("backup unusable"),
+        err.contains("primary table unusable (header CRC mismatch)")
+            && err.contains("backup unusable"),
         "{err}"
     );
 }

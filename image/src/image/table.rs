@@ -1,7 +1,7 @@
-//! Partition tables: MBR (primary, extended and logical partitions) and GPT (with its protective
-//! MBR, primary header checked by CRC, backup used when the primary is damaged). Partitions past
-//! the end of the disk, overlapping partitions, EBR loops and bad CRCs are errors that name the
-//! problem.
+//! Partition tables: MBR (primary, extended and logical partitions) and GPT (with its
+//! protective MBR; primary header and entries checked by CRC, the backup used when either is
+//! damaged). Partitions past the end of the disk, overlapping partitions, EBR loops and bad
+//! CRCs are errors that name the problem.
 
 use mirage_format::{Param, Params, TableType};
 
@@ -269,17 +269,44 @@ fn gpt_header(src: &dyn BlockSource, at: u64, sector: u64) -> Result<Vec<u8>, St
     Ok(h)
 }
 
+/// A GPT header at byte `at` and its partition entry array, both checked by CRC.
+fn gpt_at(src: &dyn BlockSource, at: u64, sector: u64) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let h = gpt_header(src, at, sector)?;
+    let entries_lba = le64(&h, 72);
+    let count = le32(&h, 80);
+    let esize = le32(&h, 84);
+    if count > MAX_GPT_ENTRIES || esize < 128 || esize % 128 != 0 || esize > 4096 {
+        return Err(format!(
+            "{count} entries of {esize} bytes is not a valid table"
+        ));
+    }
+    let table = read(
+        src,
+        entries_lba.saturating_mul(sector),
+        u64::from(count) * u64::from(esize),
+        "GPT partition entries",
+    )
+    .map_err(|e| e.to_string())?;
+    if crc32(&table) != le32(&h, 88) {
+        return Err("partition entry array CRC mismatch".into());
+    }
+    Ok((h, table))
+}
+
 fn parse_gpt(src: &dyn BlockSource, sector: u64) -> Result<Table, ImageError> {
     let disk_len = src.len();
-    let (h, which) = match gpt_header(src, sector, sector) {
-        Ok(h) => (h, "primary"),
+    // As the kernel and the partitioning tools do: the backup when the primary header or its
+    // entries are damaged (the damaged bytes stay in the raw regions, so checkout still
+    // writes the disk as it was).
+    let (h, table, which) = match gpt_at(src, sector, sector) {
+        Ok((h, t)) => (h, t, "primary"),
         Err(primary) => {
             let last = (disk_len / sector - 1) * sector;
-            match gpt_header(src, last, sector) {
-                Ok(h) => (h, "backup"),
+            match gpt_at(src, last, sector) {
+                Ok((h, t)) => (h, t, "backup"),
                 Err(backup) => {
                     return Err(malformed(format!(
-                        "GPT: primary header unusable ({primary}), backup unusable ({backup})"
+                        "GPT: primary table unusable ({primary}), backup unusable ({backup})"
                     )))
                 }
             }
@@ -290,22 +317,6 @@ fn parse_gpt(src: &dyn BlockSource, sector: u64) -> Result<Table, ImageError> {
     let entries_lba = le64(&h, 72);
     let count = le32(&h, 80);
     let esize = le32(&h, 84);
-    if count > MAX_GPT_ENTRIES || esize < 128 || esize % 128 != 0 || esize > 4096 {
-        return Err(malformed(format!(
-            "GPT: {count} entries of {esize} bytes is not a valid table"
-        )));
-    }
-    let table = read(
-        src,
-        entries_lba.saturating_mul(sector),
-        u64::from(count) * u64::from(esize),
-        "GPT partition entries",
-    )?;
-    if crc32(&table) != le32(&h, 88) {
-        return Err(malformed(format!(
-            "GPT: partition entry array CRC mismatch ({which} header)"
-        )));
-    }
     if first_usable > last_usable || last_usable.saturating_mul(sector) >= disk_len {
         return Err(malformed(format!(
             "GPT: usable range {first_usable}..={last_usable} does not fit the disk"
