@@ -747,6 +747,185 @@ fn inline_files_read_as_zeros_past_their_inline_bytes() {
     }
 }
 
+/// `img` with a journal that needs recovery: the blocks that `change` (debugfs requests) alters
+/// in a copy, logged as one transaction with `debugfs`'s journal writer (`jo_args` open the
+/// journal, e.g. with checksums) and not replayed. Returns the changed copy.
+fn dirty_journal(dir: &Path, img: &Path, bs: u64, jo_args: &str, change: &[&str]) -> PathBuf {
+    let changed = dir.join(format!(
+        "{}-changed.img",
+        img.file_stem().unwrap().to_string_lossy()
+    ));
+    std::fs::copy(img, &changed).unwrap();
+    for c in change {
+        run(Command::new("debugfs").args(["-w", "-R", c]).arg(&changed));
+    }
+    let (a, b) = (
+        std::fs::read(img).unwrap(),
+        std::fs::read(&changed).unwrap(),
+    );
+    let blocks: Vec<usize> = (0..a.len() / bs as usize)
+        .filter(|i| {
+            let r = i * bs as usize..(i + 1) * bs as usize;
+            a[r.clone()] != b[r]
+        })
+        .collect();
+    assert!(blocks.len() > 3, "the change altered {blocks:?}");
+    let data = dir.join("logged.bin");
+    let bytes: Vec<u8> = blocks
+        .iter()
+        .flat_map(|i| b[i * bs as usize..(i + 1) * bs as usize].to_vec())
+        .collect();
+    std::fs::write(&data, bytes).unwrap();
+    let list = blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>();
+    let cmds = dir.join("journal.cmds");
+    std::fs::write(
+        &cmds,
+        format!(
+            "jo {jo_args}\njw -b {} {}\njc\n",
+            list.join(","),
+            data.display()
+        ),
+    )
+    .unwrap();
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmds)
+        .arg(img));
+    changed
+}
+
+fn needs_recovery(img: &Path) -> bool {
+    let out = run(Command::new("dumpe2fs").arg("-h").arg(img));
+    String::from_utf8_lossy(&out.stdout).contains("needs_recovery")
+}
+
+#[test]
+fn a_journal_that_needs_recovery_is_replayed_as_a_mount_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let src = rootfs(dir.path());
+    for (bs, fs_type, jo_args) in [
+        (4096u64, "ext4", "-c -v 3"),
+        (1024, "ext4", ""),
+        (4096, "ext3", ""),
+    ] {
+        let img = dir.path().join(format!("{fs_type}-{bs}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        run(Command::new("mke2fs")
+            .args(["-q", "-t", fs_type, "-b", &bs.to_string(), "-d"])
+            .arg(&src)
+            .arg(&img));
+        let changed = dirty_journal(
+            dir.path(),
+            &img,
+            bs,
+            jo_args,
+            &[
+                "sif /etc/hostname mode 0100600",
+                "mkdir /srv",
+                "symlink /srv/link /etc/hostname",
+            ],
+        );
+        assert!(needs_recovery(&img), "{fs_type} {bs}: the fixture is clean");
+        let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
+            .trim()
+            .to_string();
+        let expect = ok(mirage(&store, &["checkin", changed.to_str().unwrap()]))
+            .trim()
+            .to_string();
+        for path in ["/", "/etc", "/srv"] {
+            assert_eq!(
+                ok(mirage(&store, &["ls", &digest, path, "-l"])),
+                ok(mirage(&store, &["ls", &expect, path, "-l"])),
+                "{fs_type} {bs}: {path} as recovered"
+            );
+        }
+        // The copy is the recovered filesystem: clean, no log left to replay.
+        let out = dir.path().join(format!("{fs_type}-{bs}.out"));
+        ok(mirage(
+            &store,
+            &["checkout", &digest, "-o", out.to_str().unwrap()],
+        ));
+        run(Command::new("e2fsck").arg("-fn").arg(&out));
+        assert!(!needs_recovery(&out));
+    }
+    // A block logged by one transaction and revoked by a later one keeps its old bytes.
+    let img = dir.path().join("revoke.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    run(Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-b", "4096", "-d"])
+        .arg(&src)
+        .arg(&img));
+    let bmap = run(Command::new("debugfs")
+        .args(["-R", "bmap /usr/bin/tool 0"])
+        .arg(&img));
+    let block: u64 = String::from_utf8_lossy(&bmap.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, pseudo_random(77, 4096)).unwrap();
+    let revoked = dir.path().join("revoked.img");
+    std::fs::copy(&img, &revoked).unwrap();
+    for (target, cmds) in [
+        (&img, format!("jo\njw -b {block} {}\njc\n", junk.display())),
+        (
+            &revoked,
+            format!(
+                "jo\njw -b {block} {}\njc\njo\njw -r {block}\njc\n",
+                junk.display()
+            ),
+        ),
+    ] {
+        let f = dir.path().join("j.cmds");
+        std::fs::write(&f, cmds).unwrap();
+        run(Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&f)
+            .arg(target));
+        assert!(needs_recovery(target));
+    }
+    let tool = pseudo_random(11, 2_500_000);
+    for (image, first) in [
+        (&img, pseudo_random(77, 4096)),
+        (&revoked, tool[..4096].to_vec()),
+    ] {
+        let d = ok(mirage(&store, &["checkin", image.to_str().unwrap()]))
+            .trim()
+            .to_string();
+        let got = mirage(&store, &["cat", &d, "/usr/bin/tool"]).stdout;
+        assert_eq!(got.len(), tool.len());
+        assert!(got[..4096] == first[..], "{image:?}: first block");
+        assert!(got[4096..] == tool[4096..], "{image:?}: the rest");
+    }
+    // A log whose start lies outside it: a clear error, nothing registered.
+    let jmap = run(Command::new("debugfs").args(["-R", "bmap <8> 0"]).arg(&img));
+    let jsb: u64 = String::from_utf8_lossy(&jmap.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &u32::MAX.to_be_bytes(), jsb * 4096 + 0x1C)
+        .unwrap();
+    drop(f);
+    let bad = mirage(
+        &store,
+        &["checkin", img.to_str().unwrap(), "--name", "dirty"],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("journal: log bounds"), "{err}");
+    assert!(!ok(mirage(&store, &["images"])).contains("dirty"));
+}
+
 #[test]
 fn an_image_walked_while_the_store_opens_checks_in_the_same_and_failures_stay_apart() {
     use mirage_client::indexer::{checkin_prepared, checkin_with, prepare_while, CheckinOptions};

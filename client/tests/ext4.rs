@@ -365,6 +365,15 @@ fn hostile_ext4_images_give_clear_errors() {
         "{:?}",
         open(&b)
     );
+    // A first data block past the block count (found by the fuzzer: the group count
+    // underflowed into a descriptor table of terabytes).
+    let mut b = good.clone();
+    b[1024 + 0x14..1024 + 0x18].copy_from_slice(&65535u32.to_le_bytes());
+    assert!(
+        open(&b).unwrap_err().contains("first data block"),
+        "{:?}",
+        open(&b)
+    );
     // Truncated image.
     assert!(open(&good[..8192]).is_err());
     // Inode table entry, extent tree and directory block: damage every candidate block that

@@ -13,6 +13,12 @@ done
 # Group descriptors a block per meta group; allocation in clusters.
 mke2fs -q -t ext4 -b 1024 -N 32 -O meta_bg,^resize_inode -g 256 -d "$t/src" corpus/ext4/meta_bg.img 2048
 mke2fs -q -t ext4 -b 1024 -N 32 -O bigalloc -C 4096 -d "$t/src" corpus/ext4/bigalloc.img 2048
+# A journal that needs recovery: two transactions (checksums v3), the second revoking a block.
+mke2fs -q -t ext4 -b 1024 -N 32 -J size=1 -d "$t/src" "$t/dirty.img" 2140
+dd if="$t/dirty.img" of="$t/logged" bs=1024 skip=1 count=2 status=none
+printf 'jo -c -v 3\njw -b 1,2 %s\njc\njo\njw -r 2\njc\n' "$t/logged" > "$t/jcmds"
+debugfs -w -f "$t/jcmds" "$t/dirty.img" >/dev/null 2>&1
+cp "$t/dirty.img" corpus/ext4/dirty-journal.img
 truncate -s 256K "$t/fat.img"; mkfs.fat -F 12 "$t/fat.img" >/dev/null
 MTOOLS_SKIP_CHECK=1 mcopy -s -i "$t/fat.img" "$t/src/d" "$t/src/big" ::/
 cp "$t/fat.img" corpus/vfat/fat12.img
@@ -23,4 +29,5 @@ cp "$t/gpt.img" corpus/table/gpt.bin
 truncate -s 1M "$t/q.raw"; head -c 70000 /dev/urandom | dd of="$t/q.raw" bs=1 seek=65536 conv=notrunc status=none
 qemu-img convert -f raw -O qcow2 -o cluster_size=4096 "$t/q.raw" corpus/qcow2/plain.qcow2
 qemu-img convert -f raw -O qcow2 -c -o cluster_size=4096 "$t/q.raw" corpus/qcow2/compressed.qcow2
+qemu-img convert -f raw -O qcow2 -o cluster_size=16384,extended_l2=on "$t/q.raw" corpus/qcow2/subclusters.qcow2
 echo "seeds written to $(pwd)/corpus"

@@ -285,7 +285,8 @@ fn partition_content(
 ) -> Result<PartitionContent, CheckinError> {
     let store = run.store;
     if let Some(w) = walked {
-        return index_fs(run, src.as_ref(), w, p, b, stats);
+        let view = w.src.as_ref().unwrap_or(src);
+        return index_fs(run, view.as_ref(), w, p, b, stats);
     }
     if let Some(swap) = swap_identity(src.as_ref(), p.start, p.size)? {
         return Ok(swap);

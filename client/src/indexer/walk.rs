@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use mirage_format::{EntryKind, Params, TableType};
 
 use super::{contents, CheckinError};
+use crate::fs::ext4::journal::recovered;
 use crate::fs::ext4::Ext4;
 use crate::fs::vfat::Vfat;
 use crate::fs::{FileExtent, FsError, FsReader, Node};
@@ -27,6 +28,9 @@ pub(super) struct Dir {
 /// are to be stored (one per inode) and their layouts.
 pub(super) struct Walked {
     pub(super) fs: Box<dyn FsReader>,
+    /// The view of the image to read this filesystem through when it is not the image itself
+    /// (a journal replayed in memory).
+    pub(super) src: Option<Arc<dyn BlockSource>>,
     pub(super) dirs: Vec<Dir>,
     /// (directory, entry) of each file to store, in walk order.
     files: Vec<(usize, usize)>,
@@ -96,14 +100,20 @@ pub fn prepare(path: &Path, threads: usize) -> Result<Prepared, CheckinError> {
             part: p.number,
             source,
         };
+        let mut view = None;
         let fs: Box<dyn FsReader> = if crate::fs::ext4::probe(src.as_ref(), p.start, p.size) {
-            Box::new(Ext4::open(src.clone(), p.start, p.size).map_err(fs_err)?)
+            // A filesystem imaged while mounted: its journal replayed, as a mount would.
+            view = recovered(&src, p.start, p.size).map_err(fs_err)?;
+            let from = view.clone().unwrap_or_else(|| src.clone());
+            Box::new(Ext4::open(from, p.start, p.size).map_err(fs_err)?)
         } else if crate::fs::vfat::probe(src.as_ref(), p.start, p.size) {
             Box::new(Vfat::open(src.clone(), p.start, p.size).map_err(fs_err)?)
         } else {
             return Ok(None);
         };
-        walk(fs, p.number, threads).map(Some)
+        let mut w = walk(fs, p.number, threads)?;
+        w.src = view;
+        Ok(Some(w))
     })?;
     Ok(Prepared {
         src,
@@ -181,6 +191,7 @@ fn walk(fs: Box<dyn FsReader>, part: u32, threads: usize) -> Result<Walked, Chec
     }
     let mut walked = Walked {
         fs,
+        src: None,
         dirs,
         files,
         groups,

@@ -3,6 +3,7 @@
 //! unallocated clusters are never read. Every parser here takes untrusted bytes: errors, never
 //! panics, and memory bounded by the image's own geometry.
 
+pub mod patched;
 pub mod qcow2;
 pub mod raw;
 pub mod regions;

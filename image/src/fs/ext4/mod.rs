@@ -1,13 +1,14 @@
 //! ext2/ext3/ext4 reader in user space: superblock, group descriptors, inodes with every
 //! metadata field Mirage keeps, extent trees and indirect maps, linear and hashed directories,
-//! inline data, extended attributes. Journals that need recovery are refused (replay them with
-//! e2fsck on a copy first).
+//! inline data, extended attributes. A journal that needs recovery is replayed in memory by
+//! [`journal::recovered`], whose view of the image the reader then opens.
 
 mod blocks;
 pub mod features;
 mod gdt;
 mod inode;
 mod itable;
+pub mod journal;
 pub mod skeleton;
 
 use std::sync::Arc;
@@ -132,8 +133,27 @@ pub fn probe(src: &dyn BlockSource, offset: u64, len: u64) -> bool {
 }
 
 impl Ext4 {
-    /// Opens the filesystem occupying `[offset, offset + len)` of `src`.
+    /// Opens the filesystem occupying `[offset, offset + len)` of `src`. One whose journal
+    /// needs recovery is refused: open the view [`journal::recovered`] gives instead.
     pub fn open(src: Arc<dyn BlockSource>, offset: u64, len: u64) -> Result<Ext4, FsError> {
+        Self::open_as(src, offset, len, false)
+    }
+
+    /// Opens a filesystem whose journal needs recovery as it stands (to read its journal).
+    pub(crate) fn open_unrecovered(
+        src: Arc<dyn BlockSource>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Ext4, FsError> {
+        Self::open_as(src, offset, len, true)
+    }
+
+    fn open_as(
+        src: Arc<dyn BlockSource>,
+        offset: u64,
+        len: u64,
+        unrecovered: bool,
+    ) -> Result<Ext4, FsError> {
         let corrupt = |what: String| FsError::Corrupt { fs: "ext4", what };
         if len < 2048 || offset.checked_add(len).is_none_or(|e| e > src.len()) {
             return Err(corrupt(format!(
@@ -177,7 +197,7 @@ impl Ext4 {
             },
             raw,
         };
-        let fs = Ext4::check(src, offset, len, sb)?;
+        let fs = Ext4::check(src, offset, len, sb, unrecovered)?;
         Ok(fs)
     }
 
@@ -186,6 +206,7 @@ impl Ext4 {
         offset: u64,
         len: u64,
         sb: Superblock,
+        unrecovered: bool,
     ) -> Result<Ext4, FsError> {
         let corrupt = |what: String| FsError::Corrupt { fs: "ext4", what };
         let unsupported = |what: String| FsError::Unsupported { fs: "ext4", what };
@@ -193,9 +214,9 @@ impl Ext4 {
         // Features first: a feature this reader does not handle is named as such, not taken
         // for damage in the geometry it changes (bigalloc's groups, say).
         let inc = sb.feature_incompat;
-        if inc & INCOMPAT_RECOVER != 0 {
+        if inc & INCOMPAT_RECOVER != 0 && !unrecovered {
             return Err(unsupported(
-                "the journal needs recovery (run e2fsck on a copy of the image first)".into(),
+                "the journal needs recovery (open the view journal::recovered gives)".into(),
             ));
         }
         let refused = inc & (INCOMPAT_JOURNAL_DEV | INCOMPAT_ENCRYPT | INCOMPAT_COMPRESSION)
@@ -242,6 +263,12 @@ impl Ext4 {
         if !sb.inode_size.is_power_of_two() || sb.inode_size < 128 || u64::from(sb.inode_size) > bs
         {
             return Err(corrupt(format!("superblock: inode size {}", sb.inode_size)));
+        }
+        if u64::from(sb.first_data_block) >= sb.blocks_count {
+            return Err(corrupt(format!(
+                "superblock: first data block {} past the {} blocks",
+                sb.first_data_block, sb.blocks_count
+            )));
         }
         let ngroups = (sb.blocks_count - u64::from(sb.first_data_block))
             .div_ceil(u64::from(sb.blocks_per_group));
