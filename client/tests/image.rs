@@ -392,3 +392,41 @@ fn other_containers_are_read_through_qemu_img_with_the_same_result() {
         assert_eq!(got, want, "{fmt}");
     }
 }
+
+#[test]
+fn an_image_on_a_block_device_reads_like_its_file_and_a_fifo_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO is refused before it is opened (an open would wait for a writer).
+    let fifo = dir.path().join("fifo");
+    run(Command::new("mkfifo").arg(&fifo));
+    let err = image::open(&fifo).err().unwrap().to_string();
+    assert!(
+        err.contains("not a regular file or a block device"),
+        "{err}"
+    );
+    // A block device's metadata says 0 bytes; its size is where it ends.
+    let raw = sparse_image(dir.path(), "disk.img", 64);
+    write_at(&raw, 5 << 20, &pseudo_random(9, 100_000));
+    write_at(&raw, (40 << 20) + 800, &pseudo_random(10, 100_000));
+    let qcow = dir.path().join("disk.qcow2");
+    qemu_convert(&raw, &qcow, &[]);
+    let expect = std::fs::read(&raw).unwrap();
+    for file in [&raw, &qcow] {
+        let out = Command::new("losetup")
+            .args(["-f", "--show", "-r"])
+            .arg(file)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPED: no loop device ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        let dev = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let read = std::panic::catch_unwind(|| reads_like(&dev, &expect));
+        run(Command::new("losetup").arg("-d").arg(&dev));
+        assert_eq!(read.unwrap(), reads_like(&raw, &expect), "{file:?}");
+    }
+}

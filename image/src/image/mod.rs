@@ -55,6 +55,17 @@ pub trait BlockSource: Send + Sync {
 
 /// Opens an image, detecting its container from its first bytes.
 pub fn open(path: &Path) -> Result<Box<dyn BlockSource>, ImageError> {
+    // Before the open: opening a FIFO waits for a writer.
+    let kind = std::fs::metadata(path)
+        .map_err(|source| ImageError::Io {
+            path: path.display().to_string(),
+            source,
+        })?
+        .file_type();
+    image_kind(kind).map_err(|source| ImageError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     let f = std::fs::File::open(path).map_err(|source| ImageError::Io {
         path: path.display().to_string(),
         source,
@@ -79,10 +90,34 @@ pub fn open(path: &Path) -> Result<Box<dyn BlockSource>, ImageError> {
     }
 }
 
+/// An image is a regular file or a block device: anything else (a pipe, a character device,
+/// a directory) cannot be read at offsets.
+fn image_kind(kind: std::fs::FileType) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_file() || kind.is_block_device() {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file or a block device",
+        ))
+    }
+}
+
+/// Bytes in an image file: its length, or a block device's size (whose metadata says 0).
+pub(crate) fn size_of(file: &std::fs::File) -> std::io::Result<u64> {
+    let meta = file.metadata()?;
+    image_kind(meta.file_type())?;
+    if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
+        return Ok(rustix::fs::seek(file, rustix::fs::SeekFrom::End(0))?);
+    }
+    Ok(meta.len())
+}
+
 /// Containers read through `qemu-img`: VMDK, VDI, VHDX, VHD, QED and qcow version 1.
 fn foreign_format(f: &std::fs::File) -> std::io::Result<Option<&'static str>> {
     use std::os::unix::fs::FileExt;
-    let len = f.metadata()?.len();
+    let len = size_of(f)?;
     let mut head = [0u8; 512];
     let n = f.read_at(&mut head, 0)?;
     let head = &head[..n];

@@ -86,7 +86,7 @@ impl Qcow2 {
             path: path.clone(),
             source,
         };
-        let file_len = file.metadata().map_err(io)?.len();
+        let file_len = super::size_of(&file).map_err(io)?;
         let mut h = [0u8; 112];
         let n = file.read_at(&mut h, 0).map_err(io)?;
         if n < 72 {

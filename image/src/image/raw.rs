@@ -20,13 +20,10 @@ impl RawFile {
     /// Wraps an open file.
     pub fn open(file: File, path: &Path) -> Result<Self, ImageError> {
         let path = path.display().to_string();
-        let len = file
-            .metadata()
-            .map_err(|source| ImageError::Io {
-                path: path.clone(),
-                source,
-            })?
-            .len();
+        let len = super::size_of(&file).map_err(|source| ImageError::Io {
+            path: path.clone(),
+            source,
+        })?;
         Ok(RawFile { file, len, path })
     }
 
