@@ -80,6 +80,18 @@ fn sfdisk(img: &Path, script: &str) {
     mirage_client::demo::sfdisk(img, script).unwrap();
 }
 
+/// A sparse file of `len` bytes at `path`.
+fn blank(path: &Path, len: u64) {
+    std::fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// Runs a `debugfs -w` script (one request per line) on `img`, from a file in `dir`.
+fn debugfs_script(dir: &Path, img: impl AsRef<std::ffi::OsStr>, script: &str) {
+    let f = dir.join("debugfs.cmds");
+    std::fs::write(&f, script).unwrap();
+    run(Command::new("debugfs").arg("-w").arg("-f").arg(&f).arg(img));
+}
+
 fn rootfs(dir: &Path) -> PathBuf {
     let src = dir.join("rootfs");
     std::fs::create_dir_all(src.join("etc")).unwrap();
@@ -93,10 +105,7 @@ fn rootfs(dir: &Path) -> PathBuf {
 /// GPT: BIOS boot (random bytes), ESP (FAT16 with two files), ext4 root.
 fn gpt_image(dir: &Path) -> PathBuf {
     let img = dir.join("gpt.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(96 << 20)
-        .unwrap();
+    blank(&img, 96 << 20);
     sfdisk(
         &img,
         "label: gpt\nlabel-id: 11111111-2222-3333-4444-555555555555\n\
@@ -222,20 +231,14 @@ fn mbr_with_logical_swap_and_a_bare_filesystem() {
     let store = dir.path().join("store");
     // MBR: FAT16, then an extended partition with a swap and an ext2 logical partition.
     let img = dir.path().join("mbr.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    blank(&img, 64 << 20);
     sfdisk(&img, "label: dos\nlabel-id: 0xdeadbeef\nstart=2048, size=32768, type=6, bootable\nstart=36864, type=5\nstart=38912, size=8192, type=82\nstart=49152, type=83\n");
     run(Command::new("mkfs.fat")
         .args(["-F", "16", "--offset", "2048"])
         .arg(&img)
         .arg("16384"));
     let swap = dir.path().join("swap");
-    std::fs::File::create(&swap)
-        .unwrap()
-        .set_len(8192 * 512)
-        .unwrap();
+    blank(&swap, 8192 * 512);
     run(Command::new("mkswap")
         .args(["-U", "01234567-89ab-4cde-8f01-23456789abcd", "-L", "myswap"])
         .arg(&swap));
@@ -332,10 +335,7 @@ fn raw_and_swap_partitions_check_out_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let img = dir.path().join("raw.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(48 << 20)
-        .unwrap();
+    blank(&img, 48 << 20);
     sfdisk(&img, "label: dos\nlabel-id: 0x0badcafe\nstart=2048, size=20480, type=da\nstart=22528, type=5\nstart=24576, size=8192, type=82\nstart=34816, type=7f\n");
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
     // Boot code, a gap, an unknown partition with data and a zero run, another unknown one.
@@ -352,10 +352,7 @@ fn raw_and_swap_partitions_check_out_byte_identical() {
         .unwrap();
     drop(f);
     let swap = dir.path().join("swap");
-    std::fs::File::create(&swap)
-        .unwrap()
-        .set_len(8192 * 512)
-        .unwrap();
+    blank(&swap, 8192 * 512);
     run(Command::new("mkswap")
         .args(["-U", "0f0e0d0c-0b0a-4908-8706-050403020100", "-L", "sw"])
         .arg(&swap));
@@ -514,9 +511,7 @@ fn fix_times(img: &str, dir: &Path, flags: u32) {
         999u32 << 2,
         (5u32 << 2) | 1
     );
-    let f = dir.join("fix.cmds");
-    std::fs::write(&f, cmds).unwrap();
-    run(Command::new("debugfs").arg("-w").arg("-f").arg(&f).arg(img));
+    debugfs_script(dir, img, &cmds);
 }
 
 #[test]
@@ -531,10 +526,7 @@ fn ext_filesystems_round_trip_through_checkout() {
     // GPT: BIOS boot with bytes, ext4 (bigalloc) root; MBR: ext3 and ext2 (meta_bg) in logical
     // partitions.
     let gpt = dir.path().join("gpt.img");
-    std::fs::File::create(&gpt)
-        .unwrap()
-        .set_len(128 << 20)
-        .unwrap();
+    blank(&gpt, 128 << 20);
     sfdisk(&gpt, "label: gpt\nstart=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649\nstart=4096, size=200000, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709\n");
     let f = std::fs::OpenOptions::new().write(true).open(&gpt).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &pseudo_random(8, 200_000), 2048 * 512).unwrap();
@@ -564,10 +556,7 @@ fn ext_filesystems_round_trip_through_checkout() {
         0x80070,
     );
     let mbr = dir.path().join("mbr.img");
-    std::fs::File::create(&mbr)
-        .unwrap()
-        .set_len(160 << 20)
-        .unwrap();
+    blank(&mbr, 160 << 20);
     sfdisk(
         &mbr,
         "label: dos\nstart=2048, type=5\nstart=4096, size=120000, type=83\nstart=126976, type=83\n",
@@ -664,10 +653,7 @@ fn a_bare_fat_filesystem_is_not_mistaken_for_a_partition_table() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let img = dir.path().join("fat.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    blank(&img, 32 << 20);
     run(Command::new("mkfs.fat")
         .args(["-F", "16", "-i", "0badf00d", "-n", "BARE"])
         .arg(&img));
@@ -715,10 +701,7 @@ fn inline_files_read_as_zeros_past_their_inline_bytes() {
         .set_len(1 << 20)
         .unwrap();
     let img = dir.path().join("inline.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    blank(&img, 32 << 20);
     run(Command::new("mke2fs")
         .args(["-q", "-t", "ext4", "-O", "inline_data", "-I", "512", "-d"])
         .arg(&src)
@@ -777,21 +760,15 @@ fn dirty_journal(dir: &Path, img: &Path, bs: u64, jo_args: &str, change: &[&str]
         .collect();
     std::fs::write(&data, bytes).unwrap();
     let list = blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>();
-    let cmds = dir.join("journal.cmds");
-    std::fs::write(
-        &cmds,
-        format!(
+    debugfs_script(
+        dir,
+        img,
+        &format!(
             "jo {jo_args}\njw -b {} {}\njc\n",
             list.join(","),
             data.display()
         ),
-    )
-    .unwrap();
-    run(Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&cmds)
-        .arg(img));
+    );
     changed
 }
 
@@ -811,10 +788,7 @@ fn a_journal_that_needs_recovery_is_replayed_as_a_mount_would() {
         (4096, "ext3", ""),
     ] {
         let img = dir.path().join(format!("{fs_type}-{bs}.img"));
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(32 << 20)
-            .unwrap();
+        blank(&img, 32 << 20);
         run(Command::new("mke2fs")
             .args(["-q", "-t", fs_type, "-b", &bs.to_string(), "-d"])
             .arg(&src)
@@ -855,10 +829,7 @@ fn a_journal_that_needs_recovery_is_replayed_as_a_mount_would() {
     }
     // A block logged by one transaction and revoked by a later one keeps its old bytes.
     let img = dir.path().join("revoke.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    blank(&img, 32 << 20);
     run(Command::new("mke2fs")
         .args(["-q", "-t", "ext4", "-b", "4096", "-d"])
         .arg(&src)
@@ -884,13 +855,7 @@ fn a_journal_that_needs_recovery_is_replayed_as_a_mount_would() {
             ),
         ),
     ] {
-        let f = dir.path().join("j.cmds");
-        std::fs::write(&f, cmds).unwrap();
-        run(Command::new("debugfs")
-            .arg("-w")
-            .arg("-f")
-            .arg(&f)
-            .arg(target));
+        debugfs_script(dir.path(), target, &cmds);
         assert!(needs_recovery(target));
     }
     let tool = pseudo_random(11, 2_500_000);

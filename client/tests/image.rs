@@ -87,15 +87,14 @@ fn reads_like(p: &Path, expect: &[u8]) -> mirage_format::Digest {
         );
         pos = e;
     }
-    regions::store_region::<std::convert::Infallible>(
-        src.as_ref(),
-        0,
-        src.len(),
-        Algorithm::Sha256,
-        |_| Ok(()),
-    )
-    .unwrap()
-    .digest()
+    region_digest(src.as_ref(), src.len())
+}
+
+/// The digest of the first `len` bytes of `src` stored as one raw region.
+fn region_digest(src: &dyn image::BlockSource, len: u64) -> mirage_format::Digest {
+    regions::store_region::<std::convert::Infallible>(src, 0, len, Algorithm::Sha256, |_| Ok(()))
+        .unwrap()
+        .digest()
 }
 
 #[test]
@@ -359,18 +358,7 @@ fn other_containers_are_read_through_qemu_img_with_the_same_result() {
     let dir = tempfile::tempdir().unwrap();
     let raw = sparse_image(dir.path(), "disk.img", 16);
     write_at(&raw, 1 << 20, &pseudo_random(7, 2 << 20));
-    let want = {
-        let src = image::open(&raw).unwrap();
-        regions::store_region::<std::convert::Infallible>(
-            src.as_ref(),
-            0,
-            src.len(),
-            Algorithm::Sha256,
-            |_| Ok(()),
-        )
-        .unwrap()
-        .digest()
-    };
+    let want = region_digest(image::open(&raw).unwrap().as_ref(), 16 << 20);
     for fmt in ["vmdk", "vdi", "vhdx", "vpc"] {
         let p = dir.path().join(format!("disk.{fmt}"));
         run(Command::new("qemu-img")
@@ -380,16 +368,7 @@ fn other_containers_are_read_through_qemu_img_with_the_same_result() {
         let src = image::open(&p).unwrap();
         assert!(src.len() >= 16 << 20, "{fmt}");
         // vpc rounds the size up to its geometry; compare the first 16 MiB.
-        let got = regions::store_region::<std::convert::Infallible>(
-            src.as_ref(),
-            0,
-            16 << 20,
-            Algorithm::Sha256,
-            |_| Ok(()),
-        )
-        .unwrap()
-        .digest();
-        assert_eq!(got, want, "{fmt}");
+        assert_eq!(region_digest(src.as_ref(), 16 << 20), want, "{fmt}");
     }
 }
 
