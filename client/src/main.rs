@@ -98,6 +98,10 @@ enum Cmd {
         /// collide with content the store holds; see docs/FORMAT.md, "Checkin hints").
         #[arg(long)]
         rehash: bool,
+        /// Read a qcow2 image with its backing chain (flattened by qemu-img). Only for images
+        /// you trust: an image names the files it is read with.
+        #[arg(long)]
+        follow_backing: bool,
     },
     /// Recreate a disk image: partition table, raw regions, swap, ext2/3/4 and vfat filesystems.
     Checkout {
@@ -579,13 +583,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             image,
             threads,
             rehash,
+            follow_backing,
             name,
             parent,
             description,
         } => {
             // The image is read and its filesystems walked while the store opens.
-            let (store, prepared) =
-                mirage_client::indexer::prepare_while(|| open_or_create(&dir), image, *threads);
+            let (store, prepared) = mirage_client::indexer::prepare_while_with(
+                || open_or_create(&dir),
+                image,
+                *threads,
+                *follow_backing,
+            );
             let store = store?;
             let ctx = ctx_of(&store)?;
             let parent = match (name, parent) {

@@ -892,6 +892,45 @@ fn a_journal_that_needs_recovery_is_replayed_as_a_mount_would() {
 }
 
 #[test]
+fn a_qcow2_overlay_is_read_with_its_backing_chain_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let base = gpt_image(dir.path());
+    let overlay = dir.path().join("overlay.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(&overlay));
+    run(Command::new("qemu-io")
+        .args(["-c", "write -P 0x61 2M 64k"])
+        .arg(&overlay));
+    let flat = dir.path().join("flat.img");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&overlay)
+        .arg(&flat));
+    let refused = mirage(&store, &["checkin", overlay.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("backing file") && err.contains("--follow-backing"),
+        "{err}"
+    );
+    let followed = ok(mirage(
+        &store,
+        &["checkin", "--follow-backing", overlay.to_str().unwrap()],
+    ));
+    assert_eq!(
+        followed,
+        ok(mirage(&store, &["checkin", flat.to_str().unwrap()]))
+    );
+    assert_ne!(
+        followed,
+        ok(mirage(&store, &["checkin", base.to_str().unwrap()]))
+    );
+}
+
+#[test]
 fn an_image_walked_while_the_store_opens_checks_in_the_same_and_failures_stay_apart() {
     use mirage_client::indexer::{checkin_prepared, checkin_with, prepare_while, CheckinOptions};
     use mirage_node::{Store, StoreOptions};

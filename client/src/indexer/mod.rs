@@ -23,7 +23,7 @@ use crate::fs::{FsError, Node};
 use crate::image::regions::{store_region, Masked, RegionError};
 use crate::image::{table, BlockSource, ImageError};
 use walk::Walked;
-pub use walk::{prepare, prepare_while, Prepared};
+pub use walk::{prepare, prepare_while, prepare_while_with, prepare_with, Prepared};
 
 /// Checkin errors. Nothing is registered when one occurs.
 #[derive(Debug, thiserror::Error)]

@@ -74,7 +74,16 @@ impl std::fmt::Debug for Prepared {
 
 /// Opens the image at `path` and walks its filesystems (`threads` read file layouts).
 pub fn prepare(path: &Path, threads: usize) -> Result<Prepared, CheckinError> {
-    let src: Arc<dyn BlockSource> = Arc::from(image::open(path)?);
+    prepare_with(path, threads, false)
+}
+
+/// [`prepare`]; `follow_backing` as in [`image::open_with`].
+pub fn prepare_with(
+    path: &Path,
+    threads: usize,
+    follow_backing: bool,
+) -> Result<Prepared, CheckinError> {
+    let src: Arc<dyn BlockSource> = Arc::from(image::open_with(path, follow_backing)?);
     let t = table::parse(src.as_ref())?;
     let entries: Vec<table::PartEntry> = if t.kind == TableType::None {
         vec![table::PartEntry {
@@ -129,9 +138,19 @@ pub fn prepare_while<S: Send, E: Send>(
     path: &Path,
     threads: usize,
 ) -> (Result<S, E>, Result<Prepared, CheckinError>) {
+    prepare_while_with(open, path, threads, false)
+}
+
+/// [`prepare_while`]; `follow_backing` as in [`image::open_with`].
+pub fn prepare_while_with<S: Send, E: Send>(
+    open: impl FnOnce() -> Result<S, E> + Send,
+    path: &Path,
+    threads: usize,
+    follow_backing: bool,
+) -> (Result<S, E>, Result<Prepared, CheckinError>) {
     std::thread::scope(|s| {
         let opening = s.spawn(open);
-        let prepared = prepare(path, threads);
+        let prepared = prepare_with(path, threads, follow_backing);
         let opened = opening
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));

@@ -53,8 +53,17 @@ pub trait BlockSource: Send + Sync {
     fn format(&self) -> &'static str;
 }
 
-/// Opens an image, detecting its container from its first bytes.
+/// Opens an image, detecting its container from its first bytes. A qcow2 image with a
+/// backing file is refused: see [`open_with`].
 pub fn open(path: &Path) -> Result<Box<dyn BlockSource>, ImageError> {
+    open_with(path, false)
+}
+
+/// [`open`], and with `follow_backing` a qcow2 image with a backing file is read with its
+/// backing chain (flattened by `qemu-img` into a temporary raw file). Only for images you
+/// trust: the image names the files it is read with, which could be any file the process may
+/// read.
+pub fn open_with(path: &Path, follow_backing: bool) -> Result<Box<dyn BlockSource>, ImageError> {
     // Before the open: opening a FIFO waits for a writer.
     let kind = std::fs::metadata(path)
         .map_err(|source| ImageError::Io {
@@ -84,6 +93,14 @@ pub fn open(path: &Path) -> Result<Box<dyn BlockSource>, ImageError> {
         return convert(path, fmt);
     }
     if n == 4 && magic == qcow2::MAGIC {
+        if follow_backing
+            && qcow2::has_backing_file(&f).map_err(|source| ImageError::Io {
+                path: path.display().to_string(),
+                source,
+            })?
+        {
+            return convert(path, "qcow2");
+        }
         Ok(Box::new(qcow2::Qcow2::open(f, path)?))
     } else {
         Ok(Box::new(raw::RawFile::open(f, path)?))

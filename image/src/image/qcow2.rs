@@ -1,7 +1,7 @@
 //! Native qcow2 reader (versions 2 and 3): L1/L2 tables, zero clusters, compressed clusters
 //! (deflate or zstd), extended L2 entries (32 subclusters per cluster). Backing files,
 //! encryption and external data files are refused with a clear message (convert such images
-//! with `qemu-img convert` first).
+//! with `qemu-img convert` first; `image::open_with` can flatten a backing chain that way).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -78,6 +78,13 @@ fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// True when the qcow2 image in `file` names a backing file.
+pub fn has_backing_file(file: &File) -> std::io::Result<bool> {
+    let mut h = [0u8; 16];
+    let n = file.read_at(&mut h, 0)?;
+    Ok(n == 16 && be64(&h, 8) != 0)
+}
+
 impl Qcow2 {
     /// Parses the header and L1 table.
     pub fn open(file: File, path: &Path) -> Result<Self, ImageError> {
@@ -105,7 +112,8 @@ impl Qcow2 {
         }
         if be64(&h, 8) != 0 {
             return Err(ImageError::Unsupported(format!(
-                "{path}: qcow2 with a backing file (flatten it with `qemu-img convert` first)"
+                "{path}: qcow2 with a backing file (check it in with --follow-backing if you \
+                 trust the image, or flatten it with `qemu-img convert` first)"
             )));
         }
         let cluster_bits = be32(&h, 20);
