@@ -11,6 +11,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use mirage_format::{Digest, Item, Param, PartitionContent};
+use mirage_image::image::BlockSource;
 use mirage_node::Store;
 
 use crate::browse::item;
@@ -158,7 +159,6 @@ fn write_filesystem(
         crate::fsbuild::ext4::recreate(store, fs, path, start, size)?;
     }
     // The builders write through their own tools: count what the partition now holds.
-    use mirage_image::image::BlockSource;
     let raw = mirage_image::image::raw::RawFile::open(File::open(path)?, path)?;
     let ranges = raw.data_ranges(start, start.saturating_add(size))?;
     stats.written_bytes += ranges.iter().map(|(a, b)| b - a).sum::<u64>();

@@ -64,41 +64,20 @@ pub fn open(path: &Path) -> Result<Box<dyn BlockSource>, ImageError> {
 /// trust: the image names the files it is read with, which could be any file the process may
 /// read.
 pub fn open_with(path: &Path, follow_backing: bool) -> Result<Box<dyn BlockSource>, ImageError> {
+    let io = |source| ImageError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     // Before the open: opening a FIFO waits for a writer.
-    let kind = std::fs::metadata(path)
-        .map_err(|source| ImageError::Io {
-            path: path.display().to_string(),
-            source,
-        })?
-        .file_type();
-    image_kind(kind).map_err(|source| ImageError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let f = std::fs::File::open(path).map_err(|source| ImageError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    image_kind(std::fs::metadata(path).map_err(io)?.file_type()).map_err(io)?;
+    let f = std::fs::File::open(path).map_err(io)?;
     let mut magic = [0u8; 4];
-    let n = std::os::unix::fs::FileExt::read_at(&f, &mut magic, 0).map_err(|source| {
-        ImageError::Io {
-            path: path.display().to_string(),
-            source,
-        }
-    })?;
-    if let Some(fmt) = foreign_format(&f).map_err(|source| ImageError::Io {
-        path: path.display().to_string(),
-        source,
-    })? {
+    let n = std::os::unix::fs::FileExt::read_at(&f, &mut magic, 0).map_err(io)?;
+    if let Some(fmt) = foreign_format(&f).map_err(io)? {
         return convert(path, fmt);
     }
     if n == 4 && magic == qcow2::MAGIC {
-        if follow_backing
-            && qcow2::has_backing_file(&f).map_err(|source| ImageError::Io {
-                path: path.display().to_string(),
-                source,
-            })?
-        {
+        if follow_backing && qcow2::has_backing_file(&f).map_err(io)? {
             return convert(path, "qcow2");
         }
         Ok(Box::new(qcow2::Qcow2::open(f, path)?))

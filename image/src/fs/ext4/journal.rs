@@ -91,12 +91,22 @@ pub fn recovered(
     Ok(Some(Arc::new(Patched::new(src.clone(), blocks))))
 }
 
+/// What a log block says, by transaction.
+enum Record {
+    /// A descriptor: each tag's home block, flags and the log position of its data.
+    Logged {
+        seq: u32,
+        tags: Vec<(u64, u32, u64)>,
+    },
+    /// A revoke block: home blocks not to replay from this or an earlier transaction.
+    Revoked { seq: u32, homes: Vec<u64> },
+}
+
 /// A journal's log, read through the journal inode's block map.
 struct Log<'a> {
     fs: &'a Ext4,
     /// Image byte offset of each journal block.
     map: Vec<u64>,
-    bs: u64,
     sb: Vec<u8>,
     first: u64,
     last: u64,
@@ -200,7 +210,6 @@ impl<'a> Log<'a> {
         Ok(Log {
             fs,
             map,
-            bs,
             sequence: be32(&jsb, 0x18),
             sb: jsb,
             first,
@@ -223,7 +232,7 @@ impl<'a> Log<'a> {
 
     fn read(&self, b: u64) -> Result<Vec<u8>, FsError> {
         self.fs
-            .read_abs(self.map[b as usize], self.bs, "journal block")
+            .read_abs(self.map[b as usize], self.fs.block_size(), "journal block")
     }
 
     /// The block's type if it is a log block of transaction `seq`.
@@ -282,20 +291,14 @@ impl<'a> Log<'a> {
         out
     }
 
-    /// Walks the log from its start through the complete transactions, calling `visit` with
-    /// each block's transaction, type, and the block (`visit` on a descriptor receives the
-    /// log positions of its data blocks).
-    fn walk(
-        &self,
-        until: Option<u32>,
-        mut visit: impl FnMut(u32, u32, &[u8], &[u64]) -> Result<(), FsError>,
-    ) -> Result<u32, FsError> {
+    /// One pass over the log from its start, as far as its blocks chain (each names the
+    /// transaction the last commit leads to): what each descriptor and revoke block says,
+    /// and the transaction after the last commit found (the log's end).
+    fn scan(&self) -> Result<(Vec<Record>, u32), FsError> {
         let (mut b, mut seq) = (self.start, self.sequence);
+        let mut records = Vec::new();
         let mut steps = 0u64;
-        loop {
-            if until.is_some_and(|u| seq == u) || steps > self.last {
-                break;
-            }
+        while steps <= self.last {
             let block = self.read(b)?;
             let Some(kind) = self.header(&block, seq) else {
                 break;
@@ -303,29 +306,24 @@ impl<'a> Log<'a> {
             steps += 1;
             match kind {
                 DESCRIPTOR => {
-                    let tags = self.tags(&block);
-                    let mut data = Vec::with_capacity(tags.len());
-                    let mut p = b;
-                    for _ in &tags {
-                        p = self.next(p);
-                        data.push(p);
+                    let mut tags = Vec::new();
+                    for (home, flags) in self.tags(&block) {
+                        b = self.next(b);
+                        tags.push((home, flags, b));
                     }
                     steps += tags.len() as u64;
-                    visit(seq, kind, &block, &data)?;
-                    b = self.next(p);
+                    records.push(Record::Logged { seq, tags });
                 }
-                COMMIT => {
-                    seq = seq.wrapping_add(1);
-                    b = self.next(b);
-                }
-                REVOKE => {
-                    visit(seq, kind, &block, &[])?;
-                    b = self.next(b);
-                }
+                COMMIT => seq = seq.wrapping_add(1),
+                REVOKE => records.push(Record::Revoked {
+                    seq,
+                    homes: self.revoked(&block),
+                }),
                 _ => break,
             }
+            b = self.next(b);
         }
-        Ok(seq)
+        Ok((records, seq))
     }
 
     /// The logged blocks of the complete transactions, by home block (filesystem block
@@ -335,33 +333,36 @@ impl<'a> Log<'a> {
             self.end = self.sequence;
             return Ok(HashMap::new());
         }
-        self.end = self.walk(None, |_, _, _, _| Ok(()))?;
-        let end = self.end;
+        let (records, end) = self.scan()?;
+        self.end = end;
+        // What the scan found of the transaction it ended in has no commit: left out.
+        let records = records.iter().filter(|r| match r {
+            Record::Logged { seq, .. } | Record::Revoked { seq, .. } => *seq != end,
+        });
         let mut revoked: HashMap<u64, u32> = HashMap::new();
         if self.features & FEATURE_REVOKE != 0 {
-            self.walk(Some(end), |seq, kind, block, _| {
-                if kind == REVOKE {
-                    for home in self.revoked(block) {
-                        let e = revoked.entry(home).or_insert(seq);
+            for r in records.clone() {
+                if let Record::Revoked { seq, homes } = r {
+                    for home in homes {
+                        let e = revoked.entry(*home).or_insert(*seq);
                         if seq.wrapping_sub(*e) as i32 > 0 {
-                            *e = seq;
+                            *e = *seq;
                         }
                     }
                 }
-                Ok(())
-            })?;
+            }
         }
         let blocks_count = self.fs.superblock().blocks_count;
         let mut out: HashMap<u64, Vec<u8>> = HashMap::new();
         let mut held = 0u64;
-        self.walk(Some(end), |seq, kind, block, data| {
-            if kind != DESCRIPTOR {
-                return Ok(());
-            }
-            for ((home, flags), at) in self.tags(block).into_iter().zip(data) {
+        for r in records {
+            let Record::Logged { seq, tags } = r else {
+                continue;
+            };
+            for &(home, flags, at) in tags {
                 if revoked
                     .get(&home)
-                    .is_some_and(|r| r.wrapping_sub(seq) as i32 >= 0)
+                    .is_some_and(|r| r.wrapping_sub(*seq) as i32 >= 0)
                 {
                     continue;
                 }
@@ -370,19 +371,20 @@ impl<'a> Log<'a> {
                         "journal: transaction {seq} logs block {home}, past the filesystem's {blocks_count}"
                     )));
                 }
-                let mut content = self.read(*at)?;
+                let mut content = self.read(at)?;
                 if flags & FLAG_ESCAPE != 0 {
                     content[..4].copy_from_slice(&JBD2_MAGIC.to_be_bytes());
                 }
                 if out.insert(home, content).is_none() {
-                    held += self.bs;
+                    held += self.fs.block_size();
                     if held > REPLAY_MAX {
-                        return Err(self.fs.corrupt("journal: the log replays more than 2 GiB".into()));
+                        return Err(self
+                            .fs
+                            .corrupt("journal: the log replays more than 2 GiB".into()));
                     }
                 }
             }
-            Ok(())
-        })?;
+        }
         Ok(out)
     }
 
