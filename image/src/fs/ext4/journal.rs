@@ -1,8 +1,9 @@
 //! Journal recovery (jbd2) in memory, for a filesystem whose image was taken while it was
-//! mounted (`needs_recovery`). The committed transactions of the log are replayed the way the
-//! kernel and e2fsck replay them (a scan for the last complete commit, a pass collecting
-//! revoked blocks, a pass copying each logged block to its home, later transactions winning),
-//! but into a [`Patched`] view of the image instead of the image itself. The view also marks
+//! mounted (`needs_recovery`). The committed transactions of the log are replayed with the
+//! kernel's and e2fsck's rules (the log up to its last complete commit, revoke records, each
+//! logged block copied to its home, later transactions winning), from one pass over the log's
+//! headers and a read of each block to replay, into a [`Patched`] view of the image instead of
+//! the image itself. The view also marks
 //! the filesystem recovered: `needs_recovery` cleared in the superblock and the journal's log
 //! emptied, checksums recomputed, as e2fsck leaves them. The image file is never written.
 //!
