@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use mirage_client::checkout::{checkout, CheckoutOptions};
 use mirage_client::demo::pseudo_random;
 use mirage_client::fs::ext4::Ext4;
 use mirage_client::fs::{FsReader, Node};
 use mirage_client::image::{self, BlockSource};
+use mirage_client::indexer::checkin;
 use mirage_format::{EntryKind, Timestamp};
+use mirage_node::{Store, StoreOptions};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
@@ -395,20 +398,94 @@ fn hostile_ext4_images_give_clear_errors() {
     assert!(hits > 3, "damage was never detected ({hits})");
 }
 
+/// Runs `mke2fs -t ext4` with 1 KiB blocks and `args` on an 8 MiB `img`.
+fn mke2fs(img: &Path, args: &[&str]) {
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-b", "1024"])
+        .args(args)
+        .arg(img)
+        .arg("8M"));
+}
+
+/// The inode number of `name` in directory `dir`.
+fn child(fs: &dyn FsReader, dir: u64, name: &[u8]) -> u64 {
+    let entries = fs.read_dir(dir).unwrap();
+    entries.iter().find(|(n, _)| n == name).unwrap().1
+}
+
 #[test]
-fn filesystems_with_features_the_reader_lacks_are_refused_by_name() {
+fn filesystems_with_what_the_reader_lacks_are_named_and_kept_raw() {
     let dir = tempfile::tempdir().unwrap();
-    for (feature, named) in [
-        ("encrypt", "incompatible feature encrypt"),
-        ("journal_dev", "incompatible feature journal_dev"),
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("secret")).unwrap();
+    std::fs::write(tree.join("secret/file"), pseudo_random(5, 7000)).unwrap();
+    std::fs::write(tree.join("plain"), b"plain\n").unwrap();
+    let tree_arg = tree.to_str().unwrap();
+    let store = Store::open(
+        &dir.path().join("store"),
+        StoreOptions {
+            create: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // fscrypt and fs-verity as features alone change nothing the reader reads.
+    for feature in ["encrypt", "verity"] {
+        let img = dir.path().join(format!("{feature}-unused.img"));
+        mke2fs(&img, &["-O", feature, "-d", tree_arg]);
+        let (_, stats) = checkin(&store, &img, 2).unwrap();
+        assert_eq!(
+            (stats.filesystems, stats.kept_raw.len()),
+            (1, 0),
+            "{feature}"
+        );
+    }
+    // An external journal device holds no files; an encrypted directory (fscrypt, as
+    // `e4crypt set_policy` leaves it) and a verity file (its Merkle tree lies past its end)
+    // hold what a file-by-file copy would lose.
+    for (feature, flag_path, flag, named) in [
+        ("journal_dev", "", 0, "incompatible feature journal_dev"),
+        ("encrypt", "/secret", 0x800, "is encrypted (fscrypt)"),
+        ("verity", "/secret/file", 0x10_0000, "has fs-verity enabled"),
     ] {
         let img = dir.path().join(format!("{feature}.img"));
-        run(Command::new("mke2fs")
-            .args(["-q", "-t", "ext4", "-b", "4096", "-O", feature])
-            .arg(&img)
-            .arg("32M"));
+        if feature == "journal_dev" {
+            mke2fs(&img, &["-O", feature]);
+        } else {
+            mke2fs(&img, &["-O", feature, "-d", tree_arg]);
+            run(Command::new("debugfs")
+                .arg("-w")
+                .arg("-R")
+                .arg(format!("sif {flag_path} flags {flag:#x}"))
+                .arg(&img));
+        }
         let s: Arc<dyn BlockSource> = Arc::from(image::open(&img).unwrap());
-        let e = Ext4::open(s.clone(), 0, s.len()).err().unwrap().to_string();
-        assert!(e.contains(named), "{feature}: {e}");
+        let e = match Ext4::open(s.clone(), 0, s.len()) {
+            Err(e) => e.to_string(),
+            Ok(fs) => {
+                let secret = child(&fs, fs.root(), b"secret");
+                let ino = match flag_path {
+                    "/secret" => secret,
+                    _ => child(&fs, secret, b"file"),
+                };
+                fs.node(ino).err().unwrap().to_string()
+            }
+        };
+        assert!(
+            e.contains(named) && e.contains("unsupported"),
+            "{feature}: {e}"
+        );
+        // Checked in byte for byte instead, and said so; checked out the same.
+        let (d, stats) = checkin(&store, &img, 2).unwrap();
+        assert_eq!(stats.filesystems, 0, "{feature}");
+        assert_eq!(stats.kept_raw.len(), 1, "{feature}");
+        assert_eq!(stats.kept_raw[0].partition, 1);
+        assert!(stats.kept_raw[0].reason.contains(named), "{stats:?}");
+        let out = dir.path().join(format!("{feature}.out"));
+        checkout(&store, &d, &out, CheckoutOptions::default()).unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(&img).unwrap(),
+            "{feature}"
+        );
     }
 }

@@ -23,7 +23,7 @@ use crate::fs::{FsError, Node};
 use crate::image::regions::{store_region, Masked, RegionError};
 use crate::image::{table, BlockSource, ImageError};
 use walk::Walked;
-pub use walk::{prepare, prepare_while, prepare_while_with, prepare_with, Prepared};
+pub use walk::{prepare, prepare_while, prepare_while_with, prepare_with, KeptRaw, Prepared};
 
 /// Checkin errors. Nothing is registered when one occurs.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,9 @@ pub struct CheckinStats {
     pub new_bytes: u64,
     /// Files whose content digest came from a checked checkin hint instead of hashing.
     pub files_hinted: u64,
+    /// Filesystems kept as raw bytes (counted in `raw_bytes`) because they hold something the
+    /// readers do not support, e.g. fscrypt-encrypted files.
+    pub kept_raw: Vec<KeptRaw>,
 }
 
 /// How to check in.
@@ -136,10 +139,12 @@ pub fn checkin_prepared(
         table: t,
         entries,
         walks,
+        kept_raw,
     } = prepared;
     let mut stats = CheckinStats {
         format: src.format().into(),
         disk_bytes: src.len(),
+        kept_raw,
         ..Default::default()
     };
     let alg = store.algorithm();

@@ -61,6 +61,17 @@ pub struct Prepared {
     pub(super) entries: Vec<table::PartEntry>,
     /// The walk of each partition that holds a filesystem, aligned with `entries`.
     pub(super) walks: Vec<Option<Walked>>,
+    /// Filesystems kept as raw bytes because they hold something the readers do not support.
+    pub(super) kept_raw: Vec<KeptRaw>,
+}
+
+/// A filesystem kept byte for byte as a raw region instead of file by file, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KeptRaw {
+    /// Partition number.
+    pub partition: u32,
+    /// What the reader does not support.
+    pub reason: String,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -105,31 +116,68 @@ pub fn prepare_with(
         if p.container {
             return Ok(None);
         }
-        let fs_err = |source| CheckinError::Fs {
-            part: p.number,
-            source,
-        };
-        let mut view = None;
-        let fs: Box<dyn FsReader> = if crate::fs::ext4::probe(src.as_ref(), p.start, p.size) {
-            // A filesystem imaged while mounted: its journal replayed, as a mount would.
-            view = recovered(&src, p.start, p.size).map_err(fs_err)?;
-            let from = view.clone().unwrap_or_else(|| src.clone());
-            Box::new(Ext4::open(from, p.start, p.size).map_err(fs_err)?)
-        } else if crate::fs::vfat::probe(src.as_ref(), p.start, p.size) {
-            Box::new(Vfat::open(src.clone(), p.start, p.size).map_err(fs_err)?)
-        } else {
-            return Ok(None);
-        };
-        let mut w = walk(fs, p.number, threads)?;
-        w.src = view;
-        Ok(Some(w))
+        match open_and_walk(&src, p, threads) {
+            // A valid filesystem with something this reader cannot carry file by file loses
+            // nothing kept raw; damage stays an error.
+            Err(CheckinError::Fs {
+                part,
+                source: e @ FsError::Unsupported { .. },
+            }) => {
+                tracing::warn!(part, "kept as raw bytes, not file by file: {e}");
+                Ok(Some(Err(KeptRaw {
+                    partition: part,
+                    reason: e.to_string(),
+                })))
+            }
+            r => r.map(|w| w.map(Ok)),
+        }
     })?;
+    let mut kept_raw = Vec::new();
+    let walks = walks
+        .into_iter()
+        .map(|w| match w {
+            Some(Err(k)) => {
+                kept_raw.push(k);
+                None
+            }
+            Some(Ok(w)) => Some(w),
+            None => None,
+        })
+        .collect();
     Ok(Prepared {
         src,
         table: t,
         entries,
         walks,
+        kept_raw,
     })
+}
+
+/// Finds the filesystem of partition `p` (ext2/3/4, its journal replayed in memory when it
+/// needs recovery, or vfat) and walks it; `None` when it holds neither.
+fn open_and_walk(
+    src: &Arc<dyn BlockSource>,
+    p: &table::PartEntry,
+    threads: usize,
+) -> Result<Option<Walked>, CheckinError> {
+    let fs_err = |source| CheckinError::Fs {
+        part: p.number,
+        source,
+    };
+    let mut view = None;
+    let fs: Box<dyn FsReader> = if crate::fs::ext4::probe(src.as_ref(), p.start, p.size) {
+        // A filesystem imaged while mounted: its journal replayed, as a mount would.
+        view = recovered(src, p.start, p.size).map_err(fs_err)?;
+        let from = view.clone().unwrap_or_else(|| src.clone());
+        Box::new(Ext4::open(from, p.start, p.size).map_err(fs_err)?)
+    } else if crate::fs::vfat::probe(src.as_ref(), p.start, p.size) {
+        Box::new(Vfat::open(src.clone(), p.start, p.size).map_err(fs_err)?)
+    } else {
+        return Ok(None);
+    };
+    let mut w = walk(fs, p.number, threads)?;
+    w.src = view;
+    Ok(Some(w))
 }
 
 /// Runs `open` (the store's) on another thread while this one prepares the image at `path`.

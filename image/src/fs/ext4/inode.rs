@@ -11,6 +11,10 @@ use crate::fs::FsError;
 pub const EXTENTS_FL: u32 = 0x0008_0000;
 /// `EXT4_INLINE_DATA_FL`.
 pub const INLINE_DATA_FL: u32 = 0x1000_0000;
+/// `EXT4_ENCRYPT_FL`: names (of a directory) or contents and target are fscrypt ciphertext.
+pub const ENCRYPT_FL: u32 = 0x800;
+/// `EXT4_VERITY_FL`: an fs-verity Merkle tree is kept past the end of the file.
+pub const VERITY_FL: u32 = 0x0010_0000;
 
 /// A parsed inode.
 #[derive(Clone, Debug)]

@@ -26,6 +26,8 @@ const INCOMPAT_RECOVER: u32 = 0x4;
 const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
 const INCOMPAT_META_BG: u32 = 0x10;
 const INCOMPAT_64BIT: u32 = 0x80;
+/// fscrypt: the feature alone changes nothing this reader reads; an encrypted inode is
+/// refused where it is met (`Ext4::readable`).
 const INCOMPAT_ENCRYPT: u32 = 0x10000;
 const INCOMPAT_COMPRESSION: u32 = 0x1;
 const RO_COMPAT_BIGALLOC: u32 = 0x200;
@@ -41,6 +43,7 @@ const INCOMPAT_KNOWN: u32 = 0x2
     | 0x2000
     | 0x4000
     | 0x8000
+    | INCOMPAT_ENCRYPT
     | 0x20000;
 
 /// Superblock fields the reader uses.
@@ -219,8 +222,7 @@ impl Ext4 {
                 "the journal needs recovery (open the view journal::recovered gives)".into(),
             ));
         }
-        let refused = inc & (INCOMPAT_JOURNAL_DEV | INCOMPAT_ENCRYPT | INCOMPAT_COMPRESSION)
-            | inc & !INCOMPAT_KNOWN;
+        let refused = inc & (INCOMPAT_JOURNAL_DEV | INCOMPAT_COMPRESSION) | inc & !INCOMPAT_KNOWN;
         if refused != 0 {
             return Err(unsupported(format!(
                 "incompatible feature {} ({refused:#x})",
@@ -366,6 +368,23 @@ impl Ext4 {
 
     pub(crate) fn corrupt(&self, what: String) -> FsError {
         FsError::Corrupt { fs: "ext4", what }
+    }
+
+    /// Refuses, as unsupported, an inode whose meaning this reader cannot carry file by file:
+    /// fscrypt ciphertext (names and symlink targets are binary, a file's last block holds
+    /// ciphertext past its size) and fs-verity (the Merkle tree lies past the file's end).
+    fn readable(&self, ino: u32, i: &inode::Inode) -> Result<(), FsError> {
+        let what = if i.flags & inode::ENCRYPT_FL != 0 {
+            "is encrypted (fscrypt)"
+        } else if i.flags & inode::VERITY_FL != 0 {
+            "has fs-verity enabled"
+        } else {
+            return Ok(());
+        };
+        Err(FsError::Unsupported {
+            fs: "ext4",
+            what: format!("inode {ino} {what}"),
+        })
     }
 
     /// Reads bytes at an offset relative to the filesystem start.
@@ -531,6 +550,7 @@ impl FsReader for Ext4 {
         let ino = u32::try_from(id)
             .map_err(|_| self.corrupt(format!("inode number {id} out of range")))?;
         let i = self.inode(ino)?;
+        self.readable(ino, &i)?;
         let kind = i.kind().ok_or_else(|| {
             self.corrupt(format!(
                 "inode {ino}: unknown file type in mode {:o}",
@@ -566,6 +586,7 @@ impl FsReader for Ext4 {
         let ino = u32::try_from(id)
             .map_err(|_| self.corrupt(format!("inode number {id} out of range")))?;
         let i = self.inode(ino)?;
+        self.readable(ino, &i)?;
         if i.kind() != Some(EntryKind::Dir) {
             return Err(self.corrupt(format!("inode {ino} is not a directory")));
         }
