@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
-use mirage_format::chunking::{store_content, ChunkError, EncodedItem};
+use mirage_format::chunking::{store_content, ChunkError, Dense, EncodedItem};
 use mirage_format::{Digest, EntryKind, Item, Timestamp, Tree, TreeEntry};
 use mirage_node::{Store, StoreError};
 
@@ -235,7 +235,7 @@ pub fn ingest_dir(
                         let n = &nodes[i];
                         let f = File::open(&n.path).map_err(io(&n.path))?;
                         let d = store_content(
-                            std::io::BufReader::with_capacity(1 << 20, f),
+                            Dense(std::io::BufReader::with_capacity(1 << 20, f)),
                             n.meta.size(),
                             alg,
                             |item| b.push(item),

@@ -15,7 +15,7 @@ use mirage_client::fs::ext4::Ext4;
 use mirage_client::fs::{FsReader, Node};
 use mirage_client::image::{self, BlockSource};
 use mirage_client::indexer::checkin;
-use mirage_format::{EntryKind, Timestamp};
+use mirage_format::{Digest, EntryKind, Item, PartitionContent, Timestamp};
 use mirage_node::{Store, StoreOptions};
 
 fn run(cmd: &mut Command) {
@@ -488,4 +488,91 @@ fn filesystems_with_what_the_reader_lacks_are_named_and_kept_raw() {
             "{feature}"
         );
     }
+}
+
+/// The root tree of the first filesystem of `image`.
+fn fs_root(store: &Store, image: &Digest) -> Digest {
+    let get = |d: &Digest| Item::decode(&store.get(d).unwrap().unwrap()).unwrap();
+    let Item::Image(i) = get(image) else { panic!() };
+    let Item::Disk(disk) = get(&i.disks[0].disk) else {
+        panic!()
+    };
+    let PartitionContent::Filesystem { digest } = &disk.partitions[0].content else {
+        panic!("{:?}", disk.partitions)
+    };
+    let Item::Filesystem(fs) = get(digest) else {
+        panic!()
+    };
+    fs.root
+}
+
+#[test]
+fn sparse_files_cost_their_data_not_their_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    // A terabyte with three pieces of data, and a file whose last 3 MiB are a hole.
+    let huge = std::fs::File::create(tree.join("huge")).unwrap();
+    huge.set_len(1 << 40).unwrap();
+    for (at, seed) in [(0u64, 1u64), (1 << 39, 2), ((1 << 40) - 5000, 3)] {
+        std::os::unix::fs::FileExt::write_all_at(&huge, &pseudo_random(seed, 70_000)[..5000], at)
+            .unwrap();
+    }
+    let tail = std::fs::File::create(tree.join("tail")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&tail, &pseudo_random(4, 200_000), 0).unwrap();
+    tail.set_len(200_000 + (3 << 20)).unwrap();
+    drop((huge, tail));
+    let img = dir.path().join("sparse.img");
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .arg("64M"));
+    let store = Arc::new(
+        Store::open(
+            &dir.path().join("store"),
+            StoreOptions {
+                create: true,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    // Reading the terabyte's holes would take many minutes; a minute is plenty for its data
+    // (even twice: the second checkin, with hints on, must not read them either).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (s, i) = (store.clone(), img.clone());
+    std::thread::spawn(move || {
+        let first = checkin(&s, &i, 2);
+        let again = checkin(&s, &i, 2);
+        let _ = tx.send((first, again));
+    });
+    let (first, again) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a sparse file's holes were read");
+    let (d, stats) = first.unwrap();
+    assert_eq!(again.unwrap().0, d);
+    assert_eq!(stats.file_bytes, (1 << 40) + 200_000 + (3 << 20));
+    // Laid out byte for byte; rebuilt with the same files, holes and all.
+    let out = dir.path().join("out.img");
+    checkout(&store, &d, &out, CheckoutOptions::default()).unwrap();
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&img).unwrap());
+    let rebuilt = dir.path().join("rebuilt.img");
+    let opts = CheckoutOptions {
+        rebuild: true,
+        ..Default::default()
+    };
+    checkout(&store, &d, &rebuilt, opts).unwrap();
+    let (r, _) = checkin(&store, &rebuilt, 2).unwrap();
+    assert_eq!(fs_root(&store, &r), fs_root(&store, &d));
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&rebuilt)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 }

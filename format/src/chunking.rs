@@ -108,10 +108,77 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Content that may know where it holds zeros without reading them: a file's holes. A run of
+/// such zeros long enough to fill whole chunks is skipped unread by [`chunk_stream`], so a
+/// sparse file costs its data, not its size.
+pub trait SparseRead: Read {
+    /// Bytes from the current position on that are known to be zero (0: none known).
+    fn zeros_ahead(&self) -> u64;
+    /// Moves `n` bytes on, `n` at most [`SparseRead::zeros_ahead`], without reading them.
+    fn skip_zeros(&mut self, n: u64);
+}
+
+/// Any reader, knowing nothing of its zeros.
+#[derive(Debug)]
+pub struct Dense<R>(pub R);
+
+impl<R: Read> Read for Dense<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: Read> SparseRead for Dense<R> {
+    fn zeros_ahead(&self) -> u64 {
+        0
+    }
+
+    fn skip_zeros(&mut self, _n: u64) {}
+}
+
+impl<T: SparseRead + ?Sized> SparseRead for &mut T {
+    fn zeros_ahead(&self) -> u64 {
+        (**self).zeros_ahead()
+    }
+
+    fn skip_zeros(&mut self, n: u64) {
+        (**self).skip_zeros(n)
+    }
+}
+
+/// The first `left` bytes of a reader (`Read::take`, keeping what it knows of its zeros).
+struct Limited<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: SparseRead> SparseRead for Limited<R> {
+    fn zeros_ahead(&self) -> u64 {
+        self.inner.zeros_ahead().min(self.left)
+    }
+
+    fn skip_zeros(&mut self, n: u64) {
+        let n = n.min(self.left);
+        self.inner.skip_zeros(n);
+        self.left -= n;
+    }
+}
+
 /// Cuts `reader` into content-defined chunks starting at logical offset `base`. Each non-zero
 /// chunk goes to `sink` as a Blob; all-zero chunks are skipped (they become holes). Returns the
-/// extents in order and the number of bytes read.
-pub fn chunk_stream<R: Read, E: std::error::Error + 'static>(
+/// extents in order and the number of bytes read (skipped zeros included).
+pub fn chunk_stream<R: SparseRead, E: std::error::Error + 'static>(
     mut reader: R,
     base: u64,
     alg: Algorithm,
@@ -129,6 +196,23 @@ pub fn chunk_stream<R: Read, E: std::error::Error + 'static>(
     let mut total = 0u64;
     let (mut start, mut end, mut eof) = (0usize, 0usize, false);
     let result: Result<(), ChunkError<E>> = 'chunks: loop {
+        // Zeros from the chunk's start on, as far as the reader knows them (a hole): every
+        // whole CHUNK_MAX of them is an all-zero chunk of exactly that size, since the gear
+        // hash of zeros never meets a mask (`zeros_are_cut_at_the_largest_chunk`), and so a
+        // hole in the ChunkList: skipped without reading.
+        let ahead = reader.zeros_ahead();
+        if ahead > 0 && buf[start..end].iter().all(|b| *b == 0) {
+            let buffered = (end - start) as u64;
+            let skip = (buffered + ahead) / CHUNK_MAX as u64 * CHUNK_MAX as u64;
+            if skip > buffered {
+                reader.skip_zeros(skip - buffered);
+                (start, end) = (0, 0);
+                total += skip;
+            } else if skip > 0 {
+                start += skip as usize;
+                total += skip;
+            }
+        }
         if end - start < CHUNK_MAX && !eof {
             buf.copy_within(start..end, 0);
             (start, end) = (0, end - start);
@@ -184,7 +268,7 @@ pub fn chunk_stream<R: Read, E: std::error::Error + 'static>(
 
 /// Stores the content of a file of `size` bytes read from `reader`: `None` when empty, a Blob
 /// when small, otherwise a ChunkList (whose chunks go to `sink` first, then the list itself).
-pub fn store_content<R: Read, E: std::error::Error + 'static>(
+pub fn store_content<R: SparseRead, E: std::error::Error + 'static>(
     reader: R,
     size: u64,
     alg: Algorithm,
@@ -199,7 +283,11 @@ pub fn store_content<R: Read, E: std::error::Error + 'static>(
         sink(item).map_err(ChunkError::Sink)?;
         return Ok(Some(d));
     }
-    let (chunks, read) = chunk_stream(reader.take(size), 0, alg, &mut sink)?;
+    let limited = Limited {
+        inner: reader,
+        left: size,
+    };
+    let (chunks, read) = chunk_stream(limited, 0, alg, &mut sink)?;
     if read != size {
         return Err(ChunkError::Io(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
@@ -230,8 +318,10 @@ mod tests {
 
     fn chunks_of(data: &[u8]) -> Vec<Extent> {
         let (v, n) =
-            chunk_stream::<_, std::convert::Infallible>(data, 0, Algorithm::Sha256, |_| Ok(()))
-                .unwrap();
+            chunk_stream::<_, std::convert::Infallible>(Dense(data), 0, Algorithm::Sha256, |_| {
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(n, data.len() as u64);
         v
     }
@@ -302,7 +392,7 @@ mod tests {
                     .collect();
             let r = Dribble { data: &data, steps: &steps, k: 0 };
             let (got, read) =
-                chunk_stream::<_, std::convert::Infallible>(r, 0, Algorithm::Sha256, |_| Ok(()))
+                chunk_stream::<_, std::convert::Infallible>(Dense(r), 0, Algorithm::Sha256, |_| Ok(()))
                     .unwrap();
             let got: Vec<(u64, u64)> = got.iter().map(|e| (e.offset, e.len)).collect();
             proptest::prop_assert_eq!(read, len as u64);
@@ -317,7 +407,7 @@ mod tests {
         data.extend(std::iter::repeat_n(0u8, 4 << 20));
         let mut stored = Vec::new();
         let d = store_content::<_, std::convert::Infallible>(
-            data.as_slice(),
+            Dense(data.as_slice()),
             data.len() as u64,
             Algorithm::Sha256,
             |i| {
@@ -347,22 +437,28 @@ mod tests {
     #[test]
     fn small_content_is_one_blob_and_short_reads_fail() {
         let mut stored = Vec::new();
-        let d =
-            store_content::<_, std::convert::Infallible>(&b"hello"[..], 5, Algorithm::Sha1, |i| {
+        let d = store_content::<_, std::convert::Infallible>(
+            Dense(&b"hello"[..]),
+            5,
+            Algorithm::Sha1,
+            |i| {
                 stored.push(i);
                 Ok(())
-            })
-            .unwrap();
+            },
+        )
+        .unwrap();
         assert_eq!(d, Some(blob_digest(Algorithm::Sha1, b"hello").unwrap()));
         assert_eq!(stored.len(), 1);
-        let short =
-            store_content::<_, std::convert::Infallible>(&b"hi"[..], 5, Algorithm::Sha256, |_| {
-                Ok(())
-            });
+        let short = store_content::<_, std::convert::Infallible>(
+            Dense(&b"hi"[..]),
+            5,
+            Algorithm::Sha256,
+            |_| Ok(()),
+        );
         assert!(matches!(short, Err(ChunkError::Io(_))));
         assert_eq!(
             store_content::<_, std::convert::Infallible>(
-                &b""[..],
+                Dense(&b""[..]),
                 0,
                 Algorithm::Sha256,
                 |_| Ok(())
@@ -370,5 +466,158 @@ mod tests {
             .unwrap(),
             None
         );
+    }
+
+    /// Content of `len` bytes that is `data` at each of `spots` (offset, seed) and zeros
+    /// elsewhere, the zeros outside the spots known as holes; counts the bytes read.
+    struct Spotty {
+        spots: Vec<(u64, Vec<u8>)>,
+        len: u64,
+        pos: u64,
+        read: u64,
+    }
+
+    impl Spotty {
+        fn new(len: u64, spots: &[(u64, usize, u64)]) -> Self {
+            let mut spots: Vec<(u64, Vec<u8>)> = spots
+                .iter()
+                .map(|&(at, n, seed)| {
+                    (
+                        at.min(len),
+                        pseudo_random(n.min((len - at.min(len)) as usize), seed),
+                    )
+                })
+                .collect();
+            spots.sort_by_key(|s| s.0);
+            // Overlapping spots: a later one starts where the earlier ends.
+            let mut end = 0u64;
+            for (at, d) in spots.iter_mut() {
+                let skip = end.saturating_sub(*at).min(d.len() as u64);
+                *at += skip;
+                d.drain(..skip as usize);
+                end = *at + d.len() as u64;
+            }
+            Spotty {
+                spots,
+                len,
+                pos: 0,
+                read: 0,
+            }
+        }
+
+        fn dense(&self) -> Vec<u8> {
+            let mut v = vec![0u8; self.len as usize];
+            for (at, d) in &self.spots {
+                v[*at as usize..*at as usize + d.len()].copy_from_slice(d);
+            }
+            v
+        }
+    }
+
+    impl Read for Spotty {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = (buf.len() as u64).min(self.len - self.pos) as usize;
+            buf[..n].fill(0);
+            for (at, d) in &self.spots {
+                let (s, e) = (
+                    (*at).max(self.pos),
+                    (at + d.len() as u64).min(self.pos + n as u64),
+                );
+                if s < e {
+                    buf[(s - self.pos) as usize..(e - self.pos) as usize]
+                        .copy_from_slice(&d[(s - at) as usize..(e - at) as usize]);
+                }
+            }
+            self.pos += n as u64;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    impl SparseRead for Spotty {
+        fn zeros_ahead(&self) -> u64 {
+            if self
+                .spots
+                .iter()
+                .any(|(at, d)| *at <= self.pos && self.pos < at + d.len() as u64)
+            {
+                return 0;
+            }
+            let next = self
+                .spots
+                .iter()
+                .map(|(at, _)| *at)
+                .filter(|at| *at > self.pos)
+                .min();
+            next.unwrap_or(self.len) - self.pos
+        }
+
+        fn skip_zeros(&mut self, n: u64) {
+            assert!(n <= self.zeros_ahead(), "skipped past the known zeros");
+            self.pos += n;
+        }
+    }
+
+    #[test]
+    fn zeros_are_cut_at_the_largest_chunk() {
+        use fastcdc::v2020::{cut, select_masks, Normalization};
+        let (ms, ml) = select_masks(CHUNK_AVG, Normalization::Level1);
+        let zeros = vec![0u8; 3 * CHUNK_MAX];
+        let (_, n) = cut(
+            &zeros,
+            CHUNK_MIN,
+            CHUNK_AVG,
+            CHUNK_MAX,
+            ms,
+            ml,
+            ms << 1,
+            ml << 1,
+        );
+        assert_eq!(n, CHUNK_MAX);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// Holes skipped unread give the very extents a dense read of the same bytes gives.
+        #[test]
+        fn skipped_holes_chunk_as_read_zeros(
+            len in 0u64..(12 << 20),
+            spots in proptest::collection::vec((0u64..(12 << 20), 1usize..(3 << 20), 1u64..u64::MAX), 0..5),
+        ) {
+            let mut sparse = Spotty::new(len, &spots);
+            let data = sparse.dense();
+            let want = chunks_of(&data);
+            let (got, total) =
+                chunk_stream::<_, std::convert::Infallible>(&mut sparse, 0, Algorithm::Sha256, |_| Ok(()))
+                    .unwrap();
+            proptest::prop_assert_eq!(total, len);
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_terabyte_hole_costs_its_data_only() {
+        let len = 1u64 << 40;
+        let spots = [
+            (0, 5000, 1),
+            (3 << 30, 70_000, 2),
+            ((1 << 39) + 12_345, 2 << 20, 3),
+            (len - 100, 100, 4),
+        ];
+        let mut sparse = Spotty::new(len, &spots);
+        let mut blobs = 0;
+        let d = store_content::<_, std::convert::Infallible>(
+            &mut sparse,
+            len,
+            Algorithm::Sha256,
+            |i| {
+                blobs += usize::from(i.bytes()[..BLOB_HEADER.len()] == BLOB_HEADER);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert!(d.is_some());
+        assert!(sparse.read < 64 << 20, "{} bytes read", sparse.read);
+        assert!((4..=12).contains(&blobs), "{blobs} chunks");
     }
 }

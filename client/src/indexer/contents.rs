@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mirage_format::chunking::{store_content, ChunkError};
+use mirage_format::chunking::{store_content, ChunkError, Dense, SparseRead, CHUNK_MAX};
 use mirage_format::Digest;
 use mirage_node::{Store, StoreError};
 
@@ -62,6 +62,74 @@ impl Read for ExtentReader<'_> {
         };
         self.pos += n as u64;
         Ok(n)
+    }
+}
+
+impl SparseRead for ExtentReader<'_> {
+    /// Holes and unwritten extents from the position on, up to the next written extent.
+    fn zeros_ahead(&self) -> u64 {
+        let written = self.extents[self.next..]
+            .iter()
+            .find(|e| e.physical.is_some() && e.logical + e.len > self.pos)
+            .map_or(self.size, |e| e.logical);
+        written.min(self.size).saturating_sub(self.pos)
+    }
+
+    fn skip_zeros(&mut self, n: u64) {
+        self.pos += n;
+        while self.next < self.extents.len()
+            && self.extents[self.next].logical + self.extents[self.next].len <= self.pos
+        {
+            self.next += 1;
+        }
+    }
+}
+
+impl ExtentReader<'_> {
+    /// Whether the file has a run of zeros it does not store (a hole or unwritten extents)
+    /// long enough to be skipped unread ([`mirage_format::chunking::SparseRead`]).
+    fn is_sparse(extents: &[FileExtent], size: u64) -> bool {
+        let big = CHUNK_MAX as u64;
+        let mut written_to = 0u64;
+        for e in extents.iter().filter(|e| e.physical.is_some()) {
+            if e.logical.saturating_sub(written_to) >= big {
+                return true;
+            }
+            written_to = written_to.max(e.logical + e.len);
+        }
+        size.saturating_sub(written_to) >= big
+    }
+}
+
+/// Inline bytes, then zeros up to the size.
+struct Padded<'a> {
+    data: &'a [u8],
+    pos: u64,
+    size: u64,
+}
+
+impl Read for Padded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.size.saturating_sub(self.pos)) as usize;
+        let from = self.data.get(self.pos as usize..).unwrap_or_default();
+        let copied = n.min(from.len());
+        buf[..copied].copy_from_slice(&from[..copied]);
+        buf[copied..n].fill(0);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl SparseRead for Padded<'_> {
+    fn zeros_ahead(&self) -> u64 {
+        if self.pos < self.data.len() as u64 {
+            return 0;
+        }
+        self.size.saturating_sub(self.pos)
+    }
+
+    fn skip_zeros(&mut self, n: u64) {
+        self.pos += n;
     }
 }
 
@@ -259,8 +327,13 @@ impl Job<'_> {
             .inline_data(n.id)
             .map_err(fs_error(self.part))?
             .unwrap_or_default();
-        // Inline bytes may end before the size: the rest reads as zeros (holes, not stored).
-        let padded = std::io::Read::chain(&data[..], std::io::repeat(0));
+        // Inline bytes may end before the size: the rest reads as zeros (holes, not stored,
+        // and not read either: the size is the inode's word).
+        let padded = Padded {
+            data: &data,
+            pos: 0,
+            size: n.size,
+        };
         store_content(padded, n.size, self.store.algorithm(), |i| wb.push(i))
             .map_err(self.content_err(n.id))
     }
@@ -282,6 +355,9 @@ impl Job<'_> {
         for (slot, k) in ks.clone().enumerate() {
             let n = self.files[k];
             probes.push(match &self.layouts[k] {
+                // A sparse file is stored for what it holds, unread where it holds nothing;
+                // a whole-content checksum would read its holes.
+                Some(extents) if ExtentReader::is_sparse(extents, n.size) => None,
                 Some(extents) => {
                     let head = &mut w.heads[slot * prefix..(slot + 1) * prefix];
                     let r = self.reader(extents, n.size, 0);
@@ -296,7 +372,7 @@ impl Job<'_> {
         for ((slot, k), probe) in ks.enumerate().zip(probes) {
             let n = self.files[k];
             let (Some(probe), Some(extents)) = (probe, &self.layouts[k]) else {
-                out.push(self.store_inline(n, &mut w.wb)?);
+                out.push(self.store_plain(k, &mut w.wb)?);
                 continue;
             };
             let hint = found.next().flatten();
@@ -324,7 +400,7 @@ impl Job<'_> {
                 // in chunk-sized reads by the chunker.
                 None => head.chain(probe.rest(rest())),
             };
-            let d = store_content(&mut r, n.size, alg, |i| w.wb.push(i))
+            let d = store_content(Dense(&mut r), n.size, alg, |i| w.wb.push(i))
                 .map_err(self.content_err(n.id))?;
             if let Some(d) = d {
                 w.new_hints

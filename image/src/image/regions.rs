@@ -4,7 +4,7 @@
 //! stretch ("segment") is chunked with FastCDC from its own start. A raw image and its qcow2
 //! conversion therefore give the same ChunkList and the same digest.
 
-use mirage_format::chunking::{chunk_stream, ChunkError, EncodedItem};
+use mirage_format::chunking::{chunk_stream, ChunkError, Dense, EncodedItem};
 use mirage_format::{Algorithm, ChunkList, Extent};
 
 use super::{BlockSource, ImageError};
@@ -205,7 +205,7 @@ pub fn store_region<E: std::error::Error + 'static>(
             end: e,
         };
         let (mut ext, _) =
-            chunk_stream(reader, s - start, alg, &mut sink).map_err(RegionError::Chunk)?;
+            chunk_stream(Dense(reader), s - start, alg, &mut sink).map_err(RegionError::Chunk)?;
         chunks.append(&mut ext);
     }
     let list = EncodedItem::new(
