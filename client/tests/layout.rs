@@ -97,3 +97,64 @@ fn a_skeleton_that_disagrees_with_the_tree_falls_back_to_a_rebuild() {
     assert_eq!((stats.by_layout, stats.rebuilt), (2, 0), "{stats:?}");
     assert!(std::fs::read(&out2).unwrap() == std::fs::read(&a).unwrap());
 }
+
+#[test]
+fn a_rebuild_refuses_an_xattr_debugfs_would_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"content\n").unwrap();
+    let img = dir.path().join("ea.img");
+    let st = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-b", "1024", "-O", "ea_inode", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .arg("8M")
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let store = Store::open(
+        &dir.path().join("store"),
+        StoreOptions {
+            create: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (d, _) = checkin(&store, &img, 2).unwrap();
+    // The same image whose file holds a 3000-byte xattr (ea_inode allows up to 64 KiB).
+    let Item::Image(mut im) = get(&store, &d) else {
+        panic!()
+    };
+    let Item::Disk(mut dk) = get(&store, &im.disks[0].disk) else {
+        panic!()
+    };
+    let PartitionContent::Filesystem { digest } = &dk.partitions[0].content else {
+        panic!()
+    };
+    let Item::Filesystem(mut fs) = get(&store, digest) else {
+        panic!()
+    };
+    let Item::Tree(mut root) = get(&store, &fs.root) else {
+        panic!()
+    };
+    let f = root.entries.iter_mut().find(|e| e.name == b"f").unwrap();
+    f.xattrs.push(mirage_format::Xattr {
+        name: b"user.big".to_vec(),
+        value: vec![7u8; 3000],
+    });
+    fs.root = put(&store, &Item::Tree(root));
+    fs.skeleton = None;
+    dk.partitions[0].content = PartitionContent::Filesystem {
+        digest: put(&store, &Item::Filesystem(fs)),
+    };
+    im.disks[0].disk = put(&store, &Item::Disk(dk));
+    let forged = put(&store, &Item::Image(im));
+    let out = dir.path().join("out.img");
+    let e = checkout(&store, &forged, &out, CheckoutOptions::default())
+        .err()
+        .unwrap();
+    let e = format!("{e:#}");
+    assert!(e.contains("\"f\": xattr user.big holds 3000 bytes"), "{e}");
+    assert!(!out.exists());
+}

@@ -187,10 +187,12 @@ fn type_bits(k: EntryKind) -> u32 {
 
 /// debugfs commands that give inode `ino` (named `e.name` in directory `parent`) the metadata
 /// of `e`.
+#[allow(clippy::too_many_arguments)]
 fn entry_cmds(
     cmds: &mut String,
     xdir: &Path,
     nx: &mut usize,
+    block_size: u64,
     parent: u64,
     ino: u64,
     cur_flags: u64,
@@ -238,6 +240,16 @@ fn entry_cmds(
                 String::from_utf8_lossy(&x.name)
             )
         };
+        // `ea_set -f` reads one block of the value file (e2fsprogs 1.47.0): a larger value
+        // (an `ea_inode` filesystem's) would be cut short without a word.
+        if x.value.len() as u64 > block_size {
+            bail!(
+                "{:?}: xattr {name} holds {} bytes, more than debugfs can set ({block_size}, \
+                 one block); this filesystem can be checked out by its layout, not rebuilt",
+                String::from_utf8_lossy(&e.name),
+                x.value.len()
+            );
+        }
         let f = xdir.join(format!("x{nx}"));
         *nx += 1;
         std::fs::write(&f, &x.value)?;
@@ -276,10 +288,12 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
     std::fs::create_dir(&xdir)?;
     let mut cmds = String::new();
     let mut nx = 0usize;
+    let block_size = p_u64(fs, "block_size")?;
     entry_cmds(
         &mut cmds,
         &xdir,
         &mut nx,
+        block_size,
         2,
         2,
         u64::from(ext.inode(2)?.flags),
@@ -299,7 +313,7 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
                 );
             };
             let cur = u64::from(ext.inode(child as u32)?.flags);
-            entry_cmds(&mut cmds, &xdir, &mut nx, ino, child, cur, e)?;
+            entry_cmds(&mut cmds, &xdir, &mut nx, block_size, ino, child, cur, e)?;
             if e.kind == EntryKind::Dir {
                 if let Some(c) = e.content {
                     stack.push((c, child));
