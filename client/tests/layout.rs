@@ -106,7 +106,9 @@ fn a_rebuild_refuses_an_xattr_debugfs_would_cut_short() {
     std::fs::write(tree.join("f"), b"content\n").unwrap();
     let img = dir.path().join("ea.img");
     let st = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-b", "1024", "-O", "ea_inode", "-d"])
+        .args([
+            "-q", "-F", "-t", "ext4", "-b", "1024", "-O", "ea_inode", "-d",
+        ])
         .arg(&tree)
         .arg(&img)
         .arg("8M")
