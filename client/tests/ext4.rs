@@ -576,3 +576,74 @@ fn sparse_files_cost_their_data_not_their_size() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+#[test]
+fn bytes_past_a_filesystem_in_its_partition_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("f"), pseudo_random(9, 10_000)).unwrap();
+    let store = Store::open(
+        &dir.path().join("store"),
+        StoreOptions {
+            create: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // A 20 MiB partition holding a 16 MiB filesystem; the tail is zeros, then (as an md RAID
+    // 1.0 member keeps its superblock) holds a marker 8 KiB before the partition's end.
+    let (start, size) = (1u64 << 20, 20u64 << 20);
+    let mut digests = Vec::new();
+    for marked in [false, true] {
+        let img = dir.path().join(format!("tail-{marked}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        mirage_client::demo::sfdisk(&img, "label: gpt\nstart=2048, size=40960, type=L\n").unwrap();
+        run(Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-E"])
+            .arg(format!("offset={start}"))
+            .arg("-d")
+            .arg(&tree)
+            .arg(&img)
+            .arg("16M"));
+        if marked {
+            let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, b"md superblock", start + size - 8192)
+                .unwrap();
+        }
+        let (d, stats) = checkin(&store, &img, 2).unwrap();
+        assert_eq!(stats.filesystems, 1);
+        let out = dir.path().join(format!("tail-{marked}.out"));
+        checkout(&store, &d, &out, CheckoutOptions::default()).unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(&img).unwrap(),
+            "{marked}"
+        );
+        let rebuilt = dir.path().join(format!("tail-{marked}.rebuilt"));
+        let opts = CheckoutOptions {
+            rebuild: true,
+            ..Default::default()
+        };
+        checkout(&store, &d, &rebuilt, opts).unwrap();
+        let tail = |p: &Path| {
+            std::fs::read(p).unwrap()[(start + (16 << 20)) as usize..][..(4 << 20)].to_vec()
+        };
+        assert_eq!(tail(&rebuilt), tail(&img), "{marked}");
+        digests.push(d);
+    }
+    // An all-zero tail is no region of its own: the disk is described as before.
+    let Item::Image(a) = Item::decode(&store.get(&digests[0]).unwrap().unwrap()).unwrap() else {
+        panic!()
+    };
+    let Item::Disk(disk) = Item::decode(&store.get(&a.disks[0].disk).unwrap().unwrap()).unwrap()
+    else {
+        panic!()
+    };
+    assert!(disk
+        .regions
+        .iter()
+        .all(|r| r.offset + r.len <= start || r.offset >= start + size));
+}

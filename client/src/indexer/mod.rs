@@ -152,6 +152,11 @@ pub fn checkin_prepared(
     let mut partitions = Vec::new();
     // (start, end) of every partition whose bytes are represented by its content.
     let mut covered: Vec<(u64, u64)> = Vec::new();
+    // How far each filesystem reaches into its partition.
+    let spans: Vec<Option<u64>> = walks
+        .iter()
+        .map(|w| w.as_ref().map(|w| w.fs.span()))
+        .collect();
     let parts: Vec<(&table::PartEntry, Option<&Walked>)> = entries
         .iter()
         .zip(walks.iter().map(Option::as_ref))
@@ -181,12 +186,20 @@ pub fn checkin_prepared(
         st.add(pb.counts);
         Ok((c, st))
     })?;
-    for (p, (content, st)) in entries.iter().zip(done) {
+    for ((p, (content, st)), span) in entries.iter().zip(done).zip(&spans) {
         stats.merge(&st);
         if !p.container
             && (!matches!(content, PartitionContent::Empty) || t.kind == TableType::None)
         {
-            covered.push((p.start, p.start + p.size));
+            // A filesystem smaller than its partition: bytes past its end (an md RAID
+            // superblock, what an older filesystem left) are kept raw with the gaps.
+            let mut end = p.start + p.size;
+            if let Some(span) = span.filter(|s| *s < p.size) {
+                if holds_data(src.as_ref(), p.start + span, end)? {
+                    end = p.start + span;
+                }
+            }
+            covered.push((p.start, end));
         }
         if t.kind == TableType::None && matches!(content, PartitionContent::Raw { .. }) {
             // A bare disk with no filesystem we know: the whole disk is one raw region.
@@ -256,6 +269,23 @@ pub fn checkin_prepared(
     b.flush()?;
     stats.add(b.counts);
     Ok((root, stats))
+}
+
+/// Whether `[start, end)` of `src` holds a byte that is not zero.
+fn holds_data(src: &dyn BlockSource, start: u64, end: u64) -> Result<bool, CheckinError> {
+    let mut buf = vec![0u8; 1 << 20];
+    for (s, e) in src.data_ranges(start, end)? {
+        let mut at = s;
+        while at < e {
+            let n = (e - at).min(buf.len() as u64) as usize;
+            src.read_at(&mut buf[..n], at)?;
+            if buf[..n].iter().any(|b| *b != 0) {
+                return Ok(true);
+            }
+            at += n as u64;
+        }
+    }
+    Ok(false)
 }
 
 fn region_err(e: RegionError<StoreError>) -> CheckinError {

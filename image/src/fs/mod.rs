@@ -102,6 +102,9 @@ pub trait FsReader: Send + Sync {
     fn info(&self) -> &FsInfo;
     /// Id of the root directory.
     fn root(&self) -> u64;
+    /// Bytes the filesystem spans from its start (its own size, which its partition may
+    /// exceed).
+    fn span(&self) -> u64;
     /// Metadata of one node.
     fn node(&self, id: u64) -> Result<Node, FsError>;
     /// Entries of a directory (without `.` and `..`), as (name bytes, node id).

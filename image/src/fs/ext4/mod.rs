@@ -546,6 +546,11 @@ impl FsReader for Ext4 {
         2
     }
 
+    fn span(&self) -> u64 {
+        // Checked against the partition at the open.
+        self.sb.blocks_count * self.block_size()
+    }
+
     fn node(&self, id: u64) -> Result<Node, FsError> {
         let ino = u32::try_from(id)
             .map_err(|_| self.corrupt(format!("inode number {id} out of range")))?;

@@ -799,6 +799,10 @@ impl FsReader for Vfat {
         ROOT_ID
     }
 
+    fn span(&self) -> u64 {
+        self.geo.end - self.offset
+    }
+
     fn node(&self, id: u64) -> Result<Node, FsError> {
         if id == ROOT_ID {
             // The root has no entry of its own: no times, just the directory attribute.
