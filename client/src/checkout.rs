@@ -211,7 +211,22 @@ pub fn checkout(
         .create_new(true)
         .open(&raw_path)
         .with_context(|| format!("creating {}", raw_path.display()))?;
-    f.set_len(disk.size)?;
+    if let Err(e) = f.set_len(disk.size) {
+        let _ = std::fs::remove_file(&raw_path);
+        return Err(e).with_context(|| {
+            format!(
+                "sizing {} to the disk's {} bytes (the raw form{} is written first; its \
+                 filesystem must hold a sparse file this large)",
+                raw_path.display(),
+                disk.size,
+                if format == Format::Qcow2 {
+                    " of a qcow2 checkout"
+                } else {
+                    ""
+                }
+            )
+        });
+    }
     let mut stats = CheckoutStats {
         disk_bytes: disk.size,
         ..Default::default()
