@@ -7,7 +7,7 @@ use std::process::Command;
 
 use mirage_client::diff::{diff_images, ChangeKind, DiffOptions};
 use mirage_client::indexer::checkin;
-use mirage_node::{Store, StoreOptions};
+use mirage_node::Store;
 
 fn debugfs(img: &Path, cmds: &str) -> String {
     let f = img.with_extension("cmds");
@@ -79,14 +79,7 @@ fn diff_reports_each_change_and_skips_unchanged_subtrees() {
             new.display()
         ),
     );
-    let store = Store::open(
-        &dir.path().join("store"),
-        StoreOptions {
-            create: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let store = Store::create(&dir.path().join("store")).unwrap();
     let (da, _) = checkin(&store, &a, 2).unwrap();
     let (db, _) = checkin(&store, &b, 2).unwrap();
     let diffs = diff_images(&store, &da, &db, DiffOptions::default()).unwrap();

@@ -16,7 +16,7 @@ use mirage_client::fs::{FsReader, Node};
 use mirage_client::image::{self, BlockSource};
 use mirage_client::indexer::checkin;
 use mirage_format::{Digest, EntryKind, Item, PartitionContent, Timestamp};
-use mirage_node::{Store, StoreOptions};
+use mirage_node::Store;
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
@@ -421,14 +421,7 @@ fn filesystems_with_what_the_reader_lacks_are_named_and_kept_raw() {
     std::fs::write(tree.join("secret/file"), pseudo_random(5, 7000)).unwrap();
     std::fs::write(tree.join("plain"), b"plain\n").unwrap();
     let tree_arg = tree.to_str().unwrap();
-    let store = Store::open(
-        &dir.path().join("store"),
-        StoreOptions {
-            create: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let store = Store::create(&dir.path().join("store")).unwrap();
     // fscrypt and fs-verity as features alone change nothing the reader reads.
     for feature in ["encrypt", "verity"] {
         let img = dir.path().join(format!("{feature}-unused.img"));
@@ -528,16 +521,7 @@ fn sparse_files_cost_their_data_not_their_size() {
         .arg(&tree)
         .arg(&img)
         .arg("64M"));
-    let store = Arc::new(
-        Store::open(
-            &dir.path().join("store"),
-            StoreOptions {
-                create: true,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
+    let store = Arc::new(Store::create(&dir.path().join("store")).unwrap());
     // Reading the terabyte's holes would take many minutes; a minute is plenty for its data
     // (even twice: the second checkin, with hints on, must not read them either).
     let (tx, rx) = std::sync::mpsc::channel();
@@ -583,14 +567,7 @@ fn bytes_past_a_filesystem_in_its_partition_are_kept() {
     let tree = dir.path().join("tree");
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("f"), pseudo_random(9, 10_000)).unwrap();
-    let store = Store::open(
-        &dir.path().join("store"),
-        StoreOptions {
-            create: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let store = Store::create(&dir.path().join("store")).unwrap();
     // A 20 MiB partition holding a 16 MiB filesystem; the tail is zeros, then (as an md RAID
     // 1.0 member keeps its superblock) holds a marker 8 KiB before the partition's end.
     let (start, size) = (1u64 << 20, 20u64 << 20);

@@ -8,17 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mirage_client::indexer::{checkin_with, CheckinOptions};
-use mirage_node::{Store, StoreOptions};
+use mirage_node::Store;
 
 fn store(dir: &Path) -> Store {
-    Store::open(
-        dir,
-        StoreOptions {
-            create: true,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    Store::create(dir).unwrap()
 }
 
 fn largest_file(root: &Path) -> (PathBuf, u64) {

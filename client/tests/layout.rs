@@ -8,7 +8,7 @@ use mirage_client::checkout::{checkout, CheckoutOptions};
 use mirage_client::indexer::checkin;
 use mirage_format::chunking::EncodedItem;
 use mirage_format::{Digest, Filesystem, Item, PartitionContent};
-use mirage_node::{Store, StoreOptions};
+use mirage_node::Store;
 
 fn get(store: &Store, d: &Digest) -> Item {
     Item::decode(&store.get(d).unwrap().unwrap()).unwrap()
@@ -57,14 +57,7 @@ fn a_skeleton_that_disagrees_with_the_tree_falls_back_to_a_rebuild() {
         .output()
         .unwrap();
     assert!(st.status.success());
-    let store = Store::open(
-        &dir.path().join("store"),
-        StoreOptions {
-            create: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let store = Store::create(&dir.path().join("store")).unwrap();
     let (da, _) = checkin(&store, &a, 2).unwrap();
     let (db, _) = checkin(&store, &b, 2).unwrap();
     assert_ne!(da, db);
@@ -115,14 +108,7 @@ fn a_rebuild_refuses_an_xattr_debugfs_would_cut_short() {
         .output()
         .unwrap();
     assert!(st.status.success());
-    let store = Store::open(
-        &dir.path().join("store"),
-        StoreOptions {
-            create: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let store = Store::create(&dir.path().join("store")).unwrap();
     let (d, _) = checkin(&store, &img, 2).unwrap();
     // The same image whose file holds a 3000-byte xattr (ea_inode allows up to 64 KiB).
     let Item::Image(mut im) = get(&store, &d) else {

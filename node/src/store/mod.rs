@@ -246,6 +246,17 @@ impl Drop for Inner {
 }
 
 impl Store {
+    /// Opens the store in `dir` with the default options, creating it if there is none.
+    pub fn create(dir: &Path) -> Result<Store, StoreError> {
+        Store::open(
+            dir,
+            StoreOptions {
+                create: true,
+                ..Default::default()
+            },
+        )
+    }
+
     /// Opens the store in `dir`, recovering from a crash if needed.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
         let index_dir = dir.join("index");
