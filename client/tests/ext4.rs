@@ -624,3 +624,75 @@ fn bytes_past_a_filesystem_in_its_partition_are_kept() {
         .iter()
         .all(|r| r.offset + r.len <= start || r.offset >= start + size));
 }
+
+#[test]
+fn files_deleted_while_open_are_released_as_a_mount_would() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for a loop mount");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(&dir.path().join("store")).unwrap();
+    for bs in ["4096", "1024"] {
+        let img = dir.path().join(format!("live-{bs}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        run(Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-b", bs])
+            .arg(&img));
+        let mnt = dir.path().join(format!("mnt-{bs}"));
+        std::fs::create_dir(&mnt).unwrap();
+        run(Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(&img)
+            .arg(&mnt));
+        // Copied while mounted, with two files deleted and still open: the image needs
+        // recovery and its orphan list names them.
+        let snap = dir.path().join(format!("snap-{bs}.img"));
+        let copied = (|| -> std::io::Result<()> {
+            std::fs::write(mnt.join("keep"), pseudo_random(1, 200_000))?;
+            let mut held = Vec::new();
+            for (name, len) in [("held", 3_000_000), ("small", 100)] {
+                std::fs::write(mnt.join(name), pseudo_random(2, len))?;
+                held.push(std::fs::File::open(mnt.join(name))?);
+                std::fs::remove_file(mnt.join(name))?;
+            }
+            std::fs::write(mnt.join("new"), b"after\n")?;
+            run(&mut Command::new("sync"));
+            std::fs::copy(&img, &snap)?;
+            Ok(())
+        })();
+        run(Command::new("umount").arg(&mnt));
+        copied.unwrap();
+        let raw = std::fs::read(&snap).unwrap();
+        assert!(
+            le32_at(&raw, 1024 + 0x60) & 4 != 0,
+            "the copy needs no recovery"
+        );
+        let (d, _) = checkin(&store, &snap, 2).unwrap();
+        let out = dir.path().join(format!("out-{bs}.img"));
+        checkout(&store, &d, &out, CheckoutOptions::default()).unwrap();
+        let fsck = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "{bs}: {}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+        let s: Arc<dyn BlockSource> = Arc::from(image::open(&out).unwrap());
+        let fs = Ext4::open(s, 0, 64 << 20).unwrap();
+        let mut names: Vec<Vec<u8>> = fs.read_dir(2).unwrap().into_iter().map(|e| e.0).collect();
+        names.sort();
+        assert_eq!(names, [&b"keep"[..], b"lost+found", b"new"], "{bs}");
+    }
+}
+
+fn le32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}

@@ -36,6 +36,15 @@ impl Patched {
         }
     }
 
+    /// Lays `more` (whole blocks at the same offsets as, or apart from, those already laid)
+    /// over the view too, replacing what was there.
+    pub fn extend(&mut self, more: BTreeMap<u64, Vec<u8>>) {
+        for (at, b) in more {
+            self.longest = self.longest.max(b.len() as u64);
+            self.blocks.insert(at, b);
+        }
+    }
+
     fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = (&u64, &Vec<u8>)> {
         self.blocks
             .range(start.saturating_sub(self.longest)..end)

@@ -89,7 +89,19 @@ pub fn recovered(
     // The journal emptied: no log to replay, the next transaction's sequence.
     let (jsb_at, jsb) = log.emptied_superblock();
     blocks.insert(jsb_at, jsb);
-    Ok(Some(Arc::new(Patched::new(src.clone(), blocks))))
+    let view = Arc::new(Patched::new(src.clone(), blocks));
+    // Then what a mount does next: files deleted while open (the orphan list) released. A
+    // list that cannot be released (damaged, or a case `orphan` leaves) stays as it is, for
+    // the next mount or e2fsck, as the image has it.
+    let edits = Ext4::open(view.clone(), offset, len)
+        .and_then(|recovered| super::orphan::release(&recovered))
+        .unwrap_or_default();
+    let mut patched = match Arc::try_unwrap(view) {
+        Ok(p) => p,
+        Err(shared) => return Ok(Some(shared)),
+    };
+    patched.extend(edits);
+    Ok(Some(Arc::new(patched)))
 }
 
 /// What a log block says, by transaction.

@@ -9,6 +9,7 @@ mod gdt;
 mod inode;
 mod itable;
 pub mod journal;
+mod orphan;
 pub mod skeleton;
 
 use std::sync::Arc;

@@ -1,0 +1,317 @@
+//! The orphan list released, as a mount does after the journal replay: files deleted while
+//! they were still open have their inodes and blocks freed (bitmaps, group counts and their
+//! checksums, the superblock's counts), so a filesystem imaged while mounted is as the kernel
+//! would leave it and `e2fsck -fn` finds nothing to say. Only the common case is released:
+//! extent-mapped (or inline) inodes without links and without an external xattr block, on a
+//! filesystem without `bigalloc` and with no entries in an orphan file. Anything else (a
+//! truncate left half done, indirect-mapped files of ext3) leaves the whole list as it is, for
+//! the next mount or `e2fsck -p`, as before.
+
+use std::collections::BTreeMap;
+
+use super::{le16, le32, Ext4};
+use crate::fs::FsError;
+
+const COMPAT_ORPHAN_FILE: u32 = 0x1000;
+const RO_COMPAT_GDT_CSUM: u32 = 0x10;
+const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+const RO_COMPAT_ORPHAN_PRESENT: u32 = 0x1_0000;
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+
+/// crc32c as ext4 chains it: no inversion on either side.
+fn chain(crc: u32, data: &[u8]) -> u32 {
+    !crc32c::crc32c_append(!crc, data)
+}
+
+/// CRC-16 (ANSI, reflected 0xA001), as `gdt_csum` uses it.
+fn crc16(mut crc: u16, data: &[u8]) -> u16 {
+    for &b in data {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+/// Blocks changed so far (filesystem block number -> bytes), read through.
+struct Edits<'a> {
+    fs: &'a Ext4,
+    blocks: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Edits<'_> {
+    fn block(&mut self, b: u64) -> Result<&mut Vec<u8>, FsError> {
+        if !self.blocks.contains_key(&b) {
+            let bs = self.fs.block_size();
+            let data = self.fs.read_fs(b * bs, bs, "metadata block")?;
+            self.blocks.insert(b, data);
+        }
+        Ok(self.blocks.get_mut(&b).expect("inserted above"))
+    }
+}
+
+/// The blocks (image byte offset -> bytes) that release the orphan list of `fs`, a view of
+/// a recovered filesystem; empty when there is nothing to release or the list is left.
+pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
+    let sb = fs.superblock();
+    let bs = fs.block_size();
+    let mut ino = le32(&sb.raw, 0xE8);
+    let isz = u64::from(sb.inode_size);
+    // Geometry this code indexes by (the open checks most of it; a bitmap longer than its
+    // block or an inode that straddles blocks is left alone rather than trusted).
+    let odd = u64::from(sb.blocks_per_group) > 8 * bs
+        || u64::from(sb.inodes_per_group) > 8 * bs
+        || !(128..=bs).contains(&isz)
+        || bs % isz != 0;
+    if ino == 0
+        || odd
+        || sb.cluster_ratio() != 1
+        || (sb.feature_compat & COMPAT_ORPHAN_FILE != 0
+            && sb.feature_ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0)
+    {
+        return Ok(BTreeMap::new());
+    }
+    // The chain: each orphan's dtime names the next.
+    let mut orphans = Vec::new();
+    while ino != 0 {
+        if orphans.len() as u32 > sb.inodes_count || orphans.iter().any(|(i, _)| *i == ino) {
+            return Err(fs.corrupt(format!("orphan list loops at inode {ino}")));
+        }
+        let inode = fs.inode(ino)?;
+        let mut blocks = Vec::new();
+        if inode.links != 0 || inode.file_acl != 0 || !blocks_of(fs, &inode, &mut blocks)? {
+            return Ok(BTreeMap::new());
+        }
+        ino = le32(&inode.raw, 0x14);
+        orphans.push((inode.ino, (inode, blocks)));
+    }
+    let csum = sb.feature_ro_compat & RO_COMPAT_METADATA_CSUM != 0;
+    let seed = if sb.feature_incompat & INCOMPAT_CSUM_SEED != 0 {
+        le32(&sb.raw, 0x270)
+    } else {
+        chain(!0, &sb.raw[0x68..0x78])
+    };
+    let mut ed = Edits {
+        fs,
+        blocks: BTreeMap::new(),
+    };
+    let ipg = u64::from(sb.inodes_per_group);
+    let bpg = u64::from(sb.blocks_per_group);
+    let first = u64::from(sb.first_data_block);
+    let when = le32(&sb.raw, 0x30).max(1);
+    // Per group: blocks freed, inodes freed, directories freed.
+    let mut freed: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
+    for (ino, (inode, blocks)) in &orphans {
+        let (g, index) = (u64::from(ino - 1) / ipg, u64::from(ino - 1) % ipg);
+        let Some(&grp) = fs.groups.get(g as usize) else {
+            return Ok(BTreeMap::new());
+        };
+        // The inode: deleted now (dtime set; the chain it carried is gone).
+        let at = grp.inode_table * bs + index * isz;
+        let blk = ed.block(at / bs)?;
+        let raw = &mut blk[(at % bs) as usize..][..isz as usize];
+        raw[0x14..0x18].copy_from_slice(&when.to_le_bytes());
+        if csum {
+            inode_csum(raw, seed, *ino);
+        }
+        let bit = ed.block(grp.inode_bitmap)?;
+        bit[(index / 8) as usize] &= !(1 << (index % 8));
+        let e = freed.entry(g).or_default();
+        e.1 += 1;
+        e.2 += u64::from(inode.mode & 0xF000 == 0x4000);
+        for &(start, count) in blocks {
+            for b in start..start + count {
+                let (g, index) = ((b - first) / bpg, (b - first) % bpg);
+                let Some(grp) = fs.groups.get(g as usize) else {
+                    return Ok(BTreeMap::new());
+                };
+                let bitmap = grp.block_bitmap;
+                let byte = &mut ed.block(bitmap)?[(index / 8) as usize];
+                if *byte & (1 << (index % 8)) != 0 {
+                    *byte &= !(1 << (index % 8));
+                    freed.entry(g).or_default().0 += 1;
+                }
+            }
+        }
+    }
+    let dsz = u64::from(sb.desc_size);
+    let per_block = bs / dsz;
+    for (&g, &(nb, ni, nd)) in &freed {
+        let grp = fs.groups[g as usize];
+        let block_bits = ed.block(grp.block_bitmap)?[..(bpg / 8) as usize].to_vec();
+        let inode_bits = ed.block(grp.inode_bitmap)?[..(ipg / 8) as usize].to_vec();
+        let at = fs.layout.desc_block(g / per_block);
+        let d = &mut ed.block(at)?[((g % per_block) * dsz) as usize..][..dsz as usize];
+        add(d, 0x0C, 0x2C, dsz, nb as i64);
+        add(d, 0x0E, 0x2E, dsz, ni as i64);
+        add(d, 0x10, 0x30, dsz, -(nd as i64));
+        if csum {
+            let b = chain(seed, &block_bits);
+            let i = chain(seed, &inode_bits);
+            d[0x18..0x1A].copy_from_slice(&(b as u16).to_le_bytes());
+            d[0x1A..0x1C].copy_from_slice(&(i as u16).to_le_bytes());
+            if dsz >= 64 {
+                d[0x38..0x3A].copy_from_slice(&((b >> 16) as u16).to_le_bytes());
+                d[0x3A..0x3C].copy_from_slice(&((i >> 16) as u16).to_le_bytes());
+            }
+        }
+        desc_csum(d, g as u32, sb, seed);
+    }
+    // The free counts a mount computes from the groups (the superblock's are kept lazily).
+    let (mut free_blocks, mut free_inodes) = (0u64, 0u64);
+    for g in 0..fs.groups.len() as u64 {
+        let at = fs.layout.desc_block(g / per_block);
+        let d = &ed.block(at)?[((g % per_block) * dsz) as usize..][..dsz as usize];
+        free_blocks += count(d, 0x0C, 0x2C, dsz);
+        free_inodes += count(d, 0x0E, 0x2E, dsz);
+    }
+    // The superblock: no orphans, the counts a mount would write.
+    let sb_at = 1024 / bs;
+    let sbuf = &mut ed.block(sb_at)?[(1024 % bs) as usize..][..1024];
+    sbuf[0xE8..0xEC].fill(0);
+    sbuf[0x0C..0x10].copy_from_slice(&(free_blocks as u32).to_le_bytes());
+    if sb.feature_incompat & 0x80 != 0 {
+        sbuf[0x158..0x15C].copy_from_slice(&((free_blocks >> 32) as u32).to_le_bytes());
+    }
+    sbuf[0x10..0x14].copy_from_slice(&(free_inodes as u32).to_le_bytes());
+    if csum {
+        let c = chain(!0, &sbuf[..0x3FC]);
+        sbuf[0x3FC..0x400].copy_from_slice(&c.to_le_bytes());
+    }
+    let off = fs.offset;
+    Ok(ed
+        .blocks
+        .into_iter()
+        .map(|(b, data)| (off + b * bs, data))
+        .collect())
+}
+
+/// Every block `inode` holds, as (first, count) runs: its extents' (written, unwritten, past
+/// its size) and the extent tree's own nodes. `false` for an inode mapped by indirect blocks.
+fn blocks_of(fs: &Ext4, inode: &super::Inode, out: &mut Vec<(u64, u64)>) -> Result<bool, FsError> {
+    if inode.flags & super::inode::INLINE_DATA_FL != 0 {
+        return Ok(true);
+    }
+    if inode.flags & super::inode::EXTENTS_FL == 0 {
+        // Devices, fifos, sockets and fast symlinks hold no blocks; anything else here is
+        // mapped by indirect blocks.
+        return Ok(inode.blocks == 0);
+    }
+    extent_node(fs, inode.ino, &inode.block, 6, out)?;
+    Ok(true)
+}
+
+fn extent_node(
+    fs: &Ext4,
+    ino: u32,
+    node: &[u8],
+    depth_left: u16,
+    out: &mut Vec<(u64, u64)>,
+) -> Result<(), FsError> {
+    let bad = |why: &str| fs.corrupt(format!("orphan inode {ino}: extent tree: {why}"));
+    if node.len() < 12 || le16(node, 0) != 0xF30A {
+        return Err(bad("bad node magic"));
+    }
+    let (entries, depth) = (usize::from(le16(node, 2)), le16(node, 6));
+    if 12 + 12 * entries > node.len() || depth >= depth_left {
+        return Err(bad("malformed node"));
+    }
+    let nblocks = fs.superblock().blocks_count;
+    let bs = fs.block_size();
+    for i in 0..entries {
+        let e = &node[12 + 12 * i..24 + 12 * i];
+        let (start, count) = if depth == 0 {
+            let len = le16(e, 4);
+            let len = u64::from(if len > 32768 { len - 32768 } else { len });
+            ((u64::from(le16(e, 6)) << 32) | u64::from(le32(e, 8)), len)
+        } else {
+            ((u64::from(le16(e, 8)) << 32) | u64::from(le32(e, 4)), 1)
+        };
+        if start < u64::from(fs.superblock().first_data_block)
+            || start.checked_add(count).is_none_or(|end| end > nblocks)
+        {
+            return Err(bad(&format!(
+                "block {start}+{count} lies outside the filesystem"
+            )));
+        }
+        out.push((start, count));
+        if depth > 0 {
+            let child = fs.read_fs(start * bs, bs, "extent tree node")?;
+            extent_node(fs, ino, &child, depth, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The count split over `lo` and `hi` (see [`add`]).
+fn count(d: &[u8], lo: usize, hi: usize, dsz: u64) -> u64 {
+    let mut v = u64::from(le16(d, lo));
+    if dsz >= 64 {
+        v |= u64::from(le16(d, hi)) << 16;
+    }
+    v
+}
+
+/// Adds `by` to the count split over `lo` (16 bits) and `hi` (16 bits, 64-byte descriptors).
+fn add(d: &mut [u8], lo: usize, hi: usize, dsz: u64, by: i64) {
+    let v = (count(d, lo, hi, dsz) as i64 + by).max(0) as u64;
+    d[lo..lo + 2].copy_from_slice(&(v as u16).to_le_bytes());
+    if dsz >= 64 {
+        d[hi..hi + 2].copy_from_slice(&((v >> 16) as u16).to_le_bytes());
+    }
+}
+
+/// The inode's checksum (metadata_csum), over the whole on-disk inode with both halves of the
+/// checksum taken as zero.
+fn inode_csum(raw: &mut [u8], seed: u32, ino: u32) {
+    let generation = le32(raw, 0x64);
+    let has_hi = raw.len() > 128 && u32::from(le16(raw, 0x80)) >= 4;
+    raw[0x7C..0x7E].fill(0);
+    if has_hi {
+        raw[0x82..0x84].fill(0);
+    }
+    let c = chain(
+        chain(chain(seed, &ino.to_le_bytes()), &generation.to_le_bytes()),
+        raw,
+    );
+    raw[0x7C..0x7E].copy_from_slice(&(c as u16).to_le_bytes());
+    if has_hi {
+        raw[0x82..0x84].copy_from_slice(&((c >> 16) as u16).to_le_bytes());
+    }
+}
+
+/// A group descriptor's checksum: crc32c with metadata_csum, crc16 with `gdt_csum`.
+fn desc_csum(d: &mut [u8], group: u32, sb: &super::Superblock, seed: u32) {
+    if sb.feature_ro_compat & RO_COMPAT_METADATA_CSUM != 0 {
+        d[0x1E..0x20].fill(0);
+        let c = chain(chain(seed, &group.to_le_bytes()), d);
+        d[0x1E..0x20].copy_from_slice(&(c as u16).to_le_bytes());
+    } else if sb.feature_ro_compat & RO_COMPAT_GDT_CSUM != 0 {
+        let mut c = crc16(!0, &sb.raw[0x68..0x78]);
+        c = crc16(c, &group.to_le_bytes());
+        c = crc16(c, &d[..0x1E]);
+        if d.len() > 0x20 {
+            c = crc16(c, &d[0x20..]);
+        }
+        d[0x1E..0x20].copy_from_slice(&c.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_chain_as_ext4_does() {
+        // crc32c of "123456789" is 0xE3069283; raw chaining from ~0 is its inverse.
+        assert_eq!(!chain(!0, b"123456789"), 0xE306_9283);
+        assert_eq!(chain(chain(!0, b"1234"), b"56789"), chain(!0, b"123456789"));
+        // CRC-16/ARC of "123456789" is 0xBB3D (init 0); ext4 starts from ~0.
+        assert_eq!(crc16(0, b"123456789"), 0xBB3D);
+    }
+}
