@@ -549,14 +549,16 @@ fn sparse_files_cost_their_data_not_their_size() {
     checkout(&store, &d, &rebuilt, opts).unwrap();
     let (r, _) = checkin(&store, &rebuilt, 2).unwrap();
     assert_eq!(fs_root(&store, &r), fs_root(&store, &d));
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&rebuilt)
-        .output()
-        .unwrap();
+    assert_fsck_clean(&rebuilt);
+}
+
+/// `e2fsck -fn` finds nothing to say about the filesystem image `img`.
+fn assert_fsck_clean(img: &Path) {
+    let fsck = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
     assert!(
         fsck.status.success(),
-        "{}",
+        "{}: {}",
+        img.display(),
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
@@ -675,16 +677,7 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
         let (d, _) = checkin(&store, &snap, 2).unwrap();
         let out = dir.path().join(format!("out-{bs}.img"));
         checkout(&store, &d, &out, CheckoutOptions::default()).unwrap();
-        let fsck = Command::new("e2fsck")
-            .arg("-fn")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            fsck.status.success(),
-            "{bs}: {}",
-            String::from_utf8_lossy(&fsck.stdout)
-        );
+        assert_fsck_clean(&out);
         let s: Arc<dyn BlockSource> = Arc::from(image::open(&out).unwrap());
         let fs = Ext4::open(s, 0, 64 << 20).unwrap();
         let mut names: Vec<Vec<u8>> = fs.read_dir(2).unwrap().into_iter().map(|e| e.0).collect();
