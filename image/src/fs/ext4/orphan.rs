@@ -78,8 +78,9 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
     }
     // The chain: each orphan's dtime names the next.
     let mut orphans = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     while ino != 0 {
-        if orphans.len() as u32 > sb.inodes_count || orphans.iter().any(|(i, _)| *i == ino) {
+        if !seen.insert(ino) {
             return Err(fs.corrupt(format!("orphan list loops at inode {ino}")));
         }
         let inode = fs.inode(ino)?;
