@@ -19,7 +19,20 @@ impl Ext4 {
         let nblocks = inode.size.div_ceil(bs);
         let mut runs: Vec<(u64, u64, Option<u64>)> = Vec::new(); // (logical block, count, physical block)
         if inode.flags & EXTENTS_FL != 0 {
-            self.walk_extents(inode.ino, &inode.block, MAX_DEPTH + 1, &mut runs, nblocks)?;
+            let mut leaves = Vec::new();
+            let root = &inode.block;
+            self.walk_extents(
+                inode.ino,
+                root,
+                MAX_DEPTH + 1,
+                &mut leaves,
+                &mut Vec::new(),
+                nblocks,
+            )?;
+            runs = leaves
+                .into_iter()
+                .map(|(lblk, count, pblk, unwritten)| (lblk, count, (!unwritten).then_some(pblk)))
+                .collect();
         } else {
             self.walk_indirect(inode, nblocks, &mut runs)?;
         }
@@ -70,13 +83,37 @@ impl Ext4 {
         Ok(())
     }
 
+    /// Every block an extent-mapped inode holds, as (first, count) runs: its extents (written
+    /// or not, past its size too) and the tree's own index and leaf blocks.
+    pub(super) fn extent_blocks(&self, inode: &Inode) -> Result<Vec<(u64, u64)>, FsError> {
+        let (mut leaves, mut nodes) = (Vec::new(), Vec::new());
+        let bound = self.sb.blocks_count;
+        self.walk_extents(
+            inode.ino,
+            &inode.block,
+            MAX_DEPTH + 1,
+            &mut leaves,
+            &mut nodes,
+            bound,
+        )?;
+        Ok(leaves
+            .into_iter()
+            .map(|(_, count, pblk, _)| (pblk, count))
+            .chain(nodes.into_iter().map(|n| (n, 1)))
+            .collect())
+    }
+
+    /// Walks an extent tree from `node`: each leaf entry as (logical block, count, physical
+    /// block, unwritten) into `leaves`, each index or leaf block below the inode into `nodes`;
+    /// more than `max_leaves` + 16 entries is damage.
     fn walk_extents(
         &self,
         ino: u32,
         node: &[u8],
         depth_left: u16,
-        runs: &mut Vec<(u64, u64, Option<u64>)>,
-        nblocks: u64,
+        leaves: &mut Vec<(u64, u64, u64, bool)>,
+        nodes: &mut Vec<u64>,
+        max_leaves: u64,
     ) -> Result<(), FsError> {
         let bad = |why: String| self.corrupt(format!("inode {ino}: extent tree: {why}"));
         if node.len() < 12 || le16(node, 0) != EXTENT_MAGIC {
@@ -109,10 +146,10 @@ impl Ext4 {
                     continue;
                 }
                 self.check_block(ino, pblk, len)?;
-                if runs.len() as u64 > nblocks + 16 {
+                if leaves.len() as u64 > max_leaves + 16 {
                     return Err(bad("more extents than the file has blocks".into()));
                 }
-                runs.push((lblk, len, if unwritten { None } else { Some(pblk) }));
+                leaves.push((lblk, len, pblk, unwritten));
             } else {
                 let child = (u64::from(le16(e, 8)) << 32) | u64::from(le32(e, 4));
                 self.check_block(ino, child, 1)?;
@@ -125,7 +162,8 @@ impl Ext4 {
                         depth - 1
                     )));
                 }
-                self.walk_extents(ino, &block, depth, runs, nblocks)?;
+                nodes.push(child);
+                self.walk_extents(ino, &block, depth, leaves, nodes, max_leaves)?;
             }
         }
         Ok(())

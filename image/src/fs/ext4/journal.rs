@@ -82,8 +82,7 @@ pub fn recovered(
     let incompat = le32(sbuf, 0x60) & !INCOMPAT_RECOVER;
     sbuf[0x60..0x64].copy_from_slice(&incompat.to_le_bytes());
     if le32(sbuf, 0x64) & 0x400 != 0 {
-        let c = !crc32c::crc32c(&sbuf[..0x3FC]);
-        sbuf[0x3FC..0x400].copy_from_slice(&c.to_le_bytes());
+        super::orphan::set_superblock_csum(sbuf);
     }
     blocks.insert(offset + sb_block * bs, home);
     // The journal emptied: no log to replay, the next transaction's sequence.

@@ -23,6 +23,12 @@ fn chain(crc: u32, data: &[u8]) -> u32 {
     !crc32c::crc32c_append(!crc, data)
 }
 
+/// The superblock's own checksum (metadata_csum), over its first 1020 bytes.
+pub(super) fn set_superblock_csum(sbuf: &mut [u8]) {
+    let c = chain(!0, &sbuf[..0x3FC]);
+    sbuf[0x3FC..0x400].copy_from_slice(&c.to_le_bytes());
+}
+
 /// CRC-16 (ANSI, reflected 0xA001), as `gdt_csum` uses it.
 fn crc16(mut crc: u16, data: &[u8]) -> u16 {
     for &b in data {
@@ -84,10 +90,12 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
             return Err(fs.corrupt(format!("orphan list loops at inode {ino}")));
         }
         let inode = fs.inode(ino)?;
-        let mut blocks = Vec::new();
-        if inode.links != 0 || inode.file_acl != 0 || !blocks_of(fs, &inode, &mut blocks)? {
+        if inode.links != 0 || inode.file_acl != 0 {
             return Ok(BTreeMap::new());
         }
+        let Some(blocks) = blocks_of(fs, &inode)? else {
+            return Ok(BTreeMap::new());
+        };
         ino = le32(&inode.raw, 0x14);
         orphans.push((inode.ino, (inode, blocks)));
     }
@@ -181,8 +189,7 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
     }
     sbuf[0x10..0x14].copy_from_slice(&(free_inodes as u32).to_le_bytes());
     if csum {
-        let c = chain(!0, &sbuf[..0x3FC]);
-        sbuf[0x3FC..0x400].copy_from_slice(&c.to_le_bytes());
+        set_superblock_csum(sbuf);
     }
     let off = fs.offset;
     Ok(ed
@@ -192,61 +199,18 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         .collect())
 }
 
-/// Every block `inode` holds, as (first, count) runs: its extents' (written, unwritten, past
-/// its size) and the extent tree's own nodes. `false` for an inode mapped by indirect blocks.
-fn blocks_of(fs: &Ext4, inode: &super::Inode, out: &mut Vec<(u64, u64)>) -> Result<bool, FsError> {
+/// Every block `inode` holds, as (first, count) runs; `None` for an inode mapped by indirect
+/// blocks.
+fn blocks_of(fs: &Ext4, inode: &super::Inode) -> Result<Option<Vec<(u64, u64)>>, FsError> {
     if inode.flags & super::inode::INLINE_DATA_FL != 0 {
-        return Ok(true);
+        return Ok(Some(Vec::new()));
     }
     if inode.flags & super::inode::EXTENTS_FL == 0 {
         // Devices, fifos, sockets and fast symlinks hold no blocks; anything else here is
         // mapped by indirect blocks.
-        return Ok(inode.blocks == 0);
+        return Ok((inode.blocks == 0).then(Vec::new));
     }
-    extent_node(fs, inode.ino, &inode.block, 6, out)?;
-    Ok(true)
-}
-
-fn extent_node(
-    fs: &Ext4,
-    ino: u32,
-    node: &[u8],
-    depth_left: u16,
-    out: &mut Vec<(u64, u64)>,
-) -> Result<(), FsError> {
-    let bad = |why: &str| fs.corrupt(format!("orphan inode {ino}: extent tree: {why}"));
-    if node.len() < 12 || le16(node, 0) != 0xF30A {
-        return Err(bad("bad node magic"));
-    }
-    let (entries, depth) = (usize::from(le16(node, 2)), le16(node, 6));
-    if 12 + 12 * entries > node.len() || depth >= depth_left {
-        return Err(bad("malformed node"));
-    }
-    let nblocks = fs.superblock().blocks_count;
-    let bs = fs.block_size();
-    for i in 0..entries {
-        let e = &node[12 + 12 * i..24 + 12 * i];
-        let (start, count) = if depth == 0 {
-            let len = le16(e, 4);
-            let len = u64::from(if len > 32768 { len - 32768 } else { len });
-            ((u64::from(le16(e, 6)) << 32) | u64::from(le32(e, 8)), len)
-        } else {
-            ((u64::from(le16(e, 8)) << 32) | u64::from(le32(e, 4)), 1)
-        };
-        if start < u64::from(fs.superblock().first_data_block)
-            || start.checked_add(count).is_none_or(|end| end > nblocks)
-        {
-            return Err(bad(&format!(
-                "block {start}+{count} lies outside the filesystem"
-            )));
-        }
-        out.push((start, count));
-        if depth > 0 {
-            let child = fs.read_fs(start * bs, bs, "extent tree node")?;
-            extent_node(fs, ino, &child, depth, out)?;
-        }
-    }
-    Ok(())
+    fs.extent_blocks(inode).map(Some)
 }
 
 /// The count split over `lo` and `hi` (see [`add`]).
