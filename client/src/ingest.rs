@@ -191,6 +191,38 @@ fn entry_for(node: &Node) -> Result<TreeEntry, IngestError> {
     Ok(e)
 }
 
+/// The holes of `f`, a file of `size` bytes, as its filesystem reports them
+/// (`SEEK_HOLE`/`SEEK_DATA`); none where the filesystem cannot tell. Leaves the offset at 0.
+fn file_holes(f: &mut File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use rustix::fs::{seek, SeekFrom};
+    use std::io::Seek;
+    let mut holes = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let hole = match seek(&*f, SeekFrom::Hole(pos)) {
+            Ok(h) => h.min(size),
+            // ENXIO: nothing past `pos` (the file shrank); EINVAL: the filesystem cannot say.
+            Err(rustix::io::Errno::NXIO | rustix::io::Errno::INVAL) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if hole >= size {
+            break;
+        }
+        let data = match seek(&*f, SeekFrom::Data(hole)) {
+            Ok(d) => d.min(size),
+            Err(rustix::io::Errno::NXIO) => size,
+            Err(e) => return Err(e.into()),
+        };
+        if data <= hole {
+            break;
+        }
+        holes.push((hole, data - hole));
+        pos = data;
+    }
+    f.seek(std::io::SeekFrom::Start(0))?;
+    Ok(holes)
+}
+
 /// Stores the tree under `root` with `threads` workers; returns the root Tree digest.
 pub fn ingest_dir(
     store: &Store,
@@ -219,9 +251,11 @@ pub fn ingest_dir(
             }
         }
     }
-    let content: Vec<parking_lot::Mutex<Option<Digest>>> = nodes
+    // Each file's content and holes, at its first path.
+    type Stored = (Option<Digest>, Vec<(u64, u64)>);
+    let content: Vec<parking_lot::Mutex<Stored>> = nodes
         .iter()
-        .map(|_| parking_lot::Mutex::new(None))
+        .map(|_| parking_lot::Mutex::new((None, Vec::new())))
         .collect();
     let next = AtomicUsize::new(0);
     let results: Vec<Result<BatchCounts, IngestError>> = std::thread::scope(|s| {
@@ -233,7 +267,8 @@ pub fn ingest_dir(
                         let k = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&i) = files.get(k) else { break };
                         let n = &nodes[i];
-                        let f = File::open(&n.path).map_err(io(&n.path))?;
+                        let mut f = File::open(&n.path).map_err(io(&n.path))?;
+                        let holes = file_holes(&mut f, n.meta.size()).map_err(io(&n.path))?;
                         let d = store_content(
                             Dense(std::io::BufReader::with_capacity(1 << 20, f)),
                             n.meta.size(),
@@ -247,7 +282,7 @@ pub fn ingest_dir(
                                 why: other.to_string(),
                             },
                         })?;
-                        *content[i].lock() = d;
+                        *content[i].lock() = (d, holes);
                     }
                     b.flush()?;
                     Ok(b.counts)
@@ -302,7 +337,7 @@ pub fn ingest_dir(
                     stats.files += 1;
                     stats.file_bytes += n.meta.size();
                     let first = inode_first.get(&key).copied().unwrap_or(c);
-                    e.content = *content[first].lock();
+                    (e.content, e.holes) = content[first].lock().clone();
                 }
                 _ => stats.other += 1,
             }

@@ -219,6 +219,28 @@ pub(crate) fn write_chunks(
     })
 }
 
+/// Writes `data` at `at` of `f`, except the parts that fall in one of the file's `holes` and are
+/// all zeros (a chunk around a little data in a large hole is mostly zeros): those stay holes.
+fn write_outside_holes(
+    f: &File,
+    data: &[u8],
+    at: u64,
+    holes: &[(u64, u64)],
+) -> std::io::Result<()> {
+    let end = at + data.len() as u64;
+    let mut pos = at;
+    let first = holes.partition_point(|&(h, len)| h + len <= at);
+    for &(h, len) in holes[first..].iter().take_while(|&&(h, _)| h < end) {
+        let (from, to) = (h.max(pos), (h + len).min(end));
+        let part = &data[(from - at) as usize..(to - at) as usize];
+        if part.iter().all(|&b| b == 0) {
+            f.write_all_at(&data[(pos - at) as usize..(from - at) as usize], pos)?;
+            pos = to;
+        }
+    }
+    f.write_all_at(&data[(pos - at) as usize..], pos)
+}
+
 /// [`Store::get_many`] with a callback that can fail: items stop being handed over at the first
 /// error, from the store or from `f`, which is returned; a digest the store does not hold is
 /// the error `missing` makes of it.
@@ -297,7 +319,9 @@ fn write_file(
     match Item::decode(bytes) {
         Ok(Item::Blob { data }) => f.write_all_at(&data, 0).map_err(io(path))?,
         Ok(Item::ChunkList(list)) => {
-            let (n, _) = write_chunks(store, &f, path, 0, d, &list)?;
+            let (n, _) = for_each_chunk(store, d, &list, ReadOptions::default(), |data, at| {
+                write_outside_holes(&f, data, at, &e.holes).map_err(io(path))
+            })?;
             *items += n;
         }
         Ok(other) => {
@@ -315,7 +339,28 @@ fn write_file(
     Ok(e.size)
 }
 
+/// Gives the file blocks everywhere but its recorded holes, as its source had them: the ranges
+/// the store keeps as zeros (all-zero chunks) were left unwritten. A filesystem that cannot
+/// preallocate keeps them as holes.
+fn preallocate(f: &File, e: &TreeEntry) -> std::io::Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    let mut pos = 0u64;
+    let ends = e.holes.iter().copied().chain([(e.size, 0)]);
+    for (hole, len) in ends {
+        if hole > pos {
+            match fallocate(f, FallocateFlags::KEEP_SIZE, pos, hole - pos) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::OPNOTSUPP) => return Ok(()),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        pos = hole + len;
+    }
+    Ok(())
+}
+
 fn finish_file(f: &File, path: &Path, e: &TreeEntry) -> Result<(), RestoreError> {
+    preallocate(f, e).map_err(io(path))?;
     f.set_permissions(std::fs::Permissions::from_mode(e.mode))
         .map_err(io(path))?;
     let times = FileTimes::new()

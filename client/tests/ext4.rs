@@ -689,3 +689,59 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
 fn le32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
+
+#[test]
+fn a_rebuild_gives_files_blocks_where_the_source_had_them() {
+    use mirage_client::fs::FileExtent;
+    for t in ["ext4", "ext3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        // `pre` is preallocated (a swap file must have no holes); `sparse` has data at both
+        // ends, a preallocated MiB, and holes around it.
+        std::fs::File::create(tree.join("pre"))
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        let sparse = std::fs::File::create(tree.join("sparse")).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&sparse, b"abc", 0).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&sparse, b"xyz", 3 << 20).unwrap();
+        drop(sparse);
+        let img = dir.path().join("src.img");
+        run(Command::new("mke2fs")
+            .args(["-q", "-F", "-t", t, "-b", "1024", "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("16M"));
+        // mke2fs -d writes no block of zeros; debugfs allocates them (unwritten on ext4,
+        // written zeros on ext3).
+        for cmd in ["fallocate /pre 0 2047", "fallocate /sparse 1024 2047"] {
+            run(Command::new("debugfs").args(["-w", "-R", cmd]).arg(&img));
+        }
+        let holes = |img: &Path| {
+            let src: Arc<dyn BlockSource> = Arc::from(image::open(img).unwrap());
+            let len = src.len();
+            let fs = Ext4::open(src, 0, len).unwrap();
+            ["pre", "sparse"].map(|name| {
+                let ino = child(&fs, fs.root(), name.as_bytes());
+                let size = fs.node(ino).unwrap().size;
+                FileExtent::holes(&fs.extents(ino).unwrap(), size)
+            })
+        };
+        let want = holes(&img);
+        assert!(want[0].is_empty(), "{t}: {want:?}");
+        assert_eq!(want[1].len(), 2, "{t}: {want:?}");
+        let store = Store::create(&dir.path().join("store")).unwrap();
+        let (d, _) = checkin(&store, &img, 2).unwrap();
+        let out = dir.path().join("rebuilt.img");
+        let opts = CheckoutOptions {
+            rebuild: true,
+            ..Default::default()
+        };
+        checkout(&store, &d, &out, opts).unwrap();
+        assert_eq!(holes(&out), want, "{t}");
+        assert_fsck_clean(&out);
+        let (again, _) = checkin(&store, &out, 2).unwrap();
+        assert_eq!(fs_root(&store, &again), fs_root(&store, &d), "{t}");
+    }
+}

@@ -136,6 +136,12 @@ pub struct TreeEntry {
     pub rdev: Option<u64>,
     /// Hard-link group within the filesystem; entries sharing a group are one inode.
     pub link_group: Option<u64>,
+    /// Ranges of a file the source filesystem had no blocks for (sparse holes), as
+    /// `(offset, len)` in bytes: sorted, apart and within the size. Everything else of the
+    /// file had blocks, including runs of zeros (preallocated or written), which a rebuild
+    /// allocates again: a swap file must have no holes. Empty for everything but files.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holes: Vec<(u64, u64)>,
 }
 
 impl TreeEntry {
@@ -158,6 +164,7 @@ impl TreeEntry {
             target: None,
             rdev: None,
             link_group: None,
+            holes: Vec::new(),
         }
     }
 
@@ -176,6 +183,7 @@ impl TreeEntry {
             (4, self.target.is_some()),
             (8, self.rdev.is_some()),
             (16, self.link_group.is_some()),
+            (32, !self.holes.is_empty()),
         ] {
             if on {
                 present |= bit;
@@ -210,6 +218,15 @@ impl TreeEntry {
         if let Some(g) = self.link_group {
             w.uvar(g);
         }
+        if !self.holes.is_empty() {
+            w.uvar(self.holes.len() as u64);
+            let mut end = 0;
+            for &(offset, len) in &self.holes {
+                w.uvar(offset - end);
+                w.uvar(len);
+                end = offset + len;
+            }
+        }
     }
 
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -227,7 +244,7 @@ impl TreeEntry {
             tag: u64::from(code),
         })?;
         let present = r.u8("entry presence")?;
-        if present & !31 != 0 {
+        if present & !63 != 0 {
             return Err(DecodeError::UnknownTag {
                 field: "entry presence",
                 tag: u64::from(present),
@@ -273,6 +290,23 @@ impl TreeEntry {
         } else {
             None
         };
+        let mut holes = Vec::new();
+        if present & 32 != 0 {
+            let n = r.count("holes", 2)?;
+            holes.reserve(n);
+            let mut end = 0u64;
+            for _ in 0..n {
+                let gap = r.uvar("hole gap")?;
+                let len = r.uvar("hole length")?;
+                let offset = end
+                    .checked_add(gap)
+                    .ok_or_else(|| invalid("holes", "offset overflows"))?;
+                end = offset
+                    .checked_add(len)
+                    .ok_or_else(|| invalid("holes", "end overflows"))?;
+                holes.push((offset, len));
+            }
+        }
         let e = TreeEntry {
             name,
             kind,
@@ -290,6 +324,7 @@ impl TreeEntry {
             target,
             rdev,
             link_group,
+            holes,
         };
         Ok(e)
     }
@@ -375,6 +410,22 @@ impl TreeEntry {
             k != EntryKind::Dir || self.link_group.is_none(),
             "directories cannot be hard links",
         )?;
+        need(
+            k == EntryKind::File || self.holes.is_empty(),
+            "holes only for files",
+        )?;
+        let mut end = 0u64;
+        for (i, &(offset, len)) in self.holes.iter().enumerate() {
+            let stop = offset.checked_add(len);
+            need(
+                len > 0
+                    && (i == 0 || offset > end)
+                    && offset >= end
+                    && stop.is_some_and(|s| s <= self.size),
+                "holes must be non-empty, sorted, apart and within the size",
+            )?;
+            end = stop.unwrap_or(u64::MAX);
+        }
         Ok(())
     }
 }

@@ -67,14 +67,18 @@ fn arb_entry() -> impl Strategy<Value = TreeEntry> {
             any::<bool>(),
             proptest::collection::vec(1u8..=255, 1..60),
         ),
-        (any::<u64>(), proptest::option::of(any::<u64>())),
+        (
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            proptest::collection::vec((1u64..5000, 1u64..5000), 0..4),
+        ),
     )
         .prop_map(
             |(
                 (name, kind, mode, uid, gid, size),
                 (mtime, atime, ctime, crtime, flags),
                 (x, d, has, target),
-                (rdev, lg),
+                (rdev, lg, holes),
             )| {
                 let mut e = TreeEntry::new(name, kind);
                 e.mode = mode;
@@ -99,6 +103,17 @@ fn arb_entry() -> impl Strategy<Value = TreeEntry> {
                 }
                 if kind != EntryKind::Dir {
                     e.link_group = lg;
+                }
+                if kind == EntryKind::File {
+                    let mut end = 0u64;
+                    for (gap, len) in holes {
+                        let offset = end + gap;
+                        if offset.saturating_add(len) > size {
+                            break;
+                        }
+                        e.holes.push((offset, len));
+                        end = offset + len;
+                    }
                 }
                 e
             },
@@ -650,4 +665,48 @@ fn blob_data_refuses_what_decode_refuses() {
     let too_long = item::encode_blob(&vec![0u8; item::MAX_ITEM]);
     assert!(item::blob_data(&too_long).is_err());
     assert!(Item::decode(&too_long).is_err());
+}
+
+#[test]
+fn holes_round_trip_and_bad_ones_are_refused() {
+    let file = |holes: Vec<(u64, u64)>| {
+        let mut e = TreeEntry::new(&b"swap"[..], EntryKind::File);
+        e.size = 1 << 20;
+        e.holes = holes;
+        e
+    };
+    let good = file(vec![(0, 4096), (8192, 4096), (1 << 19, 1 << 19)]);
+    let item = Item::Tree(Tree::new(vec![good.clone()]).unwrap());
+    let Item::Tree(back) = Item::decode(&item.encode()).unwrap() else {
+        panic!("not a tree")
+    };
+    assert_eq!(back.entries, vec![good]);
+    // An entry without holes encodes as before the field existed (the golden vectors pin it).
+    let plain = Item::Tree(Tree::new(vec![file(Vec::new())]).unwrap()).encode();
+    assert!(plain.len() < item.encode().len());
+    for bad in [
+        vec![(0, 0)],                  // empty
+        vec![(4096, 4096), (0, 4096)], // unsorted
+        vec![(0, 4096), (4096, 4096)], // touching: one hole written as two
+        vec![(0, 8192), (4096, 8192)], // overlapping
+        vec![((1 << 20) - 10, 11)],    // past the size
+        vec![(u64::MAX - 1, 2)],       // overflowing
+    ] {
+        assert!(
+            Tree::new(vec![file(bad.clone())]).is_err(),
+            "{bad:?} accepted"
+        );
+    }
+    let mut dir = TreeEntry::new(&b"d"[..], EntryKind::Dir);
+    dir.content = Some(Digest::of(Algorithm::Sha256, b"t").unwrap());
+    dir.holes = vec![(0, 1)];
+    assert!(Tree::new(vec![dir]).is_err(), "holes on a directory");
+    // A presence bit beyond the known ones is refused, not skipped.
+    let mut bytes = entry_tree_bytes(&[b"a"]);
+    let at = bytes.iter().position(|&b| b == 6).unwrap() + 1; // after the kind byte
+    bytes[at] = 64;
+    assert!(matches!(
+        Item::decode(&bytes),
+        Err(DecodeError::UnknownTag { .. })
+    ));
 }

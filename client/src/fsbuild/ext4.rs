@@ -24,7 +24,7 @@ use mirage_node::Store;
 use crate::browse::item;
 use crate::fs::ext4::features::{COMPAT, INCOMPAT, RO_COMPAT};
 use crate::fs::ext4::Ext4;
-use crate::fs::FsReader;
+use crate::fs::{FileExtent, FsReader};
 use crate::image::BlockSource;
 
 /// Inode flags users set (chattr); the rest belongs to the filesystem's own layout.
@@ -258,6 +258,26 @@ fn entry_cmds(
     Ok(())
 }
 
+/// `debugfs` commands that give file `ino` blocks wherever the source had them but `mke2fs -d`
+/// left a hole (it writes no block that is all zeros): preallocated ranges and written zeros,
+/// which a swap file needs (`swapon` refuses a file with holes). The holes the source had stay.
+fn alloc_cmds(cmds: &mut String, ino: u64, e: &TreeEntry, made: &[FileExtent], block_size: u64) {
+    let blocks = |(off, len): (u64, u64)| (off / block_size, (off + len).div_ceil(block_size));
+    let keep: Vec<(u64, u64)> = e.holes.iter().map(|&h| blocks(h)).collect();
+    for (start, to) in FileExtent::holes(made, e.size).into_iter().map(blocks) {
+        let mut from = start;
+        for &(k_from, k_to) in keep.iter().filter(|&&(a, b)| b > start && a < to) {
+            if k_from > from {
+                let _ = writeln!(cmds, "fallocate <{ino}> {from} {}", k_from - 1);
+            }
+            from = from.max(k_to);
+        }
+        if from < to {
+            let _ = writeln!(cmds, "fallocate <{ino}> {from} {}", to - 1);
+        }
+    }
+}
+
 /// Recreates `fs` in `[offset, offset + len)` of the raw image file `image`.
 pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: u64) -> Result<()> {
     let work = super::staging_dir(image, len)?;
@@ -322,6 +342,9 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
                 );
             };
             let cur = u64::from(ext.inode(child as u32)?.flags);
+            if e.kind == EntryKind::File && ext.inline_data(child)?.is_none() {
+                alloc_cmds(&mut cmds, child, e, &ext.extents(child)?, block_size);
+            }
             entry_cmds(&mut cmds, &xdir, &mut nx, block_size, ino, child, cur, e)?;
             if e.kind == EntryKind::Dir {
                 if let Some(c) = e.content {

@@ -3,6 +3,7 @@
 //! only; everything else — unknown partitions, boot code, gaps, table sectors — is kept byte
 //! for byte as raw ChunkLists with zero runs left out. Blocks no file reaches are not stored.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::batch::{BatchCounts, Batcher};
 mod contents;
 mod trees;
 mod walk;
-use crate::fs::{FsError, Node};
+use crate::fs::{FileExtent, FsError, Node};
 use crate::image::regions::{store_region, Masked, RegionError};
 use crate::image::{table, BlockSource, ImageError};
 use walk::Walked;
@@ -464,7 +465,15 @@ fn index_fs(
     let (skeleton, sk_counts) = skeleton?;
     stats.add(sk_counts);
     let content_time = t_contents.elapsed();
-    let tree_of = trees::store_trees(store, w, part, &content, opts.threads, b)?;
+    let holes: HashMap<u64, Vec<(u64, u64)>> = files
+        .iter()
+        .zip(layouts)
+        .filter_map(|(n, l)| {
+            let h = FileExtent::holes(l.as_deref()?, n.size);
+            (!h.is_empty()).then_some((n.id, h))
+        })
+        .collect();
+    let tree_of = trees::store_trees(store, w, part, (&content, &holes), opts.threads, b)?;
     let root = *tree_of
         .get(&fs.root())
         .ok_or_else(|| CheckinError::Content("no root directory".into()))?;

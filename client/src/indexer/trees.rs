@@ -40,13 +40,19 @@ fn levels(dirs: &[Dir]) -> Vec<Vec<usize>> {
     levels
 }
 
+/// Each file's content digest and its holes (files without holes are not listed), by inode.
+pub(super) type Files<'a> = (
+    &'a HashMap<u64, Option<Digest>>,
+    &'a HashMap<u64, Vec<(u64, u64)>>,
+);
+
 /// The tree of one directory, from its children's digests.
 fn build(
     store: &Store,
     w: &Walked,
     part: u32,
     d: &Dir,
-    content: &HashMap<u64, Option<Digest>>,
+    (content, holes): Files<'_>,
     tree_of: &HashMap<u64, Digest>,
 ) -> Result<EncodedItem, CheckinError> {
     let mut entries = Vec::with_capacity(d.children.len());
@@ -54,7 +60,10 @@ fn build(
         let mut e = entry_of(n, name.clone());
         match n.kind {
             EntryKind::Dir => e.content = tree_of.get(&n.id).copied(),
-            EntryKind::File => e.content = content.get(&n.id).copied().flatten(),
+            EntryKind::File => {
+                e.content = content.get(&n.id).copied().flatten();
+                e.holes = holes.get(&n.id).cloned().unwrap_or_default();
+            }
             _ => {}
         }
         if n.kind != EntryKind::Dir {
@@ -75,7 +84,7 @@ pub(super) fn store_trees(
     store: &Store,
     w: &Walked,
     part: u32,
-    content: &HashMap<u64, Option<Digest>>,
+    content: Files<'_>,
     threads: usize,
     b: &mut Batcher<'_>,
 ) -> Result<HashMap<u64, Digest>, CheckinError> {

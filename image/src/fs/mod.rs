@@ -83,6 +83,26 @@ pub struct FileExtent {
     pub physical: Option<u64>,
 }
 
+impl FileExtent {
+    /// The ranges of a file of `size` bytes that `extents` (in file order) leave without
+    /// blocks: its holes, as `(offset, len)`, sorted and apart. Unwritten extents are not
+    /// holes: they have blocks that read as zeros.
+    pub fn holes(extents: &[FileExtent], size: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut covered = 0u64;
+        for e in extents.iter().filter(|e| e.len > 0) {
+            if e.logical > covered && covered < size {
+                out.push((covered, e.logical.min(size) - covered));
+            }
+            covered = covered.max(e.logical.saturating_add(e.len));
+        }
+        if size > covered {
+            out.push((covered, size - covered));
+        }
+        out
+    }
+}
+
 /// Identity and creation parameters of a filesystem.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FsInfo {
