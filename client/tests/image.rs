@@ -177,6 +177,18 @@ fn qcow2_reads_like_its_raw_source_and_gives_the_same_region_digest() {
     let src = image::open(&raw).unwrap();
     let mut past = vec![0u8; 10];
     assert!(src.read_at(&mut past, (64 << 20) - 5).is_err());
+    // Internal snapshots are not read; the image says so rather than dropping them silently.
+    assert!(image::open(&plain).unwrap().left_out().is_empty());
+    let st = Command::new("qemu-img")
+        .args(["snapshot", "-c", "before"])
+        .arg(&plain)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let left = image::open(&plain).unwrap().left_out();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains("1 internal snapshot"), "{left:?}");
+    assert_eq!(reads_like(&plain, &expect), digests[0]);
 }
 
 #[test]

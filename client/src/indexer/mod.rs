@@ -93,6 +93,9 @@ pub struct CheckinStats {
     /// Filesystems kept as raw bytes (counted in `raw_bytes`) because they hold something the
     /// readers do not support, e.g. fscrypt-encrypted files.
     pub kept_raw: Vec<KeptRaw>,
+    /// What the image's container holds that was not checked in (a qcow2 image's internal
+    /// snapshots).
+    pub left_out: Vec<String>,
 }
 
 /// How to check in.
@@ -146,6 +149,7 @@ pub fn checkin_prepared(
         format: src.format().into(),
         disk_bytes: src.len(),
         kept_raw,
+        left_out: src.left_out(),
         ..Default::default()
     };
     let alg = store.algorithm();

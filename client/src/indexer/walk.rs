@@ -95,6 +95,9 @@ pub fn prepare_with(
     follow_backing: bool,
 ) -> Result<Prepared, CheckinError> {
     let src: Arc<dyn BlockSource> = Arc::from(image::open_with(path, follow_backing)?);
+    for what in src.left_out() {
+        tracing::warn!("{what}");
+    }
     let t = table::parse(src.as_ref())?;
     let entries: Vec<table::PartEntry> = if t.kind == TableType::None {
         vec![table::PartEntry {

@@ -51,6 +51,11 @@ pub trait BlockSource: Send + Sync {
     fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>, ImageError>;
     /// Container name for messages (`raw`, `qcow2`).
     fn format(&self) -> &'static str;
+    /// What the container holds that this view of it does not show (a qcow2 image's internal
+    /// snapshots), for a warning.
+    fn left_out(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Opens an image, detecting its container from its first bytes. A qcow2 image with a

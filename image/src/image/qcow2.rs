@@ -66,6 +66,8 @@ pub struct Qcow2 {
     l2_cache: Mutex<HashMap<usize, Arc<Vec<u64>>>>,
     /// The latest inflated clusters by guest cluster, newest last.
     inflated: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
+    /// Internal snapshots the image holds (not read: only the current state is).
+    snapshots: u32,
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {
@@ -205,6 +207,7 @@ impl Qcow2 {
             codec,
             l2_cache: Mutex::new(HashMap::new()),
             inflated: Mutex::new(VecDeque::with_capacity(INFLATED_KEPT)),
+            snapshots: be32(&h, 60),
         };
         for (i, e) in q.l1.iter().enumerate() {
             let off = e & OFFSET_MASK;
@@ -453,5 +456,16 @@ impl BlockSource for Qcow2 {
 
     fn format(&self) -> &'static str {
         "qcow2"
+    }
+
+    fn left_out(&self) -> Vec<String> {
+        if self.snapshots == 0 {
+            return Vec::new();
+        }
+        vec![format!(
+            "{}: {} internal snapshot(s) not read, only the current state \
+             (`qemu-img snapshot -l` lists them; `qemu-img convert -l` reads one)",
+            self.path, self.snapshots
+        )]
     }
 }
