@@ -27,6 +27,9 @@ use crate::fs::ext4::Ext4;
 use crate::fs::{FileExtent, FsReader};
 use crate::image::BlockSource;
 
+/// The most links ext4 counts; a directory with more subdirectories has a link count of 1.
+const EXT4_LINK_MAX: usize = 65_000;
+
 /// Inode flags users set (chattr); the rest belongs to the filesystem's own layout.
 const USER_FLAGS: u64 = 0x1
     | 0x2
@@ -334,6 +337,17 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
             bail!("{} is not a tree", tree_d.to_text())
         };
         let made: HashMap<Vec<u8>, u64> = ext.read_dir(ino)?.into_iter().collect();
+        // A directory with more links than ext4 counts (dir_nlink) has a link count of 1;
+        // mke2fs -d (e2fsprogs 1.47.0) stores the count modulo 2^16 instead, which e2fsck
+        // rejects.
+        let subdirs = tree
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Dir)
+            .count();
+        if 2 + subdirs > EXT4_LINK_MAX {
+            let _ = writeln!(cmds, "sif <{ino}> links_count 1");
+        }
         for e in &tree.entries {
             let Some(&child) = made.get(&e.name) else {
                 bail!(
