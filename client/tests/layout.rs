@@ -146,3 +146,79 @@ fn a_rebuild_refuses_an_xattr_debugfs_would_cut_short() {
     assert!(e.contains("\"f\": xattr user.big holds 3000 bytes"), "{e}");
     assert!(!out.exists());
 }
+
+/// The Filesystem item of a bare filesystem image (no partition table).
+fn bare_fs(store: &Store, image: &Digest) -> Filesystem {
+    let Item::Image(i) = get(store, image) else {
+        panic!()
+    };
+    let Item::Disk(dk) = get(store, &i.disks[0].disk) else {
+        panic!()
+    };
+    let PartitionContent::Filesystem { digest } = &dk.partitions[0].content else {
+        panic!()
+    };
+    let Item::Filesystem(fs) = get(store, digest) else {
+        panic!()
+    };
+    fs
+}
+
+#[test]
+fn a_rebuild_indexes_the_directories_the_source_had_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("big")).unwrap();
+    std::fs::create_dir_all(tree.join("small")).unwrap();
+    for i in 0..3000 {
+        std::fs::write(tree.join("big").join(format!("entry-{i}")), b"").unwrap();
+    }
+    std::fs::write(tree.join("small/f"), b"x").unwrap();
+    let img = dir.path().join("src.img");
+    let st = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // mke2fs -d writes linear directories; e2fsck -D indexes the large one, as a kernel
+    // would have while the directory grew.
+    let st = Command::new("e2fsck")
+        .arg("-fyD")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(matches!(st.status.code(), Some(0 | 1)), "{st:?}");
+    let store = Store::create(&dir.path().join("store")).unwrap();
+    let (d, _) = checkin(&store, &img, 2).unwrap();
+    let src_fs = bare_fs(&store, &d);
+    let Item::Tree(root) = get(&store, &src_fs.root) else {
+        panic!()
+    };
+    let flags = |t: &mirage_format::Tree, name: &[u8]| {
+        t.entries.iter().find(|e| e.name == name).unwrap().flags
+    };
+    assert_ne!(flags(&root, b"big") & 0x1000, 0, "the source is indexed");
+    assert_eq!(flags(&root, b"small") & 0x1000, 0);
+    let out = dir.path().join("rebuilt.img");
+    let opts = CheckoutOptions {
+        rebuild: true,
+        ..Default::default()
+    };
+    checkout(&store, &d, &out, opts).unwrap();
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "{fsck:?}");
+    // Indexed again, and the superblock's times and counters as checked in, though e2fsck
+    // ran after debugfs had set them.
+    let (again, _) = checkin(&store, &out, 2).unwrap();
+    assert_eq!(
+        without_layout(bare_fs(&store, &again)),
+        without_layout(src_fs)
+    );
+}

@@ -27,6 +27,9 @@ use crate::fs::ext4::Ext4;
 use crate::fs::{FileExtent, FsReader};
 use crate::image::BlockSource;
 
+/// A directory with an htree index.
+const INDEX_FL: u64 = 0x1000;
+
 /// The most links ext4 counts; a directory with more subdirectories has a link count of 1.
 const EXT4_LINK_MAX: usize = 65_000;
 
@@ -331,6 +334,8 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
         u64::from(ext.inode(2)?.flags),
         &fs.root_attrs,
     )?;
+    let dir_index = features(fs)?.split(',').any(|f| f == "dir_index");
+    let mut indexed = dir_index && fs.root_attrs.flags & INDEX_FL != 0;
     let mut stack = vec![(fs.root, 2u64)];
     while let Some((tree_d, ino)) = stack.pop() {
         let Item::Tree(tree) = item(store, &tree_d)? else {
@@ -345,6 +350,11 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
             .iter()
             .filter(|e| e.kind == EntryKind::Dir)
             .count();
+        indexed |= dir_index
+            && tree
+                .entries
+                .iter()
+                .any(|e| e.kind == EntryKind::Dir && e.flags & INDEX_FL != 0);
         if 2 + subdirs > EXT4_LINK_MAX {
             let _ = writeln!(cmds, "sif <{ino}> links_count 1");
         }
@@ -376,6 +386,7 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
         }
     }
     // Superblock fields that tools and people look at.
+    let mut sb_cmds = String::new();
     for key in [
         "mtime",
         "wtime",
@@ -396,7 +407,7 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
         if let Some(Param::U64(v)) = fs.params.get(key) {
             let time = matches!(key, "mtime" | "wtime" | "lastcheck" | "mkfs_time");
             let _ = writeln!(
-                cmds,
+                sb_cmds,
                 "ssv {key} {}{}",
                 if time { "@" } else { "" },
                 *v as i64
@@ -409,9 +420,42 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
         "ext: debugfs script built"
     );
     let t = std::time::Instant::now();
-    let script = work.path().join("debugfs.cmds");
-    std::fs::write(&script, &cmds)?;
     let target = format!("{}?offset={offset}", image.display());
+    if indexed {
+        // mke2fs -d writes every directory linear; a large one the source had indexed (htree)
+        // would stay linear, each lookup a scan. `e2fsck -D` indexes the large ones; it also
+        // stamps the superblock, so the superblock's fields are set after it.
+        debugfs(fs, work.path(), &target, &cmds)?;
+        let out = Command::new("e2fsck")
+            .args(["-f", "-y", "-D"])
+            .arg(&target)
+            .output()
+            .context("running e2fsck -D")?;
+        // 0: nothing changed, 1: directories rewritten; anything else is an error.
+        if !matches!(out.status.code(), Some(0 | 1)) {
+            bail!(
+                "e2fsck -D ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        debugfs(fs, work.path(), &target, &sb_cmds)?;
+    } else {
+        cmds.push_str(&sb_cmds);
+        debugfs(fs, work.path(), &target, &cmds)?;
+    }
+    tracing::info!(
+        seconds = t.elapsed().as_secs_f64(),
+        indexed,
+        "ext: debugfs done"
+    );
+    Ok(())
+}
+
+/// Runs the `debugfs` script `cmds` on `target` (`IMAGE?offset=N`).
+fn debugfs(fs: &Filesystem, work: &Path, target: &str, cmds: &str) -> Result<()> {
+    let script = work.join("debugfs.cmds");
+    std::fs::write(&script, cmds)?;
     let mut debugfs = Command::new("debugfs");
     // debugfs stamps the superblock's write time when it closes the filesystem.
     if let Some(Param::U64(w)) = fs.params.get("wtime") {
@@ -421,7 +465,7 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
         .arg("-w")
         .arg("-f")
         .arg(&script)
-        .arg(&target)
+        .arg(target)
         .output()
         .context("running debugfs")?;
     // debugfs exits 0 even when a command fails: its errors are the stderr lines that are not
@@ -436,6 +480,5 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
     if !out.status.success() || !errors.is_empty() {
         bail!("debugfs: {}", errors.join("; "));
     }
-    tracing::info!(seconds = t.elapsed().as_secs_f64(), "ext: debugfs done");
     Ok(())
 }
