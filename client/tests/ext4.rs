@@ -635,16 +635,16 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = Store::create(&dir.path().join("store")).unwrap();
-    for bs in ["4096", "1024"] {
-        let img = dir.path().join(format!("live-{bs}.img"));
+    for (t, bs) in [("ext4", "4096"), ("ext4", "1024"), ("ext3", "4096")] {
+        let img = dir.path().join(format!("live-{t}-{bs}.img"));
         std::fs::File::create(&img)
             .unwrap()
             .set_len(64 << 20)
             .unwrap();
         run(Command::new("mke2fs")
-            .args(["-q", "-F", "-t", "ext4", "-b", bs])
+            .args(["-q", "-F", "-t", t, "-b", bs])
             .arg(&img));
-        let mnt = dir.path().join(format!("mnt-{bs}"));
+        let mnt = dir.path().join(format!("mnt-{t}-{bs}"));
         std::fs::create_dir(&mnt).unwrap();
         run(Command::new("mount")
             .arg("-o")
@@ -653,7 +653,7 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
             .arg(&mnt));
         // Copied while mounted, with two files deleted and still open: the image needs
         // recovery and its orphan list names them.
-        let snap = dir.path().join(format!("snap-{bs}.img"));
+        let snap = dir.path().join(format!("snap-{t}-{bs}.img"));
         let copied = (|| -> std::io::Result<()> {
             std::fs::write(mnt.join("keep"), pseudo_random(1, 200_000))?;
             let mut held = Vec::new();
@@ -675,14 +675,14 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
             "the copy needs no recovery"
         );
         let (d, _) = checkin(&store, &snap, 2).unwrap();
-        let out = dir.path().join(format!("out-{bs}.img"));
+        let out = dir.path().join(format!("out-{t}-{bs}.img"));
         checkout(&store, &d, &out, CheckoutOptions::default()).unwrap();
         assert_fsck_clean(&out);
         let s: Arc<dyn BlockSource> = Arc::from(image::open(&out).unwrap());
         let fs = Ext4::open(s, 0, 64 << 20).unwrap();
         let mut names: Vec<Vec<u8>> = fs.read_dir(2).unwrap().into_iter().map(|e| e.0).collect();
         names.sort();
-        assert_eq!(names, [&b"keep"[..], b"lost+found", b"new"], "{bs}");
+        assert_eq!(names, [&b"keep"[..], b"lost+found", b"new"], "{t} {bs}");
     }
 }
 

@@ -103,6 +103,42 @@ impl Ext4 {
             .collect())
     }
 
+    /// Every block an inode mapped by indirect blocks (ext2/3) holds, as (first, 1) runs: its
+    /// data blocks and the indirect blocks themselves, at most `limit` of them (`None`: more,
+    /// which the inode's own block count does not allow).
+    pub(super) fn indirect_blocks(
+        &self,
+        inode: &Inode,
+        limit: u64,
+    ) -> Result<Option<Vec<(u64, u64)>>, FsError> {
+        let mut out = Vec::new();
+        let mut todo: Vec<(u64, u32)> = Vec::new();
+        for slot in 0..15usize {
+            let p = u64::from(le32(&inode.block, 4 * slot));
+            if p != 0 {
+                todo.push((p, slot.saturating_sub(11) as u32));
+            }
+        }
+        let bs = self.block_size();
+        while let Some((p, level)) = todo.pop() {
+            self.check_block(inode.ino, p, 1)?;
+            out.push((p, 1));
+            if out.len() as u64 > limit {
+                return Ok(None);
+            }
+            if level > 0 {
+                let data = self.read_fs(p * bs, bs, "indirect block")?;
+                for c in data.chunks_exact(4) {
+                    let q = u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                    if q != 0 {
+                        todo.push((q, level - 1));
+                    }
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Walks an extent tree from `node`: each leaf entry as (logical block, count, physical
     /// block, unwritten) into `leaves`, each index or leaf block below the inode into `nodes`;
     /// more than `max_leaves` + 16 entries is damage.

@@ -2,9 +2,9 @@
 //! they were still open have their inodes and blocks freed (bitmaps, group counts and their
 //! checksums, the superblock's counts), so a filesystem imaged while mounted is as the kernel
 //! would leave it and `e2fsck -fn` finds nothing to say. Only the common case is released:
-//! extent-mapped (or inline) inodes without links and without an external xattr block, on a
-//! filesystem without `bigalloc` and with no entries in an orphan file. Anything else (a
-//! truncate left half done, indirect-mapped files of ext3) leaves the whole list as it is, for
+//! inodes mapped by extents, by indirect blocks (ext2/3) or inline, without links and without
+//! an external xattr block, on a filesystem without `bigalloc` and with no entries in an
+//! orphan file. Anything else (a truncate left half done) leaves the whole list as it is, for
 //! the next mount or `e2fsck -p`, as before.
 
 use std::collections::BTreeMap;
@@ -199,16 +199,25 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         .collect())
 }
 
-/// Every block `inode` holds, as (first, count) runs; `None` for an inode mapped by indirect
-/// blocks.
+/// Every block `inode` holds, as (first, count) runs; `None` when its map holds more blocks
+/// than its block count says (left to the next mount's e2fsck-like checks).
 fn blocks_of(fs: &Ext4, inode: &super::Inode) -> Result<Option<Vec<(u64, u64)>>, FsError> {
     if inode.flags & super::inode::INLINE_DATA_FL != 0 {
         return Ok(Some(Vec::new()));
     }
     if inode.flags & super::inode::EXTENTS_FL == 0 {
-        // Devices, fifos, sockets and fast symlinks hold no blocks; anything else here is
-        // mapped by indirect blocks.
-        return Ok((inode.blocks == 0).then(Vec::new));
+        // Devices, fifos, sockets and fast symlinks hold no blocks (and their block array is
+        // not a map); anything else here is mapped by indirect blocks.
+        if inode.blocks == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        // No more than its block count says, nor than the filesystem has; past 4 Mi blocks
+        // the release is left to the next mount rather than held in memory here.
+        let sectors_per_block = (fs.block_size() / 512).max(1);
+        let limit = (inode.blocks / sectors_per_block)
+            .min(fs.superblock().blocks_count)
+            .min(1 << 22);
+        return fs.indirect_blocks(inode, limit);
     }
     fs.extent_blocks(inode).map(Some)
 }
