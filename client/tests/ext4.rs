@@ -655,10 +655,31 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
         // recovery and its orphan list names them.
         let snap = dir.path().join(format!("snap-{t}-{bs}.img"));
         let copied = (|| -> std::io::Result<()> {
+            // Xattrs too large for the inode live in a block, shared by files with the same
+            // set: A by `keep` and two deleted files (one reference stays), B by one deleted
+            // file only (freed).
+            let big = |seed| pseudo_random(seed, 700);
+            let setx = |name: &str, v: &[u8]| {
+                rustix::fs::setxattr(
+                    mnt.join(name),
+                    "user.big",
+                    v,
+                    rustix::fs::XattrFlags::empty(),
+                )
+            };
             std::fs::write(mnt.join("keep"), pseudo_random(1, 200_000))?;
+            setx("keep", &big(7))?;
             let mut held = Vec::new();
-            for (name, len) in [("held", 3_000_000), ("small", 100)] {
+            for (name, len, x) in [
+                ("held", 3_000_000, Some(7)),
+                ("small", 100, None),
+                ("shares", 10, Some(7)),
+                ("alone", 10, Some(8)),
+            ] {
                 std::fs::write(mnt.join(name), pseudo_random(2, len))?;
+                if let Some(seed) = x {
+                    setx(name, &big(seed))?;
+                }
                 held.push(std::fs::File::open(mnt.join(name))?);
                 std::fs::remove_file(mnt.join(name))?;
             }

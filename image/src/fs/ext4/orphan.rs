@@ -2,9 +2,9 @@
 //! they were still open have their inodes and blocks freed (bitmaps, group counts and their
 //! checksums, the superblock's counts), so a filesystem imaged while mounted is as the kernel
 //! would leave it and `e2fsck -fn` finds nothing to say. Only the common case is released:
-//! inodes mapped by extents, by indirect blocks (ext2/3) or inline, without links and without
-//! an external xattr block, on a filesystem without `bigalloc` and with no entries in an
-//! orphan file. Anything else (a truncate left half done) leaves the whole list as it is, for
+//! inodes mapped by extents, by indirect blocks (ext2/3) or inline, without links, with their
+//! external xattr blocks (freed, or one reference fewer when shared), on a filesystem without
+//! `bigalloc` and with no entries in an orphan file. Anything else (a truncate left half done) leaves the whole list as it is, for
 //! the next mount or `e2fsck -p`, as before.
 
 use std::collections::BTreeMap;
@@ -85,13 +85,22 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
     // The chain: each orphan's dtime names the next.
     let mut orphans = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    // External xattr blocks the orphans name, with how many of them name each.
+    let mut xattr_refs: BTreeMap<u64, u32> = BTreeMap::new();
     while ino != 0 {
         if !seen.insert(ino) {
             return Err(fs.corrupt(format!("orphan list loops at inode {ino}")));
         }
         let inode = fs.inode(ino)?;
-        if inode.links != 0 || inode.file_acl != 0 {
+        if inode.links != 0 {
             return Ok(BTreeMap::new());
+        }
+        if inode.file_acl != 0 {
+            let b = inode.file_acl;
+            if b >= sb.blocks_count || b < u64::from(sb.first_data_block) {
+                return Ok(BTreeMap::new());
+            }
+            *xattr_refs.entry(b).or_insert(0u32) += 1;
         }
         let Some(blocks) = blocks_of(fs, &inode)? else {
             return Ok(BTreeMap::new());
@@ -109,6 +118,28 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         fs,
         blocks: BTreeMap::new(),
     };
+    // An xattr block loses one reference per orphan naming it, and is freed with its last
+    // (shared blocks are reference counted; their checksum covers the count).
+    for (&b, &n) in &xattr_refs {
+        let data = ed.block(b)?;
+        let (magic, refs, nblocks) = (le32(data, 0), le32(data, 4), le32(data, 8));
+        if magic != 0xEA02_0000 || nblocks != 1 || refs < n {
+            return Ok(BTreeMap::new());
+        }
+        if refs == n {
+            // Freed with the first orphan that names it.
+            if let Some((_, (_, blocks))) = orphans.iter_mut().find(|(_, (i, _))| i.file_acl == b) {
+                blocks.push((b, 1));
+            }
+        } else {
+            data[4..8].copy_from_slice(&(refs - n).to_le_bytes());
+            if csum {
+                data[0x10..0x14].fill(0);
+                let c = chain(chain(seed, &b.to_le_bytes()), data);
+                data[0x10..0x14].copy_from_slice(&c.to_le_bytes());
+            }
+        }
+    }
     let ipg = u64::from(sb.inodes_per_group);
     let bpg = u64::from(sb.blocks_per_group);
     let first = u64::from(sb.first_data_block);
