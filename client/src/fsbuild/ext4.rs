@@ -23,7 +23,7 @@ use mirage_node::Store;
 
 use crate::browse::item;
 use crate::fs::ext4::features::{COMPAT, INCOMPAT, RO_COMPAT};
-use crate::fs::ext4::Ext4;
+use crate::fs::ext4::{Ext4, INLINE_DATA_FL};
 use crate::fs::{FileExtent, FsReader};
 use crate::image::BlockSource;
 
@@ -365,15 +365,16 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
                     String::from_utf8_lossy(&e.name)
                 );
             };
-            let cur = u64::from(ext.inode(child as u32)?.flags);
+            let made_inode = ext.inode(child as u32)?;
+            let cur = u64::from(made_inode.flags);
             if e.kind == EntryKind::File {
                 // e2fsprogs 1.47.0 with inline_data: `mke2fs -d` gives a file that ends in a
                 // hole the size of what it wrote (an 8 MiB swap file came out 4 KiB long).
-                if ext.node(child)?.size != e.size {
+                if made_inode.size != e.size {
                     let _ = writeln!(cmds, "sif <{child}> size {}", e.size);
                 }
                 // A file it left inline (all zeros) has no blocks to give.
-                if ext.inline_data(child)?.is_none() {
+                if made_inode.flags & INLINE_DATA_FL == 0 {
                     alloc_cmds(&mut cmds, child, e, &ext.extents(child)?, block_size);
                 }
             }

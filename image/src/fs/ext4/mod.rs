@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use mirage_format::{EntryKind, Param, Params};
 
-pub use inode::{acl_to_xattr, Inode};
+pub use inode::{acl_to_xattr, Inode, INLINE_DATA_FL};
 
 use crate::fs::{FileExtent, FsError, FsInfo, FsReader, Node};
 use crate::image::BlockSource;
