@@ -635,16 +635,27 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = Store::create(&dir.path().join("store")).unwrap();
-    for (t, bs) in [("ext4", "4096"), ("ext4", "1024"), ("ext3", "4096")] {
-        let img = dir.path().join(format!("live-{t}-{bs}.img"));
+    // The orphans named by the orphan list, or by the orphan file (`orphan_file`, whose
+    // `orphan_present` flag stays set while mounted even once the file is empty again).
+    for (n, (t, bs, features, keep_open)) in [
+        ("ext4", "4096", "^orphan_file", true),
+        ("ext4", "1024", "^orphan_file", true),
+        ("ext3", "4096", "^orphan_file", true),
+        ("ext4", "4096", "orphan_file", true),
+        ("ext4", "1024", "orphan_file", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let img = dir.path().join(format!("live-{n}.img"));
         std::fs::File::create(&img)
             .unwrap()
             .set_len(64 << 20)
             .unwrap();
         run(Command::new("mke2fs")
-            .args(["-q", "-F", "-t", t, "-b", bs])
+            .args(["-q", "-F", "-t", t, "-b", bs, "-O", features])
             .arg(&img));
-        let mnt = dir.path().join(format!("mnt-{t}-{bs}"));
+        let mnt = dir.path().join(format!("mnt-{n}"));
         std::fs::create_dir(&mnt).unwrap();
         run(Command::new("mount")
             .arg("-o")
@@ -653,7 +664,7 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
             .arg(&mnt));
         // Copied while mounted, with two files deleted and still open: the image needs
         // recovery and its orphan list names them.
-        let snap = dir.path().join(format!("snap-{t}-{bs}.img"));
+        let snap = dir.path().join(format!("snap-{n}.img"));
         let copied = (|| -> std::io::Result<()> {
             // Xattrs too large for the inode live in a block, shared by files with the same
             // set: A by `keep` and two deleted files (one reference stays), B by one deleted
@@ -683,6 +694,9 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
                 held.push(std::fs::File::open(mnt.join(name))?);
                 std::fs::remove_file(mnt.join(name))?;
             }
+            if !keep_open {
+                held.clear();
+            }
             std::fs::write(mnt.join("new"), b"after\n")?;
             run(&mut Command::new("sync"));
             std::fs::copy(&img, &snap)?;
@@ -695,15 +709,25 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
             le32_at(&raw, 1024 + 0x60) & 4 != 0,
             "the copy needs no recovery"
         );
+        if features == "orphan_file" {
+            assert!(
+                le32_at(&raw, 1024 + 0x64) & 0x1_0000 != 0,
+                "the copy has no orphan_present"
+            );
+        }
         let (d, _) = checkin(&store, &snap, 2).unwrap();
-        let out = dir.path().join(format!("out-{t}-{bs}.img"));
+        let out = dir.path().join(format!("out-{n}.img"));
         checkout(&store, &d, &out, CheckoutOptions::default()).unwrap();
         assert_fsck_clean(&out);
         let s: Arc<dyn BlockSource> = Arc::from(image::open(&out).unwrap());
         let fs = Ext4::open(s, 0, 64 << 20).unwrap();
         let mut names: Vec<Vec<u8>> = fs.read_dir(2).unwrap().into_iter().map(|e| e.0).collect();
         names.sort();
-        assert_eq!(names, [&b"keep"[..], b"lost+found", b"new"], "{t} {bs}");
+        assert_eq!(
+            names,
+            [&b"keep"[..], b"lost+found", b"new"],
+            "{t} {bs} {features}"
+        );
     }
 }
 

@@ -1,11 +1,13 @@
-//! The orphan list released, as a mount does after the journal replay: files deleted while
-//! they were still open have their inodes and blocks freed (bitmaps, group counts and their
-//! checksums, the superblock's counts), so a filesystem imaged while mounted is as the kernel
-//! would leave it and `e2fsck -fn` finds nothing to say. Only the common case is released:
-//! inodes mapped by extents, by indirect blocks (ext2/3) or inline, without links, with their
-//! external xattr blocks (freed, or one reference fewer when shared), on a filesystem without
-//! `bigalloc` and with no entries in an orphan file. Anything else (a truncate left half done) leaves the whole list as it is, for
-//! the next mount or `e2fsck -p`, as before.
+//! Orphans released, as a mount does after the journal replay: files deleted while they were
+//! still open, named by the orphan list or by the orphan file (`orphan_file`), have their
+//! inodes and blocks freed (bitmaps, group counts and their checksums), the orphan file is
+//! emptied and the superblock written as a mount writes it (`orphan_present` clear, the free
+//! counts summed from the groups), so a filesystem imaged while mounted is as the kernel would
+//! leave it and `e2fsck -fn` finds nothing to say. Only the common case is released: inodes
+//! mapped by extents, by indirect blocks (ext2/3) or inline, without links, with their external
+//! xattr blocks (freed, or one reference fewer when shared), on a filesystem without
+//! `bigalloc`. Anything else (a truncate left half done, an orphan file not as the kernel
+//! writes it) leaves everything as it is, for the next mount or `e2fsck -p`.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,7 @@ const RO_COMPAT_GDT_CSUM: u32 = 0x10;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 const RO_COMPAT_ORPHAN_PRESENT: u32 = 0x1_0000;
 const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+const ORPHAN_BLOCK_MAGIC: u32 = 0x0B10_CA04;
 
 /// crc32c as ext4 chains it: no inversion on either side.
 fn chain(crc: u32, data: &[u8]) -> u32 {
@@ -61,12 +64,85 @@ impl Edits<'_> {
     }
 }
 
-/// The blocks (image byte offset -> bytes) that release the orphan list of `fs`, a view of
-/// a recovered filesystem; empty when there is nothing to release or the list is left.
+/// An orphan file's blocks (filesystem block numbers) with the inodes each names.
+struct OrphanFile {
+    ino: u32,
+    generation: u32,
+    blocks: Vec<(u64, Vec<u32>)>,
+}
+
+/// Blocks past which an orphan file is left to the next mount (the kernel makes them 32 to
+/// 512 blocks long).
+const ORPHAN_FILE_MAX_BLOCKS: u64 = 1 << 16;
+
+/// The orphan file of a filesystem with `orphan_file`, its blocks checked (magic and, with
+/// metadata_csum, checksum); `Ok(None)` when it is absent or not as the kernel writes it
+/// (left to the next mount or e2fsck).
+fn orphan_file(fs: &Ext4, csum: bool, seed: u32) -> Result<Option<OrphanFile>, FsError> {
+    let sb = fs.superblock();
+    let bs = fs.block_size();
+    let ino = le32(&sb.raw, 0x280);
+    if ino == 0 || ino > sb.inodes_count {
+        return Ok(None);
+    }
+    let inode = fs.inode(ino)?;
+    let nblocks = inode.size / bs;
+    if inode.size % bs != 0 || nblocks > ORPHAN_FILE_MAX_BLOCKS {
+        return Ok(None);
+    }
+    let generation = le32(&inode.raw, 0x64);
+    let entries = ((bs - 8) / 4) as usize;
+    let mut blocks = Vec::new();
+    for e in fs.file_extents(&inode)? {
+        let Some(at) = e.physical else {
+            return Ok(None);
+        };
+        let first = (at - fs.offset) / bs;
+        for b in first..first + e.len.div_ceil(bs) {
+            if blocks.len() as u64 == nblocks {
+                break;
+            }
+            let data = fs.read_fs(b * bs, bs, "orphan file block")?;
+            let tail = bs as usize - 8;
+            if le32(&data, tail) != ORPHAN_BLOCK_MAGIC
+                || (csum
+                    && le32(&data, tail + 4) != orphan_block_csum(&data, seed, ino, generation, b))
+            {
+                return Ok(None);
+            }
+            let names: Vec<u32> = (0..entries)
+                .map(|i| le32(&data, 4 * i))
+                .filter(|&n| n != 0)
+                .collect();
+            blocks.push((b, names));
+        }
+    }
+    if blocks.len() as u64 != nblocks {
+        // A hole in the orphan file: not as the kernel makes it.
+        return Ok(None);
+    }
+    Ok(Some(OrphanFile {
+        ino,
+        generation,
+        blocks,
+    }))
+}
+
+/// An orphan file block's checksum: the inode number, its generation, the block's number and
+/// its entries (not the tail), chained from the filesystem's seed.
+fn orphan_block_csum(data: &[u8], seed: u32, ino: u32, generation: u32, block: u64) -> u32 {
+    let c = chain(chain(seed, &ino.to_le_bytes()), &generation.to_le_bytes());
+    chain(chain(c, &block.to_le_bytes()), &data[..data.len() - 8])
+}
+
+/// The blocks (image byte offset -> bytes) that release the orphans of `fs`, a view of a
+/// recovered filesystem: those of the orphan list and those the orphan file names; then the
+/// superblock as a mount writes it (no orphans, `orphan_present` clear, the free counts summed
+/// from the groups). Empty when there is nothing to change, or when an orphan is of a kind
+/// left to the next mount (then everything is left as the image has it).
 pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
     let sb = fs.superblock();
     let bs = fs.block_size();
-    let mut ino = le32(&sb.raw, 0xE8);
     let isz = u64::from(sb.inode_size);
     // Geometry this code indexes by (the open checks most of it; a bitmap longer than its
     // block or an inode that straddles blocks is left alone rather than trusted).
@@ -74,22 +150,46 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         || u64::from(sb.inodes_per_group) > 8 * bs
         || !(128..=bs).contains(&isz)
         || bs % isz != 0;
-    if ino == 0
-        || odd
+    let has_file = sb.feature_compat & COMPAT_ORPHAN_FILE != 0;
+    if odd
         || sb.cluster_ratio() != 1
-        || (sb.feature_compat & COMPAT_ORPHAN_FILE != 0
-            && sb.feature_ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0)
+        || (!has_file && sb.feature_ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0)
     {
         return Ok(BTreeMap::new());
     }
-    // The chain: each orphan's dtime names the next.
+    let csum = sb.feature_ro_compat & RO_COMPAT_METADATA_CSUM != 0;
+    let seed = if sb.feature_incompat & INCOMPAT_CSUM_SEED != 0 {
+        le32(&sb.raw, 0x270)
+    } else {
+        chain(!0, &sb.raw[0x68..0x78])
+    };
+    let file = if has_file {
+        match orphan_file(fs, csum, seed)? {
+            Some(f) => Some(f),
+            None => return Ok(BTreeMap::new()),
+        }
+    } else {
+        None
+    };
+    // The list (each orphan's dtime names the next), then the orphan file's entries.
     let mut orphans = Vec::new();
     let mut seen = std::collections::HashSet::new();
     // External xattr blocks the orphans name, with how many of them name each.
     let mut xattr_refs: BTreeMap<u64, u32> = BTreeMap::new();
-    while ino != 0 {
+    let mut next = le32(&sb.raw, 0xE8);
+    let mut named = file
+        .iter()
+        .flat_map(|f| f.blocks.iter().flat_map(|(_, n)| n.iter().copied()));
+    loop {
+        let ino = if next != 0 {
+            next
+        } else if let Some(n) = named.next() {
+            n
+        } else {
+            break;
+        };
         if !seen.insert(ino) {
-            return Err(fs.corrupt(format!("orphan list loops at inode {ino}")));
+            return Err(fs.corrupt(format!("orphan inode {ino} is named twice")));
         }
         let inode = fs.inode(ino)?;
         if inode.links != 0 {
@@ -105,15 +205,11 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         let Some(blocks) = blocks_of(fs, &inode)? else {
             return Ok(BTreeMap::new());
         };
-        ino = le32(&inode.raw, 0x14);
+        if next != 0 {
+            next = le32(&inode.raw, 0x14);
+        }
         orphans.push((inode.ino, (inode, blocks)));
     }
-    let csum = sb.feature_ro_compat & RO_COMPAT_METADATA_CSUM != 0;
-    let seed = if sb.feature_incompat & INCOMPAT_CSUM_SEED != 0 {
-        le32(&sb.raw, 0x270)
-    } else {
-        chain(!0, &sb.raw[0x68..0x78])
-    };
     let mut ed = Edits {
         fs,
         blocks: BTreeMap::new(),
@@ -137,6 +233,21 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
                 data[0x10..0x14].fill(0);
                 let c = chain(chain(seed, &b.to_le_bytes()), data);
                 data[0x10..0x14].copy_from_slice(&c.to_le_bytes());
+            }
+        }
+    }
+    // The orphan file emptied: its entries zero, its checksums again.
+    if let Some(f) = &file {
+        for (b, names) in &f.blocks {
+            if names.is_empty() {
+                continue;
+            }
+            let data = ed.block(*b)?;
+            let tail = data.len() - 8;
+            data[..tail].fill(0);
+            if csum {
+                let c = orphan_block_csum(data, seed, f.ino, f.generation, *b);
+                data[tail + 4..].copy_from_slice(&c.to_le_bytes());
             }
         }
     }
@@ -183,21 +294,29 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
     let per_block = bs / dsz;
     for (&g, &(nb, ni, nd)) in &freed {
         let grp = fs.groups[g as usize];
-        let block_bits = ed.block(grp.block_bitmap)?[..(bpg / 8) as usize].to_vec();
-        let inode_bits = ed.block(grp.inode_bitmap)?[..(ipg / 8) as usize].to_vec();
+        // Only the bitmaps that changed get their checksums again (an untouched inode bitmap
+        // may be uninitialised, INODE_UNINIT, with no checksum to keep).
+        let block_bits = match nb {
+            0 => None,
+            _ => Some(ed.block(grp.block_bitmap)?[..(bpg / 8) as usize].to_vec()),
+        };
+        let inode_bits = match ni {
+            0 => None,
+            _ => Some(ed.block(grp.inode_bitmap)?[..(ipg / 8) as usize].to_vec()),
+        };
         let at = fs.layout.desc_block(g / per_block);
         let d = &mut ed.block(at)?[((g % per_block) * dsz) as usize..][..dsz as usize];
         add(d, 0x0C, 0x2C, dsz, nb as i64);
         add(d, 0x0E, 0x2E, dsz, ni as i64);
         add(d, 0x10, 0x30, dsz, -(nd as i64));
         if csum {
-            let b = chain(seed, &block_bits);
-            let i = chain(seed, &inode_bits);
-            d[0x18..0x1A].copy_from_slice(&(b as u16).to_le_bytes());
-            d[0x1A..0x1C].copy_from_slice(&(i as u16).to_le_bytes());
-            if dsz >= 64 {
-                d[0x38..0x3A].copy_from_slice(&((b >> 16) as u16).to_le_bytes());
-                d[0x3A..0x3C].copy_from_slice(&((i >> 16) as u16).to_le_bytes());
+            for (bits, lo, hi) in [(block_bits, 0x18, 0x38), (inode_bits, 0x1A, 0x3A)] {
+                let Some(bits) = bits else { continue };
+                let c = chain(seed, &bits);
+                d[lo..lo + 2].copy_from_slice(&(c as u16).to_le_bytes());
+                if dsz >= 64 {
+                    d[hi..hi + 2].copy_from_slice(&((c >> 16) as u16).to_le_bytes());
+                }
             }
         }
         desc_csum(d, g as u32, sb, seed);
@@ -213,7 +332,10 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
     // The superblock: no orphans, the counts a mount would write.
     let sb_at = 1024 / bs;
     let sbuf = &mut ed.block(sb_at)?[(1024 % bs) as usize..][..1024];
+    let before = sbuf.to_vec();
     sbuf[0xE8..0xEC].fill(0);
+    let ro_compat = le32(sbuf, 0x64) & !RO_COMPAT_ORPHAN_PRESENT;
+    sbuf[0x64..0x68].copy_from_slice(&ro_compat.to_le_bytes());
     sbuf[0x0C..0x10].copy_from_slice(&(free_blocks as u32).to_le_bytes());
     if sb.feature_incompat & 0x80 != 0 {
         sbuf[0x158..0x15C].copy_from_slice(&((free_blocks >> 32) as u32).to_le_bytes());
@@ -221,6 +343,10 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
     sbuf[0x10..0x14].copy_from_slice(&(free_inodes as u32).to_le_bytes());
     if csum {
         set_superblock_csum(sbuf);
+    }
+    if orphans.is_empty() && *sbuf == before[..] {
+        // Nothing a mount would change.
+        return Ok(BTreeMap::new());
     }
     let off = fs.offset;
     Ok(ed
