@@ -222,3 +222,73 @@ fn a_rebuild_indexes_the_directories_the_source_had_indexed() {
         without_layout(src_fs)
     );
 }
+
+#[test]
+fn a_rebuild_keeps_casefolded_directories_and_the_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("cf/big")).unwrap();
+    std::fs::create_dir_all(tree.join("plain")).unwrap();
+    std::fs::write(tree.join("cf/MixedCase.TXT"), b"hi\n").unwrap();
+    std::fs::write(tree.join("cf/Straße"), b"x\n").unwrap();
+    for i in 0..3000 {
+        std::fs::write(tree.join("cf/big").join(format!("File-{i}")), b"").unwrap();
+    }
+    let img = dir.path().join("src.img");
+    let st = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-O", "casefold"])
+        .args(["-E", "encoding=utf8,encoding_flags=strict", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // `chattr +F` works on empty directories of a mounted filesystem only (and needs a kernel
+    // with CONFIG_UNICODE); debugfs sets the flag, and e2fsck -D indexes the large directory
+    // with the case-folded hash, as the kernel would have while it grew.
+    let st = Command::new("debugfs")
+        .args(["-w", "-R", "sif /cf flags 0x40080000"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let st = Command::new("debugfs")
+        .args(["-w", "-R", "sif /cf/big flags 0x40080000"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let st = Command::new("e2fsck")
+        .arg("-fyD")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(matches!(st.status.code(), Some(0 | 1)), "{st:?}");
+    let store = Store::create(&dir.path().join("store")).unwrap();
+    let (d, _) = checkin(&store, &img, 2).unwrap();
+    let src_fs = bare_fs(&store, &d);
+    let Item::Tree(root) = get(&store, &src_fs.root) else {
+        panic!()
+    };
+    let cf = root.entries.iter().find(|e| e.name == b"cf").unwrap();
+    assert_ne!(cf.flags & 0x4000_0000, 0, "the source is case-folded");
+    let out = dir.path().join("rebuilt.img");
+    let opts = CheckoutOptions {
+        rebuild: true,
+        ..Default::default()
+    };
+    checkout(&store, &d, &out, opts).unwrap();
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "{fsck:?}");
+    // The same tree (flags included) and the same superblock (encoding and its strict flag).
+    let (again, _) = checkin(&store, &out, 2).unwrap();
+    assert_eq!(
+        without_layout(bare_fs(&store, &again)),
+        without_layout(src_fs)
+    );
+}

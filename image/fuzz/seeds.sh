@@ -19,6 +19,13 @@ dd if="$t/dirty.img" of="$t/logged" bs=1024 skip=1 count=2 status=none
 printf 'jo -c -v 3\njw -b 1,2 %s\njc\njo\njw -r 2\njc\n' "$t/logged" > "$t/jcmds"
 debugfs -w -f "$t/jcmds" "$t/dirty.img" >/dev/null 2>&1
 cp "$t/dirty.img" corpus/ext4/dirty-journal.img
+# Imaged while mounted, with orphans: one on the orphan list, one in the orphan file.
+mke2fs -q -t ext4 -b 1024 -N 32 -O orphan_file,^metadata_csum -J size=1 -d "$t/src" "$t/orphans.img" 2140
+printf 'unlink /big\nsif <13> links_count 0\nunlink /d/f\nsif <15> links_count 0\nssv last_orphan 15\nfeature needs_recovery orphan_present\n' > "$t/ocmds"
+debugfs -w -f "$t/ocmds" "$t/orphans.img" >/dev/null 2>&1
+ofblock=$(debugfs -R 'blocks <12>' "$t/orphans.img" 2>/dev/null | awk '{print $1}')
+printf '\x0d\x00\x00\x00' | dd of="$t/orphans.img" bs=1024 seek="$ofblock" conv=notrunc status=none
+cp "$t/orphans.img" corpus/ext4/orphans.img
 truncate -s 256K "$t/fat.img"; mkfs.fat -F 12 "$t/fat.img" >/dev/null
 MTOOLS_SKIP_CHECK=1 mcopy -s -i "$t/fat.img" "$t/src/d" "$t/src/big" ::/
 cp "$t/fat.img" corpus/vfat/fat12.img

@@ -47,7 +47,13 @@ const USER_FLAGS: u64 = 0x1
     | 0x10000
     | 0x20000
     | 0x80_0000
-    | 0x2000_0000;
+    | 0x200_0000
+    | 0x2000_0000
+    | CASEFOLD_FL;
+
+/// `EXT4_CASEFOLD_FL`: names in this directory are looked up without regard to case (set on a
+/// rebuilt directory after `mke2fs -d` filled it; an indexed one is hashed again by `e2fsck -D`).
+const CASEFOLD_FL: u64 = 0x4000_0000;
 
 fn p_u64(fs: &Filesystem, key: &str) -> Result<u64> {
     match fs.params.get(key) {
@@ -105,7 +111,7 @@ pub fn mke2fs_command(
     let bs = p_u64(fs, "block_size")?;
     let feats = features(fs)?;
     let has = |name: &str| feats.split(',').any(|f| f == name);
-    if has("casefold") || has("dirdata") {
+    if has("dirdata") {
         bail!(
             "recreating {} with {feats} is not supported yet",
             fs.fs_type
@@ -160,6 +166,20 @@ pub fn mke2fs_command(
     let mut ext = format!("offset={offset},nodiscard,root_owner=0:0");
     if let Some(seed) = uuid_text(p_bytes(fs, "hash_seed")) {
         write!(ext, ",hash_seed={seed}")?;
+    }
+    if has("casefold") {
+        // The only encoding ext4 defines: 1, UTF-8 12.1; flag 1: refuse invalid names.
+        match p_u64(fs, "encoding")? {
+            1 => ext.push_str(",encoding=utf8-12.1"),
+            e => bail!("recreating a casefold filesystem with encoding {e} is not supported"),
+        }
+        match p_u64(fs, "encoding_flags")? {
+            0 => {}
+            1 => ext.push_str(",encoding_flags=strict"),
+            f => bail!(
+                "recreating a casefold filesystem with encoding flags {f:#x} is not supported"
+            ),
+        }
     }
     c.args(["-E", &ext]);
     if let Ok(t) = p_u64(fs, "mkfs_time") {
