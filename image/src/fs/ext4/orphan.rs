@@ -6,8 +6,9 @@
 //! leave it and `e2fsck -fn` finds nothing to say. Only the common case is released: inodes
 //! mapped by extents, by indirect blocks (ext2/3) or inline, without links, with their external
 //! xattr blocks (freed, or one reference fewer when shared), on a filesystem without
-//! `bigalloc`. Anything else (a truncate left half done, an orphan file not as the kernel
-//! writes it) leaves everything as it is, for the next mount or `e2fsck -p`.
+//! `bigalloc` and without `quota` (whose files count the orphans). Anything else (a truncate
+//! left half done, an orphan file not as the kernel writes it) leaves everything as it is, for
+//! the next mount or `e2fsck -p`.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ const COMPAT_ORPHAN_FILE: u32 = 0x1000;
 const RO_COMPAT_GDT_CSUM: u32 = 0x10;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 const RO_COMPAT_ORPHAN_PRESENT: u32 = 0x1_0000;
+const RO_COMPAT_QUOTA: u32 = 0x100;
 const INCOMPAT_CSUM_SEED: u32 = 0x2000;
 const ORPHAN_BLOCK_MAGIC: u32 = 0x0B10_CA04;
 
@@ -209,6 +211,11 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
             next = le32(&inode.raw, 0x14);
         }
         orphans.push((inode.ino, (inode, blocks)));
+    }
+    if !orphans.is_empty() && sb.feature_ro_compat & RO_COMPAT_QUOTA != 0 {
+        // The quota files count the orphans' inodes and blocks; a mount releases them with
+        // their quota, so they are left to it.
+        return Ok(BTreeMap::new());
     }
     let mut ed = Edits {
         fs,
