@@ -18,20 +18,8 @@ use mirage_client::indexer::checkin;
 use mirage_format::{Digest, EntryKind, Item, PartitionContent, Timestamp};
 use mirage_node::Store;
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
+mod common;
+use common::{assert_fsck_clean, is_root, run};
 
 /// A tree with every kind of object and metadata.
 fn build_tree(root: &Path) {
@@ -553,16 +541,6 @@ fn sparse_files_cost_their_data_not_their_size() {
 }
 
 /// `e2fsck -fn` finds nothing to say about the filesystem image `img`.
-fn assert_fsck_clean(img: &Path) {
-    let fsck = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}: {}",
-        img.display(),
-        String::from_utf8_lossy(&fsck.stdout)
-    );
-}
-
 #[test]
 fn bytes_past_a_filesystem_in_its_partition_are_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -625,114 +603,6 @@ fn bytes_past_a_filesystem_in_its_partition_are_kept() {
         .regions
         .iter()
         .all(|r| r.offset + r.len <= start || r.offset >= start + size));
-}
-
-#[test]
-fn files_deleted_while_open_are_released_as_a_mount_would() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root for a loop mount");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::create(&dir.path().join("store")).unwrap();
-    // The orphans named by the orphan list, or by the orphan file (`orphan_file`, whose
-    // `orphan_present` flag stays set while mounted even once the file is empty again).
-    for (n, (t, bs, features, keep_open)) in [
-        ("ext4", "4096", "^orphan_file", true),
-        ("ext4", "1024", "^orphan_file", true),
-        ("ext3", "4096", "^orphan_file", true),
-        ("ext4", "4096", "orphan_file", true),
-        ("ext4", "1024", "orphan_file", false),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let img = dir.path().join(format!("live-{n}.img"));
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(64 << 20)
-            .unwrap();
-        run(Command::new("mke2fs")
-            .args(["-q", "-F", "-t", t, "-b", bs, "-O", features])
-            .arg(&img));
-        let mnt = dir.path().join(format!("mnt-{n}"));
-        std::fs::create_dir(&mnt).unwrap();
-        run(Command::new("mount")
-            .arg("-o")
-            .arg("loop")
-            .arg(&img)
-            .arg(&mnt));
-        // Copied while mounted, with two files deleted and still open: the image needs
-        // recovery and its orphan list names them.
-        let snap = dir.path().join(format!("snap-{n}.img"));
-        let copied = (|| -> std::io::Result<()> {
-            // Xattrs too large for the inode live in a block, shared by files with the same
-            // set: A by `keep` and two deleted files (one reference stays), B by one deleted
-            // file only (freed).
-            let big = |seed| pseudo_random(seed, 700);
-            let setx = |name: &str, v: &[u8]| {
-                rustix::fs::setxattr(
-                    mnt.join(name),
-                    "user.big",
-                    v,
-                    rustix::fs::XattrFlags::empty(),
-                )
-            };
-            std::fs::write(mnt.join("keep"), pseudo_random(1, 200_000))?;
-            setx("keep", &big(7))?;
-            let mut held = Vec::new();
-            for (name, len, x) in [
-                ("held", 3_000_000, Some(7)),
-                ("small", 100, None),
-                ("shares", 10, Some(7)),
-                ("alone", 10, Some(8)),
-            ] {
-                std::fs::write(mnt.join(name), pseudo_random(2, len))?;
-                if let Some(seed) = x {
-                    setx(name, &big(seed))?;
-                }
-                held.push(std::fs::File::open(mnt.join(name))?);
-                std::fs::remove_file(mnt.join(name))?;
-            }
-            if !keep_open {
-                held.clear();
-            }
-            std::fs::write(mnt.join("new"), b"after\n")?;
-            run(&mut Command::new("sync"));
-            std::fs::copy(&img, &snap)?;
-            Ok(())
-        })();
-        run(Command::new("umount").arg(&mnt));
-        copied.unwrap();
-        let raw = std::fs::read(&snap).unwrap();
-        assert!(
-            le32_at(&raw, 1024 + 0x60) & 4 != 0,
-            "the copy needs no recovery"
-        );
-        if features == "orphan_file" {
-            assert!(
-                le32_at(&raw, 1024 + 0x64) & 0x1_0000 != 0,
-                "the copy has no orphan_present"
-            );
-        }
-        let (d, _) = checkin(&store, &snap, 2).unwrap();
-        let out = dir.path().join(format!("out-{n}.img"));
-        checkout(&store, &d, &out, CheckoutOptions::default()).unwrap();
-        assert_fsck_clean(&out);
-        let s: Arc<dyn BlockSource> = Arc::from(image::open(&out).unwrap());
-        let fs = Ext4::open(s, 0, 64 << 20).unwrap();
-        let mut names: Vec<Vec<u8>> = fs.read_dir(2).unwrap().into_iter().map(|e| e.0).collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [&b"keep"[..], b"lost+found", b"new"],
-            "{t} {bs} {features}"
-        );
-    }
-}
-
-fn le32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
 
 #[test]

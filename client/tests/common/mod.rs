@@ -1,5 +1,5 @@
-//! Helpers for tests on playground clusters: real `mirage-node` processes on loopback and
-//! the `mirage` CLI against them.
+//! Helpers for tests: running tools, and playground clusters (real `mirage-node` processes on
+//! loopback and the `mirage` CLI against them).
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -21,6 +21,35 @@ pub fn bin(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Runs `cmd` and fails the test (with its stderr) unless it succeeds.
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether the test runs as root (loop mounts).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// Fails the test unless `e2fsck -fn` finds `img` clean.
+pub fn assert_fsck_clean(img: &Path) {
+    let fsck = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}: {}",
+        img.display(),
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 }
 
 pub fn ok(o: Output) -> String {

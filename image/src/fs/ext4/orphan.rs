@@ -1,14 +1,16 @@
 //! Orphans released, as a mount does after the journal replay: files deleted while they were
 //! still open, named by the orphan list or by the orphan file (`orphan_file`), have their
-//! inodes and blocks freed (bitmaps, group counts and their checksums), the orphan file is
-//! emptied and the superblock written as a mount writes it (`orphan_present` clear, the free
-//! counts summed from the groups), so a filesystem imaged while mounted is as the kernel would
-//! leave it and `e2fsck -fn` finds nothing to say. Only the common case is released: inodes
-//! mapped by extents, by indirect blocks (ext2/3) or inline, without links, with their external
-//! xattr blocks (freed, or one reference fewer when shared), on a filesystem without
-//! `bigalloc` and without `quota` (whose files count the orphans). Anything else (a truncate
-//! left half done, an orphan file not as the kernel writes it) leaves everything as it is, for
-//! the next mount or `e2fsck -p`.
+//! inodes and blocks freed (bitmaps, group counts and their checksums); files whose truncate
+//! (or extending direct write) was cut short lose the blocks past their size; the orphan file
+//! is emptied and the superblock written as a mount writes it (`orphan_present` clear, the
+//! free counts summed from the groups), so a filesystem imaged while mounted is as the kernel
+//! would leave it and `e2fsck -fn` finds nothing to say. Only the common cases are released:
+//! deleted inodes mapped by extents, by indirect blocks (ext2/3) or inline, with their external
+//! xattr blocks (freed, or one reference fewer when shared); truncated regular files whose
+//! extents all sit in the inode; on a filesystem without `bigalloc` and without `quota` (whose
+//! files count the orphans). Anything else (a truncated file with an extent tree or indirect
+//! blocks, an orphan file not as the kernel writes it) leaves everything as it is, for the
+//! next mount or `e2fsck -p`.
 
 use std::collections::BTreeMap;
 
@@ -195,7 +197,15 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         }
         let inode = fs.inode(ino)?;
         if inode.links != 0 {
-            return Ok(BTreeMap::new());
+            // A truncate (or an extending direct write) cut short: the blocks past the size go.
+            let Some((area, blocks)) = truncated(fs, &inode)? else {
+                return Ok(BTreeMap::new());
+            };
+            if next != 0 {
+                next = le32(&inode.raw, 0x14);
+            }
+            orphans.push((inode.ino, (inode, blocks, Some(area))));
+            continue;
         }
         if inode.file_acl != 0 {
             let b = inode.file_acl;
@@ -210,7 +220,7 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         if next != 0 {
             next = le32(&inode.raw, 0x14);
         }
-        orphans.push((inode.ino, (inode, blocks)));
+        orphans.push((inode.ino, (inode, blocks, None)));
     }
     if !orphans.is_empty() && sb.feature_ro_compat & RO_COMPAT_QUOTA != 0 {
         // The quota files count the orphans' inodes and blocks; a mount releases them with
@@ -231,7 +241,10 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         }
         if refs == n {
             // Freed with the first orphan that names it.
-            if let Some((_, (_, blocks))) = orphans.iter_mut().find(|(_, (i, _))| i.file_acl == b) {
+            let deleted = |(_, (i, _, t)): &&mut (u32, (super::Inode, _, Option<_>))| {
+                t.is_none() && i.file_acl == b
+            };
+            if let Some((_, (_, blocks, _))) = orphans.iter_mut().find(deleted) {
                 blocks.push((b, 1));
             }
         } else {
@@ -264,24 +277,43 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
     let when = le32(&sb.raw, 0x30).max(1);
     // Per group: blocks freed, inodes freed, directories freed.
     let mut freed: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
-    for (ino, (inode, blocks)) in &orphans {
+    for (ino, (inode, blocks, truncate)) in &orphans {
         let (g, index) = (u64::from(ino - 1) / ipg, u64::from(ino - 1) % ipg);
         let Some(&grp) = fs.groups.get(g as usize) else {
             return Ok(BTreeMap::new());
         };
-        // The inode: deleted now (dtime set; the chain it carried is gone).
         let at = grp.inode_table * bs + index * isz;
         let blk = ed.block(at / bs)?;
         let raw = &mut blk[(at % bs) as usize..][..isz as usize];
-        raw[0x14..0x18].copy_from_slice(&when.to_le_bytes());
+        if let Some(area) = truncate {
+            // Truncated: its extents end at its size, its block count follows, and it is
+            // off the list (dtime carried the chain).
+            raw[0x28..0x28 + 60].copy_from_slice(area);
+            let freed_blocks: u64 = blocks.iter().map(|&(_, n)| n).sum();
+            let unit = if inode.flags & HUGE_FILE_FL != 0 {
+                1
+            } else {
+                bs / 512
+            };
+            let count = u64::from(le32(raw, 0x1C)) | (u64::from(le16(raw, 0x74)) << 32);
+            let count = count.saturating_sub(freed_blocks * unit);
+            raw[0x1C..0x20].copy_from_slice(&(count as u32).to_le_bytes());
+            raw[0x74..0x76].copy_from_slice(&((count >> 32) as u16).to_le_bytes());
+            raw[0x14..0x18].fill(0);
+        } else {
+            // Deleted now (dtime set; the chain it carried is gone).
+            raw[0x14..0x18].copy_from_slice(&when.to_le_bytes());
+        }
         if csum {
             inode_csum(raw, seed, *ino);
         }
-        let bit = ed.block(grp.inode_bitmap)?;
-        bit[(index / 8) as usize] &= !(1 << (index % 8));
-        let e = freed.entry(g).or_default();
-        e.1 += 1;
-        e.2 += u64::from(inode.mode & 0xF000 == 0x4000);
+        if truncate.is_none() {
+            let bit = ed.block(grp.inode_bitmap)?;
+            bit[(index / 8) as usize] &= !(1 << (index % 8));
+            let e = freed.entry(g).or_default();
+            e.1 += 1;
+            e.2 += u64::from(inode.mode & 0xF000 == 0x4000);
+        }
         for &(start, count) in blocks {
             for b in start..start + count {
                 let (g, index) = ((b - first) / bpg, (b - first) % bpg);
@@ -361,6 +393,65 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         .into_iter()
         .map(|(b, data)| (off + b * bs, data))
         .collect())
+}
+
+/// `EXT4_HUGE_FILE_FL`: the inode's block count is in filesystem blocks, not sectors.
+const HUGE_FILE_FL: u32 = 0x4_0000;
+
+/// For a regular file whose extents all sit in its inode (depth 0), the extent area that ends
+/// at its size and the blocks past it, as a mount's truncate leaves them; `None` for any
+/// other inode (left to the mount).
+#[allow(clippy::type_complexity)]
+fn truncated(
+    fs: &Ext4,
+    inode: &super::Inode,
+) -> Result<Option<([u8; 60], Vec<(u64, u64)>)>, FsError> {
+    let mut area = inode.block;
+    if inode.mode & 0xF000 != 0x8000
+        || inode.flags & super::inode::EXTENTS_FL == 0
+        || inode.flags & super::inode::INLINE_DATA_FL != 0
+        || le16(&area, 0) != 0xF30A
+        || le16(&area, 6) != 0
+        || le16(&area, 2) > 4
+    {
+        return Ok(None);
+    }
+    let bs = fs.block_size();
+    let keep = inode.size.div_ceil(bs);
+    let (mut kept, mut freed) = (Vec::new(), Vec::new());
+    for i in 0..usize::from(le16(&area, 2)) {
+        let e = &area[12 + 12 * i..][..12];
+        let logical = u64::from(le32(e, 0));
+        let raw_len = le16(e, 4);
+        let (len, unwritten) = match raw_len {
+            0..=32768 => (u64::from(raw_len), 0),
+            _ => (u64::from(raw_len - 32768), 32768),
+        };
+        let physical = u64::from(le32(e, 8)) | (u64::from(le16(e, 6)) << 32);
+        if physical + len > fs.superblock().blocks_count {
+            return Err(fs.corrupt(format!(
+                "inode {}: extent past the filesystem's end",
+                inode.ino
+            )));
+        }
+        let mut e: [u8; 12] = e.try_into().expect("12 bytes");
+        if logical >= keep {
+            freed.push((physical, len));
+            continue;
+        }
+        if logical + len > keep {
+            let stays = keep - logical;
+            freed.push((physical + stays, len - stays));
+            e[4..6].copy_from_slice(&(stays as u16 + unwritten).to_le_bytes());
+        }
+        kept.push(e);
+    }
+    area[2..4].copy_from_slice(&(kept.len() as u16).to_le_bytes());
+    area[12..].fill(0);
+    for (i, e) in kept.iter().enumerate() {
+        area[12 + 12 * i..][..12].copy_from_slice(e);
+    }
+    Ok(Some((area, freed)))
 }
 
 /// Every block `inode` holds, as (first, count) runs; `None` when its map holds more blocks

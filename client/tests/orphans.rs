@@ -1,0 +1,205 @@
+//! Filesystems imaged while mounted: after the journal replay, the orphans (files deleted while
+//! open, truncates cut short) are released as a mount would, so the checkout is `e2fsck -fn`
+//! clean.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::sync::Arc;
+
+use mirage_client::checkout::{checkout, CheckoutOptions};
+use mirage_client::demo::pseudo_random;
+use mirage_client::fs::ext4::Ext4;
+use mirage_client::fs::FsReader;
+use mirage_client::image::{self, BlockSource};
+use mirage_client::indexer::checkin;
+use mirage_node::Store;
+
+mod common;
+use common::{assert_fsck_clean, is_root, run};
+
+#[test]
+fn files_deleted_while_open_are_released_as_a_mount_would() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for a loop mount");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(&dir.path().join("store")).unwrap();
+    // The orphans named by the orphan list, or by the orphan file (`orphan_file`, whose
+    // `orphan_present` flag stays set while mounted even once the file is empty again).
+    for (n, (t, bs, features, keep_open)) in [
+        ("ext4", "4096", "^orphan_file", true),
+        ("ext4", "1024", "^orphan_file", true),
+        ("ext3", "4096", "^orphan_file", true),
+        ("ext4", "4096", "orphan_file", true),
+        ("ext4", "1024", "orphan_file", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let img = dir.path().join(format!("live-{n}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        run(Command::new("mke2fs")
+            .args(["-q", "-F", "-t", t, "-b", bs, "-O", features])
+            .arg(&img));
+        let mnt = dir.path().join(format!("mnt-{n}"));
+        std::fs::create_dir(&mnt).unwrap();
+        run(Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(&img)
+            .arg(&mnt));
+        // Copied while mounted, with two files deleted and still open: the image needs
+        // recovery and its orphan list names them.
+        let snap = dir.path().join(format!("snap-{n}.img"));
+        let copied = (|| -> std::io::Result<()> {
+            // Xattrs too large for the inode live in a block, shared by files with the same
+            // set: A by `keep` and two deleted files (one reference stays), B by one deleted
+            // file only (freed).
+            let big = |seed| pseudo_random(seed, 700);
+            let setx = |name: &str, v: &[u8]| {
+                rustix::fs::setxattr(
+                    mnt.join(name),
+                    "user.big",
+                    v,
+                    rustix::fs::XattrFlags::empty(),
+                )
+            };
+            std::fs::write(mnt.join("keep"), pseudo_random(1, 200_000))?;
+            setx("keep", &big(7))?;
+            let mut held = Vec::new();
+            for (name, len, x) in [
+                ("held", 3_000_000, Some(7)),
+                ("small", 100, None),
+                ("shares", 10, Some(7)),
+                ("alone", 10, Some(8)),
+            ] {
+                std::fs::write(mnt.join(name), pseudo_random(2, len))?;
+                if let Some(seed) = x {
+                    setx(name, &big(seed))?;
+                }
+                held.push(std::fs::File::open(mnt.join(name))?);
+                std::fs::remove_file(mnt.join(name))?;
+            }
+            if !keep_open {
+                held.clear();
+            }
+            std::fs::write(mnt.join("new"), b"after\n")?;
+            run(&mut Command::new("sync"));
+            std::fs::copy(&img, &snap)?;
+            Ok(())
+        })();
+        run(Command::new("umount").arg(&mnt));
+        copied.unwrap();
+        let raw = std::fs::read(&snap).unwrap();
+        assert!(
+            le32_at(&raw, 1024 + 0x60) & 4 != 0,
+            "the copy needs no recovery"
+        );
+        if features == "orphan_file" {
+            assert!(
+                le32_at(&raw, 1024 + 0x64) & 0x1_0000 != 0,
+                "the copy has no orphan_present"
+            );
+        }
+        let (d, _) = checkin(&store, &snap, 2).unwrap();
+        let out = dir.path().join(format!("out-{n}.img"));
+        checkout(&store, &d, &out, CheckoutOptions::default()).unwrap();
+        assert_fsck_clean(&out);
+        let s: Arc<dyn BlockSource> = Arc::from(image::open(&out).unwrap());
+        let fs = Ext4::open(s, 0, 64 << 20).unwrap();
+        let mut names: Vec<Vec<u8>> = fs.read_dir(2).unwrap().into_iter().map(|e| e.0).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [&b"keep"[..], b"lost+found", b"new"],
+            "{t} {bs} {features}"
+        );
+    }
+}
+
+fn le32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+#[test]
+fn truncates_cut_short_are_finished_as_a_mount_would() {
+    for bs in ["1024", "4096"] {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("big"), pseudo_random(1, 3_000_000)).unwrap();
+        std::fs::write(tree.join("gone"), pseudo_random(2, 50_000)).unwrap();
+        std::fs::write(tree.join("keep"), b"k\n").unwrap();
+        std::fs::write(tree.join("pre"), b"p").unwrap();
+        let img = dir.path().join("t.img");
+        run(Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-b", bs, "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("64M"));
+        let src: Arc<dyn BlockSource> = Arc::from(image::open(&img).unwrap());
+        let inos: std::collections::HashMap<Vec<u8>, u64> = Ext4::open(src, 0, 64 << 20)
+            .unwrap()
+            .read_dir(2)
+            .unwrap()
+            .into_iter()
+            .collect();
+        let ino = |name: &str| inos[name.as_bytes()];
+        // As a copy taken in the middle of two truncates and a delete: `big` cut to 100,000
+        // bytes with its blocks still held and preallocated (unwritten) blocks past them,
+        // `pre` preallocated and cut inside that extent, `gone` deleted while open; all three
+        // on the orphan list (each dtime naming the next), the journal to be recovered.
+        let script = dir.path().join("cmds");
+        std::fs::write(
+            &script,
+            format!(
+                "fallocate /big 3000 3100\n\
+                 sif /big size 100000\n\
+                 fallocate /pre 0 199\n\
+                 sif /pre size 51300\n\
+                 unlink /gone\n\
+                 sif <{gone}> links_count 0\n\
+                 ssv last_orphan {big}\n\
+                 sif <{big}> dtime {pre}\n\
+                 sif <{pre}> dtime {gone}\n\
+                 feature needs_recovery\n",
+                big = ino("big"),
+                pre = ino("pre"),
+                gone = ino("gone"),
+            ),
+        )
+        .unwrap();
+        run(Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(&img));
+        let store = Store::create(&dir.path().join("store")).unwrap();
+        let (d, _) = checkin(&store, &img, 2).unwrap();
+        let out = dir.path().join("out.img");
+        checkout(&store, &d, &out, CheckoutOptions::default()).unwrap();
+        assert_fsck_clean(&out);
+        let s: Arc<dyn BlockSource> = Arc::from(image::open(&out).unwrap());
+        let fs = Ext4::open(s, 0, 64 << 20).unwrap();
+        let block = bs.parse::<u64>().unwrap();
+        let mut names = Vec::new();
+        for (name, ino) in fs.read_dir(2).unwrap() {
+            names.push(name.clone());
+            let inode = fs.inode(ino as u32).unwrap();
+            let (size, held) = match &name[..] {
+                b"big" => (100_000, 100_000u64.div_ceil(block)),
+                b"pre" => (51_300, 51_300u64.div_ceil(block)),
+                _ => continue,
+            };
+            // The blocks it holds (e2fsck has checked them against its extents): its size's.
+            assert_eq!(inode.size, size);
+            assert_eq!(inode.blocks, held * block / 512, "{bs}: {name:?}");
+        }
+        names.sort();
+        assert_eq!(names, [&b"big"[..], b"keep", b"lost+found", b"pre"]);
+    }
+}
