@@ -6,8 +6,8 @@
 //! free counts summed from the groups), so a filesystem imaged while mounted is as the kernel
 //! would leave it and `e2fsck -fn` finds nothing to say. Only the common cases are released:
 //! deleted inodes mapped by extents, by indirect blocks (ext2/3) or inline, with their external
-//! xattr blocks (freed, or one reference fewer when shared); truncated regular files whose
-//! extents all sit in the inode; on a filesystem without `bigalloc` and without `quota` (whose
+//! xattr blocks (freed, or one reference fewer when shared); truncated regular files cut to
+//! nothing, or whose extents all sit in the inode; on a filesystem without `bigalloc` and without `quota` (whose
 //! files count the orphans). Anything else (a truncated file with an extent tree or indirect
 //! blocks, an orphan file not as the kernel writes it) leaves everything as it is, for the
 //! next mount or `e2fsck -p`.
@@ -398,26 +398,40 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
 /// `EXT4_HUGE_FILE_FL`: the inode's block count is in filesystem blocks, not sectors.
 const HUGE_FILE_FL: u32 = 0x4_0000;
 
-/// For a regular file whose extents all sit in its inode (depth 0), the extent area that ends
-/// at its size and the blocks past it, as a mount's truncate leaves them; `None` for any
-/// other inode (left to the mount).
+/// For a regular file cut to nothing, or whose extents all sit in its inode (depth 0), the
+/// block area that ends at its size and the blocks past it, as a mount's truncate leaves them;
+/// `None` for any other inode (left to the mount).
 #[allow(clippy::type_complexity)]
 fn truncated(
     fs: &Ext4,
     inode: &super::Inode,
 ) -> Result<Option<([u8; 60], Vec<(u64, u64)>)>, FsError> {
     let mut area = inode.block;
-    if inode.mode & 0xF000 != 0x8000
-        || inode.flags & super::inode::EXTENTS_FL == 0
-        || inode.flags & super::inode::INLINE_DATA_FL != 0
+    if inode.mode & 0xF000 != 0x8000 || inode.flags & super::inode::INLINE_DATA_FL != 0 {
+        return Ok(None);
+    }
+    let bs = fs.block_size();
+    let keep = inode.size.div_ceil(bs);
+    if keep == 0 {
+        // Cut to nothing (as `copytruncate` does): every block goes, whatever maps them; an
+        // extent root is left empty at depth 0, a block map all zero.
+        let Some(all) = blocks_of(fs, inode)? else {
+            return Ok(None);
+        };
+        area.fill(0);
+        if inode.flags & super::inode::EXTENTS_FL != 0 {
+            area[0..2].copy_from_slice(&0xF30Au16.to_le_bytes());
+            area[4..6].copy_from_slice(&4u16.to_le_bytes());
+        }
+        return Ok(Some((area, all)));
+    }
+    if inode.flags & super::inode::EXTENTS_FL == 0
         || le16(&area, 0) != 0xF30A
         || le16(&area, 6) != 0
         || le16(&area, 2) > 4
     {
         return Ok(None);
     }
-    let bs = fs.block_size();
-    let keep = inode.size.div_ceil(bs);
     let (mut kept, mut freed) = (Vec::new(), Vec::new());
     for i in 0..usize::from(le16(&area, 2)) {
         let e = &area[12 + 12 * i..][..12];
