@@ -289,14 +289,14 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
             // Truncated: its extents end at its size, its block count follows, and it is
             // off the list (dtime carried the chain).
             raw[0x28..0x28 + 60].copy_from_slice(area);
-            let freed_blocks: u64 = blocks.iter().map(|&(_, n)| n).sum();
+            let freed_blocks = blocks.iter().fold(0u64, |a, &(_, n)| a.saturating_add(n));
             let unit = if inode.flags & HUGE_FILE_FL != 0 {
                 1
             } else {
                 bs / 512
             };
             let count = u64::from(le32(raw, 0x1C)) | (u64::from(le16(raw, 0x74)) << 32);
-            let count = count.saturating_sub(freed_blocks * unit);
+            let count = count.saturating_sub(freed_blocks.saturating_mul(unit));
             raw[0x1C..0x20].copy_from_slice(&(count as u32).to_le_bytes());
             raw[0x74..0x76].copy_from_slice(&((count >> 32) as u16).to_le_bytes());
             raw[0x14..0x18].fill(0);
