@@ -144,6 +144,7 @@ fn truncates_cut_short_are_finished_as_a_mount_would() {
         if ext4 {
             std::fs::write(tree.join("pre"), b"p").unwrap();
             std::fs::write(tree.join("log"), b"l").unwrap();
+            std::fs::write(tree.join("frag"), b"f").unwrap();
         }
         let img = dir.path().join("t.img");
         run(Command::new("mke2fs")
@@ -162,9 +163,12 @@ fn truncates_cut_short_are_finished_as_a_mount_would() {
         // As a copy taken in the middle of truncates and a delete: `big` cut with its blocks
         // still held (and, on ext4, preallocated blocks past them); `pre` preallocated and
         // cut inside that extent; `log` in five pieces (an extent tree with a leaf block) cut
-        // to nothing; `gone` deleted while open. All on the orphan list (each dtime naming
-        // the next), the journal to be recovered.
-        let mut cut_short = vec![("big", cut)];
+        // to nothing; `frag` in 101 pieces (two leaves with 1 KiB blocks) cut after its
+        // 31st; `gone` deleted while open. All on the orphan list (each dtime naming the
+        // next), the journal to be recovered.
+        let block = bs.parse::<u64>().unwrap();
+        // (name, size, blocks held after the cut)
+        let mut cut_short = vec![("big", cut, cut.div_ceil(block))];
         let mut script = String::new();
         if ext4 {
             script.push_str("fallocate /big 3000 3100\nfallocate /pre 0 199\n");
@@ -175,10 +179,18 @@ fn truncates_cut_short_are_finished_as_a_mount_would() {
                     20 * piece + 9
                 ));
             }
-            cut_short.extend([("pre", 51_300), ("log", 0)]);
+            for piece in 0..100 {
+                script.push_str(&format!("fallocate /frag {0} {0}\n", 2 * piece + 1));
+            }
+            // frag keeps blocks 0, 1, 3, ..., 59 and its one leaf.
+            cut_short.extend([
+                ("pre", 51_300, 51_300u64.div_ceil(block)),
+                ("log", 0, 0),
+                ("frag", 61 * block, 32),
+            ]);
         }
         let mut last = ino("gone");
-        for (name, size) in &cut_short {
+        for (name, size, _) in &cut_short {
             script.push_str(&format!(
                 "sif /{name} size {size}\nsif /{name} dtime {last}\n"
             ));
@@ -202,28 +214,22 @@ fn truncates_cut_short_are_finished_as_a_mount_would() {
         assert_fsck_clean(&out);
         let s: Arc<dyn BlockSource> = Arc::from(image::open(&out).unwrap());
         let fs = Ext4::open(s, 0, 64 << 20).unwrap();
-        let block = bs.parse::<u64>().unwrap();
         let mut names = Vec::new();
         for (name, ino) in fs.read_dir(2).unwrap() {
-            names.push(String::from_utf8(name).unwrap());
-            let Some(&(_, size)) = cut_short.iter().find(|(n, _)| *n == names[names.len() - 1])
-            else {
+            let name = String::from_utf8(name).unwrap();
+            names.push(name.clone());
+            let Some(&(_, size, held)) = cut_short.iter().find(|(n, _, _)| *n == name) else {
                 continue;
             };
-            // The blocks it holds (e2fsck has checked them against its map): its size's.
+            // The blocks it holds (e2fsck has checked them against its map).
             let inode = fs.inode(ino as u32).unwrap();
             assert_eq!(inode.size, size);
-            assert_eq!(
-                inode.blocks,
-                size.div_ceil(block) * block / 512,
-                "{t} {bs}: {}",
-                names[names.len() - 1]
-            );
+            assert_eq!(inode.blocks, held * block / 512, "{t} {bs}: {name}");
         }
         names.sort();
         let mut want: Vec<&str> = vec!["big", "keep", "lost+found"];
         if ext4 {
-            want.extend(["log", "pre"]);
+            want.extend(["frag", "log", "pre"]);
         }
         want.sort();
         assert_eq!(names, want);

@@ -6,11 +6,11 @@
 //! free counts summed from the groups), so a filesystem imaged while mounted is as the kernel
 //! would leave it and `e2fsck -fn` finds nothing to say. Only the common cases are released:
 //! deleted inodes mapped by extents, by indirect blocks (ext2/3) or inline, with their external
-//! xattr blocks (freed, or one reference fewer when shared); truncated regular files cut to
-//! nothing, or whose extents all sit in the inode; on a filesystem without `bigalloc` and without `quota` (whose
-//! files count the orphans). Anything else (a truncated file with an extent tree or indirect
-//! blocks, an orphan file not as the kernel writes it) leaves everything as it is, for the
-//! next mount or `e2fsck -p`.
+//! xattr blocks (freed, or one reference fewer when shared); truncated regular files mapped
+//! by extents (any depth; leaves rewritten with their checksums, emptied ones freed) or cut to
+//! nothing; on a filesystem without `bigalloc` and without `quota` (whose files count the
+//! orphans). Anything else (a file cut inside an ext2/3 block map, an orphan file not as the
+//! kernel writes it) leaves everything as it is, for the next mount or `e2fsck -p`.
 
 use std::collections::BTreeMap;
 
@@ -198,13 +198,14 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         let inode = fs.inode(ino)?;
         if inode.links != 0 {
             // A truncate (or an extending direct write) cut short: the blocks past the size go.
-            let Some((area, blocks)) = truncated(fs, &inode)? else {
+            let Some(cut) = truncated(fs, &inode)? else {
                 return Ok(BTreeMap::new());
             };
             if next != 0 {
                 next = le32(&inode.raw, 0x14);
             }
-            orphans.push((inode.ino, (inode, blocks, Some(area))));
+            let blocks = cut.freed.clone();
+            orphans.push((inode.ino, (inode, blocks, Some(cut))));
             continue;
         }
         if inode.file_acl != 0 {
@@ -285,10 +286,10 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         let at = grp.inode_table * bs + index * isz;
         let blk = ed.block(at / bs)?;
         let raw = &mut blk[(at % bs) as usize..][..isz as usize];
-        if let Some(area) = truncate {
+        if let Some(cut) = truncate {
             // Truncated: its extents end at its size, its block count follows, and it is
             // off the list (dtime carried the chain).
-            raw[0x28..0x28 + 60].copy_from_slice(area);
+            raw[0x28..0x28 + 60].copy_from_slice(&cut.area);
             let freed_blocks = blocks.iter().fold(0u64, |a, &(_, n)| a.saturating_add(n));
             let unit = if inode.flags & HUGE_FILE_FL != 0 {
                 1
@@ -306,6 +307,9 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         }
         if csum {
             inode_csum(raw, seed, *ino);
+        }
+        for (b, data) in truncate.iter().flat_map(|c| c.rewritten.iter()) {
+            ed.block(*b)?.clone_from(data);
         }
         if truncate.is_none() {
             let bit = ed.block(grp.inode_bitmap)?;
@@ -398,14 +402,18 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
 /// `EXT4_HUGE_FILE_FL`: the inode's block count is in filesystem blocks, not sectors.
 const HUGE_FILE_FL: u32 = 0x4_0000;
 
-/// For a regular file cut to nothing, or whose extents all sit in its inode (depth 0), the
-/// block area that ends at its size and the blocks past it, as a mount's truncate leaves them;
-/// `None` for any other inode (left to the mount).
-#[allow(clippy::type_complexity)]
-fn truncated(
-    fs: &Ext4,
-    inode: &super::Inode,
-) -> Result<Option<([u8; 60], Vec<(u64, u64)>)>, FsError> {
+/// What a truncate leaves of an inode: its new block area, the runs it frees and the extent
+/// tree blocks it rewrites (filesystem block, bytes).
+struct Truncation {
+    area: [u8; 60],
+    freed: Vec<(u64, u64)>,
+    rewritten: Vec<(u64, Vec<u8>)>,
+}
+
+/// For a regular file mapped by extents, or cut to nothing, what the mount's truncate to its
+/// size leaves; `None` for any other inode, or a tree not as the kernel writes it (left to the
+/// mount).
+fn truncated(fs: &Ext4, inode: &super::Inode) -> Result<Option<Truncation>, FsError> {
     let mut area = inode.block;
     if inode.mode & 0xF000 != 0x8000 || inode.flags & super::inode::INLINE_DATA_FL != 0 {
         return Ok(None);
@@ -423,49 +431,149 @@ fn truncated(
             area[0..2].copy_from_slice(&0xF30Au16.to_le_bytes());
             area[4..6].copy_from_slice(&4u16.to_le_bytes());
         }
-        return Ok(Some((area, all)));
+        return Ok(Some(Truncation {
+            area,
+            freed: all,
+            rewritten: Vec::new(),
+        }));
     }
-    if inode.flags & super::inode::EXTENTS_FL == 0
-        || le16(&area, 0) != 0xF30A
-        || le16(&area, 6) != 0
-        || le16(&area, 2) > 4
-    {
+    if inode.flags & super::inode::EXTENTS_FL == 0 {
         return Ok(None);
     }
-    let (mut kept, mut freed) = (Vec::new(), Vec::new());
-    for i in 0..usize::from(le16(&area, 2)) {
-        let e = &area[12 + 12 * i..][..12];
-        let logical = u64::from(le32(e, 0));
-        let raw_len = le16(e, 4);
-        let (len, unwritten) = match raw_len {
-            0..=32768 => (u64::from(raw_len), 0),
-            _ => (u64::from(raw_len - 32768), 32768),
+    let mut cut = Cut {
+        fs,
+        inode,
+        keep,
+        freed: Vec::new(),
+        rewritten: Vec::new(),
+        budget: 1 << 16,
+    };
+    let depth = le16(&area, 6);
+    match cut.node(&mut area, depth)? {
+        None => Ok(None),
+        Some(kept) => {
+            if !kept {
+                // Nothing left under the root: an empty leaf in the inode, as the kernel
+                // leaves it.
+                area.fill(0);
+                area[0..2].copy_from_slice(&0xF30Au16.to_le_bytes());
+                area[4..6].copy_from_slice(&4u16.to_le_bytes());
+            }
+            Ok(Some(Truncation {
+                area,
+                freed: cut.freed,
+                rewritten: cut.rewritten,
+            }))
+        }
+    }
+}
+
+/// An extent tree cut at `keep` blocks.
+struct Cut<'a> {
+    fs: &'a Ext4,
+    inode: &'a super::Inode,
+    keep: u64,
+    freed: Vec<(u64, u64)>,
+    rewritten: Vec<(u64, Vec<u8>)>,
+    /// Tree blocks still allowed to be read (a hostile tree is left, not walked forever).
+    budget: u32,
+}
+
+impl Cut<'_> {
+    /// Cuts the node in `node` (the inode's area, or a tree block), expected at `depth`:
+    /// `Some(false)` when nothing is left in it, `None` when it is not as the kernel writes it.
+    fn node(&mut self, node: &mut [u8], depth: u16) -> Result<Option<bool>, FsError> {
+        let entries = usize::from(le16(node, 2));
+        if le16(node, 0) != 0xF30A
+            || le16(node, 6) != depth
+            || depth > 5
+            || entries > usize::from(le16(node, 4))
+            || 12 + 12 * entries > node.len()
+        {
+            return Ok(None);
+        }
+        let blocks_count = self.fs.superblock().blocks_count;
+        let mut kept: Vec<[u8; 12]> = Vec::new();
+        for i in 0..entries {
+            let mut e: [u8; 12] = node[12 + 12 * i..][..12].try_into().expect("12 bytes");
+            let logical = u64::from(le32(&e, 0));
+            if depth == 0 {
+                let raw_len = le16(&e, 4);
+                let (len, unwritten) = match raw_len {
+                    0..=32768 => (u64::from(raw_len), 0),
+                    _ => (u64::from(raw_len - 32768), 32768),
+                };
+                let physical = u64::from(le32(&e, 8)) | (u64::from(le16(&e, 6)) << 32);
+                if physical + len > blocks_count {
+                    return Ok(None);
+                }
+                if logical >= self.keep {
+                    self.freed.push((physical, len));
+                    continue;
+                }
+                if logical + len > self.keep {
+                    let stays = self.keep - logical;
+                    self.freed.push((physical + stays, len - stays));
+                    e[4..6].copy_from_slice(&(stays as u16 + unwritten).to_le_bytes());
+                }
+                kept.push(e);
+                continue;
+            }
+            let child = u64::from(le32(&e, 4)) | (u64::from(le16(&e, 8)) << 32);
+            if child >= blocks_count || self.budget == 0 {
+                return Ok(None);
+            }
+            self.budget -= 1;
+            let bs = self.fs.block_size();
+            let mut data = self.fs.read_fs(child * bs, bs, "extent tree block")?;
+            // A subtree that starts at or past the cut goes whole (cut at 0 within it).
+            let keep = self.keep;
+            if logical >= keep {
+                self.keep = logical;
+            }
+            let left = self.node(&mut data, depth - 1)?;
+            self.keep = keep;
+            match left {
+                None => return Ok(None),
+                Some(false) => self.freed.push((child, 1)),
+                Some(true) => {
+                    self.checksum(&mut data);
+                    self.rewritten.push((child, data));
+                    kept.push(e);
+                }
+            }
+        }
+        node[2..4].copy_from_slice(&(kept.len() as u16).to_le_bytes());
+        node[12..12 + 12 * entries].fill(0);
+        for (i, e) in kept.iter().enumerate() {
+            node[12 + 12 * i..][..12].copy_from_slice(e);
+        }
+        Ok(Some(!kept.is_empty()))
+    }
+
+    /// A tree block's checksum (metadata_csum): after its last possible entry, over what
+    /// comes before, chained from the inode's number and generation.
+    fn checksum(&self, data: &mut [u8]) {
+        let sb = self.fs.superblock();
+        let tail = 12 + 12 * usize::from(le16(data, 4));
+        if sb.feature_ro_compat & RO_COMPAT_METADATA_CSUM == 0 || tail + 4 > data.len() {
+            return;
+        }
+        let seed = if sb.feature_incompat & INCOMPAT_CSUM_SEED != 0 {
+            le32(&sb.raw, 0x270)
+        } else {
+            chain(!0, &sb.raw[0x68..0x78])
         };
-        let physical = u64::from(le32(e, 8)) | (u64::from(le16(e, 6)) << 32);
-        if physical + len > fs.superblock().blocks_count {
-            return Err(fs.corrupt(format!(
-                "inode {}: extent past the filesystem's end",
-                inode.ino
-            )));
-        }
-        let mut e: [u8; 12] = e.try_into().expect("12 bytes");
-        if logical >= keep {
-            freed.push((physical, len));
-            continue;
-        }
-        if logical + len > keep {
-            let stays = keep - logical;
-            freed.push((physical + stays, len - stays));
-            e[4..6].copy_from_slice(&(stays as u16 + unwritten).to_le_bytes());
-        }
-        kept.push(e);
+        let generation = le32(&self.inode.raw, 0x64);
+        let c = chain(
+            chain(
+                chain(seed, &self.inode.ino.to_le_bytes()),
+                &generation.to_le_bytes(),
+            ),
+            &data[..tail],
+        );
+        data[tail..tail + 4].copy_from_slice(&c.to_le_bytes());
     }
-    area[2..4].copy_from_slice(&(kept.len() as u16).to_le_bytes());
-    area[12..].fill(0);
-    for (i, e) in kept.iter().enumerate() {
-        area[12 + 12 * i..][..12].copy_from_slice(e);
-    }
-    Ok(Some((area, freed)))
 }
 
 /// Every block `inode` holds, as (first, count) runs; `None` when its map holds more blocks
