@@ -7,10 +7,10 @@
 //! would leave it and `e2fsck -fn` finds nothing to say. Only the common cases are released:
 //! deleted inodes mapped by extents, by indirect blocks (ext2/3) or inline, with their external
 //! xattr blocks (freed, or one reference fewer when shared); truncated regular files mapped
-//! by extents (any depth; leaves rewritten with their checksums, emptied ones freed) or cut to
-//! nothing; on a filesystem without `bigalloc` and without `quota` (whose files count the
-//! orphans). Anything else (a file cut inside an ext2/3 block map, an orphan file not as the
-//! kernel writes it) leaves everything as it is, for the next mount or `e2fsck -p`.
+//! by extents (any depth; leaves rewritten with their checksums, emptied ones freed) or by a
+//! block map (indirect blocks rewritten or freed); on a filesystem without `bigalloc` and
+//! without `quota` (whose files count the orphans). Anything else (an orphan file or a map
+//! not as the kernel writes it) leaves everything as it is, for the next mount or `e2fsck -p`.
 
 use std::collections::BTreeMap;
 
@@ -410,7 +410,7 @@ struct Truncation {
     rewritten: Vec<(u64, Vec<u8>)>,
 }
 
-/// For a regular file mapped by extents, or cut to nothing, what the mount's truncate to its
+/// For a regular file (mapped by extents or by a block map), what the mount's truncate to its
 /// size leaves; `None` for any other inode, or a tree not as the kernel writes it (left to the
 /// mount).
 fn truncated(fs: &Ext4, inode: &super::Inode) -> Result<Option<Truncation>, FsError> {
@@ -437,9 +437,6 @@ fn truncated(fs: &Ext4, inode: &super::Inode) -> Result<Option<Truncation>, FsEr
             rewritten: Vec::new(),
         }));
     }
-    if inode.flags & super::inode::EXTENTS_FL == 0 {
-        return Ok(None);
-    }
     let mut cut = Cut {
         fs,
         inode,
@@ -448,6 +445,29 @@ fn truncated(fs: &Ext4, inode: &super::Inode) -> Result<Option<Truncation>, FsEr
         rewritten: Vec::new(),
         budget: 1 << 16,
     };
+    if inode.flags & super::inode::EXTENTS_FL == 0 {
+        // A block map (ext2/3): 12 direct pointers, then one tree each of one, two and three
+        // levels of indirect blocks.
+        let per = bs / 4;
+        let mut first = 0u64;
+        for slot in 0..15usize {
+            let level = slot.saturating_sub(11) as u32;
+            let span = per.saturating_pow(level);
+            let p = u64::from(le32(&area, 4 * slot));
+            if p != 0 && first.saturating_add(span) > keep && !cut.map(p, level, first)? {
+                return Ok(None);
+            }
+            if p != 0 && first >= keep {
+                area[4 * slot..4 * slot + 4].fill(0);
+            }
+            first = first.saturating_add(span);
+        }
+        return Ok(Some(Truncation {
+            area,
+            freed: cut.freed,
+            rewritten: cut.rewritten,
+        }));
+    }
     let depth = le16(&area, 6);
     match cut.node(&mut area, depth)? {
         None => Ok(None),
@@ -549,6 +569,54 @@ impl Cut<'_> {
             node[12 + 12 * i..][..12].copy_from_slice(e);
         }
         Ok(Some(!kept.is_empty()))
+    }
+
+    /// Cuts the block-map pointer `p` of `level` (0: a data block; 1–3: an indirect block)
+    /// whose range starts at logical block `first`: a range at or past the cut is freed
+    /// whole, an indirect block across it rewritten with the pointers past it zeroed. `false`
+    /// when the map is not as the kernel writes it.
+    fn map(&mut self, p: u64, level: u32, first: u64) -> Result<bool, FsError> {
+        let fs = self.fs;
+        if p >= fs.superblock().blocks_count || p < u64::from(fs.superblock().first_data_block) {
+            return Ok(false);
+        }
+        if level == 0 {
+            if first >= self.keep {
+                self.freed.push((p, 1));
+            }
+            return Ok(true);
+        }
+        if self.budget == 0 {
+            return Ok(false);
+        }
+        self.budget -= 1;
+        let bs = fs.block_size();
+        let per = bs / 4;
+        let span = per.saturating_pow(level - 1);
+        let mut data = fs.read_fs(p * bs, bs, "indirect block")?;
+        let mut changed = false;
+        for i in 0..per {
+            let child = u64::from(le32(&data, 4 * i as usize));
+            let at = first.saturating_add(i.saturating_mul(span));
+            if child == 0 {
+                continue;
+            }
+            if at >= self.keep && first < self.keep {
+                data[4 * i as usize..4 * i as usize + 4].fill(0);
+                changed = true;
+            }
+            if (at >= self.keep || at.saturating_add(span) > self.keep)
+                && !self.map(child, level - 1, at)?
+            {
+                return Ok(false);
+            }
+        }
+        if first >= self.keep {
+            self.freed.push((p, 1));
+        } else if changed {
+            self.rewritten.push((p, data));
+        }
+        Ok(true)
     }
 
     /// A tree block's checksum (metadata_csum): after its last possible entry, over what
