@@ -183,42 +183,64 @@ fn a_rebuild_indexes_the_directories_the_source_had_indexed() {
         .status()
         .unwrap();
     assert!(st.success());
-    // mke2fs -d writes linear directories; e2fsck -D indexes the large one, as a kernel
-    // would have while the directory grew.
-    let st = Command::new("e2fsck")
-        .arg("-fyD")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(matches!(st.status.code(), Some(0 | 1)), "{st:?}");
-    let store = Store::create(&dir.path().join("store")).unwrap();
-    let (d, _) = checkin(&store, &img, 2).unwrap();
-    let src_fs = bare_fs(&store, &d);
-    let Item::Tree(root) = get(&store, &src_fs.root) else {
-        panic!()
-    };
+    // mke2fs -d writes linear directories; e2fsck -D indexes the large one.
+    let (store, d, src_fs, root) = index_and_check_in(&img, dir.path());
     let flags = |t: &mirage_format::Tree, name: &[u8]| {
         t.entries.iter().find(|e| e.name == name).unwrap().flags
     };
     assert_ne!(flags(&root, b"big") & 0x1000, 0, "the source is indexed");
     assert_eq!(flags(&root, b"small") & 0x1000, 0);
-    let out = dir.path().join("rebuilt.img");
+    // Indexed again, and the superblock's times and counters as checked in, though e2fsck
+    // ran after debugfs had set them.
+    assert_rebuild_round_trips(&store, &d, dir.path(), src_fs);
+}
+
+/// Runs `e2fsck -fyD` on the bare filesystem `img` (indexing its large directories, as a
+/// kernel would have while they grew) and checks it into a new store under `dir`: the store,
+/// the image, its filesystem and root tree.
+fn index_and_check_in(
+    img: &std::path::Path,
+    dir: &std::path::Path,
+) -> (Store, Digest, Filesystem, mirage_format::Tree) {
+    let st = Command::new("e2fsck")
+        .arg("-fyD")
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(matches!(st.status.code(), Some(0 | 1)), "{st:?}");
+    let store = Store::create(&dir.join("store")).unwrap();
+    let (d, _) = checkin(&store, img, 2).unwrap();
+    let src_fs = bare_fs(&store, &d);
+    let Item::Tree(root) = get(&store, &src_fs.root) else {
+        panic!()
+    };
+    (store, d, src_fs, root)
+}
+
+/// Checks `d` (a bare filesystem) out rebuilt, and asserts that `e2fsck -fn` finds it clean
+/// and that checking it in again gives `src_fs` apart from its skeleton (identity,
+/// parameters, root attributes, tree).
+fn assert_rebuild_round_trips(
+    store: &Store,
+    d: &Digest,
+    dir: &std::path::Path,
+    src_fs: Filesystem,
+) {
+    let out = dir.join("rebuilt.img");
     let opts = CheckoutOptions {
         rebuild: true,
         ..Default::default()
     };
-    checkout(&store, &d, &out, opts).unwrap();
+    checkout(store, d, &out, opts).unwrap();
     let fsck = Command::new("e2fsck")
         .arg("-fn")
         .arg(&out)
         .output()
         .unwrap();
     assert!(fsck.status.success(), "{fsck:?}");
-    // Indexed again, and the superblock's times and counters as checked in, though e2fsck
-    // ran after debugfs had set them.
-    let (again, _) = checkin(&store, &out, 2).unwrap();
+    let (again, _) = checkin(store, &out, 2).unwrap();
     assert_eq!(
-        without_layout(bare_fs(&store, &again)),
+        without_layout(bare_fs(store, &again)),
         without_layout(src_fs)
     );
 }
@@ -247,48 +269,17 @@ fn a_rebuild_keeps_casefolded_directories_and_the_encoding() {
     // `chattr +F` works on empty directories of a mounted filesystem only (and needs a kernel
     // with CONFIG_UNICODE); debugfs sets the flag, and e2fsck -D indexes the large directory
     // with the case-folded hash, as the kernel would have while it grew.
-    let st = Command::new("debugfs")
-        .args(["-w", "-R", "sif /cf flags 0x40080000"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(st.status.success());
-    let st = Command::new("debugfs")
-        .args(["-w", "-R", "sif /cf/big flags 0x40080000"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(st.status.success());
-    let st = Command::new("e2fsck")
-        .arg("-fyD")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(matches!(st.status.code(), Some(0 | 1)), "{st:?}");
-    let store = Store::create(&dir.path().join("store")).unwrap();
-    let (d, _) = checkin(&store, &img, 2).unwrap();
-    let src_fs = bare_fs(&store, &d);
-    let Item::Tree(root) = get(&store, &src_fs.root) else {
-        panic!()
-    };
+    for d in ["/cf", "/cf/big"] {
+        let st = Command::new("debugfs")
+            .args(["-w", "-R", &format!("sif {d} flags 0x40080000")])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(st.status.success());
+    }
+    let (store, d, src_fs, root) = index_and_check_in(&img, dir.path());
     let cf = root.entries.iter().find(|e| e.name == b"cf").unwrap();
     assert_ne!(cf.flags & 0x4000_0000, 0, "the source is case-folded");
-    let out = dir.path().join("rebuilt.img");
-    let opts = CheckoutOptions {
-        rebuild: true,
-        ..Default::default()
-    };
-    checkout(&store, &d, &out, opts).unwrap();
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(fsck.status.success(), "{fsck:?}");
     // The same tree (flags included) and the same superblock (encoding and its strict flag).
-    let (again, _) = checkin(&store, &out, 2).unwrap();
-    assert_eq!(
-        without_layout(bare_fs(&store, &again)),
-        without_layout(src_fs)
-    );
+    assert_rebuild_round_trips(&store, &d, dir.path(), src_fs);
 }
