@@ -33,6 +33,7 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
         ("ext3", "4096", "^orphan_file", true),
         ("ext4", "4096", "orphan_file", true),
         ("ext4", "1024", "orphan_file", false),
+        ("ext4", "4096", "bigalloc", true),
     ]
     .into_iter()
     .enumerate()

@@ -8,7 +8,7 @@
 //! deleted inodes mapped by extents, by indirect blocks (ext2/3) or inline, with their external
 //! xattr blocks (freed, or one reference fewer when shared); truncated regular files mapped
 //! by extents (any depth; leaves rewritten with their checksums, emptied ones freed) or by a
-//! block map (indirect blocks rewritten or freed); on a filesystem without `bigalloc` and
+//! block map (indirect blocks rewritten or freed), not with `bigalloc`; on a filesystem
 //! without `quota` (whose files count the orphans). Anything else (an orphan file or a map
 //! not as the kernel writes it) leaves everything as it is, for the next mount or `e2fsck -p`.
 
@@ -150,15 +150,20 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
     let isz = u64::from(sb.inode_size);
     // Geometry this code indexes by (the open checks most of it; a bitmap longer than its
     // block or an inode that straddles blocks is left alone rather than trusted).
-    let odd = u64::from(sb.blocks_per_group) > 8 * bs
+    // With bigalloc a block bitmap's bit and a group's free count stand for a cluster.
+    let ratio = sb.cluster_ratio();
+    let cpg = match ratio {
+        1 => u64::from(sb.blocks_per_group),
+        _ => u64::from(le32(&sb.raw, 0x24)),
+    };
+    let odd = ratio == 0
+        || cpg > 8 * bs
+        || cpg.checked_mul(ratio) != Some(u64::from(sb.blocks_per_group))
         || u64::from(sb.inodes_per_group) > 8 * bs
         || !(128..=bs).contains(&isz)
         || bs % isz != 0;
     let has_file = sb.feature_compat & COMPAT_ORPHAN_FILE != 0;
-    if odd
-        || sb.cluster_ratio() != 1
-        || (!has_file && sb.feature_ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0)
-    {
+    if odd || (!has_file && sb.feature_ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0) {
         return Ok(BTreeMap::new());
     }
     let csum = sb.feature_ro_compat & RO_COMPAT_METADATA_CSUM != 0;
@@ -320,7 +325,7 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         }
         for &(start, count) in blocks {
             for b in start..start + count {
-                let (g, index) = ((b - first) / bpg, (b - first) % bpg);
+                let (g, index) = ((b - first) / bpg, (b - first) % bpg / ratio);
                 let Some(grp) = fs.groups.get(g as usize) else {
                     return Ok(BTreeMap::new());
                 };
@@ -341,7 +346,7 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         // may be uninitialised, INODE_UNINIT, with no checksum to keep).
         let block_bits = match nb {
             0 => None,
-            _ => Some(ed.block(grp.block_bitmap)?[..(bpg / 8) as usize].to_vec()),
+            _ => Some(ed.block(grp.block_bitmap)?[..(cpg / 8) as usize].to_vec()),
         };
         let inode_bits = match ni {
             0 => None,
@@ -369,7 +374,7 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
     for g in 0..fs.groups.len() as u64 {
         let at = fs.layout.desc_block(g / per_block);
         let d = &ed.block(at)?[((g % per_block) * dsz) as usize..][..dsz as usize];
-        free_blocks += count(d, 0x0C, 0x2C, dsz);
+        free_blocks += count(d, 0x0C, 0x2C, dsz) * ratio;
         free_inodes += count(d, 0x0E, 0x2E, dsz);
     }
     // The superblock: no orphans, the counts a mount would write.
@@ -416,6 +421,10 @@ struct Truncation {
 fn truncated(fs: &Ext4, inode: &super::Inode) -> Result<Option<Truncation>, FsError> {
     let mut area = inode.block;
     if inode.mode & 0xF000 != 0x8000 || inode.flags & super::inode::INLINE_DATA_FL != 0 {
+        return Ok(None);
+    }
+    if fs.superblock().cluster_ratio() != 1 {
+        // A cut inside a cluster keeps the cluster: left to the mount.
         return Ok(None);
     }
     let bs = fs.block_size();
