@@ -68,6 +68,14 @@ impl Edits<'_> {
     }
 }
 
+/// An orphan to release: the blocks it frees, and for a truncate (an orphan with links) what
+/// the truncate leaves of it; without one, it is deleted.
+struct Orphan {
+    inode: super::Inode,
+    freed: Vec<(u64, u64)>,
+    cut: Option<Truncation>,
+}
+
 /// An orphan file's blocks (filesystem block numbers) with the inodes each names.
 struct OrphanFile {
     ino: u32,
@@ -203,14 +211,17 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         let inode = fs.inode(ino)?;
         if inode.links != 0 {
             // A truncate (or an extending direct write) cut short: the blocks past the size go.
-            let Some(cut) = truncated(fs, &inode)? else {
+            let Some(mut cut) = truncated(fs, &inode, csum.then_some(seed))? else {
                 return Ok(BTreeMap::new());
             };
             if next != 0 {
                 next = le32(&inode.raw, 0x14);
             }
-            let blocks = cut.freed.clone();
-            orphans.push((inode.ino, (inode, blocks, Some(cut))));
+            orphans.push(Orphan {
+                inode,
+                freed: std::mem::take(&mut cut.freed),
+                cut: Some(cut),
+            });
             continue;
         }
         if inode.file_acl != 0 {
@@ -226,7 +237,11 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         if next != 0 {
             next = le32(&inode.raw, 0x14);
         }
-        orphans.push((inode.ino, (inode, blocks, None)));
+        orphans.push(Orphan {
+            inode,
+            freed: blocks,
+            cut: None,
+        });
     }
     if !orphans.is_empty() && sb.feature_ro_compat & RO_COMPAT_QUOTA != 0 {
         // The quota files count the orphans' inodes and blocks; a mount releases them with
@@ -247,11 +262,9 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
         }
         if refs == n {
             // Freed with the first orphan that names it.
-            let deleted = |(_, (i, _, t)): &&mut (u32, (super::Inode, _, Option<_>))| {
-                t.is_none() && i.file_acl == b
-            };
-            if let Some((_, (_, blocks, _))) = orphans.iter_mut().find(deleted) {
-                blocks.push((b, 1));
+            let deleted = |o: &&mut Orphan| o.cut.is_none() && o.inode.file_acl == b;
+            if let Some(o) = orphans.iter_mut().find(deleted) {
+                o.freed.push((b, 1));
             }
         } else {
             data[4..8].copy_from_slice(&(refs - n).to_le_bytes());
@@ -283,7 +296,13 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
     let when = le32(&sb.raw, 0x30).max(1);
     // Per group: blocks freed, inodes freed, directories freed.
     let mut freed: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
-    for (ino, (inode, blocks, truncate)) in &orphans {
+    for Orphan {
+        inode,
+        freed: blocks,
+        cut: truncate,
+    } in &orphans
+    {
+        let ino = inode.ino;
         let (g, index) = (u64::from(ino - 1) / ipg, u64::from(ino - 1) % ipg);
         let Some(&grp) = fs.groups.get(g as usize) else {
             return Ok(BTreeMap::new());
@@ -311,7 +330,7 @@ pub(super) fn release(fs: &Ext4) -> Result<BTreeMap<u64, Vec<u8>>, FsError> {
             raw[0x14..0x18].copy_from_slice(&when.to_le_bytes());
         }
         if csum {
-            inode_csum(raw, seed, *ino);
+            inode_csum(raw, seed, ino);
         }
         for (b, data) in truncate.iter().flat_map(|c| c.rewritten.iter()) {
             ed.block(*b)?.clone_from(data);
@@ -418,7 +437,11 @@ struct Truncation {
 /// For a regular file (mapped by extents or by a block map), what the mount's truncate to its
 /// size leaves; `None` for any other inode, or a tree not as the kernel writes it (left to the
 /// mount).
-fn truncated(fs: &Ext4, inode: &super::Inode) -> Result<Option<Truncation>, FsError> {
+fn truncated(
+    fs: &Ext4,
+    inode: &super::Inode,
+    csum_seed: Option<u32>,
+) -> Result<Option<Truncation>, FsError> {
     let mut area = inode.block;
     if inode.mode & 0xF000 != 0x8000 || inode.flags & super::inode::INLINE_DATA_FL != 0 {
         return Ok(None);
@@ -453,6 +476,7 @@ fn truncated(fs: &Ext4, inode: &super::Inode) -> Result<Option<Truncation>, FsEr
         freed: Vec::new(),
         rewritten: Vec::new(),
         budget: 1 << 16,
+        csum_seed,
     };
     if inode.flags & super::inode::EXTENTS_FL == 0 {
         // A block map (ext2/3): 12 direct pointers, then one tree each of one, two and three
@@ -506,6 +530,8 @@ struct Cut<'a> {
     rewritten: Vec<(u64, Vec<u8>)>,
     /// Tree blocks still allowed to be read (a hostile tree is left, not walked forever).
     budget: u32,
+    /// The filesystem's checksum seed, with metadata_csum.
+    csum_seed: Option<u32>,
 }
 
 impl Cut<'_> {
@@ -631,15 +657,9 @@ impl Cut<'_> {
     /// A tree block's checksum (metadata_csum): after its last possible entry, over what
     /// comes before, chained from the inode's number and generation.
     fn checksum(&self, data: &mut [u8]) {
-        let sb = self.fs.superblock();
         let tail = 12 + 12 * usize::from(le16(data, 4));
-        if sb.feature_ro_compat & RO_COMPAT_METADATA_CSUM == 0 || tail + 4 > data.len() {
+        let Some(seed) = self.csum_seed.filter(|_| tail + 4 <= data.len()) else {
             return;
-        }
-        let seed = if sb.feature_incompat & INCOMPAT_CSUM_SEED != 0 {
-            le32(&sb.raw, 0x270)
-        } else {
-            chain(!0, &sb.raw[0x68..0x78])
         };
         let generation = le32(&self.inode.raw, 0x64);
         let c = chain(
