@@ -40,19 +40,20 @@ pub struct CheckoutStats {
     pub rebuilt: u64,
 }
 
-/// Writes the ChunkList `list` at `base` of `out`; holes stay sparse.
+/// Writes the ChunkList `list` at `base` of `out`; holes stay sparse. `verify` re-hashes each
+/// chunk.
 fn write_chunklist(
     store: &Store,
-    out: &File,
-    path: &Path,
+    (out, path): (&File, &Path),
     base: u64,
     list: &Digest,
+    verify: bool,
     stats: &mut CheckoutStats,
 ) -> Result<()> {
     let Item::ChunkList(cl) = item(store, list)? else {
         bail!("{} is not a chunk list", list.to_text())
     };
-    let (items, bytes) = crate::restore::write_chunks(store, out, path, base, list, &cl)?;
+    let (items, bytes) = crate::restore::write_chunks(store, out, path, base, (list, &cl), verify)?;
     stats.items += 1 + items;
     stats.written_bytes += bytes;
     Ok(())
@@ -235,12 +236,19 @@ pub fn checkout(
     let raw = |f: &File| -> Result<CheckoutStats> {
         let mut st = CheckoutStats::default();
         for r in &disk.regions {
-            write_chunklist(store, f, &raw_path, r.offset, &r.digest, &mut st)?;
+            write_chunklist(
+                store,
+                (f, &raw_path),
+                r.offset,
+                &r.digest,
+                opts.verify,
+                &mut st,
+            )?;
         }
         for p in &disk.partitions {
             match &p.content {
                 PartitionContent::Raw { digest } => {
-                    write_chunklist(store, f, &raw_path, p.start, digest, &mut st)?
+                    write_chunklist(store, (f, &raw_path), p.start, digest, opts.verify, &mut st)?
                 }
                 PartitionContent::Swap {
                     uuid,

@@ -204,17 +204,22 @@ pub fn restore_tree_with(
 }
 
 /// Writes the chunks of the ChunkList `list` (digest `d`) into `f` at `base`, read in the
-/// context of the list (its location table, in volume order); holes are left unwritten.
-/// Returns the chunks read and the bytes written.
+/// context of the list (its location table, in volume order); holes are left unwritten. Each
+/// record's CRC and digest field are checked; `verify` also re-hashes each chunk. Returns the
+/// chunks read and the bytes written.
 pub(crate) fn write_chunks(
     store: &Store,
     f: &File,
     path: &Path,
     base: u64,
-    d: &Digest,
-    list: &mirage_format::ChunkList,
+    (d, list): (&Digest, &mirage_format::ChunkList),
+    verify: bool,
 ) -> Result<(u64, u64), RestoreError> {
-    for_each_chunk(store, d, list, ReadOptions::default(), |data, off| {
+    let opts = ReadOptions {
+        verify_digest: verify,
+        ..ReadOptions::default()
+    };
+    for_each_chunk(store, d, list, opts, |data, off| {
         f.write_all_at(data, base + off).map_err(io(path))
     })
 }

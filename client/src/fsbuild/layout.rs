@@ -66,7 +66,8 @@ pub fn recreate(
         .with_context(|| format!("opening {}", image.display()))?;
     let mut stats = LayoutStats::default();
     let t0 = std::time::Instant::now();
-    let (n, b) = crate::restore::write_chunks(store, &f, image, offset, &skeleton, &list)?;
+    let (n, b) =
+        crate::restore::write_chunks(store, &f, image, offset, (&skeleton, &list), verify)?;
     stats.items += 1 + n;
     stats.bytes += b;
     let src: Arc<dyn BlockSource> = Arc::new(RawFile::open(f.try_clone()?, image)?);
