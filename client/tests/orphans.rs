@@ -27,13 +27,17 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
     let store = Store::create(&dir.path().join("store")).unwrap();
     // The orphans named by the orphan list, or by the orphan file (`orphan_file`, whose
     // `orphan_present` flag stays set while mounted even once the file is empty again).
-    for (n, (t, bs, features, keep_open)) in [
-        ("ext4", "4096", "^orphan_file", true),
-        ("ext4", "1024", "^orphan_file", true),
-        ("ext3", "4096", "^orphan_file", true),
-        ("ext4", "4096", "orphan_file", true),
-        ("ext4", "1024", "orphan_file", false),
-        ("ext4", "4096", "bigalloc", true),
+    // `frozen`: copied under `fsfreeze`, as a snapshot is taken: the journal is clean then,
+    // and the orphans are still there.
+    for (n, (t, bs, features, keep_open, frozen)) in [
+        ("ext4", "4096", "^orphan_file", true, false),
+        ("ext4", "1024", "^orphan_file", true, false),
+        ("ext3", "4096", "^orphan_file", true, false),
+        ("ext4", "4096", "orphan_file", true, false),
+        ("ext4", "1024", "orphan_file", false, false),
+        ("ext4", "4096", "bigalloc", true, false),
+        ("ext4", "4096", "^orphan_file", true, true),
+        ("ext4", "4096", "orphan_file", true, true),
     ]
     .into_iter()
     .enumerate()
@@ -90,15 +94,22 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
             }
             std::fs::write(mnt.join("new"), b"after\n")?;
             run(&mut Command::new("sync"));
-            std::fs::copy(&img, &snap)?;
-            Ok(())
+            if frozen {
+                run(Command::new("fsfreeze").arg("-f").arg(&mnt));
+            }
+            let copy = std::fs::copy(&img, &snap);
+            if frozen {
+                run(Command::new("fsfreeze").arg("-u").arg(&mnt));
+            }
+            copy.map(|_| ())
         })();
         run(Command::new("umount").arg(&mnt));
         copied.unwrap();
         let raw = std::fs::read(&snap).unwrap();
-        assert!(
+        assert_eq!(
             le32_at(&raw, 1024 + 0x60) & 4 != 0,
-            "the copy needs no recovery"
+            !frozen,
+            "the copy needs recovery unless frozen"
         );
         if features == "orphan_file" {
             assert!(
@@ -117,7 +128,7 @@ fn files_deleted_while_open_are_released_as_a_mount_would() {
         assert_eq!(
             names,
             [&b"keep"[..], b"lost+found", b"new"],
-            "{t} {bs} {features}"
+            "{t} {bs} {features} frozen: {frozen}"
         );
     }
 }

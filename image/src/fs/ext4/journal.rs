@@ -39,6 +39,9 @@ const FEATURES_KNOWN: u32 = FEATURE_REVOKE
     | FEATURE_CSUM_V3
     | FEATURE_FAST_COMMIT;
 
+/// `orphan_present`: the orphan file names orphans.
+const RO_COMPAT_ORPHAN_PRESENT: u32 = 0x1_0000;
+
 const FLAG_ESCAPE: u32 = 1;
 const FLAG_SAME_UUID: u32 = 2;
 const FLAG_LAST_TAG: u32 = 8;
@@ -50,8 +53,10 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The filesystem at `[offset, offset + len)` of `src`, recovered: `None` when it does not
-/// need recovery, else a view of `src` with its journal replayed.
+/// The filesystem at `[offset, offset + len)` of `src` as a mount leaves it: a view of `src`
+/// with its journal replayed and its orphans released; `None` when it neither needs recovery
+/// nor has orphans (a filesystem frozen for a snapshot has a clean journal and may still have
+/// files deleted while open).
 pub fn recovered(
     src: &Arc<dyn BlockSource>,
     offset: u64,
@@ -60,7 +65,17 @@ pub fn recovered(
     let mut sb = vec![0u8; 1024];
     src.read_at(&mut sb, offset + 1024)?;
     if le32(&sb, 0x60) & INCOMPAT_RECOVER == 0 {
-        return Ok(None);
+        if le32(&sb, 0xE8) == 0 && le32(&sb, 0x64) & RO_COMPAT_ORPHAN_PRESENT == 0 {
+            return Ok(None);
+        }
+        // A damaged filesystem is reported by the open that follows, not here.
+        let edits = Ext4::open(src.clone(), offset, len)
+            .and_then(|fs| super::orphan::release(&fs))
+            .unwrap_or_default();
+        if edits.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(Arc::new(Patched::new(src.clone(), edits))));
     }
     let fs = Ext4::open_unrecovered(src.clone(), offset, len)?;
     let mut log = Log::open(&fs)?;
