@@ -5,8 +5,26 @@ use super::inode::{Inode, EXTENTS_FL, INLINE_DATA_FL};
 use super::{le16, le32, Ext4};
 use crate::fs::{FileExtent, FsError};
 
-const EXTENT_MAGIC: u16 = 0xF30A;
-const MAX_DEPTH: u16 = 5;
+pub(super) const EXTENT_MAGIC: u16 = 0xF30A;
+pub(super) const MAX_DEPTH: u16 = 5;
+/// An extent length at or above this is an unwritten extent of `len - UNWRITTEN` blocks.
+pub(super) const UNWRITTEN: u16 = 32768;
+
+/// An extent tree leaf entry (12 bytes): logical block, length, physical block, unwritten.
+pub(super) fn leaf_entry(e: &[u8]) -> (u64, u64, u64, bool) {
+    let raw_len = le16(e, 4);
+    let (len, unwritten) = match raw_len > UNWRITTEN {
+        true => (raw_len - UNWRITTEN, true),
+        false => (raw_len, false),
+    };
+    let pblk = (u64::from(le16(e, 6)) << 32) | u64::from(le32(e, 8));
+    (u64::from(le32(e, 0)), u64::from(len), pblk, unwritten)
+}
+
+/// An extent tree index entry's child block.
+pub(super) fn index_child(e: &[u8]) -> u64 {
+    (u64::from(le16(e, 8)) << 32) | u64::from(le32(e, 4))
+}
 
 impl Ext4 {
     /// Content extents of an inode (absolute image offsets), sorted by logical offset, cut to
@@ -168,16 +186,8 @@ impl Ext4 {
         }
         for i in 0..entries {
             let e = &node[12 + 12 * i..24 + 12 * i];
-            let lblk = u64::from(le32(e, 0));
             if depth == 0 {
-                let raw_len = le16(e, 4);
-                let (len, unwritten) = if raw_len > 32768 {
-                    (raw_len - 32768, true)
-                } else {
-                    (raw_len, false)
-                };
-                let pblk = (u64::from(le16(e, 6)) << 32) | u64::from(le32(e, 8));
-                let len = u64::from(len);
+                let (lblk, len, pblk, unwritten) = leaf_entry(e);
                 if len == 0 {
                     continue;
                 }
@@ -187,7 +197,7 @@ impl Ext4 {
                 }
                 leaves.push((lblk, len, pblk, unwritten));
             } else {
-                let child = (u64::from(le16(e, 8)) << 32) | u64::from(le32(e, 4));
+                let child = index_child(e);
                 self.check_block(ino, child, 1)?;
                 let bs = self.block_size();
                 let block = self.read_fs(child * bs, bs, "extent tree node")?;

@@ -39,9 +39,6 @@ const FEATURES_KNOWN: u32 = FEATURE_REVOKE
     | FEATURE_CSUM_V3
     | FEATURE_FAST_COMMIT;
 
-/// `orphan_present`: the orphan file names orphans.
-const RO_COMPAT_ORPHAN_PRESENT: u32 = 0x1_0000;
-
 const FLAG_ESCAPE: u32 = 1;
 const FLAG_SAME_UUID: u32 = 2;
 const FLAG_LAST_TAG: u32 = 8;
@@ -65,7 +62,7 @@ pub fn recovered(
     let mut sb = vec![0u8; 1024];
     src.read_at(&mut sb, offset + 1024)?;
     if le32(&sb, 0x60) & INCOMPAT_RECOVER == 0 {
-        if le32(&sb, 0xE8) == 0 && le32(&sb, 0x64) & RO_COMPAT_ORPHAN_PRESENT == 0 {
+        if le32(&sb, 0xE8) == 0 && le32(&sb, 0x64) & super::orphan::RO_COMPAT_ORPHAN_PRESENT == 0 {
             return Ok(None);
         }
         // A damaged filesystem is reported by the open that follows, not here.

@@ -14,13 +14,15 @@
 
 use std::collections::BTreeMap;
 
+use super::blocks::{index_child, leaf_entry, EXTENT_MAGIC, MAX_DEPTH, UNWRITTEN};
 use super::{le16, le32, Ext4};
 use crate::fs::FsError;
 
 const COMPAT_ORPHAN_FILE: u32 = 0x1000;
 const RO_COMPAT_GDT_CSUM: u32 = 0x10;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
-const RO_COMPAT_ORPHAN_PRESENT: u32 = 0x1_0000;
+/// `orphan_present`: the orphan file names orphans.
+pub(super) const RO_COMPAT_ORPHAN_PRESENT: u32 = 0x1_0000;
 const RO_COMPAT_QUOTA: u32 = 0x100;
 const INCOMPAT_CSUM_SEED: u32 = 0x2000;
 const ORPHAN_BLOCK_MAGIC: u32 = 0x0B10_CA04;
@@ -460,8 +462,7 @@ fn truncated(
         };
         area.fill(0);
         if inode.flags & super::inode::EXTENTS_FL != 0 {
-            area[0..2].copy_from_slice(&0xF30Au16.to_le_bytes());
-            area[4..6].copy_from_slice(&4u16.to_le_bytes());
+            empty_root(&mut area);
         }
         return Ok(Some(Truncation {
             area,
@@ -509,8 +510,7 @@ fn truncated(
                 // Nothing left under the root: an empty leaf in the inode, as the kernel
                 // leaves it.
                 area.fill(0);
-                area[0..2].copy_from_slice(&0xF30Au16.to_le_bytes());
-                area[4..6].copy_from_slice(&4u16.to_le_bytes());
+                empty_root(&mut area);
             }
             Ok(Some(Truncation {
                 area,
@@ -519,6 +519,12 @@ fn truncated(
             }))
         }
     }
+}
+
+/// An empty extent tree in an inode (zeroed before): a leaf at depth 0 with room for four.
+fn empty_root(area: &mut [u8; 60]) {
+    area[0..2].copy_from_slice(&EXTENT_MAGIC.to_le_bytes());
+    area[4..6].copy_from_slice(&4u16.to_le_bytes());
 }
 
 /// An extent tree cut at `keep` blocks.
@@ -539,9 +545,9 @@ impl Cut<'_> {
     /// `Some(false)` when nothing is left in it, `None` when it is not as the kernel writes it.
     fn node(&mut self, node: &mut [u8], depth: u16) -> Result<Option<bool>, FsError> {
         let entries = usize::from(le16(node, 2));
-        if le16(node, 0) != 0xF30A
+        if le16(node, 0) != EXTENT_MAGIC
             || le16(node, 6) != depth
-            || depth > 5
+            || depth > MAX_DEPTH
             || entries > usize::from(le16(node, 4))
             || 12 + 12 * entries > node.len()
         {
@@ -553,12 +559,7 @@ impl Cut<'_> {
             let mut e: [u8; 12] = node[12 + 12 * i..][..12].try_into().expect("12 bytes");
             let logical = u64::from(le32(&e, 0));
             if depth == 0 {
-                let raw_len = le16(&e, 4);
-                let (len, unwritten) = match raw_len {
-                    0..=32768 => (u64::from(raw_len), 0),
-                    _ => (u64::from(raw_len - 32768), 32768),
-                };
-                let physical = u64::from(le32(&e, 8)) | (u64::from(le16(&e, 6)) << 32);
+                let (_, len, physical, unwritten) = leaf_entry(&e);
                 if physical + len > blocks_count {
                     return Ok(None);
                 }
@@ -569,12 +570,13 @@ impl Cut<'_> {
                 if logical + len > self.keep {
                     let stays = self.keep - logical;
                     self.freed.push((physical + stays, len - stays));
-                    e[4..6].copy_from_slice(&(stays as u16 + unwritten).to_le_bytes());
+                    let flag = if unwritten { UNWRITTEN } else { 0 };
+                    e[4..6].copy_from_slice(&(stays as u16 + flag).to_le_bytes());
                 }
                 kept.push(e);
                 continue;
             }
-            let child = u64::from(le32(&e, 4)) | (u64::from(le16(&e, 8)) << 32);
+            let child = index_child(&e);
             if child >= blocks_count || self.budget == 0 {
                 return Ok(None);
             }
