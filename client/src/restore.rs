@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use mirage_format::{Digest, EntryKind, Item, Timestamp, Tree, TreeEntry};
+use mirage_format::{Digest, EntryKind, Extent, Item, Timestamp, Tree, TreeEntry};
 use mirage_node::{ReadOptions, Store, StoreError};
 
 /// Restore errors.
@@ -67,7 +67,7 @@ fn system_time(t: Timestamp) -> SystemTime {
     }
 }
 
-fn decode_tree(d: &Digest, bytes: &[u8]) -> Result<Tree, RestoreError> {
+pub(crate) fn decode_tree(d: &Digest, bytes: &[u8]) -> Result<Tree, RestoreError> {
     match Item::decode(bytes) {
         Ok(Item::Tree(t)) => Ok(t),
         Ok(other) => Err(RestoreError::Structure(format!(
@@ -203,10 +203,17 @@ pub fn restore_tree_with(
     Ok(stats)
 }
 
+/// Chunk bytes below which a chunk list is read by one thread.
+const PARALLEL_BYTES: u64 = 8 << 20;
+/// Readers of one large chunk list (a filesystem's skeleton, a raw region): a store on a cold
+/// disk answers several reads in flight faster than one after another (PERFORMANCE.md, checkout).
+const READERS: usize = 4;
+
 /// Writes the chunks of the ChunkList `list` (digest `d`) into `f` at `base`, read in the
 /// context of the list (its location table, in volume order); holes are left unwritten. Each
-/// record's CRC and digest field are checked; `verify` also re-hashes each chunk. Returns the
-/// chunks read and the bytes written.
+/// record's CRC and digest field are checked; `verify` also re-hashes each chunk. A large list
+/// is read in [`READERS`] runs of chunks side by side. Returns the chunks read and the bytes
+/// written.
 pub(crate) fn write_chunks(
     store: &Store,
     f: &File,
@@ -219,9 +226,52 @@ pub(crate) fn write_chunks(
         verify_digest: verify,
         ..ReadOptions::default()
     };
-    for_each_chunk(store, d, list, opts, |data, off| {
-        f.write_all_at(data, base + off).map_err(io(path))
+    let write = |data: &Bytes, off: u64| f.write_all_at(data, base + off).map_err(io(path));
+    let runs = runs_of(&list.chunks, READERS, PARALLEL_BYTES);
+    if runs.len() < 2 {
+        return chunks_each(store, d, &list.chunks, opts, write);
+    }
+    std::thread::scope(|s| {
+        let readers: Vec<_> = runs
+            .iter()
+            .map(|run| s.spawn(move || chunks_each(store, d, run, opts, write)))
+            .collect();
+        let mut total = (0, 0);
+        let mut first_err = None;
+        for r in readers {
+            match r.join() {
+                Ok(Ok((n, b))) => total = (total.0 + n, total.1 + b),
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(_) => {
+                    first_err = first_err.or(Some(RestoreError::Structure(
+                        "a chunk reader panicked".into(),
+                    )))
+                }
+            }
+        }
+        first_err.map_or(Ok(total), Err)
     })
+}
+
+/// Splits `chunks` into at most `n` runs of about equal bytes, none below `min_bytes` unless
+/// the whole list is (then one run).
+fn runs_of(chunks: &[Extent], n: usize, min_bytes: u64) -> Vec<&[Extent]> {
+    let total: u64 = chunks.iter().map(|c| c.len).sum();
+    let n = n.min((total / min_bytes.max(1)) as usize).max(1);
+    let per = total.div_ceil(n as u64).max(1);
+    let mut out = Vec::with_capacity(n);
+    let (mut start, mut acc) = (0, 0);
+    for (i, c) in chunks.iter().enumerate() {
+        acc += c.len;
+        if acc >= per && out.len() + 1 < n {
+            out.push(&chunks[start..=i]);
+            (start, acc) = (i + 1, 0);
+        }
+    }
+    if start < chunks.len() || out.is_empty() {
+        out.push(&chunks[start..]);
+    }
+    out
 }
 
 /// Writes `data` at `at` of `f`, except the parts that fall in one of the file's `holes` and are
@@ -282,11 +332,22 @@ pub(crate) fn for_each_chunk(
     d: &Digest,
     list: &mirage_format::ChunkList,
     opts: ReadOptions,
+    put: impl FnMut(&Bytes, u64) -> Result<(), RestoreError>,
+) -> Result<(u64, u64), RestoreError> {
+    chunks_each(store, d, &list.chunks, opts, put)
+}
+
+/// [`for_each_chunk`] for some of the chunks of the list `d`.
+fn chunks_each(
+    store: &Store,
+    d: &Digest,
+    chunks: &[Extent],
+    opts: ReadOptions,
     mut put: impl FnMut(&Bytes, u64) -> Result<(), RestoreError>,
 ) -> Result<(u64, u64), RestoreError> {
-    let want: Vec<Digest> = list.chunks.iter().map(|c| c.digest).collect();
+    let want: Vec<Digest> = chunks.iter().map(|c| c.digest).collect();
     let mut at: HashMap<Digest, Vec<u64>> = HashMap::new();
-    for c in &list.chunks {
+    for c in chunks {
         at.entry(c.digest).or_default().push(c.offset);
     }
     let (mut items, mut bytes) = (0u64, 0u64);
@@ -373,4 +434,69 @@ fn finish_file(f: &File, path: &Path, e: &TreeEntry) -> Result<(), RestoreError>
         .set_modified(system_time(e.mtime));
     f.set_times(times).map_err(io(path))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(lens: &[u64]) -> Vec<Extent> {
+        let mut at = 0;
+        lens.iter()
+            .map(|&len| {
+                let e = Extent {
+                    offset: at,
+                    len,
+                    digest: Digest::of(mirage_format::Algorithm::Sha256, &at.to_le_bytes())
+                        .unwrap(),
+                };
+                at += len;
+                e
+            })
+            .collect()
+    }
+
+    /// The runs are the list in order, each chunk once, at most `n` of them.
+    fn joined(runs: &[&[Extent]]) -> Vec<Extent> {
+        runs.iter().flat_map(|r| r.iter().copied()).collect()
+    }
+
+    #[test]
+    fn a_chunk_list_is_split_into_runs_of_about_equal_bytes() {
+        let list = chunks(&[1 << 20; 40]);
+        let runs = runs_of(&list, 4, 8 << 20);
+        assert_eq!(runs.len(), 4);
+        assert!(
+            runs.iter().all(|r| r.len() == 10),
+            "{:?}",
+            runs.iter().map(|r| r.len())
+        );
+        assert_eq!(joined(&runs), list);
+
+        // Uneven chunks: every run but the last holds at least its share.
+        let list = chunks(&(1..=30).map(|i| i * 100_000).collect::<Vec<_>>());
+        let total: u64 = list.iter().map(|c| c.len).sum();
+        let runs = runs_of(&list, 4, 1 << 20);
+        assert_eq!(runs.len(), 4);
+        assert_eq!(joined(&runs), list);
+        for r in &runs[..3] {
+            assert!(r.iter().map(|c| c.len).sum::<u64>() >= total / 4);
+        }
+    }
+
+    #[test]
+    fn a_small_chunk_list_is_one_run_and_an_empty_one_too() {
+        let list = chunks(&[1 << 20; 12]);
+        assert_eq!(runs_of(&list, 4, 8 << 20).len(), 1);
+        // 12 MiB at 4 MiB per run at least: three runs.
+        let runs = runs_of(&list, 4, 4 << 20);
+        assert_eq!(runs.len(), 3);
+        assert_eq!(joined(&runs), list);
+        let runs = runs_of(&[], 4, 8 << 20);
+        assert_eq!(runs.len(), 1);
+        assert!(runs[0].is_empty());
+        // One huge chunk cannot be split.
+        let list = chunks(&[1 << 30]);
+        assert_eq!(joined(&runs_of(&list, 4, 8 << 20)), list);
+    }
 }
