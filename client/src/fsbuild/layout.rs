@@ -69,7 +69,7 @@ pub fn recreate(
     // The trees are read while the skeleton is written: neither needs the other, and on a cold
     // disk both wait for reads.
     let (written, trees) = std::thread::scope(|s| {
-        let trees = s.spawn(|| all_trees(store, fs.root));
+        let trees = s.spawn(|| trees_ahead(store, fs.root, TREES_AHEAD));
         let written =
             crate::restore::write_chunks(store, &f, image, offset, (&skeleton, &list), verify);
         let trees = trees
@@ -91,7 +91,7 @@ pub fn recreate(
         return Err(Mismatch("the skeleton holds another filesystem".into()).into());
     }
     let t1 = std::time::Instant::now();
-    let jobs = walk(&trees, fs, reader)?;
+    let jobs = walk(store, &trees, fs, reader)?;
     let t2 = std::time::Instant::now();
     let units = units(&jobs);
     let next = AtomicUsize::new(0);
@@ -233,14 +233,18 @@ struct Job {
     content: Digest,
 }
 
-/// Every tree below `root` (itself included), read a level at a time: each level in one
-/// batch, in volume order. Their locations come from the index, not from the parents' location
-/// tables: a table lists every child, files too, and reading them all from a cold disk took
-/// three times as long (PERFORMANCE.md, checkout).
-fn all_trees(store: &Store, root: Digest) -> Result<HashMap<Digest, Tree>> {
+/// Encoded tree bytes read ahead of the walk at most; the walk reads the rest as it goes.
+const TREES_AHEAD: usize = 128 << 20;
+
+/// The trees below `root` (itself included), read a level at a time until about `budget`
+/// encoded bytes: each level in one batch, in volume order. Their locations come from the
+/// index, not from the parents' location tables: a table lists every child, files too, and
+/// reading them all from a cold disk took three times as long (PERFORMANCE.md, checkout).
+fn trees_ahead(store: &Store, root: Digest, budget: usize) -> Result<HashMap<Digest, Tree>> {
     let mut trees = HashMap::new();
     let mut level = vec![root];
-    while !level.is_empty() {
+    let mut read = 0;
+    while !level.is_empty() && read < budget {
         let mut next = Vec::new();
         let missing = |m: &Digest| anyhow::anyhow!("tree {} is not in the store", m.to_text());
         get_each(
@@ -250,6 +254,7 @@ fn all_trees(store: &Store, root: Digest) -> Result<HashMap<Digest, Tree>> {
             ReadOptions::default(),
             missing,
             |d, bytes| {
+                read += bytes.len();
                 let tree = crate::restore::decode_tree(&d, &bytes)?;
                 let dirs = tree.entries.iter().filter(|e| e.kind == EntryKind::Dir);
                 next.extend(dirs.filter_map(|e| e.content));
@@ -266,7 +271,12 @@ fn all_trees(store: &Store, root: Digest) -> Result<HashMap<Digest, Tree>> {
 }
 
 /// Walks the stored trees and the written skeleton in step; returns the files to fill.
-fn walk(trees: &HashMap<Digest, Tree>, fs: &Filesystem, reader: &dyn FsReader) -> Result<Vec<Job>> {
+fn walk(
+    store: &Store,
+    trees: &HashMap<Digest, Tree>,
+    fs: &Filesystem,
+    reader: &dyn FsReader,
+) -> Result<Vec<Job>> {
     let root = reader.root();
     let mut root_attrs = entry_of(&reader.node(root)?, Vec::new());
     root_attrs.size = 0;
@@ -278,7 +288,17 @@ fn walk(trees: &HashMap<Digest, Tree>, fs: &Filesystem, reader: &dyn FsReader) -
     let mut groups: HashMap<u64, u64> = HashMap::new();
     let mut stack: Vec<(Digest, u64, String)> = vec![(fs.root, root, "/".into())];
     while let Some((d, ino, path)) = stack.pop() {
-        let tree = trees.get(&d).context("a tree was not read")?;
+        let read;
+        let tree = match trees.get(&d) {
+            Some(t) => t,
+            None => {
+                let Item::Tree(t) = item(store, &d)? else {
+                    bail!("{} is not a tree", d.to_text())
+                };
+                read = t;
+                &read
+            }
+        };
         let mut on_disk = reader.read_dir(ino).map_err(|e| Mismatch(e.to_string()))?;
         on_disk.sort_by(|a, b| a.0.cmp(&b.0));
         check_names(tree, &on_disk, &path)?;
@@ -460,6 +480,72 @@ fn write_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mirage_format::PartitionContent;
+
+    /// A demo disk checked in; its ext4 filesystem, its partition's offset and length.
+    fn checked_in(dir: &Path, store: &Store) -> (Filesystem, u64, u64) {
+        let tree = dir.join("tree");
+        let gen = crate::demo::generate(&tree, 11, 1).unwrap();
+        let img = dir.join("disk.img");
+        crate::demo::build_disk_image(&tree, &img, gen.bytes).unwrap();
+        let (image, _) = crate::indexer::checkin(store, &img, 2).unwrap();
+        let Item::Image(image) = item(store, &image).unwrap() else {
+            panic!()
+        };
+        let Item::Disk(disk) = item(store, &image.disks[0].disk).unwrap() else {
+            panic!()
+        };
+        for p in &disk.partitions {
+            if let PartitionContent::Filesystem { digest } = &p.content {
+                let Item::Filesystem(fs) = item(store, digest).unwrap() else {
+                    panic!()
+                };
+                if fs.fs_type == "ext4" {
+                    return (fs, p.start, p.size);
+                }
+            }
+        }
+        panic!("no ext4 filesystem")
+    }
+
+    #[test]
+    fn the_walk_reads_the_trees_the_read_ahead_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("store")).unwrap();
+        let (fs, start, size) = checked_in(dir.path(), &store);
+        let all = trees_ahead(&store, fs.root, usize::MAX).unwrap();
+        let first = trees_ahead(&store, fs.root, 1).unwrap();
+        assert!(all.len() > 10, "{} trees", all.len());
+        assert_eq!(first.len(), 1, "a budget of one byte stops after the root");
+        assert!(first.contains_key(&fs.root));
+        // Lay the skeleton out once and walk it with every tree at hand, with only the
+        // root, and with none: the same files, in the same order.
+        let out = dir.path().join("out.img");
+        File::create(&out).unwrap().set_len(start + size).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&out)
+            .unwrap();
+        let skeleton = fs.skeleton.unwrap();
+        let Item::ChunkList(list) = item(&store, &skeleton).unwrap() else {
+            panic!()
+        };
+        crate::restore::write_chunks(&store, &f, &out, start, (&skeleton, &list), false).unwrap();
+        let src: Arc<dyn BlockSource> = Arc::new(RawFile::open(f, &out).unwrap());
+        let reader = Ext4::open(src, start, size).unwrap();
+        let jobs = |trees: &HashMap<Digest, Tree>| -> Vec<(u64, u64, Digest)> {
+            walk(&store, trees, &fs, &reader)
+                .unwrap()
+                .iter()
+                .map(|j| (j.ino, j.size, j.content))
+                .collect()
+        };
+        let want = jobs(&all);
+        assert!(want.len() > 100, "{} files", want.len());
+        assert_eq!(jobs(&first), want);
+        assert_eq!(jobs(&HashMap::new()), want);
+    }
 
     #[test]
     fn the_early_writeback_flushes_only_while_the_device_is_not_being_read() {
