@@ -98,8 +98,9 @@ enum Cmd {
         /// collide with content the store holds; see docs/FORMAT.md, "Checkin hints").
         #[arg(long)]
         rehash: bool,
-        /// Read a qcow2 image with its backing chain (flattened by qemu-img). Only for images
-        /// you trust: an image names the files it is read with.
+        /// Read a qcow2 image with the files it names: its backing chain or its external data
+        /// file (through qemu-img). Only for images you trust: an image names the files it is
+        /// read with.
         #[arg(long)]
         follow_backing: bool,
     },

@@ -382,6 +382,28 @@ fn other_containers_are_read_through_qemu_img_with_the_same_result() {
         // vpc rounds the size up to its geometry; compare the first 16 MiB.
         assert_eq!(region_digest(src.as_ref(), 16 << 20), want, "{fmt}");
     }
+    // A qcow2 whose clusters live in an external data file (qcow2 v3), raw or not: the image
+    // names a file to read it with, so it is read (through qemu-img, which finds a relative
+    // name next to the image) only when asked to follow the files it names.
+    for (name, opts) in [
+        ("ext-raw", "data_file=ext-raw.data,data_file_raw=on"),
+        ("ext", "data_file=ext.data"),
+    ] {
+        let p = dir.path().join(format!("{name}.qcow2"));
+        run(Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2", "-o", opts])
+            .arg(&raw)
+            .arg(&p)
+            .current_dir(dir.path()));
+        let err = image::open(&p).err().unwrap().to_string();
+        assert!(
+            err.contains("external data file") && err.contains("--follow-backing"),
+            "{err}"
+        );
+        let src = image::open_with(&p, true).unwrap();
+        assert_eq!(src.len(), 16 << 20, "{name}");
+        assert_eq!(region_digest(src.as_ref(), 16 << 20), want, "{name}");
+    }
 }
 
 #[test]

@@ -82,7 +82,11 @@ pub fn open_with(path: &Path, follow_backing: bool) -> Result<Box<dyn BlockSourc
         return convert(path, fmt);
     }
     if n == 4 && magic == qcow2::MAGIC {
-        if follow_backing && qcow2::has_backing_file(&f).map_err(io)? {
+        // Both name other files to read the image with: only when asked.
+        if follow_backing
+            && (qcow2::has_backing_file(&f).map_err(io)?
+                || qcow2::has_external_data_file(&f).map_err(io)?)
+        {
             return convert(path, "qcow2");
         }
         Ok(Box::new(qcow2::Qcow2::open(f, path)?))
@@ -156,19 +160,29 @@ fn foreign_format(f: &std::fs::File) -> std::io::Result<Option<&'static str>> {
 fn convert(path: &Path, fmt: &'static str) -> Result<Box<dyn BlockSource>, ImageError> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = std::env::temp_dir().join(format!(
-        "mirage-convert-{}-{n}.{fmt}.raw",
-        std::process::id()
-    ));
-    let out = std::process::Command::new("qemu-img")
-        .args(["convert", "-f", fmt, "-O", "raw"])
-        .arg(path)
-        .arg(&tmp)
-        .output()
-        .map_err(|source| ImageError::Io {
-            path: "qemu-img".into(),
-            source,
-        })?;
+    let tmp = std::path::absolute(std::env::temp_dir())
+        .unwrap_or_default()
+        .join(format!(
+            "mirage-convert-{}-{n}.{fmt}.raw",
+            std::process::id()
+        ));
+    // Run beside the image: qemu-img takes a relative external data file name from its
+    // working directory (backing file names it takes from the image's directory anyway).
+    let abs = std::path::absolute(path).map_err(|source| ImageError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut cmd = std::process::Command::new("qemu-img");
+    cmd.args(["convert", "-f", fmt, "-O", "raw"])
+        .arg(&abs)
+        .arg(&tmp);
+    if let Some(dir) = abs.parent() {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().map_err(|source| ImageError::Io {
+        path: "qemu-img".into(),
+        source,
+    })?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(malformed(format!(

@@ -1,7 +1,7 @@
 //! Native qcow2 reader (versions 2 and 3): L1/L2 tables, zero clusters, compressed clusters
 //! (deflate or zstd), extended L2 entries (32 subclusters per cluster). Backing files,
-//! encryption and external data files are refused with a clear message (convert such images
-//! with `qemu-img convert` first; `image::open_with` can flatten a backing chain that way).
+//! encryption and external data files are refused with a clear message; asked to follow the
+//! files an image names, `image::open_with` reads such an image through `qemu-img` instead.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -87,6 +87,14 @@ pub fn has_backing_file(file: &File) -> std::io::Result<bool> {
     Ok(n == 16 && be64(&h, 8) != 0)
 }
 
+/// Whether a qcow2 (version 3) keeps its data in an external data file, which this reader
+/// does not open (`image::open_with` can read it through `qemu-img`).
+pub fn has_external_data_file(file: &File) -> std::io::Result<bool> {
+    let mut h = [0u8; 80];
+    let n = file.read_at(&mut h, 0)?;
+    Ok(n == 80 && be32(&h, 4) >= 3 && be64(&h, 72) & 4 != 0)
+}
+
 impl Qcow2 {
     /// Parses the header and L1 table.
     pub fn open(file: File, path: &Path) -> Result<Self, ImageError> {
@@ -147,7 +155,9 @@ impl Qcow2 {
             }
             if incompat & 4 != 0 {
                 return Err(ImageError::Unsupported(format!(
-                    "{path}: qcow2 external data file"
+                    "{path}: qcow2 with an external data file (check it in with \
+                     --follow-backing if you trust the image, or convert it with \
+                     `qemu-img convert` first)"
                 )));
             }
             extended = incompat & 16 != 0;
