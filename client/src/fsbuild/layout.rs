@@ -91,7 +91,7 @@ pub fn recreate(
         return Err(Mismatch("the skeleton holds another filesystem".into()).into());
     }
     let t1 = std::time::Instant::now();
-    let jobs = walk(store, &trees, fs, reader)?;
+    let jobs = walk(store, &trees, fs, reader, &mut stats)?;
     let t2 = std::time::Instant::now();
     let units = units(&jobs);
     let next = AtomicUsize::new(0);
@@ -276,6 +276,7 @@ fn walk(
     trees: &HashMap<Digest, Tree>,
     fs: &Filesystem,
     reader: &dyn FsReader,
+    stats: &mut LayoutStats,
 ) -> Result<Vec<Job>> {
     let root = reader.root();
     let mut root_attrs = entry_of(&reader.node(root)?, Vec::new());
@@ -295,6 +296,7 @@ fn walk(
                 let Item::Tree(t) = item(store, &d)? else {
                     bail!("{} is not a tree", d.to_text())
                 };
+                stats.items += 1;
                 read = t;
                 &read
             }
@@ -535,7 +537,7 @@ mod tests {
         let src: Arc<dyn BlockSource> = Arc::new(RawFile::open(f, &out).unwrap());
         let reader = Ext4::open(src, start, size).unwrap();
         let jobs = |trees: &HashMap<Digest, Tree>| -> Vec<(u64, u64, Digest)> {
-            walk(&store, trees, &fs, &reader)
+            walk(&store, trees, &fs, &reader, &mut LayoutStats::default())
                 .unwrap()
                 .iter()
                 .map(|j| (j.ino, j.size, j.content))
