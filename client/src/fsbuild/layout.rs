@@ -44,17 +44,32 @@ pub struct LayoutStats {
     pub bytes: u64,
 }
 
+/// How a layout checkout runs.
+#[derive(Clone, Copy, Debug)]
+pub struct LayoutOptions {
+    /// Cores to use (twice as many content workers).
+    pub threads: usize,
+    /// Re-hash every content read (records are always CRC-checked).
+    pub verify: bool,
+    /// The output is scratch that is converted and deleted (the raw form of a qcow2
+    /// checkout): nothing flushes it to the disk early.
+    pub scratch: bool,
+}
+
 /// Writes the filesystem `fs` (which has a skeleton) into `image` at `offset`. File contents
 /// are read with the record CRC and the record's digest checked; `verify` also re-hashes them.
 pub fn recreate(
     store: &Store,
     fs: &Filesystem,
     image: &Path,
-    offset: u64,
-    len: u64,
-    threads: usize,
-    verify: bool,
+    (offset, len): (u64, u64),
+    opts: LayoutOptions,
 ) -> Result<LayoutStats> {
+    let LayoutOptions {
+        threads,
+        verify,
+        scratch,
+    } = opts;
     let skeleton = fs.skeleton.context("the filesystem has no skeleton")?;
     let Item::ChunkList(list) = item(store, &skeleton)? else {
         bail!("skeleton {} is not a chunk list", skeleton.to_text())
@@ -100,7 +115,9 @@ pub fn recreate(
         // Write back while the writer fills the page cache, so that the final fsync finds
         // little left to do and the disk works alongside the CPU. Dropping `stop` ends it.
         let file = &f;
-        s.spawn(move || early_writeback(file, stopped));
+        if !scratch {
+            s.spawn(move || early_writeback(file, stopped));
+        }
         let r = with_output(&f, image, |out| {
             // Twice as many workers as threads: a worker waiting for its read from a cold
             // store leaves its core to one that is copying (measured: PERFORMANCE.md).
