@@ -322,5 +322,13 @@ pub fn checkout(
             .and_then(|q| q.sync_all())
             .with_context(|| format!("flushing {}", out.display()))?;
     }
+    // The new name too, not only the bytes behind it.
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("flushing the directory {}", dir.display()))?;
     Ok(stats)
 }
