@@ -311,10 +311,9 @@ pub fn checkout(
             .args(["convert", "-t", "unsafe", "-f", "raw", "-O", "qcow2"])
             .arg(&raw_path)
             .arg(out)
-            .status()
-            .context("running qemu-img")?;
+            .status();
         let _ = std::fs::remove_file(&raw_path);
-        if !st.success() {
+        if !st.context("running qemu-img")?.success() {
             let _ = std::fs::remove_file(out);
             bail!("qemu-img convert failed");
         }

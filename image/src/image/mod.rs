@@ -161,7 +161,7 @@ fn convert(path: &Path, fmt: &'static str) -> Result<Box<dyn BlockSource>, Image
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = std::path::absolute(std::env::temp_dir())
-        .unwrap_or_default()
+        .unwrap_or_else(|_| std::env::temp_dir())
         .join(format!(
             "mirage-convert-{}-{n}.{fmt}.raw",
             std::process::id()
