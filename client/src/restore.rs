@@ -229,12 +229,12 @@ pub(crate) fn write_chunks(
     let write = |data: &Bytes, off: u64| f.write_all_at(data, base + off).map_err(io(path));
     let runs = runs_of(&list.chunks, READERS, PARALLEL_BYTES);
     if runs.len() < 2 {
-        return chunks_each(store, d, &list.chunks, opts, write);
+        return for_each_chunk(store, d, &list.chunks, opts, write);
     }
     std::thread::scope(|s| {
         let readers: Vec<_> = runs
             .iter()
-            .map(|run| s.spawn(move || chunks_each(store, d, run, opts, write)))
+            .map(|run| s.spawn(move || for_each_chunk(store, d, run, opts, write)))
             .collect();
         let mut total = (0, 0);
         let mut first_err = None;
@@ -324,21 +324,10 @@ pub(crate) fn get_each<E: From<StoreError>>(
     }
 }
 
-/// Reads the chunks of the ChunkList `list` (digest `d`) in the context of the list (its
-/// location table, in volume order) and hands each one's bytes to `put` at each of its
+/// Reads `chunks` (all or some of the chunks of the ChunkList `d`) in the context of the list
+/// (its location table, in volume order) and hands each one's bytes to `put` at each of its
 /// offsets. Returns the chunks read and the bytes handed over.
 pub(crate) fn for_each_chunk(
-    store: &Store,
-    d: &Digest,
-    list: &mirage_format::ChunkList,
-    opts: ReadOptions,
-    put: impl FnMut(&Bytes, u64) -> Result<(), RestoreError>,
-) -> Result<(u64, u64), RestoreError> {
-    chunks_each(store, d, &list.chunks, opts, put)
-}
-
-/// [`for_each_chunk`] for some of the chunks of the list `d`.
-fn chunks_each(
     store: &Store,
     d: &Digest,
     chunks: &[Extent],
@@ -385,9 +374,13 @@ fn write_file(
     match Item::decode(bytes) {
         Ok(Item::Blob { data }) => f.write_all_at(&data, 0).map_err(io(path))?,
         Ok(Item::ChunkList(list)) => {
-            let (n, _) = for_each_chunk(store, d, &list, ReadOptions::default(), |data, at| {
-                write_outside_holes(&f, data, at, &e.holes).map_err(io(path))
-            })?;
+            let (n, _) = for_each_chunk(
+                store,
+                d,
+                &list.chunks,
+                ReadOptions::default(),
+                |data, at| write_outside_holes(&f, data, at, &e.holes).map_err(io(path)),
+            )?;
             *items += n;
         }
         Ok(other) => {

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::{bin, ok, run};
+use common::{mirage, ok, run};
 use mirage_client::demo::pseudo_random;
 
 fn mtool(tool: &str, img: &Path) -> Command {
@@ -20,15 +20,6 @@ fn mtool(tool: &str, img: &Path) -> Command {
         .arg("-i")
         .arg(img);
     c
-}
-
-fn mirage(store: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin("mirage"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// The runs of clusters `mshowfat` gives for `path` (`<2-5> <10-13>`: two).

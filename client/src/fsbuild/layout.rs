@@ -476,7 +476,7 @@ fn write_file(
                 return Err(wrong_size(list.size));
             }
             let mut failure: Option<anyhow::Error> = None;
-            let (n, b) = for_each_chunk(store, &job.content, &list, opts, |data, off| {
+            let (n, b) = for_each_chunk(store, &job.content, &list.chunks, opts, |data, off| {
                 put_mapped(out, &ext, data, off).map_err(|e| {
                     let msg = e.to_string();
                     failure = Some(e);

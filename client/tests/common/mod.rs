@@ -52,6 +52,16 @@ pub fn assert_fsck_clean(img: &Path) {
     );
 }
 
+/// `mirage --store STORE ARGS` (the embedded store, as the invoking user).
+pub fn mirage(store: &Path, args: &[&str]) -> Output {
+    Command::new(bin("mirage"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 pub fn ok(o: Output) -> String {
     assert!(
         o.status.success(),

@@ -82,11 +82,8 @@ pub fn open_with(path: &Path, follow_backing: bool) -> Result<Box<dyn BlockSourc
         return convert(path, fmt);
     }
     if n == 4 && magic == qcow2::MAGIC {
-        // Both name other files to read the image with: only when asked.
-        if follow_backing
-            && (qcow2::has_backing_file(&f).map_err(io)?
-                || qcow2::has_external_data_file(&f).map_err(io)?)
-        {
+        // Only when asked: an image names the files it is read with.
+        if follow_backing && qcow2::names_other_files(&f).map_err(io)? {
             return convert(path, "qcow2");
         }
         Ok(Box::new(qcow2::Qcow2::open(f, path)?))

@@ -80,19 +80,15 @@ fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// True when the qcow2 image in `file` names a backing file.
-pub fn has_backing_file(file: &File) -> std::io::Result<bool> {
-    let mut h = [0u8; 16];
-    let n = file.read_at(&mut h, 0)?;
-    Ok(n == 16 && be64(&h, 8) != 0)
-}
-
-/// Whether a qcow2 (version 3) keeps its data in an external data file, which this reader
-/// does not open (`image::open_with` can read it through `qemu-img`).
-pub fn has_external_data_file(file: &File) -> std::io::Result<bool> {
+/// True when the qcow2 image in `file` names another file to be read with: a backing file,
+/// or (version 3) an external data file. This reader opens neither; `image::open_with` can
+/// read such an image through `qemu-img`.
+pub fn names_other_files(file: &File) -> std::io::Result<bool> {
     let mut h = [0u8; 80];
     let n = file.read_at(&mut h, 0)?;
-    Ok(n == 80 && be32(&h, 4) >= 3 && be64(&h, 72) & 4 != 0)
+    let backing = n >= 16 && be64(&h, 8) != 0;
+    let data_file = n == 80 && be32(&h, 4) >= 3 && be64(&h, 72) & 4 != 0;
+    Ok(backing || data_file)
 }
 
 impl Qcow2 {
