@@ -274,6 +274,32 @@ impl RocksIndex {
         }
     }
 
+    /// Starts reading every table of the database into the page cache (`POSIX_FADV_WILLNEED`,
+    /// which returns without waiting), unless together they are more than `limit` bytes.
+    /// RocksDB opens its tables for random access, so a cold point lookup reads one block at
+    /// a time; a small index is read whole much sooner.
+    pub(crate) fn prefetch(&self, limit: u64) -> bool {
+        let dir = self.db.path();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        let tables: Vec<(std::path::PathBuf, u64)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "sst"))
+            .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+            .collect();
+        if tables.iter().map(|t| t.1).sum::<u64>() > limit {
+            return false;
+        }
+        for (path, _) in tables {
+            // A table a compaction removed meanwhile is simply not read ahead.
+            if let Ok(f) = std::fs::File::open(&path) {
+                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::WillNeed);
+            }
+        }
+        true
+    }
+
     /// Flushes every column family's memtable (all of them, so the log can go), waiting for
     /// the tables to be written or only starting the flush.
     fn flush_all(&self, wait: bool) -> Result<(), IndexError> {
@@ -523,6 +549,24 @@ mod tests {
         let logs = ix.logs().1;
         assert!(logs <= WAL_MAX, "{logs} bytes of log kept");
         all_there(&ix, 2000 + rounds * per);
+    }
+
+    #[test]
+    fn the_tables_are_read_ahead_only_below_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ix = RocksIndex::open(dir.path()).expect("open");
+        put(&ix, 0..5000);
+        ix.flush_all(true).expect("flush");
+        let bytes: u64 = files(dir.path(), "sst").iter().map(|m| m.len()).sum();
+        assert!(bytes > 0, "no tables");
+        assert!(!ix.prefetch(bytes - 1), "read ahead past the limit");
+        assert!(ix.prefetch(bytes), "not read ahead at the limit");
+        let ds: Vec<Digest> = (0..5000).map(digest).collect();
+        assert!(ix
+            .get_many(&ds)
+            .expect("get_many")
+            .iter()
+            .all(Option::is_some));
     }
 
     #[test]

@@ -446,6 +446,14 @@ impl Store {
         self.inner.shared.index.inner().flush_in_background(1 << 20);
     }
 
+    /// Asks the kernel to read the index's tables into the page cache in the background, when
+    /// together they are at most `limit` bytes: for a reader about to look many items up in a
+    /// store whose index is not cached (a checkout), so that its lookups find their blocks in
+    /// memory instead of each waiting for a read from the disk. Returns whether it did.
+    pub fn prefetch_index(&self, limit: u64) -> bool {
+        self.inner.shared.index.inner().prefetch(limit)
+    }
+
     /// Makes every indexed item's index entry durable and records volume checkpoints, so the
     /// next open scans nothing.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
