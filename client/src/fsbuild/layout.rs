@@ -119,11 +119,11 @@ pub fn recreate(
             s.spawn(move || early_writeback(file, stopped));
         }
         let r = with_output(&f, image, |out| {
-            // Four workers per thread: a worker waiting for its read from a cold store
-            // leaves its core to one that is copying, and more reads in flight keep the disk
-            // busy (cold derived-1: 0.878 -> 0.834 s from two per thread; PERFORMANCE.md).
+            // Twice as many workers as threads: a worker waiting for its read from a cold
+            // store leaves its core to one that is copying. Four per thread measured 5 %
+            // faster cold and 15 % slower warm (PERFORMANCE.md, checkout).
             Ok(std::thread::scope(|s| {
-                let workers: Vec<_> = (0..4 * threads.max(1))
+                let workers: Vec<_> = (0..2 * threads.max(1))
                     .map(|_| {
                         s.spawn(|| {
                             let mut st = LayoutStats::default();
