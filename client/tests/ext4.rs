@@ -306,6 +306,88 @@ fn ext2_reads_the_same() {
 }
 
 #[test]
+fn ext4_without_the_filetype_feature_reads_the_same() {
+    // Entries carry no type byte, and the metadata_csum tail's 0xDE stands where a 16-bit
+    // name length's high byte would be.
+    check("ext4", &["-O", "^filetype"], 0x80000);
+}
+
+#[test]
+fn emptied_directory_blocks_of_64k_filesystems_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let d = src.join("d");
+    std::fs::create_dir_all(&d).unwrap();
+    // About 1,300 entries of 48 bytes fill a 64 KiB block: 4,000 make four blocks (and take
+    // 4,000 blocks of 64 KiB for their contents).
+    let name = |i: usize| format!("{i:0>40}");
+    for i in 0..4000 {
+        std::fs::write(d.join(name(i)), b"x").unwrap();
+    }
+    let img = dir.path().join("fs.img");
+    run(Command::new("mke2fs")
+        // Without metadata_csum: its 12-byte tail would end every block.
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "65536",
+            "-O",
+            "^metadata_csum",
+            "-d",
+        ])
+        .arg(&src)
+        .arg(&img)
+        .arg("1G"));
+    // Removing all but the first few (in the directory's order) empties whole blocks: the
+    // first entry of each becomes a free record spanning the block, stored as 65535.
+    let listing = Command::new("debugfs")
+        .args(["-R", "ls -p d"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let names: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter_map(|l| l.split('/').nth(5).map(str::to_owned))
+        .filter(|n| n.len() == 40)
+        .collect();
+    assert_eq!(names.len(), 4000, "debugfs listed {} files", names.len());
+    let (kept, removed) = names.split_at(5);
+    let script: String = removed.iter().map(|n| format!("rm d/{n}\n")).collect();
+    let script_path = dir.path().join("rm.debugfs");
+    std::fs::write(&script_path, script).unwrap();
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(&img));
+    assert_fsck_clean(&img);
+    let source: Arc<dyn BlockSource> = Arc::from(image::open(&img).unwrap());
+    let fs = Ext4::open(source.clone(), 0, source.len()).unwrap();
+    let d_ino = child(&fs, fs.root(), b"d");
+    let mut names: Vec<Vec<u8>> = fs
+        .read_dir(d_ino)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    names.sort();
+    let mut want: Vec<Vec<u8>> = kept.iter().map(|n| n.clone().into_bytes()).collect();
+    want.sort();
+    assert_eq!(names, want);
+    // And the image goes in and comes back out as the same image (the removed files' bytes,
+    // left in free blocks, are not kept).
+    let store = Store::create(&dir.path().join("store")).unwrap();
+    let (digest, _) = checkin(&store, &img, 2).unwrap();
+    let out = dir.path().join("out.img");
+    checkout(&store, &digest, &out, CheckoutOptions::default()).unwrap();
+    assert_fsck_clean(&out);
+    assert_eq!(checkin(&store, &out, 2).unwrap().0, digest);
+}
+
+#[test]
 fn hostile_ext4_images_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");

@@ -363,17 +363,14 @@ impl Ext4 {
         } else {
             (&data[..], bs)
         };
-        let filetype = self.sb.feature_incompat & 0x2 != 0;
         for (bi, blk) in body.chunks(block.max(1)).enumerate() {
             let mut pos = 0usize;
             while pos + 8 <= blk.len() {
                 let ino = le32(blk, pos);
-                let rec_len = usize::from(le16(blk, pos + 4));
-                let name_len = if filetype {
-                    usize::from(blk[pos + 6])
-                } else {
-                    usize::from(le16(blk, pos + 6))
-                };
+                let rec_len = rec_len_from_disk(le16(blk, pos + 4), block);
+                // The name length is one byte (e2fsprogs: `name_len & 0xff`); the next byte is
+                // the file type, 0 without `filetype`, 0xDE in a checksum tail.
+                let name_len = usize::from(blk[pos + 6]);
                 if rec_len < 8
                     || rec_len % 4 != 0
                     || pos + rec_len > blk.len()
@@ -398,5 +395,39 @@ impl Ext4 {
             }
         }
         Ok(out)
+    }
+}
+
+/// A directory entry's record length as stored (`ext4_rec_len_from_disk`, e2fsprogs'
+/// `ext2fs_get_rec_len`): in blocks of 64 KiB a record spanning the whole block (an emptied
+/// block, an htree node) is stored as 65535 or 0, and larger lengths keep their top bits in
+/// the low two.
+fn rec_len_from_disk(raw: u16, block: usize) -> usize {
+    if block < 65536 {
+        return usize::from(raw);
+    }
+    match raw {
+        0 | 65535 => block,
+        n => usize::from(n & 65532) | (usize::from(n & 3) << 16),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rec_len_from_disk;
+
+    #[test]
+    fn record_lengths_of_64k_blocks_decode_as_the_kernel_does() {
+        assert_eq!(rec_len_from_disk(12, 4096), 12);
+        assert_eq!(
+            rec_len_from_disk(0, 4096),
+            0,
+            "zero stays an error below 64 KiB"
+        );
+        assert_eq!(rec_len_from_disk(65535, 65536), 65536);
+        assert_eq!(rec_len_from_disk(0, 65536), 65536);
+        assert_eq!(rec_len_from_disk(65524, 65536), 65524);
+        // 65,540 would not fit in 16 bits: its top bit goes to the low two.
+        assert_eq!(rec_len_from_disk(4 | 1, 65536), 65540);
     }
 }
