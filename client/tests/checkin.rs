@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use mirage_client::demo::pseudo_random;
 
+mod common;
+use common::debugfs_script;
+
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     assert!(
@@ -83,13 +86,6 @@ fn sfdisk(img: &Path, script: &str) {
 /// A sparse file of `len` bytes at `path`.
 fn blank(path: &Path, len: u64) {
     std::fs::File::create(path).unwrap().set_len(len).unwrap();
-}
-
-/// Runs a `debugfs -w` script (one request per line) on `img`, from a file in `dir`.
-fn debugfs_script(dir: &Path, img: impl AsRef<std::ffi::OsStr>, script: &str) {
-    let f = dir.join("debugfs.cmds");
-    std::fs::write(&f, script).unwrap();
-    run(Command::new("debugfs").arg("-w").arg("-f").arg(&f).arg(img));
 }
 
 fn rootfs(dir: &Path) -> PathBuf {

@@ -19,7 +19,7 @@ use mirage_format::{Digest, EntryKind, Item, PartitionContent, Timestamp};
 use mirage_node::Store;
 
 mod common;
-use common::{assert_fsck_clean, is_root, run};
+use common::{assert_fsck_clean, debugfs_script, is_root, run};
 
 /// A tree with every kind of object and metadata.
 fn build_tree(root: &Path) {
@@ -171,13 +171,7 @@ fn check(fs_type: &str, extra_mkfs: &[&str], extents_flag: u64) {
         (5u32 << 2) | 1,
         0x10 | 0x20 | 0x40 | extents_flag,
     );
-    let cmdfile = dir.path().join("cmds");
-    std::fs::write(&cmdfile, cmds).unwrap();
-    run(Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&cmdfile)
-        .arg(&img));
+    debugfs_script(dir.path(), &img, &cmds);
     run(Command::new("e2fsck").arg("-fn").arg(&img));
 
     let source: Arc<dyn BlockSource> = Arc::from(image::open(&img).unwrap());
@@ -356,13 +350,7 @@ fn emptied_directory_blocks_of_64k_filesystems_read() {
     assert_eq!(names.len(), 4000, "debugfs listed {} files", names.len());
     let (kept, removed) = names.split_at(5);
     let script: String = removed.iter().map(|n| format!("rm d/{n}\n")).collect();
-    let script_path = dir.path().join("rm.debugfs");
-    std::fs::write(&script_path, script).unwrap();
-    run(Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&script_path)
-        .arg(&img));
+    debugfs_script(dir.path(), &img, &script);
     assert_fsck_clean(&img);
     let source: Arc<dyn BlockSource> = Arc::from(image::open(&img).unwrap());
     let fs = Ext4::open(source.clone(), 0, source.len()).unwrap();

@@ -15,7 +15,7 @@ use mirage_client::indexer::checkin;
 use mirage_node::Store;
 
 mod common;
-use common::{assert_fsck_clean, is_root, run};
+use common::{assert_fsck_clean, debugfs_script, is_root, run};
 
 #[test]
 fn files_deleted_while_open_are_released_as_a_mount_would() {
@@ -216,13 +216,7 @@ fn truncates_cut_short_are_finished_as_a_mount_would() {
             "unlink /gone\nsif <{}> links_count 0\nssv last_orphan {last}\nfeature needs_recovery\n",
             ino("gone")
         ));
-        let cmds = dir.path().join("cmds");
-        std::fs::write(&cmds, script).unwrap();
-        run(Command::new("debugfs")
-            .arg("-w")
-            .arg("-f")
-            .arg(&cmds)
-            .arg(&img));
+        debugfs_script(dir.path(), &img, &script);
         let store = Store::create(&dir.path().join("store")).unwrap();
         let (d, _) = checkin(&store, &img, 2).unwrap();
         let out = dir.path().join("out.img");

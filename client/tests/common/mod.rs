@@ -33,6 +33,13 @@ pub fn run(cmd: &mut Command) {
     );
 }
 
+/// Runs a `debugfs -w` script (one request per line) on `img`, from a file in `dir`.
+pub fn debugfs_script(dir: &Path, img: impl AsRef<std::ffi::OsStr>, script: &str) {
+    let f = dir.join("debugfs.cmds");
+    std::fs::write(&f, script).unwrap();
+    run(Command::new("debugfs").arg("-w").arg("-f").arg(&f).arg(img));
+}
+
 /// Whether the test runs as root (loop mounts).
 pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
