@@ -47,15 +47,15 @@ impl Drop for RocksIndex {
     }
 }
 
-/// The files of `dir` named `*.{ext}` (none if it cannot be read).
-fn files(dir: &Path, ext: &str) -> Vec<std::fs::Metadata> {
+/// The files of `dir` named `*.{ext}` and their sizes (none if it cannot be read).
+fn files(dir: &Path, ext: &str) -> Vec<(std::path::PathBuf, u64)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .filter_map(Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == ext))
-        .filter_map(|e| e.metadata().ok())
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
         .collect()
 }
 
@@ -279,16 +279,8 @@ impl RocksIndex {
     /// RocksDB opens its tables for random access, so a cold point lookup reads one block at
     /// a time; a small index is read whole much sooner.
     pub(crate) fn prefetch(&self, limit: u64) -> bool {
-        let dir = self.db.path();
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return false;
-        };
-        let tables: Vec<(std::path::PathBuf, u64)> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "sst"))
-            .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
-            .collect();
-        if tables.iter().map(|t| t.1).sum::<u64>() > limit {
+        let tables = files(self.db.path(), "sst");
+        if tables.is_empty() || tables.iter().map(|t| t.1).sum::<u64>() > limit {
             return false;
         }
         for (path, _) in tables {
@@ -315,7 +307,7 @@ impl RocksIndex {
     /// Write-ahead log files in the database directory and their bytes.
     fn logs(&self) -> (usize, u64) {
         let logs = files(self.db.path(), "log");
-        (logs.len(), logs.iter().map(|m| m.len()).sum())
+        (logs.len(), logs.iter().map(|l| l.1).sum())
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, IndexError> {
@@ -557,7 +549,7 @@ mod tests {
         let ix = RocksIndex::open(dir.path()).expect("open");
         put(&ix, 0..5000);
         ix.flush_all(true).expect("flush");
-        let bytes: u64 = files(dir.path(), "sst").iter().map(|m| m.len()).sum();
+        let bytes: u64 = files(dir.path(), "sst").iter().map(|t| t.1).sum();
         assert!(bytes > 0, "no tables");
         assert!(!ix.prefetch(bytes - 1), "read ahead past the limit");
         assert!(ix.prefetch(bytes), "not read ahead at the limit");
