@@ -18,6 +18,12 @@ pub enum IndexError {
     /// The engine failed.
     #[error("index engine: {0}")]
     Engine(String),
+    /// Another process has the index open (RocksDB's lock file is held).
+    #[error(
+        "the index {0} is in use by another process (a running mirage command or mirage-node \
+         on this store): wait for it to finish, or reach the store through that node"
+    )]
+    InUse(String),
     /// A stored value does not decode.
     #[error("index value for {key} is corrupt: {why}")]
     Corrupt {

@@ -122,7 +122,17 @@ impl RocksIndex {
             };
             ColumnFamilyDescriptor::new(*name, o)
         });
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(engine)?;
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
+            // RocksDB's words for a held LOCK file: another process's flock, or this one's.
+            let msg = e.into_string();
+            if msg.contains("lock")
+                && (msg.contains("temporarily unavailable") || msg.contains("current process"))
+            {
+                IndexError::InUse(dir.display().to_string())
+            } else {
+                IndexError::Engine(msg)
+            }
+        })?;
         Ok(RocksIndex { db })
     }
 
@@ -541,6 +551,18 @@ mod tests {
         let logs = ix.logs().1;
         assert!(logs <= WAL_MAX, "{logs} bytes of log kept");
         all_there(&ix, 2000 + rounds * per);
+    }
+
+    #[test]
+    fn an_index_open_elsewhere_is_named_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = RocksIndex::open(dir.path()).expect("open");
+        let second = RocksIndex::open(dir.path()).expect_err("opened twice");
+        assert!(matches!(second, IndexError::InUse(_)), "{second}");
+        assert!(
+            second.to_string().contains("in use by another process"),
+            "{second}"
+        );
     }
 
     #[test]
