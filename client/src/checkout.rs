@@ -177,7 +177,7 @@ pub fn checkout(
     let format = opts.format;
     // Every tree, chunk and file of the image is looked up in the index: a small index is
     // read whole, in the background, rather than a block per lookup (cold derived-1: the
-    // skeleton and trees 111-132 -> 60-88 ms; docs/PERFORMANCE.md, checkout).
+    // skeleton and trees 114-120 -> 48-75 ms; docs/PERFORMANCE.md, checkout).
     store.prefetch_index(INDEX_PREFETCH_MAX);
     let Item::Image(img) = item(store, image)? else {
         bail!("{} is not an image", image.to_text())

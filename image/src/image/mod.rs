@@ -157,8 +157,9 @@ fn foreign_format(f: &std::fs::File) -> std::io::Result<Option<&'static str>> {
 fn convert(path: &Path, fmt: &'static str) -> Result<Box<dyn BlockSource>, ImageError> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = std::path::absolute(std::env::temp_dir())
-        .unwrap_or_else(|_| std::env::temp_dir())
+    let tmp_dir = std::env::temp_dir();
+    let tmp = std::path::absolute(&tmp_dir)
+        .unwrap_or(tmp_dir)
         .join(format!(
             "mirage-convert-{}-{n}.{fmt}.raw",
             std::process::id()
