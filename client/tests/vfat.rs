@@ -629,6 +629,11 @@ fn damaged_boot_sector() {
         let src = open_image(&d.img);
         assert!(!vfat::probe(src.as_ref(), 0, src.len()), "{want}");
     }
+    // More clusters than FAT16 numbers, in a volume that says it is not FAT32 (a 16-bit FAT
+    // size): one sector per cluster instead of mkfs.fat's four.
+    let wide = Damaged::new(16, 40 * 1024);
+    patch(&wide.img, 13, &[1]);
+    expect_err(wide.open(), &["too many for FAT16"]);
     // Truncated image.
     reset();
     File::options()

@@ -74,8 +74,20 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
     let bits = p(fs, "fat_bits")?;
     let sector = p(fs, "sector_size")?;
     let total = p(fs, "total_sectors")?;
-    if offset % 512 != 0 || (total * sector) % 1024 != 0 || total * sector > len {
+    // mkfs.fat counts its --offset in the filesystem's own sectors.
+    if sector == 0 || offset % sector != 0 || (total * sector) % 1024 != 0 || total * sector > len {
         bail!("a FAT filesystem of {total} sectors at byte {offset} cannot be recreated with mkfs.fat");
+    }
+    if bits == 32 {
+        // mtools (4.0.x) reads such a volume but cannot add to it ("No directory slots").
+        let meta = p(fs, "reserved_sectors")? + p(fs, "num_fats")? * p(fs, "sectors_per_fat")?;
+        let clusters = total.saturating_sub(meta) / p(fs, "sectors_per_cluster")?.max(1);
+        if clusters < 65_525 {
+            bail!(
+                "this FAT32 has {clusters} clusters, fewer than the 65,525 mcopy can write to: \
+                 check it out without --rebuild (by its layout)"
+            );
+        }
     }
     let work = super::staging_dir(image, len)?;
     let staging = work.path().join("root");
@@ -126,7 +138,7 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
         c.arg("-n")
             .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&fs.label));
     }
-    c.args(["-a", "--offset", &(offset / 512).to_string()])
+    c.args(["-a", "--offset", &(offset / sector).to_string()])
         .arg(image)
         .arg((total * sector / 1024).to_string());
     run(&mut c, "mkfs.fat")?;
@@ -145,6 +157,7 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
     // Attributes and times, entry by entry.
     let src: Arc<dyn BlockSource> = Arc::from(crate::image::open(image)?);
     let vf = Vfat::open(src, offset, len)?;
+    warn_geometry(fs, &vf, offset);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -200,4 +213,30 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
     }
     file.sync_all()?;
     Ok(())
+}
+
+/// Says where mkfs.fat laid the volume out otherwise than the original (it sizes the FAT
+/// itself, and another formatter may have made it larger): the files are the same, the
+/// layout is not.
+fn warn_geometry(fs: &Filesystem, made: &Vfat, offset: u64) {
+    const GEOMETRY: [&str; 5] = [
+        "sectors_per_fat",
+        "reserved_sectors",
+        "root_entries",
+        "sectors_per_cluster",
+        "fat_bits",
+    ];
+    let made = &made.info().params;
+    for key in GEOMETRY {
+        if let (Some(Param::U64(was)), Some(Param::U64(now))) = (fs.params.get(key), made.get(key))
+        {
+            if was != now {
+                tracing::warn!(
+                    "the FAT filesystem rebuilt at byte {offset} has {key} {now} where the \
+                     original has {was} (mkfs.fat lays the volume out itself): its files are \
+                     the same; check out without --rebuild for the original layout"
+                );
+            }
+        }
+    }
 }

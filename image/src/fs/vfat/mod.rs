@@ -143,14 +143,21 @@ fn parse_boot(b: &[u8], offset: u64, len: u64) -> Result<Boot, FsError> {
     })?;
     let clusters = data_sectors / spc64;
     ensure(clusters > 0, || "no data clusters".into())?;
-    let bits: u8 = match clusters {
-        0..4085 => 12,
-        4085..65525 => 16,
-        _ => 32,
+    // The type as Linux and dosfstools read it: FAT32 when the 16-bit FAT size is 0, whatever
+    // the cluster count (`mkfs.fat -F 32` makes FAT32 volumes of fewer than 65,525 clusters,
+    // and 4 KiB-sector disks often have them); otherwise the cluster count tells FAT12 from
+    // FAT16, and a FAT16 cannot have more clusters than its cluster numbers reach.
+    let bits: u8 = match (fat16_size, clusters) {
+        (0, _) => 32,
+        (_, 0..4085) => 12,
+        (_, 4085..65525) => 16,
+        _ => {
+            return Err(corrupt(format!(
+                "{clusters} clusters are too many for FAT16 (at most 65,524), but the 16-bit \
+                 FAT size is {fat16_size}, not 0 as FAT32 has it"
+            )))
+        }
     };
-    ensure((bits == 32) == (fat16_size == 0), || {
-        format!("{clusters} clusters make FAT{bits}, but the 16-bit FAT size is {fat16_size}")
-    })?;
     ensure(clusters <= 0x0FFF_FFF5, || {
         format!("{clusters} clusters is more than FAT32 allows")
     })?;
