@@ -99,10 +99,15 @@ pub fn show_text(v: &serde_json::Value) -> String {
     let mut s = format!("image {}\n", v["image"].as_str().unwrap_or_default());
     for d in v["disks"].as_array().into_iter().flatten() {
         s.push_str(&format!(
-            "  disk {}: {} bytes, {} table, id {}, {} raw regions ({} bytes)\n",
+            "  disk {}: {} bytes, {} table{}, id {}, {} raw regions ({} bytes)\n",
             d["name"].as_str().unwrap_or_default(),
             d["size"],
             d["table"].as_str().unwrap_or_default(),
+            // Only when not the usual 512.
+            match d["sector_size"].as_u64() {
+                Some(n) if n != 512 => format!(" in {n}-byte sectors"),
+                _ => String::new(),
+            },
             d["disk_id"].as_str().unwrap_or_default(),
             d["raw_regions"],
             d["raw_region_bytes"]

@@ -300,6 +300,89 @@ fn mbr_with_logical_swap_and_a_bare_filesystem() {
     assert!(ok(mirage(&store, &["ls", &d, "/usr/bin"])).contains("tool"));
 }
 
+/// A 16-byte MBR/EBR entry at `at` (a byte offset), and the sector's 55 AA.
+fn table_entry(img: &Path, at: u64, ty: u8, lba: u32, sectors: u32) {
+    let mut e = [0u8; 16];
+    e[4] = ty;
+    e[8..12].copy_from_slice(&lba.to_le_bytes());
+    e[12..16].copy_from_slice(&sectors.to_le_bytes());
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &e, at).unwrap();
+    let sector = at - at % 512;
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55, 0xAA], sector + 510).unwrap();
+}
+
+/// An MBR disk of 4 KiB logical sectors (4Kn), whose table and EBR chain count in them: FAT12
+/// of 4 KiB sectors, then an extended partition with a swap and an ext4 logical partition.
+/// Read in 512-byte sectors its chain was "EBR at sector 4352 has no 55 AA signature".
+#[test]
+fn an_mbr_of_4k_sectors_is_read_in_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let img = dir.path().join("mbr4k.img");
+    blank(&img, 100 << 20);
+    let s = 4096u64;
+    table_entry(&img, 446, 0xEF, 256, 4096);
+    table_entry(&img, 462, 0x05, 4352, 25600 - 4352);
+    // EBRs at 4352 and 6912, each partition 256 sectors after its EBR.
+    table_entry(&img, 4352 * s + 446, 0x82, 256, 2048);
+    table_entry(&img, 4352 * s + 462, 0x05, 2560, 8448);
+    table_entry(&img, 6912 * s + 446, 0x83, 256, 8192);
+    run(Command::new("mkfs.fat")
+        .args(["-F", "12", "-S", "4096", "-n", "ESP4K", "--offset", "256"])
+        .arg(&img)
+        .arg("16384"));
+    let swap = dir.path().join("swap");
+    blank(&swap, 2048 * s);
+    run(Command::new("mkswap").args(["-L", "swap4k"]).arg(&swap));
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &std::fs::read(&swap).unwrap(), 4608 * s).unwrap();
+    drop(f);
+    let src = rootfs(dir.path());
+    run(Command::new("mke2fs")
+        .args([
+            "-q",
+            "-t",
+            "ext4",
+            "-E",
+            &format!("offset={}", 7168 * s),
+            "-d",
+        ])
+        .arg(&src)
+        .arg(&img)
+        .arg("32M"));
+    let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
+        .trim()
+        .to_string();
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(mirage(&store, &["show", &digest, "--json"]))).unwrap();
+    let disk = &show["disks"][0];
+    assert_eq!(disk["sector_size"], 4096);
+    let parts: Vec<(u64, u64)> = disk["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["number"].as_u64().unwrap(), p["start"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        parts,
+        [(1, 256 * s), (2, 4352 * s), (5, 4608 * s), (6, 7168 * s)]
+    );
+    let contents = &disk["partitions"];
+    assert_eq!(contents[0]["content"]["filesystem"], "vfat");
+    assert_eq!(contents[2]["content"]["label"], "swap4k");
+    assert_eq!(contents[3]["content"]["filesystem"], "ext4");
+    assert!(ok(mirage(&store, &["show", &digest])).contains("in 4096-byte sectors"));
+    let cat = mirage(&store, &["cat", &format!("{digest}:6"), "/etc/hostname"]);
+    assert_eq!(cat.stdout, b"mirage-test\n");
+    let out = dir.path().join("out.img");
+    ok(mirage(
+        &store,
+        &["checkout", &digest, "-o", out.to_str().unwrap()],
+    ));
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&img).unwrap());
+}
+
 #[test]
 fn hostile_images_are_refused_and_nothing_is_registered() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use mirage_format::{Param, Params, TableType};
 use super::{malformed, BlockSource, ImageError};
 use crate::le::{le32, le64};
 
-/// Logical sector size assumed for tables (512; 4 KiB-sector GPT is detected).
+/// Logical sector size assumed for tables (512; 4 KiB-sector GPT and MBR are detected).
 pub const SECTOR: u64 = 512;
 const MAX_LOGICAL: usize = 256;
 const MAX_GPT_ENTRIES: u32 = 4096;
@@ -103,14 +103,36 @@ pub fn parse(src: &dyn BlockSource) -> Result<Table, ImageError> {
         }
         return Err(malformed("protective MBR (type 0xEE) without a GPT header"));
     }
-    parse_mbr(src, &mbr)
+    let classic = parse_mbr(src, &mbr, SECTOR);
+    if classic.as_ref().is_ok_and(|t| holds_filesystems(src, t)) {
+        return classic;
+    }
+    // A disk of 4 KiB logical sectors (4Kn) counts its MBR and EBRs in them: taken so only
+    // when the table reads that way and a partition then holds a filesystem Mirage knows,
+    // where in 512-byte sectors none does (or the table does not read at all).
+    match parse_mbr(src, &mbr, 4096) {
+        Ok(t) if holds_filesystems(src, &t) => Ok(t),
+        _ => classic,
+    }
+}
+
+/// Whether a partition of `t` starts with an ext2/3/4 or FAT filesystem or Linux swap.
+fn holds_filesystems(src: &dyn BlockSource, t: &Table) -> bool {
+    t.partitions.iter().filter(|p| !p.container).any(|p| {
+        let swap = p.size >= 8192
+            && read(src, p.start + 4096 - 10, 10, "swap signature")
+                .is_ok_and(|sig| sig == b"SWAPSPACE2");
+        swap || crate::fs::ext4::probe(src, p.start, p.size)
+            || crate::fs::vfat::probe(src, p.start, p.size)
+    })
 }
 
 fn chs(b: &[u8]) -> Param {
     Param::Bytes(b.to_vec())
 }
 
-fn parse_mbr(src: &dyn BlockSource, mbr: &[u8]) -> Result<Table, ImageError> {
+/// The MBR and its EBR chain in `sector`-byte sectors.
+fn parse_mbr(src: &dyn BlockSource, mbr: &[u8], sector: u64) -> Result<Table, ImageError> {
     let disk_len = src.len();
     let mut parts = Vec::new();
     let mut extended: Option<(u64, u64)> = None;
@@ -121,7 +143,7 @@ fn parse_mbr(src: &dyn BlockSource, mbr: &[u8]) -> Result<Table, ImageError> {
         if ty == 0 || sectors == 0 {
             continue;
         }
-        let (start, size) = (lba * SECTOR, sectors * SECTOR);
+        let (start, size) = (lba * sector, sectors * sector);
         check_bounds(i as u32 + 1, start, size, disk_len)?;
         let container = matches!(ty, 0x05 | 0x0F | 0x85);
         if container {
@@ -162,7 +184,7 @@ fn parse_mbr(src: &dyn BlockSource, mbr: &[u8]) -> Result<Table, ImageError> {
                 )));
             }
             let ebr_lba = ext_lba + next;
-            let ebr = read(src, ebr_lba * SECTOR, SECTOR, "EBR")?;
+            let ebr = read(src, ebr_lba * sector, sector, "EBR")?;
             if ebr[510] != 0x55 || ebr[511] != 0xAA {
                 return Err(malformed(format!(
                     "EBR at sector {ebr_lba} has no 55 AA signature"
@@ -170,10 +192,10 @@ fn parse_mbr(src: &dyn BlockSource, mbr: &[u8]) -> Result<Table, ImageError> {
             }
             let (e1, e2) = (&ebr[446..462], &ebr[462..478]);
             if e1[4] != 0 && le32(e1, 12) != 0 {
-                let start = (ebr_lba + u64::from(le32(e1, 8))) * SECTOR;
-                let size = u64::from(le32(e1, 12)) * SECTOR;
+                let start = (ebr_lba + u64::from(le32(e1, 8))) * sector;
+                let size = u64::from(le32(e1, 12)) * sector;
                 check_bounds(number, start, size, disk_len)?;
-                let (ext_start, ext_end) = (ext_lba * SECTOR, (ext_lba + ext_sectors) * SECTOR);
+                let (ext_start, ext_end) = (ext_lba * sector, (ext_lba + ext_sectors) * sector);
                 if start < ext_start || start + size > ext_end {
                     return Err(malformed(format!(
                         "logical partition {number} lies outside its extended partition"
@@ -206,7 +228,7 @@ fn parse_mbr(src: &dyn BlockSource, mbr: &[u8]) -> Result<Table, ImageError> {
     parts.sort_by_key(|p| p.number);
     Ok(Table {
         kind: TableType::Mbr,
-        sector_size: SECTOR,
+        sector_size: sector,
         disk_id: mbr[440..444].to_vec(),
         params: Params::new(),
         partitions: parts,
