@@ -59,7 +59,7 @@ fn write_chunklist(
     Ok(())
 }
 
-/// Writes a Linux swap v1 header for a partition of `size` bytes at `base`.
+/// Writes a Linux swap v1 header for a partition of `size` bytes at `base`; returns its bytes.
 fn write_swap(
     out: &File,
     base: u64,
@@ -67,7 +67,7 @@ fn write_swap(
     uuid: &[u8],
     label: &[u8],
     params: &mirage_format::Params,
-) -> Result<()> {
+) -> Result<u64> {
     let page = match params.get("page_size") {
         Some(Param::U64(p)) if (4096..=65536).contains(p) && p.is_power_of_two() => *p,
         _ => 4096,
@@ -85,7 +85,7 @@ fn write_swap(
     h[1052..1052 + l.len()].copy_from_slice(l);
     h[page as usize - 10..].copy_from_slice(b"SWAPSPACE2");
     out.write_all_at(&h, base)?;
-    Ok(())
+    Ok(page)
 }
 
 /// How to check out.
@@ -259,7 +259,7 @@ pub fn checkout(
                     uuid,
                     label,
                     params,
-                } => write_swap(f, p.start, p.size, uuid, label, params)?,
+                } => st.written_bytes += write_swap(f, p.start, p.size, uuid, label, params)?,
                 PartitionContent::Empty | PartitionContent::Filesystem { .. } => {}
             }
         }
