@@ -551,13 +551,30 @@ fn damage_chains(bits: u64, kib: u64) {
         d.open().unwrap().extents(d.file),
         &["KERNEL.EFI", "loops", &msg],
     );
-    // The last cluster points to itself.
+    // The last cluster points to itself, or back into the file.
     d.set_fat(chain[2], chain.get(3).copied().unwrap_or(eoc));
     d.set_fat(last, last);
     expect_err(d.open().unwrap().extents(d.file), &["KERNEL.EFI", "loops"]);
-    // The last cluster continues to a valid, unrelated cluster.
-    d.set_fat(last, d.clusters - 1);
-    expect_err(d.open().unwrap().extents(d.file), &["KERNEL.EFI", "longer"]);
+    d.set_fat(last, first);
+    expect_err(d.open().unwrap().extents(d.file), &["KERNEL.EFI", "loops"]);
+    // The chain goes on past the size, as a truncate that did not free the rest leaves it:
+    // read to the size, as Linux reads it, when the rest ends cleanly; errors where it does
+    // not (a loop of its own, a free cluster).
+    let (x, y) = (d.clusters - 1, d.clusters);
+    d.set_fat(last, x);
+    d.set_fat(x, eoc);
+    let fs = d.open().unwrap();
+    let ext = fs.extents(d.file).unwrap();
+    assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 40_000);
+    d.set_fat(x, y);
+    d.set_fat(y, x);
+    expect_err(d.open().unwrap().extents(d.file), &["KERNEL.EFI", "loops"]);
+    d.set_fat(y, 0);
+    expect_err(
+        d.open().unwrap().extents(d.file),
+        &["KERNEL.EFI", "free cluster"],
+    );
+    d.set_fat(last, eoc);
     // A middle cluster points past the data area.
     d.set_fat(last, eoc);
     d.set_fat(chain[1], d.clusters + 5);

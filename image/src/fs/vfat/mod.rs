@@ -583,28 +583,38 @@ impl Vfat {
                 "FAT chain of {what} (starting at cluster {first}) loops at cluster {at}"
             ))
         };
+        // Clusters followed past what a file's size needs: a chain longer than its file (a
+        // truncate that did not free the rest) is read to the size, as Linux reads it, and its
+        // tail is checked to end cleanly; those clusters stay in the skeleton, in use.
+        let mut tail = 0u64;
         loop {
-            if !seen.insert(cur) {
+            if tail == 0 {
+                if !seen.insert(cur) {
+                    return Err(looped(cur));
+                }
+                count += 1;
+                match runs.last_mut() {
+                    Some((s, n)) if u64::from(*s) + *n == u64::from(cur) => *n += 1,
+                    _ => runs.push((cur, 1)),
+                }
+            } else if seen.contains(&cur) || tail > u64::from(self.geo.clusters) {
+                // Back into the file, or longer than the volume: without a set of its own.
                 return Err(looped(cur));
             }
-            count += 1;
-            match runs.last_mut() {
-                Some((s, n)) if u64::from(*s) + *n == u64::from(cur) => *n += 1,
-                _ => runs.push((cur, 1)),
-            }
             let next = self.fat_entry(cur)?;
-            let at_end = match need {
-                Need::Exact(n, _) => count == n,
-                Need::AtMost(max) => {
-                    if count > max {
-                        return Err(corrupt(format!(
-                            "directory {what} is longer than {} entries",
-                            MAX_DIR_BYTES / ENTRY
-                        )));
+            let at_end = tail == 0
+                && match need {
+                    Need::Exact(n, _) => count == n,
+                    Need::AtMost(max) => {
+                        if count > max {
+                            return Err(corrupt(format!(
+                                "directory {what} is longer than {} entries",
+                                MAX_DIR_BYTES / ENTRY
+                            )));
+                        }
+                        false
                     }
-                    false
-                }
-            };
+                };
             if next >= eoc {
                 if let Need::Exact(n, size) = need {
                     if count < n {
@@ -616,16 +626,8 @@ impl Vfat {
                 }
                 return Ok(runs);
             }
-            if at_end {
-                if seen.contains(&next) {
-                    return Err(looped(next));
-                }
-                if let Need::Exact(n, size) = need {
-                    return Err(corrupt(format!(
-                        "FAT chain of {what} is longer than the {n} clusters its size {size} \
-                         needs (cluster {cur} continues to {next})"
-                    )));
-                }
+            if at_end || tail > 0 {
+                tail += 1;
             }
             let problem = match next {
                 0 => "reaches a free cluster",
@@ -841,11 +843,10 @@ impl FsReader for Vfat {
         let cs = self.geo.cluster_size;
         let need = size.div_ceil(cs);
         if need == 0 {
+            // An empty file that kept a chain (Linux reads it empty; fsck.fat would truncate
+            // it): the chain must still be sound, and stays in the skeleton.
             if e.cluster != 0 {
-                return Err(corrupt(format!(
-                    "{what} is empty but starts at cluster {}",
-                    e.cluster
-                )));
+                self.chain(e.cluster, &what, Need::Exact(1, 0))?;
             }
             return Ok(Vec::new());
         }
