@@ -8,6 +8,7 @@ packages=(
   pkg-config
   e2fsprogs dosfstools mtools fdisk util-linux qemu-utils  # image tools (indexer, checkout, tests)
   python3           # test fixtures (xattrs, sockets, nanosecond times)
+  xz-utils bzip2 zstd  # tests: compressed images are named and refused
   iproute2          # chaos tests: network namespaces, veth, bridge, blackhole routes
 )
 missing=()

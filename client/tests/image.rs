@@ -443,3 +443,55 @@ fn an_image_on_a_block_device_reads_like_its_file_and_a_fifo_is_refused() {
         assert_eq!(read.unwrap(), reads_like(&raw, &expect), "{file:?}");
     }
 }
+
+/// Images as they are downloaded, compressed or archived, are named and refused with what to
+/// do: their bytes would otherwise check in as one opaque raw disk.
+#[test]
+fn compressed_and_archived_images_are_named_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = sparse_image(dir.path(), "disk.img", 4);
+    sfdisk(&disk, "label: dos\nstart=2048, type=83\n");
+    let tool = |prog: &str, args: &[&str], out: &str| {
+        let o = Command::new(prog).args(args).arg(&disk).output().unwrap();
+        assert!(o.status.success(), "{prog}");
+        let p = dir.path().join(out);
+        std::fs::write(&p, o.stdout).unwrap();
+        p
+    };
+    let cases = [
+        (tool("xz", &["-c"], "disk.img.xz"), "xz-compressed", "xz -d"),
+        (
+            tool("gzip", &["-c"], "disk.img.gz"),
+            "gzip-compressed",
+            "gzip -d",
+        ),
+        (
+            tool("zstd", &["-q", "-c"], "disk.img.zst"),
+            "zstd-compressed",
+            "zstd -d",
+        ),
+        (
+            tool("bzip2", &["-c"], "disk.img.bz2"),
+            "bzip2-compressed",
+            "bzip2 -d",
+        ),
+    ];
+    let ova = dir.path().join("appliance.ova");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&ova)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("disk.img"));
+    let zip = dir.path().join("disk.zip");
+    std::fs::write(&zip, b"PK\x03\x04\x14\x00\x00\x00\x08\x00").unwrap();
+    for (path, what, how) in cases.into_iter().chain([
+        (ova, "tar archive", "tar xf"),
+        (zip, "zip archive", "unzip"),
+    ]) {
+        let err = image::open(&path).err().expect("refused").to_string();
+        assert!(err.contains(what) && err.contains(how), "{err}");
+    }
+    // The disk itself still opens.
+    assert!(image::open(&disk).is_ok());
+}

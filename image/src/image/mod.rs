@@ -81,6 +81,12 @@ pub fn open_with(path: &Path, follow_backing: bool) -> Result<Box<dyn BlockSourc
     if let Some(fmt) = foreign_format(&f).map_err(io)? {
         return convert(path, fmt);
     }
+    if let Some((what, how)) = wrapped(&f).map_err(io)? {
+        return Err(ImageError::Unsupported(format!(
+            "{} is {what}, not a disk image: {how}, and check in the disk image inside",
+            path.display()
+        )));
+    }
     if n == 4 && magic == qcow2::MAGIC {
         // Only when asked: an image names the files it is read with.
         if follow_backing && qcow2::names_other_files(&f).map_err(io)? {
@@ -150,6 +156,35 @@ fn foreign_format(f: &std::fs::File) -> std::io::Result<Option<&'static str>> {
         }
     }
     Ok(None)
+}
+
+/// A file that wraps a disk image rather than being one: compressed or archived, as images
+/// are downloaded (`debian.raw.xz`, an OVA). Its bytes would check in as one opaque raw
+/// disk, which is never what was meant. No disk starts with these signatures (its first
+/// sector is boot code or zeros).
+fn wrapped(f: &std::fs::File) -> std::io::Result<Option<(&'static str, &'static str)>> {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 512];
+    let n = f.read_at(&mut head, 0)?;
+    let head = &head[..n];
+    let starts = |m: &[u8]| head.starts_with(m);
+    Ok(if starts(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
+        Some(("xz-compressed", "decompress it (`xz -d`)"))
+    } else if starts(&[0x1F, 0x8B]) {
+        Some(("gzip-compressed", "decompress it (`gzip -d`)"))
+    } else if starts(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        Some(("zstd-compressed", "decompress it (`zstd -d`)"))
+    } else if head.len() >= 4 && starts(b"BZh") && (b'1'..=b'9').contains(&head[3]) {
+        Some(("bzip2-compressed", "decompress it (`bzip2 -d`)"))
+    } else if starts(b"7z\xBC\xAF\x27\x1C") {
+        Some(("a 7-Zip archive", "extract it (`7z x`)"))
+    } else if starts(b"PK\x03\x04") {
+        Some(("a zip archive", "extract it (`unzip`)"))
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        Some(("a tar archive (an OVA?)", "extract it (`tar xf`)"))
+    } else {
+        None
+    })
 }
 
 /// Converts a foreign container to a temporary raw file (unlinked at once: it lives as long as
