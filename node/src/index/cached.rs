@@ -25,8 +25,8 @@ use crate::store::{Location, LocationTable};
 
 /// Shards (by one digest byte), each with its own lock.
 const SHARDS: usize = 64;
-/// Locations a shard keeps (64 × 4,096 = 256 Ki locations, about 20 MB at most).
-const SHARD_MAX: usize = 4096;
+/// Locations a shard keeps (64 × 16,384 = 1 Mi locations, about 80 MB at most).
+const SHARD_MAX: usize = 16_384;
 
 type Shard = crate::digest_map::DigestMap<Location>;
 
@@ -35,6 +35,8 @@ type Shard = crate::digest_map::DigestMap<Location>;
 pub struct Cached<I> {
     inner: I,
     shards: Box<[Mutex<Shard>]>,
+    /// Locations a shard keeps ([`SHARD_MAX`]; fewer in tests).
+    shard_max: usize,
     /// Bumped by every write, after the index has it and before the cache is updated.
     generation: AtomicU64,
 }
@@ -42,9 +44,14 @@ pub struct Cached<I> {
 impl<I: Index> Cached<I> {
     /// Fronts `inner`.
     pub fn new(inner: I) -> Self {
+        Self::with_shard_max(inner, SHARD_MAX)
+    }
+
+    fn with_shard_max(inner: I, shard_max: usize) -> Self {
         Cached {
             inner,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_max,
             generation: AtomicU64::new(0),
         }
     }
@@ -71,7 +78,7 @@ impl<I: Index> Cached<I> {
             if self.generation.load(Ordering::SeqCst) != generation {
                 return;
             }
-            if s.len() >= SHARD_MAX {
+            if s.len() >= self.shard_max {
                 s.clear();
             }
             s.insert(d, l);
@@ -150,7 +157,7 @@ impl<I: Index> Index for Cached<I> {
                 s.remove(&d);
                 continue;
             }
-            if s.len() >= SHARD_MAX {
+            if s.len() >= self.shard_max {
                 s.clear();
             }
             s.insert(d, l);
@@ -283,12 +290,16 @@ mod tests {
 
     #[test]
     fn a_full_shard_starts_over_and_answers_stay_right() {
-        let (_dir, ix) = fresh();
-        let n = (SHARDS * SHARD_MAX * 2) as u32;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Small shards: the same overflow as the real size, in a fraction of the writes.
+        let shard_max = 256;
+        let ix = Cached::with_shard_max(RocksIndex::open(dir.path()).expect("open"), shard_max);
+        let n = (SHARDS * shard_max * 2) as u32;
         let items: Vec<(Digest, Location)> = (0..n).map(|i| (digest(i), at(1, i.into()))).collect();
         write(&ix, items, vec![]);
         let kept: usize = ix.shards.iter().map(|s| s.lock().len()).sum();
-        assert!(kept <= SHARDS * SHARD_MAX, "{kept} locations kept");
+        assert!(kept <= SHARDS * shard_max, "{kept} locations kept");
+        assert!(kept > 0);
         let ds: Vec<Digest> = (0..n).step_by(97).map(digest).collect();
         let got = ix.get_many(&ds).expect("get_many");
         for (i, l) in (0..n).step_by(97).zip(got) {
