@@ -306,7 +306,7 @@ fn alloc_cmds(cmds: &mut String, ino: u64, e: &TreeEntry, made: &[FileExtent], b
 
 /// Recreates `fs` in `[offset, offset + len)` of the raw image file `image`.
 pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: u64) -> Result<()> {
-    let work = super::staging_dir(image, len)?;
+    let work = super::staging_dir(image, super::staged_bytes(store, &fs.root)?)?;
     let staging = work.path().join("root");
     let t = std::time::Instant::now();
     crate::restore::restore_tree_with(store, &fs.root, &staging, true)

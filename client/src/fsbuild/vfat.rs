@@ -89,7 +89,7 @@ pub fn recreate(store: &Store, fs: &Filesystem, image: &Path, offset: u64, len: 
             );
         }
     }
-    let work = super::staging_dir(image, len)?;
+    let work = super::staging_dir(image, super::staged_bytes(store, &fs.root)?)?;
     let staging = work.path().join("root");
     crate::restore::restore_tree_with(store, &fs.root, &staging, true)
         .context("staging the tree")?;
