@@ -84,6 +84,15 @@ fn sfdisk(img: &Path, script: &str) {
 }
 
 /// A sparse file of `len` bytes at `path`.
+/// Checks `img` in; its digest and `mirage show --json`.
+fn checkin_and_show(store: &Path, img: &Path) -> (String, serde_json::Value) {
+    let digest = ok(mirage(store, &["checkin", img.to_str().unwrap()]))
+        .trim()
+        .to_string();
+    let show = serde_json::from_str(&ok(mirage(store, &["show", &digest, "--json"]))).unwrap();
+    (digest, show)
+}
+
 fn blank(path: &Path, len: u64) {
     std::fs::File::create(path).unwrap().set_len(len).unwrap();
 }
@@ -258,11 +267,7 @@ fn mbr_with_logical_swap_and_a_bare_filesystem() {
         .arg(&src)
         .arg(&img)
         .arg(blocks.to_string()));
-    let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
-        .trim()
-        .to_string();
-    let show: serde_json::Value =
-        serde_json::from_str(&ok(mirage(&store, &["show", &digest, "--json"]))).unwrap();
+    let (digest, show) = checkin_and_show(&store, &img);
     let parts = show["disks"][0]["partitions"].as_array().unwrap();
     let numbers: Vec<u64> = parts
         .iter()
@@ -287,11 +292,7 @@ fn mbr_with_logical_swap_and_a_bare_filesystem() {
         .arg(&src)
         .arg(&bare)
         .arg("32M"));
-    let d = ok(mirage(&store, &["checkin", bare.to_str().unwrap()]))
-        .trim()
-        .to_string();
-    let show: serde_json::Value =
-        serde_json::from_str(&ok(mirage(&store, &["show", &d, "--json"]))).unwrap();
+    let (d, show) = checkin_and_show(&store, &bare);
     assert_eq!(show["disks"][0]["table"], "none");
     assert_eq!(
         show["disks"][0]["partitions"][0]["content"]["filesystem"],
@@ -351,11 +352,7 @@ fn an_mbr_of_4k_sectors_is_read_in_them() {
         .arg(&src)
         .arg(&img)
         .arg("32M"));
-    let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
-        .trim()
-        .to_string();
-    let show: serde_json::Value =
-        serde_json::from_str(&ok(mirage(&store, &["show", &digest, "--json"]))).unwrap();
+    let (digest, show) = checkin_and_show(&store, &img);
     let disk = &show["disks"][0];
     assert_eq!(disk["sector_size"], 4096);
     let parts: Vec<(u64, u64)> = disk["partitions"]
@@ -744,11 +741,7 @@ fn a_bare_fat_filesystem_is_not_mistaken_for_a_partition_table() {
         .args(["-i", &spec])
         .arg(&f)
         .arg("::/hello.txt"));
-    let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
-        .trim()
-        .to_string();
-    let show: serde_json::Value =
-        serde_json::from_str(&ok(mirage(&store, &["show", &digest, "--json"]))).unwrap();
+    let (digest, show) = checkin_and_show(&store, &img);
     assert_eq!(show["disks"][0]["table"], "none");
     assert_eq!(
         show["disks"][0]["partitions"][0]["content"]["filesystem"],

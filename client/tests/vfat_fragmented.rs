@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{mirage, ok, run};
@@ -49,19 +49,47 @@ fn names(img: &Path, dir: &str) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn fragmented_files_and_directories_round_trip() {
+/// A scratch directory: an image path named `name`, a source directory for mcopy (created)
+/// and a store path.
+fn scratch(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let (img, src, store) = (
-        dir.path().join("fat.img"),
+        dir.path().join(name),
         dir.path().join("src"),
         dir.path().join("store"),
     );
-    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir_all(&src).unwrap();
+    (dir, img, src, store)
+}
+
+/// `mkfs.fat -C ARGS IMG KIB`: a new image file holding a FAT filesystem.
+fn mkfs_fat(img: &Path, args: &[&str], kib: &str) {
     run(Command::new("mkfs.fat")
-        .args(["-C", "-F", "16", "-n", "FRAG"])
-        .arg(&img)
-        .arg("16384"));
+        .arg("-C")
+        .args(args)
+        .arg(img)
+        .arg(kib));
+}
+
+/// `mirage checkout DIGEST --rebuild -o OUT`.
+fn rebuild(store: &Path, digest: &str, out: &Path) -> std::process::Output {
+    mirage(
+        store,
+        &["checkout", digest, "--rebuild", "-o", out.to_str().unwrap()],
+    )
+}
+
+/// Checks `img` in; its digest.
+fn checkin(store: &Path, img: &Path) -> String {
+    ok(mirage(store, &["checkin", img.to_str().unwrap()]))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn fragmented_files_and_directories_round_trip() {
+    let (dir, img, src, store) = scratch("fat.img");
+    mkfs_fat(&img, &["-F", "16", "-n", "FRAG"], "16384");
     // Sixty files, every other one deleted: the clusters free for what comes next are gaps.
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let mut copy = mtool("mcopy", &img);
@@ -111,9 +139,7 @@ fn fragmented_files_and_directories_round_trip() {
     assert!(runs(&img, "::/big.bin") >= 10, "big.bin is not fragmented");
     assert!(runs(&img, "::/d") >= 2, "d is not fragmented");
 
-    let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
-        .trim()
-        .to_string();
+    let digest = checkin(&store, &img);
     for (how, extra) in [("layout", None), ("rebuild", Some("--rebuild"))] {
         let out = dir.path().join(format!("{how}.img"));
         let mut args = vec!["checkout", &digest, "-o", out.to_str().unwrap()];
@@ -165,10 +191,7 @@ fn a_fat32_of_few_clusters_is_read_as_fat32() {
         dir.path().join("store"),
     );
     std::fs::create_dir_all(src.join("sub")).unwrap();
-    run(Command::new("mkfs.fat")
-        .args(["-C", "-F", "32", "-s", "1", "-n", "SMALL32"])
-        .arg(&img)
-        .arg("40960"));
+    mkfs_fat(&img, &["-F", "32", "-s", "1", "-n", "SMALL32"], "40960");
     let big = pseudo_random(7, 200_000);
     std::fs::write(src.join("hello.txt"), b"hello\n").unwrap();
     std::fs::write(src.join("sub").join("A long file name.bin"), &big).unwrap();
@@ -198,9 +221,7 @@ fn a_fat32_of_few_clusters_is_read_as_fat32() {
     // dosfstools takes it as it is (with a warning on stderr).
     run(Command::new("fsck.vfat").arg("-n").arg(&img));
 
-    let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
-        .trim()
-        .to_string();
+    let digest = checkin(&store, &img);
     let show = ok(mirage(&store, &["show", &digest]));
     assert!(show.contains("vfat") && show.contains("SMALL32"), "{show}");
     let ls = ok(mirage(&store, &["ls", &digest, "/sub"]));
@@ -217,16 +238,7 @@ fn a_fat32_of_few_clusters_is_read_as_fat32() {
     assert!(cat.status.success() && cat.stdout == big);
     // mtools cannot write it: a rebuild says so, and leaves nothing behind.
     let rebuilt = dir.path().join("rebuilt.img");
-    let o = mirage(
-        &store,
-        &[
-            "checkout",
-            &digest,
-            "--rebuild",
-            "-o",
-            rebuilt.to_str().unwrap(),
-        ],
-    );
+    let o = rebuild(&store, &digest, &rebuilt);
     let msg = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && msg.contains("fewer than the 65,525"),
@@ -240,13 +252,7 @@ fn a_fat32_of_few_clusters_is_read_as_fat32() {
 /// volume at 8 MiB and failed in mcopy ("non DOS media").
 #[test]
 fn a_fat_of_4k_sectors_is_rebuilt_at_its_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, src, store) = (
-        dir.path().join("disk.img"),
-        dir.path().join("src"),
-        dir.path().join("store"),
-    );
-    std::fs::create_dir_all(&src).unwrap();
+    let (dir, img, src, store) = scratch("disk.img");
     std::fs::File::create(&img)
         .unwrap()
         .set_len(80 << 20)
@@ -268,22 +274,11 @@ fn a_fat_of_4k_sectors_is_rebuilt_at_its_place() {
         .args(["-i", &spec])
         .arg(src.join("Boot loader.efi"))
         .arg("::/"));
-    let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
-        .trim()
-        .to_string();
+    let digest = checkin(&store, &img);
     let show = ok(mirage(&store, &["show", &digest]));
     assert!(show.contains("vfat") && show.contains("ESP4K"), "{show}");
     let out = dir.path().join("rebuilt.img");
-    ok(mirage(
-        &store,
-        &[
-            "checkout",
-            &digest,
-            "--rebuild",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    ));
+    ok(rebuild(&store, &digest, &out));
     // The volume is where the partition is, and only there.
     let bytes = std::fs::read(&out).unwrap();
     assert_eq!(&bytes[(1 << 20) + 3..(1 << 20) + 11], b"mkfs.fat");
@@ -307,17 +302,8 @@ fn a_fat_of_4k_sectors_is_rebuilt_at_its_place() {
 /// rebuild makes them clean.
 #[test]
 fn chains_longer_than_their_files_read_to_the_size() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, src, store) = (
-        dir.path().join("long.img"),
-        dir.path().join("src"),
-        dir.path().join("store"),
-    );
-    std::fs::create_dir_all(&src).unwrap();
-    run(Command::new("mkfs.fat")
-        .args(["-C", "-F", "16", "-n", "LONG"])
-        .arg(&img)
-        .arg("16384"));
+    let (dir, img, src, store) = scratch("long.img");
+    mkfs_fat(&img, &["-F", "16", "-n", "LONG"], "16384");
     let data = pseudo_random(11, 10_000);
     std::fs::write(src.join("cut.bin"), &data).unwrap();
     std::fs::write(src.join("empty.bin"), b"was not empty\n").unwrap();
@@ -341,9 +327,7 @@ fn chains_longer_than_their_files_read_to_the_size() {
     assert_eq!(patched, 2);
     std::fs::write(&img, &bytes).unwrap();
 
-    let digest = ok(mirage(&store, &["checkin", img.to_str().unwrap()]))
-        .trim()
-        .to_string();
+    let digest = checkin(&store, &img);
     let cat = |path: &str| mirage(&store, &["cat", &digest, path]).stdout;
     assert!(cat("/cut.bin") == data[..3000]);
     assert!(cat("/empty.bin").is_empty());
@@ -367,16 +351,7 @@ fn chains_longer_than_their_files_read_to_the_size() {
         differ.last()
     );
     let rebuilt = dir.path().join("rebuilt.img");
-    ok(mirage(
-        &store,
-        &[
-            "checkout",
-            &digest,
-            "--rebuild",
-            "-o",
-            rebuilt.to_str().unwrap(),
-        ],
-    ));
+    ok(rebuild(&store, &digest, &rebuilt));
     run(Command::new("fsck.vfat").arg("-n").arg(&rebuilt));
     assert!(content(&rebuilt, "::/cut.bin") == data[..3000]);
     assert!(content(&rebuilt, "::/empty.bin").is_empty());
