@@ -83,7 +83,7 @@ fn write_swap(
     h[1036..1052].copy_from_slice(u);
     let l = &label[..label.len().min(16)];
     h[1052..1052 + l.len()].copy_from_slice(l);
-    h[page as usize - 10..].copy_from_slice(b"SWAPSPACE2");
+    h[page as usize - 10..].copy_from_slice(crate::fs::swap::SIGNATURE);
     out.write_all_at(&h, base)?;
     Ok(page)
 }

@@ -351,34 +351,27 @@ fn swap_identity(
     start: u64,
     size: u64,
 ) -> Result<Option<PartitionContent>, ImageError> {
-    for page in [4096u64, 8192, 16384, 65536] {
-        if size < page * 2 {
-            continue;
-        }
-        let mut sig = [0u8; 10];
-        src.read_at(&mut sig, start + page - 10)?;
-        if &sig == b"SWAPSPACE2" {
-            let mut h = [0u8; 1024];
-            src.read_at(&mut h, start + 1024)?;
-            let mut params = Params::new();
-            params.insert("page_size".into(), Param::U64(page));
-            params.insert(
-                "version".into(),
-                Param::U64(u64::from(u32::from_le_bytes([h[0], h[1], h[2], h[3]]))),
-            );
-            params.insert(
-                "last_page".into(),
-                Param::U64(u64::from(u32::from_le_bytes([h[4], h[5], h[6], h[7]]))),
-            );
-            let label_end = h[28..44].iter().position(|x| *x == 0).unwrap_or(16);
-            return Ok(Some(PartitionContent::Swap {
-                uuid: h[12..28].to_vec(),
-                label: h[28..28 + label_end].to_vec(),
-                params,
-            }));
-        }
-    }
-    Ok(None)
+    let Some(page) = crate::fs::swap::page_size(src, start, size)? else {
+        return Ok(None);
+    };
+    let mut h = [0u8; 1024];
+    src.read_at(&mut h, start + 1024)?;
+    let mut params = Params::new();
+    params.insert("page_size".into(), Param::U64(page));
+    params.insert(
+        "version".into(),
+        Param::U64(u64::from(u32::from_le_bytes([h[0], h[1], h[2], h[3]]))),
+    );
+    params.insert(
+        "last_page".into(),
+        Param::U64(u64::from(u32::from_le_bytes([h[4], h[5], h[6], h[7]]))),
+    );
+    let label_end = h[28..44].iter().position(|x| *x == 0).unwrap_or(16);
+    Ok(Some(PartitionContent::Swap {
+        uuid: h[12..28].to_vec(),
+        label: h[28..28 + label_end].to_vec(),
+        params,
+    }))
 }
 
 pub(crate) fn entry_of(node: &Node, name: Vec<u8>) -> TreeEntry {

@@ -6,6 +6,7 @@
 //! metadata, directory listings, and each file's content as a list of extents on the disk.
 
 pub mod ext4;
+pub mod swap;
 pub mod vfat;
 
 use mirage_format::{EntryKind, Params, Timestamp, Xattr};

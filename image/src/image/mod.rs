@@ -76,18 +76,20 @@ pub fn open_with(path: &Path, follow_backing: bool) -> Result<Box<dyn BlockSourc
     // Before the open: opening a FIFO waits for a writer.
     image_kind(std::fs::metadata(path).map_err(io)?.file_type()).map_err(io)?;
     let f = std::fs::File::open(path).map_err(io)?;
-    let mut magic = [0u8; 4];
-    let n = std::os::unix::fs::FileExt::read_at(&f, &mut magic, 0).map_err(io)?;
-    if let Some(fmt) = foreign_format(&f).map_err(io)? {
+    // The first sector, which every signature below is looked for in.
+    let mut first = [0u8; 512];
+    let n = std::os::unix::fs::FileExt::read_at(&f, &mut first, 0).map_err(io)?;
+    let head = &first[..n];
+    if let Some(fmt) = foreign_format(&f, head).map_err(io)? {
         return convert(path, fmt);
     }
-    if let Some((what, how)) = wrapped(&f).map_err(io)? {
+    if let Some((what, how)) = wrapped(head) {
         return Err(ImageError::Unsupported(format!(
             "{} is {what}, not a disk image: {how}, and check in the disk image inside",
             path.display()
         )));
     }
-    if n == 4 && magic == qcow2::MAGIC {
+    if head.starts_with(&qcow2::MAGIC) {
         // Only when asked: an image names the files it is read with.
         if follow_backing && qcow2::names_other_files(&f).map_err(io)? {
             return convert(path, "qcow2");
@@ -122,13 +124,11 @@ pub(crate) fn size_of(file: &std::fs::File) -> std::io::Result<u64> {
     Ok(meta.len())
 }
 
-/// Containers read through `qemu-img`: VMDK, VDI, VHDX, VHD, QED and qcow version 1.
-fn foreign_format(f: &std::fs::File) -> std::io::Result<Option<&'static str>> {
+/// Containers read through `qemu-img`: VMDK, VDI, VHDX, VHD, QED and qcow version 1, from
+/// the file's first bytes `head` (and a VHD's footer).
+fn foreign_format(f: &std::fs::File, head: &[u8]) -> std::io::Result<Option<&'static str>> {
     use std::os::unix::fs::FileExt;
     let len = size_of(f)?;
-    let mut head = [0u8; 512];
-    let n = f.read_at(&mut head, 0)?;
-    let head = &head[..n];
     let starts = |m: &[u8]| head.len() >= m.len() && &head[..m.len()] == m;
     if starts(b"KDMV") || starts(b"# Disk DescriptorFile") {
         return Ok(Some("vmdk"));
@@ -162,13 +162,9 @@ fn foreign_format(f: &std::fs::File) -> std::io::Result<Option<&'static str>> {
 /// are downloaded (`debian.raw.xz`, an OVA). Its bytes would check in as one opaque raw
 /// disk, which is never what was meant. No disk starts with these signatures (its first
 /// sector is boot code or zeros).
-fn wrapped(f: &std::fs::File) -> std::io::Result<Option<(&'static str, &'static str)>> {
-    use std::os::unix::fs::FileExt;
-    let mut head = [0u8; 512];
-    let n = f.read_at(&mut head, 0)?;
-    let head = &head[..n];
+fn wrapped(head: &[u8]) -> Option<(&'static str, &'static str)> {
     let starts = |m: &[u8]| head.starts_with(m);
-    Ok(if starts(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
+    if starts(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
         Some(("xz-compressed", "decompress it (`xz -d`)"))
     } else if starts(&[0x1F, 0x8B]) {
         Some(("gzip-compressed", "decompress it (`gzip -d`)"))
@@ -184,7 +180,7 @@ fn wrapped(f: &std::fs::File) -> std::io::Result<Option<(&'static str, &'static 
         Some(("a tar archive (an OVA?)", "extract it (`tar xf`)"))
     } else {
         None
-    })
+    }
 }
 
 /// Converts a foreign container to a temporary raw file (unlinked at once: it lives as long as

@@ -119,10 +119,8 @@ pub fn parse(src: &dyn BlockSource) -> Result<Table, ImageError> {
 /// Whether a partition of `t` starts with an ext2/3/4 or FAT filesystem or Linux swap.
 fn holds_filesystems(src: &dyn BlockSource, t: &Table) -> bool {
     t.partitions.iter().filter(|p| !p.container).any(|p| {
-        let swap = p.size >= 8192
-            && read(src, p.start + 4096 - 10, 10, "swap signature")
-                .is_ok_and(|sig| sig == b"SWAPSPACE2");
-        swap || crate::fs::ext4::probe(src, p.start, p.size)
+        crate::fs::swap::page_size(src, p.start, p.size).is_ok_and(|page| page.is_some())
+            || crate::fs::ext4::probe(src, p.start, p.size)
             || crate::fs::vfat::probe(src, p.start, p.size)
     })
 }
