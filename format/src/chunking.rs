@@ -5,7 +5,7 @@
 use std::io::Read;
 
 use crate::digest::{Algorithm, Digest, DigestError};
-use crate::item::{blob_digest, encode_blob, Item, BLOB_HEADER};
+use crate::item::{blob_digest, blob_digests, encode_blob, Item, BLOB_HEADER};
 use crate::manifest::{ChunkList, Extent};
 
 /// Smallest chunk.
@@ -73,17 +73,7 @@ impl EncodedItem {
     /// The blob holding the next `size` bytes of `reader`, read straight into its encoding
     /// (no second copy); an error if the reader ends first.
     pub fn read_blob(alg: Algorithm, reader: impl Read, size: u64) -> std::io::Result<Self> {
-        let want = usize::try_from(size).map_err(std::io::Error::other)?;
-        let mut bytes = Vec::with_capacity(BLOB_HEADER.len() + want);
-        bytes.extend_from_slice(&BLOB_HEADER);
-        reader.take(size).read_to_end(&mut bytes)?;
-        let got = bytes.len() - BLOB_HEADER.len();
-        if got != want {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("content shorter than its size: {got} of {size} bytes"),
-            ));
-        }
+        let bytes = read_blob_encoding(reader, size)?;
         // A blob's digest is the hash of its encoding (`blob_digest`).
         let digest = Digest::of(alg, &bytes).map_err(std::io::Error::other)?;
         Ok(EncodedItem { digest, bytes })
@@ -96,6 +86,38 @@ impl EncodedItem {
             bytes: encode_blob(data),
         })
     }
+
+    /// Blobs from their encodings ([`read_blob_encoding`]), hashed side by side
+    /// ([`blob_digests`]); in order. An encoding that is not a blob's is an error.
+    pub fn blobs(alg: Algorithm, encodings: Vec<Vec<u8>>) -> Result<Vec<Self>, DigestError> {
+        let datas: Vec<&[u8]> = encodings
+            .iter()
+            .map(|e| e.get(BLOB_HEADER.len()..).unwrap_or_default())
+            .collect();
+        let digests = blob_digests(alg, &datas)?;
+        Ok(digests
+            .into_iter()
+            .zip(encodings)
+            .map(|(digest, bytes)| EncodedItem { digest, bytes })
+            .collect())
+    }
+}
+
+/// The encoding of the blob holding the next `size` bytes of `reader`, not yet hashed (for
+/// [`EncodedItem::blobs`]); an error if the reader ends first.
+pub fn read_blob_encoding(reader: impl Read, size: u64) -> std::io::Result<Vec<u8>> {
+    let want = usize::try_from(size).map_err(std::io::Error::other)?;
+    let mut bytes = Vec::with_capacity(BLOB_HEADER.len() + want);
+    bytes.extend_from_slice(&BLOB_HEADER);
+    reader.take(size).read_to_end(&mut bytes)?;
+    let got = bytes.len() - BLOB_HEADER.len();
+    if got != want {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("content shorter than its size: {got} of {size} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Bytes of the window [`chunk_stream`] reads ahead into (a few chunks).
@@ -193,6 +215,8 @@ pub fn chunk_stream<R: SparseRead, E: std::error::Error + 'static>(
     let mut buf = SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
     buf.resize(WINDOW, 0);
     let mut extents = Vec::new();
+    // Chunks cut and not yet hashed: their offsets and where they are in `buf`.
+    let mut pending: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
     let mut total = 0u64;
     let (mut start, mut end, mut eof) = (0usize, 0usize, false);
     let result: Result<(), ChunkError<E>> = 'chunks: loop {
@@ -214,6 +238,10 @@ pub fn chunk_stream<R: SparseRead, E: std::error::Error + 'static>(
             }
         }
         if end - start < CHUNK_MAX && !eof {
+            // The chunks cut so far leave the buffer before it is refilled.
+            if let Err(e) = emit(&buf, &mut pending, alg, &mut extents, &mut sink) {
+                break Err(e);
+            }
             buf.copy_within(start..end, 0);
             (start, end) = (0, end - start);
             while end < buf.len() && !eof {
@@ -249,21 +277,37 @@ pub fn chunk_stream<R: SparseRead, E: std::error::Error + 'static>(
         if data.iter().all(|b| *b == 0) {
             continue;
         }
-        let item = match EncodedItem::blob(alg, data) {
-            Ok(i) => i,
-            Err(e) => break Err(e.into()),
-        };
+        pending.push((offset, start - data.len()..start));
+    };
+    let result = result.and_then(|()| emit(&buf, &mut pending, alg, &mut extents, &mut sink));
+    SCRATCH.with(|b| *b.borrow_mut() = buf);
+    result.map(|()| (extents, total))
+}
+
+/// Hashes the chunks cut from `buf` (their offsets and places in it) side by side, and hands
+/// them to `sink` in order.
+fn emit<E: std::error::Error + 'static>(
+    buf: &[u8],
+    pending: &mut Vec<(u64, std::ops::Range<usize>)>,
+    alg: Algorithm,
+    extents: &mut Vec<Extent>,
+    sink: &mut impl FnMut(EncodedItem) -> Result<(), E>,
+) -> Result<(), ChunkError<E>> {
+    let datas: Vec<&[u8]> = pending.iter().map(|(_, r)| &buf[r.clone()]).collect();
+    let digests = blob_digests(alg, &datas)?;
+    for ((offset, _), (data, digest)) in pending.drain(..).zip(datas.into_iter().zip(digests)) {
         extents.push(Extent {
             offset,
             len: data.len() as u64,
-            digest: item.digest,
+            digest,
         });
-        if let Err(e) = sink(item) {
-            break Err(ChunkError::Sink(e));
-        }
-    };
-    SCRATCH.with(|b| *b.borrow_mut() = buf);
-    result.map(|()| (extents, total))
+        sink(EncodedItem {
+            digest,
+            bytes: encode_blob(data),
+        })
+        .map_err(ChunkError::Sink)?;
+    }
+    Ok(())
 }
 
 /// Stores the content of a file of `size` bytes read from `reader`: `None` when empty, a Blob
@@ -391,9 +435,26 @@ mod tests {
                     .map(|c| (c.offset, c.length as u64))
                     .collect();
             let r = Dribble { data: &data, steps: &steps, k: 0 };
-            let (got, read) =
-                chunk_stream::<_, std::convert::Infallible>(Dense(r), 0, Algorithm::Sha256, |_| Ok(()))
-                    .unwrap();
+            let mut items = Vec::new();
+            let (got, read) = chunk_stream::<_, std::convert::Infallible>(
+                Dense(r),
+                0,
+                Algorithm::Sha256,
+                |i| {
+                    items.push(i);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            // Each chunk (hashed in groups, side by side) is the blob of its bytes, in order.
+            proptest::prop_assert_eq!(items.len(), got.len());
+            for (e, i) in got.iter().zip(&items) {
+                let bytes = &data[e.offset as usize..(e.offset + e.len) as usize];
+                let blob = encode_blob(bytes);
+                proptest::prop_assert_eq!(i.bytes(), blob.as_slice());
+                proptest::prop_assert_eq!(e.digest, blob_digest(Algorithm::Sha256, bytes).unwrap());
+                proptest::prop_assert_eq!(i.digest, e.digest);
+            }
             let got: Vec<(u64, u64)> = got.iter().map(|e| (e.offset, e.len)).collect();
             proptest::prop_assert_eq!(read, len as u64);
             proptest::prop_assert_eq!(got, want);
@@ -432,6 +493,28 @@ mod tests {
             out[e.offset as usize..(e.offset + e.len) as usize].copy_from_slice(&blob.bytes[2..]);
         }
         assert_eq!(out, data);
+    }
+
+    #[test]
+    fn blobs_read_then_hashed_together_are_the_blobs_hashed_alone() {
+        for alg in [Algorithm::Sha256, Algorithm::Sha1] {
+            let datas: Vec<Vec<u8>> = [0usize, 1, 61, 62, 64, 5000, 1 << 20]
+                .iter()
+                .map(|n| pseudo_random(*n, *n as u64 + 3))
+                .collect();
+            let encodings = datas
+                .iter()
+                .map(|d| read_blob_encoding(d.as_slice(), d.len() as u64).unwrap())
+                .collect();
+            let got = EncodedItem::blobs(alg, encodings).unwrap();
+            assert_eq!(got.len(), datas.len());
+            for (g, d) in got.iter().zip(&datas) {
+                let alone = EncodedItem::blob(alg, d).unwrap();
+                assert_eq!((g.digest(), g.bytes()), (alone.digest(), alone.bytes()));
+            }
+        }
+        // A reader that ends before the size is an error.
+        assert!(read_blob_encoding(&b"ab"[..], 3).is_err());
     }
 
     #[test]

@@ -132,6 +132,18 @@ pub fn blob_digest(alg: Algorithm, data: &[u8]) -> Result<Digest, DigestError> {
     h.finalize()
 }
 
+/// Digests of the blobs holding each of `datas`, hashed side by side where the CPU allows
+/// ([`crate::sha256_lanes`]); the same digests as [`blob_digest`] of each.
+pub fn blob_digests(alg: Algorithm, datas: &[&[u8]]) -> Result<Vec<Digest>, DigestError> {
+    match alg {
+        Algorithm::Sha256 => Ok(crate::sha256_lanes::sha256_each(&BLOB_HEADER, datas)
+            .iter()
+            .filter_map(|d| Digest::from_bytes(alg, d))
+            .collect()),
+        Algorithm::Sha1 => datas.iter().map(|d| blob_digest(alg, d)).collect(),
+    }
+}
+
 /// Digest of an encoded item.
 pub fn digest_encoded(alg: Algorithm, encoded: &[u8]) -> Result<Digest, DigestError> {
     Digest::of(alg, encoded)

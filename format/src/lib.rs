@@ -11,6 +11,7 @@ pub mod digest;
 pub mod item;
 pub mod manifest;
 pub mod params;
+pub mod sha256_lanes;
 pub mod tree;
 
 pub use codec::DecodeError;

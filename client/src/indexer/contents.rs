@@ -5,8 +5,11 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mirage_format::chunking::{store_content, ChunkError, Dense, SparseRead, CHUNK_MAX};
-use mirage_format::Digest;
+use mirage_format::chunking::{
+    read_blob_encoding, store_content, ChunkError, Dense, EncodedItem, SparseRead, CHUNK_MAX,
+    INLINE_MAX,
+};
+use mirage_format::{Algorithm, Digest};
 use mirage_node::{Store, StoreError};
 
 use super::CheckinError;
@@ -206,6 +209,8 @@ const BLOCK: usize = 32;
 struct Worker<'a> {
     wb: Batcher<'a>,
     new_hints: Vec<([u8; 32], Vec<u8>)>,
+    /// New small files read and not yet hashed.
+    small: Small,
     hinted: u64,
     scratch: Vec<u8>,
     /// The first [`hints::PREFIX`] bytes of each file of a block.
@@ -253,6 +258,7 @@ impl Job<'_> {
         let mut w = Worker {
             wb: Batcher::new(self.store),
             new_hints: Vec::new(),
+            small: Small::default(),
             hinted: 0,
             // One read buffer per worker, sized to stay in the core's cache, and room for
             // the first bytes of a block's files.
@@ -266,17 +272,22 @@ impl Job<'_> {
                 break;
             }
             let stored = match self.seed {
-                Some(seed) => self.block(first..end, seed, &mut w)?,
+                Some(seed) => self.block(first..end, seed, &mut w, content)?,
                 // No hints (`--rehash`): chunk and hash every file.
                 None => (first..end)
-                    .map(|k| self.store_plain(k, &mut w.wb))
+                    .map(|k| self.store_plain(k, &mut w.wb).map(Some))
                     .collect::<Result<Vec<_>, _>>()?,
             };
             let mut c = content.lock();
             for (k, d) in (first..end).zip(stored) {
-                c.insert(self.files[k].id, d);
+                // (Small files waiting to be hashed are entered when they are.)
+                if let Some(d) = d {
+                    c.insert(self.files[k].id, d);
+                }
             }
         }
+        let alg = self.store.algorithm();
+        w.small.store(alg, &mut w.wb, &mut w.new_hints, content)?;
         w.wb.flush()?;
         // Only now is every content these hints name durable in the store.
         if !w.new_hints.is_empty() {
@@ -342,12 +353,15 @@ impl Job<'_> {
     /// first, so that the block's hints and their contents' presence are looked up in one
     /// batch each (one lookup of each per file cost derived-2's checkin 90 ms of its two
     /// workers' time; docs/PERFORMANCE.md, fifteenth session).
+    ///
+    /// Each file's content digest; `None` for a new small file left in [`Worker::small`].
     fn block(
         &self,
         ks: std::ops::Range<usize>,
         seed: u64,
         w: &mut Worker<'_>,
-    ) -> Result<Vec<Option<Digest>>, CheckinError> {
+        content: &parking_lot::Mutex<HashMap<u64, Option<Digest>>>,
+    ) -> Result<Vec<Option<Option<Digest>>>, CheckinError> {
         let (store, alg) = (self.store, self.store.algorithm());
         let prefix = hints::PREFIX as usize;
         w.heads.resize(ks.len() * prefix, 0);
@@ -368,11 +382,11 @@ impl Job<'_> {
         }
         let keys: Vec<[u8; 32]> = probes.iter().flatten().map(|p| p.key).collect();
         let mut found = hints::lookup_many(store, &keys)?.into_iter();
-        let mut out = Vec::with_capacity(ks.len());
+        let mut out = vec![None; ks.len()];
         for ((slot, k), probe) in ks.enumerate().zip(probes) {
             let n = self.files[k];
             let (Some(probe), Some(extents)) = (probe, &self.layouts[k]) else {
-                out.push(self.store_plain(k, &mut w.wb)?);
+                out[slot] = Some(self.store_plain(k, &mut w.wb)?);
                 continue;
             };
             let hint = found.next().flatten();
@@ -386,7 +400,7 @@ impl Job<'_> {
                         .map_err(self.read_err(n.id))?;
                     if got == want {
                         w.hinted += 1;
-                        out.push(Some(d));
+                        out[slot] = Some(Some(d));
                         continue;
                     }
                     // The same key, other content: read it all again.
@@ -400,14 +414,72 @@ impl Job<'_> {
                 // in chunk-sized reads by the chunker.
                 None => head.chain(probe.rest(rest())),
             };
+            // (SHA-1 hashes one message at a time and names the file it refuses.)
+            if n.size > 0 && n.size <= INLINE_MAX && alg == Algorithm::Sha256 {
+                let bytes = read_blob_encoding(&mut r, n.size)
+                    .map_err(|e| self.content_err(n.id)(ChunkError::Io(e)))?;
+                w.small.push(n.id, key, r.get_ref().1.checksum(), bytes);
+                if w.small.bytes >= SMALL_BYTES {
+                    w.small.store(alg, &mut w.wb, &mut w.new_hints, content)?;
+                }
+                continue;
+            }
             let d = store_content(Dense(&mut r), n.size, alg, |i| w.wb.push(i))
                 .map_err(self.content_err(n.id))?;
             if let Some(d) = d {
                 w.new_hints
                     .push((key, hints::encode(&d, r.get_ref().1.checksum())));
             }
-            out.push(d);
+            out[slot] = Some(d);
         }
         Ok(out)
+    }
+}
+
+/// Bytes of new small files a worker reads before hashing them together.
+const SMALL_BYTES: usize = 8 << 20;
+
+/// New small files a worker has read, waiting to be hashed side by side
+/// ([`EncodedItem::blobs`]; many at a time, so that the lanes stay full): each file's inode,
+/// hint key and checksum, and its blob.
+#[derive(Default)]
+struct Small {
+    files: Vec<(u64, [u8; 32], u128)>,
+    encodings: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Small {
+    fn push(&mut self, id: u64, key: [u8; 32], check: u128, encoding: Vec<u8>) {
+        self.bytes += encoding.len();
+        self.files.push((id, key, check));
+        self.encodings.push(encoding);
+    }
+
+    /// Hashes and stores the files waiting, and notes their digests and hints.
+    fn store(
+        &mut self,
+        alg: Algorithm,
+        wb: &mut Batcher<'_>,
+        new_hints: &mut Vec<([u8; 32], Vec<u8>)>,
+        content: &parking_lot::Mutex<HashMap<u64, Option<Digest>>>,
+    ) -> Result<(), CheckinError> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        let items = EncodedItem::blobs(alg, std::mem::take(&mut self.encodings))
+            .map_err(|e| CheckinError::Content(e.to_string()))?;
+        let mut digests = Vec::with_capacity(items.len());
+        for ((id, key, check), item) in self.files.drain(..).zip(items) {
+            let d = item.digest();
+            wb.push(item)?;
+            new_hints.push((key, hints::encode(&d, check)));
+            digests.push((id, d));
+        }
+        content
+            .lock()
+            .extend(digests.into_iter().map(|(id, d)| (id, Some(d))));
+        self.bytes = 0;
+        Ok(())
     }
 }

@@ -155,11 +155,12 @@ impl Store {
         &self,
         items: Vec<(Option<mirage_format::Digest>, Vec<u8>)>,
     ) -> Result<PendingPut, StoreError> {
-        let (known, encoded): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+        let (mut known, encoded): (Vec<_>, Vec<_>) = items.into_iter().unzip();
         let sh = self.shared();
         if let Some(why) = sh.failed.lock().clone() {
             return Err(StoreError::WritesDisabled(why));
         }
+        hash_unknown(sh.alg, &encoded, &mut known);
         let mut digests = Vec::with_capacity(encoded.len());
         let mut metas = Vec::with_capacity(encoded.len());
         for (index, bytes) in encoded.iter().enumerate() {
@@ -588,6 +589,31 @@ fn relocate(
     *counts = None;
     sh.index.write(batch, false)?;
     Ok(appended)
+}
+
+/// SHA-256 digests of the items of a batch that came without one (from the network), hashed
+/// side by side (`mirage_format::sha256_lanes`); SHA-1 items are hashed one at a time by
+/// [`check_item`], which names an item its collision detection refuses.
+fn hash_unknown(alg: mirage_format::Algorithm, encoded: &[Vec<u8>], known: &mut [Option<Digest>]) {
+    if alg != mirage_format::Algorithm::Sha256 {
+        return;
+    }
+    let (slots, bytes): (Vec<usize>, Vec<&[u8]>) = known
+        .iter()
+        .zip(encoded)
+        .enumerate()
+        .filter(|(_, (k, _))| k.is_none())
+        .map(|(i, (_, b))| (i, b.as_slice()))
+        .unzip();
+    if slots.len() < 2 {
+        return;
+    }
+    for (i, d) in slots
+        .into_iter()
+        .zip(mirage_format::sha256_lanes::sha256_each(b"", &bytes))
+    {
+        known[i] = Digest::from_bytes(alg, &d);
+    }
 }
 
 /// Decodes and validates item #`index` of a batch for a store using `alg`: its kind, its
