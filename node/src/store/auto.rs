@@ -19,7 +19,11 @@
 //! ([`CPU_ROOM`] of the cores, smoothed the same way): a disk that is busy while the
 //! writers already keep the cores busy would not finish sooner with LZ4 added to their work
 //! (on two cores, a raw load of 0.9 with the CPU at 90 % was slower with LZ4 than without).
-//! While raw bytes saturate a slow disk the writers mostly wait, so the CPU has room.
+//! While raw bytes saturate a slow disk the writers mostly wait, so the CPU has room. And a
+//! window in which the disk took raw bytes as fast as they came ([`LOAD_ON`]) while the
+//! writers filled [`CPU_FULL`] of the cores switches compression **off** at once, whatever the
+//! smoothed load: one sync that stalls for a window (seen on this VM's disk) would otherwise
+//! keep LZ4 on busy cores for three or four windows, most of a derived image's checkin.
 //!
 //! Measured on the project VM (base.img, 640 MB of new content; docs/PERFORMANCE.md): direct
 //! writes at about 1.7 GB/s against writers submitting about 1 GB/s raw; with the disk
@@ -34,6 +38,8 @@ pub(crate) const LOAD_ON: f64 = 0.9;
 pub(crate) const LOAD_OFF: f64 = 0.75;
 /// Share of the cores the process may use for compression to be switched on.
 pub(crate) const CPU_ROOM: f64 = 0.7;
+/// Share of the cores at which the writers are taken to be CPU-bound.
+pub(crate) const CPU_FULL: f64 = 0.9;
 /// How far into the first window the CPU is looked at once (see [`AutoCodec::compress`]).
 pub(crate) const FIRST_LOOK_NS: u64 = 25_000_000;
 
@@ -104,6 +110,15 @@ impl AutoCodec {
             if self.batches > 0 && elapsed < 2 * WINDOW_NS && busy > 0 && written > 0 {
                 // (raw / elapsed) / (written / busy)
                 let load = raw as f64 * busy as f64 / (elapsed as f64 * written as f64);
+                tracing::trace!(
+                    elapsed,
+                    busy,
+                    written,
+                    raw,
+                    load,
+                    cpu = cpu(),
+                    "auto codec window"
+                );
                 self.judge(load, cpu());
                 self.looked = true;
             }
@@ -126,10 +141,14 @@ impl AutoCodec {
         let was = self.compress;
         self.load = (self.load + window_load) / 2.0;
         self.cpu = (self.cpu + window_cpu) / 2.0;
-        if self.load >= LOAD_ON && self.cpu < CPU_ROOM {
-            self.compress = true;
-        } else if self.load < LOAD_OFF {
+        // A window in which the disk kept up with raw bytes while the writers filled the cores
+        // ends compression at once: it was switched on by a stall (one slow sync), and the
+        // smoothed load would keep LZ4 on the busy cores for several windows more.
+        let cpu_bound = window_load < LOAD_ON && window_cpu >= CPU_FULL;
+        if cpu_bound || self.load < LOAD_OFF {
             self.compress = false;
+        } else if self.load >= LOAD_ON && self.cpu < CPU_ROOM {
+            self.compress = true;
         }
         if was != self.compress {
             tracing::debug!(
@@ -287,6 +306,50 @@ mod tests {
         assert!(b.compress(0, at(0, 0)));
         assert!(b.compress(1, at(0, 0)));
         assert!(b.compress(30 * MS, at(20, 30)));
+    }
+
+    #[test]
+    fn a_stall_does_not_keep_full_cores_compressing() {
+        // derived-2's checkin (docs/PERFORMANCE.md, twenty-fourth session): one window in
+        // which a sync took twice the window for a few MB, the writers waiting; then the disk
+        // keeps up again and the writers fill both cores.
+        let mut a = AutoCodec {
+            cores: 2.0,
+            ..AutoCodec::default()
+        };
+        let (mut t, mut tot) = (0, Totals::default());
+        let mut step = |load: f64, cpu: f64| {
+            t += 100 * MS;
+            tot = Totals {
+                cpu: tot.cpu + (cpu * 200.0) as u64 * MS,
+                ..window(tot, load, 0.5)
+            };
+            a.compress(t, tot)
+        };
+        step(0.3, 1.0);
+        assert!(step(5.5, 0.45), "a stalled disk, idle cores: compress");
+        assert!(
+            !step(0.25, 0.95),
+            "the disk keeps up, the cores are full: raw at once"
+        );
+        assert!(!step(0.3, 0.95));
+        // The same light window with cores to spare keeps the smoothed verdict for a while.
+        let mut b = AutoCodec {
+            cores: 2.0,
+            ..AutoCodec::default()
+        };
+        let (mut t, mut tot) = (0, Totals::default());
+        let mut step = |load: f64, cpu: f64| {
+            t += 100 * MS;
+            tot = Totals {
+                cpu: tot.cpu + (cpu * 200.0) as u64 * MS,
+                ..window(tot, load, 0.5)
+            };
+            b.compress(t, tot)
+        };
+        step(0.3, 0.3);
+        assert!(step(5.5, 0.3));
+        assert!(step(0.25, 0.5), "smoothed load 1.5: still compressing");
     }
 
     #[test]
