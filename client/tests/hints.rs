@@ -14,7 +14,8 @@ fn store(dir: &Path) -> Store {
     Store::create(dir).unwrap()
 }
 
-fn largest_file(root: &Path) -> (PathBuf, u64) {
+/// The largest regular file of at most `max` bytes.
+fn largest_file(root: &Path, max: u64) -> (PathBuf, u64) {
     let mut best = (PathBuf::new(), 0);
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -23,7 +24,7 @@ fn largest_file(root: &Path) -> (PathBuf, u64) {
             let m = std::fs::symlink_metadata(e.path()).unwrap();
             if m.is_dir() {
                 stack.push(e.path());
-            } else if m.is_file() && m.len() > best.1 {
+            } else if m.is_file() && m.len() > best.1 && m.len() <= max {
                 best = (e.path(), m.len());
             }
         }
@@ -36,28 +37,51 @@ fn hints_skip_unchanged_files_and_miss_no_change() {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     let gen = mirage_client::demo::generate(&tree, 5, 1).unwrap();
-    let (big, size) = largest_file(&tree);
+    // The largest file, and the largest that is stored as one blob (new small files are
+    // hashed in groups): each gets bytes rewritten past its first 64 KiB.
+    let (big, size) = largest_file(&tree, u64::MAX);
     assert!(size > 3 * 64 * 1024, "need a file past the hint prefix");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mid: Vec<u8> = (0..300 << 10)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(tree.join("mid.bin"), mid).unwrap();
+    let (small, small_size) = largest_file(&tree, mirage_format::chunking::INLINE_MAX);
+    assert!(
+        small_size > 3 * 64 * 1024,
+        "need a small file past the hint prefix"
+    );
     let rel = format!("/{}", big.strip_prefix(&tree).unwrap().display());
+    let rel_small = format!("/{}", small.strip_prefix(&tree).unwrap().display());
     let a = dir.path().join("a.img");
     mirage_client::demo::build_disk_image(&tree, &a, gen.bytes).unwrap();
-    // B: the same disk with bytes of that file rewritten in place, past the first 64 KiB.
+    // B: the same disk with bytes of those files rewritten in place, past the first 64 KiB.
     let b = dir.path().join("b.img");
     std::fs::copy(&a, &b).unwrap();
     let fs_off = 69632 * 512u64;
-    let out = Command::new("debugfs")
-        .args(["-R", &format!("blocks {rel}")])
-        .arg(format!("{}?offset={fs_off}", b.display()))
-        .output()
-        .unwrap();
-    let blocks: Vec<u64> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let target = fs_off + blocks[20] * 4096 + 100;
     let f = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
-    f.write_all_at(b"changed behind the filesystem's back", target)
-        .unwrap();
+    for path in [&rel, &rel_small] {
+        let out = Command::new("debugfs")
+            .args(["-R", &format!("blocks {path}")])
+            .arg(format!("{}?offset={fs_off}", b.display()))
+            .output()
+            .unwrap();
+        let blocks: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        // Block 20, or the last; at least the 17th (past 64 KiB).
+        let k = blocks.len().min(21) - 1;
+        assert!(k >= 16, "{path}: {} blocks", blocks.len());
+        let target = fs_off + blocks[k] * 4096 + 100;
+        f.write_all_at(b"changed behind the filesystem's back", target)
+            .unwrap();
+    }
     drop(f);
 
     let s = store(&dir.path().join("store"));
@@ -85,11 +109,16 @@ fn hints_skip_unchanged_files_and_miss_no_change() {
     let (db_rehash, rehashed) = checkin_with(&fresh, &b, off).unwrap();
     assert_eq!(rehashed.files_hinted, 0);
     assert_eq!(db, db_rehash);
-    let mut shown = Vec::new();
-    mirage_client::browse::cat(&s, &db, Some(3), &rel, &mut shown).unwrap();
-    assert!(shown
-        .windows(36)
-        .any(|w| w == b"changed behind the filesystem's back"));
+    for path in [&rel, &rel_small] {
+        let mut shown = Vec::new();
+        mirage_client::browse::cat(&s, &db, Some(3), path, &mut shown).unwrap();
+        assert!(
+            shown
+                .windows(36)
+                .any(|w| w == b"changed behind the filesystem's back"),
+            "{path}"
+        );
+    }
 }
 
 #[test]

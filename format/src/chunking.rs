@@ -106,18 +106,33 @@ impl EncodedItem {
 /// The encoding of the blob holding the next `size` bytes of `reader`, not yet hashed (for
 /// [`EncodedItem::blobs`]); an error if the reader ends first.
 pub fn read_blob_encoding(reader: impl Read, size: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = blob_encoding(size)?;
+    read_blob_rest(&mut bytes, reader, size)?;
+    Ok(bytes)
+}
+
+/// The start of a blob's encoding for `size` bytes of content: its header, with room for the
+/// rest. Its content may be read in pieces: straight into it, then by [`read_blob_rest`].
+pub fn blob_encoding(size: u64) -> std::io::Result<Vec<u8>> {
     let want = usize::try_from(size).map_err(std::io::Error::other)?;
     let mut bytes = Vec::with_capacity(BLOB_HEADER.len() + want);
     bytes.extend_from_slice(&BLOB_HEADER);
-    reader.take(size).read_to_end(&mut bytes)?;
-    let got = bytes.len() - BLOB_HEADER.len();
-    if got != want {
+    Ok(bytes)
+}
+
+/// Reads the rest of the `size` bytes of content of a blob's encoding (started by
+/// [`blob_encoding`], holding some of them already) from `reader`; an error if it ends first.
+pub fn read_blob_rest(bytes: &mut Vec<u8>, reader: impl Read, size: u64) -> std::io::Result<()> {
+    let have = bytes.len().saturating_sub(BLOB_HEADER.len()) as u64;
+    reader.take(size.saturating_sub(have)).read_to_end(bytes)?;
+    let got = bytes.len().saturating_sub(BLOB_HEADER.len()) as u64;
+    if got != size {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             format!("content shorter than its size: {got} of {size} bytes"),
         ));
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Bytes of the window [`chunk_stream`] reads ahead into (a few chunks).

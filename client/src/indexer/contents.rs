@@ -6,8 +6,8 @@ use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mirage_format::chunking::{
-    read_blob_encoding, store_content, ChunkError, Dense, EncodedItem, SparseRead, CHUNK_MAX,
-    INLINE_MAX,
+    blob_encoding, read_blob_rest, store_content, ChunkError, Dense, EncodedItem, SparseRead,
+    CHUNK_MAX, INLINE_MAX,
 };
 use mirage_format::{Algorithm, Digest};
 use mirage_node::{Store, StoreError};
@@ -320,6 +320,13 @@ impl Job<'_> {
         }
     }
 
+    /// Whether new content of `size` bytes is read into a blob and hashed beside others
+    /// ([`Small`]). Not with SHA-1, which hashes one message at a time and names the file
+    /// its collision detection refuses.
+    fn batched(&self, size: u64) -> bool {
+        size > 0 && size <= INLINE_MAX && self.store.algorithm() == Algorithm::Sha256
+    }
+
     /// Stores file `k` of the job without hints (inline data included).
     fn store_plain(&self, k: usize, wb: &mut Batcher<'_>) -> Result<Option<Digest>, CheckinError> {
         let (n, alg) = (self.files[k], self.store.algorithm());
@@ -366,24 +373,39 @@ impl Job<'_> {
         let prefix = hints::PREFIX as usize;
         w.heads.resize(ks.len() * prefix, 0);
         let mut probes = Vec::with_capacity(ks.len());
+        // Small files (one blob each) are probed straight into the encoding of their blob:
+        // new content then needs no copy of its first bytes (6.7 % of base.img's CPU).
+        let mut blobs: Vec<Option<Vec<u8>>> = Vec::with_capacity(ks.len());
         for (slot, k) in ks.clone().enumerate() {
             let n = self.files[k];
+            let mut blob = None;
             probes.push(match &self.layouts[k] {
                 // A sparse file is stored for what it holds, unread where it holds nothing;
                 // a whole-content checksum would read its holes.
                 Some(extents) if ExtentReader::is_sparse(extents, n.size) => None,
                 Some(extents) => {
-                    let head = &mut w.heads[slot * prefix..(slot + 1) * prefix];
                     let r = self.reader(extents, n.size, 0);
-                    Some(hints::Probe::new(r, n.size, seed, head).map_err(self.read_err(n.id))?)
+                    let probe = if self.batched(n.size) {
+                        let b = blob.insert(blob_encoding(n.size).map_err(self.read_err(n.id))?);
+                        let header = b.len();
+                        b.resize(header + n.size.min(hints::PREFIX) as usize, 0);
+                        let p = hints::Probe::new(r, n.size, seed, &mut b[header..]);
+                        b.truncate(header + p.as_ref().map_or(0, |p| p.read() as usize));
+                        p
+                    } else {
+                        let head = &mut w.heads[slot * prefix..(slot + 1) * prefix];
+                        hints::Probe::new(r, n.size, seed, head)
+                    };
+                    Some(probe.map_err(self.read_err(n.id))?)
                 }
                 None => None,
             });
+            blobs.push(blob);
         }
         let keys: Vec<[u8; 32]> = probes.iter().flatten().map(|p| p.key).collect();
         let mut found = hints::lookup_many(store, &keys)?.into_iter();
         let mut out = vec![None; ks.len()];
-        for ((slot, k), probe) in ks.enumerate().zip(probes) {
+        for (((slot, k), probe), mut blob) in ks.enumerate().zip(probes).zip(blobs) {
             let n = self.files[k];
             let (Some(probe), Some(extents)) = (probe, &self.layouts[k]) else {
                 out[slot] = Some(self.store_plain(k, &mut w.wb)?);
@@ -391,7 +413,11 @@ impl Job<'_> {
             };
             let hint = found.next().flatten();
             let (key, from) = (probe.key, probe.read());
-            let head = &w.heads[slot * prefix..][..from as usize];
+            // The first bytes, unless they are in the blob already.
+            let head = match blob {
+                Some(_) => &[][..],
+                None => &w.heads[slot * prefix..][..from as usize],
+            };
             let rest = || self.reader(extents, n.size, from);
             let mut r = match hint {
                 Some((d, want)) => {
@@ -404,6 +430,9 @@ impl Job<'_> {
                         continue;
                     }
                     // The same key, other content: read it all again.
+                    if let Some(b) = blob.as_mut() {
+                        b.truncate(b.len() - from as usize);
+                    }
                     head[..0].chain(hints::Checksummed::new(
                         self.reader(extents, n.size, 0),
                         seed,
@@ -414,9 +443,8 @@ impl Job<'_> {
                 // in chunk-sized reads by the chunker.
                 None => head.chain(probe.rest(rest())),
             };
-            // (SHA-1 hashes one message at a time and names the file it refuses.)
-            if n.size > 0 && n.size <= INLINE_MAX && alg == Algorithm::Sha256 {
-                let bytes = read_blob_encoding(&mut r, n.size)
+            if let Some(mut bytes) = blob {
+                read_blob_rest(&mut bytes, &mut r, n.size)
                     .map_err(|e| self.content_err(n.id)(ChunkError::Io(e)))?;
                 w.small.push(n.id, key, r.get_ref().1.checksum(), bytes);
                 if w.small.bytes >= SMALL_BYTES {
