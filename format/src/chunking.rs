@@ -362,18 +362,7 @@ pub fn store_content<R: SparseRead, E: std::error::Error + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::test_util::pseudo_random;
 
     fn chunks_of(data: &[u8]) -> Vec<Extent> {
         let (v, n) =

@@ -12,6 +12,8 @@ pub mod item;
 pub mod manifest;
 pub mod params;
 pub mod sha256_lanes;
+#[cfg(test)]
+mod test_util;
 pub mod tree;
 
 pub use codec::DecodeError;

@@ -329,18 +329,7 @@ const K: [u32; 64] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::test_util::pseudo_random as bytes;
 
     fn check(prefix: &[u8], lens: &[usize]) {
         let data: Vec<Vec<u8>> = lens

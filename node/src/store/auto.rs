@@ -308,80 +308,72 @@ mod tests {
         assert!(b.compress(30 * MS, at(20, 30)));
     }
 
+    /// A codec for two cores and a clock: [`Cores2::step`] feeds it 100 ms windows.
+    struct Cores2 {
+        a: AutoCodec,
+        t: u64,
+        tot: Totals,
+    }
+
+    impl Cores2 {
+        fn new() -> Self {
+            Cores2 {
+                a: AutoCodec {
+                    cores: 2.0,
+                    ..AutoCodec::default()
+                },
+                t: 0,
+                tot: Totals::default(),
+            }
+        }
+
+        /// The next window: raw load `load`, the writers using `cpu` of the two cores; the
+        /// choice for the batch after it.
+        fn step(&mut self, load: f64, cpu: f64) -> bool {
+            self.t += 100 * MS;
+            self.tot = Totals {
+                cpu: self.tot.cpu + (cpu * 200.0) as u64 * MS,
+                ..window(self.tot, load, 0.5)
+            };
+            self.a.compress(self.t, self.tot)
+        }
+    }
+
     #[test]
     fn a_stall_does_not_keep_full_cores_compressing() {
         // derived-2's checkin (docs/PERFORMANCE.md, twenty-fourth session): one window in
         // which a sync took twice the window for a few MB, the writers waiting; then the disk
         // keeps up again and the writers fill both cores.
-        let mut a = AutoCodec {
-            cores: 2.0,
-            ..AutoCodec::default()
-        };
-        let (mut t, mut tot) = (0, Totals::default());
-        let mut step = |load: f64, cpu: f64| {
-            t += 100 * MS;
-            tot = Totals {
-                cpu: tot.cpu + (cpu * 200.0) as u64 * MS,
-                ..window(tot, load, 0.5)
-            };
-            a.compress(t, tot)
-        };
-        step(0.3, 1.0);
-        assert!(step(5.5, 0.45), "a stalled disk, idle cores: compress");
+        let mut a = Cores2::new();
+        a.step(0.3, 1.0);
+        assert!(a.step(5.5, 0.45), "a stalled disk, idle cores: compress");
         assert!(
-            !step(0.25, 0.95),
+            !a.step(0.25, 0.95),
             "the disk keeps up, the cores are full: raw at once"
         );
-        assert!(!step(0.3, 0.95));
+        assert!(!a.step(0.3, 0.95));
         // The same light window with cores to spare keeps the smoothed verdict for a while.
-        let mut b = AutoCodec {
-            cores: 2.0,
-            ..AutoCodec::default()
-        };
-        let (mut t, mut tot) = (0, Totals::default());
-        let mut step = |load: f64, cpu: f64| {
-            t += 100 * MS;
-            tot = Totals {
-                cpu: tot.cpu + (cpu * 200.0) as u64 * MS,
-                ..window(tot, load, 0.5)
-            };
-            b.compress(t, tot)
-        };
-        step(0.3, 0.3);
-        assert!(step(5.5, 0.3));
-        assert!(step(0.25, 0.5), "smoothed load 1.5: still compressing");
+        let mut b = Cores2::new();
+        b.step(0.3, 0.3);
+        assert!(b.step(5.5, 0.3));
+        assert!(b.step(0.25, 0.5), "smoothed load 1.5: still compressing");
     }
 
     #[test]
     fn a_busy_cpu_keeps_a_saturated_disk_raw() {
-        let mut a = AutoCodec {
-            cores: 2.0,
-            ..AutoCodec::default()
-        };
+        let mut a = Cores2::new();
         // Writers keep 1.8 of two cores busy and the disk at 0.6: stored raw.
-        let step = |t: &mut u64, tot: &mut Totals, load: f64, cpu: f64| {
-            *t += 100 * MS;
-            *tot = Totals {
-                cpu: tot.cpu + (cpu * 200.0) as u64 * MS,
-                ..window(*tot, load, 0.5)
-            };
-        };
-        let (mut t, mut tot) = (0, Totals::default());
-        assert!(a.compress(t, tot));
-        step(&mut t, &mut tot, 0.6, 0.9);
-        a.compress(t, tot);
-        step(&mut t, &mut tot, 0.6, 0.9);
-        assert!(!a.compress(t, tot));
+        assert!(a.a.compress(0, Totals::default()));
+        a.step(0.6, 0.9);
+        assert!(!a.step(0.6, 0.9));
         // The disk saturates (a stall, or faster writers) while the CPU stays busy: still raw.
         for _ in 0..5 {
-            step(&mut t, &mut tot, 1.5, 0.9);
-            assert!(!a.compress(t, tot));
+            assert!(!a.step(1.5, 0.9));
         }
         // The same load with the writers waiting (a slow disk): compressing.
         let mut on = false;
         for _ in 0..3 {
-            step(&mut t, &mut tot, 1.5, 0.2);
-            on = a.compress(t, tot);
+            on = a.step(1.5, 0.2);
         }
         assert!(on, "a saturated disk and idle cores: compress");
     }
