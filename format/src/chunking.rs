@@ -87,14 +87,12 @@ impl EncodedItem {
         })
     }
 
-    /// Blobs from their encodings ([`read_blob_encoding`]), hashed side by side
-    /// ([`blob_digests`]); in order. An encoding that is not a blob's is an error.
-    pub fn blobs(alg: Algorithm, encodings: Vec<Vec<u8>>) -> Result<Vec<Self>, DigestError> {
-        let datas: Vec<&[u8]> = encodings
-            .iter()
-            .map(|e| e.get(BLOB_HEADER.len()..).unwrap_or_default())
-            .collect();
-        let digests = blob_digests(alg, &datas)?;
+    /// Items from their encodings (e.g. blobs read by [`read_blob_encoding`]), each hashed,
+    /// side by side where the CPU allows ([`Digest::of_each`]); in order. Whatever the bytes
+    /// encode, each digest is the hash of its item's bytes.
+    pub fn hashed(alg: Algorithm, encodings: Vec<Vec<u8>>) -> Result<Vec<Self>, DigestError> {
+        let all: Vec<&[u8]> = encodings.iter().map(|e| e.as_slice()).collect();
+        let digests = Digest::of_each(alg, &all)?;
         Ok(digests
             .into_iter()
             .zip(encodings)
@@ -104,7 +102,7 @@ impl EncodedItem {
 }
 
 /// The encoding of the blob holding the next `size` bytes of `reader`, not yet hashed (for
-/// [`EncodedItem::blobs`]); an error if the reader ends first.
+/// [`EncodedItem::hashed`]); an error if the reader ends first.
 pub fn read_blob_encoding(reader: impl Read, size: u64) -> std::io::Result<Vec<u8>> {
     let mut bytes = blob_encoding(size)?;
     read_blob_rest(&mut bytes, reader, size)?;
@@ -510,7 +508,7 @@ mod tests {
                 .iter()
                 .map(|d| read_blob_encoding(d.as_slice(), d.len() as u64).unwrap())
                 .collect();
-            let got = EncodedItem::blobs(alg, encodings).unwrap();
+            let got = EncodedItem::hashed(alg, encodings).unwrap();
             assert_eq!(got.len(), datas.len());
             for (g, d) in got.iter().zip(&datas) {
                 let alone = EncodedItem::blob(alg, d).unwrap();

@@ -128,6 +128,18 @@ impl Digest {
         h.finalize()
     }
 
+    /// Hashes each of `datas`: SHA-256 four at a time where the CPU allows
+    /// ([`crate::sha256_lanes`]), the same digests as [`Digest::of`] of each.
+    pub fn of_each(alg: Algorithm, datas: &[&[u8]]) -> Result<Vec<Self>, DigestError> {
+        match alg {
+            Algorithm::Sha256 => Ok(crate::sha256_lanes::sha256_each(b"", datas)
+                .into_iter()
+                .map(|bytes| Digest { alg, bytes })
+                .collect()),
+            Algorithm::Sha1 => datas.iter().map(|d| Digest::of(alg, d)).collect(),
+        }
+    }
+
     /// The algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.alg

@@ -140,6 +140,7 @@ pub fn blob_digests(alg: Algorithm, datas: &[&[u8]]) -> Result<Vec<Digest>, Dige
             .iter()
             .filter_map(|d| Digest::from_bytes(alg, d))
             .collect()),
+        // (Collision detection names the blob it refuses, one at a time.)
         Algorithm::Sha1 => datas.iter().map(|d| blob_digest(alg, d)).collect(),
     }
 }

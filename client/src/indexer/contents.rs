@@ -468,7 +468,7 @@ impl Job<'_> {
 const SMALL_BYTES: usize = 8 << 20;
 
 /// New small files a worker has read, waiting to be hashed side by side
-/// ([`EncodedItem::blobs`]; many at a time, so that the lanes stay full): each file's inode,
+/// ([`EncodedItem::hashed`]; many at a time, so that the lanes stay full): each file's inode,
 /// hint key and checksum, and its blob.
 #[derive(Default)]
 struct Small {
@@ -495,7 +495,7 @@ impl Small {
         if self.files.is_empty() {
             return Ok(());
         }
-        let items = EncodedItem::blobs(alg, std::mem::take(&mut self.encodings))
+        let items = EncodedItem::hashed(alg, std::mem::take(&mut self.encodings))
             .map_err(|e| CheckinError::Content(e.to_string()))?;
         let mut digests = Vec::with_capacity(items.len());
         for ((id, key, check), item) in self.files.drain(..).zip(items) {

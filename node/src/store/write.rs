@@ -592,7 +592,7 @@ fn relocate(
 }
 
 /// SHA-256 digests of the items of a batch that came without one (from the network), hashed
-/// side by side (`mirage_format::sha256_lanes`); SHA-1 items are hashed one at a time by
+/// side by side ([`Digest::of_each`]); SHA-1 items are hashed one at a time by
 /// [`check_item`], which names an item its collision detection refuses.
 fn hash_unknown(alg: mirage_format::Algorithm, encoded: &[Vec<u8>], known: &mut [Option<Digest>]) {
     if alg != mirage_format::Algorithm::Sha256 {
@@ -608,11 +608,10 @@ fn hash_unknown(alg: mirage_format::Algorithm, encoded: &[Vec<u8>], known: &mut 
     if slots.len() < 2 {
         return;
     }
-    for (i, d) in slots
-        .into_iter()
-        .zip(mirage_format::sha256_lanes::sha256_each(b"", &bytes))
-    {
-        known[i] = Digest::from_bytes(alg, &d);
+    if let Ok(digests) = Digest::of_each(alg, &bytes) {
+        for (i, d) in slots.into_iter().zip(digests) {
+            known[i] = Some(d);
+        }
     }
 }
 
