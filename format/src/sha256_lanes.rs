@@ -17,7 +17,7 @@ const LANES: usize = 4;
 /// SHA-256 of `prefix ++ body` for every body, in order.
 pub fn sha256_each(prefix: &[u8], bodies: &[&[u8]]) -> Vec<[u8; 32]> {
     if bodies.len() > 1 && prefix.len() < 64 && shani::available() {
-        return Scheduler::run(prefix, bodies);
+        return run(prefix, bodies);
     }
     bodies.iter().map(|b| one(prefix, b)).collect()
 }
@@ -110,11 +110,10 @@ impl<'a> Lane<'a> {
         }
     }
 
-    /// Marks `n` blocks of the current part hashed; whether the message is finished.
-    fn advance(&mut self, n: usize) -> bool {
+    /// Marks `n` blocks of the current part hashed.
+    fn advance(&mut self, n: usize) {
         self.done += n;
         self.skip_empty();
-        self.part == 3
     }
 
     fn digest(&self) -> [u8; 32] {
@@ -126,49 +125,45 @@ impl<'a> Lane<'a> {
     }
 }
 
-/// Keeps [`LANES`] messages in flight, taking the next as soon as one finishes.
-struct Scheduler;
-
-impl Scheduler {
-    fn run(prefix: &[u8], bodies: &[&[u8]]) -> Vec<[u8; 32]> {
-        let mut out = vec![[0u8; 32]; bodies.len()];
-        // Longest first, so that the lanes run out of work close together and the last
-        // message is not left to finish alone (at a single stream's speed).
-        let mut order: Vec<usize> = (0..bodies.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(bodies[i].len()));
-        let mut queue = order.into_iter();
-        let mut lanes: Vec<Lane<'_>> = Vec::with_capacity(LANES);
-        loop {
-            while lanes.len() < LANES {
-                let Some(i) = queue.next() else { break };
-                lanes.push(Lane::new(i, prefix, bodies[i]));
-            }
-            if lanes.is_empty() {
-                break;
-            }
-            // Every lane has at least one block left in its current part.
-            let n = lanes
-                .iter()
-                .map(|l| l.blocks().len() / 64)
-                .min()
-                .unwrap_or(0)
-                .max(1);
-            match lanes.len() {
-                4 => step::<4>(&mut lanes, n),
-                3 => step::<3>(&mut lanes, n),
-                2 => step::<2>(&mut lanes, n),
-                _ => single(&mut lanes[0]),
-            }
-            lanes.retain(|l| {
-                let finished = l.part == 3;
-                if finished {
-                    out[l.out] = l.digest();
-                }
-                !finished
-            });
+/// Hashes `bodies` with [`LANES`] messages in flight, taking the next as soon as one finishes.
+fn run(prefix: &[u8], bodies: &[&[u8]]) -> Vec<[u8; 32]> {
+    let mut out = vec![[0u8; 32]; bodies.len()];
+    // Longest first, so that the lanes run out of work close together and the last
+    // message is not left to finish alone (at a single stream's speed).
+    let mut order: Vec<usize> = (0..bodies.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(bodies[i].len()));
+    let mut queue = order.into_iter();
+    let mut lanes: Vec<Lane<'_>> = Vec::with_capacity(LANES);
+    loop {
+        while lanes.len() < LANES {
+            let Some(i) = queue.next() else { break };
+            lanes.push(Lane::new(i, prefix, bodies[i]));
         }
-        out
+        if lanes.is_empty() {
+            break;
+        }
+        // Every lane has at least one block left in its current part.
+        let n = lanes
+            .iter()
+            .map(|l| l.blocks().len() / 64)
+            .min()
+            .unwrap_or(0)
+            .max(1);
+        match lanes.len() {
+            4 => step::<4>(&mut lanes, n),
+            3 => step::<3>(&mut lanes, n),
+            2 => step::<2>(&mut lanes, n),
+            _ => single(&mut lanes[0]),
+        }
+        lanes.retain(|l| {
+            let finished = l.part == 3;
+            if finished {
+                out[l.out] = l.digest();
+            }
+            !finished
+        });
     }
+    out
 }
 
 /// `n` blocks of each of `N` lanes, side by side.
