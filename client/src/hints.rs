@@ -61,7 +61,9 @@ impl Probe {
         let head = &head[..got];
         let mut whole = Xxh3::with_seed(seed);
         whole.update(head);
-        let prefix = xxhash_rust::xxh3::xxh3_128_with_seed(head, seed);
+        // The streaming state's digest is the one-shot XXH3-128 of the same bytes (test
+        // prefix_checks_are_the_one_shot_xxh3): the first bytes are hashed once, not twice.
+        let prefix = whole.digest128();
         Ok(Probe {
             key: key(size, prefix),
             whole,
@@ -235,11 +237,37 @@ mod tests {
             k
         );
         assert_eq!(c(b"abc", 1, 2), c(b"abc", 1, 4096));
+        assert_eq!(
+            c(b"abc", 1, 2),
+            xxhash_rust::xxh3::xxh3_128_with_seed(b"abc", 1)
+        );
         assert_ne!(c(b"abc", 1, 2), c(b"abd", 1, 2));
         assert_ne!(
             c(b"abc", 1, 2),
             c(b"abc", 2, 2),
             "the seed changes the checksum"
         );
+    }
+
+    /// Hint keys are stored: the prefix check must stay the one-shot XXH3-128 of the first
+    /// bytes, at every length the streaming state treats differently (up to 240 bytes, one
+    /// stripe, one block, the buffer, the whole prefix).
+    #[test]
+    fn prefix_checks_are_the_one_shot_xxh3() {
+        let data: Vec<u8> = (0..PREFIX as usize + 100)
+            .map(|i| (i * 131 % 253) as u8)
+            .collect();
+        let mut scratch = vec![0u8; PREFIX as usize];
+        let mut lens: Vec<usize> = (0..300).collect();
+        for edge in [1024, 4096, 16384, 32768, PREFIX as usize] {
+            lens.extend(edge - 65..edge + 65);
+        }
+        for len in lens {
+            let seed = len as u64 * 0x9e37_79b9;
+            let p = Probe::new(&data[..len], len as u64, seed, &mut scratch).unwrap();
+            let head = &data[..len.min(PREFIX as usize)];
+            let want = xxhash_rust::xxh3::xxh3_128_with_seed(head, seed);
+            assert_eq!(p.key, key(len as u64, want), "length {len}");
+        }
     }
 }
