@@ -3,8 +3,9 @@
 //! cache costs a copy into freshly allocated page-cache pages, which on the project VM caps a
 //! buffered cold read at about 570 MB/s of one core's system time, while a direct read of the
 //! same volume runs at 1.6 GB/s with almost no CPU (docs/PERFORMANCE.md, checkout, "seventh session").
-//! A span the page cache already holds in full (just written through it, or read by someone
-//! else) is still read from there.
+//! Other hosts stream buffered reads faster than direct ones, so each store measures which way
+//! is cheaper (`store::read_way`). A span the page cache already holds in full (just written
+//! through it, or read by someone else) is always read from there.
 
 use std::fs::File;
 use std::ops::Deref;

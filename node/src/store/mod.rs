@@ -13,6 +13,7 @@ mod group;
 mod location;
 mod partition;
 mod read;
+mod read_way;
 pub mod record;
 mod recover;
 mod sync;

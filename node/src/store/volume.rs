@@ -12,6 +12,7 @@ use std::time::Instant;
 use parking_lot::RwLock;
 
 use super::direct_read::{fully_cached, read_direct, ReadBuf, DIRECT_READ_MIN};
+use super::read_way::{ReadWays, Way};
 use super::record::{parse_volume_header, volume_header, VOLUME_HEADER_LEN};
 use super::{io_err, StoreError};
 
@@ -69,6 +70,8 @@ pub(crate) struct Volumes {
     direct: RwLock<BTreeMap<u32, Option<Arc<File>>>>,
     /// Shared with the active volume and the syncer.
     pub(crate) io: Arc<IoMeter>,
+    /// How long spans are read from the device (`store::read_way`).
+    ways: ReadWays,
 }
 
 impl Volumes {
@@ -78,6 +81,7 @@ impl Volumes {
             files: RwLock::new(BTreeMap::new()),
             direct: RwLock::new(BTreeMap::new()),
             io: Arc::default(),
+            ways: ReadWays::default(),
         }
     }
 
@@ -127,8 +131,9 @@ impl Volumes {
         self.direct.write().remove(&id);
     }
 
-    /// Reads exactly `len` bytes at `offset` of volume `id`, a long span past the page cache
-    /// unless the cache holds all of it (`store::direct_read`); says whether it went direct.
+    /// Reads exactly `len` bytes at `offset` of volume `id`: a long span the page cache does
+    /// not hold all of is read past the cache or through it, whichever has been cheaper on
+    /// this host (`store::read_way`, `store::direct_read`); says whether it went direct.
     pub(crate) fn read_span(
         &self,
         id: u32,
@@ -136,17 +141,30 @@ impl Volumes {
         len: u64,
     ) -> Result<(ReadBuf, bool), StoreError> {
         // (A length beyond what `read_at` accepts goes there to be refused.)
-        if (DIRECT_READ_MIN..=1 << 31).contains(&len)
-            && !fully_cached(&*self.handle(id)?, offset, len)
+        if !(DIRECT_READ_MIN..=1 << 31).contains(&len)
+            || fully_cached(&*self.handle(id)?, offset, len)
         {
+            return Ok((self.read_at(id, offset, len)?.into(), false));
+        }
+        // From the device: the way that has been cheaper on this host, now and then the other.
+        let ticket = self.ways.pick();
+        if ticket.way == Way::Direct {
             if let Some(b) = self
                 .direct_handle(id)
                 .and_then(|d| read_direct(&d, offset, len))
             {
+                self.ways.record(ticket, len);
                 return Ok((b, true));
             }
         }
-        Ok((self.read_at(id, offset, len)?.into(), false))
+        let b = self.read_at(id, offset, len);
+        let got = match (&b, ticket.way) {
+            (Ok(_), Way::Buffered) => len,
+            // A direct read that fell back, or a failed read, says nothing of its way.
+            _ => 0,
+        };
+        self.ways.record(ticket, got);
+        Ok((b?.into(), false))
     }
 
     /// Reads exactly `len` bytes at `offset` of volume `id`.

@@ -1,0 +1,313 @@
+//! How a long span of a volume that the page cache does not hold is read: past the cache
+//! (direct I/O) or through it. Which is faster depends on the host, and by a lot either way:
+//! on the project VM a buffered cold read was held to about 570 MB/s by one core's copying into
+//! fresh page-cache pages while a direct read ran at the disk's 1.6 GB/s; on the Zen 4 machine
+//! of the twenty-fifth session the virtual disk wants many requests in flight, which the
+//! kernel's read-ahead gives buffered reads (2.2–2.6 GB/s) and the checkout's few direct reads
+//! do not (1.4–2.0 GB/s): a cold checkout of base.img took 1.32–1.40 × cp reading directly
+//! and 1.14–1.20 × through the cache (docs/PERFORMANCE.md, checkout, twenty-fifth session).
+//!
+//! So the store measures. The time of one read says little (it waits behind its neighbours,
+//! and read-ahead pays off in later reads), so reads are taken in epochs of [`EPOCH_READS`]
+//! reads one way, and an epoch's figure is its bytes over the time from its first read's
+//! start to its last read's end: the throughput the readers got. Each way's throughput is
+//! smoothed; every epoch goes the faster way except one in [`EXPLORE`], which goes the other
+//! so that a host that changes (another tenant, a cache warming up) is followed. The decision
+//! logic is [`Ways`], without I/O: it is told the time.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// A way to read a span from the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Way {
+    /// Past the page cache (`O_DIRECT`).
+    Direct,
+    /// Through the page cache.
+    Buffered,
+}
+
+impl Way {
+    fn slot(self) -> usize {
+        match self {
+            Way::Direct => 0,
+            Way::Buffered => 1,
+        }
+    }
+
+    fn other(self) -> Way {
+        match self {
+            Way::Direct => Way::Buffered,
+            Way::Buffered => Way::Direct,
+        }
+    }
+}
+
+/// Reads of one epoch.
+pub(crate) const EPOCH_READS: u32 = 16;
+/// One epoch in this many goes the way that looks slower, to keep its figure current.
+pub(crate) const EXPLORE: u64 = 8;
+/// Weight of a new epoch in a way's smoothed throughput.
+const ALPHA: f64 = 0.5;
+
+/// Reads handed out in one epoch and what has come back of them.
+#[derive(Debug)]
+struct Epoch {
+    id: u64,
+    way: Way,
+    start: Instant,
+    end: Instant,
+    picked: u32,
+    done: u32,
+    bytes: u64,
+}
+
+/// A read's ticket: which epoch it counts in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    epoch: u64,
+    pub(crate) way: Way,
+}
+
+/// The smoothed throughput (bytes per second) of each way, the epoch being handed out and
+/// the one before it (whose last reads may still be running).
+#[derive(Debug, Default)]
+pub(crate) struct Ways {
+    rate: [Option<f64>; 2],
+    current: Option<Epoch>,
+    closing: Option<Epoch>,
+    epochs: u64,
+}
+
+impl Ways {
+    /// The way for a read starting at `now`.
+    pub(crate) fn pick(&mut self, now: Instant) -> Ticket {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|e| e.picked >= EPOCH_READS)
+        {
+            // Handed out in full: it closes when its reads are back. An older epoch still
+            // waiting for a read by then is dropped unmeasured (a read that never returned).
+            self.closing = self.current.take();
+            self.close_if_done();
+        }
+        let (way, id) = (self.next_way(), self.epochs);
+        let e = match &mut self.current {
+            Some(e) => e,
+            slot @ None => {
+                self.epochs += 1;
+                slot.insert(Epoch {
+                    id,
+                    way,
+                    start: now,
+                    end: now,
+                    picked: 0,
+                    done: 0,
+                    bytes: 0,
+                })
+            }
+        };
+        e.picked += 1;
+        Ticket {
+            epoch: e.id,
+            way: e.way,
+        }
+    }
+
+    /// Records that the read of `ticket` ended at `now` with `bytes` read (0: it failed or
+    /// went another way, and counts for nothing but its end).
+    pub(crate) fn record(&mut self, ticket: Ticket, bytes: u64, now: Instant) {
+        for e in [self.current.as_mut(), self.closing.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if e.id == ticket.epoch {
+                e.done += 1;
+                e.bytes += bytes;
+                e.end = e.end.max(now);
+            }
+        }
+        self.close_if_done();
+    }
+
+    /// The smoothed throughput of `way` in bytes per second, once an epoch has measured it.
+    pub(crate) fn rate(&self, way: Way) -> Option<f64> {
+        self.rate[way.slot()]
+    }
+
+    /// The way of the next epoch: each way once (direct first), then the faster one, except
+    /// every [`EXPLORE`]th epoch.
+    fn next_way(&self) -> Way {
+        match self.rate {
+            [None, _] => Way::Direct,
+            [Some(_), None] => Way::Buffered,
+            [Some(d), Some(b)] => {
+                let best = if d >= b { Way::Direct } else { Way::Buffered };
+                if self.epochs % EXPLORE == EXPLORE - 1 {
+                    best.other()
+                } else {
+                    best
+                }
+            }
+        }
+    }
+
+    /// Measures the epochs whose reads are all back: the closing one, and the current one
+    /// once it is handed out in full.
+    fn close_if_done(&mut self) {
+        let done = |e: &Epoch| e.done >= e.picked;
+        if self.closing.as_ref().is_some_and(done) {
+            let e = self.closing.take();
+            self.measure(e);
+        }
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|e| e.picked >= EPOCH_READS && done(e))
+        {
+            let e = self.current.take();
+            self.measure(e);
+        }
+    }
+
+    fn measure(&mut self, e: Option<Epoch>) {
+        let Some(e) = e else { return };
+        if e.bytes == 0 {
+            return;
+        }
+        let took = e
+            .end
+            .saturating_duration_since(e.start)
+            .max(Duration::from_micros(1));
+        let r = e.bytes as f64 / took.as_secs_f64();
+        let slot = &mut self.rate[e.way.slot()];
+        *slot = Some(match *slot {
+            None => r,
+            Some(old) => old + (r - old) * ALPHA,
+        });
+    }
+}
+
+/// [`Ways`] shared by the readers of one store.
+#[derive(Debug, Default)]
+pub(crate) struct ReadWays(Mutex<Ways>);
+
+impl ReadWays {
+    pub(crate) fn pick(&self) -> Ticket {
+        self.0.lock().pick(Instant::now())
+    }
+
+    pub(crate) fn record(&self, ticket: Ticket, bytes: u64) {
+        let mut w = self.0.lock();
+        w.record(ticket, bytes, Instant::now());
+        tracing::trace!(
+            way = ?ticket.way,
+            bytes,
+            direct = ?w.rate(Way::Direct),
+            buffered = ?w.rate(Way::Buffered),
+            "span read"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// `n` reads of 8 MiB by `readers` readers side by side, each way delivering what `speed`
+    /// says (bytes per second, all readers together); returns the reads taken each way.
+    fn run(
+        w: &mut Ways,
+        t: &mut Instant,
+        n: u64,
+        readers: u64,
+        speed: impl Fn(Way) -> f64,
+    ) -> [u64; 2] {
+        let mut taken = [0; 2];
+        for _ in 0..n / readers {
+            let tickets: Vec<Ticket> = (0..readers).map(|_| w.pick(*t)).collect();
+            // The round takes as long as the slowest way in it needs for its reads.
+            let mut took = Duration::ZERO;
+            for tk in &tickets {
+                taken[tk.way.slot()] += 1;
+                took = took.max(Duration::from_secs_f64(
+                    (readers * 8 * MIB) as f64 / speed(tk.way),
+                ));
+            }
+            *t += took;
+            for tk in tickets {
+                w.record(tk, 8 * MIB, *t);
+            }
+        }
+        taken
+    }
+
+    #[test]
+    fn each_way_is_measured_then_the_faster_one_is_taken() {
+        let (mut w, mut t) = (Ways::default(), Instant::now());
+        let speed = |way| match way {
+            Way::Direct => 1.6e9,
+            Way::Buffered => 2.4e9,
+        };
+        let e = u64::from(EPOCH_READS);
+        // The first epoch goes direct, the second buffered.
+        assert_eq!(run(&mut w, &mut t, e, 1, speed), [e, 0]);
+        assert_eq!(run(&mut w, &mut t, e, 1, speed), [0, e]);
+        let r = w.rate(Way::Buffered).unwrap();
+        assert!((r / 2.4e9 - 1.0).abs() < 0.01, "{r}");
+        // Buffered is faster: one epoch in EXPLORE goes direct.
+        let taken = run(&mut w, &mut t, e * 8 * EXPLORE, 1, speed);
+        assert_eq!(taken[Way::Direct.slot()], e * 8, "{taken:?}");
+    }
+
+    #[test]
+    fn a_host_that_changes_is_followed() {
+        let (mut w, mut t) = (Ways::default(), Instant::now());
+        let e = u64::from(EPOCH_READS);
+        // The project VM: page-cache copies are slow, the disk is fast.
+        let taken = run(&mut w, &mut t, e * 40, 4, |way| match way {
+            Way::Direct => 1.6e9,
+            Way::Buffered => 0.57e9,
+        });
+        assert!(taken[Way::Direct.slot()] > e * 30, "{taken:?}");
+        // Then buffered reads get faster than direct ones: the exploring epochs find it out.
+        let faster = |way| match way {
+            Way::Direct => 1.6e9,
+            Way::Buffered => 2.5e9,
+        };
+        run(&mut w, &mut t, e * 40, 4, faster);
+        let taken = run(&mut w, &mut t, e * 16, 4, faster);
+        assert_eq!(taken[Way::Buffered.slot()], e * 14, "{taken:?}");
+    }
+
+    #[test]
+    fn an_epoch_counts_when_its_last_read_is_back() {
+        let (mut w, t0) = (Ways::default(), Instant::now());
+        let first: Vec<Ticket> = (0..EPOCH_READS).map(|_| w.pick(t0)).collect();
+        // The next epoch starts while the first's reads are out; it is not measured yet.
+        let next = w.pick(t0);
+        assert_eq!(next.way, Way::Direct, "no figure yet: still direct");
+        for (i, tk) in first.iter().enumerate() {
+            assert_eq!(w.rate(Way::Direct), None);
+            w.record(*tk, MIB, t0 + Duration::from_millis(1 + i as u64));
+        }
+        // 16 MiB over 16 ms.
+        let r = w.rate(Way::Direct).unwrap();
+        assert!((r - (16 * MIB) as f64 / 0.016).abs() < 1.0, "{r}");
+    }
+
+    #[test]
+    fn failed_reads_teach_nothing() {
+        let (mut w, t) = (Ways::default(), Instant::now());
+        for _ in 0..=EPOCH_READS {
+            let tk = w.pick(t);
+            w.record(tk, 0, t + Duration::from_secs(1));
+        }
+        assert_eq!(w.rate(Way::Direct), None);
+        assert_eq!(w.pick(t).way, Way::Direct);
+    }
+}
