@@ -9,8 +9,9 @@
 //!
 //! So the store measures. The time of one read says little (it waits behind its neighbours,
 //! and read-ahead pays off in later reads), so reads are taken in epochs of [`EPOCH_READS`]
-//! reads one way, and an epoch's figure is its bytes over the time from its first read's
-//! start to its last read's end: the throughput the readers got. Each way's throughput is
+//! reads one way, and an epoch's figure is its bytes over the time during which at least one
+//! of its reads was out: the throughput the readers got while they read (time in which
+//! nobody reads, as between the spans of a checkin's occasional reads, counts for neither). Each way's throughput is
 //! smoothed; every epoch goes the faster way except one in [`EXPLORE`], which goes the other
 //! so that a host that changes (another tenant, a cache warming up) is followed. The decision
 //! logic is [`Ways`], without I/O: it is told the time.
@@ -56,8 +57,10 @@ const ALPHA: f64 = 0.5;
 struct Epoch {
     id: u64,
     way: Way,
-    start: Instant,
-    end: Instant,
+    /// Since when a read of the epoch has been out, while one is.
+    busy_since: Option<Instant>,
+    /// Time with at least one of its reads out, before `busy_since`.
+    busy: Duration,
     picked: u32,
     done: u32,
     bytes: u64,
@@ -101,14 +104,17 @@ impl Ways {
                 slot.insert(Epoch {
                     id,
                     way,
-                    start: now,
-                    end: now,
+                    busy_since: None,
+                    busy: Duration::ZERO,
                     picked: 0,
                     done: 0,
                     bytes: 0,
                 })
             }
         };
+        if e.picked == e.done {
+            e.busy_since = Some(now);
+        }
         e.picked += 1;
         Ticket {
             epoch: e.id,
@@ -126,7 +132,11 @@ impl Ways {
             if e.id == ticket.epoch {
                 e.done += 1;
                 e.bytes += bytes;
-                e.end = e.end.max(now);
+                if e.picked - e.done == 0 {
+                    if let Some(since) = e.busy_since.take() {
+                        e.busy += now.saturating_duration_since(since);
+                    }
+                }
             }
         }
         self.close_if_done();
@@ -177,10 +187,7 @@ impl Ways {
         if e.bytes == 0 {
             return;
         }
-        let took = e
-            .end
-            .saturating_duration_since(e.start)
-            .max(Duration::from_micros(1));
+        let took = e.busy.max(Duration::from_micros(1));
         let r = e.bytes as f64 / took.as_secs_f64();
         let slot = &mut self.rate[e.way.slot()];
         *slot = Some(match *slot {
@@ -298,6 +305,30 @@ mod tests {
         // 16 MiB over 16 ms.
         let r = w.rate(Way::Direct).unwrap();
         assert!((r - (16 * MIB) as f64 / 0.016).abs() < 1.0, "{r}");
+    }
+
+    #[test]
+    fn time_in_which_nobody_reads_counts_for_nothing() {
+        let (mut w, t0) = (Ways::default(), Instant::now());
+        // One read of 1 MiB in 1 ms, a second apart: 1 MiB per ms, not per second.
+        for i in 0..u64::from(EPOCH_READS) {
+            let at = t0 + Duration::from_secs(i);
+            let tk = w.pick(at);
+            w.record(tk, MIB, at + Duration::from_millis(1));
+        }
+        let r = w.rate(Way::Direct).unwrap();
+        assert!((r - MIB as f64 / 0.001).abs() < 1.0, "{r}");
+        // Two reads out together count their common time once.
+        let e = u64::from(EPOCH_READS);
+        let t1 = t0 + Duration::from_secs(e);
+        for i in 0..e / 2 {
+            let at = t1 + Duration::from_secs(i);
+            let (a, b) = (w.pick(at), w.pick(at));
+            w.record(a, MIB, at + Duration::from_millis(1));
+            w.record(b, MIB, at + Duration::from_millis(2));
+        }
+        let r = w.rate(Way::Buffered).unwrap();
+        assert!((r - MIB as f64 / 0.001).abs() < 1.0, "{r}");
     }
 
     #[test]
