@@ -62,11 +62,15 @@ fn seeded_runs_under_every_fault_pass_every_checker() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        o.status.success(),
-        "chaos smoke failed (seeds {first}..{}):\n{stdout}\n{stderr}",
-        first + seeds
-    );
+    if !o.status.success() {
+        // The runs' histories and node logs are what a failure is analysed from: kept.
+        let kept = out.keep();
+        panic!(
+            "chaos smoke failed (seeds {first}..{}; histories and logs kept in {}):\n{stdout}\n{stderr}",
+            first + seeds,
+            kept.display()
+        );
+    }
     // Every run injected faults under load and every checker ran.
     let runs: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&stdout)
         .into_iter()

@@ -14,7 +14,9 @@
 //! nobody reads, as between the spans of a checkin's occasional reads, counts for neither). Each way's throughput is
 //! smoothed; every epoch goes the faster way except one in [`EXPLORE`], which goes the other
 //! so that a host that changes (another tenant, a cache warming up) is followed. The decision
-//! logic is [`Ways`], without I/O: it is told the time.
+//! logic is [`Ways`], without I/O: it is told the time. The buffered way brings its own
+//! read-ahead (`Volumes::read_span`): without it, an epoch of buffered reads among direct ones
+//! started with none and measured half what reading everything buffered gave.
 
 use std::time::{Duration, Instant};
 

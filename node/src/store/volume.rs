@@ -72,6 +72,33 @@ pub(crate) struct Volumes {
     pub(crate) io: Arc<IoMeter>,
     /// How long spans are read from the device (`store::read_way`).
     ways: ReadWays,
+    /// Where the buffered way has read ahead lately.
+    ahead: parking_lot::Mutex<ReadAhead>,
+}
+
+/// Bytes the buffered way asks the kernel to read ahead of each of its reads.
+const READ_AHEAD: u64 = 8 << 20;
+
+/// The last few read-ahead windows, as (volume, start, end).
+#[derive(Debug, Default)]
+struct ReadAhead(std::collections::VecDeque<(u32, u64, u64)>);
+
+impl ReadAhead {
+    /// Windows remembered: a few per content worker.
+    const KEEP: usize = 16;
+
+    fn add(&mut self, id: u32, start: u64, end: u64) {
+        if self.0.len() == Self::KEEP {
+            self.0.pop_front();
+        }
+        self.0.push_back((id, start, end));
+    }
+
+    fn covers(&self, id: u32, offset: u64, len: u64) -> bool {
+        self.0
+            .iter()
+            .any(|&(v, s, e)| v == id && s <= offset && offset + len <= e)
+    }
 }
 
 impl Volumes {
@@ -82,6 +109,7 @@ impl Volumes {
             direct: RwLock::new(BTreeMap::new()),
             io: Arc::default(),
             ways: ReadWays::default(),
+            ahead: Default::default(),
         }
     }
 
@@ -141,14 +169,19 @@ impl Volumes {
         len: u64,
     ) -> Result<(ReadBuf, bool), StoreError> {
         // (A length beyond what `read_at` accepts goes there to be refused.)
-        if !(DIRECT_READ_MIN..=1 << 31).contains(&len)
-            || fully_cached(&*self.handle(id)?, offset, len)
-        {
+        if !(DIRECT_READ_MIN..=1 << 31).contains(&len) {
             return Ok((self.read_at(id, offset, len)?.into(), false));
         }
-        // From the device: the way that has been cheaper on this host, now and then the other.
+        let cached = fully_cached(&*self.handle(id)?, offset, len);
+        // A span in the page cache is read from there; it counts for the buffered way when
+        // that way's own read-ahead put it there.
+        let ahead = cached && self.ahead.lock().covers(id, offset, len);
+        if cached && !ahead {
+            return Ok((self.read_at(id, offset, len)?.into(), false));
+        }
+        // From the device: the way that has been faster on this host, now and then the other.
         let ticket = self.ways.pick();
-        if ticket.way == Way::Direct {
+        if ticket.way == Way::Direct && !cached {
             if let Some(b) = self
                 .direct_handle(id)
                 .and_then(|d| read_direct(&d, offset, len))
@@ -157,14 +190,31 @@ impl Volumes {
                 return Ok((b, true));
             }
         }
+        if ticket.way == Way::Buffered {
+            self.read_ahead(id, offset + len);
+        }
         let b = self.read_at(id, offset, len);
         let got = match (&b, ticket.way) {
             (Ok(_), Way::Buffered) => len,
-            // A direct read that fell back, or a failed read, says nothing of its way.
+            // A direct read that fell back or found the span cached, or a failed read, says
+            // nothing of its way.
             _ => 0,
         };
         self.ways.record(ticket, got);
         Ok((b?.into(), false))
+    }
+
+    /// Asks the kernel to read the [`READ_AHEAD`] bytes of volume `id` from `from` into the
+    /// page cache in the background: the buffered way's reads come in volume order, and the
+    /// kernel's own read-ahead, which follows one open file's sequential reads, loses track of
+    /// the checkout's workers (and of reads that went direct in between).
+    fn read_ahead(&self, id: u32, from: u64) {
+        if let Ok(f) = self.handle(id) {
+            let len = std::num::NonZeroU64::new(READ_AHEAD);
+            if rustix::fs::fadvise(&*f, from, len, rustix::fs::Advice::WillNeed).is_ok() {
+                self.ahead.lock().add(id, from, from + READ_AHEAD);
+            }
+        }
     }
 
     /// Reads exactly `len` bytes at `offset` of volume `id`.
@@ -377,4 +427,25 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_ahead_windows_cover_what_lies_wholly_inside_the_last_few() {
+        let mut a = ReadAhead::default();
+        a.add(1, 100, 200);
+        assert!(a.covers(1, 100, 100));
+        assert!(a.covers(1, 150, 10));
+        assert!(!a.covers(1, 150, 60), "past the window's end");
+        assert!(!a.covers(1, 90, 20), "before its start");
+        assert!(!a.covers(2, 150, 10), "another volume");
+        for i in 0..ReadAhead::KEEP as u64 {
+            a.add(1, 1000 + i * 10, 1010 + i * 10);
+        }
+        assert!(!a.covers(1, 150, 10), "the oldest window is forgotten");
+        assert!(a.covers(1, 1000, 10));
+    }
 }
