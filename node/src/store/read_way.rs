@@ -134,7 +134,7 @@ impl Ways {
             if e.id == ticket.epoch {
                 e.done += 1;
                 e.bytes += bytes;
-                if e.picked - e.done == 0 {
+                if e.done >= e.picked {
                     if let Some(since) = e.busy_since.take() {
                         e.busy += now.saturating_duration_since(since);
                     }

@@ -79,25 +79,47 @@ pub(crate) struct Volumes {
 /// Bytes the buffered way asks the kernel to read ahead of each of its reads.
 const READ_AHEAD: u64 = 8 << 20;
 
-/// The last few read-ahead windows, as (volume, start, end).
+/// The buffered way's last few read-ahead windows and the ends of its last few reads.
 #[derive(Debug, Default)]
-struct ReadAhead(std::collections::VecDeque<(u32, u64, u64)>);
+struct ReadAhead {
+    /// (volume, start, end) of each window asked for.
+    windows: std::collections::VecDeque<(u32, u64, u64)>,
+    /// (volume, end) of each read.
+    reads: std::collections::VecDeque<(u32, u64)>,
+}
 
 impl ReadAhead {
-    /// Windows remembered: a few per content worker.
+    /// Windows and reads remembered: a few per content worker.
     const KEEP: usize = 16;
 
     fn add(&mut self, id: u32, start: u64, end: u64) {
-        if self.0.len() == Self::KEEP {
-            self.0.pop_front();
+        if self.windows.len() == Self::KEEP {
+            self.windows.pop_front();
         }
-        self.0.push_back((id, start, end));
+        self.windows.push_back((id, start, end));
     }
 
+    /// Whether `offset..offset + len` of volume `id` lies wholly in a recent window.
     fn covers(&self, id: u32, offset: u64, len: u64) -> bool {
-        self.0
+        self.windows
             .iter()
             .any(|&(v, s, e)| v == id && s <= offset && offset + len <= e)
+    }
+
+    /// Notes a read of `start..end` of volume `id`; says whether it goes on from a recent
+    /// read or window (starts within [`READ_AHEAD`] past where one ended, or inside a window).
+    fn follows(&mut self, id: u32, start: u64, end: u64) -> bool {
+        let near = |v: u32, e: u64| v == id && e <= start + READ_AHEAD && start <= e + READ_AHEAD;
+        let follows = self.reads.iter().any(|&(v, e)| near(v, e))
+            || self
+                .windows
+                .iter()
+                .any(|&(v, s, e)| v == id && s <= start && start < e);
+        if self.reads.len() == Self::KEEP {
+            self.reads.pop_front();
+        }
+        self.reads.push_back((id, end));
+        follows
     }
 }
 
@@ -191,7 +213,12 @@ impl Volumes {
             }
         }
         if ticket.way == Way::Buffered {
-            self.read_ahead(id, offset + len);
+            // Only for reads that go on from recent ones: random reads (a node serving
+            // scattered items) would read 8 MiB for each.
+            let follows = self.ahead.lock().follows(id, offset, offset + len);
+            if follows {
+                self.read_ahead(id, offset + len);
+            }
         }
         let b = self.read_at(id, offset, len);
         let got = match (&b, ticket.way) {
@@ -447,5 +474,18 @@ mod tests {
         }
         assert!(!a.covers(1, 150, 10), "the oldest window is forgotten");
         assert!(a.covers(1, 1000, 10));
+    }
+
+    #[test]
+    fn reads_are_read_ahead_of_only_when_they_go_on_from_recent_ones() {
+        let mut a = ReadAhead::default();
+        let mib = 1 << 20;
+        assert!(!a.follows(1, 100 * mib, 108 * mib), "a first read");
+        assert!(a.follows(1, 108 * mib, 116 * mib), "the next span");
+        assert!(a.follows(1, 120 * mib, 128 * mib), "past a gap of 4 MiB");
+        assert!(!a.follows(1, 900 * mib, 901 * mib), "far away");
+        assert!(!a.follows(2, 128 * mib, 130 * mib), "another volume");
+        a.add(1, 500 * mib, 508 * mib);
+        assert!(a.follows(1, 503 * mib, 504 * mib), "inside a window");
     }
 }
