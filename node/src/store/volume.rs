@@ -12,7 +12,7 @@ use std::time::Instant;
 use parking_lot::RwLock;
 
 use super::direct_read::{fully_cached, read_direct, ReadBuf, DIRECT_READ_MIN};
-use super::read_way::{ReadWays, Way};
+use super::read_way::{ReadAhead, ReadWays, Way, READ_AHEAD};
 use super::record::{parse_volume_header, volume_header, VOLUME_HEADER_LEN};
 use super::{io_err, StoreError};
 
@@ -76,53 +76,6 @@ pub(crate) struct Volumes {
     ahead: parking_lot::Mutex<ReadAhead>,
 }
 
-/// Bytes the buffered way asks the kernel to read ahead of each of its reads.
-const READ_AHEAD: u64 = 8 << 20;
-
-/// The buffered way's last few read-ahead windows and the ends of its last few reads.
-#[derive(Debug, Default)]
-struct ReadAhead {
-    /// (volume, start, end) of each window asked for.
-    windows: std::collections::VecDeque<(u32, u64, u64)>,
-    /// (volume, end) of each read.
-    reads: std::collections::VecDeque<(u32, u64)>,
-}
-
-impl ReadAhead {
-    /// Windows and reads remembered: a few per content worker.
-    const KEEP: usize = 16;
-
-    fn add(&mut self, id: u32, start: u64, end: u64) {
-        if self.windows.len() == Self::KEEP {
-            self.windows.pop_front();
-        }
-        self.windows.push_back((id, start, end));
-    }
-
-    /// Whether `offset..offset + len` of volume `id` lies wholly in a recent window.
-    fn covers(&self, id: u32, offset: u64, len: u64) -> bool {
-        self.windows
-            .iter()
-            .any(|&(v, s, e)| v == id && s <= offset && offset + len <= e)
-    }
-
-    /// Notes a read of `start..end` of volume `id`; says whether it goes on from a recent
-    /// read or window (starts within [`READ_AHEAD`] past where one ended, or inside a window).
-    fn follows(&mut self, id: u32, start: u64, end: u64) -> bool {
-        let near = |v: u32, e: u64| v == id && e <= start + READ_AHEAD && start <= e + READ_AHEAD;
-        let follows = self.reads.iter().any(|&(v, e)| near(v, e))
-            || self
-                .windows
-                .iter()
-                .any(|&(v, s, e)| v == id && s <= start && start < e);
-        if self.reads.len() == Self::KEEP {
-            self.reads.pop_front();
-        }
-        self.reads.push_back((id, end));
-        follows
-    }
-}
-
 impl Volumes {
     pub(crate) fn new(dir: PathBuf) -> Self {
         Volumes {
@@ -182,7 +135,7 @@ impl Volumes {
     }
 
     /// Reads exactly `len` bytes at `offset` of volume `id`: a long span the page cache does
-    /// not hold all of is read past the cache or through it, whichever has been cheaper on
+    /// not hold all of is read past the cache or through it, whichever has been faster on
     /// this host (`store::read_way`, `store::direct_read`); says whether it went direct.
     pub(crate) fn read_span(
         &self,
@@ -454,38 +407,4 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync directory", dir))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn read_ahead_windows_cover_what_lies_wholly_inside_the_last_few() {
-        let mut a = ReadAhead::default();
-        a.add(1, 100, 200);
-        assert!(a.covers(1, 100, 100));
-        assert!(a.covers(1, 150, 10));
-        assert!(!a.covers(1, 150, 60), "past the window's end");
-        assert!(!a.covers(1, 90, 20), "before its start");
-        assert!(!a.covers(2, 150, 10), "another volume");
-        for i in 0..ReadAhead::KEEP as u64 {
-            a.add(1, 1000 + i * 10, 1010 + i * 10);
-        }
-        assert!(!a.covers(1, 150, 10), "the oldest window is forgotten");
-        assert!(a.covers(1, 1000, 10));
-    }
-
-    #[test]
-    fn reads_are_read_ahead_of_only_when_they_go_on_from_recent_ones() {
-        let mut a = ReadAhead::default();
-        let mib = 1 << 20;
-        assert!(!a.follows(1, 100 * mib, 108 * mib), "a first read");
-        assert!(a.follows(1, 108 * mib, 116 * mib), "the next span");
-        assert!(a.follows(1, 120 * mib, 128 * mib), "past a gap of 4 MiB");
-        assert!(!a.follows(1, 900 * mib, 901 * mib), "far away");
-        assert!(!a.follows(2, 128 * mib, 130 * mib), "another volume");
-        a.add(1, 500 * mib, 508 * mib);
-        assert!(a.follows(1, 503 * mib, 504 * mib), "inside a window");
-    }
 }
