@@ -131,12 +131,31 @@ impl Digest {
     /// Hashes each of `datas`: SHA-256 four at a time where the CPU allows
     /// ([`crate::sha256_lanes`]), the same digests as [`Digest::of`] of each.
     pub fn of_each(alg: Algorithm, datas: &[&[u8]]) -> Result<Vec<Self>, DigestError> {
+        Digest::of_each_after(alg, b"", datas)
+    }
+
+    /// Hashes `prefix` followed by each of `datas`, as [`Digest::of_each`] does (a blob's
+    /// envelope header before its bytes: `item::blob_digests`).
+    pub fn of_each_after(
+        alg: Algorithm,
+        prefix: &[u8],
+        datas: &[&[u8]],
+    ) -> Result<Vec<Self>, DigestError> {
         match alg {
-            Algorithm::Sha256 => Ok(crate::sha256_lanes::sha256_each(b"", datas)
+            Algorithm::Sha256 => Ok(crate::sha256_lanes::sha256_each(prefix, datas)
                 .into_iter()
                 .map(|bytes| Digest { alg, bytes })
                 .collect()),
-            Algorithm::Sha1 => datas.iter().map(|d| Digest::of(alg, d)).collect(),
+            // (Collision detection names the item it refuses, one at a time.)
+            Algorithm::Sha1 => datas
+                .iter()
+                .map(|d| {
+                    let mut h = Hasher::new(alg);
+                    h.update(prefix);
+                    h.update(d);
+                    h.finalize()
+                })
+                .collect(),
         }
     }
 

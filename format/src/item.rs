@@ -135,14 +135,7 @@ pub fn blob_digest(alg: Algorithm, data: &[u8]) -> Result<Digest, DigestError> {
 /// Digests of the blobs holding each of `datas`, hashed side by side where the CPU allows
 /// ([`crate::sha256_lanes`]); the same digests as [`blob_digest`] of each.
 pub fn blob_digests(alg: Algorithm, datas: &[&[u8]]) -> Result<Vec<Digest>, DigestError> {
-    match alg {
-        Algorithm::Sha256 => Ok(crate::sha256_lanes::sha256_each(&BLOB_HEADER, datas)
-            .iter()
-            .filter_map(|d| Digest::from_bytes(alg, d))
-            .collect()),
-        // (Collision detection names the blob it refuses, one at a time.)
-        Algorithm::Sha1 => datas.iter().map(|d| blob_digest(alg, d)).collect(),
-    }
+    Digest::of_each_after(alg, &BLOB_HEADER, datas)
 }
 
 /// Digest of an encoded item.
