@@ -11,8 +11,14 @@
 //! value read before a write can never be left behind by it. Memory is bounded by two
 //! generations of at most `cap` keys each: a full young generation becomes the old one, and
 //! the previous old one is dropped; a hit in the old generation moves the key to the young.
+//!
+//! The cache also counts writes for readers that read several keys ([`WriteSeq`]): a write in
+//! progress leaves the count odd, so a reader that saw the same even count before and after
+//! its reads saw no write half done.
 
 use std::collections::{BTreeMap, HashMap};
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -34,7 +40,13 @@ fn cacheable(key: &[u8]) -> bool {
 #[derive(Debug)]
 pub(crate) struct StateCache {
     inner: Mutex<Generations>,
+    /// Writes begun plus writes ended (odd while one is in progress).
+    seq: AtomicU64,
 }
+
+/// The write count a reader saw before its reads ([`StateCache::read_begin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WriteSeq(u64);
 
 #[derive(Debug)]
 struct Generations {
@@ -64,7 +76,32 @@ impl StateCache {
                 young: HashMap::with_capacity(cap),
                 old: HashMap::new(),
             }),
+            seq: AtomicU64::new(0),
         }
+    }
+
+    /// A writer (holding the catalog lock) is about to change the stored state.
+    pub(crate) fn write_begin(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The writer's change is stored, and the cache brought up to date with it (or cleared).
+    pub(crate) fn write_end(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Before reads that must see the state as of one moment: `None` while a write is in
+    /// progress.
+    pub(crate) fn read_begin(&self) -> Option<WriteSeq> {
+        let s = self.seq.load(Ordering::SeqCst);
+        (s % 2 == 0).then_some(WriteSeq(s))
+    }
+
+    /// After those reads: whether no write began since [`StateCache::read_begin`], so that
+    /// everything read (from the cache or the store) is the state between two writes. A write
+    /// that a read observed began before it (the writer counts, then writes), so it shows.
+    pub(crate) fn read_valid(&self, begun: WriteSeq) -> bool {
+        self.seq.load(Ordering::SeqCst) == begun.0
     }
 
     /// The cached value of `key` (`Ok`), or the epoch to fill it under after reading it
@@ -157,6 +194,20 @@ mod tests {
         let epoch = c.lookup(b"n/b").unwrap_err();
         c.fill(epoch, b"n/b", &Some(b"1".to_vec()));
         assert_eq!(c.lookup(b"n/b"), Ok(Some(b"1".to_vec())));
+    }
+
+    #[test]
+    fn reads_are_valid_only_without_a_write_begun_or_in_progress() {
+        let c = StateCache::new(8);
+        let r = c.read_begin().unwrap();
+        assert!(c.read_valid(r));
+        c.write_begin();
+        assert_eq!(c.read_begin(), None, "a write is in progress");
+        assert!(!c.read_valid(r), "a write began during the reads");
+        c.write_end();
+        assert!(!c.read_valid(r), "a write happened during the reads");
+        let r = c.read_begin().unwrap();
+        assert!(c.read_valid(r));
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use ops::{
 pub use query::{Query, QueryAnswer};
 pub use replicated::{apply_run, Pending, Replicated, RunOutcome};
 
-use crate::index::RocksIndex;
+use crate::index::{CatalogSnapshot, RocksIndex};
 use crate::keys::catalog as keys;
 use crate::store::Store;
 
@@ -41,6 +41,36 @@ pub(crate) struct RocksView<'a> {
 
 pub(crate) fn storage(e: impl std::fmt::Display) -> CatalogError {
     CatalogError::Storage(e.to_string())
+}
+
+/// The state as a read sees it: live (through the state cache; what writers read, under the
+/// catalog lock) or pinned to one moment ([`Catalog::consistent`]).
+pub(crate) enum CatalogView<'a> {
+    Live(RocksView<'a>),
+    Pinned(&'a CatalogSnapshot<'a>),
+}
+
+impl View for CatalogView<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, CatalogError> {
+        match self {
+            CatalogView::Live(v) => v.get(key),
+            CatalogView::Pinned(s) => s.get(key).map_err(storage),
+        }
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, CatalogError> {
+        match self {
+            CatalogView::Live(v) => v.scan_prefix(prefix),
+            CatalogView::Pinned(s) => s.scan(prefix, None).map_err(storage),
+        }
+    }
+
+    fn scan_range(&self, prefix: &[u8], end: &[u8]) -> Result<Pairs, CatalogError> {
+        match self {
+            CatalogView::Live(v) => v.scan_range(prefix, end),
+            CatalogView::Pinned(s) => s.scan(prefix, Some(end)).map_err(storage),
+        }
+    }
 }
 
 impl View for RocksView<'_> {
@@ -72,7 +102,8 @@ pub(crate) fn commit(
     writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     sync: bool,
 ) -> Result<(), CatalogError> {
-    match sh.index.inner().catalog_commit(log, writes, sync) {
+    sh.catalog_cache.write_begin();
+    let r = match sh.index.inner().catalog_commit(log, writes, sync) {
         Ok(()) => {
             sh.catalog_cache.committed(writes);
             Ok(())
@@ -82,7 +113,9 @@ pub(crate) fn commit(
             sh.catalog_cache.clear();
             Err(storage(e))
         }
-    }
+    };
+    sh.catalog_cache.write_end();
+    r
 }
 
 /// Why a lookup in the state cache alone gave no answer.
@@ -128,15 +161,29 @@ pub struct Resolved {
 }
 
 /// The catalog of a store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Catalog<'a> {
     store: &'a Store,
+    /// Every read goes to this moment of the state (see [`Catalog::consistent`]).
+    pinned: Option<&'a CatalogSnapshot<'a>>,
+}
+
+impl std::fmt::Debug for Catalog<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("store", &self.store)
+            .field("pinned", &self.pinned.is_some())
+            .finish()
+    }
 }
 
 impl Store {
     /// The catalog kept in this store.
     pub fn catalog(&self) -> Catalog<'_> {
-        Catalog { store: self }
+        Catalog {
+            store: self,
+            pinned: None,
+        }
     }
 }
 
@@ -157,7 +204,16 @@ pub(crate) fn now() -> Time {
 }
 
 impl Catalog<'_> {
-    pub(crate) fn view(&self) -> RocksView<'_> {
+    /// What reads see: the pinned moment, if any, else the live state.
+    pub(crate) fn view(&self) -> CatalogView<'_> {
+        match self.pinned {
+            Some(s) => CatalogView::Pinned(s),
+            None => CatalogView::Live(self.live()),
+        }
+    }
+
+    /// The live state, through the state cache: what writers read (under the catalog lock).
+    pub(crate) fn live(&self) -> RocksView<'_> {
         let sh = self.store.shared();
         RocksView {
             index: sh.index.inner(),
@@ -165,11 +221,41 @@ impl Catalog<'_> {
         }
     }
 
+    /// Runs `read` against the state at one moment: a read of several keys -- a name and
+    /// then its versions, a name and then one version -- sees them as one command left them.
+    /// Read live, a command applied between the two reads gave a chain of 13 versions with
+    /// the default of the 12-chain before it (a linearizability failure of the chaos smoke,
+    /// seed 20810002). First live, through the state cache, valid if no write began meanwhile
+    /// ([`StateCache::read_begin`]); after two tries, from a RocksDB snapshot (past the cache,
+    /// which may be newer). Nested calls share the moment of the outermost.
+    pub(crate) fn consistent<T>(
+        &self,
+        read: impl Fn(Catalog<'_>) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        if self.pinned.is_some() {
+            return read(*self);
+        }
+        let sh = self.store.shared();
+        for _ in 0..2 {
+            if let Some(begun) = sh.catalog_cache.read_begin() {
+                let r = read(*self);
+                if sh.catalog_cache.read_valid(begun) {
+                    return r;
+                }
+            }
+        }
+        let snap = sh.index.inner().catalog_snapshot().map_err(storage)?;
+        read(Catalog {
+            store: self.store,
+            pinned: Some(&snap),
+        })
+    }
+
     /// Applies a command as `caller`; returns once it is durable.
     pub fn submit(&self, caller: &str, command: Command) -> Result<Response, CatalogError> {
         let sh = self.store.shared();
         let _serial = sh.catalog_lock.lock();
-        let view = self.view();
+        let view = self.live();
         let applied = match view.get(keys::APPLIED)? {
             Some(v) => u64::from_be_bytes(
                 <[u8; 8]>::try_from(v.as_slice()).map_err(|_| storage("applied index"))?,
@@ -220,12 +306,14 @@ impl Catalog<'_> {
     ) -> Result<(), CatalogError> {
         let sh = self.store.shared();
         let _serial = sh.catalog_lock.lock();
+        sh.catalog_cache.write_begin();
         let done = sh
             .index
             .inner()
             .catalog_replace(state, log)
             .map_err(storage);
         sh.catalog_cache.clear();
+        sh.catalog_cache.write_end();
         done
     }
 
@@ -299,6 +387,10 @@ impl Catalog<'_> {
 
     /// A named image `caller` may read (`NotFound` otherwise, exactly as if it did not exist).
     pub fn named(&self, caller: &str, name: &str) -> Result<Named, CatalogError> {
+        self.consistent(|c| c.named_at(caller, name))
+    }
+
+    fn named_at(&self, caller: &str, name: &str) -> Result<Named, CatalogError> {
         let u = self.caller(caller)?;
         let key = keys::named(name);
         match self.view().get(&key)? {
@@ -326,6 +418,10 @@ impl Catalog<'_> {
 
     /// Every named image `caller` may read, by name.
     pub fn list(&self, caller: &str) -> Result<Vec<Named>, CatalogError> {
+        self.consistent(|c| c.list_at(caller))
+    }
+
+    fn list_at(&self, caller: &str) -> Result<Vec<Named>, CatalogError> {
         let u = self.caller(caller)?;
         let mut out = Vec::new();
         for (k, v) in self.view().scan_prefix(keys::NAMED_PREFIX)? {
@@ -399,18 +495,22 @@ impl Catalog<'_> {
     /// The versions (`name`, number) that refer to `image` and are not deleted, whoever may
     /// read them.
     pub fn refs(&self, image: &Digest) -> Result<Vec<(String, u32)>, CatalogError> {
-        apply::image_refs(&self.view(), image)
+        self.consistent(|c| apply::image_refs(&c.view(), image))
     }
 
     /// May `caller` see `image`: an admin, its creator, or a reader of a name that refers to
     /// it (a live version, found through the image's references; failing that, a deleted
     /// one)?
     pub fn may_see(&self, caller: &str, image: &ImageRecord) -> Result<bool, CatalogError> {
-        apply::sees(&self.view(), &self.caller(caller)?, image)
+        self.consistent(|c| apply::sees(&c.view(), &c.caller(caller)?, image))
     }
 
     /// Resolves `NAME`, `NAME@VERSION` or a digest (`sha256:…`).
     pub fn resolve(&self, caller: &str, reference: &str) -> Result<Resolved, CatalogError> {
+        self.consistent(|c| c.resolve_at(caller, reference))
+    }
+
+    fn resolve_at(&self, caller: &str, reference: &str) -> Result<Resolved, CatalogError> {
         if let Ok(d) = reference.parse::<Digest>() {
             return Ok(Resolved {
                 image: d,

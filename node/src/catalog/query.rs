@@ -68,8 +68,13 @@ fn public(mut u: User) -> User {
 }
 
 impl Catalog<'_> {
-    /// Answers `q` for `caller`.
+    /// Answers `q` for `caller`, from one moment of the catalog (every key the answer needs
+    /// as one command left it; [`Catalog::consistent`]).
     pub fn query(&self, caller: &str, q: &Query) -> Result<QueryAnswer, CatalogError> {
+        self.consistent(|c| c.answer(caller, q))
+    }
+
+    fn answer(&self, caller: &str, q: &Query) -> Result<QueryAnswer, CatalogError> {
         Ok(match q {
             Query::Resolve { reference } => QueryAnswer::Resolved(self.resolve(caller, reference)?),
             Query::Named { name } => QueryAnswer::Named(self.named(caller, name)?),

@@ -225,7 +225,7 @@ impl Catalog<'_> {
     ) -> Result<Vec<Vec<Result<Response, CatalogError>>>, CatalogError> {
         let sh = self.store.shared();
         let _serial = sh.catalog_lock.lock();
-        let base = self.view();
+        let base = self.live();
         let out = apply_run(&base, run)?;
         super::commit(sh, &out.log, &out.writes, false)?;
         Ok(out.answers)

@@ -6,6 +6,7 @@ pub mod conformance;
 mod rocks;
 
 pub use cached::Cached;
+pub(crate) use rocks::CatalogSnapshot;
 pub use rocks::RocksIndex;
 
 use mirage_format::Digest;

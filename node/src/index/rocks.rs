@@ -148,11 +148,32 @@ impl RocksIndex {
         prefix: &[u8],
         end: Option<&[u8]>,
     ) -> Result<crate::catalog::Pairs, IndexError> {
+        self.scan_catalog_at(None, prefix, end)
+    }
+
+    /// The `catalog` column family as of now, for reads that must all see one state.
+    pub(crate) fn catalog_snapshot(&self) -> Result<CatalogSnapshot<'_>, IndexError> {
+        Ok(CatalogSnapshot {
+            index: self,
+            cf: self.cf(CF_CATALOG)?,
+            snap: self.db.snapshot(),
+        })
+    }
+
+    fn scan_catalog_at(
+        &self,
+        snap: Option<&rocksdb::Snapshot<'_>>,
+        prefix: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<crate::catalog::Pairs, IndexError> {
         // An upper bound lets RocksDB stop at it instead of stepping over what lies beyond
         // (deleted keys included).
         let mut ro = rocksdb::ReadOptions::default();
         if let Some(upper) = end.map(<[u8]>::to_vec).or_else(|| prefix_end(prefix)) {
             ro.set_iterate_upper_bound(upper);
+        }
+        if let Some(s) = snap {
+            ro.set_snapshot(s);
         }
         let it = self.db.iterator_cf_opt(
             self.cf(CF_CATALOG)?,
@@ -324,6 +345,31 @@ impl RocksIndex {
         self.db
             .cf_handle(name)
             .ok_or_else(|| IndexError::Engine(format!("column family {name} missing")))
+    }
+}
+
+/// The catalog's column family at one moment ([`RocksIndex::catalog_snapshot`]): a query
+/// that reads several keys (a name, then its versions) sees them as one write left them, never
+/// half of a concurrent write.
+pub(crate) struct CatalogSnapshot<'a> {
+    index: &'a RocksIndex,
+    cf: &'a rocksdb::ColumnFamily,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl CatalogSnapshot<'_> {
+    /// One value of the catalog, as of the snapshot.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        self.snap.get_cf(self.cf, key).map_err(engine)
+    }
+
+    /// [`RocksIndex::catalog_scan`] as of the snapshot.
+    pub(crate) fn scan(
+        &self,
+        prefix: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<crate::catalog::Pairs, IndexError> {
+        self.index.scan_catalog_at(Some(&self.snap), prefix, end)
     }
 }
 
