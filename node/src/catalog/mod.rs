@@ -353,8 +353,12 @@ impl Catalog<'_> {
 
     /// The user whose bearer token hashes to `sha256_hex`.
     pub fn user_by_token(&self, sha256_hex: &str) -> Result<Option<User>, CatalogError> {
-        let view = self.view();
-        token_user(sha256_hex, |k| view.get(k))
+        // The token record, then its user's: one moment, or a token just replaced could
+        // name a user whose record no longer carries it.
+        self.consistent(|c| {
+            let view = c.view();
+            token_user(sha256_hex, |k| view.get(k))
+        })
     }
 
     /// [`Catalog::user_by_token`] answered from the state cache alone, without reading
