@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use mirage_format::Digest;
 use mirage_node::{Store, StoreOptions};
 
 use crate::bench::{cpu_seconds, median, sync, Pair};
@@ -35,11 +36,11 @@ fn allocated(p: &Path) -> Result<u64> {
 /// Runs both sides of run `run` and returns (mirage, baseline) times: the baseline first in
 /// even runs, mirage first in odd ones, so that neither side always meets the memory and disk
 /// state the other leaves behind (on a VM, freshly backed page-cache memory is slow to touch).
-fn side_by_side(
+fn side_by_side<T>(
     run: usize,
-    mut mirage: impl FnMut() -> Result<f64>,
+    mut mirage: impl FnMut() -> Result<T>,
     mut baseline: impl FnMut() -> Result<f64>,
-) -> Result<(f64, f64)> {
+) -> Result<(T, f64)> {
     if run % 2 == 0 {
         let b = baseline()?;
         Ok((mirage()?, b))
@@ -249,33 +250,94 @@ pub fn bench_checkout(o: &CheckinBenchOptions, mut say: impl FnMut(&str)) -> Res
     for img in &o.images {
         digests.push(crate::indexer::checkin(&store, img, o.threads)?.0);
     }
+    // Closed and opened again, as a checkout process finds it: the index's background work
+    // after the checkins (flushes, compactions) ran in this process during the first
+    // checkouts (base.img warm: 1.49 and 1.91 s of CPU, then 0.77 s).
+    drop(store);
+    let store = Store::open(&dir, StoreOptions::default())?;
+    let mut pairs = checkouts(o, &store, &dir, &digests, "", &mut say)?;
+    // The store a library keeps: recompressed by `mirage store compact` (the store size of
+    // `bench checkin` is measured so), read with fewer bytes and more CPU.
+    let store = if o.compact_level != 0 {
+        say(&format!(
+            "compacting the store at zstd level {}",
+            o.compact_level
+        ));
+        let t = Instant::now();
+        let r = store.compact(mirage_node::CompactOptions {
+            level: o.compact_level,
+            threads: o.threads,
+        })?;
+        say(&format!(
+            "compacted: {:.1} MB -> {:.1} MB in {:.0} s",
+            r.bytes_before as f64 / 1e6,
+            r.bytes_after as f64 / 1e6,
+            t.elapsed().as_secs_f64()
+        ));
+        // Opened again here too: the compaction moved every item in the index.
+        drop(store);
+        let store = Store::open(&dir, StoreOptions::default())?;
+        let label = format!(", store compacted at zstd level {}", o.compact_level);
+        pairs.extend(checkouts(o, &store, &dir, &digests, &label, &mut say)?);
+        store
+    } else {
+        store
+    };
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(pairs)
+}
+
+/// Each image checked out of `store` (at `dir`) against `cp` of it, warm then cold; `what`
+/// ends each pair's label.
+fn checkouts(
+    o: &CheckinBenchOptions,
+    store: &Store,
+    dir: &Path,
+    digests: &[Digest],
+    what: &str,
+    say: &mut impl FnMut(&str),
+) -> Result<Vec<Pair>> {
+    // One untimed round first, so that no measured run is the first after the store's open
+    // or after the host's last large write (docs/PERFORMANCE.md, twenty-sixth session).
+    if let (Some(img), Some(d)) = (o.images.first(), digests.first()) {
+        let out = o.work.join("checkout.img");
+        let _ = std::fs::remove_file(&out);
+        crate::checkout::checkout(store, d, &out, Default::default())?;
+        std::fs::remove_file(&out)?;
+        timed_cp(img, &o.work)?;
+        sync()?;
+    }
     let mut pairs = Vec::new();
     for cache in [Cache::Warm, Cache::Cold] {
         let label = if cache == Cache::Warm { "warm" } else { "cold" };
-        for (img, d) in o.images.iter().zip(&digests) {
-            let (mut m, mut b) = (Vec::new(), Vec::new());
+        for (img, d) in o.images.iter().zip(digests) {
+            let (mut m, mut b, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
             for run in 0..o.runs {
-                let checkout = || -> Result<f64> {
+                let checkout = || -> Result<(f64, f64)> {
                     let out = o.work.join("checkout.img");
                     let _ = std::fs::remove_file(&out);
-                    set_cache(&dir, cache)?;
+                    set_cache(dir, cache)?;
                     sync()?;
+                    let c = cpu_seconds();
                     let t = Instant::now();
-                    crate::checkout::checkout(&store, d, &out, Default::default())?;
+                    crate::checkout::checkout(store, d, &out, Default::default())?;
                     sync()?;
                     let took = t.elapsed().as_secs_f64();
+                    let c = cpu_seconds() - c;
                     std::fs::remove_file(&out)?;
-                    Ok(took)
+                    Ok((took, c))
                 };
                 let cp = || -> Result<f64> {
                     set_cache(img, cache)?;
                     timed_cp(img, &o.work)
                 };
-                let (tm, tb) = side_by_side(run, checkout, cp)?;
+                let ((tm, c), tb) = side_by_side(run, checkout, cp)?;
                 m.push(tm);
                 b.push(tb);
+                cpu.push(c);
                 say(&format!(
-                    "run {run} {} ({label}): cp {:.2} s, checkout {:.2} s",
+                    "run {run} {} ({label}{what}): cp {:.2} s, checkout {:.2} s ({c:.2} s of CPU)",
                     img.display(),
                     b[run],
                     m[run]
@@ -286,16 +348,14 @@ pub fn bench_checkout(o: &CheckinBenchOptions, mut say: impl FnMut(&str)) -> Res
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
             pairs.push(Pair::new(
-                &format!("checkout {name} to raw ({label})"),
+                &format!("checkout {name} to raw ({label}{what})"),
                 "cp --sparse=always + sync",
                 &m,
                 &b,
                 allocated(img)?,
-                String::new(),
+                format!("{:.2} s of CPU", median(&cpu)),
             ));
         }
     }
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(pairs)
 }

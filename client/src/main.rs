@@ -214,8 +214,8 @@ struct ImageBenchArgs {
     /// Indexer worker threads.
     #[arg(long, default_value_t = default_threads())]
     threads: usize,
-    /// checkin only: compact the last run's store at this zstd level and report its size
-    /// (0: skip).
+    /// Compact at this zstd level (0: skip): checkin compacts the last run's store and
+    /// reports its size; checkout measures every image again out of the compacted store.
     #[arg(long, default_value_t = 19)]
     compact_level: i32,
     /// How the bench's store compresses what it writes: auto, none, lz4, zstd or zstd:LEVEL.
