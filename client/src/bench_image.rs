@@ -250,11 +250,7 @@ pub fn bench_checkout(o: &CheckinBenchOptions, mut say: impl FnMut(&str)) -> Res
     for img in &o.images {
         digests.push(crate::indexer::checkin(&store, img, o.threads)?.0);
     }
-    // Closed and opened again, as a checkout process finds it: the index's background work
-    // after the checkins (flushes, compactions) ran in this process during the first
-    // checkouts (base.img warm: 1.49 and 1.91 s of CPU, then 0.77 s).
-    drop(store);
-    let store = Store::open(&dir, StoreOptions::default())?;
+    let store = reopened(store, &dir)?;
     let mut pairs = checkouts(o, &store, &dir, &digests, "", &mut say)?;
     // The store a library keeps: recompressed by `mirage store compact` (the store size of
     // `bench checkin` is measured so), read with fewer bytes and more CPU.
@@ -274,9 +270,7 @@ pub fn bench_checkout(o: &CheckinBenchOptions, mut say: impl FnMut(&str)) -> Res
             r.bytes_after as f64 / 1e6,
             t.elapsed().as_secs_f64()
         ));
-        // Opened again here too: the compaction moved every item in the index.
-        drop(store);
-        let store = Store::open(&dir, StoreOptions::default())?;
+        let store = reopened(store, &dir)?;
         let label = format!(", store compacted at zstd level {}", o.compact_level);
         pairs.extend(checkouts(o, &store, &dir, &digests, &label, &mut say)?);
         store
@@ -286,6 +280,15 @@ pub fn bench_checkout(o: &CheckinBenchOptions, mut say: impl FnMut(&str)) -> Res
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(pairs)
+}
+
+/// `store` closed and opened again, as a checkout process finds it after a checkin or a
+/// compaction: the index's background work after the checkins (flushes, compactions) ran in
+/// this process beside the first checkouts (base.img warm: 1.49 and 1.91 s of CPU, then
+/// 0.77 s).
+fn reopened(store: Store, dir: &Path) -> Result<Store> {
+    drop(store);
+    Ok(Store::open(dir, StoreOptions::default())?)
 }
 
 /// Each image checked out of `store` (at `dir`) against `cp` of it, warm then cold; `what`
