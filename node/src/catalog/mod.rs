@@ -164,15 +164,32 @@ pub struct Resolved {
 #[derive(Clone, Copy)]
 pub struct Catalog<'a> {
     store: &'a Store,
-    /// Every read goes to this moment of the state (see [`Catalog::consistent`]).
-    pinned: Option<&'a CatalogSnapshot<'a>>,
+    /// Which moment of the state reads see (see [`Catalog::consistent`]).
+    moment: Moment<'a>,
+}
+
+/// Which moment of the state a [`Catalog`]'s reads see.
+#[derive(Clone, Copy)]
+enum Moment<'a> {
+    /// Whatever is current at each read.
+    Any,
+    /// Live, inside a [`Catalog::consistent`] read whose caller checks afterwards that no
+    /// write began.
+    Checked,
+    /// A RocksDB snapshot.
+    Pinned(&'a CatalogSnapshot<'a>),
 }
 
 impl std::fmt::Debug for Catalog<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let moment = match self.moment {
+            Moment::Any => "any",
+            Moment::Checked => "checked",
+            Moment::Pinned(_) => "pinned",
+        };
         f.debug_struct("Catalog")
             .field("store", &self.store)
-            .field("pinned", &self.pinned.is_some())
+            .field("moment", &moment)
             .finish()
     }
 }
@@ -182,7 +199,7 @@ impl Store {
     pub fn catalog(&self) -> Catalog<'_> {
         Catalog {
             store: self,
-            pinned: None,
+            moment: Moment::Any,
         }
     }
 }
@@ -206,9 +223,9 @@ pub(crate) fn now() -> Time {
 impl Catalog<'_> {
     /// What reads see: the pinned moment, if any, else the live state.
     pub(crate) fn view(&self) -> CatalogView<'_> {
-        match self.pinned {
-            Some(s) => CatalogView::Pinned(s),
-            None => CatalogView::Live(self.live()),
+        match self.moment {
+            Moment::Pinned(s) => CatalogView::Pinned(s),
+            Moment::Any | Moment::Checked => CatalogView::Live(self.live()),
         }
     }
 
@@ -232,13 +249,16 @@ impl Catalog<'_> {
         &self,
         read: impl Fn(Catalog<'_>) -> Result<T, CatalogError>,
     ) -> Result<T, CatalogError> {
-        if self.pinned.is_some() {
+        if !matches!(self.moment, Moment::Any) {
             return read(*self);
         }
         let sh = self.store.shared();
         for _ in 0..2 {
             if let Some(begun) = sh.catalog_cache.read_begin() {
-                let r = read(*self);
+                let r = read(Catalog {
+                    store: self.store,
+                    moment: Moment::Checked,
+                });
                 if sh.catalog_cache.read_valid(begun) {
                     return r;
                 }
@@ -247,7 +267,7 @@ impl Catalog<'_> {
         let snap = sh.index.inner().catalog_snapshot().map_err(storage)?;
         read(Catalog {
             store: self.store,
-            pinned: Some(&snap),
+            moment: Moment::Pinned(&snap),
         })
     }
 
