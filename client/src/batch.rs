@@ -47,6 +47,11 @@ impl<'a> Batcher<'a> {
         }
     }
 
+    /// The store the items go to.
+    pub fn store(&self) -> &'a Store {
+        self.store
+    }
+
     /// Adds an item, submitting the batch when it is full.
     pub fn push(&mut self, item: EncodedItem) -> Result<(), StoreError> {
         self.bytes += item.bytes().len();
@@ -57,7 +62,9 @@ impl<'a> Batcher<'a> {
         Ok(())
     }
 
-    fn submit(&mut self) -> Result<(), StoreError> {
+    /// Submits the items collected so far without waiting for them: items pushed to another
+    /// batcher afterwards (parents) reach the store after them.
+    pub fn submit(&mut self) -> Result<(), StoreError> {
         if self.items.is_empty() {
             return Ok(());
         }

@@ -217,15 +217,41 @@ struct Worker<'a> {
     heads: Vec<u8>,
 }
 
-/// Content digest per inode, counts of what was stored, files recognised by a hint.
-type Stored = (HashMap<u64, Option<Digest>>, BatchCounts, u64);
+/// What the workers did: each file's content digest (by inode), the files a hint recognised,
+/// and each worker's items still on their way to the disk, with the hints naming them.
+pub(super) struct Stored<'a> {
+    pub(super) content: HashMap<u64, Option<Digest>>,
+    pub(super) hinted: u64,
+    pub(super) unsettled: Vec<Unsettled<'a>>,
+}
 
-impl Job<'_> {
-    /// Stores every file's content on `threads` threads.
-    pub(super) fn run(&self, threads: usize) -> Result<Stored, CheckinError> {
+/// A worker's items submitted to the store and not yet known to be durable, and the hints
+/// that name their contents.
+pub(super) struct Unsettled<'a> {
+    wb: Batcher<'a>,
+    hints: Vec<([u8; 32], Vec<u8>)>,
+}
+
+impl Unsettled<'_> {
+    /// Waits until every item is durable, then stores the hints (a hint must never name
+    /// content the store could still lose); returns the counts of what was stored.
+    pub(super) fn settle(mut self) -> Result<BatchCounts, CheckinError> {
+        self.wb.flush()?;
+        if !self.hints.is_empty() {
+            self.wb.store().put_hints(self.hints)?;
+        }
+        Ok(self.wb.counts)
+    }
+}
+
+impl<'a> Job<'a> {
+    /// Stores every file's content on `threads` threads. The items are submitted, not yet
+    /// durable: the trees that name them can be built and submitted meanwhile (the store
+    /// takes children submitted before their parents), and [`Unsettled::settle`] waits.
+    pub(super) fn run(&self, threads: usize) -> Result<Stored<'a>, CheckinError> {
         let next = AtomicUsize::new(0);
         let content = parking_lot::Mutex::new(HashMap::new());
-        let results: Vec<Result<(BatchCounts, u64), CheckinError>> = std::thread::scope(|s| {
+        let results: Vec<Result<(Unsettled<'a>, u64), CheckinError>> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads.max(1))
                 .map(|_| s.spawn(|| self.worker(&next, &content)))
                 .collect();
@@ -238,23 +264,25 @@ impl Job<'_> {
                 })
                 .collect()
         });
-        let mut counts = BatchCounts::default();
-        let mut hinted = 0;
+        let mut stored = Stored {
+            content: HashMap::new(),
+            hinted: 0,
+            unsettled: Vec::new(),
+        };
         for r in results {
-            let (c, h) = r?;
-            counts.sent += c.sent;
-            counts.new += c.new;
-            counts.new_bytes += c.new_bytes;
-            hinted += h;
+            let (u, h) = r?;
+            stored.unsettled.push(u);
+            stored.hinted += h;
         }
-        Ok((content.into_inner(), counts, hinted))
+        stored.content = content.into_inner();
+        Ok(stored)
     }
 
     fn worker(
         &self,
         next: &AtomicUsize,
         content: &parking_lot::Mutex<HashMap<u64, Option<Digest>>>,
-    ) -> Result<(BatchCounts, u64), CheckinError> {
+    ) -> Result<(Unsettled<'a>, u64), CheckinError> {
         let mut w = Worker {
             wb: Batcher::new(self.store),
             new_hints: Vec::new(),
@@ -288,12 +316,13 @@ impl Job<'_> {
         }
         let alg = self.store.algorithm();
         w.small.store(alg, &mut w.wb, &mut w.new_hints, content)?;
-        w.wb.flush()?;
-        // Only now is every content these hints name durable in the store.
-        if !w.new_hints.is_empty() {
-            self.store.put_hints(w.new_hints)?;
-        }
-        Ok((w.wb.counts, w.hinted))
+        // On their way before any tree naming them.
+        w.wb.submit()?;
+        let unsettled = Unsettled {
+            wb: w.wb,
+            hints: w.new_hints,
+        };
+        Ok((unsettled, w.hinted))
     }
 
     fn content_err(&self, id: u64) -> impl Fn(ChunkError<StoreError>) -> CheckinError + '_ {

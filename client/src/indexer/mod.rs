@@ -450,14 +450,11 @@ fn index_fs(
             .unwrap_or_else(|_| Err(CheckinError::Content("skeleton worker panicked".into())));
         (stored, skeleton)
     });
-    let (content, counts, hinted) = stored?;
-    // The last filesystem's contents are in: while its trees are built on one core, RocksDB
-    // writes the index's memtables out on the other, which neither this store's close nor
-    // the next open then has to.
-    if run.storing.fetch_sub(1, Ordering::AcqRel) == 1 {
-        store.flush_index_soon();
-    }
-    stats.add(counts);
+    let contents::Stored {
+        content,
+        hinted,
+        unsettled,
+    } = stored?;
     stats.files_hinted += hinted;
     let (skeleton, sk_counts) = skeleton?;
     stats.add(sk_counts);
@@ -470,7 +467,31 @@ fn index_fs(
             (!h.is_empty()).then_some((n.id, h))
         })
         .collect();
-    let tree_of = trees::store_trees(store, w, part, (&content, &holes), opts.threads, b)?;
+    // The trees are built while the workers' last items reach the disk; their hints are
+    // stored once those are durable. Then, the last filesystem's contents being in, RocksDB
+    // writes the index's memtables out beside the trees, which neither this store's close
+    // nor the next open then has to.
+    let (tree_of, settled) = std::thread::scope(|s| {
+        let settling = s.spawn(|| {
+            let counts = unsettled
+                .into_iter()
+                .map(contents::Unsettled::settle)
+                .collect::<Result<Vec<_>, _>>();
+            if run.storing.fetch_sub(1, Ordering::AcqRel) == 1 {
+                store.flush_index_soon();
+            }
+            counts
+        });
+        let trees = trees::store_trees(store, w, part, (&content, &holes), opts.threads, b);
+        let settled = settling
+            .join()
+            .unwrap_or_else(|_| Err(CheckinError::Content("indexer worker panicked".into())));
+        (trees, settled)
+    });
+    for c in settled? {
+        stats.add(c);
+    }
+    let tree_of = tree_of?;
     let root = *tree_of
         .get(&fs.root())
         .ok_or_else(|| CheckinError::Content("no root directory".into()))?;
