@@ -105,30 +105,48 @@ impl EncodedItem {
 /// [`EncodedItem::hashed`]); an error if the reader ends first.
 pub fn read_blob_encoding(reader: impl Read, size: u64) -> std::io::Result<Vec<u8>> {
     let mut bytes = blob_encoding(size)?;
-    read_blob_rest(&mut bytes, reader, size)?;
+    read_blob_rest(&mut bytes, 0, reader)?;
     Ok(bytes)
 }
 
-/// The start of a blob's encoding for `size` bytes of content: its header, with room for the
-/// rest. Its content may be read in pieces: straight into it, then by [`read_blob_rest`].
+/// A blob's encoding for `size` bytes of content: its header, then `size` zero bytes that
+/// the content is read into ([`blob_content`]), in pieces if need be, the last by
+/// [`read_blob_rest`]. Allocated zeroed: memory fresh from the system is not cleared again
+/// (clearing before reads was 2 % of a new image's checkin).
 pub fn blob_encoding(size: u64) -> std::io::Result<Vec<u8>> {
-    let want = usize::try_from(size).map_err(std::io::Error::other)?;
-    let mut bytes = Vec::with_capacity(BLOB_HEADER.len() + want);
-    bytes.extend_from_slice(&BLOB_HEADER);
+    let want = usize::try_from(size)
+        .ok()
+        .and_then(|n| n.checked_add(BLOB_HEADER.len()))
+        .ok_or_else(|| std::io::Error::other(format!("a blob of {size} bytes")))?;
+    let mut bytes = vec![0u8; want];
+    bytes[..BLOB_HEADER.len()].copy_from_slice(&BLOB_HEADER);
     Ok(bytes)
 }
 
-/// Reads the rest of the `size` bytes of content of a blob's encoding (started by
-/// [`blob_encoding`], holding some of them already) from `reader`; an error if it ends first.
-pub fn read_blob_rest(bytes: &mut Vec<u8>, reader: impl Read, size: u64) -> std::io::Result<()> {
-    let have = bytes.len().saturating_sub(BLOB_HEADER.len()) as u64;
-    reader.take(size.saturating_sub(have)).read_to_end(bytes)?;
-    let got = bytes.len().saturating_sub(BLOB_HEADER.len()) as u64;
-    if got != size {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("content shorter than its size: {got} of {size} bytes"),
-        ));
+/// The content part of a blob's encoding made by [`blob_encoding`].
+pub fn blob_content(bytes: &mut [u8]) -> &mut [u8] {
+    let h = BLOB_HEADER.len().min(bytes.len());
+    &mut bytes[h..]
+}
+
+/// Reads a blob's content from byte `have` on (the first `have` bytes are in it already) to
+/// its end from `reader`; an error if the reader ends first.
+pub fn read_blob_rest(bytes: &mut [u8], have: u64, mut reader: impl Read) -> std::io::Result<()> {
+    let content = blob_content(bytes);
+    let size = content.len();
+    let mut got = usize::try_from(have).unwrap_or(usize::MAX).min(size);
+    while got < size {
+        match reader.read(&mut content[got..]) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("content shorter than its size: {got} of {size} bytes"),
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

@@ -6,8 +6,8 @@ use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mirage_format::chunking::{
-    blob_encoding, read_blob_rest, store_content, ChunkError, Dense, EncodedItem, SparseRead,
-    CHUNK_MAX, INLINE_MAX,
+    blob_content, blob_encoding, read_blob_rest, store_content, ChunkError, Dense, EncodedItem,
+    SparseRead, CHUNK_MAX, INLINE_MAX,
 };
 use mirage_format::{Algorithm, Digest};
 use mirage_node::{Store, StoreError};
@@ -416,11 +416,8 @@ impl<'a> Job<'a> {
                     let r = self.reader(extents, n.size, 0);
                     let probe = if self.batched(n.size) {
                         let b = blob.insert(blob_encoding(n.size).map_err(self.read_err(n.id))?);
-                        let header = b.len();
-                        b.resize(header + n.size.min(hints::PREFIX) as usize, 0);
-                        let p = hints::Probe::new(r, n.size, seed, &mut b[header..]);
-                        b.truncate(header + p.as_ref().map_or(0, |p| p.read() as usize));
-                        p
+                        let head = &mut blob_content(b)[..n.size.min(hints::PREFIX) as usize];
+                        hints::Probe::new(r, n.size, seed, head)
                     } else {
                         let head = &mut w.heads[slot * prefix..(slot + 1) * prefix];
                         hints::Probe::new(r, n.size, seed, head)
@@ -434,7 +431,7 @@ impl<'a> Job<'a> {
         let keys: Vec<[u8; 32]> = probes.iter().flatten().map(|p| p.key).collect();
         let mut found = hints::lookup_many(store, &keys)?.into_iter();
         let mut out = vec![None; ks.len()];
-        for (((slot, k), probe), mut blob) in ks.enumerate().zip(probes).zip(blobs) {
+        for (((slot, k), probe), blob) in ks.enumerate().zip(probes).zip(blobs) {
             let n = self.files[k];
             let (Some(probe), Some(extents)) = (probe, &self.layouts[k]) else {
                 out[slot] = Some(self.store_plain(k, &mut w.wb)?);
@@ -442,6 +439,8 @@ impl<'a> Job<'a> {
             };
             let hint = found.next().flatten();
             let (key, from) = (probe.key, probe.read());
+            // Content bytes in the blob already.
+            let mut have = from;
             // The first bytes, unless they are in the blob already.
             let head = match blob {
                 Some(_) => &[][..],
@@ -459,9 +458,7 @@ impl<'a> Job<'a> {
                         continue;
                     }
                     // The same key, other content: read it all again.
-                    if let Some(b) = blob.as_mut() {
-                        b.truncate(b.len() - from as usize);
-                    }
+                    have = 0;
                     head[..0].chain(hints::Checksummed::new(
                         self.reader(extents, n.size, 0),
                         seed,
@@ -473,7 +470,7 @@ impl<'a> Job<'a> {
                 None => head.chain(probe.rest(rest())),
             };
             if let Some(mut bytes) = blob {
-                read_blob_rest(&mut bytes, &mut r, n.size)
+                read_blob_rest(&mut bytes, have, &mut r)
                     .map_err(|e| self.content_err(n.id)(ChunkError::Io(e)))?;
                 w.small.push(n.id, key, r.get_ref().1.checksum(), bytes);
                 if w.small.bytes >= SMALL_BYTES {
