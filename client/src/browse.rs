@@ -29,8 +29,14 @@ fn utf16(b: &[u8]) -> String {
     String::from_utf16_lossy(&units)
 }
 
-/// A 16-byte UUID as text (`8-4-4-4-12` hex), other lengths as plain hex.
+/// A 16-byte UUID as text (`8-4-4-4-12` hex); a 4-byte FAT volume ID (kept in its on-disk,
+/// little-endian order) as `blkid` and `mkfs.fat -i` write it (`DEAD-BEEF`); other lengths as
+/// plain hex.
 pub(crate) fn uuid_text(b: &[u8]) -> String {
+    if let Ok(id) = <[u8; 4]>::try_from(b) {
+        let v = u32::from_le_bytes(id);
+        return format!("{:04X}-{:04X}", v >> 16, v & 0xffff);
+    }
     if b.len() == 16 {
         let h = hexs(b);
         format!(
@@ -43,6 +49,16 @@ pub(crate) fn uuid_text(b: &[u8]) -> String {
         )
     } else {
         hexs(b)
+    }
+}
+
+/// A disk's identifier as partitioning tools print it: a GPT disk GUID, an MBR disk
+/// signature (little-endian on disk) as `sfdisk` writes its `label-id` (`0xdeadbeef`).
+fn disk_id_text(table: TableType, id: &[u8]) -> String {
+    match (table, <[u8; 4]>::try_from(id)) {
+        (TableType::Gpt, _) => guid_text(id),
+        (_, Ok(sig)) => format!("0x{:08x}", u32::from_le_bytes(sig)),
+        _ => hexs(id),
     }
 }
 
@@ -87,7 +103,7 @@ pub fn show(store: &Store, d: &Digest) -> Result<serde_json::Value> {
         disks.push(serde_json::json!({
             "name": String::from_utf8_lossy(&disk_ref.name), "digest": disk_ref.disk, "size": disk.size,
             "sector_size": disk.sector_size, "table": disk.table,
-            "disk_id": if disk.table == TableType::Gpt { guid_text(&disk.disk_id) } else { hexs(&disk.disk_id) },
+            "disk_id": disk_id_text(disk.table, &disk.disk_id),
             "partitions": parts, "raw_regions": disk.regions.len(), "raw_region_bytes": raw,
         }));
     }
@@ -189,24 +205,22 @@ fn resolve(
     store: &Store,
     image: &Digest,
     part: Option<u32>,
-    path: &str,
+    path: &[u8],
 ) -> Result<(Digest, Option<TreeEntry>)> {
     let mut cur = fs_root(store, image, part)?;
     let mut entry: Option<TreeEntry> = None;
-    for comp in path.split('/').filter(|c| !c.is_empty()) {
+    let shown = shell_name(path);
+    for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
         if let Some(e) = &entry {
             if e.kind != EntryKind::Dir {
-                bail!(
-                    "{path}: {} is not a directory",
-                    String::from_utf8_lossy(&e.name)
-                );
+                bail!("{shown}: {} is not a directory", shell_name(&e.name));
             }
         }
         let t = tree(store, &cur)?;
         let e = t
-            .get(comp.as_bytes())
+            .get(comp)
             .cloned()
-            .with_context(|| format!("{path}: no such file or directory"))?;
+            .with_context(|| format!("{shown}: no such file or directory"))?;
         if let Some(c) = e.content {
             cur = c;
         }
@@ -215,9 +229,49 @@ fn resolve(
     Ok((cur, entry))
 }
 
-/// Entries of a directory, or the single entry a file path names.
-pub fn ls(store: &Store, image: &Digest, part: Option<u32>, path: &str) -> Result<Vec<TreeEntry>> {
-    let (d, entry) = resolve(store, image, part, path)?;
+/// A name (or path) as text: as it is when it is printable UTF-8, else quoted the way a shell
+/// takes it back (`$'\xff\xfeold'`, as GNU `ls` quotes for a terminal), so that it can be
+/// passed to `mirage cat` or `ls` again.
+pub fn shell_name(name: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(name) {
+        Ok(s) if !s.chars().any(char::is_control) => std::borrow::Cow::Borrowed(s),
+        _ => {
+            let mut out = String::from("$'");
+            for chunk in name.utf8_chunks() {
+                for c in chunk.valid().chars() {
+                    match c {
+                        '\\' | '\'' => {
+                            out.push('\\');
+                            out.push(c);
+                        }
+                        c if c.is_control() => {
+                            let mut b = [0u8; 4];
+                            for byte in c.encode_utf8(&mut b).bytes() {
+                                out.push_str(&format!("\\x{byte:02x}"));
+                            }
+                        }
+                        c => out.push(c),
+                    }
+                }
+                for byte in chunk.invalid() {
+                    out.push_str(&format!("\\x{byte:02x}"));
+                }
+            }
+            out.push('\'');
+            std::borrow::Cow::Owned(out)
+        }
+    }
+}
+
+/// Entries of a directory, or the single entry a file path names. `path` is bytes: names
+/// need not be UTF-8.
+pub fn ls(
+    store: &Store,
+    image: &Digest,
+    part: Option<u32>,
+    path: impl AsRef<[u8]>,
+) -> Result<Vec<TreeEntry>> {
+    let (d, entry) = resolve(store, image, part, path.as_ref())?;
     match entry {
         Some(e) if e.kind != EntryKind::Dir => Ok(vec![e]),
         _ => Ok(tree(store, &d)?.entries),
@@ -226,7 +280,7 @@ pub fn ls(store: &Store, image: &Digest, part: Option<u32>, path: &str) -> Resul
 
 /// One `ls` line.
 pub fn ls_line(e: &TreeEntry, long: bool) -> String {
-    let name = String::from_utf8_lossy(&e.name);
+    let name = shell_name(&e.name);
     if !long {
         return name.into_owned();
     }
@@ -242,7 +296,7 @@ pub fn ls_line(e: &TreeEntry, long: bool) -> String {
     let target = e
         .target
         .as_ref()
-        .map(|t| format!(" -> {}", String::from_utf8_lossy(t)))
+        .map(|t| format!(" -> {}", shell_name(t)))
         .unwrap_or_default();
     format!(
         "{t}{:04o} {:>6} {:>6} {:>12} {}.{:09} {}{}",
@@ -255,13 +309,15 @@ pub fn cat(
     store: &Store,
     image: &Digest,
     part: Option<u32>,
-    path: &str,
+    path: impl AsRef<[u8]>,
     out: &mut impl Write,
 ) -> Result<()> {
+    let path = path.as_ref();
     let (_, entry) = resolve(store, image, part, path)?;
-    let e = entry.with_context(|| format!("{path} is a directory"))?;
+    let shown = shell_name(path);
+    let e = entry.with_context(|| format!("{shown} is a directory"))?;
     if e.kind != EntryKind::File {
-        bail!("{path} is not a regular file");
+        bail!("{shown} is not a regular file");
     }
     let Some(d) = e.content else {
         std::io::copy(&mut zeros(e.size), out)?;
@@ -281,11 +337,27 @@ pub fn cat(
             }
             std::io::copy(&mut zeros(list.size - pos), out)?;
         }
-        other => bail!("{path}: content is a {}", other.kind()),
+        other => bail!("{shown}: content is a {}", other.kind()),
     }
     Ok(())
 }
 
 fn zeros(n: u64) -> std::io::Take<std::io::Repeat> {
     std::io::Read::take(std::io::repeat(0), n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_name;
+
+    #[test]
+    fn names_that_are_not_printable_utf8_are_quoted_for_a_shell() {
+        assert_eq!(shell_name(b"plain name.txt"), "plain name.txt");
+        assert_eq!(shell_name("Größe ✓".as_bytes()), "Größe ✓");
+        assert_eq!(shell_name(b"a\xffb"), r"$'a\xffb'");
+        assert_eq!(shell_name(b"tab\there"), r"$'tab\x09here'");
+        assert_eq!(shell_name(b"\xc3'q\\"), r"$'\xc3\'q\\'");
+        // Only bytes that are not valid UTF-8 are escaped; valid characters beside them stay.
+        assert_eq!(shell_name("é\u{7f}".as_bytes()), r"$'é\x7f'");
+    }
 }

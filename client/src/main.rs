@@ -5,6 +5,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -131,9 +132,9 @@ enum Cmd {
     Ls {
         /// NAME, NAME@VERSION or digest, optionally with `:PART` (partition number).
         reference: String,
-        /// Path inside the filesystem.
+        /// Path inside the filesystem (any bytes: names need not be UTF-8).
         #[arg(default_value = "/")]
-        path: String,
+        path: std::ffi::OsString,
         /// Long listing with metadata.
         #[arg(short, long)]
         long: bool,
@@ -142,8 +143,8 @@ enum Cmd {
     Cat {
         /// NAME, NAME@VERSION or digest, optionally with `:PART` (partition number).
         reference: String,
-        /// Path inside the filesystem.
-        path: String,
+        /// Path inside the filesystem (any bytes: names need not be UTF-8).
+        path: std::ffi::OsString,
     },
     /// Store a directory tree; prints its root Tree digest.
     PutTree {
@@ -719,7 +720,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let store = open_content(&dir, remote.is_some())?;
             let (r, part) = library::split_partition(reference);
             let d = ctx_of(&store)?.image_with_content(r)?;
-            let entries = mirage_client::browse::ls(&store, &d, part, path)?;
+            let entries = mirage_client::browse::ls(&store, &d, part, path.as_bytes())?;
             if cli.json {
                 print_json(&entries)?;
             } else {
@@ -733,7 +734,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (r, part) = library::split_partition(reference);
             let d = ctx_of(&store)?.image_with_content(r)?;
             let mut out = std::io::stdout().lock();
-            mirage_client::browse::cat(&store, &d, part, path, &mut out)?;
+            mirage_client::browse::cat(&store, &d, part, path.as_bytes(), &mut out)?;
         }
         Cmd::PutTree { dir: src, threads } => {
             let store = open_or_create(&dir)?;

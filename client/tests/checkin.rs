@@ -104,6 +104,9 @@ fn rootfs(dir: &Path) -> PathBuf {
     std::fs::write(src.join("etc/hostname"), b"mirage-test\n").unwrap();
     std::fs::write(src.join("usr/bin/tool"), pseudo_random(11, 2_500_000)).unwrap();
     std::os::unix::fs::symlink("../usr/bin/tool", src.join("etc/tool-link")).unwrap();
+    std::fs::create_dir_all(src.join("var")).unwrap();
+    let odd = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff\xfe\x80'old");
+    std::fs::write(src.join("var").join(odd), b"latin-1 name\n").unwrap();
     src
 }
 
@@ -197,6 +200,8 @@ fn gpt_image_checks_in_deterministically_and_browses() {
     assert_eq!(parts.len(), 3);
     assert!(parts[0]["content"]["raw"].is_string());
     assert_eq!(parts[1]["content"]["filesystem"], "vfat");
+    // As `mkfs.fat -i` took it and `blkid` prints it.
+    assert_eq!(parts[1]["content"]["uuid"], "1234-5678");
     assert_eq!(parts[2]["content"]["filesystem"], "ext4");
     assert_eq!(parts[2]["content"]["label"], "root");
     assert_eq!(
@@ -225,6 +230,20 @@ fn gpt_image_checks_in_deterministically_and_browses() {
         String::from_utf8_lossy(&esp.stderr)
     );
     assert!(esp.stdout == pseudo_random(4, 150_000));
+    // A name that is not UTF-8 is listed quoted as a shell takes it back, and found by its
+    // bytes.
+    let var = ok(mirage(&store, &["ls", &digest, "/var"]));
+    assert_eq!(var.trim_end(), r"$'\xff\xfe\x80\'old'");
+    let odd = Command::new(common::bin("mirage"))
+        .arg("--store")
+        .arg(&store)
+        .args(["cat", &digest])
+        .arg(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"/var/\xff\xfe\x80'old"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(ok(odd), "latin-1 name\n");
     let missing = mirage(&store, &["cat", &digest, "/nope"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no such file"));
@@ -282,7 +301,8 @@ fn mbr_with_logical_swap_and_a_bare_filesystem() {
     );
     assert_eq!(parts[2]["content"]["label"], "myswap");
     assert_eq!(parts[3]["content"]["filesystem"], "ext2");
-    assert_eq!(show["disks"][0]["disk_id"], "efbeadde");
+    // As `sfdisk` took it (`label-id`) and prints it.
+    assert_eq!(show["disks"][0]["disk_id"], "0xdeadbeef");
     let cat = mirage(&store, &["cat", &format!("{digest}:6"), "/etc/hostname"]);
     assert_eq!(cat.stdout, b"mirage-test\n");
     // A bare ext4 filesystem without a partition table.
