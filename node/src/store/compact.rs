@@ -17,10 +17,11 @@ use std::sync::mpsc;
 use mirage_format::Digest;
 
 use super::location::{Codec, Location, LocationTable};
+use super::prepare::Prepared;
 use super::record::{RecordHeader, VOLUME_HEADER_LEN};
 use super::recover::{open_record, Scanned, Scanner};
 use super::volume::sync_dir;
-use super::write::{Msg, Prepared};
+use super::write::Msg;
 use super::{io_err, Store, StoreError};
 use crate::index::{Index, IndexBatch};
 

@@ -9,8 +9,18 @@
 //! The committer fills one buffer while the syncer writes the previous one (`store::sync`);
 //! the two buffers go back and forth between them ([`Pool`]), so their pages stay mapped and a
 //! long checkin does not fault in (and zero) a fresh buffer for every group.
+//!
+//! A large request is laid out by its writer instead ([`GroupBuf::lay_out`], a **segment**):
+//! on the writer's thread, each payload is copied into its record right after its CRC was
+//! computed, while it is in the core's cache, and its memory is freed where it was allocated.
+//! The committer then writes the segment in place as a group of its own, unless the request
+//! holds an item the store already has (then its payloads are taken back out and it is laid
+//! out as any other). The committer's copy of every payload, from memory another core wrote
+//! long before, was 9 % of a new image's checkin (docs/PERFORMANCE.md). Segment buffers go
+//! back to the writers through a [`SegmentPool`] once written.
 
-use super::record::{align_up, ALIGN};
+use super::prepare::Prepared;
+use super::record::{align_up, ALIGN, HEADER_LEN};
 use std::sync::mpsc;
 
 use super::volume::{ActiveVolume, VolumeWriter};
@@ -31,6 +41,8 @@ pub(crate) struct GroupBuf {
     /// Volume offset of `mem[start]`.
     base: u64,
     direct: bool,
+    /// A writer's segment: its memory goes back to the [`SegmentPool`].
+    segment: bool,
 }
 
 impl GroupBuf {
@@ -61,6 +73,64 @@ impl GroupBuf {
             self.start = 0;
             self.base = active.len;
         }
+    }
+
+    /// A segment: `items` laid out as records in `mem` (a buffer from the [`SegmentPool`]
+    /// with room for them and the alignment), starting at an aligned address; each payload is
+    /// moved into its record and freed. Placed at the end of a volume by [`GroupBuf::place`].
+    pub(crate) fn lay_out(mut mem: Vec<u8>, items: &mut [Prepared]) -> Self {
+        mem.clear();
+        let skip = mem.as_ptr().align_offset(ALIGN as usize);
+        mem.resize(skip, 0);
+        for p in items {
+            p.lay_out(&mut mem);
+        }
+        GroupBuf {
+            mem,
+            start: skip,
+            base: 0,
+            direct: false,
+            segment: true,
+        }
+    }
+
+    /// Whether this is a writer's segment.
+    pub(crate) fn is_segment(&self) -> bool {
+        self.segment
+    }
+
+    /// Places a segment at the end of `active` (at the next aligned offset when it is to be
+    /// written directly).
+    pub(crate) fn place(&mut self, active: &ActiveVolume) {
+        self.direct = self.len() >= DIRECT_MIN
+            && active.writer.direct_usable()
+            && self.mem[self.start..].as_ptr().align_offset(ALIGN as usize) == 0;
+        self.base = if self.direct {
+            align_up(active.len)
+        } else {
+            active.len
+        };
+    }
+
+    /// Gives the payloads of a segment's records back to `items` (the items it was laid out
+    /// from, in order), for the committer to lay them out itself.
+    pub(crate) fn payloads_back(&self, items: &mut [Prepared]) {
+        let mut at = self.start;
+        for p in items {
+            at += HEADER_LEN;
+            let end = at + p.stored_len as usize;
+            p.payload = self
+                .mem
+                .get(at..end)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            at = end;
+        }
+    }
+
+    /// The memory, for the pool it came from.
+    pub(crate) fn into_mem(self) -> Vec<u8> {
+        self.mem
     }
 
     /// Record bytes so far.
@@ -115,6 +185,42 @@ impl GroupBuf {
         self.start = 0;
         self.base = active.len;
         r.map(|()| active.len - before)
+    }
+}
+
+/// Buffers for writers' segments, kept once written so that their pages stay mapped.
+#[derive(Debug, Default)]
+pub(crate) struct SegmentPool {
+    free: parking_lot::Mutex<Vec<Vec<u8>>>,
+}
+
+/// Segment buffers a pool keeps (writers with a few requests in flight each).
+const SEGMENTS_KEPT: usize = 16;
+/// The largest segment buffer a pool keeps (a checkin's requests are about 8 MiB).
+const SEGMENT_KEEP_MAX: usize = 32 << 20;
+
+impl SegmentPool {
+    /// A buffer for a segment of `bytes` record bytes, with room for the alignment in front
+    /// and the padding behind.
+    pub(crate) fn take(&self, bytes: usize) -> Vec<u8> {
+        let least = bytes + 2 * ALIGN as usize;
+        let mut free = self.free.lock();
+        match free.iter().position(|m| m.capacity() >= least) {
+            Some(i) => free.swap_remove(i),
+            None => {
+                drop(free);
+                // Powers of two, so that buffers of similar requests fit each other.
+                Vec::with_capacity(least.next_power_of_two())
+            }
+        }
+    }
+
+    /// Keeps a written segment's buffer for the next.
+    pub(crate) fn give(&self, mem: Vec<u8>) {
+        let mut free = self.free.lock();
+        if mem.capacity() <= SEGMENT_KEEP_MAX && free.len() < SEGMENTS_KEPT {
+            free.push(mem);
+        }
     }
 }
 

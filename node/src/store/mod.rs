@@ -12,6 +12,7 @@ mod direct_read;
 mod group;
 mod location;
 mod partition;
+mod prepare;
 mod read;
 mod read_way;
 pub mod record;
@@ -31,9 +32,9 @@ pub use compact::{CompactOptions, CompactReport};
 pub use location::{Codec, Compression, Location, LocationTable};
 use mirage_format::{Algorithm, DecodeError, Digest, DigestError};
 pub use partition::PartitionSummary;
+pub use prepare::{PendingPut, PutOutcome};
 pub use read::{ReadOptions, ReadStats};
 pub use verify::{Counts, Damage, Stats, VerifyReport};
-pub use write::{PendingPut, PutOutcome};
 
 use crate::index::{Cached, Index, IndexError, RocksIndex};
 use crate::keys;
@@ -188,6 +189,8 @@ pub(crate) struct Shared {
     pub(crate) epoch: std::time::Instant,
     /// [`Codec::Auto`]'s state.
     pub(crate) auto: parking_lot::Mutex<auto::AutoCodec>,
+    /// Buffers for large requests laid out by their writers (`group`).
+    pub(crate) segments: group::SegmentPool,
 }
 
 impl Shared {
@@ -332,6 +335,7 @@ impl Store {
             submitted_raw: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             auto: parking_lot::Mutex::new(auto::AutoCodec::default()),
+            segments: group::SegmentPool::default(),
         });
         let active = recover::recover(&shared)?;
         let (tx, rx) = mpsc::channel();

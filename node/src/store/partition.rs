@@ -8,7 +8,8 @@ use std::sync::mpsc;
 use mirage_cluster_config::placement::{partition_of, partition_start};
 use mirage_format::Digest;
 
-use super::write::{check_item, Msg, Prepared};
+use super::prepare::{check_item, Prepared};
+use super::write::Msg;
 use super::{Store, StoreError};
 use crate::index::{Index, IndexBatch};
 

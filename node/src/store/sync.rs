@@ -120,8 +120,12 @@ fn settle(
                 fail(sh, &e);
             }
         }
-        // The committer may be waiting for it.
-        let _ = back.send(records);
+        if records.is_segment() {
+            sh.segments.give(records.into_mem());
+        } else {
+            // The committer may be waiting for it.
+            let _ = back.send(records);
+        }
     }
     let mut synced: Vec<&Arc<VolumeWriter>> = Vec::new();
     for g in &groups {

@@ -1,235 +1,35 @@
-//! The write path: callers validate, hash and compress; one committer thread dedups, checks
-//! the closure invariant, appends a whole group of requests, fsyncs once, indexes, and only
-//! then acknowledges.
+//! The committer's half of the write path (the writers' half is `store::prepare`): one
+//! committer thread dedups, checks the closure invariant, appends a whole group of requests,
+//! hands it to the syncer, which fsyncs once, indexes, and only then acknowledges.
 
-use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
-use mirage_format::chunking::EncodedItem;
-use mirage_format::item::peek;
-use mirage_format::{Digest, Item, ItemKind};
+use mirage_format::Digest;
 
-use super::group::Pool;
-use super::location::{Codec, Compression, Location, LocationTable};
-use super::record::{append_record, record_crc, HEADER_LEN, VOLUME_HEADER_LEN};
+use super::group::{GroupBuf, Pool};
+use super::location::{Location, LocationTable};
+use super::prepare::{record_bytes, Prepared};
+use super::record::{append_record, HEADER_LEN, VOLUME_HEADER_LEN};
 use super::sync::{answer, Appended, Pipe, SyncMsg, Unsynced};
 use super::volume::ActiveVolume;
-use super::{Shared, Store, StoreError};
+use super::{Shared, StoreError};
 use crate::digest_map::{DigestMap, DigestSet};
 use crate::index::{Index, IndexBatch};
 use crate::keys;
-
-/// Result of storing one item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PutOutcome {
-    /// The item's digest (computed by the store).
-    pub digest: Digest,
-    /// True when this call stored it; false when it was already present.
-    pub new: bool,
-}
-
-/// A batch queued for the committer; [`PendingPut::wait`] returns once it is durable.
-#[derive(Debug)]
-#[must_use = "a put is acknowledged only by waiting for it"]
-pub struct PendingPut {
-    out: Vec<PutOutcome>,
-    slots: Vec<usize>,
-    reply: Option<mpsc::Receiver<Result<Vec<bool>, StoreError>>>,
-}
-
-impl PendingPut {
-    /// Waits until every new item of the batch is durable; one outcome per item, in order.
-    pub fn wait(mut self) -> Result<Vec<PutOutcome>, StoreError> {
-        if let Some(rrx) = self.reply.take() {
-            // The committer answers with one flag per prepared item, in order: true where this
-            // request appended it (a concurrent writer or an earlier copy in the batch may have).
-            let flags = rrx.recv().map_err(|_| StoreError::Closed)??;
-            for (slot, new) in self.slots.iter().zip(flags) {
-                self.out[*slot].new = new;
-            }
-        }
-        Ok(self.out)
-    }
-}
-
-/// An item ready for the committer.
-#[derive(Debug)]
-pub(crate) struct Prepared {
-    digest: Digest,
-    kind: ItemKind,
-    refs: Vec<Digest>,
-    raw_len: u32,
-    compression: Compression,
-    payload: Vec<u8>,
-    /// The record's CRC, computed by the writer's thread (the committer is one thread).
-    crc: u32,
-}
-
-impl Prepared {
-    /// Compresses the encoded item with `codec` and computes its record's CRC (on the
-    /// writer's thread, not the committer's).
-    fn new(
-        digest: Digest,
-        kind: ItemKind,
-        refs: Vec<Digest>,
-        encoded: Vec<u8>,
-        codec: Codec,
-    ) -> Self {
-        let raw_len = encoded.len() as u32;
-        let (compression, payload) = compress(encoded, codec);
-        let crc = record_crc(&digest, kind, compression, raw_len, &payload);
-        Prepared {
-            digest,
-            kind,
-            refs,
-            raw_len,
-            compression,
-            payload,
-            crc,
-        }
-    }
-
-    /// A copy of a stored item for compaction (no references to check: it is already in).
-    pub(crate) fn relocated(
-        header_digest: Digest,
-        kind: ItemKind,
-        encoded: Vec<u8>,
-        codec: Codec,
-    ) -> Self {
-        Prepared::new(header_digest, kind, Vec::new(), encoded, codec)
-    }
-}
 
 pub(crate) type Reply = mpsc::SyncSender<Result<Vec<bool>, StoreError>>;
 
 /// Messages to the committer.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    Write(Vec<Prepared>, Reply),
+    /// A request, laid out by its writer when it is large (see `store::group`).
+    Write(Vec<Prepared>, Option<GroupBuf>, Reply),
     /// Compaction: append these copies of stored items and point the index at them.
     Relocate(Vec<Prepared>, mpsc::SyncSender<Result<(), StoreError>>),
     /// Compaction: seal the active volume (if it holds records); answers the active id.
     Seal(mpsc::SyncSender<Result<u32, StoreError>>),
     Checkpoint(mpsc::SyncSender<Result<(), StoreError>>),
     Shutdown(mpsc::SyncSender<()>),
-}
-
-impl Store {
-    /// Stores one encoded item.
-    pub fn put(&self, encoded: Vec<u8>) -> Result<PutOutcome, StoreError> {
-        let mut v = self.put_many(vec![encoded])?;
-        v.pop().ok_or(StoreError::Closed)
-    }
-
-    /// Stores a batch of encoded items, all or nothing. Each is decoded and validated, hashed by
-    /// the store (never trusting a caller's digest) and must reference only items present in
-    /// the store or in the same batch. Returns when every new item is durable.
-    pub fn put_many(&self, encoded: Vec<Vec<u8>>) -> Result<Vec<PutOutcome>, StoreError> {
-        self.put_inner(encoded.into_iter().map(|b| (None, b)).collect())?
-            .wait()
-    }
-
-    /// Like [`Store::put_many`] for items encoded in this process: an [`EncodedItem`]'s digest
-    /// is the hash of its bytes by construction, so it is not computed again.
-    pub fn put_encoded(&self, items: Vec<EncodedItem>) -> Result<Vec<PutOutcome>, StoreError> {
-        self.put_encoded_submit(items)?.wait()
-    }
-
-    /// Like [`Store::put_encoded`] without waiting: the batch is prepared (validated,
-    /// compressed) and queued; [`PendingPut::wait`] returns when it is durable. Batches are
-    /// committed in the order they are submitted, so a later batch may reference items of an
-    /// earlier one; if the earlier one fails, the later is refused by the closure check.
-    pub fn put_encoded_submit(&self, items: Vec<EncodedItem>) -> Result<PendingPut, StoreError> {
-        self.put_inner(
-            items
-                .into_iter()
-                .map(|e| {
-                    let (d, b) = e.into_parts();
-                    (Some(d), b)
-                })
-                .collect(),
-        )
-    }
-
-    fn put_inner(
-        &self,
-        items: Vec<(Option<mirage_format::Digest>, Vec<u8>)>,
-    ) -> Result<PendingPut, StoreError> {
-        let (mut known, encoded): (Vec<_>, Vec<_>) = items.into_iter().unzip();
-        let sh = self.shared();
-        if let Some(why) = sh.failed.lock().clone() {
-            return Err(StoreError::WritesDisabled(why));
-        }
-        hash_unknown(sh.alg, &encoded, &mut known);
-        let mut digests = Vec::with_capacity(encoded.len());
-        let mut metas = Vec::with_capacity(encoded.len());
-        for (index, bytes) in encoded.iter().enumerate() {
-            let (d, kind, refs) = check_item(sh.alg, index, bytes, known[index])?;
-            digests.push(d);
-            metas.push((kind, refs));
-        }
-        let present = sh.index.get_many(&digests)?;
-        let mut prepared = Vec::new();
-        let mut slots = Vec::new();
-        let codec = sh.codec_now();
-        for (i, (((bytes, d), (kind, refs)), here)) in encoded
-            .into_iter()
-            .zip(&digests)
-            .zip(metas)
-            .zip(&present)
-            .enumerate()
-        {
-            if here.is_some() {
-                continue;
-            }
-            slots.push(i);
-            prepared.push(Prepared::new(*d, kind, refs, bytes, codec));
-        }
-        let out: Vec<PutOutcome> = digests
-            .iter()
-            .map(|d| PutOutcome {
-                digest: *d,
-                new: false,
-            })
-            .collect();
-        let reply = if prepared.is_empty() {
-            None
-        } else {
-            let (rtx, rrx) = mpsc::sync_channel(1);
-            let raw: usize = prepared
-                .iter()
-                .map(|p| HEADER_LEN + p.raw_len as usize)
-                .sum();
-            sh.submitted_raw.fetch_add(raw as u64, Ordering::Relaxed);
-            self.send(Msg::Write(prepared, rtx))?;
-            Some(rrx)
-        };
-        Ok(PendingPut { out, slots, reply })
-    }
-}
-
-/// Bytes `items` take as records.
-fn record_bytes(items: &[Prepared]) -> usize {
-    items.iter().map(|p| HEADER_LEN + p.payload.len()).sum()
-}
-
-pub(crate) fn compress(bytes: Vec<u8>, codec: Codec) -> (Compression, Vec<u8>) {
-    if bytes.len() < 128 {
-        return (Compression::None, bytes);
-    }
-    let (compression, packed) = match codec {
-        Codec::None | Codec::Auto => return (Compression::None, bytes),
-        Codec::Lz4 => (Compression::Lz4, super::record::lz4_compress(&bytes)),
-        Codec::Zstd(level) => (
-            Compression::Zstd,
-            super::record::zstd_compress(&bytes, level).ok(),
-        ),
-    };
-    match packed {
-        // Keep the compressed form only when it saves at least an eighth.
-        Some(c) if c.len() + bytes.len() / 8 <= bytes.len() => (compression, c),
-        _ => (Compression::None, bytes),
-    }
 }
 
 /// The committer thread; it runs the syncer (`store::sync`) beside it.
@@ -310,14 +110,16 @@ fn commit_loop(
                 }
                 let _ = reply.send(r.map(|_| ()));
             }
-            Msg::Write(items, reply) => {
-                let mut group = vec![(items, reply)];
-                let mut bytes: usize = group[0].0.iter().map(|p| p.payload.len()).sum();
-                while bytes < sh.opts.max_group_bytes {
+            Msg::Write(items, segment, reply) => {
+                // A segment is a group of its own; other requests are gathered into one.
+                let alone = segment.is_some();
+                let mut bytes = record_bytes(&items);
+                let mut group = vec![(items, segment, reply)];
+                while bytes < sh.opts.max_group_bytes && !alone {
                     match rx.try_recv() {
-                        Ok(Msg::Write(i, r)) => {
-                            bytes += i.iter().map(|p| p.payload.len()).sum::<usize>();
-                            group.push((i, r));
+                        Ok(Msg::Write(i, None, r)) => {
+                            bytes += record_bytes(&i);
+                            group.push((i, None, r));
                         }
                         Ok(other) => {
                             pending = Some(other);
@@ -368,12 +170,12 @@ fn commit_group(
     sh: &Shared,
     active: &mut ActiveVolume,
     pool: &mut Pool,
-    group: Vec<(Vec<Prepared>, Reply)>,
+    group: Vec<(Vec<Prepared>, Option<GroupBuf>, Reply)>,
     pipe: &Pipe,
 ) -> u64 {
     let mut buf = pool.get();
     // Sized once: growing it would copy every record again.
-    let estimate: usize = group.iter().map(|(items, _)| record_bytes(items)).sum();
+    let estimate: usize = group.iter().map(|(items, ..)| record_bytes(items)).sum();
     buf.begin(active, estimate, sh.opts.max_group_bytes);
     let mut new_locs: DigestMap<Location> = DigestMap::default();
     // References the closure check found in the index (their location tables reuse them).
@@ -386,13 +188,19 @@ fn commit_group(
     let mut answers: Vec<(Reply, Result<Vec<bool>, StoreError>)> = Vec::new();
     let mut with_refs: Vec<(Digest, Vec<Digest>)> = Vec::new();
     let mut appended = 0u64;
-    for (items, reply) in group {
-        if sh.failed.lock().is_some() {
-            answers.push((reply, Ok(Vec::new())));
-            continue;
-        }
-        if let Err(e) = admit(sh, &new_locs, pipe, &items, &mut looked_up) {
-            answers.push((reply, Err(e)));
+    for (mut items, segment, reply) in group {
+        let refused = if sh.failed.lock().is_some() {
+            Some(Ok(Vec::new()))
+        } else {
+            admit(sh, &new_locs, pipe, &items, &mut looked_up)
+                .err()
+                .map(Err)
+        };
+        if let Some(answer) = refused {
+            answers.push((reply, answer));
+            if let Some(s) = segment {
+                sh.segments.give(s.into_mem());
+            }
             continue;
         }
         // Dedup against the index, the pipeline and this group; duplicates inside the request
@@ -430,6 +238,17 @@ fn commit_group(
         for k in known.iter_mut().filter(|k| !**k) {
             *k = present.next().unwrap_or(false);
         }
+        // A segment (alone in its group) is written as it is when every item in it is new;
+        // otherwise its payloads go back to its items, laid out below like any others.
+        let mut segment = match segment {
+            Some(s) if known.iter().all(|k| !k) && buf.len() == 0 => Some(s),
+            Some(s) => {
+                s.payloads_back(&mut items);
+                sh.segments.give(s.into_mem());
+                None
+            }
+            None => None,
+        };
         let mut fresh = Vec::with_capacity(items.len());
         let mut flags = Vec::with_capacity(items.len());
         for (p, known) in items.into_iter().zip(known) {
@@ -468,11 +287,35 @@ fn commit_group(
             }
             buf.begin(active, estimate, sh.opts.max_group_bytes);
         }
+        if let Some(mut s) = segment.take() {
+            s.place(active);
+            pool.put(std::mem::replace(&mut buf, s));
+            // Its records are in place: each at the offset the records before it end.
+            let mut at = buf.next_offset() - buf.len() as u64;
+            for p in fresh {
+                let loc = Location {
+                    volume: active.id,
+                    offset: at,
+                    stored_len: p.stored_len,
+                    raw_len: p.raw_len,
+                    kind: p.kind,
+                    compression: p.compression,
+                };
+                at += (HEADER_LEN + p.stored_len as usize) as u64;
+                new_locs.insert(p.digest, loc);
+                batch.items.push((p.digest, loc));
+                if !p.refs.is_empty() {
+                    with_refs.push((p.digest, p.refs));
+                }
+            }
+            answers.push((reply, Ok(flags)));
+            continue;
+        }
         for p in fresh {
             let loc = Location {
                 volume: active.id,
                 offset: buf.next_offset(),
-                stored_len: p.payload.len() as u32,
+                stored_len: p.stored_len,
                 raw_len: p.raw_len,
                 kind: p.kind,
                 compression: p.compression,
@@ -502,7 +345,7 @@ fn commit_group(
             records = Some(buf);
         }
         // Not handed on: back to the pool (`begin` clears it).
-        _ => pool.put(buf),
+        _ => recycle(sh, pool, buf),
     }
     if sh.failed.lock().is_none() {
         for (parent, refs) in with_refs {
@@ -536,9 +379,19 @@ fn commit_group(
         answer(sh, answers);
     }
     if let Some(b) = records {
-        pool.put(b);
+        recycle(sh, pool, b);
     }
     appended
+}
+
+/// A buffer back where it came from: a segment to the writers' pool, the committer's own
+/// to its pool.
+fn recycle(sh: &Shared, pool: &mut Pool, b: GroupBuf) {
+    if b.is_segment() {
+        sh.segments.give(b.into_mem());
+    } else {
+        pool.put(b);
+    }
 }
 
 /// Appends copies of items the store holds and points the index at them (compaction). The
@@ -589,79 +442,6 @@ fn relocate(
     *counts = None;
     sh.index.write(batch, false)?;
     Ok(appended)
-}
-
-/// SHA-256 digests of the items of a batch that came without one (from the network), hashed
-/// side by side ([`Digest::of_each`]); SHA-1 items are hashed one at a time by
-/// [`check_item`], which names an item its collision detection refuses.
-fn hash_unknown(alg: mirage_format::Algorithm, encoded: &[Vec<u8>], known: &mut [Option<Digest>]) {
-    if alg != mirage_format::Algorithm::Sha256 {
-        return;
-    }
-    let (slots, bytes): (Vec<usize>, Vec<&[u8]>) = known
-        .iter()
-        .zip(encoded)
-        .enumerate()
-        .filter(|(_, (k, _))| k.is_none())
-        .map(|(i, (_, b))| (i, b.as_slice()))
-        .unzip();
-    if slots.len() < 2 {
-        return;
-    }
-    if let Ok(digests) = Digest::of_each(alg, &bytes) {
-        for (i, d) in slots.into_iter().zip(digests) {
-            known[i] = Some(d);
-        }
-    }
-}
-
-/// Decodes and validates item #`index` of a batch for a store using `alg`: its kind, its
-/// references (all of `alg`), the blob size limit, and its digest (`known` when it was made in
-/// this process, else computed).
-pub(crate) fn check_item(
-    alg: mirage_format::Algorithm,
-    index: usize,
-    bytes: &[u8],
-    known: Option<Digest>,
-) -> Result<(Digest, ItemKind, Vec<Digest>), StoreError> {
-    let (kind, _) = peek(bytes).map_err(|source| StoreError::InvalidItem { index, source })?;
-    let refs = if kind.has_refs() {
-        let item =
-            Item::decode(bytes).map_err(|source| StoreError::InvalidItem { index, source })?;
-        let refs = item.refs();
-        if let Some(r) = refs.iter().find(|r| r.algorithm() != alg) {
-            return Err(StoreError::WrongAlgorithm {
-                index,
-                found: r.algorithm(),
-                store: alg,
-            });
-        }
-        refs
-    } else {
-        if bytes.len() > mirage_format::item::MAX_ITEM {
-            return Err(StoreError::InvalidItem {
-                index,
-                source: mirage_format::DecodeError::TooLong {
-                    field: "blob",
-                    len: bytes.len() as u64,
-                    limit: mirage_format::item::MAX_ITEM as u64,
-                },
-            });
-        }
-        Vec::new()
-    };
-    let d = match known {
-        Some(d) if d.algorithm() == alg => d,
-        Some(d) => {
-            return Err(StoreError::WrongAlgorithm {
-                index,
-                found: d.algorithm(),
-                store: alg,
-            })
-        }
-        None => Digest::of(alg, bytes).map_err(|source| StoreError::Digest { index, source })?,
-    };
-    Ok((d, kind, refs))
 }
 
 /// Indexes items that are new to the store, keeping [`Shared::counts`] in step (under its
