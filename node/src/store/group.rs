@@ -75,16 +75,13 @@ impl GroupBuf {
         }
     }
 
-    /// A segment: `items` laid out as records in `mem` (a buffer from the [`SegmentPool`]
-    /// with room for them and the alignment), starting at an aligned address; each payload is
-    /// moved into its record and freed. Placed at the end of a volume by [`GroupBuf::place`].
-    pub(crate) fn lay_out(mut mem: Vec<u8>, items: &mut [Prepared]) -> Self {
+    /// A segment to lay records out in (see [`GroupBuf::lay_out`]): `mem` is a buffer from
+    /// the [`SegmentPool`] with room for them and the alignment; the records start at an
+    /// aligned address. Placed at the end of a volume by [`GroupBuf::place`].
+    pub(crate) fn segment(mut mem: Vec<u8>) -> Self {
         mem.clear();
         let skip = mem.as_ptr().align_offset(ALIGN as usize);
         mem.resize(skip, 0);
-        for p in items {
-            p.lay_out(&mut mem);
-        }
         GroupBuf {
             mem,
             start: skip,
@@ -92,6 +89,11 @@ impl GroupBuf {
             direct: false,
             segment: true,
         }
+    }
+
+    /// Appends an item's record to a segment, moving its payload in (and freeing it).
+    pub(crate) fn lay_out(&mut self, p: &mut Prepared) {
+        p.lay_out(&mut self.mem);
     }
 
     /// Whether this is a writer's segment.

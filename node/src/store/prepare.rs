@@ -172,6 +172,15 @@ impl Store {
         let mut prepared = Vec::new();
         let mut slots = Vec::new();
         let codec = sh.codec_now();
+        // A large request is laid out as it is prepared: each payload copied into its record
+        // right after its CRC, while it is in this core's cache (compression only shrinks).
+        let bound: usize = encoded
+            .iter()
+            .zip(&present)
+            .filter(|(_, here)| here.is_none())
+            .map(|(b, _)| HEADER_LEN + b.len())
+            .sum();
+        let mut segment = (bound >= DIRECT_MIN).then(|| GroupBuf::segment(sh.segments.take(bound)));
         for (i, (((bytes, d), (kind, refs)), here)) in encoded
             .into_iter()
             .zip(&digests)
@@ -183,7 +192,11 @@ impl Store {
                 continue;
             }
             slots.push(i);
-            prepared.push(Prepared::new(*d, kind, refs, bytes, codec));
+            let mut p = Prepared::new(*d, kind, refs, bytes, codec);
+            if let Some(s) = segment.as_mut() {
+                s.lay_out(&mut p);
+            }
+            prepared.push(p);
         }
         let out: Vec<PutOutcome> = digests
             .iter()
@@ -201,9 +214,6 @@ impl Store {
                 .map(|p| HEADER_LEN + p.raw_len as usize)
                 .sum();
             sh.submitted_raw.fetch_add(raw as u64, Ordering::Relaxed);
-            let bytes = record_bytes(&prepared);
-            let segment = (bytes >= DIRECT_MIN)
-                .then(|| GroupBuf::lay_out(sh.segments.take(bytes), &mut prepared));
             self.send(Msg::Write(prepared, segment, rtx))?;
             Some(rrx)
         };
