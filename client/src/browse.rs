@@ -163,7 +163,9 @@ pub fn show_text(v: &serde_json::Value) -> String {
 
 /// The root tree of the filesystem `REF[:PART]` names (default: the largest filesystem).
 /// The root tree of partition `part`'s filesystem of `image` (default: the largest filesystem).
-fn fs_root(store: &Store, d: &Digest, part: Option<u32>) -> Result<Digest> {
+/// The root tree of the filesystem `part` names (default: the largest), whether it is FAT
+/// (whose directories look names up without regard to case), and its root's inode flags.
+fn fs_root(store: &Store, d: &Digest, part: Option<u32>) -> Result<(Digest, bool, u64)> {
     let r = d.to_text();
     let Item::Image(img) = item(store, d)? else {
         bail!("{r} is not an image")
@@ -190,7 +192,26 @@ fn fs_root(store: &Store, d: &Digest, part: Option<u32>) -> Result<Digest> {
     let Item::Filesystem(fs) = item(store, &fs_digest)? else {
         bail!("damaged image: not a filesystem")
     };
-    Ok(fs.root)
+    Ok((fs.root, fs.fs_type == "vfat", fs.root_attrs.flags))
+}
+
+/// `EXT4_CASEFOLD_FL`: a directory whose names are looked up without regard to case.
+const CASEFOLD_FL: u64 = 0x4000_0000;
+
+/// The entry of `t` named `name`; in a directory that ignores case (an ext4 casefold
+/// directory, any FAT directory) also one whose name is the same in lower case (Unicode's
+/// simple lower-casing, close to but not exactly the kernel's casefolding).
+fn lookup<'t>(t: &'t Tree, name: &[u8], ignore_case: bool) -> Option<&'t TreeEntry> {
+    if let Some(e) = t.get(name) {
+        return Some(e);
+    }
+    if !ignore_case {
+        return None;
+    }
+    let want = std::str::from_utf8(name).ok()?.to_lowercase();
+    t.entries
+        .iter()
+        .find(|e| std::str::from_utf8(&e.name).is_ok_and(|n| n.to_lowercase() == want))
 }
 
 fn tree(store: &Store, d: &Digest) -> Result<Tree> {
@@ -207,7 +228,7 @@ fn resolve(
     part: Option<u32>,
     path: &[u8],
 ) -> Result<(Digest, Option<TreeEntry>)> {
-    let mut cur = fs_root(store, image, part)?;
+    let (mut cur, fat, mut flags) = fs_root(store, image, part)?;
     let mut entry: Option<TreeEntry> = None;
     let shown = shell_name(path);
     for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
@@ -217,13 +238,13 @@ fn resolve(
             }
         }
         let t = tree(store, &cur)?;
-        let e = t
-            .get(comp)
+        let e = lookup(&t, comp, fat || flags & CASEFOLD_FL != 0)
             .cloned()
             .with_context(|| format!("{shown}: no such file or directory"))?;
         if let Some(c) = e.content {
             cur = c;
         }
+        flags = e.flags;
         entry = Some(e);
     }
     Ok((cur, entry))

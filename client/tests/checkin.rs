@@ -230,6 +230,9 @@ fn gpt_image_checks_in_deterministically_and_browses() {
         String::from_utf8_lossy(&esp.stderr)
     );
     assert!(esp.stdout == pseudo_random(4, 150_000));
+    // FAT looks names up without regard to case.
+    let esp = mirage(&store, &["cat", &format!("{digest}:2"), "/efi/bootx64.efi"]);
+    assert!(esp.stdout == pseudo_random(4, 150_000));
     // A name that is not UTF-8 is listed quoted as a shell takes it back, and found by its
     // bytes.
     let var = ok(mirage(&store, &["ls", &digest, "/var"]));

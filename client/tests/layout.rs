@@ -280,6 +280,19 @@ fn a_rebuild_keeps_casefolded_directories_and_the_encoding() {
     let (store, d, src_fs, root) = index_and_check_in(&img, dir.path());
     let cf = root.entries.iter().find(|e| e.name == b"cf").unwrap();
     assert_ne!(cf.flags & 0x4000_0000, 0, "the source is case-folded");
+    // Browsing looks names up as the kernel would: without regard to case in the case-folded
+    // directories only.
+    let cat = |path: &str| {
+        let mut out = Vec::new();
+        mirage_client::browse::cat(&store, &d, None, path, &mut out).map(|()| out)
+    };
+    assert_eq!(cat("/cf/mixedcase.txt").unwrap(), b"hi\n");
+    assert_eq!(cat("/cf/BIG/file-7").unwrap(), b"");
+    assert_eq!(cat("/cf/STRAßE").unwrap(), b"x\n");
+    assert!(
+        cat("/CF/MixedCase.TXT").is_err(),
+        "the root is not case-folded"
+    );
     // The same tree (flags included) and the same superblock (encoding and its strict flag).
     assert_rebuild_round_trips(&store, &d, dir.path(), src_fs);
 }
