@@ -301,6 +301,53 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_lays_records_out_aligned_and_gives_payloads_back_unchanged() {
+        use super::super::location::Codec;
+        use super::super::record::parse_header;
+        use mirage_format::{Algorithm, ItemKind};
+        let pool = SegmentPool::default();
+        let payloads: Vec<Vec<u8>> = [0usize, 1, 4095, 70_000]
+            .iter()
+            .map(|n| (0..*n).map(|i| (i * 7 + n) as u8).collect())
+            .collect();
+        let mut items: Vec<Prepared> = payloads
+            .iter()
+            .map(|b| {
+                let d = mirage_format::Digest::of(Algorithm::Sha256, b).unwrap();
+                Prepared::relocated(d, ItemKind::Blob, b.clone(), Codec::None)
+            })
+            .collect();
+        let bytes: usize = payloads.iter().map(|b| HEADER_LEN + b.len()).sum();
+        let mut seg = GroupBuf::segment(pool.take(bytes));
+        for p in &mut items {
+            seg.lay_out(p);
+            assert!(p.payload.is_empty(), "moved into the segment");
+        }
+        assert!(seg.is_segment());
+        assert_eq!(seg.len(), bytes);
+        assert_eq!(
+            seg.mem[seg.start..].as_ptr().align_offset(ALIGN as usize),
+            0
+        );
+        // Records back to back, each header naming its payload's length.
+        let mut at = seg.start;
+        for b in &payloads {
+            let h = parse_header(&seg.mem[at..at + HEADER_LEN]).unwrap();
+            assert_eq!(h.stored_len as usize, b.len());
+            assert_eq!(&seg.mem[at + HEADER_LEN..at + HEADER_LEN + b.len()], &b[..]);
+            at += HEADER_LEN + b.len();
+        }
+        seg.payloads_back(&mut items);
+        let back: Vec<Vec<u8>> = items.iter().map(|p| p.payload.clone()).collect();
+        assert_eq!(back, payloads);
+        // The buffer goes back to the pool and serves the next segment of that size.
+        let first = seg.mem.as_ptr();
+        pool.give(seg.into_mem());
+        let again = pool.take(bytes);
+        assert_eq!(again.as_ptr(), first);
+    }
+
+    #[test]
     fn the_pool_makes_two_buffers_then_waits_for_one_back() {
         let (tx, rx) = mpsc::channel();
         let mut pool = Pool::new(rx);
