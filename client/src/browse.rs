@@ -161,8 +161,6 @@ pub fn show_text(v: &serde_json::Value) -> String {
     s
 }
 
-/// The root tree of the filesystem `REF[:PART]` names (default: the largest filesystem).
-/// The root tree of partition `part`'s filesystem of `image` (default: the largest filesystem).
 /// The root tree of the filesystem `part` names (default: the largest), whether it is FAT
 /// (whose directories look names up without regard to case), and its root's inode flags.
 fn fs_root(store: &Store, d: &Digest, part: Option<u32>) -> Result<(Digest, bool, u64)> {
@@ -194,9 +192,6 @@ fn fs_root(store: &Store, d: &Digest, part: Option<u32>) -> Result<(Digest, bool
     };
     Ok((fs.root, fs.fs_type == "vfat", fs.root_attrs.flags))
 }
-
-/// `EXT4_CASEFOLD_FL`: a directory whose names are looked up without regard to case.
-const CASEFOLD_FL: u64 = 0x4000_0000;
 
 /// The entry of `t` named `name`; in a directory that ignores case (an ext4 casefold
 /// directory, any FAT directory) also one whose name is the same in lower case (Unicode's
@@ -238,9 +233,13 @@ fn resolve(
             }
         }
         let t = tree(store, &cur)?;
-        let e = lookup(&t, comp, fat || flags & CASEFOLD_FL != 0)
-            .cloned()
-            .with_context(|| format!("{shown}: no such file or directory"))?;
+        let e = lookup(
+            &t,
+            comp,
+            fat || flags & crate::fsbuild::ext4::CASEFOLD_FL != 0,
+        )
+        .cloned()
+        .with_context(|| format!("{shown}: no such file or directory"))?;
         if let Some(c) = e.content {
             cur = c;
         }

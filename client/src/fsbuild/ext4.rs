@@ -53,7 +53,7 @@ const USER_FLAGS: u64 = 0x1
 
 /// `EXT4_CASEFOLD_FL`: names in this directory are looked up without regard to case (set on a
 /// rebuilt directory after `mke2fs -d` filled it; an indexed one is hashed again by `e2fsck -D`).
-const CASEFOLD_FL: u64 = 0x4000_0000;
+pub(crate) const CASEFOLD_FL: u64 = 0x4000_0000;
 
 fn p_u64(fs: &Filesystem, key: &str) -> Result<u64> {
     match fs.params.get(key) {

@@ -209,11 +209,8 @@ impl Store {
             None
         } else {
             let (rtx, rrx) = mpsc::sync_channel(1);
-            let raw: usize = prepared
-                .iter()
-                .map(|p| HEADER_LEN + p.raw_len as usize)
-                .sum();
-            sh.submitted_raw.fetch_add(raw as u64, Ordering::Relaxed);
+            // Record bytes before compression (`bound`: the new items' encodings).
+            sh.submitted_raw.fetch_add(bound as u64, Ordering::Relaxed);
             self.send(Msg::Write(prepared, segment, rtx))?;
             Some(rrx)
         };
