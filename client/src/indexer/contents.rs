@@ -264,18 +264,17 @@ impl<'a> Job<'a> {
                 })
                 .collect()
         });
-        let mut stored = Stored {
-            content: HashMap::new(),
-            hinted: 0,
-            unsettled: Vec::new(),
-        };
+        let (mut unsettled, mut hinted) = (Vec::new(), 0);
         for r in results {
             let (u, h) = r?;
-            stored.unsettled.push(u);
-            stored.hinted += h;
+            unsettled.push(u);
+            hinted += h;
         }
-        stored.content = content.into_inner();
-        Ok(stored)
+        Ok(Stored {
+            content: content.into_inner(),
+            hinted,
+            unsettled,
+        })
     }
 
     fn worker(

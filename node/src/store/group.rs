@@ -20,7 +20,7 @@
 //! back to the writers through a [`SegmentPool`] once written.
 
 use super::prepare::Prepared;
-use super::record::{align_up, ALIGN, HEADER_LEN};
+use super::record::{align_up, append_record, ALIGN, HEADER_LEN};
 use std::sync::mpsc;
 
 use super::volume::{ActiveVolume, VolumeWriter};
@@ -93,7 +93,21 @@ impl GroupBuf {
 
     /// Appends an item's record to a segment, moving its payload in (and freeing it).
     pub(crate) fn lay_out(&mut self, p: &mut Prepared) {
-        p.lay_out(&mut self.mem);
+        self.append(p);
+        p.payload = Vec::new();
+    }
+
+    /// Appends an item's record (its CRC computed beforehand): one copy of the payload.
+    pub(crate) fn append(&mut self, p: &Prepared) {
+        append_record(
+            &mut self.mem,
+            &p.digest,
+            p.kind,
+            p.compression,
+            p.raw_len,
+            &p.payload,
+            p.crc,
+        );
     }
 
     /// Whether this is a writer's segment.
@@ -145,7 +159,8 @@ impl GroupBuf {
         self.base + self.len() as u64
     }
 
-    /// The buffer records are appended to (see `record::append_record`).
+    /// The buffer records are appended to (tests write raw bytes).
+    #[cfg(test)]
     pub(crate) fn records(&mut self) -> &mut Vec<u8> {
         &mut self.mem
     }

@@ -11,7 +11,7 @@ use mirage_format::{Digest, Item, ItemKind};
 
 use super::group::{GroupBuf, DIRECT_MIN};
 use super::location::{Codec, Compression};
-use super::record::{append_record, record_crc, HEADER_LEN};
+use super::record::{record_crc, HEADER_LEN};
 use super::write::Msg;
 use super::{Store, StoreError};
 use crate::index::Index;
@@ -87,20 +87,6 @@ impl Prepared {
             payload,
             crc,
         }
-    }
-
-    /// Appends the item's record to `out` and frees its payload.
-    pub(crate) fn lay_out(&mut self, out: &mut Vec<u8>) {
-        let payload = std::mem::take(&mut self.payload);
-        append_record(
-            out,
-            &self.digest,
-            self.kind,
-            self.compression,
-            self.raw_len,
-            &payload,
-            self.crc,
-        );
     }
 
     /// A copy of a stored item for compaction (no references to check: it is already in).

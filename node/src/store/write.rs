@@ -199,7 +199,7 @@ fn commit_group(
         if let Some(answer) = refused {
             answers.push((reply, answer));
             if let Some(s) = segment {
-                sh.segments.give(s.into_mem());
+                recycle(sh, pool, s);
             }
             continue;
         }
@@ -244,7 +244,7 @@ fn commit_group(
             Some(s) if known.iter().all(|k| !k) && buf.len() == 0 => Some(s),
             Some(s) => {
                 s.payloads_back(&mut items);
-                sh.segments.give(s.into_mem());
+                recycle(sh, pool, s);
                 None
             }
             None => None,
@@ -287,48 +287,30 @@ fn commit_group(
             }
             buf.begin(active, estimate, sh.opts.max_group_bytes);
         }
-        if let Some(mut s) = segment.take() {
-            s.place(active);
-            pool.put(std::mem::replace(&mut buf, s));
-            // Its records are in place: each at the offset the records before it end.
-            let mut at = buf.next_offset() - buf.len() as u64;
-            for p in fresh {
-                let loc = Location {
-                    volume: active.id,
-                    offset: at,
-                    stored_len: p.stored_len,
-                    raw_len: p.raw_len,
-                    kind: p.kind,
-                    compression: p.compression,
-                };
-                at += (HEADER_LEN + p.stored_len as usize) as u64;
-                new_locs.insert(p.digest, loc);
-                batch.items.push((p.digest, loc));
-                if !p.refs.is_empty() {
-                    with_refs.push((p.digest, p.refs));
-                }
+        // A segment becomes the group's buffer, its records in place; otherwise each record
+        // is appended to the committer's buffer.
+        let in_place = match segment.take() {
+            Some(mut s) => {
+                s.place(active);
+                pool.put(std::mem::replace(&mut buf, s));
+                true
             }
-            answers.push((reply, Ok(flags)));
-            continue;
-        }
+            None => false,
+        };
+        let mut at = buf.next_offset() - if in_place { buf.len() as u64 } else { 0 };
         for p in fresh {
             let loc = Location {
                 volume: active.id,
-                offset: buf.next_offset(),
+                offset: at,
                 stored_len: p.stored_len,
                 raw_len: p.raw_len,
                 kind: p.kind,
                 compression: p.compression,
             };
-            append_record(
-                buf.records(),
-                &p.digest,
-                p.kind,
-                p.compression,
-                p.raw_len,
-                &p.payload,
-                p.crc,
-            );
+            if !in_place {
+                buf.append(&p);
+            }
+            at += (HEADER_LEN + p.stored_len as usize) as u64;
             new_locs.insert(p.digest, loc);
             batch.items.push((p.digest, loc));
             if !p.refs.is_empty() {
