@@ -20,7 +20,7 @@
 //! back to the writers through a [`SegmentPool`] once written.
 
 use super::prepare::Prepared;
-use super::record::{align_up, append_record, ALIGN, HEADER_LEN};
+use super::record::{align_up, ALIGN, HEADER_LEN};
 use std::sync::mpsc;
 
 use super::volume::{ActiveVolume, VolumeWriter};
@@ -99,15 +99,7 @@ impl GroupBuf {
 
     /// Appends an item's record (its CRC computed beforehand): one copy of the payload.
     pub(crate) fn append(&mut self, p: &Prepared) {
-        append_record(
-            &mut self.mem,
-            &p.digest,
-            p.kind,
-            p.compression,
-            p.raw_len,
-            &p.payload,
-            p.crc,
-        );
+        p.record_into(&mut self.mem);
     }
 
     /// Whether this is a writer's segment.

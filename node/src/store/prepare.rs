@@ -11,7 +11,7 @@ use mirage_format::{Digest, Item, ItemKind};
 
 use super::group::{GroupBuf, DIRECT_MIN};
 use super::location::{Codec, Compression};
-use super::record::{record_crc, HEADER_LEN};
+use super::record::{append_record, record_crc, HEADER_LEN};
 use super::write::Msg;
 use super::{Store, StoreError};
 use crate::index::Index;
@@ -87,6 +87,20 @@ impl Prepared {
             payload,
             crc,
         }
+    }
+
+    /// Appends the item's record to `out` (its CRC computed beforehand): one copy of the
+    /// payload.
+    pub(crate) fn record_into(&self, out: &mut Vec<u8>) {
+        append_record(
+            out,
+            &self.digest,
+            self.kind,
+            self.compression,
+            self.raw_len,
+            &self.payload,
+            self.crc,
+        );
     }
 
     /// A copy of a stored item for compaction (no references to check: it is already in).

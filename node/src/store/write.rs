@@ -9,7 +9,7 @@ use mirage_format::Digest;
 use super::group::{GroupBuf, Pool};
 use super::location::{Location, LocationTable};
 use super::prepare::{record_bytes, Prepared};
-use super::record::{append_record, HEADER_LEN, VOLUME_HEADER_LEN};
+use super::record::{HEADER_LEN, VOLUME_HEADER_LEN};
 use super::sync::{answer, Appended, Pipe, SyncMsg, Unsynced};
 use super::volume::ActiveVolume;
 use super::{Shared, StoreError};
@@ -405,15 +405,7 @@ fn relocate(
             kind: p.kind,
             compression: p.compression,
         };
-        append_record(
-            &mut buf,
-            &p.digest,
-            p.kind,
-            p.compression,
-            p.raw_len,
-            &p.payload,
-            p.crc,
-        );
+        p.record_into(&mut buf);
         batch.items.push((p.digest, loc));
     }
     let mut appended = 0;
