@@ -4,12 +4,14 @@
 
 use std::collections::VecDeque;
 
-use mirage_format::chunking::EncodedItem;
-use mirage_node::{PendingPut, Store, StoreError};
+use mirage_format::chunking::{Chunk, EncodedItem, Piece};
+use mirage_node::{BlobSegment, PendingPut, Store, StoreError};
 
 const BATCH_BYTES: usize = 8 << 20;
 const BATCH_ITEMS: usize = 1024;
 const IN_FLIGHT: usize = 4;
+/// Room in the segment chunks are copied into (a batch and the largest chunk).
+const SEGMENT_BYTES: usize = 12 << 20;
 
 /// Items sent, items new to the store, and encoded bytes of the new ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,6 +32,9 @@ pub struct Batcher<'a> {
     store: &'a Store,
     items: Vec<EncodedItem>,
     bytes: usize,
+    /// Chunks copied from the chunker's window into their records, submitted before the
+    /// items (the chunk lists naming them).
+    seg: Option<BlobSegment>,
     pending: VecDeque<(PendingPut, Vec<usize>)>,
     /// What was stored so far.
     pub counts: BatchCounts,
@@ -42,6 +47,7 @@ impl<'a> Batcher<'a> {
             store,
             items: Vec::new(),
             bytes: 0,
+            seg: None,
             pending: VecDeque::new(),
             counts: BatchCounts::default(),
         }
@@ -62,17 +68,56 @@ impl<'a> Batcher<'a> {
         Ok(())
     }
 
+    /// Adds what the chunker hands on: an item, or a chunk, copied from the chunker's window
+    /// straight into its record.
+    pub fn put(&mut self, piece: Piece<'_>) -> Result<(), StoreError> {
+        match piece {
+            Piece::Item(item) => self.push(item),
+            Piece::Chunk(c) => self.push_chunk(c),
+        }
+    }
+
+    fn push_chunk(&mut self, c: Chunk<'_>) -> Result<(), StoreError> {
+        let store = self.store;
+        let seg = self
+            .seg
+            .get_or_insert_with(|| store.blob_segment(SEGMENT_BYTES));
+        if seg.push_chunk(&c).is_none() {
+            self.submit()?;
+            let seg = self.seg.insert(store.blob_segment(SEGMENT_BYTES));
+            if seg.push_chunk(&c).is_none() {
+                return self.push(c.into_item());
+            }
+        }
+        if self.seg.as_ref().is_some_and(|s| s.bytes() >= BATCH_BYTES) {
+            self.submit()?;
+        }
+        Ok(())
+    }
+
     /// Submits the items collected so far without waiting for them: items pushed to another
     /// batcher afterwards (parents) reach the store after them.
     pub fn submit(&mut self) -> Result<(), StoreError> {
+        if let Some(seg) = self.seg.take_if(|s| !s.is_empty()) {
+            let sizes = seg.sizes();
+            let put = self.store.put_blobs_submit(seg)?;
+            self.submitted(put, sizes)?;
+        }
         if self.items.is_empty() {
             return Ok(());
         }
         let items = std::mem::take(&mut self.items);
         let sizes: Vec<usize> = items.iter().map(|i| i.bytes().len()).collect();
         self.bytes = 0;
-        self.pending
-            .push_back((self.store.put_encoded_submit(items)?, sizes));
+        let put = self.store.put_encoded_submit(items)?;
+        self.submitted(put, sizes)
+    }
+
+    /// Counts in a batch submitted by the caller (e.g. [`Store::put_blobs_submit`]) whose
+    /// items have these encoded sizes, waiting as [`Batcher::submit`] does when too many
+    /// are in flight.
+    pub fn submitted(&mut self, put: PendingPut, sizes: Vec<usize>) -> Result<(), StoreError> {
+        self.pending.push_back((put, sizes));
         while self.pending.len() > IN_FLIGHT {
             self.wait_oldest()?;
         }

@@ -273,7 +273,7 @@ pub fn ingest_dir(
                             Dense(std::io::BufReader::with_capacity(1 << 20, f)),
                             n.meta.size(),
                             alg,
-                            |item| b.push(item),
+                            |p| b.put(p),
                         )
                         .map_err(|e| match e {
                             ChunkError::Sink(se) => IngestError::Store(se),

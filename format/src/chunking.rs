@@ -101,6 +101,55 @@ impl EncodedItem {
     }
 }
 
+/// A chunk cut and hashed by [`chunk_stream`], its content still in the chunker's window:
+/// a blob's content and its digest, the hash of the blob's encoding by construction (the
+/// fields are private and only the chunker makes one), so a store in the same process may
+/// copy the content straight into its record and take the digest as given.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    digest: Digest,
+    content: &'a [u8],
+}
+
+impl<'a> Chunk<'a> {
+    /// Its digest (that of the blob holding it).
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The content (the blob's encoding without its header).
+    pub fn content(&self) -> &'a [u8] {
+        self.content
+    }
+
+    /// The blob as an item of its own: one copy of the content.
+    pub fn into_item(self) -> EncodedItem {
+        EncodedItem {
+            digest: self.digest,
+            bytes: encode_blob(self.content),
+        }
+    }
+}
+
+/// What [`store_content`] hands its sink: an item, or a chunk still in the window.
+#[derive(Debug)]
+pub enum Piece<'a> {
+    /// An encoded item (a small file's blob, a chunk list).
+    Item(EncodedItem),
+    /// A chunk of a large file.
+    Chunk(Chunk<'a>),
+}
+
+impl Piece<'_> {
+    /// The piece as an encoded item (a chunk copied into its own).
+    pub fn into_item(self) -> EncodedItem {
+        match self {
+            Piece::Item(i) => i,
+            Piece::Chunk(c) => c.into_item(),
+        }
+    }
+}
+
 /// The encoding of the blob holding the next `size` bytes of `reader`, not yet hashed (for
 /// [`EncodedItem::hashed`]); an error if the reader ends first.
 pub fn read_blob_encoding(reader: impl Read, size: u64) -> std::io::Result<Vec<u8>> {
@@ -229,19 +278,20 @@ impl<R: SparseRead> SparseRead for Limited<R> {
 }
 
 /// Cuts `reader` into content-defined chunks starting at logical offset `base`. Each non-zero
-/// chunk goes to `sink` as a Blob; all-zero chunks are skipped (they become holes). Returns the
+/// chunk goes to `sink` as a Blob, hashed and still in the window ([`Chunk::into_item`] makes
+/// it an item of its own); all-zero chunks are skipped (they become holes). Returns the
 /// extents in order and the number of bytes read (skipped zeros included).
 pub fn chunk_stream<R: SparseRead, E: std::error::Error + 'static>(
     mut reader: R,
     base: u64,
     alg: Algorithm,
-    mut sink: impl FnMut(EncodedItem) -> Result<(), E>,
+    mut sink: impl FnMut(Chunk<'_>) -> Result<(), E>,
 ) -> Result<(Vec<Extent>, u64), ChunkError<E>> {
     use fastcdc::v2020::{cut, select_masks, Normalization};
     // The same cut points as `fastcdc::v2020::StreamCDC` (the cut of a window of at least
     // CHUNK_MAX bytes, or of what is left at the end), without its two copies per chunk: the
     // window slides over a buffer several chunks long that is refilled only when less than
-    // CHUNK_MAX bytes remain, and each chunk is copied once, into its encoding.
+    // CHUNK_MAX bytes remain, and each chunk goes to the sink from there.
     let (mask_s, mask_l) = select_masks(CHUNK_AVG, Normalization::Level1);
     let mut buf = SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
     buf.resize(WINDOW, 0);
@@ -322,21 +372,17 @@ fn emit<E: std::error::Error + 'static>(
     pending: &mut Vec<(u64, std::ops::Range<usize>)>,
     alg: Algorithm,
     extents: &mut Vec<Extent>,
-    sink: &mut impl FnMut(EncodedItem) -> Result<(), E>,
+    sink: &mut impl FnMut(Chunk<'_>) -> Result<(), E>,
 ) -> Result<(), ChunkError<E>> {
     let datas: Vec<&[u8]> = pending.iter().map(|(_, r)| &buf[r.clone()]).collect();
     let digests = blob_digests(alg, &datas)?;
-    for ((offset, _), (data, digest)) in pending.drain(..).zip(datas.into_iter().zip(digests)) {
+    for ((offset, _), (content, digest)) in pending.drain(..).zip(datas.into_iter().zip(digests)) {
         extents.push(Extent {
             offset,
-            len: data.len() as u64,
+            len: content.len() as u64,
             digest,
         });
-        sink(EncodedItem {
-            digest,
-            bytes: encode_blob(data),
-        })
-        .map_err(ChunkError::Sink)?;
+        sink(Chunk { digest, content }).map_err(ChunkError::Sink)?;
     }
     Ok(())
 }
@@ -347,7 +393,7 @@ pub fn store_content<R: SparseRead, E: std::error::Error + 'static>(
     reader: R,
     size: u64,
     alg: Algorithm,
-    mut sink: impl FnMut(EncodedItem) -> Result<(), E>,
+    mut sink: impl FnMut(Piece<'_>) -> Result<(), E>,
 ) -> Result<Option<Digest>, ChunkError<E>> {
     if size == 0 {
         return Ok(None);
@@ -355,14 +401,14 @@ pub fn store_content<R: SparseRead, E: std::error::Error + 'static>(
     if size <= INLINE_MAX {
         let item = EncodedItem::read_blob(alg, reader, size)?;
         let d = item.digest;
-        sink(item).map_err(ChunkError::Sink)?;
+        sink(Piece::Item(item)).map_err(ChunkError::Sink)?;
         return Ok(Some(d));
     }
     let limited = Limited {
         inner: reader,
         left: size,
     };
-    let (chunks, read) = chunk_stream(limited, 0, alg, &mut sink)?;
+    let (chunks, read) = chunk_stream(limited, 0, alg, |c| sink(Piece::Chunk(c)))?;
     if read != size {
         return Err(ChunkError::Io(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
@@ -371,7 +417,7 @@ pub fn store_content<R: SparseRead, E: std::error::Error + 'static>(
     }
     let list = EncodedItem::new(alg, &Item::ChunkList(ChunkList { size, chunks }))?;
     let d = list.digest;
-    sink(list).map_err(ChunkError::Sink)?;
+    sink(Piece::Item(list)).map_err(ChunkError::Sink)?;
     Ok(Some(d))
 }
 
@@ -460,8 +506,8 @@ mod tests {
                 Dense(r),
                 0,
                 Algorithm::Sha256,
-                |i| {
-                    items.push(i);
+                |c| {
+                    items.push(c.into_item());
                     Ok(())
                 },
             )
@@ -491,8 +537,8 @@ mod tests {
             Dense(data.as_slice()),
             data.len() as u64,
             Algorithm::Sha256,
-            |i| {
-                stored.push(i);
+            |p| {
+                stored.push(p.into_item());
                 Ok(())
             },
         )
@@ -544,8 +590,8 @@ mod tests {
             Dense(&b"hello"[..]),
             5,
             Algorithm::Sha1,
-            |i| {
-                stored.push(i);
+            |p| {
+                stored.push(p.into_item());
                 Ok(())
             },
         )
@@ -713,8 +759,8 @@ mod tests {
             &mut sparse,
             len,
             Algorithm::Sha256,
-            |i| {
-                blobs += usize::from(i.bytes()[..BLOB_HEADER.len()] == BLOB_HEADER);
+            |p| {
+                blobs += usize::from(p.into_item().bytes()[..BLOB_HEADER.len()] == BLOB_HEADER);
                 Ok(())
             },
         )

@@ -17,6 +17,6 @@ pub mod shard;
 pub mod store;
 
 pub use store::{
-    Codec, CompactOptions, CompactReport, PartitionSummary, PendingPut, PutOutcome, ReadOptions,
-    ReadStats, Stats, Store, StoreError, StoreOptions, VerifyReport,
+    BlobSegment, Codec, CompactOptions, CompactReport, PartitionSummary, PendingPut, PutOutcome,
+    ReadOptions, ReadStats, Stats, Store, StoreError, StoreOptions, VerifyReport,
 };

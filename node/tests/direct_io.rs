@@ -99,14 +99,6 @@ fn large_groups_are_aligned_and_padding_is_invisible_to_every_reader() {
     }
 }
 
-/// Records in the volumes against items in the index: every item written once.
-fn assert_each_written_once(s: &mirage_node::Store, items: u64) {
-    let report = s.verify(|_| {}).unwrap();
-    assert!(report.damaged.is_empty(), "{:?}", report.damaged);
-    assert_eq!(report.items_ok, items);
-    assert_eq!(report.records, items, "a record written twice");
-}
-
 #[test]
 fn large_requests_holding_items_the_store_is_writing_are_written_once() {
     // A large request is laid out by its writer and written as it is only when all of it is

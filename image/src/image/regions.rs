@@ -204,8 +204,8 @@ pub fn store_region<E: std::error::Error + 'static>(
             pos: s,
             end: e,
         };
-        let (mut ext, _) =
-            chunk_stream(Dense(reader), s - start, alg, &mut sink).map_err(RegionError::Chunk)?;
+        let (mut ext, _) = chunk_stream(Dense(reader), s - start, alg, |c| sink(c.into_item()))
+            .map_err(RegionError::Chunk)?;
         chunks.append(&mut ext);
     }
     let list = EncodedItem::new(

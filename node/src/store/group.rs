@@ -41,8 +41,23 @@ pub(crate) struct GroupBuf {
     /// Volume offset of `mem[start]`.
     base: u64,
     direct: bool,
-    /// A writer's segment: its memory goes back to the [`SegmentPool`].
-    segment: bool,
+    /// Where its memory goes back to.
+    origin: Origin,
+    /// Where the records end when the memory is longer than they are (a blob segment's
+    /// buffer stays initialized to its full length, `store::blobs`); `None`: at its end.
+    filled: Option<usize>,
+}
+
+/// Whose memory a [`GroupBuf`] is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The committer's own ([`Pool`]).
+    #[default]
+    Committer,
+    /// A writer's segment ([`GroupBuf::segment`], `Shared::segments`).
+    Segment,
+    /// A segment blobs were read into (`store::blobs`, `Shared::blob_segments`).
+    Blobs,
 }
 
 impl GroupBuf {
@@ -55,6 +70,7 @@ impl GroupBuf {
             self.mem = Vec::new();
         }
         self.mem.clear();
+        self.filled = None;
         let slack = 2 * ALIGN as usize;
         if self.mem.capacity() < estimate + slack {
             // A new buffer, not a grown one: `reserve` would reallocate, and the allocator
@@ -87,7 +103,21 @@ impl GroupBuf {
             start: skip,
             base: 0,
             direct: false,
-            segment: true,
+            origin: Origin::Segment,
+            filled: None,
+        }
+    }
+
+    /// A segment whose records were written in place into `mem` (initialized to its full
+    /// length): from `start` (aligned in memory) to `end`.
+    pub(crate) fn filled_segment(mem: Vec<u8>, start: usize, end: usize) -> Self {
+        GroupBuf {
+            mem,
+            start,
+            base: 0,
+            direct: false,
+            origin: Origin::Blobs,
+            filled: Some(end),
         }
     }
 
@@ -99,12 +129,38 @@ impl GroupBuf {
 
     /// Appends an item's record (its CRC computed beforehand): one copy of the payload.
     pub(crate) fn append(&mut self, p: &Prepared) {
+        debug_assert!(
+            self.filled.is_none(),
+            "records are appended at the memory's end"
+        );
         p.record_into(&mut self.mem);
     }
 
     /// Whether this is a writer's segment.
+    #[cfg(test)]
     pub(crate) fn is_segment(&self) -> bool {
-        self.segment
+        self.origin != Origin::Committer
+    }
+
+    /// A segment's memory back to its writers' pool (`None`); the committer's own buffer is
+    /// returned for its pool.
+    pub(crate) fn release_segment(self, sh: &super::Shared) -> Option<GroupBuf> {
+        match self.origin {
+            Origin::Committer => Some(self),
+            Origin::Segment => {
+                sh.segments.give(self.mem);
+                None
+            }
+            Origin::Blobs => {
+                sh.blob_segments.give(self.mem);
+                None
+            }
+        }
+    }
+
+    /// The records' end in `mem`.
+    fn end(&self) -> usize {
+        self.filled.unwrap_or(self.mem.len())
     }
 
     /// Places a segment at the end of `active` (at the next aligned offset when it is to be
@@ -113,6 +169,12 @@ impl GroupBuf {
         self.direct = self.len() >= DIRECT_MIN
             && active.writer.direct_usable()
             && self.mem[self.start..].as_ptr().align_offset(ALIGN as usize) == 0;
+        if !self.direct {
+            // Written through the page cache: no padding, so nothing past the records.
+            if let Some(end) = self.filled.take() {
+                self.mem.truncate(end);
+            }
+        }
         self.base = if self.direct {
             align_up(active.len)
         } else {
@@ -137,13 +199,14 @@ impl GroupBuf {
     }
 
     /// The memory, for the pool it came from.
+    #[cfg(test)]
     pub(crate) fn into_mem(self) -> Vec<u8> {
         self.mem
     }
 
     /// Record bytes so far.
     pub(crate) fn len(&self) -> usize {
-        self.mem.len() - self.start
+        self.end() - self.start
     }
 
     /// Volume offset of the next record.
@@ -164,8 +227,19 @@ impl GroupBuf {
             return None;
         }
         if self.direct {
-            let padded = align_up(self.len() as u64) as usize;
-            self.mem.resize(self.start + padded, 0);
+            let padded = self.start + align_up(self.len() as u64) as usize;
+            match self.filled {
+                // Padded with zeros in place, the memory beyond left as it is.
+                Some(end) if padded <= self.mem.len() => {
+                    self.mem[end..padded].fill(0);
+                    self.filled = Some(padded);
+                }
+                _ => {
+                    self.mem.truncate(self.end());
+                    self.filled = None;
+                    self.mem.resize(padded, 0);
+                }
+            }
             // The estimate bounds the group, so the buffer never moved; should it have, the
             // bytes go through the page cache at the same (aligned) place.
             self.direct = self.mem[self.start..].as_ptr().align_offset(ALIGN as usize) == 0;
@@ -175,7 +249,7 @@ impl GroupBuf {
 
     /// Writes a closed group at its place (not durably; the syncer's part).
     pub(crate) fn write_out(&self, w: &VolumeWriter) -> Result<(), StoreError> {
-        w.write(&self.mem[self.start..], self.base, self.direct)
+        w.write(&self.mem[self.start..self.end()], self.base, self.direct)
     }
 
     /// Writes the group at its place now (durably if asked) and empties the buffer; returns
@@ -189,8 +263,14 @@ impl GroupBuf {
             return Ok(0);
         }
         let before = active.len;
-        let r = active.write_at(&self.mem[self.start..], self.base, durable, self.direct);
+        let r = active.write_at(
+            &self.mem[self.start..self.end()],
+            self.base,
+            durable,
+            self.direct,
+        );
         self.mem.clear();
+        self.filled = None;
         self.start = 0;
         self.base = active.len;
         r.map(|()| active.len - before)
@@ -220,6 +300,28 @@ impl SegmentPool {
                 drop(free);
                 // Powers of two, so that buffers of similar requests fit each other.
                 Vec::with_capacity(least.next_power_of_two())
+            }
+        }
+    }
+
+    /// A buffer for records written in place (`store::blobs`): initialized to its full
+    /// length, at least `bytes` record bytes and the alignment's room in front and behind.
+    /// Buffers come back from their segments as they were left, so only a new one (fresh
+    /// pages, zero without being cleared) or a shortened one is filled with zeros.
+    pub(crate) fn take_filled(&self, bytes: usize) -> Vec<u8> {
+        let least = bytes + 2 * ALIGN as usize;
+        let mut free = self.free.lock();
+        match free.iter().position(|m| m.capacity() >= least) {
+            Some(i) => {
+                let mut m = free.swap_remove(i);
+                drop(free);
+                let cap = m.capacity();
+                m.resize(cap, 0);
+                m
+            }
+            None => {
+                drop(free);
+                vec![0u8; least.next_power_of_two()]
             }
         }
     }

@@ -7,6 +7,7 @@
 //! rebuilt from the volume tails after a crash, so it never needs its own fsync per write.
 
 mod auto;
+mod blobs;
 mod compact;
 mod direct_read;
 mod group;
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
+pub use blobs::BlobSegment;
 pub use compact::{CompactOptions, CompactReport};
 pub use location::{Codec, Compression, Location, LocationTable};
 use mirage_format::{Algorithm, DecodeError, Digest, DigestError};
@@ -191,6 +193,8 @@ pub(crate) struct Shared {
     pub(crate) auto: parking_lot::Mutex<auto::AutoCodec>,
     /// Buffers for large requests laid out by their writers (`group`).
     pub(crate) segments: group::SegmentPool,
+    /// Buffers blobs are read into (`blobs`).
+    pub(crate) blob_segments: group::SegmentPool,
 }
 
 impl Shared {
@@ -336,6 +340,7 @@ impl Store {
             epoch: std::time::Instant::now(),
             auto: parking_lot::Mutex::new(auto::AutoCodec::default()),
             segments: group::SegmentPool::default(),
+            blob_segments: group::SegmentPool::default(),
         });
         let active = recover::recover(&shared)?;
         let (tx, rx) = mpsc::channel();

@@ -35,6 +35,19 @@ pub struct PendingPut {
 }
 
 impl PendingPut {
+    pub(super) fn new(
+        out: Vec<PutOutcome>,
+        slots: Vec<usize>,
+        reply: Option<mpsc::Receiver<Result<Vec<bool>, StoreError>>>,
+    ) -> Self {
+        PendingPut { out, slots, reply }
+    }
+
+    /// The digest of each item of the batch, in order (known before it is durable).
+    pub fn digests(&self) -> impl Iterator<Item = Digest> + '_ {
+        self.out.iter().map(|o| o.digest)
+    }
+
     /// Waits until every new item of the batch is durable; one outcome per item, in order.
     pub fn wait(mut self) -> Result<Vec<PutOutcome>, StoreError> {
         if let Some(rrx) = self.reply.take() {
@@ -151,7 +164,7 @@ impl Store {
         )
     }
 
-    fn put_inner(
+    pub(super) fn put_inner(
         &self,
         items: Vec<(Option<mirage_format::Digest>, Vec<u8>)>,
     ) -> Result<PendingPut, StoreError> {

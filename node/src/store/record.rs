@@ -160,6 +160,29 @@ pub fn record_crc(
     crc32c::crc32c_append(crc32c::crc32c(&h), payload)
 }
 
+/// Writes the header of an uncompressed record in place, in front of its payload (the
+/// `HEADER_LEN` bytes of `header`), given the CRC32C of the payload alone (computed where
+/// the payload was written, while it was in the cache); returns the record's CRC.
+pub fn put_header(
+    header: &mut [u8],
+    digest: &Digest,
+    kind: ItemKind,
+    payload_len: usize,
+    payload_crc: u32,
+) -> u32 {
+    let h = header_fields(
+        digest,
+        kind,
+        Compression::None,
+        payload_len as u32,
+        payload_len,
+    );
+    let crc = crc32c::crc32c_combine(crc32c::crc32c(&h), payload_crc, payload_len);
+    header[..HEADER_LEN - 4].copy_from_slice(&h);
+    header[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    crc
+}
+
 /// Appends a complete record (header and payload, its CRC computed beforehand by
 /// [`record_crc`]) to `out`: one copy of the payload.
 pub fn append_record(

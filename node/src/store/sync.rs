@@ -37,7 +37,7 @@ pub(crate) struct Appended {
 
 /// Messages to the syncer.
 pub(crate) enum SyncMsg {
-    Group(Appended),
+    Group(Box<Appended>),
     /// Answered once every group sent before it is indexed and answered.
     Barrier(mpsc::SyncSender<()>),
 }
@@ -83,13 +83,13 @@ pub(crate) fn syncer(
         let mut groups = Vec::new();
         let mut barrier = None;
         match first {
-            SyncMsg::Group(g) => groups.push(g),
+            SyncMsg::Group(g) => groups.push(*g),
             SyncMsg::Barrier(b) => barrier = Some(b),
         }
         // Everything already appended goes into the same fdatasync; a barrier ends the run.
         while barrier.is_none() {
             match rx.try_recv() {
-                Ok(SyncMsg::Group(g)) => groups.push(g),
+                Ok(SyncMsg::Group(g)) => groups.push(*g),
                 Ok(SyncMsg::Barrier(b)) => barrier = Some(b),
                 Err(_) => break,
             }
@@ -120,11 +120,9 @@ fn settle(
                 fail(sh, &e);
             }
         }
-        if records.is_segment() {
-            sh.segments.give(records.into_mem());
-        } else {
+        if let Some(own) = records.release_segment(sh) {
             // The committer may be waiting for it.
-            let _ = back.send(records);
+            let _ = back.send(own);
         }
     }
     let mut synced: Vec<&Arc<VolumeWriter>> = Vec::new();

@@ -351,7 +351,9 @@ fn commit_group(
             batch,
             answers,
         };
-        if let Err(mpsc::SendError(SyncMsg::Group(g))) = pipe.tx.send(SyncMsg::Group(group)) {
+        if let Err(mpsc::SendError(SyncMsg::Group(g))) =
+            pipe.tx.send(SyncMsg::Group(Box::new(group)))
+        {
             // No syncer: nothing can be made durable.
             fail(sh, &StoreError::Closed);
             answer(sh, g.answers);
@@ -369,10 +371,8 @@ fn commit_group(
 /// A buffer back where it came from: a segment to the writers' pool, the committer's own
 /// to its pool.
 fn recycle(sh: &Shared, pool: &mut Pool, b: GroupBuf) {
-    if b.is_segment() {
-        sh.segments.give(b.into_mem());
-    } else {
-        pool.put(b);
+    if let Some(own) = b.release_segment(sh) {
+        pool.put(own);
     }
 }
 

@@ -87,6 +87,14 @@ pub fn read_ok(store: &Store, d: &mirage_format::Digest) -> Vec<u8> {
     bytes
 }
 
+/// Records in the volumes against items in the index: every item written once.
+pub fn assert_each_written_once(s: &Store, items: u64) {
+    let report = s.verify(|_| {}).unwrap();
+    assert!(report.damaged.is_empty(), "{:?}", report.damaged);
+    assert_eq!(report.items_ok, items);
+    assert_eq!(report.records, items, "a record written twice");
+}
+
 /// An upload body of the node API: each item as `u32 length (big-endian) ‖ bytes`.
 pub fn frames(items: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
