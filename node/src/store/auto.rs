@@ -65,8 +65,9 @@ pub(crate) struct AutoCodec {
     batches: u32,
     /// The raw load, smoothed over windows (each window weighs half).
     load: f64,
-    /// The process's share of the cores, smoothed the same way.
-    cpu: f64,
+    /// The process's share of the cores, smoothed the same way from the first window's
+    /// figure (a start at 0 halved that figure and switched LZ4 on for busy cores).
+    cpu: Option<f64>,
     cores: f64,
     compress: bool,
     /// The first window's early look at the CPU is done (or a window was judged).
@@ -83,7 +84,7 @@ impl Default for AutoCodec {
             at_start: Totals::default(),
             batches: 0,
             load: LOAD_ON,
-            cpu: 0.0,
+            cpu: None,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
             compress: true,
             looked: false,
@@ -140,14 +141,15 @@ impl AutoCodec {
     fn judge(&mut self, window_load: f64, window_cpu: f64) {
         let was = self.compress;
         self.load = (self.load + window_load) / 2.0;
-        self.cpu = (self.cpu + window_cpu) / 2.0;
+        let cpu = self.cpu.map_or(window_cpu, |c| (c + window_cpu) / 2.0);
+        self.cpu = Some(cpu);
         // A window in which the disk kept up with raw bytes while the writers filled the cores
         // ends compression at once: it was switched on by a stall (one slow sync), and the
         // smoothed load would keep LZ4 on the busy cores for several windows more.
         let cpu_bound = window_load < LOAD_ON && window_cpu >= CPU_FULL;
         if cpu_bound || self.load < LOAD_OFF {
             self.compress = false;
-        } else if self.load >= LOAD_ON && self.cpu < CPU_ROOM {
+        } else if self.load >= LOAD_ON && cpu < CPU_ROOM {
             self.compress = true;
         }
         if was != self.compress {
@@ -357,6 +359,36 @@ mod tests {
         b.step(0.3, 0.3);
         assert!(b.step(5.5, 0.3));
         assert!(b.step(0.25, 0.5), "smoothed load 1.5: still compressing");
+    }
+
+    #[test]
+    fn cores_busy_from_the_start_keep_a_loaded_first_window_raw() {
+        // base.img's checkin (docs/PERFORMANCE.md, twenty-eighth session): the first look
+        // finds both cores busy; the first window then shows the disk about as busy as the
+        // cores. The CPU's smoothed share once started at 0, so that window counted it at
+        // half and switched LZ4 on.
+        let mut a = Cores2::new();
+        assert!(a.a.compress(0, Totals::default()));
+        let early = Totals {
+            cpu: 58 * MS,
+            raw: 30 * MS,
+            ..Totals::default()
+        };
+        assert!(
+            !a.a.compress(30 * MS, early),
+            "busy cores at the first look: raw"
+        );
+        a.tot = early;
+        assert!(!a.step(1.06, 0.95), "a loaded disk, busy cores: still raw");
+        assert!(!a.step(0.84, 0.95));
+        // Without a first look, the first window's own figure counts.
+        let mut b = Cores2::new();
+        assert!(b.a.compress(0, Totals::default()));
+        assert!(!b.step(0.5, 0.95));
+        assert!(!b.step(1.2, 0.95));
+        let mut c = Cores2::new();
+        assert!(c.a.compress(0, Totals::default()));
+        assert!(c.step(1.2, 0.3), "a loaded disk, idle cores: compress");
     }
 
     #[test]
