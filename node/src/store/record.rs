@@ -316,6 +316,20 @@ pub fn check_crc(rec: &[u8]) -> Result<(), RecordFault> {
 #[cfg(test)]
 mod tests {
 
+    proptest::proptest! {
+        #[test]
+        fn any_two_crcs_combine_as_the_crc_of_both(
+            a in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+            b in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+        ) {
+            let whole: Vec<u8> = a.iter().chain(&b).copied().collect();
+            proptest::prop_assert_eq!(
+                crc32c_combine(crc32c::crc32c(&a), crc32c::crc32c(&b), b.len()),
+                crc32c::crc32c(&whole)
+            );
+        }
+    }
+
     #[test]
     fn crcs_combine_as_the_crc_of_the_whole() {
         let data: Vec<u8> = (0..300_000u32)
