@@ -494,14 +494,18 @@ impl<'a> Job<'a> {
                 None => head.chain(probe.rest(rest())),
             };
             let short = |e| self.content_err(n.id)(ChunkError::Io(e));
-            match (blob, w.seg.as_mut()) {
-                (Some(Blob::In(s)), Some(seg)) => {
+            match blob {
+                Some(Blob::In(s)) => {
+                    // (A slot is reserved only in the worker's segment.)
+                    let Some(seg) = w.seg.as_mut() else {
+                        return Err(CheckinError::Content("a blob without its segment".into()));
+                    };
                     read_blob_rest(seg.encoding_mut(s), have, &mut r).map_err(short)?;
                     seg.seal(s);
                     w.seg_files.push((n.id, key, r.get_ref().1.checksum()));
                     continue;
                 }
-                (Some(Blob::Own(mut bytes)), _) => {
+                Some(Blob::Own(mut bytes)) => {
                     read_blob_rest(&mut bytes, have, &mut r).map_err(short)?;
                     w.small.push(n.id, key, r.get_ref().1.checksum(), bytes);
                     if w.small.bytes >= SMALL_BYTES {
@@ -509,7 +513,7 @@ impl<'a> Job<'a> {
                     }
                     continue;
                 }
-                _ => {}
+                None => {}
             }
             let d = store_content(Dense(&mut r), n.size, alg, |p| w.wb.put(p))
                 .map_err(self.content_err(n.id))?;

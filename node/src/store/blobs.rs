@@ -6,8 +6,10 @@
 //! one and copied into a segment by [`Store::put_encoded_submit`], this saves each blob's
 //! allocation (fresh pages, faulted in and zeroed) and its copy into the record.
 //!
-//! The store hashes the bytes itself, from the segment, after the caller has written them:
-//! a digest is always that of the bytes the record holds.
+//! The store hashes the bytes itself, from the segment, after the caller has written them;
+//! a chunk copied in by [`BlobSegment::push_chunk`] brings the digest the chunker computed
+//! from the bytes copied (a `Chunk` is only made by hashing), and writing into a blob again
+//! drops what was computed of it. Either way a digest is that of the bytes the record holds.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -90,7 +92,9 @@ impl BlobSegment {
     /// The encoding of reserved blob `slot` (its header, then room for the content), to be
     /// read into (e.g. by `mirage_format::chunking::read_blob_rest`).
     pub fn encoding_mut(&mut self, slot: usize) -> &mut [u8] {
-        let s = &self.slots[slot];
+        let s = &mut self.slots[slot];
+        // What was computed of the bytes no longer holds once they may change.
+        (s.crc, s.digest) = (None, None);
         &mut self.mem[s.at + HEADER_LEN..][..s.len]
     }
 

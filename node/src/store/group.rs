@@ -169,12 +169,6 @@ impl GroupBuf {
         self.direct = self.len() >= DIRECT_MIN
             && active.writer.direct_usable()
             && self.mem[self.start..].as_ptr().align_offset(ALIGN as usize) == 0;
-        if !self.direct {
-            // Written through the page cache: no padding, so nothing past the records.
-            if let Some(end) = self.filled.take() {
-                self.mem.truncate(end);
-            }
-        }
         self.base = if self.direct {
             align_up(active.len)
         } else {
