@@ -226,3 +226,20 @@ fn chunks_hashed_with_another_algorithm_are_refused_and_nothing_is_stored() {
     read_in(&mut seg, &bytes(1, 1000), true);
     assert!(s.put_blobs_submit(seg).unwrap().wait().unwrap()[0].new);
 }
+
+#[test]
+fn a_record_written_over_its_blob_header_is_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut seg = s.blob_segment(1 << 20);
+    read_in(&mut seg, &bytes(1, 1000), true);
+    let slot = read_in(&mut seg, &bytes(2, 1000), true);
+    // A tree's kind byte where the blob's was.
+    seg.encoding_mut(slot)[0] = 3;
+    let err = s.put_blobs_submit(seg).unwrap_err();
+    assert!(
+        matches!(err, StoreError::InvalidItem { index: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(s.verify(|_| {}).unwrap().records, 0);
+}

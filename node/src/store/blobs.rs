@@ -141,6 +141,19 @@ impl BlobSegment {
     /// The digest of each live blob: those that came hashed as they came (of the store's
     /// algorithm), the others hashed now, side by side.
     fn digests(&self, alg: Algorithm) -> Result<Vec<Digest>, StoreError> {
+        // The caller may have written over a blob's header: every record must be a blob.
+        if let Some(index) = self
+            .live()
+            .position(|s| self.payload(s)[..BLOB_HEADER.len()] != BLOB_HEADER)
+        {
+            return Err(StoreError::InvalidItem {
+                index,
+                source: mirage_format::DecodeError::Invalid {
+                    what: "blob segment",
+                    why: "a record that is not a blob's encoding".into(),
+                },
+            });
+        }
         let unhashed: Vec<&[u8]> = self
             .live()
             .filter(|s| s.digest.is_none())
