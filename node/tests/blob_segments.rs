@@ -203,43 +203,45 @@ fn a_compressing_store_compresses_the_blobs_of_a_segment() {
     assert_each_written_once(&s, 2);
 }
 
-#[test]
-fn chunks_hashed_with_another_algorithm_are_refused_and_nothing_is_stored() {
+/// A segment of one blob and what `spoil` then does to it is refused with an error `check`
+/// accepts; nothing is stored, and the store goes on taking segments.
+fn refused(spoil: impl FnOnce(&mut BlobSegment), check: impl Fn(&StoreError) -> bool) {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let mut seg = s.blob_segment(1 << 20);
     read_in(&mut seg, &bytes(1, 1000), true);
-    let data = bytes(2, 200_000);
-    chunk_stream::<_, StoreError>(Dense(&data[..]), 0, Algorithm::Sha1, |c| {
-        assert!(seg.push_chunk(&c).is_some());
-        Ok(())
-    })
-    .unwrap();
+    spoil(&mut seg);
     let err = s.put_blobs_submit(seg).unwrap_err();
-    assert!(
-        matches!(err, StoreError::WrongAlgorithm { index: 1, .. }),
-        "{err}"
-    );
+    assert!(check(&err), "{err}");
     assert_eq!(s.verify(|_| {}).unwrap().records, 0);
-    // The store goes on taking segments.
     let mut seg = s.blob_segment(1 << 20);
     read_in(&mut seg, &bytes(1, 1000), true);
     assert!(s.put_blobs_submit(seg).unwrap().wait().unwrap()[0].new);
 }
 
 #[test]
-fn a_record_written_over_its_blob_header_is_refused_and_nothing_is_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    let mut seg = s.blob_segment(1 << 20);
-    read_in(&mut seg, &bytes(1, 1000), true);
-    let slot = read_in(&mut seg, &bytes(2, 1000), true);
-    // A tree's kind byte where the blob's was.
-    seg.encoding_mut(slot)[0] = 3;
-    let err = s.put_blobs_submit(seg).unwrap_err();
-    assert!(
-        matches!(err, StoreError::InvalidItem { index: 1, .. }),
-        "{err}"
+fn chunks_hashed_with_another_algorithm_are_refused_and_nothing_is_stored() {
+    let data = bytes(2, 200_000);
+    refused(
+        |seg| {
+            chunk_stream::<_, StoreError>(Dense(&data[..]), 0, Algorithm::Sha1, |c| {
+                assert!(seg.push_chunk(&c).is_some());
+                Ok(())
+            })
+            .unwrap();
+        },
+        |e| matches!(e, StoreError::WrongAlgorithm { index: 1, .. }),
     );
-    assert_eq!(s.verify(|_| {}).unwrap().records, 0);
+}
+
+#[test]
+fn a_record_written_over_its_blob_header_is_refused_and_nothing_is_stored() {
+    refused(
+        |seg| {
+            let slot = read_in(seg, &bytes(2, 1000), true);
+            // A tree's kind byte where the blob's was.
+            seg.encoding_mut(slot)[0] = 3;
+        },
+        |e| matches!(e, StoreError::InvalidItem { index: 1, .. }),
+    );
 }
