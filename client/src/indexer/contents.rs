@@ -209,12 +209,10 @@ const BLOCK: usize = 32;
 struct Worker<'a> {
     wb: Batcher<'a>,
     new_hints: Vec<([u8; 32], Vec<u8>)>,
-    /// New small files read and not yet hashed: in their records ...
+    /// New small files read into their records, not yet hashed ...
     seg: Option<BlobSegment>,
-    /// ... each one's inode, hint key and checksum, in order;
+    /// ... and each one's inode, hint key and checksum, in order.
     seg_files: Vec<(u64, [u8; 32], u128)>,
-    /// ... or, when the segment had no room, on their own.
-    small: Small,
     hinted: u64,
     scratch: Vec<u8>,
     /// The first [`hints::PREFIX`] bytes of each file of a block.
@@ -291,7 +289,6 @@ impl<'a> Job<'a> {
             new_hints: Vec::new(),
             seg: None,
             seg_files: Vec::new(),
-            small: Small::default(),
             hinted: 0,
             // One read buffer per worker, sized to stay in the core's cache, and room for
             // the first bytes of a block's files.
@@ -305,7 +302,7 @@ impl<'a> Job<'a> {
                 break;
             }
             let stored = match self.seed {
-                Some(seed) => self.block(first..end, seed, &mut w, content)?,
+                Some(seed) => self.block(first..end, seed, &mut w)?,
                 // No hints (`--rehash`): chunk and hash every file.
                 None => (first..end)
                     .map(|k| self.store_plain(k, &mut w.wb).map(Some))
@@ -323,9 +320,7 @@ impl<'a> Job<'a> {
                 w.store_segment(content)?;
             }
         }
-        let alg = self.store.algorithm();
         w.store_segment(content)?;
-        w.small.store(alg, &mut w.wb, &mut w.new_hints, content)?;
         // On their way before any tree naming them.
         w.wb.submit()?;
         let unsettled = Unsettled {
@@ -360,7 +355,7 @@ impl<'a> Job<'a> {
     }
 
     /// Whether new content of `size` bytes is read into a blob and hashed beside others
-    /// ([`Small`]). Not with SHA-1, which hashes one message at a time and names the file
+    /// ([`BlobSegment`]). Not with SHA-1, which hashes one message at a time and names the file
     /// its collision detection refuses.
     fn batched(&self, size: u64) -> bool {
         size > 0 && size <= INLINE_MAX && self.store.algorithm() == Algorithm::Sha256
@@ -400,13 +395,12 @@ impl<'a> Job<'a> {
     /// batch each (one lookup of each per file cost derived-2's checkin 90 ms of its two
     /// workers' time; docs/PERFORMANCE.md, fifteenth session).
     ///
-    /// Each file's content digest; `None` for a new small file left in [`Worker::small`].
+    /// Each file's content digest; `None` for a new small file left in [`Worker::seg`].
     fn block(
         &self,
         ks: std::ops::Range<usize>,
         seed: u64,
         w: &mut Worker<'_>,
-        content: &parking_lot::Mutex<HashMap<u64, Option<Digest>>>,
     ) -> Result<Vec<Option<Option<Digest>>>, CheckinError> {
         let (store, alg) = (self.store, self.store.algorithm());
         let prefix = hints::PREFIX as usize;
@@ -506,11 +500,17 @@ impl<'a> Job<'a> {
                     continue;
                 }
                 Some(Blob::Own(mut bytes)) => {
+                    // (The segment was full: hashed on its own.)
                     read_blob_rest(&mut bytes, have, &mut r).map_err(short)?;
-                    w.small.push(n.id, key, r.get_ref().1.checksum(), bytes);
-                    if w.small.bytes >= SMALL_BYTES {
-                        w.small.store(alg, &mut w.wb, &mut w.new_hints, content)?;
-                    }
+                    let item = EncodedItem::hashed(alg, vec![bytes])
+                        .map_err(|e| self.content_err(n.id)(ChunkError::Digest(e)))?
+                        .pop()
+                        .ok_or_else(|| CheckinError::Content("a blob not hashed".into()))?;
+                    let d = item.digest();
+                    w.wb.push(item)?;
+                    w.new_hints
+                        .push((key, hints::encode(&d, r.get_ref().1.checksum())));
+                    out[slot] = Some(Some(d));
                     continue;
                 }
                 None => {}
@@ -527,7 +527,7 @@ impl<'a> Job<'a> {
     }
 }
 
-/// Bytes of new small files a worker reads before hashing them together.
+/// Bytes of new small files a worker reads into its segment before they are stored.
 const SMALL_BYTES: usize = 8 << 20;
 /// Room in a worker's segment: the files of the block that fills it to [`SMALL_BYTES`]
 /// fit too, unless they are large ones.
@@ -567,51 +567,6 @@ impl Worker<'_> {
         }
         drop(c);
         self.wb.submitted(put, sizes)?;
-        Ok(())
-    }
-}
-
-/// New small files a worker has read, waiting to be hashed side by side
-/// ([`EncodedItem::hashed`]; many at a time, so that the lanes stay full): each file's inode,
-/// hint key and checksum, and its blob.
-#[derive(Default)]
-struct Small {
-    files: Vec<(u64, [u8; 32], u128)>,
-    encodings: Vec<Vec<u8>>,
-    bytes: usize,
-}
-
-impl Small {
-    fn push(&mut self, id: u64, key: [u8; 32], check: u128, encoding: Vec<u8>) {
-        self.bytes += encoding.len();
-        self.files.push((id, key, check));
-        self.encodings.push(encoding);
-    }
-
-    /// Hashes and stores the files waiting, and notes their digests and hints.
-    fn store(
-        &mut self,
-        alg: Algorithm,
-        wb: &mut Batcher<'_>,
-        new_hints: &mut Vec<([u8; 32], Vec<u8>)>,
-        content: &parking_lot::Mutex<HashMap<u64, Option<Digest>>>,
-    ) -> Result<(), CheckinError> {
-        if self.files.is_empty() {
-            return Ok(());
-        }
-        let items = EncodedItem::hashed(alg, std::mem::take(&mut self.encodings))
-            .map_err(|e| CheckinError::Content(e.to_string()))?;
-        let mut digests = Vec::with_capacity(items.len());
-        for ((id, key, check), item) in self.files.drain(..).zip(items) {
-            let d = item.digest();
-            wb.push(item)?;
-            new_hints.push((key, hints::encode(&d, check)));
-            digests.push((id, d));
-        }
-        content
-            .lock()
-            .extend(digests.into_iter().map(|(id, d)| (id, Some(d))));
-        self.bytes = 0;
         Ok(())
     }
 }

@@ -287,15 +287,16 @@ impl SegmentPool {
     /// and the padding behind.
     pub(crate) fn take(&self, bytes: usize) -> Vec<u8> {
         let least = bytes + 2 * ALIGN as usize;
+        // Powers of two, so that buffers of similar requests fit each other.
+        self.reuse(least)
+            .unwrap_or_else(|| Vec::with_capacity(least.next_power_of_two()))
+    }
+
+    /// A kept buffer with room for `least` bytes.
+    fn reuse(&self, least: usize) -> Option<Vec<u8>> {
         let mut free = self.free.lock();
-        match free.iter().position(|m| m.capacity() >= least) {
-            Some(i) => free.swap_remove(i),
-            None => {
-                drop(free);
-                // Powers of two, so that buffers of similar requests fit each other.
-                Vec::with_capacity(least.next_power_of_two())
-            }
-        }
+        let i = free.iter().position(|m| m.capacity() >= least)?;
+        Some(free.swap_remove(i))
     }
 
     /// A buffer for records written in place (`store::blobs`): initialized to its full
@@ -304,19 +305,12 @@ impl SegmentPool {
     /// pages, zero without being cleared) or a shortened one is filled with zeros.
     pub(crate) fn take_filled(&self, bytes: usize) -> Vec<u8> {
         let least = bytes + 2 * ALIGN as usize;
-        let mut free = self.free.lock();
-        match free.iter().position(|m| m.capacity() >= least) {
-            Some(i) => {
-                let mut m = free.swap_remove(i);
-                drop(free);
-                let cap = m.capacity();
-                m.resize(cap, 0);
+        match self.reuse(least) {
+            Some(mut m) => {
+                m.resize(m.capacity(), 0);
                 m
             }
-            None => {
-                drop(free);
-                vec![0u8; least.next_power_of_two()]
-            }
+            None => vec![0u8; least.next_power_of_two()],
         }
     }
 
