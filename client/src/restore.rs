@@ -305,7 +305,7 @@ pub(crate) fn get_each<E: From<StoreError>>(
     context: Option<&Digest>,
     opts: ReadOptions,
     missing: impl FnOnce(&Digest) -> E,
-    mut f: impl FnMut(Digest, Vec<u8>) -> Result<(), E>,
+    mut f: impl FnMut(Digest, Bytes) -> Result<(), E>,
 ) -> Result<(), E> {
     let mut failure = None;
     let read = store.get_many(wanted, context, opts, |d, r| {
@@ -347,7 +347,7 @@ pub(crate) fn for_each_chunk(
         if chunk.len() < 2 {
             return Err(RestoreError::Structure(format!("chunk {cd:#} is empty")));
         }
-        let data = Bytes::from(chunk).slice(2..);
+        let data = chunk.slice(2..);
         for off in &at[&cd] {
             put(&data, *off)?;
             bytes += data.len() as u64;

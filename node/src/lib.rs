@@ -18,5 +18,5 @@ pub mod store;
 
 pub use store::{
     BlobSegment, Codec, CompactOptions, CompactReport, PartitionSummary, PendingPut, PutOutcome,
-    ReadOptions, ReadStats, Stats, Store, StoreError, StoreOptions, VerifyReport,
+    ReadOptions, ReadStats, SpanReads, Stats, Store, StoreError, StoreOptions, VerifyReport,
 };

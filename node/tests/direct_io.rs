@@ -10,6 +10,7 @@ use common::*;
 use mirage_format::chunking::EncodedItem;
 use mirage_format::Algorithm;
 use mirage_node::store::record::ALIGN;
+use mirage_node::{SpanReads, StoreOptions};
 
 fn volume_path(dir: &std::path::Path, id: u32) -> std::path::PathBuf {
     dir.join("volumes").join(format!("{id:08}.vol"))
@@ -230,7 +231,15 @@ fn batch_reads_go_past_the_page_cache_only_for_what_it_does_not_hold() {
     let dir = tempfile::tempdir().unwrap();
     let direct = direct_io_works(dir.path());
     let alg = Algorithm::Sha256;
-    let s = open(dir.path());
+    // Every long span not cached goes direct (the measured way would start buffered).
+    let s = open_with(
+        dir.path(),
+        StoreOptions {
+            create: true,
+            span_reads: SpanReads::Direct,
+            ..StoreOptions::default()
+        },
+    );
     // Large groups, and small items (unaligned, written through the page cache) among them.
     let mut items = big_blobs(0, 30);
     for i in 0..12 {
@@ -272,4 +281,48 @@ fn batch_reads_go_past_the_page_cache_only_for_what_it_does_not_hold() {
         std::fs::read(e.unwrap().path()).unwrap();
     }
     assert_eq!(read_all(&s).direct_reads, 0);
+}
+
+/// Direct reads among 20 cold batch reads of five items (one span of about 325 KiB each) from
+/// a store opened with `reads`.
+fn direct_reads_of_cold_batches(reads: SpanReads) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_with(
+        dir.path(),
+        StoreOptions {
+            create: true,
+            span_reads: reads,
+            ..StoreOptions::default()
+        },
+    );
+    let items = big_blobs(0, 100);
+    put(&s, &items);
+    let mut direct = 0;
+    for batch in items.chunks(5) {
+        evict_volumes(dir.path());
+        let digests: Vec<_> = batch.iter().map(|i| i.digest()).collect();
+        let mut got = std::collections::HashMap::new();
+        let st = s
+            .get_many(&digests, None, Default::default(), |d, r| {
+                got.insert(d, r.unwrap());
+            })
+            .unwrap();
+        for i in batch {
+            assert_eq!(got[&i.digest()], i.bytes());
+        }
+        assert_eq!(st.read_ops, 1, "{st:?}");
+        direct += st.direct_reads;
+    }
+    direct
+}
+
+#[test]
+fn a_store_set_to_buffered_reads_never_goes_past_the_page_cache() {
+    if !direct_io_works(tempfile::tempdir().unwrap().path()) {
+        return;
+    }
+    // Measured: the first 16 spans go buffered, the next epoch direct to measure that way.
+    assert!(direct_reads_of_cold_batches(SpanReads::Measured) > 0);
+    assert_eq!(direct_reads_of_cold_batches(SpanReads::Buffered), 0);
+    assert_eq!(direct_reads_of_cold_batches(SpanReads::Direct), 20);
 }

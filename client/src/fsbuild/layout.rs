@@ -427,7 +427,6 @@ fn fill(
     };
     let missing = |m: &Digest| anyhow::anyhow!("{} is not in the store", m.to_text());
     get_each(store, &wanted, None, opts, missing, |d, bytes| {
-        let bytes = Bytes::from(bytes);
         by_content[&d]
             .iter()
             .try_for_each(|job| write_file(store, out, reader, job, &bytes, verify, stats))

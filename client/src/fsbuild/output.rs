@@ -17,8 +17,12 @@ use anyhow::{anyhow, Result};
 use bytes::Bytes;
 
 /// Bytes handed over and not written yet, at most (a piece larger than this waits until the
-/// queue is empty).
-pub(crate) const BUDGET: u64 = 128 << 20;
+/// queue is empty). A piece is a slice of the store's read buffer it came in (up to 8 MiB),
+/// which stays taken until its last piece is written: with 128 MiB, so many buffers were out
+/// that the pool of read buffers never caught up and a warm checkout of base.img faulted in
+/// 85,000 fresh pages (32 MiB: 50,000, 3-6 % faster warm, the same cold; docs/PERFORMANCE.md,
+/// checkout, twenty-ninth session).
+pub(crate) const BUDGET: u64 = 32 << 20;
 
 #[derive(Default)]
 struct State {

@@ -88,7 +88,7 @@ impl Shards {
         let mut hints = 0u64;
         read_local(local, root, &ds, |d, bytes| {
             for n in &to[&d] {
-                tx.send(*n, d, bytes.clone());
+                tx.send(*n, d, bytes.to_vec());
                 hints += 1;
             }
             Ok(())

@@ -405,7 +405,7 @@ impl Shards {
                     None => {
                         blobs.push(d);
                         for n in &targets {
-                            tx.send(*n, d, bytes.clone());
+                            tx.send(*n, d, bytes.to_vec());
                         }
                         if !targets.is_empty() {
                             blobs_sent.push((d, targets));
@@ -417,7 +417,8 @@ impl Shards {
                             descend(&refs, &mut seen, &mut next);
                             new_parents.push((d, refs.clone()));
                         }
-                        inner.insert(d, (bytes, refs, targets));
+                        // A copy: the read's buffer is not kept for a parent's sake.
+                        inner.insert(d, (bytes.to_vec(), refs, targets));
                     }
                 }
                 Ok(())

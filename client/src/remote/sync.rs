@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use mirage_format::item::{peek, ItemKind};
 use mirage_format::{Digest, Item};
 use mirage_node::{ReadOptions, Store};
@@ -147,7 +148,7 @@ pub(super) fn read_local(
     local: &Store,
     root: &Digest,
     ds: &[Digest],
-    mut f: impl FnMut(Digest, Vec<u8>) -> Result<()>,
+    mut f: impl FnMut(Digest, Bytes) -> Result<()>,
 ) -> Result<()> {
     let mut failure = None;
     let mut count = 0usize;
@@ -281,7 +282,13 @@ pub fn push_to(local: &Store, sink: &dyn Sink, root: &Digest) -> Result<SyncStat
         read_local(local, root, &missing, |d, bytes| {
             let parents = &mut Parents::new();
             route(
-                d, bytes, &mut seen, &mut next, parents, &mut inner, &mut blobs,
+                d,
+                bytes.to_vec(),
+                &mut seen,
+                &mut next,
+                parents,
+                &mut inner,
+                &mut blobs,
             )?;
             if batch_bytes(&blobs) >= BATCH_BYTES {
                 send(&mut blobs, &mut stats)?;

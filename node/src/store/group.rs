@@ -372,7 +372,7 @@ mod tests {
     #[test]
     fn a_buffer_is_allocated_once_for_default_groups_and_replaced_not_grown() {
         let dir = tempfile::tempdir().unwrap();
-        let vols = super::super::volume::Volumes::new(dir.path().to_path_buf());
+        let vols = super::super::volume::Volumes::new(dir.path().to_path_buf(), Default::default());
         let active = ActiveVolume::create(&vols, 1).unwrap();
         let group_bytes = 32 << 20;
         let least = group_bytes + 2 * ALIGN as usize;

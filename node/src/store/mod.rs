@@ -15,6 +15,7 @@ mod location;
 mod partition;
 mod prepare;
 mod read;
+mod read_bufs;
 mod read_way;
 pub mod record;
 mod recover;
@@ -36,6 +37,7 @@ use mirage_format::{Algorithm, DecodeError, Digest, DigestError};
 pub use partition::PartitionSummary;
 pub use prepare::{PendingPut, PutOutcome};
 pub use read::{ReadOptions, ReadStats};
+pub use read_way::SpanReads;
 pub use verify::{Counts, Damage, Stats, VerifyReport};
 
 use crate::index::{Cached, Index, IndexError, RocksIndex};
@@ -152,6 +154,9 @@ pub struct StoreOptions {
     /// on other nodes, so the closure check (on writes and in recovery) is the cluster
     /// writer's, not this store's (`docs/CLUSTER.md`, "Data path").
     pub shard: bool,
+    /// How long spans the page cache does not hold are read: measured per host (the
+    /// default), or always one way.
+    pub span_reads: SpanReads,
 }
 
 impl Default for StoreOptions {
@@ -164,6 +169,7 @@ impl Default for StoreOptions {
             max_group_bytes: 32 << 20,
             checkpoint_bytes: 256 << 20,
             shard: false,
+            span_reads: SpanReads::Measured,
         }
     }
 }
@@ -324,7 +330,7 @@ impl Store {
                 alg
             }
         };
-        let volumes = Volumes::new(dir.join("volumes"));
+        let volumes = Volumes::new(dir.join("volumes"), opts.span_reads);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             alg,

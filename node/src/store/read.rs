@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use mirage_format::Digest;
 
-use super::location::Location;
+use super::location::{Compression, Location};
 use super::record::{check_crc, parse_header};
 use super::{Store, StoreError};
 use crate::index::Index;
@@ -63,19 +64,23 @@ impl Store {
     pub fn get_with(&self, d: &Digest, verify_digest: bool) -> Result<Option<Vec<u8>>, StoreError> {
         match self.shared().index.get(d)? {
             None => Ok(None),
-            Some(loc) => self.read_one(d, &loc, verify_digest).map(Some),
+            Some(loc) => self
+                .read_one(d, &loc, verify_digest)
+                .map(|b| Some(b.into())),
         }
     }
 
     /// Reads many items, in (volume, offset) order, calling `f` with each digest and its bytes
-    /// or its integrity error. With `context`, locations come from that item's location table
+    /// (an uncompressed item's bytes are shared with the read that brought them in, not
+    /// copied: keeping one keeps that read's buffer, of at most `max_read` bytes) or its
+    /// integrity error. With `context`, locations come from that item's location table
     /// (the structure-aware path), falling back to the index for anything it lacks.
     pub fn get_many(
         &self,
         wanted: &[Digest],
         context: Option<&Digest>,
         opts: ReadOptions,
-        f: impl FnMut(Digest, Result<Vec<u8>, StoreError>),
+        f: impl FnMut(Digest, Result<Bytes, StoreError>),
     ) -> Result<ReadStats, StoreError> {
         self.get_many_in(wanted, context.map_or(&[], std::slice::from_ref), opts, f)
     }
@@ -87,7 +92,7 @@ impl Store {
         wanted: &[Digest],
         contexts: &[Digest],
         opts: ReadOptions,
-        mut f: impl FnMut(Digest, Result<Vec<u8>, StoreError>),
+        mut f: impl FnMut(Digest, Result<Bytes, StoreError>),
     ) -> Result<ReadStats, StoreError> {
         let sh = self.shared();
         let mut stats = ReadStats::default();
@@ -113,7 +118,7 @@ impl Store {
                         self.decode_record(
                             d,
                             l,
-                            &buf[from..from + l.record_len() as usize],
+                            buf.slice(from..from + l.record_len() as usize),
                             opts.verify_digest,
                         )
                     }
@@ -178,13 +183,13 @@ impl Store {
         d: &Digest,
         loc: &Location,
         verify_digest: bool,
-    ) -> Result<Vec<u8>, StoreError> {
+    ) -> Result<Bytes, StoreError> {
         let rec = self
             .shared()
             .volumes
             .read_at(loc.volume, loc.offset, loc.record_len())
             .map_err(|e| integrity(d, loc, e.to_string()))?;
-        self.decode_record(d, loc, &rec, verify_digest)
+        self.decode_record(d, loc, rec, verify_digest)
     }
 
     /// A location table can be stale (its parent was stored before a child's copy was lost
@@ -195,7 +200,7 @@ impl Store {
         failed: &Location,
         first: StoreError,
         verify_digest: bool,
-    ) -> Result<Vec<u8>, StoreError> {
+    ) -> Result<Bytes, StoreError> {
         match self.shared().index.get(d) {
             Ok(Some(l)) if l != *failed => self.read_one(d, &l, verify_digest),
             _ => Err(first),
@@ -207,10 +212,10 @@ impl Store {
         &self,
         d: &Digest,
         loc: &Location,
-        rec: &[u8],
+        rec: Bytes,
         verify_digest: bool,
-    ) -> Result<Vec<u8>, StoreError> {
-        let h = parse_header(rec).map_err(|f| integrity(d, loc, f.to_string()))?;
+    ) -> Result<Bytes, StoreError> {
+        let h = parse_header(&rec).map_err(|f| integrity(d, loc, f.to_string()))?;
         if h.digest != *d {
             return Err(integrity(
                 d,
@@ -225,10 +230,18 @@ impl Store {
                 "record length differs from the index".into(),
             ));
         }
-        check_crc(rec).map_err(|f| integrity(d, loc, f.to_string()))?;
-        let payload = &rec[super::record::HEADER_LEN..];
-        let bytes = super::record::decompress(h.compression, payload, h.raw_len as usize)
-            .map_err(|why| integrity(d, loc, why))?;
+        check_crc(&rec).map_err(|f| integrity(d, loc, f.to_string()))?;
+        let payload = rec.slice(super::record::HEADER_LEN..);
+        let bytes = match h.compression {
+            Compression::None if payload.len() == h.raw_len as usize => payload,
+            c => {
+                let bufs = &self.shared().volumes.bufs;
+                let mut out = bufs.take(h.raw_len as usize);
+                super::record::decompress_into(c, &payload, h.raw_len as usize, &mut out)
+                    .map_err(|why| integrity(d, loc, why))?;
+                bufs.share(out)
+            }
+        };
         if bytes.first() != Some(&h.kind.code()) {
             return Err(integrity(
                 d,

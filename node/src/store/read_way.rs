@@ -13,7 +13,12 @@
 //! of its reads was out: the throughput the readers got while they read (time in which
 //! nobody reads, as between the spans of a checkin's occasional reads, counts for neither). Each way's throughput is
 //! smoothed; every epoch goes the faster way except one in [`EXPLORE`], which goes the other
-//! so that a host that changes (another tenant, a cache warming up) is followed. The decision
+//! so that a host that changes (another tenant, a cache warming up) is followed. Buffered is
+//! the way a short reader starts with and keeps unless direct reads measure faster by
+//! [`DIRECT_MARGIN`]: a checkout lives for a few dozen epochs, and with the first one direct and
+//! an even choice the noise of single epochs sent a fifth to a third of a cold checkout's
+//! spans past the cache on the Zen 4 host, 8-11 % slower than reading all of them buffered
+//! (docs/PERFORMANCE.md, checkout, twenty-ninth session). The decision
 //! logic is [`Ways`], without I/O: it is told the time. The buffered way brings its own
 //! read-ahead (`Volumes::read_span`, windows kept by [`ReadAhead`]): without it, an epoch of buffered reads among direct ones
 //! started with none and measured half what reading everything buffered gave.
@@ -21,6 +26,29 @@
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+/// How a store reads long spans that the page cache does not hold ([`crate::StoreOptions`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SpanReads {
+    /// The way the store has measured to be faster on this host (this module).
+    #[default]
+    Measured,
+    /// Always past the page cache (where the filesystem allows `O_DIRECT`).
+    Direct,
+    /// Always through the page cache.
+    Buffered,
+}
+
+impl SpanReads {
+    /// The way every read takes, when it is not measured.
+    pub(crate) fn forced(self) -> Option<Way> {
+        match self {
+            SpanReads::Measured => None,
+            SpanReads::Direct => Some(Way::Direct),
+            SpanReads::Buffered => Some(Way::Buffered),
+        }
+    }
+}
 
 /// A way to read a span from the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,9 +78,18 @@ impl Way {
 /// Reads of one epoch.
 pub(crate) const EPOCH_READS: u32 = 16;
 /// One epoch in this many goes the way that looks slower, to keep its figure current.
-pub(crate) const EXPLORE: u64 = 8;
+pub(crate) const EXPLORE: u64 = 16;
 /// Weight of a new epoch in a way's smoothed throughput.
 const ALPHA: f64 = 0.5;
+/// Direct reads are taken only when they measure at least this many times the buffered way's
+/// throughput. The way matters when the two differ by a lot (2.8 times on the project VM,
+/// where copies into the page cache were slow); between ways that come within this margin an
+/// epoch's figure is mostly noise (on the Zen 4 host, single epochs of either way measured
+/// 0.6-1.0 GB/s in one cold checkout, the writes of the output competing), and the buffered
+/// way, with its read-ahead, was the faster one over whole checkouts: cold base.img 0.93 s
+/// reading everything buffered, 0.995 s everything direct, 1.008 s as the epochs chose
+/// (eight alternating runs each; docs/PERFORMANCE.md, checkout, twenty-ninth session).
+pub(crate) const DIRECT_MARGIN: f64 = 1.5;
 
 /// Reads handed out in one epoch and what has come back of them.
 #[derive(Debug)]
@@ -149,14 +186,18 @@ impl Ways {
         self.rate[way.slot()]
     }
 
-    /// The way of the next epoch: each way once (direct first), then the faster one, except
-    /// every [`EXPLORE`]th epoch.
+    /// The way of the next epoch: each way once (buffered first), then the faster one (direct
+    /// only by [`DIRECT_MARGIN`]), except every [`EXPLORE`]th epoch.
     fn next_way(&self) -> Way {
         match self.rate {
-            [None, _] => Way::Direct,
-            [Some(_), None] => Way::Buffered,
+            [_, None] => Way::Buffered,
+            [None, Some(_)] => Way::Direct,
             [Some(d), Some(b)] => {
-                let best = if d >= b { Way::Direct } else { Way::Buffered };
+                let best = if d >= b * DIRECT_MARGIN {
+                    Way::Direct
+                } else {
+                    Way::Buffered
+                };
                 if self.epochs % EXPLORE == EXPLORE - 1 {
                     best.other()
                 } else {
@@ -310,9 +351,9 @@ mod tests {
             Way::Buffered => 2.4e9,
         };
         let e = u64::from(EPOCH_READS);
-        // The first epoch goes direct, the second buffered.
-        assert_eq!(run(&mut w, &mut t, e, 1, speed), [e, 0]);
+        // The first epoch goes buffered, the second direct.
         assert_eq!(run(&mut w, &mut t, e, 1, speed), [0, e]);
+        assert_eq!(run(&mut w, &mut t, e, 1, speed), [e, 0]);
         let r = w.rate(Way::Buffered).unwrap();
         assert!((r / 2.4e9 - 1.0).abs() < 0.01, "{r}");
         // Buffered is faster: one epoch in EXPLORE goes direct.
@@ -336,8 +377,37 @@ mod tests {
             Way::Buffered => 2.5e9,
         };
         run(&mut w, &mut t, e * 40, 4, faster);
-        let taken = run(&mut w, &mut t, e * 16, 4, faster);
-        assert_eq!(taken[Way::Buffered.slot()], e * 14, "{taken:?}");
+        let taken = run(&mut w, &mut t, e * 2 * EXPLORE, 4, faster);
+        assert_eq!(
+            taken[Way::Buffered.slot()],
+            e * (2 * EXPLORE - 2),
+            "{taken:?}"
+        );
+    }
+
+    #[test]
+    fn direct_reads_are_taken_only_when_they_are_faster_by_the_margin() {
+        let e = u64::from(EPOCH_READS);
+        for (ratio, direct_wins) in [(1.3, false), (DIRECT_MARGIN * 0.98, false), (1.7, true)] {
+            let (mut w, mut t) = (Ways::default(), Instant::now());
+            let speed = |way| match way {
+                Way::Direct => 1e9 * ratio,
+                Way::Buffered => 1e9,
+            };
+            run(&mut w, &mut t, e * 2, 4, speed);
+            let taken = run(&mut w, &mut t, e * 8 * EXPLORE, 4, speed);
+            let (best, explored) = if direct_wins {
+                (Way::Direct, Way::Buffered)
+            } else {
+                (Way::Buffered, Way::Direct)
+            };
+            assert_eq!(
+                taken[best.slot()],
+                e * 8 * (EXPLORE - 1),
+                "{ratio}: {taken:?}"
+            );
+            assert_eq!(taken[explored.slot()], e * 8, "{ratio}: {taken:?}");
+        }
     }
 
     #[test]
@@ -346,13 +416,13 @@ mod tests {
         let first: Vec<Ticket> = (0..EPOCH_READS).map(|_| w.pick(t0)).collect();
         // The next epoch starts while the first's reads are out; it is not measured yet.
         let next = w.pick(t0);
-        assert_eq!(next.way, Way::Direct, "no figure yet: still direct");
+        assert_eq!(next.way, Way::Buffered, "no figure yet: still buffered");
         for (i, tk) in first.iter().enumerate() {
-            assert_eq!(w.rate(Way::Direct), None);
+            assert_eq!(w.rate(Way::Buffered), None);
             w.record(*tk, MIB, t0 + Duration::from_millis(1 + i as u64));
         }
         // 16 MiB over 16 ms.
-        let r = w.rate(Way::Direct).unwrap();
+        let r = w.rate(Way::Buffered).unwrap();
         assert!((r - (16 * MIB) as f64 / 0.016).abs() < 1.0, "{r}");
     }
 
@@ -365,7 +435,7 @@ mod tests {
             let tk = w.pick(at);
             w.record(tk, MIB, at + Duration::from_millis(1));
         }
-        let r = w.rate(Way::Direct).unwrap();
+        let r = w.rate(Way::Buffered).unwrap();
         assert!((r - MIB as f64 / 0.001).abs() < 1.0, "{r}");
         // Two reads out together count their common time once.
         let e = u64::from(EPOCH_READS);
@@ -376,7 +446,7 @@ mod tests {
             w.record(a, MIB, at + Duration::from_millis(1));
             w.record(b, MIB, at + Duration::from_millis(2));
         }
-        let r = w.rate(Way::Buffered).unwrap();
+        let r = w.rate(Way::Direct).unwrap();
         assert!((r - MIB as f64 / 0.001).abs() < 1.0, "{r}");
     }
 
@@ -387,8 +457,8 @@ mod tests {
             let tk = w.pick(t);
             w.record(tk, 0, t + Duration::from_secs(1));
         }
-        assert_eq!(w.rate(Way::Direct), None);
-        assert_eq!(w.pick(t).way, Way::Direct);
+        assert_eq!(w.rate(Way::Buffered), None);
+        assert_eq!(w.pick(t).way, Way::Buffered);
     }
 
     #[test]

@@ -381,14 +381,21 @@ thread_local! {
 
 /// zstd decompression with a per-thread context (creating one costs more than decompressing
 /// a small item).
-pub(crate) fn zstd_decompress(payload: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+/// zstd decompression of `payload` into `out` (empty, with room for `raw_len` bytes) with a
+/// per-thread context.
+fn zstd_decompress_into(payload: &[u8], raw_len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(zstd::bulk::Decompressor::new()?);
         }
         match slot.as_mut() {
-            Some(d) => d.decompress(payload, raw_len),
+            Some(d) => {
+                // Into the capacity from its start: a frame longer than `raw_len` that fits
+                // is caught by the caller's length check, one that does not fails here.
+                out.reserve(raw_len);
+                d.decompress_to_buffer(payload, out).map(|_| ())
+            }
             None => Err(std::io::Error::other("no zstd context")),
         }
     })
@@ -401,21 +408,35 @@ pub(crate) fn decompress(
     payload: &[u8],
     raw_len: usize,
 ) -> Result<Vec<u8>, String> {
-    let out = match compression {
-        Compression::None => payload.to_vec(),
-        Compression::Zstd => zstd_decompress(payload, raw_len).map_err(|e| format!("zstd: {e}"))?,
-        Compression::Lz4 => {
-            let mut out = vec![0u8; raw_len];
-            let n = lz4_flex::block::decompress_into(payload, &mut out)
-                .map_err(|e| format!("lz4: {e}"))?;
-            out.truncate(n);
-            out
+    let mut out = Vec::with_capacity(raw_len);
+    decompress_into(compression, payload, raw_len, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress`] into `out` (empty; it is given room for `raw_len` bytes).
+pub(crate) fn decompress_into(
+    compression: Compression,
+    payload: &[u8],
+    raw_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    out.clear();
+    match compression {
+        Compression::None => out.extend_from_slice(payload),
+        Compression::Zstd => {
+            zstd_decompress_into(payload, raw_len, out).map_err(|e| format!("zstd: {e}"))?
         }
-    };
+        Compression::Lz4 => {
+            out.resize(raw_len, 0);
+            let n =
+                lz4_flex::block::decompress_into(payload, out).map_err(|e| format!("lz4: {e}"))?;
+            out.truncate(n);
+        }
+    }
     if out.len() != raw_len {
         return Err("decompressed length differs from the header".into());
     }
-    Ok(out)
+    Ok(())
 }
 
 /// LZ4 block compression (`None` if it fails, which a worst-case buffer rules out). The

@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use parking_lot::RwLock;
 
-use super::direct_read::{fully_cached, read_direct, ReadBuf, DIRECT_READ_MIN};
-use super::read_way::{ReadAhead, ReadWays, Way, READ_AHEAD};
+use super::direct_read::{fully_cached, pread_append, read_direct, DIRECT_READ_MIN};
+use super::read_bufs::ReadBufs;
+use super::read_way::{ReadAhead, ReadWays, SpanReads, Way, READ_AHEAD};
 use super::record::{parse_volume_header, volume_header, VOLUME_HEADER_LEN};
 use super::{io_err, StoreError};
 
@@ -74,17 +76,23 @@ pub(crate) struct Volumes {
     ways: ReadWays,
     /// Where the buffered way has read ahead lately.
     ahead: parking_lot::Mutex<ReadAhead>,
+    /// Whether the way is measured or set.
+    reads: SpanReads,
+    /// Buffers of reads and decompressions, for reuse.
+    pub(crate) bufs: Arc<ReadBufs>,
 }
 
 impl Volumes {
-    pub(crate) fn new(dir: PathBuf) -> Self {
+    pub(crate) fn new(dir: PathBuf, reads: SpanReads) -> Self {
         Volumes {
+            reads,
             dir,
             files: RwLock::new(BTreeMap::new()),
             direct: RwLock::new(BTreeMap::new()),
             io: Arc::default(),
             ways: ReadWays::default(),
             ahead: Default::default(),
+            bufs: Arc::default(),
         }
     }
 
@@ -142,30 +150,31 @@ impl Volumes {
         id: u32,
         offset: u64,
         len: u64,
-    ) -> Result<(ReadBuf, bool), StoreError> {
+    ) -> Result<(Bytes, bool), StoreError> {
         // (A length beyond what `read_at` accepts goes there to be refused.)
         if !(DIRECT_READ_MIN..=1 << 31).contains(&len) {
-            return Ok((self.read_at(id, offset, len)?.into(), false));
+            return Ok((self.read_at(id, offset, len)?, false));
         }
         let cached = fully_cached(&*self.handle(id)?, offset, len);
         // A span in the page cache is read from there; it counts for the buffered way when
         // that way's own read-ahead put it there.
         let ahead = cached && self.ahead.lock().covers(id, offset, len);
         if cached && !ahead {
-            return Ok((self.read_at(id, offset, len)?.into(), false));
+            return Ok((self.read_at(id, offset, len)?, false));
         }
         // From the device: the way that has been faster on this host, now and then the other.
         let ticket = self.ways.pick();
-        if ticket.way == Way::Direct && !cached {
+        let way = self.reads.forced().unwrap_or(ticket.way);
+        if way == Way::Direct && !cached {
             if let Some(b) = self
                 .direct_handle(id)
-                .and_then(|d| read_direct(&d, offset, len))
+                .and_then(|d| read_direct(&d, offset, len, &self.bufs))
             {
                 self.ways.record(ticket, len);
                 return Ok((b, true));
             }
         }
-        if ticket.way == Way::Buffered {
+        if way == Way::Buffered {
             // Only for reads that go on from recent ones: random reads (a node serving
             // scattered items) would read 8 MiB for each.
             let follows = self.ahead.lock().follows(id, offset, offset + len);
@@ -174,14 +183,14 @@ impl Volumes {
             }
         }
         let b = self.read_at(id, offset, len);
-        let got = match (&b, ticket.way) {
+        let got = match (&b, way) {
             (Ok(_), Way::Buffered) => len,
             // A direct read that fell back or found the span cached, or a failed read, says
             // nothing of its way.
             _ => 0,
         };
         self.ways.record(ticket, got);
-        Ok((b?.into(), false))
+        Ok((b?, false))
     }
 
     /// Asks the kernel to read the [`READ_AHEAD`] bytes of volume `id` from `from` into the
@@ -198,7 +207,7 @@ impl Volumes {
     }
 
     /// Reads exactly `len` bytes at `offset` of volume `id`.
-    pub(crate) fn read_at(&self, id: u32, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn read_at(&self, id: u32, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         let f = self.handle(id)?;
         if len > 1 << 31 {
             return Err(StoreError::Io {
@@ -207,10 +216,20 @@ impl Volumes {
                 source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
             });
         }
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset)
-            .map_err(io_err("read", &self.path(id)))?;
-        Ok(buf)
+        let len = len as usize;
+        let mut buf = self.bufs.take(len);
+        while buf.len() < len {
+            let (at, want) = (offset + buf.len() as u64, len - buf.len());
+            match pread_append(&f, &mut buf, want, at) {
+                Ok(0) => {
+                    let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                    return Err(io_err("read", &self.path(id))(eof));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(io_err("read", &self.path(id))(e)),
+            }
+        }
+        Ok(self.bufs.share(buf))
     }
 
     /// Size of volume `id` on disk.
