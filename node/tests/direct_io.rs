@@ -317,7 +317,7 @@ fn direct_reads_of_cold_batches(reads: SpanReads) -> u64 {
 }
 
 #[test]
-fn a_store_set_to_buffered_reads_never_goes_past_the_page_cache() {
+fn span_reads_set_to_a_way_take_it_and_measured_ones_start_buffered() {
     if !direct_io_works(tempfile::tempdir().unwrap().path()) {
         return;
     }

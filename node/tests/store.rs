@@ -7,9 +7,10 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 
 use common::*;
+use mirage_format::chunking::EncodedItem;
 use mirage_format::{Algorithm, Digest};
 use mirage_node::store::record::HEADER_LEN;
-use mirage_node::{ReadOptions, StoreError, StoreOptions};
+use mirage_node::{ReadOptions, Store, StoreError, StoreOptions};
 
 fn volume_path(dir: &std::path::Path, id: u32) -> std::path::PathBuf {
     dir.join("volumes").join(format!("{id:08}.vol"))
@@ -727,4 +728,48 @@ fn concurrent_pipelined_writers_across_many_volume_seals_lose_and_repeat_nothing
     let s = mirage_node::Store::open(dir.path(), opts()).unwrap();
     check(&s);
     assert_eq!(s.stats().unwrap().items, st.items);
+}
+
+#[test]
+fn items_of_a_span_mostly_unwanted_are_copied_out_and_the_others_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        dir.path(),
+        StoreOptions {
+            create: true,
+            codec: mirage_node::Codec::None,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let alg = Algorithm::Sha256;
+    // Alternately an item of 8 KB and one of 40 KB, stored together: any two of them lie
+    // closer than the merge distance, so a batch of them is one read.
+    let items: Vec<EncodedItem> = (0..40)
+        .map(|i| EncodedItem::blob(alg, &bytes(i, if i % 2 == 0 { 8000 } else { 40_000 })).unwrap())
+        .collect();
+    s.put_many(items.iter().map(|i| i.bytes().to_vec()).collect())
+        .unwrap();
+    let read = |want: Vec<&EncodedItem>| {
+        let ds: Vec<Digest> = want.iter().map(|i| i.digest()).collect();
+        let mut got = std::collections::HashMap::new();
+        let st = s
+            .get_many(&ds, None, ReadOptions::default(), |d, r| {
+                got.insert(d, r.unwrap());
+            })
+            .unwrap();
+        for i in want {
+            assert_eq!(got[&i.digest()], i.bytes());
+        }
+        st
+    };
+    // The small ones alone are a sixth of their span: copied out.
+    let st = read(items.iter().step_by(2).collect());
+    assert_eq!((st.read_ops, st.served, st.copied), (1, 20, 20), "{st:?}");
+    // All of them: shared.
+    let st = read(items.iter().collect());
+    assert_eq!((st.read_ops, st.served, st.copied), (1, 40, 0), "{st:?}");
+    // The large ones alone are most of their span: shared.
+    let st = read(items.iter().skip(1).step_by(2).collect());
+    assert_eq!((st.read_ops, st.copied), (1, 0), "{st:?}");
 }

@@ -51,6 +51,9 @@ pub struct ReadStats {
     pub bytes_read: u64,
     /// Reads that went past the page cache (long spans it did not hold).
     pub direct_reads: u64,
+    /// Items handed out in memory of their own rather than as slices of their read, because
+    /// their span was mostly records nobody asked for.
+    pub copied: u64,
 }
 
 impl Store {
@@ -71,9 +74,9 @@ impl Store {
     }
 
     /// Reads many items, in (volume, offset) order, calling `f` with each digest and its bytes
-    /// (an uncompressed item's bytes are shared with the read that brought them in, not
-    /// copied: keeping one keeps that read's buffer, of at most `max_read` bytes) or its
-    /// integrity error. With `context`, locations come from that item's location table
+    /// (an uncompressed item's bytes are usually shared with the read that brought them in,
+    /// not copied: keeping one keeps that read's buffer, which is at most twice the bytes of
+    /// the items handed out of it) or its integrity error. With `context`, locations come from that item's location table
     /// (the structure-aware path), falling back to the index for anything it lacks.
     pub fn get_many(
         &self,
@@ -110,17 +113,21 @@ impl Store {
                 }
                 Err(_) => None,
             };
-            for (d, l, from_table) in &located[span.items.clone()] {
+            // Items are slices of the span's buffer, which stays taken while any of them is
+            // kept: of a span that is mostly records nobody asked for (merged across gaps),
+            // each item is copied out instead, so that a slice never keeps more than twice
+            // its bytes.
+            let items = &located[span.items.clone()];
+            let wanted: u64 = items.iter().map(|(_, l, _)| l.record_len()).sum();
+            let own = wanted * 2 < span.end - span.start;
+            for (d, l, from_table) in items {
                 stats.served += 1;
                 let res = match &merged {
                     Some(buf) => {
                         let from = (l.offset - span.start) as usize;
-                        self.decode_record(
-                            d,
-                            l,
-                            buf.slice(from..from + l.record_len() as usize),
-                            opts.verify_digest,
-                        )
+                        let rec = buf.slice(from..from + l.record_len() as usize);
+                        stats.copied += u64::from(own);
+                        self.decode_record(d, l, rec, opts.verify_digest, own)
                     }
                     // One bad record must not fail its neighbours: read each on its own.
                     None => self.read_one(d, l, opts.verify_digest),
@@ -189,7 +196,7 @@ impl Store {
             .volumes
             .read_at(loc.volume, loc.offset, loc.record_len())
             .map_err(|e| integrity(d, loc, e.to_string()))?;
-        self.decode_record(d, loc, rec, verify_digest)
+        self.decode_record(d, loc, rec, verify_digest, false)
     }
 
     /// A location table can be stale (its parent was stored before a child's copy was lost
@@ -214,6 +221,7 @@ impl Store {
         loc: &Location,
         rec: Bytes,
         verify_digest: bool,
+        own: bool,
     ) -> Result<Bytes, StoreError> {
         let h = parse_header(&rec).map_err(|f| integrity(d, loc, f.to_string()))?;
         if h.digest != *d {
@@ -233,7 +241,10 @@ impl Store {
         check_crc(&rec).map_err(|f| integrity(d, loc, f.to_string()))?;
         let payload = rec.slice(super::record::HEADER_LEN..);
         let bytes = match h.compression {
-            Compression::None if payload.len() == h.raw_len as usize => payload,
+            Compression::None if payload.len() == h.raw_len as usize => match own {
+                true => Bytes::copy_from_slice(&payload),
+                false => payload,
+            },
             c => {
                 let bufs = &self.shared().volumes.bufs;
                 let mut out = bufs.take(h.raw_len as usize);

@@ -11,11 +11,18 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-/// Buffers are pooled in classes of this many bytes of capacity.
-const CLASS: usize = 1 << 20;
-/// Classes pooled: buffers of 1 to 9 MiB (a span of 8 MiB read past the cache needs 8 MiB
-/// and two alignment blocks). Larger or smaller ones come from the allocator and go back to it.
-const CLASSES: usize = 9;
+/// Buffers up to [`FINE_MAX`] bytes are pooled in classes this many bytes apart (a chunk of
+/// 64 KiB to 1 MiB, decompressed, fits one within 64 KiB).
+const FINE: usize = 64 << 10;
+/// The largest of the fine classes (a chunk of 1 MiB with its item header lands in it).
+const FINE_MAX: usize = 2 << 20;
+/// Larger buffers are pooled in classes this many bytes apart, up to [`COARSE_MAX`].
+const COARSE: usize = 1 << 20;
+/// The largest class: a span of 8 MiB read past the cache needs 8 MiB and two alignment
+/// blocks. Larger or smaller requests come from the allocator and go back to it.
+const COARSE_MAX: usize = 9 << 20;
+/// Classes in all.
+const CLASSES: usize = FINE_MAX / FINE + (COARSE_MAX - FINE_MAX) / COARSE;
 /// Requests below this many bytes are left to the allocator, which serves them from its own
 /// free lists without faults.
 const POOL_MIN: usize = 64 << 10;
@@ -28,34 +35,56 @@ pub(crate) struct ReadBufs {
     free: Mutex<Free>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Free {
-    /// Idle buffers by class (index `c` holds buffers of `(c + 1) * CLASS` bytes).
-    by_class: [Vec<Vec<u8>>; CLASSES],
+    /// Idle buffers by class (see [`class_of`]).
+    by_class: Vec<Vec<Vec<u8>>>,
     /// Their capacity in all.
     bytes: usize,
 }
 
-/// The class of a request of `len` bytes, if it is pooled.
-fn class_of(len: usize) -> Option<usize> {
-    let c = len.div_ceil(CLASS).max(1) - 1;
-    (POOL_MIN..=CLASSES * CLASS).contains(&len).then_some(c)
+impl Default for Free {
+    fn default() -> Self {
+        Free {
+            by_class: vec![Vec::new(); CLASSES],
+            bytes: 0,
+        }
+    }
+}
+
+/// The class of a request of `len` bytes, if it is pooled: its index and its buffers'
+/// capacity (the least multiple of the class step that holds `len`).
+fn class_of(len: usize) -> Option<(usize, usize)> {
+    if !(POOL_MIN..=COARSE_MAX).contains(&len) {
+        return None;
+    }
+    Some(if len <= FINE_MAX {
+        let k = len.div_ceil(FINE);
+        (k - 1, k * FINE)
+    } else {
+        let k = len.div_ceil(COARSE);
+        (FINE_MAX / FINE + k - FINE_MAX / COARSE - 1, k * COARSE)
+    })
 }
 
 impl ReadBufs {
-    /// An empty buffer with room for at least `len` bytes: an idle one of its class, else a
-    /// new one of the class's full size (so that it can serve any request of the class later).
+    /// An empty buffer with room for at least `len` bytes and at most about twice that: an
+    /// idle one, else a new one of its class's full size (so that it can serve any request of
+    /// the class later).
     pub(crate) fn take(&self, len: usize) -> Vec<u8> {
-        let Some(c) = class_of(len) else {
+        let Some((c, cap)) = class_of(len) else {
             return Vec::with_capacity(len);
         };
+        // An idle buffer of its class, else of a larger class up to twice the request: spans
+        // come in every length, and a buffer taken again faults in no fresh pages.
+        let last = class_of(len * 2).map_or(CLASSES - 1, |(last, _)| last);
         let mut free = self.free.lock();
-        match free.by_class[c].pop() {
+        match (c..=last).find_map(|k| free.by_class[k].pop()) {
             Some(v) => {
                 free.bytes -= v.capacity();
                 v
             }
-            None => Vec::with_capacity((c + 1) * CLASS),
+            None => Vec::with_capacity(cap),
         }
     }
 
@@ -72,7 +101,7 @@ impl ReadBufs {
         let cap = buf.capacity();
         // Only a buffer of exactly its class's size: one the allocator made for a request
         // outside the pool, or one that grew, is freed.
-        let Some(c) = class_of(cap).filter(|c| (c + 1) * CLASS == cap) else {
+        let Some((c, _)) = class_of(cap).filter(|(_, exact)| *exact == cap) else {
             return;
         };
         let mut free = self.free.lock();
@@ -132,18 +161,23 @@ mod tests {
         assert_eq!(again.as_ptr(), addr);
         assert!(again.is_empty());
         assert_eq!(pool.idle_bytes(), 0);
-        // Another class does not.
+        // A request of up to twice less takes it too; one for more than twice less does not.
         drop(pool.share(again));
-        let other = pool.take(5 << 20);
+        let half = pool.take(3 << 19);
+        assert_eq!(half.as_ptr(), addr);
+        drop(pool.share(half));
+        let other = pool.take(1 << 20);
         assert_ne!(other.as_ptr(), addr);
+        let larger = pool.take(5 << 20);
+        assert_ne!(larger.as_ptr(), addr);
     }
 
     #[test]
     fn small_large_and_grown_buffers_are_not_kept_and_the_pool_is_bounded() {
         let pool = Arc::new(ReadBufs::default());
         let small = pool.take(1000);
-        let large = pool.take(CLASSES * CLASS + 1);
-        assert!(large.capacity() > CLASSES * CLASS);
+        let large = pool.take(COARSE_MAX + 1);
+        assert!(large.capacity() > COARSE_MAX);
         let mut grown = pool.take(1 << 20);
         grown.resize((3 << 20) + 5, 0);
         for b in [small, large, grown] {
@@ -163,10 +197,26 @@ mod tests {
     #[test]
     fn classes_cover_the_pooled_range_exactly() {
         assert_eq!(class_of(POOL_MIN - 1), None);
-        assert_eq!(class_of(POOL_MIN), Some(0));
-        assert_eq!(class_of(CLASS), Some(0));
-        assert_eq!(class_of(CLASS + 1), Some(1));
-        assert_eq!(class_of(CLASSES * CLASS), Some(CLASSES - 1));
-        assert_eq!(class_of(CLASSES * CLASS + 1), None);
+        assert_eq!(class_of(POOL_MIN), Some((0, FINE)));
+        assert_eq!(class_of(FINE + 1), Some((1, 2 * FINE)));
+        // A chunk of 1 MiB and its item header: 64 KiB of room, not a second MiB.
+        assert_eq!(class_of((1 << 20) + 2), Some((16, (1 << 20) + FINE)));
+        assert_eq!(class_of(FINE_MAX), Some((FINE_MAX / FINE - 1, FINE_MAX)));
+        assert_eq!(class_of(FINE_MAX + 1), Some((FINE_MAX / FINE, 3 << 20)));
+        assert_eq!(class_of(COARSE_MAX), Some((CLASSES - 1, COARSE_MAX)));
+        assert_eq!(class_of(COARSE_MAX + 1), None);
+        // Every class index once, each capacity its own class.
+        let mut seen = std::collections::BTreeMap::new();
+        for len in (POOL_MIN..=COARSE_MAX).step_by(4096) {
+            let (c, cap) = class_of(len).unwrap();
+            assert!(cap >= len && cap - len < COARSE, "{len}");
+            assert_eq!(class_of(cap), Some((c, cap)));
+            assert_eq!(*seen.entry(c).or_insert(cap), cap);
+        }
+        assert_eq!(seen.len(), CLASSES);
+        assert_eq!(
+            seen.keys().copied().collect::<Vec<_>>(),
+            (0..CLASSES).collect::<Vec<_>>()
+        );
     }
 }

@@ -117,6 +117,8 @@ pub(crate) struct Ticket {
 #[derive(Debug, Default)]
 pub(crate) struct Ways {
     rate: [Option<f64>; 2],
+    /// Epochs of each way that closed without a figure (every read fell back or failed).
+    dry: [u64; 2],
     current: Option<Epoch>,
     closing: Option<Epoch>,
     epochs: u64,
@@ -187,18 +189,22 @@ impl Ways {
     }
 
     /// The way of the next epoch: each way once (buffered first), then the faster one (direct
-    /// only by [`DIRECT_MARGIN`]), except every [`EXPLORE`]th epoch.
+    /// only by [`DIRECT_MARGIN`]), except every [`EXPLORE`]th epoch. A direct epoch that
+    /// brought no figure (the filesystem refuses `O_DIRECT`, or every read failed) is tried
+    /// again only as an exploring one.
     fn next_way(&self) -> Way {
+        let exploring = self.epochs % EXPLORE == EXPLORE - 1;
         match self.rate {
             [_, None] => Way::Buffered,
-            [None, Some(_)] => Way::Direct,
+            [None, Some(_)] if self.dry[Way::Direct.slot()] == 0 || exploring => Way::Direct,
+            [None, Some(_)] => Way::Buffered,
             [Some(d), Some(b)] => {
                 let best = if d >= b * DIRECT_MARGIN {
                     Way::Direct
                 } else {
                     Way::Buffered
                 };
-                if self.epochs % EXPLORE == EXPLORE - 1 {
+                if exploring {
                     best.other()
                 } else {
                     best
@@ -228,6 +234,7 @@ impl Ways {
     fn measure(&mut self, e: Option<Epoch>) {
         let Some(e) = e else { return };
         if e.bytes == 0 {
+            self.dry[e.way.slot()] += 1;
             return;
         }
         let took = e.busy.max(Duration::from_micros(1));
@@ -408,6 +415,27 @@ mod tests {
             );
             assert_eq!(taken[explored.slot()], e * 8, "{ratio}: {taken:?}");
         }
+    }
+
+    #[test]
+    fn a_way_that_never_delivers_is_left_to_exploring_epochs() {
+        let (mut w, t) = (Ways::default(), Instant::now());
+        let e = u64::from(EPOCH_READS);
+        // Buffered reads deliver, every direct read falls back (no O_DIRECT here).
+        let mut taken = [0u64; 2];
+        for _ in 0..e * 2 * EXPLORE {
+            let tk = w.pick(t);
+            taken[tk.way.slot()] += 1;
+            let got = if tk.way == Way::Buffered { MIB } else { 0 };
+            w.record(tk, got, t + Duration::from_millis(1));
+        }
+        assert_eq!(w.rate(Way::Direct), None);
+        // The second epoch tried direct; after it, only exploring epochs do.
+        assert!(taken[Way::Direct.slot()] <= e * 3, "{taken:?}");
+        assert!(
+            taken[Way::Buffered.slot()] >= e * (2 * EXPLORE - 3),
+            "{taken:?}"
+        );
     }
 
     #[test]

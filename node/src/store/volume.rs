@@ -162,19 +162,33 @@ impl Volumes {
         if cached && !ahead {
             return Ok((self.read_at(id, offset, len)?, false));
         }
-        // From the device: the way that has been faster on this host, now and then the other.
-        let ticket = self.ways.pick();
-        let way = self.reads.forced().unwrap_or(ticket.way);
+        // From the device: the way that has been faster on this host, now and then the other
+        // (unless the store is set to one way: then nothing is measured).
+        let (ticket, way) = match self.reads.forced() {
+            Some(way) => (None, way),
+            None => {
+                let t = self.ways.pick();
+                (Some(t), t.way)
+            }
+        };
+        let record = |got: u64| {
+            if let Some(t) = ticket {
+                self.ways.record(t, got);
+            }
+        };
         if way == Way::Direct && !cached {
             if let Some(b) = self
                 .direct_handle(id)
                 .and_then(|d| read_direct(&d, offset, len, &self.bufs))
             {
-                self.ways.record(ticket, len);
+                record(len);
                 return Ok((b, true));
             }
         }
-        if way == Way::Buffered {
+        // A read of the buffered way, or a direct one that the filesystem refused or that
+        // failed (it goes through the page cache like a buffered one, read-ahead included, so
+        // that a store where direct reads never work reads as well as a buffered one).
+        if way == Way::Buffered || !cached {
             // Only for reads that go on from recent ones: random reads (a node serving
             // scattered items) would read 8 MiB for each.
             let follows = self.ahead.lock().follows(id, offset, offset + len);
@@ -183,13 +197,13 @@ impl Volumes {
             }
         }
         let b = self.read_at(id, offset, len);
-        let got = match (&b, way) {
+        record(match (&b, way) {
             (Ok(_), Way::Buffered) => len,
             // A direct read that fell back or found the span cached, or a failed read, says
-            // nothing of its way.
+            // nothing of its way: an epoch of them closes with no figure, which the chooser
+            // counts against the way (`read_way::Ways::next_way`).
             _ => 0,
-        };
-        self.ways.record(ticket, got);
+        });
         Ok((b?, false))
     }
 
