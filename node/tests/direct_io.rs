@@ -250,25 +250,7 @@ fn batch_reads_go_past_the_page_cache_only_for_what_it_does_not_hold() {
     items.extend(big_blobs(200, 30));
     put(&s, &items[42..]);
     put(&s, &items[..30]);
-    let digests: Vec<_> = items.iter().map(|i| i.digest()).collect();
-    let read_all = |s: &mirage_node::Store| {
-        let mut got = std::collections::HashMap::new();
-        let st = s
-            .get_many(
-                &digests,
-                None,
-                mirage_node::ReadOptions::default(),
-                |d, r| {
-                    got.insert(d, r.unwrap());
-                },
-            )
-            .unwrap();
-        for i in &items {
-            assert_eq!(got[&i.digest()], i.bytes(), "every item intact");
-        }
-        assert!(st.missing.is_empty());
-        st
-    };
+    let read_all = |s: &mirage_node::Store| read_intact(s, &items);
     evict_volumes(dir.path());
     let cold = read_all(&s);
     if direct {
@@ -300,16 +282,7 @@ fn direct_reads_of_cold_batches(reads: SpanReads) -> u64 {
     let mut direct = 0;
     for batch in items.chunks(5) {
         evict_volumes(dir.path());
-        let digests: Vec<_> = batch.iter().map(|i| i.digest()).collect();
-        let mut got = std::collections::HashMap::new();
-        let st = s
-            .get_many(&digests, None, Default::default(), |d, r| {
-                got.insert(d, r.unwrap());
-            })
-            .unwrap();
-        for i in batch {
-            assert_eq!(got[&i.digest()], i.bytes());
-        }
+        let st = read_intact(&s, batch);
         assert_eq!(st.read_ops, 1, "{st:?}");
         direct += st.direct_reads;
     }

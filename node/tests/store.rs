@@ -750,26 +750,13 @@ fn items_of_a_span_mostly_unwanted_are_copied_out_and_the_others_shared() {
         .collect();
     s.put_many(items.iter().map(|i| i.bytes().to_vec()).collect())
         .unwrap();
-    let read = |want: Vec<&EncodedItem>| {
-        let ds: Vec<Digest> = want.iter().map(|i| i.digest()).collect();
-        let mut got = std::collections::HashMap::new();
-        let st = s
-            .get_many(&ds, None, ReadOptions::default(), |d, r| {
-                got.insert(d, r.unwrap());
-            })
-            .unwrap();
-        for i in want {
-            assert_eq!(got[&i.digest()], i.bytes());
-        }
-        st
-    };
     // The small ones alone are a sixth of their span: copied out.
-    let st = read(items.iter().step_by(2).collect());
+    let st = read_intact(&s, items.iter().step_by(2));
     assert_eq!((st.read_ops, st.served, st.copied), (1, 20, 20), "{st:?}");
     // All of them: shared.
-    let st = read(items.iter().collect());
+    let st = read_intact(&s, &items);
     assert_eq!((st.read_ops, st.served, st.copied), (1, 40, 0), "{st:?}");
     // The large ones alone are most of their span: shared.
-    let st = read(items.iter().skip(1).step_by(2).collect());
+    let st = read_intact(&s, items.iter().skip(1).step_by(2));
     assert_eq!((st.read_ops, st.copied), (1, 0), "{st:?}");
 }

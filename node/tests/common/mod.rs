@@ -36,6 +36,27 @@ pub fn blob(alg: Algorithm, i: u64) -> EncodedItem {
     EncodedItem::blob(alg, &data).unwrap()
 }
 
+/// Reads `items` with one batch read, checks that each came back intact and none is missing,
+/// and returns the read's figures.
+pub fn read_intact<'a>(
+    s: &Store,
+    items: impl IntoIterator<Item = &'a EncodedItem>,
+) -> mirage_node::ReadStats {
+    let items: Vec<&EncodedItem> = items.into_iter().collect();
+    let ds: Vec<mirage_format::Digest> = items.iter().map(|i| i.digest()).collect();
+    let mut got = std::collections::HashMap::new();
+    let st = s
+        .get_many(&ds, None, mirage_node::ReadOptions::default(), |d, r| {
+            got.insert(d, r.unwrap());
+        })
+        .unwrap();
+    for i in items {
+        assert_eq!(got[&i.digest()], i.bytes(), "every item intact");
+    }
+    assert!(st.missing.is_empty());
+    st
+}
+
 /// A tree referencing the given blobs as files.
 pub fn tree_of(alg: Algorithm, blobs: &[&EncodedItem]) -> EncodedItem {
     let entries = blobs
