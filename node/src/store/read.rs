@@ -76,8 +76,9 @@ impl Store {
     /// Reads many items, in (volume, offset) order, calling `f` with each digest and its bytes
     /// (an uncompressed item's bytes are usually shared with the read that brought them in,
     /// not copied: keeping one keeps that read's buffer, which is at most twice the bytes of
-    /// the items handed out of it) or its integrity error. With `context`, locations come from that item's location table
-    /// (the structure-aware path), falling back to the index for anything it lacks.
+    /// the items handed out of it) or its integrity error. With `context`, locations come
+    /// from that item's location table (the structure-aware path), falling back to the index
+    /// for anything it lacks.
     pub fn get_many(
         &self,
         wanted: &[Digest],
@@ -241,10 +242,10 @@ impl Store {
         check_crc(&rec).map_err(|f| integrity(d, loc, f.to_string()))?;
         let payload = rec.slice(super::record::HEADER_LEN..);
         let bytes = match h.compression {
-            Compression::None if payload.len() == h.raw_len as usize => match own {
-                true => Bytes::copy_from_slice(&payload),
-                false => payload,
-            },
+            Compression::None if payload.len() == h.raw_len as usize && own => {
+                Bytes::copy_from_slice(&payload)
+            }
+            Compression::None if payload.len() == h.raw_len as usize => payload,
             c => {
                 let bufs = &self.shared().volumes.bufs;
                 let mut out = bufs.take(h.raw_len as usize);
